@@ -1,0 +1,184 @@
+//! `wgnorm bn`: BatchNorm on the user's own `.npy` tensors, so our kernels can be checked
+//! against any other framework.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::{Device, DeviceChoice};
+use crate::backend::Backend;
+use crate::data::npy::{self, Array};
+use crate::ops::batchnorm::{
+    Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats, stat,
+};
+use crate::{Error, Result};
+
+#[derive(Args)]
+pub struct BnArgs {
+    /// Input of shape (N, C) or (N, C, ...), float32/float64/float16.
+    #[arg(long)]
+    x: PathBuf,
+    /// Scale γ of shape (C,); default ones.
+    #[arg(long)]
+    gamma: Option<PathBuf>,
+    /// Shift β of shape (C,); default zeros.
+    #[arg(long)]
+    beta: Option<PathBuf>,
+    /// Running mean of shape (C,) before the step; default zeros.
+    #[arg(long)]
+    running_mean: Option<PathBuf>,
+    /// Running variance of shape (C,) before the step; default ones.
+    #[arg(long)]
+    running_var: Option<PathBuf>,
+    /// Upstream gradient of x's shape: also run the backward pass.
+    #[arg(long)]
+    dy: Option<PathBuf>,
+    #[arg(long, default_value_t = 1e-5)]
+    eps: f32,
+    /// Weight of the new batch value in the running statistics (PyTorch convention).
+    #[arg(long, default_value_t = 0.1)]
+    momentum: f32,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Pick the adapter whose name contains this (case-insensitive); also WGNORM_ADAPTER.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Directory for the output .npy files (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Host-side inputs, validated against each other.
+struct Inputs {
+    x: Array,
+    shape: BatchNormShape,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    dy: Option<Vec<f32>>,
+}
+
+fn per_channel(path: &Option<PathBuf>, channels: usize, default: f32) -> Result<Vec<f32>> {
+    let Some(path) = path else {
+        return Ok(vec![default; channels]);
+    };
+    let array = npy::read(path)?;
+    if array.shape != [channels] {
+        return Err(Error::Shape(format!(
+            "{} has shape {:?}, expected ({channels},) for x's {channels} channels",
+            path.display(),
+            array.shape
+        )));
+    }
+    Ok(array.data)
+}
+
+fn load(args: &BnArgs) -> Result<Inputs> {
+    let x = npy::read(&args.x)?;
+    let shape = BatchNormShape::from_dims(&x.shape)
+        .map_err(|e| Error::Shape(format!("{}: {e}", args.x.display())))?;
+    let dy = match &args.dy {
+        None => None,
+        Some(path) => {
+            let dy = npy::read(path)?;
+            if dy.shape != x.shape {
+                return Err(Error::Shape(format!(
+                    "{} has shape {:?}, expected x's shape {:?}",
+                    path.display(),
+                    dy.shape,
+                    x.shape
+                )));
+            }
+            Some(dy.data)
+        }
+    };
+    Ok(Inputs {
+        gamma: per_channel(&args.gamma, shape.c, 1.0)?,
+        beta: per_channel(&args.beta, shape.c, 0.0)?,
+        running_mean: per_channel(&args.running_mean, shape.c, 0.0)?,
+        running_var: per_channel(&args.running_var, shape.c, 1.0)?,
+        x,
+        shape,
+        dy,
+    })
+}
+
+/// Named outputs: (file stem, shape, values).
+type Outputs = Vec<(&'static str, Vec<usize>, Vec<f32>)>;
+
+fn compute<B: BatchNormOps>(
+    backend: &B,
+    inputs: &Inputs,
+    config: BatchNormConfig,
+) -> Result<Outputs> {
+    let shape = inputs.shape;
+    let x = backend.upload(&inputs.x.data)?;
+    let affine = Affine::<B> {
+        gamma: backend.upload(&inputs.gamma)?,
+        beta: backend.upload(&inputs.beta)?,
+    };
+    let mut running = RunningStats::<B> {
+        mean: backend.upload(&inputs.running_mean)?,
+        var: backend.upload(&inputs.running_var)?,
+    };
+    let forward =
+        backend.batchnorm_forward_new(Mode::Train, &x, shape, &affine, &mut running, config)?;
+    let stats = backend.download(&forward.stats)?;
+    let plane = |p: usize| stats[p * shape.c..(p + 1) * shape.c].to_vec();
+    let channels = vec![shape.c];
+    let mut outputs: Outputs = vec![
+        ("y", inputs.x.shape.clone(), backend.download(&forward.y)?),
+        ("mean", channels.clone(), plane(stat::MEAN)),
+        ("var", channels.clone(), plane(stat::VAR)),
+        ("invstd", channels.clone(), plane(stat::INVSTD)),
+        (
+            "running_mean",
+            channels.clone(),
+            backend.download(&running.mean)?,
+        ),
+        (
+            "running_var",
+            channels.clone(),
+            backend.download(&running.var)?,
+        ),
+    ];
+    if let Some(dy) = &inputs.dy {
+        let dy = backend.upload(dy)?;
+        let grads =
+            backend.batchnorm_backward_new(&x, &dy, shape, &affine.gamma, &forward.stats)?;
+        outputs.push(("dx", inputs.x.shape.clone(), backend.download(&grads.dx)?));
+        outputs.push(("dgamma", channels.clone(), backend.download(&grads.dgamma)?));
+        outputs.push(("dbeta", channels, backend.download(&grads.dbeta)?));
+    }
+    Ok(outputs)
+}
+
+fn save(dir: &Path, outputs: &Outputs) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for (name, shape, values) in outputs {
+        npy::write(&dir.join(format!("{name}.npy")), shape, values)?;
+    }
+    Ok(())
+}
+
+pub fn run(args: BnArgs) -> Result<()> {
+    let inputs = load(&args)?;
+    let config = BatchNormConfig {
+        eps: args.eps,
+        momentum: args.momentum,
+    };
+    let device = Device::open(args.device, args.adapter.clone())?;
+    let (outputs, ran_on) = match &device {
+        Device::Gpu(gpu) => (compute(gpu, &inputs, config)?, gpu.describe()),
+        Device::Cpu(cpu) => (compute(cpu, &inputs, config)?, cpu.describe()),
+    };
+    save(&args.out, &outputs)?;
+    let names: Vec<&str> = outputs.iter().map(|(name, _, _)| *name).collect();
+    println!("ran on: {ran_on}");
+    println!("wrote {} to {}", names.join(", "), args.out.display());
+    Ok(())
+}

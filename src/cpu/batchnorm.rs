@@ -1,0 +1,294 @@
+//! CPU twin of `shaders/batchnorm.wgsl` (the formulas are written there once). Same steps:
+//! reduce x − shift with per-block two-pass moments merged by Chan's formula, keep the shift
+//! and the shifted mean apart, normalize in one elementwise pass.
+
+use crate::ops::batchnorm::{BatchNormConfig, BatchNormGrads, BatchNormShape, stat};
+
+use super::CpuBackend;
+
+/// Values of one channel summed before a block is merged into the running total: small enough
+/// that plain f32 sums stay accurate, large enough to amortize the merge.
+const BLOCK_VALUES: usize = 256;
+
+/// Count, mean and sum of squared deviations, relative to the channel's shift.
+#[derive(Clone, Copy, Default)]
+struct Moments {
+    n: f32,
+    mean: f32,
+    m2: f32,
+}
+
+impl Moments {
+    /// Chan et al.'s merge of two disjoint sets.
+    fn merge(self, other: Moments) -> Moments {
+        let n = self.n + other.n;
+        if n == 0.0 {
+            return self;
+        }
+        let w = other.n / n;
+        let delta = other.mean - self.mean;
+        Moments {
+            n,
+            mean: self.mean + delta * w,
+            m2: self.m2 + other.m2 + delta * delta * self.n * w,
+        }
+    }
+}
+
+/// Merges per-block results in a balanced binary tree as they arrive (like pairwise
+/// summation), so rounding error grows with log2 of the number of blocks instead of linearly.
+struct Cascade<T> {
+    levels: Vec<Option<Vec<T>>>,
+}
+
+impl<T: Copy> Cascade<T> {
+    fn new() -> Self {
+        Self { levels: Vec::new() }
+    }
+
+    fn push(&mut self, mut block: Vec<T>, merge: impl Fn(T, T) -> T) {
+        for level in self.levels.iter_mut() {
+            match level.take() {
+                None => {
+                    *level = Some(block);
+                    return;
+                }
+                Some(earlier) => {
+                    for (b, e) in block.iter_mut().zip(earlier) {
+                        *b = merge(e, *b);
+                    }
+                }
+            }
+        }
+        self.levels.push(Some(block));
+    }
+
+    /// The merge of everything pushed; `empty` if nothing was.
+    fn total(self, empty: Vec<T>, merge: impl Fn(T, T) -> T) -> Vec<T> {
+        self.levels.into_iter().flatten().fold(empty, |acc, level| {
+            acc.into_iter()
+                .zip(level)
+                .map(|(a, l)| merge(l, a))
+                .collect()
+        })
+    }
+}
+
+/// Rows of x processed per block, so that each channel contributes about BLOCK_VALUES values.
+fn block_rows(shape: BatchNormShape) -> usize {
+    (BLOCK_VALUES / shape.s).max(1)
+}
+
+/// Calls `f(channel, values)` for each channel's contiguous run of S values in `rows`.
+fn for_each_run(
+    x: &[f32],
+    shape: BatchNormShape,
+    rows: std::ops::Range<usize>,
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    let row_len = shape.c * shape.s;
+    for row in x[rows.start * row_len..rows.end * row_len].chunks_exact(row_len) {
+        for (channel, run) in row.chunks_exact(shape.s).enumerate() {
+            f(channel, run);
+        }
+    }
+}
+
+/// Batch statistics of x into the `stat` planes of `stats`.
+pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, stats: &mut [f32]) {
+    let c = shape.c;
+    let shift: Vec<f32> = (0..c).map(|channel| x[channel * shape.s]).collect();
+    let mut cascade = Cascade::new();
+    let mut sum = vec![0.0f32; c];
+    let mut m2 = vec![0.0f32; c];
+    let step = block_rows(shape);
+    for first in (0..shape.n).step_by(step) {
+        let rows = first..(first + step).min(shape.n);
+        let count = (rows.len() * shape.s) as f32;
+        sum.fill(0.0);
+        m2.fill(0.0);
+        for_each_run(x, shape, rows.clone(), |channel, run| {
+            let k = shift[channel];
+            sum[channel] += run.iter().map(|&v| v - k).sum::<f32>();
+        });
+        for_each_run(x, shape, rows, |channel, run| {
+            let (k, block_mean) = (shift[channel], sum[channel] / count);
+            m2[channel] += run
+                .iter()
+                .map(|&v| ((v - k) - block_mean).powi(2))
+                .sum::<f32>();
+        });
+        let block = (0..c)
+            .map(|channel| Moments {
+                n: count,
+                mean: sum[channel] / count,
+                m2: m2[channel],
+            })
+            .collect();
+        cascade.push(block, Moments::merge);
+    }
+    let total = cascade.total(vec![Moments::default(); c], Moments::merge);
+    let m = shape.per_channel() as f32;
+    for channel in 0..c {
+        let var = total[channel].m2 / m;
+        stats[stat::MEAN * c + channel] = shift[channel] + total[channel].mean;
+        stats[stat::VAR * c + channel] = var;
+        stats[stat::INVSTD * c + channel] = 1.0 / (var + config.eps).sqrt();
+        stats[stat::SHIFT * c + channel] = shift[channel];
+        stats[stat::SHIFTED_MEAN * c + channel] = total[channel].mean;
+    }
+}
+
+/// PyTorch's running-statistics update from the batch statistics in `stats`.
+pub fn update_running(
+    stats: &[f32],
+    shape: BatchNormShape,
+    config: BatchNormConfig,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+) {
+    let c = shape.c;
+    let m = shape.per_channel() as f32;
+    let keep = 1.0 - config.momentum;
+    for channel in 0..c {
+        let unbiased = stats[stat::VAR * c + channel] * (m / (m - 1.0));
+        running_mean[channel] =
+            keep * running_mean[channel] + config.momentum * stats[stat::MEAN * c + channel];
+        running_var[channel] = keep * running_var[channel] + config.momentum * unbiased;
+    }
+}
+
+/// The `stat` planes for eval mode, with the running mean as the shift.
+pub fn eval_stats(
+    running_mean: &[f32],
+    running_var: &[f32],
+    config: BatchNormConfig,
+    stats: &mut [f32],
+) {
+    let c = running_mean.len();
+    for channel in 0..c {
+        stats[stat::MEAN * c + channel] = running_mean[channel];
+        stats[stat::VAR * c + channel] = running_var[channel];
+        stats[stat::INVSTD * c + channel] = 1.0 / (running_var[channel] + config.eps).sqrt();
+        stats[stat::SHIFT * c + channel] = running_mean[channel];
+        stats[stat::SHIFTED_MEAN * c + channel] = 0.0;
+    }
+}
+
+/// The per-channel values both elementwise passes read.
+struct ChannelStats<'a> {
+    stats: &'a [f32],
+    c: usize,
+}
+
+impl ChannelStats<'_> {
+    fn get(&self, plane: usize, channel: usize) -> f32 {
+        self.stats[plane * self.c + channel]
+    }
+
+    /// x − mean without forming the mean in f32.
+    fn centered(&self, value: f32, channel: usize) -> f32 {
+        (value - self.get(stat::SHIFT, channel)) - self.get(stat::SHIFTED_MEAN, channel)
+    }
+}
+
+/// y = γ·x̂ + β with the statistics in `stats`.
+pub fn normalize(
+    x: &[f32],
+    shape: BatchNormShape,
+    stats: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    y: &mut [f32],
+) {
+    let per = ChannelStats { stats, c: shape.c };
+    let row_len = shape.c * shape.s;
+    for (x_row, y_row) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)) {
+        for (channel, (x_run, y_run)) in x_row
+            .chunks_exact(shape.s)
+            .zip(y_row.chunks_exact_mut(shape.s))
+            .enumerate()
+        {
+            let invstd = per.get(stat::INVSTD, channel);
+            for (out, &value) in y_run.iter_mut().zip(x_run) {
+                *out = gamma[channel] * per.centered(value, channel) * invstd + beta[channel];
+            }
+        }
+    }
+}
+
+fn add_pairs(a: (f32, f32), b: (f32, f32)) -> (f32, f32) {
+    (a.0 + b.0, a.1 + b.1)
+}
+
+/// dβ, dγ and dx of a training-mode forward whose statistics are in `stats`.
+pub fn backward(
+    x: &[f32],
+    dy: &[f32],
+    shape: BatchNormShape,
+    gamma: &[f32],
+    stats: &[f32],
+    grads: &mut BatchNormGrads<CpuBackend>,
+) {
+    let c = shape.c;
+    let per = ChannelStats { stats, c };
+    let row_len = c * shape.s;
+    let mut cascade = Cascade::new();
+    let mut block_dy = vec![0.0f32; c];
+    let mut block_dy_xc = vec![0.0f32; c];
+    let step = block_rows(shape);
+    for first in (0..shape.n).step_by(step) {
+        let last = (first + step).min(shape.n);
+        block_dy.fill(0.0);
+        block_dy_xc.fill(0.0);
+        let x_rows = x[first * row_len..last * row_len].chunks_exact(row_len);
+        let dy_rows = dy[first * row_len..last * row_len].chunks_exact(row_len);
+        for (x_row, dy_row) in x_rows.zip(dy_rows) {
+            for (channel, (x_run, dy_run)) in x_row
+                .chunks_exact(shape.s)
+                .zip(dy_row.chunks_exact(shape.s))
+                .enumerate()
+            {
+                for (&value, &grad) in x_run.iter().zip(dy_run) {
+                    block_dy[channel] += grad;
+                    block_dy_xc[channel] += grad * per.centered(value, channel);
+                }
+            }
+        }
+        cascade.push(
+            block_dy
+                .iter()
+                .copied()
+                .zip(block_dy_xc.iter().copied())
+                .collect(),
+            add_pairs,
+        );
+    }
+    let sums = cascade.total(vec![(0.0, 0.0); c], add_pairs);
+    for (channel, (sum_dy, sum_dy_xc)) in sums.into_iter().enumerate() {
+        grads.dbeta[channel] = sum_dy;
+        grads.dgamma[channel] = sum_dy_xc * per.get(stat::INVSTD, channel);
+    }
+    let inv_m = 1.0 / shape.per_channel() as f32;
+    let rows = x
+        .chunks_exact(row_len)
+        .zip(dy.chunks_exact(row_len))
+        .zip(grads.dx.chunks_exact_mut(row_len));
+    for ((x_row, dy_row), dx_row) in rows {
+        for (channel, ((x_run, dy_run), dx_run)) in x_row
+            .chunks_exact(shape.s)
+            .zip(dy_row.chunks_exact(shape.s))
+            .zip(dx_row.chunks_exact_mut(shape.s))
+            .enumerate()
+        {
+            let invstd = per.get(stat::INVSTD, channel);
+            let scale = gamma[channel] * invstd;
+            let mean_dy = grads.dbeta[channel] * inv_m;
+            let mean_dy_xhat = grads.dgamma[channel] * inv_m;
+            for ((out, &value), &grad) in dx_run.iter_mut().zip(x_run).zip(dy_run) {
+                let xhat = per.centered(value, channel) * invstd;
+                *out = scale * (grad - mean_dy - xhat * mean_dy_xhat);
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The CPU twin of every GPU kernel: the same algorithms, in f32, in plain loops.
+
+pub mod batchnorm;
+
+use crate::Result;
+use crate::backend::Backend;
+
+/// The CPU backend. Its buffers are plain vectors.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    type Buffer = Vec<f32>;
+
+    fn describe(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn filled(&self, len: usize, value: f32) -> Result<Vec<f32>> {
+        Ok(vec![value; len])
+    }
+
+    fn download(&self, buffer: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buffer.clone())
+    }
+}

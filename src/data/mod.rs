@@ -1,0 +1,3 @@
+//! Reading and writing the data wgnorm works on.
+
+pub mod npy;

@@ -1,0 +1,37 @@
+//! The one error type of wgnorm. Every message is a single line that names what went wrong.
+
+use std::path::PathBuf;
+
+/// Everything that can fail in wgnorm, from a bad flag to a lost GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter fits the request; the message says what exists and how to get one.
+    #[error("{0}")]
+    NoAdapter(String),
+    /// A wgpu validation or out-of-memory error, or a failed readback.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+    /// The device was lost (driver reset, GPU removed); the context cannot be used again.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    /// A request beyond what the adapter allows, refused before any dispatch.
+    #[error("{0}")]
+    Limit(String),
+    /// Tensors whose shapes do not fit together.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// An argument outside its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A file that could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file that was read but whose content is not what it should be.
+    #[error("{}: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,132 @@
+//! Pooled device buffers.
+//!
+//! A dropped buffer is not reused at once: work recorded but not yet submitted may still read
+//! it, and `Queue::write_buffer` runs before that work at the next submit. So released buffers
+//! wait in quarantine and become reusable when the next submission is made.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::{Error, Result};
+
+type PoolKey = (u64, wgpu::BufferUsages);
+
+pub(crate) struct BufferPool {
+    device: wgpu::Device,
+    free: Mutex<HashMap<PoolKey, Vec<wgpu::Buffer>>>,
+    quarantine: Mutex<Vec<wgpu::Buffer>>,
+    max_buffer_size: u64,
+}
+
+/// Buffers are allocated in multiples of this many bytes so that nearby sizes share a pool.
+const SIZE_GRANULE: u64 = 256;
+
+impl BufferPool {
+    pub(crate) fn new(device: wgpu::Device, max_buffer_size: u64) -> Self {
+        Self {
+            device,
+            free: Mutex::default(),
+            quarantine: Mutex::default(),
+            max_buffer_size,
+        }
+    }
+
+    /// A buffer of at least `bytes` bytes with exactly `usage`.
+    pub(crate) fn acquire(&self, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        if size > self.max_buffer_size {
+            return Err(Error::Limit(format!(
+                "a buffer of {bytes} bytes exceeds the adapter's max_buffer_size of {} bytes",
+                self.max_buffer_size
+            )));
+        }
+        let reused = lock(&self.free)
+            .get_mut(&(size, usage))
+            .and_then(|list| list.pop());
+        if let Some(buffer) = reused {
+            return Ok(buffer);
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnorm"),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "could not allocate {size} bytes: {error}"
+            )));
+        }
+        Ok(buffer)
+    }
+
+    pub(crate) fn release(&self, buffer: wgpu::Buffer) {
+        lock(&self.quarantine).push(buffer);
+    }
+
+    /// Called after each submission: everything released before it may be reused.
+    pub(crate) fn after_submit(&self) {
+        let released: Vec<_> = lock(&self.quarantine).drain(..).collect();
+        let mut free = lock(&self.free);
+        for buffer in released {
+            free.entry((buffer.size(), buffer.usage()))
+                .or_default()
+                .push(buffer);
+        }
+    }
+
+    /// Buffers alive in the pool (free or quarantined), for leak checks.
+    pub(crate) fn pooled_count(&self) -> usize {
+        lock(&self.free).values().map(Vec::len).sum::<usize>() + lock(&self.quarantine).len()
+    }
+}
+
+/// Locks ignoring poisoning: the pool's lists stay consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A run of f32 values on the GPU. Returns to its pool when dropped.
+pub struct GpuBuffer {
+    raw: wgpu::Buffer,
+    len: usize,
+    pool: Arc<BufferPool>,
+}
+
+impl GpuBuffer {
+    pub(crate) fn new(raw: wgpu::Buffer, len: usize, pool: Arc<BufferPool>) -> Self {
+        Self { raw, len, pool }
+    }
+
+    /// Number of f32 values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The underlying wgpu buffer (it may be larger than `len` floats).
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.raw
+    }
+
+    /// Bytes that hold the values.
+    pub fn byte_len(&self) -> u64 {
+        self.len as u64 * 4
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        self.pool.release(self.raw.clone());
+    }
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer({} f32)", self.len)
+    }
+}

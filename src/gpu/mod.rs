@@ -1,0 +1,361 @@
+//! The GPU backend: one wgpu device and queue, cached pipelines, pooled buffers.
+//!
+//! Work is recorded into one pending command encoder and submitted when results are needed
+//! (`flush`, `download`), so a whole step goes to the GPU in one submission. wgpu errors and
+//! device loss are caught and returned as `Error`s instead of panicking.
+
+mod buffer;
+pub mod device;
+mod pipeline;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub use buffer::GpuBuffer;
+pub use device::{AdapterRequest, AdapterSummary};
+pub use pipeline::{Binding, Kernel, Shader, Slot, WORKGROUP};
+
+use crate::backend::Backend;
+use crate::{Error, Result};
+use buffer::BufferPool;
+use pipeline::PipelineCache;
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+const UNIFORM: wgpu::BufferUsages = wgpu::BufferUsages::UNIFORM.union(wgpu::BufferUsages::COPY_DST);
+const READBACK: wgpu::BufferUsages =
+    wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
+/// Sizes that shape the reduction grid; they are parameters so each GPU can be tuned.
+#[derive(Clone, Copy, Debug)]
+pub struct ReductionTuning {
+    /// Workgroups a reduction aims to spread over (at least 2 keeps both cores of a software
+    /// rasterizer busy; real GPUs want hundreds).
+    pub target_workgroups: u32,
+    /// Fewer values than this per thread and a split is not worth its partial result.
+    pub min_elements_per_thread: u32,
+    /// For (N, C) inputs: channels side by side in one workgroup (a power of two ≤ 256).
+    pub lanes_c_2d: u32,
+}
+
+impl Default for ReductionTuning {
+    fn default() -> Self {
+        Self {
+            target_workgroups: 256,
+            min_elements_per_thread: 16,
+            lanes_c_2d: 32,
+        }
+    }
+}
+
+/// Errors reported by wgpu callbacks, waiting to be returned by the next call that checks.
+#[derive(Default)]
+struct Faults {
+    error: Option<String>,
+    lost: Option<String>,
+}
+
+struct Shared {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    pipelines: PipelineCache,
+    pool: Arc<BufferPool>,
+    pending: Mutex<Option<wgpu::CommandEncoder>>,
+    faults: Arc<Mutex<Faults>>,
+    tuning: ReductionTuning,
+}
+
+/// The GPU backend. Cloning it gives another handle to the same device.
+#[derive(Clone)]
+pub struct GpuBackend {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GpuBackend {
+    /// Opens the best adapter matching `request`, with every limit it offers.
+    pub fn new(request: &AdapterRequest) -> Result<Self> {
+        let instance = device::instance();
+        let adapter = device::choose(&instance, request)?;
+        let summary = AdapterSummary::of(&adapter);
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgnorm"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("could not open {}: {e}", summary.name)))?;
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let on_error = Arc::clone(&faults);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            lock(&on_error)
+                .error
+                .get_or_insert_with(|| error.to_string());
+        }));
+        let on_lost = Arc::clone(&faults);
+        device.set_device_lost_callback(move |reason, message| {
+            lock(&on_lost)
+                .lost
+                .get_or_insert_with(|| format!("{reason:?}: {message}"));
+        });
+        let max_buffer_size = device.limits().max_buffer_size;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                pipelines: PipelineCache::new(device.clone()),
+                pool: Arc::new(BufferPool::new(device.clone(), max_buffer_size)),
+                device,
+                queue,
+                summary,
+                pending: Mutex::new(None),
+                faults,
+                tuning: ReductionTuning::default(),
+            }),
+        })
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.shared.summary
+    }
+
+    pub fn limits(&self) -> wgpu::Limits {
+        self.shared.device.limits()
+    }
+
+    pub fn tuning(&self) -> ReductionTuning {
+        self.shared.tuning
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.shared.device
+    }
+
+    /// Buffers held by the pool (free or waiting for the next submit).
+    pub fn pooled_buffers(&self) -> usize {
+        self.shared.pool.pooled_count()
+    }
+
+    /// Returns the first error wgpu reported since the last check, if any.
+    fn check(&self) -> Result<()> {
+        let mut faults = lock(&self.shared.faults);
+        if let Some(lost) = &faults.lost {
+            return Err(Error::DeviceLost(lost.clone()));
+        }
+        match faults.error.take() {
+            Some(error) => Err(Error::Gpu(error)),
+            None => Ok(()),
+        }
+    }
+
+    fn alloc(&self, len: usize, usage: wgpu::BufferUsages) -> Result<GpuBuffer> {
+        self.check()?;
+        let raw = self.shared.pool.acquire(len as u64 * 4, usage)?;
+        Ok(GpuBuffer::new(raw, len, Arc::clone(&self.shared.pool)))
+    }
+
+    /// A storage buffer whose contents are unspecified, for intermediate results.
+    pub(crate) fn scratch(&self, len: usize) -> Result<GpuBuffer> {
+        self.alloc(len.max(1), STORAGE)
+    }
+
+    /// Records into the pending encoder; it is submitted by `flush`.
+    pub(crate) fn record<R>(
+        &self,
+        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<R>,
+    ) -> Result<R> {
+        self.check()?;
+        let mut pending = lock(&self.shared.pending);
+        let encoder = pending.get_or_insert_with(|| {
+            self.shared
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgnorm"),
+                })
+        });
+        f(encoder)
+    }
+
+    /// Submits everything recorded so far.
+    pub fn flush(&self) -> Result<()> {
+        let encoder = lock(&self.shared.pending).take();
+        if let Some(encoder) = encoder {
+            self.shared.queue.submit([encoder.finish()]);
+            self.shared.pool.after_submit();
+        }
+        self.check()
+    }
+
+    /// Records one dispatch of `kernel` with `params` in slot 0.
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let max = self
+            .shared
+            .device
+            .limits()
+            .max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Limit(format!(
+                "{} needs {groups:?} workgroups, beyond the adapter's \
+                 max_compute_workgroups_per_dimension of {max}",
+                kernel.entry_point()
+            )));
+        }
+        let pipeline = self.shared.pipelines.get(kernel)?;
+        let bytes = bytemuck::bytes_of(params);
+        let uniform = self.alloc(bytes.len().div_ceil(4), UNIFORM)?;
+        self.shared.queue.write_buffer(uniform.raw(), 0, bytes);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: uniform.raw(),
+                offset: 0,
+                size: wgpu::BufferSize::new(bytes.len() as u64),
+            }),
+        }];
+        entries.extend(bindings.iter().map(|b| wgpu::BindGroupEntry {
+            binding: b.slot as u32,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b.buffer.raw(),
+                offset: b.offset as u64 * 4,
+                size: wgpu::BufferSize::new(b.len.max(1) as u64 * 4),
+            }),
+        }));
+        let bind_group = self
+            .shared
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry_point()),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry_point()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// Dispatches one thread per element over `elements`, folding the grid into two
+    /// dimensions when one would exceed the workgroup-count limit.
+    pub(crate) fn dispatch_elementwise(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        elements: usize,
+    ) -> Result<()> {
+        let max = self
+            .shared
+            .device
+            .limits()
+            .max_compute_workgroups_per_dimension as usize;
+        let workgroups = elements.div_ceil(WORKGROUP as usize).max(1);
+        let x = workgroups.min(max);
+        let y = workgroups.div_ceil(x);
+        self.dispatch(encoder, kernel, params, bindings, [x as u32, y as u32, 1])
+    }
+
+    /// Copies several buffers back in one submission and waits for them.
+    pub fn download_many(&self, buffers: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read(buffers))
+    }
+
+    /// Starts copying `buffers` to the host; the future resolves once the GPU has finished and
+    /// the data is mapped. Only this call's `device.poll` blocks, and only once all is recorded.
+    pub async fn read(&self, buffers: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = buffers.iter().map(|b| b.byte_len()).sum();
+        let staging = self.alloc(total.div_ceil(4) as usize, READBACK)?;
+        self.record(|encoder| {
+            let mut offset = 0;
+            for buffer in buffers {
+                encoder.copy_buffer_to_buffer(
+                    buffer.raw(),
+                    0,
+                    staging.raw(),
+                    offset,
+                    buffer.byte_len(),
+                );
+                offset += buffer.byte_len();
+            }
+            Ok(())
+        })?;
+        self.flush()?;
+        let (sender, receiver) = futures::channel::oneshot::channel();
+        staging
+            .raw()
+            .slice(..total.max(4))
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let _ = sender.send(result);
+            });
+        self.shared
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()?;
+        receiver
+            .await
+            .map_err(|_| Error::Gpu("readback was cancelled".to_string()))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let values = {
+            let view = staging
+                .raw()
+                .slice(..total.max(4))
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            let all: &[f32] = bytemuck::cast_slice(&view[..total as usize]);
+            let mut start = 0;
+            buffers
+                .iter()
+                .map(|b| {
+                    let part = all[start..start + b.len()].to_vec();
+                    start += b.len();
+                    part
+                })
+                .collect()
+        };
+        staging.raw().unmap();
+        Ok(values)
+    }
+}
+
+impl Backend for GpuBackend {
+    type Buffer = GpuBuffer;
+
+    fn describe(&self) -> String {
+        self.shared.summary.to_string()
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
+        let buffer = self.alloc(data.len(), STORAGE)?;
+        if !data.is_empty() {
+            self.shared
+                .queue
+                .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(buffer)
+    }
+
+    fn filled(&self, len: usize, value: f32) -> Result<GpuBuffer> {
+        self.upload(&vec![value; len])
+    }
+
+    fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
+        let mut all = self.download_many(&[buffer])?;
+        Ok(all.pop().unwrap_or_default())
+    }
+}

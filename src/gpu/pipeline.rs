@@ -1,0 +1,218 @@
+//! WGSL sources, the kernels (entry points) wgnorm dispatches, and the cache that creates each
+//! compute pipeline once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::{Error, Result};
+
+use super::GpuBuffer;
+
+/// Threads per workgroup of the reduction and elementwise kernels (`WORKGROUP` in WGSL).
+pub const WORKGROUP: u32 = 256;
+
+/// One WGSL file per kernel family, compiled into the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    BatchNorm,
+}
+
+impl Shader {
+    pub const ALL: &'static [Shader] = &[Shader::BatchNorm];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Shader::BatchNorm => "batchnorm.wgsl",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
+        }
+    }
+}
+
+/// An entry point of a shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    BatchNormStatsPartial,
+    BatchNormStatsFinalize,
+    BatchNormEvalStats,
+    BatchNormNormalize,
+    BatchNormBackwardPartial,
+    BatchNormBackwardFinalize,
+    BatchNormBackwardDx,
+}
+
+impl Kernel {
+    pub const ALL: &'static [Kernel] = &[
+        Kernel::BatchNormStatsPartial,
+        Kernel::BatchNormStatsFinalize,
+        Kernel::BatchNormEvalStats,
+        Kernel::BatchNormNormalize,
+        Kernel::BatchNormBackwardPartial,
+        Kernel::BatchNormBackwardFinalize,
+        Kernel::BatchNormBackwardDx,
+    ];
+
+    pub fn shader(self) -> Shader {
+        Shader::BatchNorm
+    }
+
+    pub fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::BatchNormStatsPartial => "stats_partial",
+            Kernel::BatchNormStatsFinalize => "stats_finalize",
+            Kernel::BatchNormEvalStats => "eval_stats",
+            Kernel::BatchNormNormalize => "normalize",
+            Kernel::BatchNormBackwardPartial => "backward_partial",
+            Kernel::BatchNormBackwardFinalize => "backward_finalize",
+            Kernel::BatchNormBackwardDx => "backward_dx",
+        }
+    }
+}
+
+/// Binding slots of group 0, named as the WGSL globals they feed (a test checks each name
+/// and number against the shader). Slot 0 is always the kernel's uniform parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    X = 1,
+    Dy = 2,
+    Partials = 3,
+    Stats = 4,
+    RunningMean = 5,
+    RunningVar = 6,
+    Gamma = 7,
+    Beta = 8,
+    Out = 9,
+    Dgamma = 10,
+    Dbeta = 11,
+}
+
+impl Slot {
+    pub const ALL: &'static [Slot] = &[
+        Slot::X,
+        Slot::Dy,
+        Slot::Partials,
+        Slot::Stats,
+        Slot::RunningMean,
+        Slot::RunningVar,
+        Slot::Gamma,
+        Slot::Beta,
+        Slot::Out,
+        Slot::Dgamma,
+        Slot::Dbeta,
+    ];
+
+    pub fn wgsl_name(self) -> &'static str {
+        match self {
+            Slot::X => "x",
+            Slot::Dy => "dy",
+            Slot::Partials => "partials",
+            Slot::Stats => "stats",
+            Slot::RunningMean => "running_mean",
+            Slot::RunningVar => "running_var",
+            Slot::Gamma => "gamma",
+            Slot::Beta => "beta",
+            Slot::Out => "out",
+            Slot::Dgamma => "dgamma",
+            Slot::Dbeta => "dbeta",
+        }
+    }
+}
+
+/// A buffer range bound to a slot, in f32 elements.
+#[derive(Clone, Copy)]
+pub struct Binding<'a> {
+    pub slot: Slot,
+    pub buffer: &'a GpuBuffer,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl<'a> Binding<'a> {
+    pub fn whole(slot: Slot, buffer: &'a GpuBuffer) -> Self {
+        Self {
+            slot,
+            buffer,
+            offset: 0,
+            len: buffer.len(),
+        }
+    }
+
+    /// `len` values starting at value `offset` (the byte offset must meet the adapter's
+    /// storage offset alignment).
+    pub fn rows(slot: Slot, buffer: &'a GpuBuffer, offset: usize, len: usize) -> Self {
+        Self {
+            slot,
+            buffer,
+            offset,
+            len,
+        }
+    }
+}
+
+/// Creates each shader module and compute pipeline once.
+pub(crate) struct PipelineCache {
+    device: wgpu::Device,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn new(device: wgpu::Device) -> Self {
+        Self {
+            device,
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn get(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pipeline) = pipelines.get(&kernel) {
+            return Ok(pipeline.clone());
+        }
+        let module = self.module(kernel.shader())?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry_point()),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry_point()),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "pipeline {} of {}: {error}",
+                kernel.entry_point(),
+                kernel.shader().file_name()
+            )));
+        }
+        pipelines.insert(kernel, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn module(&self, shader: Shader) -> Result<wgpu::ShaderModule> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(module) = modules.get(&shader) {
+            return Ok(module.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file_name()),
+                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+            });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("{}: {error}", shader.file_name())));
+        }
+        modules.insert(shader, module.clone());
+        Ok(module)
+    }
+}

@@ -1,0 +1,3 @@
+//! Each op's forward and backward, for both backends, side by side.
+
+pub mod batchnorm;

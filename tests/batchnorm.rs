@@ -1,0 +1,382 @@
+//! BatchNorm on both backends against the float64 reference, on fresh random inputs each run.
+//! Outputs are poisoned with NaN before every call, so an element a kernel forgets to write
+//! shows up as an error.
+
+mod common;
+
+use common::{assert_close, assert_close_to_terms, channel_data, gpu, norm, normal, rng};
+use rand::RngExt;
+use wgnorm::Backend;
+use wgnorm::cpu::CpuBackend;
+use wgnorm::ops::batchnorm::{
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
+    RunningStats, plan_row_chunks, stat,
+};
+use wgnorm::reference::batchnorm as reference;
+
+const FORWARD_TOLERANCE: f64 = 1e-5;
+const BACKWARD_TOLERANCE: f64 = 1e-4;
+
+/// One problem: inputs on the host.
+struct Case {
+    shape: BatchNormShape,
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+impl Case {
+    fn random(rng: &mut rand::rngs::StdRng, n: usize, c: usize, s: usize) -> Self {
+        Case {
+            shape: BatchNormShape { n, c, s },
+            x: channel_data(rng, n, c, s),
+            dy: normal(rng, n * c * s, 0.0, 1.0),
+            gamma: (0..c).map(|_| rng.random_range(0.5..1.5)).collect(),
+            beta: normal(rng, c, 0.0, 1.0),
+            running_mean: normal(rng, c, 0.0, 1.0),
+            running_var: (0..c).map(|_| rng.random_range(0.5..2.0)).collect(),
+        }
+    }
+}
+
+/// Runs train forward, backward and eval forward of `case` on `backend` and checks every output
+/// against the reference.
+fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
+    let shape = case.shape;
+    let config = BatchNormConfig::default();
+    let label = format!("{} {shape:?}", backend.describe());
+    let poisoned = |len| backend.filled(len, f32::NAN);
+    let x = backend.upload(&case.x)?;
+    let affine = Affine::<B> {
+        gamma: backend.upload(&case.gamma)?,
+        beta: backend.upload(&case.beta)?,
+    };
+    let mut running = RunningStats::<B> {
+        mean: backend.upload(&case.running_mean)?,
+        var: backend.upload(&case.running_var)?,
+    };
+
+    let mut forward = BatchNormForward::<B> {
+        y: poisoned(shape.len())?,
+        stats: poisoned(shape.stats_len())?,
+    };
+    backend.batchnorm_forward(
+        Mode::Train,
+        &x,
+        shape,
+        &affine,
+        &mut running,
+        config,
+        &mut forward,
+    )?;
+    let expected = reference::forward_train(
+        &case.x,
+        shape,
+        &case.gamma,
+        &case.beta,
+        &case.running_mean,
+        &case.running_var,
+        config.eps as f64,
+        config.momentum as f64,
+    );
+    let stats = backend.download(&forward.stats)?;
+    let plane = |p: usize| &stats[p * shape.c..(p + 1) * shape.c];
+    assert_close(
+        &format!("{label} y"),
+        &backend.download(&forward.y)?,
+        &expected.y,
+        FORWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} mean"),
+        plane(stat::MEAN),
+        &expected.mean,
+        FORWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} var"),
+        plane(stat::VAR),
+        &expected.var,
+        FORWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} invstd"),
+        plane(stat::INVSTD),
+        &expected.invstd,
+        FORWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} running mean"),
+        &backend.download(&running.mean)?,
+        &expected.running_mean,
+        FORWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} running var"),
+        &backend.download(&running.var)?,
+        &expected.running_var,
+        FORWARD_TOLERANCE,
+    );
+
+    let dy = backend.upload(&case.dy)?;
+    let mut grads = BatchNormGrads::<B> {
+        dx: poisoned(shape.len())?,
+        dgamma: poisoned(shape.c)?,
+        dbeta: poisoned(shape.c)?,
+    };
+    backend.batchnorm_backward(&x, &dy, shape, &affine.gamma, &forward.stats, &mut grads)?;
+    let expected = reference::backward(&case.x, &case.dy, shape, &case.gamma, config.eps as f64);
+    let terms = cancelling_terms(
+        case,
+        &reference::moments(&case.x, shape).1,
+        config.eps as f64,
+    );
+    assert_close_to_terms(
+        &format!("{label} dx"),
+        &backend.download(&grads.dx)?,
+        &expected.dx,
+        terms,
+        BACKWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} dgamma"),
+        &backend.download(&grads.dgamma)?,
+        &expected.dgamma,
+        BACKWARD_TOLERANCE,
+    );
+    assert_close(
+        &format!("{label} dbeta"),
+        &backend.download(&grads.dbeta)?,
+        &expected.dbeta,
+        BACKWARD_TOLERANCE,
+    );
+
+    let mut fresh = RunningStats::<B> {
+        mean: backend.upload(&case.running_mean)?,
+        var: backend.upload(&case.running_var)?,
+    };
+    let mut eval = BatchNormForward::<B> {
+        y: poisoned(shape.len())?,
+        stats: poisoned(shape.stats_len())?,
+    };
+    backend.batchnorm_forward(
+        Mode::Eval,
+        &x,
+        shape,
+        &affine,
+        &mut fresh,
+        config,
+        &mut eval,
+    )?;
+    let expected = reference::forward_eval(
+        &case.x,
+        shape,
+        &case.gamma,
+        &case.beta,
+        &case.running_mean,
+        &case.running_var,
+        config.eps as f64,
+    );
+    assert_close(
+        &format!("{label} eval y"),
+        &backend.download(&eval.y)?,
+        &expected,
+        FORWARD_TOLERANCE,
+    );
+    assert_eq!(
+        backend.download(&fresh.mean)?,
+        case.running_mean,
+        "{label}: eval changed the running mean"
+    );
+    Ok(())
+}
+
+/// ‖γ·invstd·(dy − mean_c(dy))‖: the size of the terms whose difference is dx.
+fn cancelling_terms(case: &Case, var: &[f64], eps: f64) -> f64 {
+    let shape = case.shape;
+    let m = shape.per_channel() as f64;
+    let mut mean_dy = vec![0.0; shape.c];
+    for (i, &g) in case.dy.iter().enumerate() {
+        mean_dy[(i / shape.s) % shape.c] += g as f64 / m;
+    }
+    let terms: Vec<f64> = case
+        .dy
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| {
+            let c = (i / shape.s) % shape.c;
+            case.gamma[c] as f64 / (var[c] + eps).sqrt() * (g as f64 - mean_dy[c])
+        })
+        .collect();
+    norm(&terms)
+}
+
+const ROWS: [usize; 6] = [2, 3, 17, 256, 1000, 65537];
+const CHANNELS: [usize; 4] = [1, 7, 128, 513];
+
+fn all_2d<B: BatchNormOps>(backend: &B, test: &str) {
+    let mut rng = rng(test);
+    for n in ROWS {
+        for c in CHANNELS {
+            check(backend, &Case::random(&mut rng, n, c, 1)).unwrap();
+        }
+    }
+}
+
+fn all_nchw<B: BatchNormOps>(backend: &B, test: &str) {
+    let mut rng = rng(test);
+    for s in [49, 784] {
+        for n in [2, 3, 17, 256] {
+            for c in [1, 7, 128] {
+                check(backend, &Case::random(&mut rng, n, c, s)).unwrap();
+            }
+        }
+    }
+    check(backend, &Case::random(&mut rng, 65537, 1, 49)).unwrap();
+    check(backend, &Case::random(&mut rng, 1000, 7, 784)).unwrap();
+}
+
+/// A constant channel (variance 0: y = β, dx finite) and a channel at mean 1e4 with spread 1e-2
+/// beside an ordinary one.
+fn hard_channels<B: BatchNormOps>(backend: &B, test: &str) {
+    let mut rng = rng(test);
+    for (n, s) in [(1000, 1), (65537, 1), (17, 49)] {
+        let mut case = Case::random(&mut rng, n, 3, s);
+        let spread = normal(&mut rng, n * s, 0.0, 1.0);
+        for row in 0..n {
+            for j in 0..s {
+                case.x[(row * 3) * s + j] = 2.5;
+                case.x[(row * 3 + 1) * s + j] = 1e4 + 1e-2 * spread[row * s + j];
+            }
+        }
+        check(backend, &case).unwrap();
+        let x = backend.upload(&case.x).unwrap();
+        let affine = Affine::<B> {
+            gamma: backend.upload(&case.gamma).unwrap(),
+            beta: backend.upload(&case.beta).unwrap(),
+        };
+        let mut running = RunningStats::<B> {
+            mean: backend.upload(&case.running_mean).unwrap(),
+            var: backend.upload(&case.running_var).unwrap(),
+        };
+        let out = backend
+            .batchnorm_forward_new(
+                Mode::Train,
+                &x,
+                case.shape,
+                &affine,
+                &mut running,
+                BatchNormConfig::default(),
+            )
+            .unwrap();
+        let y = backend.download(&out.y).unwrap();
+        for row in 0..n {
+            for j in 0..s {
+                assert_eq!(
+                    y[(row * 3) * s + j],
+                    case.beta[0],
+                    "constant channel: y must equal beta"
+                );
+            }
+        }
+    }
+}
+
+fn rejects_bad_calls<B: BatchNormOps>(backend: &B) {
+    let shape = BatchNormShape { n: 1, c: 4, s: 1 };
+    let x = backend.upload(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let affine = Affine::<B> {
+        gamma: backend.filled(4, 1.0).unwrap(),
+        beta: backend.filled(4, 0.0).unwrap(),
+    };
+    let mut running = RunningStats::<B> {
+        mean: backend.filled(4, 0.0).unwrap(),
+        var: backend.filled(4, 1.0).unwrap(),
+    };
+    let config = BatchNormConfig::default();
+    let err = backend
+        .batchnorm_forward_new(Mode::Train, &x, shape, &affine, &mut running, config)
+        .err()
+        .expect("m = 1 in training must be refused");
+    assert!(
+        err.to_string().contains("more than 1 value per channel"),
+        "{err}"
+    );
+    backend
+        .batchnorm_forward_new(Mode::Eval, &x, shape, &affine, &mut running, config)
+        .expect("eval with one sample is fine");
+
+    let wrong = BatchNormShape { n: 2, c: 4, s: 1 };
+    let err = backend
+        .batchnorm_forward_new(Mode::Train, &x, wrong, &affine, &mut running, config)
+        .err()
+        .expect("x of 4 values for an 8-value shape must be refused");
+    assert!(
+        err.to_string().contains("x has 4 elements, expected 8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cpu_matches_reference_on_2d_shapes() {
+    all_2d(&CpuBackend, "cpu_2d");
+}
+
+#[test]
+fn cpu_matches_reference_on_nchw_shapes() {
+    all_nchw(&CpuBackend, "cpu_nchw");
+}
+
+#[test]
+fn cpu_handles_constant_and_far_from_zero_channels() {
+    hard_channels(&CpuBackend, "cpu_hard");
+}
+
+#[test]
+fn cpu_rejects_bad_calls() {
+    rejects_bad_calls(&CpuBackend);
+}
+
+#[test]
+fn gpu_matches_reference_on_2d_shapes() {
+    let Some(gpu) = gpu() else { return };
+    // The largest case is over lavapipe's 128 MiB binding limit: say which path the test takes.
+    let limits = gpu.limits();
+    let big = BatchNormShape {
+        n: 65537,
+        c: 513,
+        s: 1,
+    };
+    let chunks = plan_row_chunks(
+        big,
+        limits.max_storage_buffer_binding_size,
+        limits.min_storage_buffer_offset_alignment as u64,
+    )
+    .unwrap();
+    eprintln!("{big:?} runs in {} chunk(s) on this adapter", chunks.len());
+    if (big.len() * 4) as u64 > limits.max_storage_buffer_binding_size {
+        assert!(chunks.len() > 1);
+    }
+    all_2d(gpu, "gpu_2d");
+}
+
+#[test]
+fn gpu_matches_reference_on_nchw_shapes() {
+    let Some(gpu) = gpu() else { return };
+    all_nchw(gpu, "gpu_nchw");
+}
+
+#[test]
+fn gpu_handles_constant_and_far_from_zero_channels() {
+    let Some(gpu) = gpu() else { return };
+    hard_channels(gpu, "gpu_hard");
+}
+
+#[test]
+fn gpu_rejects_bad_calls() {
+    let Some(gpu) = gpu() else { return };
+    rejects_bad_calls(gpu);
+}

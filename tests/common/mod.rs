@@ -1,0 +1,131 @@
+//! Helpers shared by the integration tests: the GPU under test, fresh random inputs and the
+//! error measure.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
+
+/// The GPU backend shared by every test of a binary, or None (with the reason printed) when no
+/// adapter exists. Under CI=true a missing adapter fails the test instead.
+pub fn gpu() -> Option<&'static GpuBackend> {
+    static GPU: OnceLock<Option<GpuBackend>> = OnceLock::new();
+    GPU.get_or_init(
+        || match GpuBackend::new(&AdapterRequest::from_flag_or_env(None)) {
+            Ok(gpu) => {
+                eprintln!("GPU tests run on {}", gpu.adapter());
+                Some(gpu)
+            }
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true requires a GPU adapter for the GPU tests: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping GPU tests: {e}");
+                None
+            }
+        },
+    )
+    .as_ref()
+}
+
+/// A generator seeded freshly each run; the seed is printed so that a failure can be replayed
+/// with WGNORM_TEST_SEED.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("WGNORM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    eprintln!("{test}: WGNORM_TEST_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Values per channel drawn from N(mean_c, std_c²), with channel means of magnitude 1..3 and
+/// spreads 0.5..2, so every channel has a mean and a spread of its own.
+pub fn channel_data(rng: &mut StdRng, n: usize, c: usize, s: usize) -> Vec<f32> {
+    let params: Vec<(f32, f32)> = (0..c)
+        .map(|_| {
+            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+            (
+                sign * rng.random_range(1.0..3.0),
+                rng.random_range(0.5..2.0),
+            )
+        })
+        .collect();
+    let unit = Normal::new(0.0f32, 1.0).unwrap();
+    let mut x = Vec::with_capacity(n * c * s);
+    for _ in 0..n {
+        for &(mean, std) in &params {
+            for _ in 0..s {
+                x.push(mean + std * unit.sample(rng));
+            }
+        }
+    }
+    x
+}
+
+pub fn normal(rng: &mut StdRng, len: usize, mean: f32, std: f32) -> Vec<f32> {
+    let dist = Normal::new(mean, std).unwrap();
+    (0..len).map(|_| dist.sample(rng)).collect()
+}
+
+/// ‖out − reference‖ / ‖reference‖, or ‖out‖ when the reference is all zeros.
+pub fn normwise_error(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length");
+    let mut diff = 0.0;
+    let mut norm = 0.0;
+    for (&o, &r) in out.iter().zip(reference) {
+        let o = o as f64;
+        if !o.is_finite() {
+            return f64::INFINITY;
+        }
+        diff += (o - r) * (o - r);
+        norm += r * r;
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}
+
+/// Like `assert_close`, but the error may also be measured against `scale`, the size of the
+/// terms that cancel to give the result. Where they cancel almost completely (BatchNorm's dx at
+/// m = 2 is eps/(var+eps) ≈ 1e-5 of them), no f32 arithmetic gets the result to a relative 1e-4,
+/// and the achievable bound is relative to those terms.
+pub fn assert_close_to_terms(
+    what: &str,
+    out: &[f32],
+    reference: &[f64],
+    scale: f64,
+    tolerance: f64,
+) {
+    assert_eq!(out.len(), reference.len(), "length");
+    let error = out
+        .iter()
+        .zip(reference)
+        .map(|(&o, r)| (o as f64 - r).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let bound = tolerance * norm(reference).max(scale);
+    assert!(
+        error < bound, // also false for NaN
+        "{what}: error {error:.3e} exceeds {tolerance:.0e} x max(|ref| {:.3e}, |terms| {scale:.3e})",
+        norm(reference)
+    );
+}
+
+pub fn norm(values: &[f64]) -> f64 {
+    values.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+pub fn assert_close(what: &str, out: &[f32], reference: &[f64], tolerance: f64) {
+    let error = normwise_error(out, reference);
+    assert!(
+        error < tolerance,
+        "{what}: normwise relative error {error:.3e} exceeds {tolerance:.0e}"
+    );
+}
