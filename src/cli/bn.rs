@@ -33,10 +33,10 @@ pub struct BnArgs {
     /// Upstream gradient of x's shape: also run the backward pass.
     #[arg(long)]
     dy: Option<PathBuf>,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     eps: f32,
     /// Weight of the new batch value in the running statistics (PyTorch convention).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     momentum: f32,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,

@@ -351,7 +351,13 @@ impl Backend for GpuBackend {
     }
 
     fn filled(&self, len: usize, value: f32) -> Result<GpuBuffer> {
-        self.upload(&vec![value; len])
+        // Allocating first refuses an oversized request before the host vector is built.
+        let buffer = self.alloc(len, STORAGE)?;
+        if len > 0 {
+            let data = vec![value; len];
+            self.shared.queue.write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&data));
+        }
+        Ok(buffer)
     }
 
     fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {

@@ -1,0 +1,138 @@
+//! `wgnorm bn` and `wgnorm devices` as a user runs them: files in, files out, one-line errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{assert_close, channel_data, gpu, normal, rng};
+use wgnorm::data::npy;
+use wgnorm::ops::batchnorm::BatchNormShape;
+use wgnorm::reference::batchnorm as reference;
+
+fn wgnorm(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgnorm"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .expect("the wgnorm binary runs")
+}
+
+/// The error lines wgnorm printed (Mesa may add its own notices on stderr).
+fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(ours.len(), 1, "expected one error line, got: {stderr}");
+    assert!(ours[0].contains(needle), "'{needle}' not in: {}", ours[0]);
+}
+
+fn run_and_check(device: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rng(&format!("cli_bn_{device}"));
+    let (n, c, h, w) = (5, 3, 4, 2);
+    let shape = BatchNormShape { n, c, s: h * w };
+    let x = channel_data(&mut rng, n, c, h * w);
+    let dy = normal(&mut rng, x.len(), 0.0, 1.0);
+    let gamma = normal(&mut rng, c, 1.0, 0.2);
+    let beta = normal(&mut rng, c, 0.0, 1.0);
+    let running_var = vec![2.0f32; c];
+    let path = |name: &str| dir.path().join(name);
+    npy::write(&path("x.npy"), &[n, c, h, w], &x).unwrap();
+    npy::write(&path("dy.npy"), &[n, c, h, w], &dy).unwrap();
+    npy::write(&path("g.npy"), &[c], &gamma).unwrap();
+    npy::write(&path("b.npy"), &[c], &beta).unwrap();
+    npy::write(&path("rv.npy"), &[c], &running_var).unwrap();
+    let output = wgnorm(
+        &[
+            "bn", "--x", "x.npy", "--dy", "dy.npy", "--gamma", "g.npy", "--beta", "b.npy",
+            "--running-var", "rv.npy", "--momentum", "0.2", "--device", device, "--out", "out",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("ran on:"), "{stdout}");
+
+    let read = |name: &str| npy::read(&path(&format!("out/{name}.npy"))).unwrap();
+    let expected = reference::forward_train(&x, shape, &gamma, &beta, &vec![0.0; c], &running_var, 1e-5, 0.2);
+    let y = read("y");
+    assert_eq!(y.shape, vec![n, c, h, w]);
+    assert_close("y", &y.data, &expected.y, 1e-5);
+    assert_close("mean", &read("mean").data, &expected.mean, 1e-5);
+    assert_close("var", &read("var").data, &expected.var, 1e-5);
+    assert_close("invstd", &read("invstd").data, &expected.invstd, 1e-5);
+    assert_close("running_mean", &read("running_mean").data, &expected.running_mean, 1e-5);
+    assert_close("running_var", &read("running_var").data, &expected.running_var, 1e-5);
+    let grads = reference::backward(&x, &dy, shape, &gamma, 1e-5);
+    let dx = read("dx");
+    assert_eq!(dx.shape, vec![n, c, h, w]);
+    assert_close("dx", &dx.data, &grads.dx, 1e-4);
+    assert_close("dgamma", &read("dgamma").data, &grads.dgamma, 1e-4);
+    assert_close("dbeta", &read("dbeta").data, &grads.dbeta, 1e-4);
+}
+
+#[test]
+fn bn_on_cpu_writes_every_output_matching_the_reference() {
+    run_and_check("cpu");
+}
+
+#[test]
+fn bn_on_gpu_writes_every_output_matching_the_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    run_and_check("gpu");
+}
+
+#[test]
+fn devices_lists_the_adapter() {
+    let Some(gpu) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let output = wgnorm(&["devices"], dir.path());
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&gpu.adapter().name), "{stdout}");
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    npy::write(&at("x.npy"), &[4, 3], &[1.0; 12]).unwrap();
+    npy::write(&at("one.npy"), &[1, 3], &[1.0; 3]).unwrap();
+    npy::write(&at("flat.npy"), &[12], &[1.0; 12]).unwrap();
+    npy::write(&at("g4.npy"), &[4], &[1.0; 4]).unwrap();
+    npy::write(&at("dy.npy"), &[3, 4], &[1.0; 12]).unwrap();
+    std::fs::write(at("junk.npy"), b"not numpy").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["bn", "--x", "missing.npy", "--out", "o", "--device", "cpu"], "missing.npy"),
+        (&["bn", "--x", "junk.npy", "--out", "o", "--device", "cpu"], "not a valid .npy file"),
+        (&["bn", "--x", "flat.npy", "--out", "o", "--device", "cpu"], "(N, C)"),
+        (&["bn", "--x", "one.npy", "--out", "o", "--device", "cpu"], "more than 1 value per channel"),
+        (&["bn", "--x", "x.npy", "--gamma", "g4.npy", "--out", "o", "--device", "cpu"], "expected (3,)"),
+        (&["bn", "--x", "x.npy", "--dy", "dy.npy", "--out", "o", "--device", "cpu"], "expected x's shape"),
+        (&["bn", "--x", "x.npy", "--eps", "-1", "--out", "o", "--device", "cpu"], "eps"),
+        (&["bn", "--x", "x.npy", "--out", "o", "--device", "tpu"], "tpu"),
+        (&["bn", "--x", "x.npy", "--out", "o", "--frobnicate"], "--frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let output = wgnorm(args, dir.path());
+        assert_one_line_error(&output, 2, needle);
+    }
+    assert!(!at("o").exists(), "a failed run must not leave outputs");
+}
+
+#[test]
+fn an_adapter_that_matches_nothing_lists_what_exists() {
+    let Some(gpu) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    npy::write(&dir.path().join("x.npy"), &[4, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 2.0, 3.0]).unwrap();
+    let output = wgnorm(
+        &["bn", "--x", "x.npy", "--out", "o", "--device", "gpu", "--adapter", "no-such-gpu"],
+        dir.path(),
+    );
+    assert_one_line_error(&output, 2, &gpu.adapter().name);
+}

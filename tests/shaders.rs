@@ -1,0 +1,121 @@
+//! Every WGSL shader parses and validates with naga, and agrees with the Rust side on entry
+//! points, binding slots, uniform layouts and shared constants. Needs no GPU.
+
+use std::mem::{offset_of, size_of};
+
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use wgnorm::gpu::{Kernel, Shader, Slot, WORKGROUP};
+use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
+
+fn parse(shader: Shader) -> naga::Module {
+    naga::front::wgsl::parse_str(shader.source())
+        .unwrap_or_else(|e| panic!("{}: {}", shader.file_name(), e.emit_to_string(shader.source())))
+}
+
+fn u32_constant(module: &naga::Module, name: &str) -> u32 {
+    let (_, constant) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("constant {name} missing"));
+    match module.global_expressions[constant.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => v,
+        ref other => panic!("constant {name} is not a u32 literal: {other:?}"),
+    }
+}
+
+#[test]
+fn every_shader_validates() {
+    for &shader in Shader::ALL {
+        let module = parse(shader);
+        Validator::new(ValidationFlags::all(), Capabilities::empty())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.file_name(), e.emit_to_string(shader.source())));
+    }
+}
+
+#[test]
+fn every_kernel_is_a_compute_entry_point_of_its_shader() {
+    for &kernel in Kernel::ALL {
+        let module = parse(kernel.shader());
+        let entry = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == kernel.entry_point())
+            .unwrap_or_else(|| panic!("{kernel:?}: no entry point {}", kernel.entry_point()));
+        assert_eq!(entry.stage, naga::ShaderStage::Compute, "{kernel:?}");
+    }
+}
+
+#[test]
+fn binding_slots_match_the_rust_names() {
+    for &shader in Shader::ALL {
+        let module = parse(shader);
+        for (_, global) in module.global_variables.iter() {
+            let (Some(name), Some(binding)) = (&global.name, &global.binding) else {
+                continue;
+            };
+            assert_eq!(binding.group, 0, "{name}");
+            if binding.binding == 0 {
+                assert!(matches!(global.space, naga::AddressSpace::Uniform), "slot 0 holds the uniform parameters, not {name}");
+                continue;
+            }
+            let slot = Slot::ALL
+                .iter()
+                .find(|s| s.wgsl_name() == name)
+                .unwrap_or_else(|| panic!("{}: binding {name} has no Slot", shader.file_name()));
+            assert_eq!(*slot as u32, binding.binding, "{}: {name}", shader.file_name());
+        }
+    }
+}
+
+#[test]
+fn batchnorm_params_layout_matches_rust() {
+    let module = parse(Shader::BatchNorm);
+    let (members, span) = module
+        .types
+        .iter()
+        .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+            (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => Some((members.clone(), *span)),
+            _ => None,
+        })
+        .expect("struct Params");
+    assert_eq!(span as usize, size_of::<BatchNormParams>());
+    let rust = [
+        ("rows", offset_of!(BatchNormParams, rows)),
+        ("channels", offset_of!(BatchNormParams, channels)),
+        ("spatial", offset_of!(BatchNormParams, spatial)),
+        ("lanes_c", offset_of!(BatchNormParams, lanes_c)),
+        ("split_len", offset_of!(BatchNormParams, split_len)),
+        ("split_base", offset_of!(BatchNormParams, split_base)),
+        ("total_splits", offset_of!(BatchNormParams, total_splits)),
+        ("_pad0", offset_of!(BatchNormParams, _pad0)),
+        ("count", offset_of!(BatchNormParams, count)),
+        ("eps", offset_of!(BatchNormParams, eps)),
+        ("momentum", offset_of!(BatchNormParams, momentum)),
+        ("_pad1", offset_of!(BatchNormParams, _pad1)),
+    ];
+    let wgsl: Vec<(String, usize)> = members
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+        .collect();
+    let rust: Vec<(String, usize)> = rust.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+    assert_eq!(wgsl, rust);
+}
+
+#[test]
+fn batchnorm_constants_match_rust() {
+    let module = parse(Shader::BatchNorm);
+    assert_eq!(u32_constant(&module, "WORKGROUP"), WORKGROUP);
+    assert_eq!(u32_constant(&module, "PARTIAL_STRIDE") as usize, PARTIAL_STRIDE);
+    for (name, plane) in [
+        ("STAT_MEAN", stat::MEAN),
+        ("STAT_VAR", stat::VAR),
+        ("STAT_INVSTD", stat::INVSTD),
+        ("STAT_SHIFT", stat::SHIFT),
+        ("STAT_SHIFTED_MEAN", stat::SHIFTED_MEAN),
+    ] {
+        assert_eq!(u32_constant(&module, name) as usize, plane, "{name}");
+    }
+    assert_eq!(stat::PLANES, 5);
+}
