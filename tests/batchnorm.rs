@@ -6,7 +6,6 @@ mod common;
 
 use common::{assert_close, assert_close_to_terms, channel_data, gpu, norm, normal, rng};
 use rand::RngExt;
-use wgnorm::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
@@ -60,7 +59,7 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
     };
 
     let mut forward = BatchNormForward::<B> {
-        y: poisoned(shape.len())?,
+        y: poisoned(shape.numel())?,
         stats: poisoned(shape.stats_len())?,
     };
     backend.batchnorm_forward(
@@ -123,7 +122,7 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
 
     let dy = backend.upload(&case.dy)?;
     let mut grads = BatchNormGrads::<B> {
-        dx: poisoned(shape.len())?,
+        dx: poisoned(shape.numel())?,
         dgamma: poisoned(shape.c)?,
         dbeta: poisoned(shape.c)?,
     };
@@ -159,7 +158,7 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         var: backend.upload(&case.running_var)?,
     };
     let mut eval = BatchNormForward::<B> {
-        y: poisoned(shape.len())?,
+        y: poisoned(shape.numel())?,
         stats: poisoned(shape.stats_len())?,
     };
     backend.batchnorm_forward(
@@ -357,7 +356,7 @@ fn gpu_matches_reference_on_2d_shapes() {
     )
     .unwrap();
     eprintln!("{big:?} runs in {} chunk(s) on this adapter", chunks.len());
-    if (big.len() * 4) as u64 > limits.max_storage_buffer_binding_size {
+    if (big.numel() * 4) as u64 > limits.max_storage_buffer_binding_size {
         assert!(chunks.len() > 1);
     }
     all_2d(gpu, "gpu_2d");

@@ -47,25 +47,63 @@ fn run_and_check(device: &str) {
     npy::write(&path("rv.npy"), &[c], &running_var).unwrap();
     let output = wgnorm(
         &[
-            "bn", "--x", "x.npy", "--dy", "dy.npy", "--gamma", "g.npy", "--beta", "b.npy",
-            "--running-var", "rv.npy", "--momentum", "0.2", "--device", device, "--out", "out",
+            "bn",
+            "--x",
+            "x.npy",
+            "--dy",
+            "dy.npy",
+            "--gamma",
+            "g.npy",
+            "--beta",
+            "b.npy",
+            "--running-var",
+            "rv.npy",
+            "--momentum",
+            "0.2",
+            "--device",
+            device,
+            "--out",
+            "out",
         ],
         dir.path(),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("ran on:"), "{stdout}");
 
     let read = |name: &str| npy::read(&path(&format!("out/{name}.npy"))).unwrap();
-    let expected = reference::forward_train(&x, shape, &gamma, &beta, &vec![0.0; c], &running_var, 1e-5, 0.2);
+    let expected = reference::forward_train(
+        &x,
+        shape,
+        &gamma,
+        &beta,
+        &vec![0.0; c],
+        &running_var,
+        1e-5,
+        0.2,
+    );
     let y = read("y");
     assert_eq!(y.shape, vec![n, c, h, w]);
     assert_close("y", &y.data, &expected.y, 1e-5);
     assert_close("mean", &read("mean").data, &expected.mean, 1e-5);
     assert_close("var", &read("var").data, &expected.var, 1e-5);
     assert_close("invstd", &read("invstd").data, &expected.invstd, 1e-5);
-    assert_close("running_mean", &read("running_mean").data, &expected.running_mean, 1e-5);
-    assert_close("running_var", &read("running_var").data, &expected.running_var, 1e-5);
+    assert_close(
+        "running_mean",
+        &read("running_mean").data,
+        &expected.running_mean,
+        1e-5,
+    );
+    assert_close(
+        "running_var",
+        &read("running_var").data,
+        &expected.running_var,
+        1e-5,
+    );
     let grads = reference::backward(&x, &dy, shape, &gamma, 1e-5);
     let dx = read("dx");
     assert_eq!(dx.shape, vec![n, c, h, w]);
@@ -108,15 +146,48 @@ fn bad_inputs_are_one_line_errors_with_exit_code_2() {
     npy::write(&at("dy.npy"), &[3, 4], &[1.0; 12]).unwrap();
     std::fs::write(at("junk.npy"), b"not numpy").unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["bn", "--x", "missing.npy", "--out", "o", "--device", "cpu"], "missing.npy"),
-        (&["bn", "--x", "junk.npy", "--out", "o", "--device", "cpu"], "not a valid .npy file"),
-        (&["bn", "--x", "flat.npy", "--out", "o", "--device", "cpu"], "(N, C)"),
-        (&["bn", "--x", "one.npy", "--out", "o", "--device", "cpu"], "more than 1 value per channel"),
-        (&["bn", "--x", "x.npy", "--gamma", "g4.npy", "--out", "o", "--device", "cpu"], "expected (3,)"),
-        (&["bn", "--x", "x.npy", "--dy", "dy.npy", "--out", "o", "--device", "cpu"], "expected x's shape"),
-        (&["bn", "--x", "x.npy", "--eps", "-1", "--out", "o", "--device", "cpu"], "eps"),
-        (&["bn", "--x", "x.npy", "--out", "o", "--device", "tpu"], "tpu"),
-        (&["bn", "--x", "x.npy", "--out", "o", "--frobnicate"], "--frobnicate"),
+        (
+            &["bn", "--x", "missing.npy", "--out", "o", "--device", "cpu"],
+            "missing.npy",
+        ),
+        (
+            &["bn", "--x", "junk.npy", "--out", "o", "--device", "cpu"],
+            "not a valid .npy file",
+        ),
+        (
+            &["bn", "--x", "flat.npy", "--out", "o", "--device", "cpu"],
+            "(N, C)",
+        ),
+        (
+            &["bn", "--x", "one.npy", "--out", "o", "--device", "cpu"],
+            "more than 1 value per channel",
+        ),
+        (
+            &[
+                "bn", "--x", "x.npy", "--gamma", "g4.npy", "--out", "o", "--device", "cpu",
+            ],
+            "expected (3,)",
+        ),
+        (
+            &[
+                "bn", "--x", "x.npy", "--dy", "dy.npy", "--out", "o", "--device", "cpu",
+            ],
+            "expected x's shape",
+        ),
+        (
+            &[
+                "bn", "--x", "x.npy", "--eps", "-1", "--out", "o", "--device", "cpu",
+            ],
+            "eps",
+        ),
+        (
+            &["bn", "--x", "x.npy", "--out", "o", "--device", "tpu"],
+            "tpu",
+        ),
+        (
+            &["bn", "--x", "x.npy", "--out", "o", "--frobnicate"],
+            "--frobnicate",
+        ),
     ];
     for (args, needle) in cases {
         let output = wgnorm(args, dir.path());
@@ -129,9 +200,24 @@ fn bad_inputs_are_one_line_errors_with_exit_code_2() {
 fn an_adapter_that_matches_nothing_lists_what_exists() {
     let Some(gpu) = gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
-    npy::write(&dir.path().join("x.npy"), &[4, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 2.0, 3.0]).unwrap();
+    npy::write(
+        &dir.path().join("x.npy"),
+        &[4, 3],
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 2.0, 3.0],
+    )
+    .unwrap();
     let output = wgnorm(
-        &["bn", "--x", "x.npy", "--out", "o", "--device", "gpu", "--adapter", "no-such-gpu"],
+        &[
+            "bn",
+            "--x",
+            "x.npy",
+            "--out",
+            "o",
+            "--device",
+            "gpu",
+            "--adapter",
+            "no-such-gpu",
+        ],
         dir.path(),
     );
     assert_one_line_error(&output, 2, &gpu.adapter().name);

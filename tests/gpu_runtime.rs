@@ -5,9 +5,11 @@ mod common;
 
 use common::{channel_data, gpu, rng};
 use wgnorm::Backend;
-use wgnorm::gpu::{AdapterRequest, GpuBackend};
-use wgnorm::ops::batchnorm::{Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats};
 use wgnorm::Error;
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
+use wgnorm::ops::batchnorm::{
+    Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats,
+};
 
 fn step(gpu: &GpuBackend, x: &[f32], shape: BatchNormShape) -> wgnorm::Result<()> {
     let x = gpu.upload(x)?;
@@ -19,7 +21,14 @@ fn step(gpu: &GpuBackend, x: &[f32], shape: BatchNormShape) -> wgnorm::Result<()
         mean: gpu.filled(shape.c, 0.0)?,
         var: gpu.filled(shape.c, 1.0)?,
     };
-    let out = gpu.batchnorm_forward_new(Mode::Train, &x, shape, &affine, &mut running, BatchNormConfig::default())?;
+    let out = gpu.batchnorm_forward_new(
+        Mode::Train,
+        &x,
+        shape,
+        &affine,
+        &mut running,
+        BatchNormConfig::default(),
+    )?;
     let grads = gpu.batchnorm_backward_new(&x, &out.y, shape, &affine.gamma, &out.stats)?;
     gpu.download(&grads.dx)?;
     Ok(())
@@ -29,8 +38,15 @@ fn step(gpu: &GpuBackend, x: &[f32], shape: BatchNormShape) -> wgnorm::Result<()
 fn repeated_steps_reuse_pooled_buffers() {
     let Some(gpu) = gpu() else { return };
     // A private backend, so other tests' buffers do not enter the count.
-    let gpu = GpuBackend::new(&AdapterRequest { name: Some(gpu.adapter().name.clone()) }).unwrap();
-    let shape = BatchNormShape { n: 300, c: 20, s: 1 };
+    let gpu = GpuBackend::new(&AdapterRequest {
+        name: Some(gpu.adapter().name.clone()),
+    })
+    .unwrap();
+    let shape = BatchNormShape {
+        n: 300,
+        c: 20,
+        s: 1,
+    };
     let x = channel_data(&mut rng("pool"), shape.n, shape.c, shape.s);
     step(&gpu, &x, shape).unwrap();
     step(&gpu, &x, shape).unwrap();
@@ -39,7 +55,11 @@ fn repeated_steps_reuse_pooled_buffers() {
         step(&gpu, &x, shape).unwrap();
     }
     assert!(after_warmup > 0, "buffers should return to the pool");
-    assert_eq!(gpu.pooled_buffers(), after_warmup, "the pool grew: buffers are not being reused");
+    assert_eq!(
+        gpu.pooled_buffers(),
+        after_warmup,
+        "the pool grew: buffers are not being reused"
+    );
 }
 
 #[test]
@@ -54,7 +74,10 @@ fn buffers_beyond_the_adapter_limit_are_refused_naming_it() {
 #[test]
 fn a_lost_device_gives_errors_not_panics() {
     let Some(gpu) = gpu() else { return };
-    let gpu = GpuBackend::new(&AdapterRequest { name: Some(gpu.adapter().name.clone()) }).unwrap();
+    let gpu = GpuBackend::new(&AdapterRequest {
+        name: Some(gpu.adapter().name.clone()),
+    })
+    .unwrap();
     let shape = BatchNormShape { n: 8, c: 4, s: 1 };
     let x = channel_data(&mut rng("lost"), shape.n, shape.c, shape.s);
     step(&gpu, &x, shape).unwrap();
@@ -66,9 +89,11 @@ fn a_lost_device_gives_errors_not_panics() {
 #[test]
 fn an_unknown_adapter_name_lists_the_adapters() {
     let Some(gpu) = gpu() else { return };
-    let err = GpuBackend::new(&AdapterRequest { name: Some("no-such-adapter".into()) })
-        .err()
-        .expect("no adapter is called that");
+    let err = GpuBackend::new(&AdapterRequest {
+        name: Some("no-such-adapter".into()),
+    })
+    .err()
+    .expect("no adapter is called that");
     assert!(matches!(err, Error::NoAdapter(_)));
     assert!(err.to_string().contains(&gpu.adapter().name), "{err}");
 }

@@ -8,8 +8,13 @@ use wgnorm::gpu::{Kernel, Shader, Slot, WORKGROUP};
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 
 fn parse(shader: Shader) -> naga::Module {
-    naga::front::wgsl::parse_str(shader.source())
-        .unwrap_or_else(|e| panic!("{}: {}", shader.file_name(), e.emit_to_string(shader.source())))
+    naga::front::wgsl::parse_str(shader.source()).unwrap_or_else(|e| {
+        panic!(
+            "{}: {}",
+            shader.file_name(),
+            e.emit_to_string(shader.source())
+        )
+    })
 }
 
 fn u32_constant(module: &naga::Module, name: &str) -> u32 {
@@ -30,7 +35,13 @@ fn every_shader_validates() {
         let module = parse(shader);
         Validator::new(ValidationFlags::all(), Capabilities::empty())
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", shader.file_name(), e.emit_to_string(shader.source())));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {}",
+                    shader.file_name(),
+                    e.emit_to_string(shader.source())
+                )
+            });
     }
 }
 
@@ -57,14 +68,22 @@ fn binding_slots_match_the_rust_names() {
             };
             assert_eq!(binding.group, 0, "{name}");
             if binding.binding == 0 {
-                assert!(matches!(global.space, naga::AddressSpace::Uniform), "slot 0 holds the uniform parameters, not {name}");
+                assert!(
+                    matches!(global.space, naga::AddressSpace::Uniform),
+                    "slot 0 holds the uniform parameters, not {name}"
+                );
                 continue;
             }
             let slot = Slot::ALL
                 .iter()
                 .find(|s| s.wgsl_name() == name)
                 .unwrap_or_else(|| panic!("{}: binding {name} has no Slot", shader.file_name()));
-            assert_eq!(*slot as u32, binding.binding, "{}: {name}", shader.file_name());
+            assert_eq!(
+                *slot as u32,
+                binding.binding,
+                "{}: {name}",
+                shader.file_name()
+            );
         }
     }
 }
@@ -76,7 +95,9 @@ fn batchnorm_params_layout_matches_rust() {
         .types
         .iter()
         .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-            (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => Some((members.clone(), *span)),
+            (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => {
+                Some((members.clone(), *span))
+            }
             _ => None,
         })
         .expect("struct Params");
@@ -107,7 +128,10 @@ fn batchnorm_params_layout_matches_rust() {
 fn batchnorm_constants_match_rust() {
     let module = parse(Shader::BatchNorm);
     assert_eq!(u32_constant(&module, "WORKGROUP"), WORKGROUP);
-    assert_eq!(u32_constant(&module, "PARTIAL_STRIDE") as usize, PARTIAL_STRIDE);
+    assert_eq!(
+        u32_constant(&module, "PARTIAL_STRIDE") as usize,
+        PARTIAL_STRIDE
+    );
     for (name, plane) in [
         ("STAT_MEAN", stat::MEAN),
         ("STAT_VAR", stat::VAR),

@@ -28,7 +28,7 @@ enum Command {
     /// List every GPU adapter wgpu can see, best first.
     Devices,
     /// Run BatchNorm (training-mode forward, and backward with --dy) on .npy tensors.
-    Bn(bn::BnArgs),
+    Bn(Box<bn::BnArgs>),
 }
 
 /// Where work runs. `auto` takes the best GPU adapter and falls back to the CPU with a notice.
@@ -90,7 +90,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Devices => devices::run(),
-        Command::Bn(args) => bn::run(args),
+        Command::Bn(args) => bn::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

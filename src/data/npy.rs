@@ -162,7 +162,7 @@ mod tests {
     fn integer_arrays_are_refused_with_their_dtype() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i.npy");
-        npyz::to_file(&path, [1i32, 2, 3]).unwrap();
+        npyz::to_file_1d(&path, [1i32, 2, 3]).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(
             err.contains("<i4") && err.contains("not supported"),

@@ -355,7 +355,9 @@ impl Backend for GpuBackend {
         let buffer = self.alloc(len, STORAGE)?;
         if len > 0 {
             let data = vec![value; len];
-            self.shared.queue.write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&data));
+            self.shared
+                .queue
+                .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&data));
         }
         Ok(buffer)
     }

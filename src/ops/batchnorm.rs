@@ -46,7 +46,7 @@ impl BatchNormShape {
             c: dims[1],
             s: dims[2..].iter().product(),
         };
-        if shape.len() == 0 {
+        if shape.numel() == 0 {
             return Err(Error::Shape(format!(
                 "BatchNorm needs a non-empty x, got {dims:?}"
             )));
@@ -55,7 +55,7 @@ impl BatchNormShape {
     }
 
     /// Number of elements of x.
-    pub fn len(&self) -> usize {
+    pub fn numel(&self) -> usize {
         self.n * self.c * self.s
     }
 
@@ -159,7 +159,7 @@ pub trait BatchNormOps: Backend + Sized {
         config: BatchNormConfig,
     ) -> Result<BatchNormForward<Self>> {
         let mut out = BatchNormForward {
-            y: self.filled(shape.len(), 0.0)?,
+            y: self.filled(shape.numel(), 0.0)?,
             stats: self.filled(shape.stats_len(), 0.0)?,
         };
         self.batchnorm_forward(mode, x, shape, affine, running, config, &mut out)?;
@@ -176,7 +176,7 @@ pub trait BatchNormOps: Backend + Sized {
         stats: &Self::Buffer,
     ) -> Result<BatchNormGrads<Self>> {
         let mut grads = BatchNormGrads {
-            dx: self.filled(shape.len(), 0.0)?,
+            dx: self.filled(shape.numel(), 0.0)?,
             dgamma: self.filled(shape.c, 0.0)?,
             dbeta: self.filled(shape.c, 0.0)?,
         };
@@ -268,22 +268,22 @@ fn check_len(what: &str, len: usize, expected: usize) -> Result<()> {
 
 fn check_forward_lens(lens: [usize; 7], shape: BatchNormShape) -> Result<()> {
     let [x, gamma, beta, mean, var, y, stats] = lens;
-    check_len("x", x, shape.len())?;
+    check_len("x", x, shape.numel())?;
     check_len("gamma", gamma, shape.c)?;
     check_len("beta", beta, shape.c)?;
     check_len("running mean", mean, shape.c)?;
     check_len("running var", var, shape.c)?;
-    check_len("y", y, shape.len())?;
+    check_len("y", y, shape.numel())?;
     check_len("stats", stats, shape.stats_len())
 }
 
 fn check_backward_lens(lens: [usize; 7], shape: BatchNormShape) -> Result<()> {
     let [x, dy, gamma, stats, dx, dgamma, dbeta] = lens;
-    check_len("x", x, shape.len())?;
-    check_len("dy", dy, shape.len())?;
+    check_len("x", x, shape.numel())?;
+    check_len("dy", dy, shape.numel())?;
     check_len("gamma", gamma, shape.c)?;
     check_len("stats", stats, shape.stats_len())?;
-    check_len("dx", dx, shape.len())?;
+    check_len("dx", dx, shape.numel())?;
     check_len("dgamma", dgamma, shape.c)?;
     check_len("dbeta", dbeta, shape.c)
 }
@@ -461,10 +461,10 @@ fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParam
 }
 
 fn check_u32_indexable(shape: BatchNormShape) -> Result<()> {
-    if shape.len() > u32::MAX as usize {
+    if shape.numel() > u32::MAX as usize {
         return Err(Error::Limit(format!(
             "BatchNorm input of {} elements exceeds the 2^32 elements a GPU kernel can index",
-            shape.len()
+            shape.numel()
         )));
     }
     Ok(())
