@@ -29,6 +29,9 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A download that failed or whose content did not verify; nothing partial is kept.
+    #[error("download failed: {0}")]
+    Download(String),
     /// A file that was read but whose content is not what it should be.
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },

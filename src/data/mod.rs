@@ -1,3 +1,5 @@
 //! Reading and writing the data wgnorm works on.
 
+pub mod download;
+pub mod mnist;
 pub mod npy;

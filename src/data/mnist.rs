@@ -1,0 +1,253 @@
+//! MNIST from the four standard IDX files, gzip-compressed or raw.
+//!
+//! The `mnist` crate panics on malformed files and reads raw files only, so wgnorm parses IDX
+//! itself: every header is checked against the file's real length before anything is allocated
+//! from it, and every problem is an error naming the file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+pub const SIDE: usize = 28;
+pub const PIXELS: usize = SIDE * SIDE;
+pub const CLASSES: usize = 10;
+
+const IMAGES_MAGIC: u32 = 2051;
+const LABELS_MAGIC: u32 = 2049;
+/// Larger than any MNIST file uncompressed (train images: 47,040,016 bytes): a cap on gunzip.
+const MAX_UNCOMPRESSED: u64 = 64 << 20;
+
+/// The four files, with the SHA-256 of their `.gz` form (from LeCun's originals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MnistFile {
+    TrainImages,
+    TrainLabels,
+    TestImages,
+    TestLabels,
+}
+
+impl MnistFile {
+    pub const ALL: [MnistFile; 4] = [
+        MnistFile::TrainImages,
+        MnistFile::TrainLabels,
+        MnistFile::TestImages,
+        MnistFile::TestLabels,
+    ];
+
+    /// Name of the uncompressed file; the compressed one adds `.gz`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            MnistFile::TrainImages => "train-images-idx3-ubyte",
+            MnistFile::TrainLabels => "train-labels-idx1-ubyte",
+            MnistFile::TestImages => "t10k-images-idx3-ubyte",
+            MnistFile::TestLabels => "t10k-labels-idx1-ubyte",
+        }
+    }
+
+    pub fn gz_name(self) -> String {
+        format!("{}.gz", self.stem())
+    }
+
+    pub fn sha256(self) -> &'static str {
+        match self {
+            MnistFile::TrainImages => {
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+            }
+            MnistFile::TrainLabels => {
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+            }
+            MnistFile::TestImages => {
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+            }
+            MnistFile::TestLabels => {
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+            }
+        }
+    }
+
+    /// The file present in `dir`: the `.gz` form first, else the raw one.
+    pub fn find(self, dir: &Path) -> Option<PathBuf> {
+        [dir.join(self.gz_name()), dir.join(self.stem())]
+            .into_iter()
+            .find(|p| p.is_file())
+    }
+}
+
+/// Images as bytes (row-major, `PIXELS` per image) and labels 0..9.
+#[derive(Clone, Debug, Default)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Images [start, end) as a new split.
+    pub fn slice(&self, start: usize, end: usize) -> Split {
+        Split {
+            images: self.images[start * PIXELS..end * PIXELS].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Mnist {
+    pub train: Split,
+    pub test: Split,
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// The file's bytes, gunzipped when it ends in `.gz`.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.is_empty() {
+        return Err(bad(path, "the file is empty"));
+    }
+    if path.extension().is_none_or(|e| e != "gz") {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .take(MAX_UNCOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(path, format!("truncated or corrupt gzip data: {e}")))?;
+    if out.len() as u64 > MAX_UNCOMPRESSED {
+        return Err(bad(
+            path,
+            format!("decompresses to more than {MAX_UNCOMPRESSED} bytes; not an MNIST file"),
+        ));
+    }
+    Ok(out)
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Checks an IDX header: magic, and that the count it announces is exactly what the file holds.
+fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    magic: u32,
+    header_len: usize,
+    item_len: usize,
+) -> Result<usize> {
+    let too_short = || {
+        bad(
+            path,
+            format!(
+                "{} bytes is too short for an IDX header of {header_len}",
+                bytes.len()
+            ),
+        )
+    };
+    if bytes.len() < 4 {
+        return Err(too_short());
+    }
+    let found = be_u32(bytes, 0);
+    if found != magic {
+        return Err(bad(
+            path,
+            format!("wrong magic number {found}, expected {magic}"),
+        ));
+    }
+    if bytes.len() < header_len {
+        return Err(too_short());
+    }
+    let count = be_u32(bytes, 4) as usize;
+    let body = bytes.len() - header_len;
+    if count as u128 * item_len as u128 != body as u128 {
+        return Err(bad(
+            path,
+            format!(
+                "the header announces {count} items of {item_len} bytes but the file holds {body} bytes after it"
+            ),
+        ));
+    }
+    Ok(count)
+}
+
+/// Parses an IDX3 image file of 28×28 images.
+pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.len() >= 16 && be_u32(bytes, 0) == IMAGES_MAGIC {
+        let (rows, cols) = (be_u32(bytes, 8), be_u32(bytes, 12));
+        if (rows, cols) != (SIDE as u32, SIDE as u32) {
+            return Err(bad(
+                path,
+                format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}"),
+            ));
+        }
+    }
+    check_header(path, bytes, IMAGES_MAGIC, 16, PIXELS)?;
+    Ok(bytes[16..].to_vec())
+}
+
+/// Parses an IDX1 label file with labels 0..9.
+pub fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    check_header(path, bytes, LABELS_MAGIC, 8, 1)?;
+    let labels = &bytes[8..];
+    if let Some(i) = labels.iter().position(|&l| l as usize >= CLASSES) {
+        return Err(bad(
+            path,
+            format!("label {} at index {i} is outside 0..9", labels[i]),
+        ));
+    }
+    Ok(labels.to_vec())
+}
+
+fn load_file(dir: &Path, file: MnistFile) -> Result<(PathBuf, Vec<u8>)> {
+    let path = file.find(dir).ok_or_else(|| Error::Io {
+        path: dir.join(file.gz_name()),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not found (nor the uncompressed file)",
+        ),
+    })?;
+    let bytes = read_bytes(&path)?;
+    Ok((path, bytes))
+}
+
+fn load_split(dir: &Path, images: MnistFile, labels: MnistFile) -> Result<Split> {
+    let (image_path, image_bytes) = load_file(dir, images)?;
+    let images = parse_images(&image_path, &image_bytes)?;
+    let (label_path, label_bytes) = load_file(dir, labels)?;
+    let labels = parse_labels(&label_path, &label_bytes)?;
+    if images.len() / PIXELS != labels.len() {
+        return Err(bad(
+            &label_path,
+            format!(
+                "{} labels for {} images in {}",
+                labels.len(),
+                images.len() / PIXELS,
+                image_path.display()
+            ),
+        ));
+    }
+    Ok(Split { images, labels })
+}
+
+/// Loads all four files from `dir`.
+pub fn load(dir: &Path) -> Result<Mnist> {
+    Ok(Mnist {
+        train: load_split(dir, MnistFile::TrainImages, MnistFile::TrainLabels)?,
+        test: load_split(dir, MnistFile::TestImages, MnistFile::TestLabels)?,
+    })
+}

@@ -1,0 +1,234 @@
+//! MNIST loading from the real files in ../shared/data/mnist, malformed files, and the download
+//! path against a local HTTP server on 127.0.0.1 (nothing leaves this machine).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use wgnorm::data::download::{ensure_mnist, fetch_verified};
+use wgnorm::data::mnist::{self, MnistFile, PIXELS};
+
+fn shared_mnist() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true needs ../shared/data/mnist"
+    );
+    eprintln!("skipping: {} not found", dir.display());
+    None
+}
+
+#[test]
+fn the_real_files_load_with_the_standard_counts() {
+    let Some(dir) = shared_mnist() else { return };
+    let data = mnist::load(&dir).unwrap();
+    assert_eq!(data.train.len(), 60_000);
+    assert_eq!(data.test.len(), 10_000);
+    assert_eq!(data.train.images.len(), 60_000 * PIXELS);
+    let count = |labels: &[u8], class| labels.iter().filter(|&&l| l == class).count();
+    assert_eq!(
+        (count(&data.train.labels, 0), count(&data.train.labels, 1)),
+        (5923, 6742)
+    );
+    assert_eq!(
+        (count(&data.test.labels, 0), count(&data.test.labels, 1)),
+        (980, 1135)
+    );
+}
+
+fn idx_images(count: u32, rows: u32, cols: u32, pixels: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for v in [2051, count, rows, cols] {
+        bytes.extend_from_slice(&v.to_be_bytes());
+    }
+    bytes.resize(16 + pixels, 7);
+    bytes
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for v in [2049, labels.len() as u32] {
+        bytes.extend_from_slice(&v.to_be_bytes());
+    }
+    bytes.extend_from_slice(labels);
+    bytes
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A data dir with two-image splits, raw files, after `spoil` has changed one of them.
+fn load_spoiled(spoil: impl FnOnce(&Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for (images, labels) in [
+        (MnistFile::TrainImages, MnistFile::TrainLabels),
+        (MnistFile::TestImages, MnistFile::TestLabels),
+    ] {
+        std::fs::write(
+            dir.path().join(images.stem()),
+            idx_images(2, 28, 28, 2 * PIXELS),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(labels.stem()), idx_labels(&[3, 9])).unwrap();
+    }
+    mnist::load(dir.path()).expect("the unspoiled files load");
+    spoil(dir.path());
+    mnist::load(dir.path()).unwrap_err().to_string()
+}
+
+/// Changes one file of a valid data dir.
+type Spoiler<'a> = Box<dyn FnOnce(&Path) + 'a>;
+
+#[test]
+fn malformed_files_are_errors_naming_the_file_and_the_problem() {
+    let train_images = |dir: &Path| dir.join(MnistFile::TrainImages.stem());
+    let train_labels = |dir: &Path| dir.join(MnistFile::TrainLabels.stem());
+    let cases: Vec<(Spoiler<'_>, &str)> = vec![
+        (
+            Box::new(|d: &Path| std::fs::remove_file(train_images(d)).unwrap()),
+            "not found",
+        ),
+        (
+            Box::new(|d: &Path| std::fs::write(train_images(d), b"").unwrap()),
+            "empty",
+        ),
+        (
+            Box::new(|d: &Path| std::fs::write(train_images(d), b"IDX").unwrap()),
+            "too short",
+        ),
+        (
+            Box::new(|d: &Path| std::fs::write(train_images(d), idx_labels(&[1, 2])).unwrap()),
+            "wrong magic",
+        ),
+        (
+            Box::new(|d: &Path| {
+                std::fs::write(train_images(d), idx_images(1_000_000, 28, 28, 2 * PIXELS)).unwrap()
+            }),
+            "announces 1000000",
+        ),
+        (
+            Box::new(|d: &Path| {
+                std::fs::write(train_images(d), idx_images(2, 32, 32, 2 * 1024)).unwrap()
+            }),
+            "32x32",
+        ),
+        (
+            Box::new(|d: &Path| std::fs::write(train_labels(d), idx_labels(&[3, 10])).unwrap()),
+            "label 10",
+        ),
+        (
+            Box::new(|d: &Path| std::fs::write(train_labels(d), idx_labels(&[3, 4, 5])).unwrap()),
+            "3 labels for 2 images",
+        ),
+        (
+            Box::new(|d: &Path| {
+                std::fs::remove_file(train_images(d)).unwrap();
+                let full = gz(&idx_images(2, 28, 28, 2 * PIXELS));
+                std::fs::write(
+                    d.join(MnistFile::TrainImages.gz_name()),
+                    &full[..full.len() / 2],
+                )
+                .unwrap();
+            }),
+            "truncated or corrupt gzip",
+        ),
+    ];
+    for (spoil, needle) in cases {
+        let err = load_spoiled(spoil);
+        assert!(err.contains(needle), "'{needle}' not in: {err}");
+        assert!(err.contains("ubyte"), "the error must name the file: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Serves `files` (name → bytes) over HTTP on 127.0.0.1 for `requests` requests, then stops.
+fn serve(files: Vec<(String, Vec<u8>)>, requests: usize) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut request_line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            reader.read_line(&mut request_line).unwrap();
+            let mut header = String::new();
+            while reader.read_line(&mut header).unwrap() > 2 {
+                header.clear();
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+            let name = path.rsplit('/').next().unwrap_or("");
+            match files.iter().find(|(n, _)| n == name) {
+                Some((_, body)) => {
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .unwrap();
+                    stream.write_all(body).unwrap();
+                }
+                None => write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap(),
+            }
+        }
+    });
+    (base, handle)
+}
+
+#[test]
+fn download_fetches_and_verifies_every_missing_file() {
+    let Some(shared) = shared_mnist() else { return };
+    let files: Vec<(String, Vec<u8>)> = MnistFile::ALL
+        .iter()
+        .map(|f| {
+            (
+                f.gz_name(),
+                std::fs::read(shared.join(f.gz_name())).unwrap(),
+            )
+        })
+        .collect();
+    let (base, server) = serve(files, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("mnist");
+    ensure_mnist(&target, &[base]).unwrap();
+    server.join().unwrap();
+    let data = mnist::load(&target).unwrap();
+    assert_eq!((data.train.len(), data.test.len()), (60_000, 10_000));
+    // Present files are not fetched again: no server is running now.
+    ensure_mnist(&target, &["http://127.0.0.1:9".to_string()]).unwrap();
+}
+
+#[test]
+fn a_corrupt_or_missing_download_is_reported_and_deleted() {
+    let Some(shared) = shared_mnist() else { return };
+    let file = MnistFile::TestLabels;
+    let mut corrupt = std::fs::read(shared.join(file.gz_name())).unwrap();
+    corrupt[100] ^= 0xff;
+    let (base, server) = serve(vec![(file.gz_name(), corrupt)], 2);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join(file.gz_name());
+    let err = fetch_verified(
+        &format!("{base}/{}", file.gz_name()),
+        &target,
+        file.sha256(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not match"), "{err}");
+    let err = fetch_verified(&format!("{base}/missing.gz"), &target, file.sha256())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("404"), "{err}");
+    server.join().unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing may be left behind: {left:?}");
+}
