@@ -151,3 +151,30 @@ pub mod batchnorm {
         Grads { dx, dgamma, dbeta }
     }
 }
+
+pub mod matmul {
+    use crate::ops::matmul::MatrixLayout;
+
+    /// a·b (+ bias per column) in f64, row-major a.rows × b.cols.
+    pub fn matmul(
+        a: &[f32],
+        a_layout: MatrixLayout,
+        b: &[f32],
+        b_layout: MatrixLayout,
+        bias: Option<&[f32]>,
+    ) -> Vec<f64> {
+        let mut out = Vec::with_capacity(a_layout.rows * b_layout.cols);
+        for i in 0..a_layout.rows {
+            for j in 0..b_layout.cols {
+                let mut sum = bias.map_or(0.0, |bias| bias[j] as f64);
+                for k in 0..a_layout.cols {
+                    let x = a[i * a_layout.row_stride + k * a_layout.col_stride] as f64;
+                    let y = b[k * b_layout.row_stride + j * b_layout.col_stride] as f64;
+                    sum += x * y;
+                }
+                out.push(sum);
+            }
+        }
+        out
+    }
+}

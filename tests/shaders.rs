@@ -6,6 +6,7 @@ use std::mem::{offset_of, size_of};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgnorm::gpu::{Kernel, Shader, Slot, WORKGROUP};
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
+use wgnorm::ops::matmul::{MATMUL_TILE, MatmulParams};
 
 fn parse(shader: Shader) -> naga::Module {
     naga::front::wgsl::parse_str(shader.source()).unwrap_or_else(|e| {
@@ -88,40 +89,49 @@ fn binding_slots_match_the_rust_names() {
     }
 }
 
-#[test]
-fn batchnorm_params_layout_matches_rust() {
-    let module = parse(Shader::BatchNorm);
-    let (members, span) = module
+/// (name, offset) of each member of the WGSL struct `name`, and its size.
+fn wgsl_struct(shader: Shader, name: &str) -> (Vec<(String, usize)>, usize) {
+    let module = parse(shader);
+    module
         .types
         .iter()
         .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-            (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => {
-                Some((members.clone(), *span))
-            }
+            (Some(n), naga::TypeInner::Struct { members, span }) if n == name => Some((
+                members
+                    .iter()
+                    .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+                    .collect(),
+                *span as usize,
+            )),
             _ => None,
         })
-        .expect("struct Params");
-    assert_eq!(span as usize, size_of::<BatchNormParams>());
-    let rust = [
-        ("rows", offset_of!(BatchNormParams, rows)),
-        ("channels", offset_of!(BatchNormParams, channels)),
-        ("spatial", offset_of!(BatchNormParams, spatial)),
-        ("lanes_c", offset_of!(BatchNormParams, lanes_c)),
-        ("split_len", offset_of!(BatchNormParams, split_len)),
-        ("split_base", offset_of!(BatchNormParams, split_base)),
-        ("total_splits", offset_of!(BatchNormParams, total_splits)),
-        ("_pad0", offset_of!(BatchNormParams, _pad0)),
-        ("count", offset_of!(BatchNormParams, count)),
-        ("eps", offset_of!(BatchNormParams, eps)),
-        ("momentum", offset_of!(BatchNormParams, momentum)),
-        ("_pad1", offset_of!(BatchNormParams, _pad1)),
-    ];
-    let wgsl: Vec<(String, usize)> = members
-        .iter()
-        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
-        .collect();
-    let rust: Vec<(String, usize)> = rust.iter().map(|(n, o)| (n.to_string(), *o)).collect();
-    assert_eq!(wgsl, rust);
+        .unwrap_or_else(|| panic!("struct {name} missing from {}", shader.file_name()))
+}
+
+macro_rules! rust_layout {
+    ($ty:ty: $($field:ident),*) => {
+        (vec![$((stringify!($field).to_string(), offset_of!($ty, $field))),*], size_of::<$ty>())
+    };
+}
+
+#[test]
+fn uniform_layouts_match_rust() {
+    assert_eq!(
+        wgsl_struct(Shader::BatchNorm, "Params"),
+        rust_layout!(BatchNormParams: rows, channels, spatial, lanes_c, split_len, split_base, total_splits, _pad0, count, eps, momentum, _pad1)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::Matmul, "MatmulParams"),
+        rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, has_bias)
+    );
+}
+
+#[test]
+fn matmul_constants_match_rust() {
+    assert_eq!(
+        u32_constant(&parse(Shader::Matmul), "TILE") as usize,
+        MATMUL_TILE
+    );
 }
 
 #[test]

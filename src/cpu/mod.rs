@@ -1,6 +1,7 @@
 //! The CPU twin of every GPU kernel: the same algorithms, in f32, in plain loops.
 
 pub mod batchnorm;
+pub mod matmul;
 
 use crate::Result;
 use crate::backend::Backend;

@@ -15,20 +15,23 @@ pub const WORKGROUP: u32 = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     BatchNorm,
+    Matmul,
 }
 
 impl Shader {
-    pub const ALL: &'static [Shader] = &[Shader::BatchNorm];
+    pub const ALL: &'static [Shader] = &[Shader::BatchNorm, Shader::Matmul];
 
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::BatchNorm => "batchnorm.wgsl",
+            Shader::Matmul => "matmul.wgsl",
         }
     }
 
     pub fn source(self) -> &'static str {
         match self {
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
+            Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
         }
     }
 }
@@ -43,6 +46,7 @@ pub enum Kernel {
     BatchNormBackwardPartial,
     BatchNormBackwardFinalize,
     BatchNormBackwardDx,
+    Matmul,
 }
 
 impl Kernel {
@@ -54,10 +58,20 @@ impl Kernel {
         Kernel::BatchNormBackwardPartial,
         Kernel::BatchNormBackwardFinalize,
         Kernel::BatchNormBackwardDx,
+        Kernel::Matmul,
     ];
 
     pub fn shader(self) -> Shader {
-        Shader::BatchNorm
+        match self {
+            Kernel::BatchNormStatsPartial
+            | Kernel::BatchNormStatsFinalize
+            | Kernel::BatchNormEvalStats
+            | Kernel::BatchNormNormalize
+            | Kernel::BatchNormBackwardPartial
+            | Kernel::BatchNormBackwardFinalize
+            | Kernel::BatchNormBackwardDx => Shader::BatchNorm,
+            Kernel::Matmul => Shader::Matmul,
+        }
     }
 
     pub fn entry_point(self) -> &'static str {
@@ -69,12 +83,14 @@ impl Kernel {
             Kernel::BatchNormBackwardPartial => "backward_partial",
             Kernel::BatchNormBackwardFinalize => "backward_finalize",
             Kernel::BatchNormBackwardDx => "backward_dx",
+            Kernel::Matmul => "matmul",
         }
     }
 }
 
-/// Binding slots of group 0, named as the WGSL globals they feed (a test checks each name
-/// and number against the shader). Slot 0 is always the kernel's uniform parameters.
+/// Binding slots of group 0, named as the WGSL globals they feed, one numbering across all
+/// shaders (a test checks each name and number against every shader). Slot 0 is always the
+/// kernel's uniform parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
     X = 1,
@@ -88,6 +104,9 @@ pub enum Slot {
     Out = 9,
     Dgamma = 10,
     Dbeta = 11,
+    MatA = 12,
+    MatB = 13,
+    Bias = 14,
 }
 
 impl Slot {
@@ -103,6 +122,9 @@ impl Slot {
         Slot::Out,
         Slot::Dgamma,
         Slot::Dbeta,
+        Slot::MatA,
+        Slot::MatB,
+        Slot::Bias,
     ];
 
     pub fn wgsl_name(self) -> &'static str {
@@ -118,6 +140,9 @@ impl Slot {
             Slot::Out => "out",
             Slot::Dgamma => "dgamma",
             Slot::Dbeta => "dbeta",
+            Slot::MatA => "a",
+            Slot::MatB => "b",
+            Slot::Bias => "bias",
         }
     }
 }

@@ -1,0 +1,52 @@
+//! CPU twin of `shaders/matmul.wgsl` (formula there): the same strided product, computed by
+//! `matrixmultiply`'s packed, vectorized sgemm.
+
+use crate::ops::matmul::MatrixLayout;
+
+/// out (m×n, row-major) = a·b (+ bias per column). Layouts must have been checked against the
+/// buffers with `MatrixLayout::fits`.
+pub fn matmul(
+    a: &[f32],
+    a_layout: MatrixLayout,
+    b: &[f32],
+    b_layout: MatrixLayout,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (m, k, n) = (a_layout.rows, a_layout.cols, b_layout.cols);
+    assert!(
+        a_layout.fits(a.len())
+            && b_layout.fits(b.len())
+            && out.len() >= m * n
+            && k == b_layout.rows
+    );
+    let beta = match bias {
+        Some(bias) => {
+            for row in out[..m * n].chunks_exact_mut(n) {
+                row.copy_from_slice(&bias[..n]);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    // SAFETY: the assert above checks that every index sgemm touches lies inside a, b and out:
+    // a's largest is (m−1)·rsa + (k−1)·csa (MatrixLayout::fits), likewise b, and out is m×n.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            a_layout.row_stride as isize,
+            a_layout.col_stride as isize,
+            b.as_ptr(),
+            b_layout.row_stride as isize,
+            b_layout.col_stride as isize,
+            beta,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}

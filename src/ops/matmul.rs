@@ -1,0 +1,190 @@
+//! Matrix products on strided views, for both backends. The formula lives in
+//! `shaders/matmul.wgsl`; `src/cpu/matmul.rs` is the CPU twin.
+
+use crate::backend::Backend;
+use crate::cpu::{self, CpuBackend};
+use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
+use crate::{Error, Result};
+
+/// A rows×cols matrix inside a flat buffer: element (i, j) sits at i·row_stride + j·col_stride.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatrixLayout {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl MatrixLayout {
+    /// A plain row-major rows×cols matrix.
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The same data read as its transpose.
+    pub fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Whether every element lies inside a buffer of `len` values.
+    pub fn fits(&self, len: usize) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < len
+    }
+}
+
+/// out = a·b (+ bias added to every row), out row-major a.rows × b.cols.
+pub trait MatmulOps: Backend + Sized {
+    fn matmul(
+        &self,
+        a: &Self::Buffer,
+        a_layout: MatrixLayout,
+        b: &Self::Buffer,
+        b_layout: MatrixLayout,
+        bias: Option<&Self::Buffer>,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+}
+
+fn check(
+    a_len: usize,
+    a: MatrixLayout,
+    b_len: usize,
+    b: MatrixLayout,
+    bias_len: Option<usize>,
+    out_len: usize,
+) -> Result<()> {
+    if a.cols != b.rows {
+        return Err(Error::Shape(format!(
+            "matmul of {}x{} by {}x{}: inner dimensions differ",
+            a.rows, a.cols, b.rows, b.cols
+        )));
+    }
+    if !a.fits(a_len) {
+        return Err(Error::Shape(format!(
+            "matmul operand a {a:?} does not fit its {a_len} values"
+        )));
+    }
+    if !b.fits(b_len) {
+        return Err(Error::Shape(format!(
+            "matmul operand b {b:?} does not fit its {b_len} values"
+        )));
+    }
+    if bias_len.is_some_and(|len| len != b.cols) {
+        return Err(Error::Shape(format!(
+            "matmul bias has {} values, expected {}",
+            bias_len.unwrap_or(0),
+            b.cols
+        )));
+    }
+    if out_len != a.rows * b.cols {
+        return Err(Error::Shape(format!(
+            "matmul output has {out_len} values, expected {}x{}",
+            a.rows, b.cols
+        )));
+    }
+    Ok(())
+}
+
+impl MatmulOps for CpuBackend {
+    fn matmul(
+        &self,
+        a: &Vec<f32>,
+        a_layout: MatrixLayout,
+        b: &Vec<f32>,
+        b_layout: MatrixLayout,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check(
+            a.len(),
+            a_layout,
+            b.len(),
+            b_layout,
+            bias.map(Vec::len),
+            out.len(),
+        )?;
+        cpu::matmul::matmul(a, a_layout, b, b_layout, bias.map(Vec::as_slice), out);
+        Ok(())
+    }
+}
+
+/// Uniform parameters of `shaders/matmul.wgsl` (`struct MatmulParams` there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub a_row_stride: u32,
+    pub a_col_stride: u32,
+    pub b_row_stride: u32,
+    pub b_col_stride: u32,
+    pub has_bias: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
+
+/// Outputs per thread along each dimension (`TILE` in WGSL) and threads per workgroup side.
+pub const MATMUL_TILE: usize = 4;
+const MATMUL_WORKGROUP_SIDE: usize = 8;
+
+impl MatmulOps for GpuBackend {
+    fn matmul(
+        &self,
+        a: &GpuBuffer,
+        a_layout: MatrixLayout,
+        b: &GpuBuffer,
+        b_layout: MatrixLayout,
+        bias: Option<&GpuBuffer>,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        check(
+            a.len(),
+            a_layout,
+            b.len(),
+            b_layout,
+            bias.map(GpuBuffer::len),
+            out.len(),
+        )?;
+        let (m, n) = (a_layout.rows, b_layout.cols);
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let params = MatmulParams {
+            m: m as u32,
+            n: n as u32,
+            k: a_layout.cols as u32,
+            a_row_stride: a_layout.row_stride as u32,
+            a_col_stride: a_layout.col_stride as u32,
+            b_row_stride: b_layout.row_stride as u32,
+            b_col_stride: b_layout.col_stride as u32,
+            has_bias: bias.is_some() as u32,
+        };
+        let per_group = MATMUL_TILE * MATMUL_WORKGROUP_SIDE;
+        let groups = [
+            n.div_ceil(per_group) as u32,
+            m.div_ceil(per_group) as u32,
+            1,
+        ];
+        // Without a bias the slot still needs a buffer; `a` is bound read-only there and never read.
+        let bindings = [
+            Binding::whole(Slot::MatA, a),
+            Binding::whole(Slot::MatB, b),
+            Binding::whole(Slot::Bias, bias.unwrap_or(a)),
+            Binding::whole(Slot::Out, out),
+        ];
+        self.record(|encoder| self.dispatch(encoder, Kernel::Matmul, &params, &bindings, groups))
+    }
+}

@@ -1,0 +1,138 @@
+//! The strided matmul on both backends against the float64 reference, in the three forms a
+//! Linear layer needs: forward X·Wᵀ + b, and backward dY·W and dYᵀ·X.
+
+mod common;
+
+use common::{assert_close, gpu, normal, rng};
+use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
+use wgnorm::reference::matmul as reference;
+
+/// Checks the three Linear products for a batch of `batch` rows, `inputs` → `outputs`.
+fn check_linear<B: MatmulOps>(
+    backend: &B,
+    rng: &mut rand::rngs::StdRng,
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+) {
+    let label = format!(
+        "{} batch {batch}, {inputs} -> {outputs}",
+        backend.describe()
+    );
+    let x = normal(rng, batch * inputs, 0.5, 1.0);
+    let w = normal(rng, outputs * inputs, 0.0, 0.1);
+    let bias = normal(rng, outputs, 0.0, 1.0);
+    let dy = normal(rng, batch * outputs, 0.0, 1.0);
+    let upload = |v: &[f32]| backend.upload(v).unwrap();
+    let (xb, wb, biasb, dyb) = (upload(&x), upload(&w), upload(&bias), upload(&dy));
+
+    let x_layout = MatrixLayout::row_major(batch, inputs);
+    let w_layout = MatrixLayout::row_major(outputs, inputs);
+    let dy_layout = MatrixLayout::row_major(batch, outputs);
+    let cases = [
+        (
+            "y = x·wᵀ + b",
+            &xb,
+            x_layout,
+            &x,
+            &wb,
+            w_layout.transposed(),
+            &w,
+            Some((&biasb, &bias)),
+        ),
+        ("dx = dy·w", &dyb, dy_layout, &dy, &wb, w_layout, &w, None),
+        (
+            "dw = dyᵀ·x",
+            &dyb,
+            dy_layout.transposed(),
+            &dy,
+            &xb,
+            x_layout,
+            &x,
+            None,
+        ),
+    ];
+    for (what, a, a_layout, a_host, b, b_layout, b_host, bias) in cases {
+        let mut out = backend
+            .filled(a_layout.rows * b_layout.cols, f32::NAN)
+            .unwrap();
+        backend
+            .matmul(
+                a,
+                a_layout,
+                b,
+                b_layout,
+                bias.map(|(device, _)| device),
+                &mut out,
+            )
+            .unwrap();
+        let expected = reference::matmul(
+            a_host,
+            a_layout,
+            b_host,
+            b_layout,
+            bias.map(|(_, host)| host.as_slice()),
+        );
+        assert_close(
+            &format!("{label}: {what}"),
+            &backend.download(&out).unwrap(),
+            &expected,
+            1e-5,
+        );
+    }
+}
+
+fn all_sizes<B: MatmulOps>(backend: &B, test: &str) {
+    let mut rng = rng(test);
+    for batch in [1, 7, 33] {
+        for inputs in [1, 5, 64] {
+            for outputs in [1, 10, 37] {
+                check_linear(backend, &mut rng, batch, inputs, outputs);
+            }
+        }
+    }
+    // The reference MLP's layers.
+    check_linear(backend, &mut rng, 32, 784, 128);
+    check_linear(backend, &mut rng, 256, 128, 10);
+}
+
+fn rejects_mismatched_shapes<B: MatmulOps>(backend: &B) {
+    let a = backend.filled(6, 1.0).unwrap();
+    let b = backend.filled(6, 1.0).unwrap();
+    let mut out = backend.filled(4, 0.0).unwrap();
+    let err = backend
+        .matmul(
+            &a,
+            MatrixLayout::row_major(2, 3),
+            &b,
+            MatrixLayout::row_major(2, 3),
+            None,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("inner dimensions"), "{err}");
+    let err = backend
+        .matmul(
+            &a,
+            MatrixLayout::row_major(3, 3),
+            &b,
+            MatrixLayout::row_major(3, 2),
+            None,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+#[test]
+fn cpu_matmul_matches_reference() {
+    all_sizes(&wgnorm::cpu::CpuBackend, "cpu_matmul");
+    rejects_mismatched_shapes(&wgnorm::cpu::CpuBackend);
+}
+
+#[test]
+fn gpu_matmul_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    all_sizes(gpu, "gpu_matmul");
+    rejects_mismatched_shapes(gpu);
+}
