@@ -14,6 +14,8 @@ pub fn matmul(
     out: &mut [f32],
 ) {
     let (m, k, n) = (a_layout.rows, a_layout.cols, b_layout.cols);
+    // `MatmulOps::matmul` returns a shape error before calling this; the assert only keeps the
+    // unsafe block below sound for any other caller, so bad input never reaches it.
     assert!(
         a_layout.fits(a.len())
             && b_layout.fits(b.len())
