@@ -97,3 +97,89 @@ fn an_unknown_adapter_name_lists_the_adapters() {
     assert!(matches!(err, Error::NoAdapter(_)));
     assert!(err.to_string().contains(&gpu.adapter().name), "{err}");
 }
+
+/// Threads sharing one backend (and so one pending encoder and one buffer pool) each get their
+/// own correct results: no readback may see data before the work that writes it is submitted,
+/// and no buffer may be reused while unsubmitted work still reads it.
+#[test]
+fn threads_sharing_a_backend_get_their_own_results() {
+    let Some(gpu) = gpu() else { return };
+    let shape = BatchNormShape { n: 3, c: 128, s: 1 };
+    let mut rng = rng("threads");
+    let inputs: Vec<Vec<f32>> = (0..4)
+        .map(|_| channel_data(&mut rng, shape.n, shape.c, shape.s))
+        .collect();
+    std::thread::scope(|scope| {
+        for x in &inputs {
+            scope.spawn(move || {
+                let cpu = wgnorm::cpu::CpuBackend;
+                let host_x = x.clone();
+                let expected = {
+                    let mut running = RunningStats::<wgnorm::cpu::CpuBackend> {
+                        mean: vec![0.0; shape.c],
+                        var: vec![1.0; shape.c],
+                    };
+                    let affine = Affine::<wgnorm::cpu::CpuBackend> {
+                        gamma: vec![1.0; shape.c],
+                        beta: vec![0.0; shape.c],
+                    };
+                    let out = cpu
+                        .batchnorm_forward_new(
+                            Mode::Train,
+                            &host_x,
+                            shape,
+                            &affine,
+                            &mut running,
+                            BatchNormConfig::default(),
+                        )
+                        .unwrap();
+                    cpu.batchnorm_backward_new(&host_x, &out.y, shape, &affine.gamma, &out.stats)
+                        .unwrap()
+                        .dx
+                };
+                for _ in 0..40 {
+                    let x = gpu.upload(&host_x).unwrap();
+                    let affine = Affine::<GpuBackend> {
+                        gamma: gpu.filled(shape.c, 1.0).unwrap(),
+                        beta: gpu.filled(shape.c, 0.0).unwrap(),
+                    };
+                    let mut running = RunningStats::<GpuBackend> {
+                        mean: gpu.filled(shape.c, 0.0).unwrap(),
+                        var: gpu.filled(shape.c, 1.0).unwrap(),
+                    };
+                    let out = gpu
+                        .batchnorm_forward_new(
+                            Mode::Train,
+                            &x,
+                            shape,
+                            &affine,
+                            &mut running,
+                            BatchNormConfig::default(),
+                        )
+                        .unwrap();
+                    let mut grads = wgnorm::ops::batchnorm::BatchNormGrads::<GpuBackend> {
+                        dx: gpu.filled(shape.numel(), f32::NAN).unwrap(),
+                        dgamma: gpu.filled(shape.c, f32::NAN).unwrap(),
+                        dbeta: gpu.filled(shape.c, f32::NAN).unwrap(),
+                    };
+                    gpu.batchnorm_backward(
+                        &x,
+                        &out.y,
+                        shape,
+                        &affine.gamma,
+                        &out.stats,
+                        &mut grads,
+                    )
+                    .unwrap();
+                    let dx = gpu.download(&grads.dx).unwrap();
+                    for (got, want) in dx.iter().zip(&expected) {
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "dx {got} vs CPU {want}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+}

@@ -65,9 +65,14 @@ impl BufferPool {
         lock(&self.quarantine).push(buffer);
     }
 
-    /// Called after each submission: everything released before it may be reused.
-    pub(crate) fn after_submit(&self) {
-        let released: Vec<_> = lock(&self.quarantine).drain(..).collect();
+    /// Takes the buffers released so far. Called with the pending encoder locked and taken, so
+    /// every command that used them is in that encoder or an earlier submission.
+    pub(crate) fn take_released(&self) -> Vec<wgpu::Buffer> {
+        lock(&self.quarantine).drain(..).collect()
+    }
+
+    /// Makes buffers reusable once the submission that last used them has been made.
+    pub(crate) fn reuse(&self, released: Vec<wgpu::Buffer>) {
         let mut free = lock(&self.free);
         for buffer in released {
             free.entry((buffer.size(), buffer.usage()))

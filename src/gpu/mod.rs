@@ -180,13 +180,17 @@ impl GpuBackend {
         f(encoder)
     }
 
-    /// Submits everything recorded so far.
+    /// Submits everything recorded so far. The pending lock is held until the submission is
+    /// made: another thread's flush then returns only once work it may depend on (recorded by
+    /// anyone into the shared encoder) has really been submitted.
     pub fn flush(&self) -> Result<()> {
-        let encoder = lock(&self.shared.pending).take();
-        if let Some(encoder) = encoder {
+        let mut pending = lock(&self.shared.pending);
+        if let Some(encoder) = pending.take() {
+            let released = self.shared.pool.take_released();
             self.shared.queue.submit([encoder.finish()]);
-            self.shared.pool.after_submit();
+            self.shared.pool.reuse(released);
         }
+        drop(pending);
         self.check()
     }
 
