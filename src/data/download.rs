@@ -16,17 +16,6 @@ pub const MIRRORS: &[&str] = &[
     "https://storage.googleapis.com/cvdf-datasets/mnist",
 ];
 
-/// Environment variable that replaces the mirror list with one base URL.
-pub const MIRROR_ENV: &str = "WGNORM_MNIST_MIRROR";
-
-/// The mirrors to try: `WGNORM_MNIST_MIRROR` if set, else `MIRRORS`.
-pub fn mirrors() -> Vec<String> {
-    match std::env::var(MIRROR_ENV) {
-        Ok(url) if !url.is_empty() => vec![url],
-        _ => MIRRORS.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
 /// Downloads every MNIST file missing from `dir` (neither `.gz` nor raw present).
 pub fn ensure_mnist(dir: &Path, mirrors: &[String]) -> Result<()> {
     let missing: Vec<MnistFile> = MnistFile::ALL

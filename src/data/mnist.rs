@@ -89,14 +89,6 @@ impl Split {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
-
-    /// Images [start, end) as a new split.
-    pub fn slice(&self, start: usize, end: usize) -> Split {
-        Split {
-            images: self.images[start * PIXELS..end * PIXELS].to_vec(),
-            labels: self.labels[start..end].to_vec(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default)]
