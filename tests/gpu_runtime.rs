@@ -6,22 +6,29 @@ mod common;
 use common::{channel_data, gpu, rng};
 use wgnorm::Backend;
 use wgnorm::Error;
+use wgnorm::cpu::CpuBackend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
 use wgnorm::ops::batchnorm::{
-    Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats,
+    Affine, BatchNormConfig, BatchNormGrads, BatchNormOps, BatchNormShape, Mode, RunningStats,
 };
 
-fn step(gpu: &GpuBackend, x: &[f32], shape: BatchNormShape) -> wgnorm::Result<()> {
-    let x = gpu.upload(x)?;
-    let affine = Affine::<GpuBackend> {
-        gamma: gpu.filled(shape.c, 1.0)?,
-        beta: gpu.filled(shape.c, 0.0)?,
+/// One BatchNorm training step (forward, then backward with dy = y) on any backend; returns
+/// dx, whose buffer is poisoned with NaN first so that an unwritten element shows.
+fn step<B: BatchNormOps>(
+    backend: &B,
+    x: &[f32],
+    shape: BatchNormShape,
+) -> wgnorm::Result<Vec<f32>> {
+    let x = backend.upload(x)?;
+    let affine = Affine::<B> {
+        gamma: backend.filled(shape.c, 1.0)?,
+        beta: backend.filled(shape.c, 0.0)?,
     };
-    let mut running = RunningStats::<GpuBackend> {
-        mean: gpu.filled(shape.c, 0.0)?,
-        var: gpu.filled(shape.c, 1.0)?,
+    let mut running = RunningStats::<B> {
+        mean: backend.filled(shape.c, 0.0)?,
+        var: backend.filled(shape.c, 1.0)?,
     };
-    let out = gpu.batchnorm_forward_new(
+    let out = backend.batchnorm_forward_new(
         Mode::Train,
         &x,
         shape,
@@ -29,9 +36,13 @@ fn step(gpu: &GpuBackend, x: &[f32], shape: BatchNormShape) -> wgnorm::Result<()
         &mut running,
         BatchNormConfig::default(),
     )?;
-    let grads = gpu.batchnorm_backward_new(&x, &out.y, shape, &affine.gamma, &out.stats)?;
-    gpu.download(&grads.dx)?;
-    Ok(())
+    let mut grads = BatchNormGrads::<B> {
+        dx: backend.filled(shape.numel(), f32::NAN)?,
+        dgamma: backend.filled(shape.c, f32::NAN)?,
+        dbeta: backend.filled(shape.c, f32::NAN)?,
+    };
+    backend.batchnorm_backward(&x, &out.y, shape, &affine.gamma, &out.stats, &mut grads)?;
+    backend.download(&grads.dx)
 }
 
 #[test]
@@ -112,66 +123,9 @@ fn threads_sharing_a_backend_get_their_own_results() {
     std::thread::scope(|scope| {
         for x in &inputs {
             scope.spawn(move || {
-                let cpu = wgnorm::cpu::CpuBackend;
-                let host_x = x.clone();
-                let expected = {
-                    let mut running = RunningStats::<wgnorm::cpu::CpuBackend> {
-                        mean: vec![0.0; shape.c],
-                        var: vec![1.0; shape.c],
-                    };
-                    let affine = Affine::<wgnorm::cpu::CpuBackend> {
-                        gamma: vec![1.0; shape.c],
-                        beta: vec![0.0; shape.c],
-                    };
-                    let out = cpu
-                        .batchnorm_forward_new(
-                            Mode::Train,
-                            &host_x,
-                            shape,
-                            &affine,
-                            &mut running,
-                            BatchNormConfig::default(),
-                        )
-                        .unwrap();
-                    cpu.batchnorm_backward_new(&host_x, &out.y, shape, &affine.gamma, &out.stats)
-                        .unwrap()
-                        .dx
-                };
+                let expected = step(&CpuBackend, x, shape).unwrap();
                 for _ in 0..40 {
-                    let x = gpu.upload(&host_x).unwrap();
-                    let affine = Affine::<GpuBackend> {
-                        gamma: gpu.filled(shape.c, 1.0).unwrap(),
-                        beta: gpu.filled(shape.c, 0.0).unwrap(),
-                    };
-                    let mut running = RunningStats::<GpuBackend> {
-                        mean: gpu.filled(shape.c, 0.0).unwrap(),
-                        var: gpu.filled(shape.c, 1.0).unwrap(),
-                    };
-                    let out = gpu
-                        .batchnorm_forward_new(
-                            Mode::Train,
-                            &x,
-                            shape,
-                            &affine,
-                            &mut running,
-                            BatchNormConfig::default(),
-                        )
-                        .unwrap();
-                    let mut grads = wgnorm::ops::batchnorm::BatchNormGrads::<GpuBackend> {
-                        dx: gpu.filled(shape.numel(), f32::NAN).unwrap(),
-                        dgamma: gpu.filled(shape.c, f32::NAN).unwrap(),
-                        dbeta: gpu.filled(shape.c, f32::NAN).unwrap(),
-                    };
-                    gpu.batchnorm_backward(
-                        &x,
-                        &out.y,
-                        shape,
-                        &affine.gamma,
-                        &out.stats,
-                        &mut grads,
-                    )
-                    .unwrap();
-                    let dx = gpu.download(&grads.dx).unwrap();
+                    let dx = step(gpu, x, shape).unwrap();
                     for (got, want) in dx.iter().zip(&expected) {
                         assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_close, gpu, normal, rng};
+use wgnorm::Backend;
 use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
 use wgnorm::reference::matmul as reference;
 
@@ -122,6 +123,35 @@ fn rejects_mismatched_shapes<B: MatmulOps>(backend: &B) {
         )
         .unwrap_err();
     assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+#[test]
+fn gpu_matmul_refuses_an_operand_beyond_the_binding_limit() {
+    let Some(gpu) = gpu() else { return };
+    let limits = gpu.limits();
+    let rows = (limits.max_storage_buffer_binding_size / 4 + 64) as usize;
+    if rows as u64 * 4 > limits.max_buffer_size {
+        eprintln!("skipping: this adapter cannot hold a buffer larger than one binding");
+        return;
+    }
+    let a = gpu.filled(rows, 1.0).unwrap();
+    let b = gpu.filled(1, 1.0).unwrap();
+    let mut out = gpu.filled(rows, 0.0).unwrap();
+    let err = gpu
+        .matmul(
+            &a,
+            MatrixLayout::row_major(rows, 1),
+            &b,
+            MatrixLayout::row_major(1, 1),
+            None,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(matches!(err, wgnorm::Error::Limit(_)), "{err}");
+    assert!(
+        err.to_string().contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
 }
 
 #[test]

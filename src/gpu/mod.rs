@@ -72,6 +72,16 @@ pub struct GpuBackend {
     shared: Arc<Shared>,
 }
 
+/// WGSL indexes arrays with u32: refuses, before any dispatch, a tensor with more elements.
+pub(crate) fn check_u32_indexable(what: &str, elements: usize) -> Result<()> {
+    if elements > u32::MAX as usize {
+        return Err(Error::Limit(format!(
+            "{what} of {elements} elements exceeds the 2^32 elements a GPU kernel can index"
+        )));
+    }
+    Ok(())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -138,6 +148,20 @@ impl GpuBackend {
     /// Buffers held by the pool (free or waiting for the next submit).
     pub fn pooled_buffers(&self) -> usize {
         self.shared.pool.pooled_count()
+    }
+
+    /// Refuses, naming the limit, a buffer an op binds whole that is larger than the adapter
+    /// lets one binding be (ops that split their work along rows do not need this).
+    pub(crate) fn check_bindable(&self, what: &str, buffer: &GpuBuffer) -> Result<()> {
+        check_u32_indexable(what, buffer.len())?;
+        let max = self.limits().max_storage_buffer_binding_size;
+        if buffer.byte_len() > max {
+            return Err(Error::Limit(format!(
+                "{what} of {} bytes exceeds the adapter's max_storage_buffer_binding_size of {max} bytes",
+                buffer.byte_len()
+            )));
+        }
+        Ok(())
     }
 
     /// Returns the first error wgpu reported since the last check, if any.

@@ -460,16 +460,6 @@ fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParam
     }
 }
 
-fn check_u32_indexable(shape: BatchNormShape) -> Result<()> {
-    if shape.numel() > u32::MAX as usize {
-        return Err(Error::Limit(format!(
-            "BatchNorm input of {} elements exceeds the 2^32 elements a GPU kernel can index",
-            shape.numel()
-        )));
-    }
-    Ok(())
-}
-
 impl BatchNormOps for GpuBackend {
     fn batchnorm_forward(
         &self,
@@ -482,7 +472,7 @@ impl BatchNormOps for GpuBackend {
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
         check_config(mode, shape, config)?;
-        check_u32_indexable(shape)?;
+        crate::gpu::check_u32_indexable("BatchNorm input", shape.numel())?;
         check_forward_lens(
             [
                 x.len(),
@@ -588,7 +578,7 @@ impl BatchNormOps for GpuBackend {
         stats: &GpuBuffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        check_u32_indexable(shape)?;
+        crate::gpu::check_u32_indexable("BatchNorm input", shape.numel())?;
         check_backward_lens(
             [
                 x.len(),

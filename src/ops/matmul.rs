@@ -158,6 +158,9 @@ impl MatmulOps for GpuBackend {
             bias.map(GpuBuffer::len),
             out.len(),
         )?;
+        self.check_bindable("matmul operand a", a)?;
+        self.check_bindable("matmul operand b", b)?;
+        self.check_bindable("matmul output", out)?;
         let (m, n) = (a_layout.rows, b_layout.cols);
         if m == 0 || n == 0 {
             return Ok(());
