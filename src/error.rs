@@ -32,6 +32,9 @@ pub enum Error {
     /// A download that failed or whose content did not verify; nothing partial is kept.
     #[error("download failed: {0}")]
     Download(String),
+    /// Training produced a non-finite loss.
+    #[error("{0}")]
+    Diverged(String),
     /// A file that was read but whose content is not what it should be.
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },

@@ -7,13 +7,17 @@
 //!   either backend; [`reference`] holds the float64 formulas the tests check both against.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cli;
 pub mod cpu;
 pub mod data;
 mod error;
 pub mod gpu;
+pub mod graph;
+pub mod optim;
 pub mod ops;
 pub mod reference;
+pub mod train;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

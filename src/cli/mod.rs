@@ -3,10 +3,13 @@
 
 mod bn;
 mod devices;
+mod eval;
+mod train;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::Error;
 use crate::cpu::CpuBackend;
@@ -29,6 +32,56 @@ enum Command {
     Devices,
     /// Run BatchNorm (training-mode forward, and backward with --dy) on .npy tensors.
     Bn(Box<bn::BnArgs>),
+    /// Train the MNIST MLP (with or without BatchNorm) and save it after every epoch.
+    Train(Box<train::TrainArgs>),
+    /// Test loss and accuracy of a saved model.
+    Eval(Box<eval::EvalArgs>),
+}
+
+/// Where a command runs.
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// auto: the best GPU adapter, else the CPU with a notice.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Pick the adapter whose name contains this (case-insensitive); also WGNORM_ADAPTER.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+impl DeviceArgs {
+    fn open(&self) -> crate::Result<Device> {
+        Device::open(self.device, self.adapter.clone())
+    }
+}
+
+/// Where the MNIST files are, and where to fetch them from when they are not.
+#[derive(Args)]
+pub struct DataArgs {
+    /// Directory of the four MNIST IDX files (.gz or raw); downloaded there if missing.
+    #[arg(long, default_value = "data/mnist")]
+    data_dir: PathBuf,
+    /// Base URL to download the MNIST .gz files from (repeatable) [default: public mirrors; also
+    /// WGNORM_MNIST_MIRROR].
+    #[arg(long)]
+    mirror: Vec<String>,
+}
+
+impl DataArgs {
+    fn load(&self) -> crate::Result<crate::data::mnist::Mnist> {
+        let mirrors: Vec<String> = if !self.mirror.is_empty() {
+            self.mirror.clone()
+        } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
+            vec![mirror]
+        } else {
+            crate::data::download::MIRRORS
+                .iter()
+                .map(|m| m.to_string())
+                .collect()
+        };
+        crate::data::download::ensure_mnist(&self.data_dir, &mirrors)?;
+        crate::data::mnist::load(&self.data_dir)
+    }
 }
 
 /// Where work runs. `auto` takes the best GPU adapter and falls back to the CPU with a notice.
@@ -65,7 +118,7 @@ impl Device {
 
 fn exit_code(error: &Error) -> u8 {
     match error {
-        Error::Gpu(_) | Error::DeviceLost(_) => 1,
+        Error::Gpu(_) | Error::DeviceLost(_) | Error::Diverged(_) => 1,
         _ => 2,
     }
 }
@@ -91,6 +144,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices => devices::run(),
         Command::Bn(args) => bn::run(*args),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,8 +21,20 @@ impl Backend for CpuBackend {
         Ok(data.to_vec())
     }
 
+    fn len_of(&self, buffer: &Vec<f32>) -> usize {
+        buffer.len()
+    }
+
     fn filled(&self, len: usize, value: f32) -> Result<Vec<f32>> {
         Ok(vec![value; len])
+    }
+
+    fn scratch(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
     }
 
     fn download(&self, buffer: &Vec<f32>) -> Result<Vec<f32>> {

@@ -1,8 +1,7 @@
 //! NumPy `.npy` arrays in and out: float32, float64 and float16 read (converted to f32),
 //! float32 written. Errors name the file and what is wrong with it.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::{Error, Result};
 
@@ -90,10 +89,6 @@ pub fn read(path: &Path) -> Result<Array> {
 /// Writes f32 values as a C-order `.npy` file of the given shape, atomically: the data goes to
 /// a temporary file beside the target, which is renamed into place when complete.
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let io_error = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let expected: usize = shape.iter().product();
     if expected != data.len() {
         return Err(Error::Shape(format!(
@@ -102,35 +97,19 @@ pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
             data.len()
         )));
     }
-    let temporary = temporary_path(path);
-    let result = (|| {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
-        {
-            use npyz::WriterBuilder;
-            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            let mut writer = npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&dims)
-                .writer(&mut file)
-                .begin_nd()?;
-            writer.extend(data.iter().copied())?;
-            writer.finish()?;
-        }
-        file.flush()?;
-        file.get_ref().sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result.map_err(io_error)
+    super::write_atomically(path, |file| {
+        use npyz::WriterBuilder;
+        let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&dims)
+            .writer(file)
+            .begin_nd()?;
+        writer.extend(data.iter().copied())?;
+        writer.finish()
+    })
 }
 
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
-}
 
 #[cfg(test)]
 mod tests {

@@ -182,9 +182,21 @@ impl GpuBackend {
         Ok(GpuBuffer::new(raw, len, Arc::clone(&self.shared.pool)))
     }
 
-    /// A storage buffer whose contents are unspecified, for intermediate results.
-    pub(crate) fn scratch(&self, len: usize) -> Result<GpuBuffer> {
-        self.alloc(len.max(1), STORAGE)
+    /// Copies u32 words (indices, packed bytes) to the device.
+    pub fn upload_words(&self, data: &[u32]) -> Result<GpuBuffer> {
+        self.upload_pod(data)
+    }
+
+    /// Copies 4-byte values to a new storage buffer.
+    fn upload_pod<T: bytemuck::Pod>(&self, data: &[T]) -> Result<GpuBuffer> {
+        const { assert!(std::mem::size_of::<T>() == 4) };
+        let buffer = self.alloc(data.len(), STORAGE)?;
+        if !data.is_empty() {
+            self.shared
+                .queue
+                .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(buffer)
     }
 
     /// Records into the pending encoder; it is submitted by `flush`.
@@ -202,20 +214,6 @@ impl GpuBackend {
                 })
         });
         f(encoder)
-    }
-
-    /// Submits everything recorded so far. The pending lock is held until the submission is
-    /// made: another thread's flush then returns only once work it may depend on (recorded by
-    /// anyone into the shared encoder) has really been submitted.
-    pub fn flush(&self) -> Result<()> {
-        let mut pending = lock(&self.shared.pending);
-        if let Some(encoder) = pending.take() {
-            let released = self.shared.pool.take_released();
-            self.shared.queue.submit([encoder.finish()]);
-            self.shared.pool.reuse(released);
-        }
-        drop(pending);
-        self.check()
     }
 
     /// Records one dispatch of `kernel` with `params` in slot 0.
@@ -369,13 +367,11 @@ impl Backend for GpuBackend {
     }
 
     fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
-        let buffer = self.alloc(data.len(), STORAGE)?;
-        if !data.is_empty() {
-            self.shared
-                .queue
-                .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(data));
-        }
-        Ok(buffer)
+        self.upload_pod(data)
+    }
+
+    fn len_of(&self, buffer: &GpuBuffer) -> usize {
+        buffer.len()
     }
 
     fn filled(&self, len: usize, value: f32) -> Result<GpuBuffer> {
@@ -388,6 +384,24 @@ impl Backend for GpuBackend {
                 .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&data));
         }
         Ok(buffer)
+    }
+
+    fn scratch(&self, len: usize) -> Result<GpuBuffer> {
+        self.alloc(len.max(1), STORAGE)
+    }
+
+    /// Submits everything recorded so far. The pending lock is held until the submission is
+    /// made: another thread's flush then returns only once work it may depend on (recorded by
+    /// anyone into the shared encoder) has really been submitted.
+    fn flush(&self) -> Result<()> {
+        let mut pending = lock(&self.shared.pending);
+        if let Some(encoder) = pending.take() {
+            let released = self.shared.pool.take_released();
+            self.shared.queue.submit([encoder.finish()]);
+            self.shared.pool.reuse(released);
+        }
+        drop(pending);
+        self.check()
     }
 
     fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {

@@ -16,15 +16,30 @@ pub const WORKGROUP: u32 = 256;
 pub enum Shader {
     BatchNorm,
     Matmul,
+    Activation,
+    Loss,
+    Optimizer,
+    Data,
 }
 
 impl Shader {
-    pub const ALL: &'static [Shader] = &[Shader::BatchNorm, Shader::Matmul];
+    pub const ALL: &'static [Shader] = &[
+        Shader::BatchNorm,
+        Shader::Matmul,
+        Shader::Activation,
+        Shader::Loss,
+        Shader::Optimizer,
+        Shader::Data,
+    ];
 
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::BatchNorm => "batchnorm.wgsl",
             Shader::Matmul => "matmul.wgsl",
+            Shader::Activation => "activation.wgsl",
+            Shader::Loss => "loss.wgsl",
+            Shader::Optimizer => "optimizer.wgsl",
+            Shader::Data => "data.wgsl",
         }
     }
 
@@ -32,6 +47,10 @@ impl Shader {
         match self {
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Activation => include_str!("../../shaders/activation.wgsl"),
+            Shader::Loss => include_str!("../../shaders/loss.wgsl"),
+            Shader::Optimizer => include_str!("../../shaders/optimizer.wgsl"),
+            Shader::Data => include_str!("../../shaders/data.wgsl"),
         }
     }
 }
@@ -47,6 +66,14 @@ pub enum Kernel {
     BatchNormBackwardFinalize,
     BatchNormBackwardDx,
     Matmul,
+    ReluForward,
+    ReluBackward,
+    DropoutForward,
+    DropoutBackward,
+    SoftmaxCrossEntropy,
+    Adam,
+    Sgd,
+    Gather,
 }
 
 impl Kernel {
@@ -59,6 +86,14 @@ impl Kernel {
         Kernel::BatchNormBackwardFinalize,
         Kernel::BatchNormBackwardDx,
         Kernel::Matmul,
+        Kernel::ReluForward,
+        Kernel::ReluBackward,
+        Kernel::DropoutForward,
+        Kernel::DropoutBackward,
+        Kernel::SoftmaxCrossEntropy,
+        Kernel::Adam,
+        Kernel::Sgd,
+        Kernel::Gather,
     ];
 
     pub fn shader(self) -> Shader {
@@ -71,6 +106,13 @@ impl Kernel {
             | Kernel::BatchNormBackwardFinalize
             | Kernel::BatchNormBackwardDx => Shader::BatchNorm,
             Kernel::Matmul => Shader::Matmul,
+            Kernel::ReluForward
+            | Kernel::ReluBackward
+            | Kernel::DropoutForward
+            | Kernel::DropoutBackward => Shader::Activation,
+            Kernel::SoftmaxCrossEntropy => Shader::Loss,
+            Kernel::Adam | Kernel::Sgd => Shader::Optimizer,
+            Kernel::Gather => Shader::Data,
         }
     }
 
@@ -84,6 +126,14 @@ impl Kernel {
             Kernel::BatchNormBackwardFinalize => "backward_finalize",
             Kernel::BatchNormBackwardDx => "backward_dx",
             Kernel::Matmul => "matmul",
+            Kernel::ReluForward => "relu_forward",
+            Kernel::ReluBackward => "relu_backward",
+            Kernel::DropoutForward => "dropout_forward",
+            Kernel::DropoutBackward => "dropout_backward",
+            Kernel::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Kernel::Adam => "adam",
+            Kernel::Sgd => "sgd",
+            Kernel::Gather => "gather",
         }
     }
 }
@@ -107,6 +157,16 @@ pub enum Slot {
     MatA = 12,
     MatB = 13,
     Bias = 14,
+    Labels = 15,
+    Metrics = 16,
+    Param = 17,
+    Grad = 18,
+    Moment1 = 19,
+    Moment2 = 20,
+    Images = 21,
+    Index = 22,
+    ByteScale = 23,
+    AllLabels = 24,
 }
 
 impl Slot {
@@ -125,6 +185,16 @@ impl Slot {
         Slot::MatA,
         Slot::MatB,
         Slot::Bias,
+        Slot::Labels,
+        Slot::Metrics,
+        Slot::Param,
+        Slot::Grad,
+        Slot::Moment1,
+        Slot::Moment2,
+        Slot::Images,
+        Slot::Index,
+        Slot::ByteScale,
+        Slot::AllLabels,
     ];
 
     pub fn wgsl_name(self) -> &'static str {
@@ -143,6 +213,16 @@ impl Slot {
             Slot::MatA => "a",
             Slot::MatB => "b",
             Slot::Bias => "bias",
+            Slot::Labels => "labels",
+            Slot::Metrics => "metrics",
+            Slot::Param => "param",
+            Slot::Grad => "grad",
+            Slot::Moment1 => "moment1",
+            Slot::Moment2 => "moment2",
+            Slot::Images => "images",
+            Slot::Index => "index",
+            Slot::ByteScale => "byte_scale",
+            Slot::AllLabels => "all_labels",
         }
     }
 }

@@ -1,0 +1,42 @@
+// Batch gather from a dataset kept on the device as bytes:
+//
+//   out[r, j]   = byte_scale[images[index[first + r]·row_len + j]]   (byte_scale[b] = b/255)
+//   labels[r]   = all_labels[index[first + r]]
+//
+// `images` packs four bytes per u32, little-endian. The 256-entry `byte_scale` table comes
+// from the host, so the conversion is exactly the CPU twin's (WGSL division is not exact).
+
+const WORKGROUP: u32 = 256u;
+
+struct GatherParams {
+    rows: u32,
+    row_len: u32,
+    first: u32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: GatherParams;
+@group(0) @binding(21) var<storage, read> images: array<u32>;
+@group(0) @binding(22) var<storage, read> index: array<u32>;
+@group(0) @binding(23) var<storage, read> byte_scale: array<f32>;
+@group(0) @binding(24) var<storage, read> all_labels: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(15) var<storage, read_write> labels: array<f32>;
+
+@compute @workgroup_size(WORKGROUP)
+fn gather(@builtin(global_invocation_id) id: vec3<u32>,
+          @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WORKGROUP;
+    if i >= p.rows * p.row_len {
+        return;
+    }
+    let r = i / p.row_len;
+    let j = i % p.row_len;
+    let source_row = index[p.first + r];
+    let byte_at = source_row * p.row_len + j;
+    let value8 = (images[byte_at / 4u] >> (8u * (byte_at % 4u))) & 0xffu;
+    out[i] = byte_scale[value8];
+    if j == 0u {
+        labels[r] = all_labels[source_row];
+    }
+}

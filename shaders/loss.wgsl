@@ -1,0 +1,82 @@
+// Softmax cross-entropy on logits z (rows × classes) against integer labels, forward and
+// backward fused, plus the count of correct predictions:
+//
+//   loss_r = log Σ_j exp(z_rj − max_r) + max_r − z_r,label     (log-sum-exp, shifted by the max)
+//   dz_rj  = grad_scale·(softmax(z_r)_j − [j = label_r])        (grad_scale = 1/rows: mean loss)
+//   correct_r = [argmax_j z_rj = label_r]                       (first maximum wins, as torch)
+//
+// One workgroup walks all rows and adds the batch's loss sum and correct count to `metrics`,
+// which accumulates on the device over many steps: [loss sum, its Kahan compensation, correct,
+// samples]. A single workgroup means no two threads ever add to `metrics` at once.
+
+const WORKGROUP: u32 = 256u;
+
+const METRIC_LOSS: u32 = 0u;
+const METRIC_LOSS_COMPENSATION: u32 = 1u;
+const METRIC_CORRECT: u32 = 2u;
+const METRIC_SAMPLES: u32 = 3u;
+
+struct LossParams {
+    rows: u32,
+    classes: u32,
+    grad_scale: f32,
+    // 1: write dz into `out` (training); 0: evaluation only.
+    write_grad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: LossParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(15) var<storage, read> labels: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(16) var<storage, read_write> metrics: array<f32>;
+
+var<workgroup> loss_part: array<f32, WORKGROUP>;
+var<workgroup> correct_part: array<f32, WORKGROUP>;
+
+@compute @workgroup_size(WORKGROUP)
+fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
+    var loss = 0.0;
+    var correct = 0.0;
+    for (var r = t; r < p.rows; r += WORKGROUP) {
+        let base = r * p.classes;
+        let label = u32(labels[r]);
+        var top = x[base];
+        var best = 0u;
+        for (var j = 1u; j < p.classes; j++) {
+            if x[base + j] > top {
+                top = x[base + j];
+                best = j;
+            }
+        }
+        var total = 0.0;
+        for (var j = 0u; j < p.classes; j++) {
+            total += exp(x[base + j] - top);
+        }
+        loss += log(total) + top - x[base + label];
+        correct += select(0.0, 1.0, best == label);
+        if p.write_grad == 1u {
+            for (var j = 0u; j < p.classes; j++) {
+                let onehot = select(0.0, 1.0, j == label);
+                out[base + j] = (exp(x[base + j] - top) / total - onehot) * p.grad_scale;
+            }
+        }
+    }
+    loss_part[t] = loss;
+    correct_part[t] = correct;
+    for (var stride = WORKGROUP / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if t < stride {
+            loss_part[t] += loss_part[t + stride];
+            correct_part[t] += correct_part[t + stride];
+        }
+    }
+    if t == 0u {
+        // Kahan summation: the epoch's loss is a sum of thousands of batch sums.
+        let term = loss_part[0] - metrics[METRIC_LOSS_COMPENSATION];
+        let sum = metrics[METRIC_LOSS] + term;
+        metrics[METRIC_LOSS_COMPENSATION] = (sum - metrics[METRIC_LOSS]) - term;
+        metrics[METRIC_LOSS] = sum;
+        metrics[METRIC_CORRECT] += correct_part[0];
+        metrics[METRIC_SAMPLES] += f32(p.rows);
+    }
+}

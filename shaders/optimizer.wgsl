@@ -1,0 +1,53 @@
+// Optimizer updates of one parameter tensor from its gradient g, one thread per element,
+// written as PyTorch writes them (torch.optim, single-tensor path):
+//
+//   adam: m ← m + (1 − β1)·(g − m)          v ← β2·v + (1 − β2)·g²
+//         θ ← θ − step_size·m / (sqrt(v)/bias_correction2_sqrt + eps)
+//         step_size = lr/(1 − β1^t), bias_correction2_sqrt = sqrt(1 − β2^t)   (from the host)
+//   sgd:  b ← momentum·b + g                θ ← θ − lr·b      (b starts at 0, so b₁ = g)
+
+const WORKGROUP: u32 = 256u;
+
+struct OptimizerParams {
+    len: u32,
+    step_size: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bias_correction2_sqrt: f32,
+    momentum: f32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: OptimizerParams;
+@group(0) @binding(17) var<storage, read_write> param: array<f32>;
+@group(0) @binding(18) var<storage, read> grad: array<f32>;
+@group(0) @binding(19) var<storage, read_write> moment1: array<f32>;
+@group(0) @binding(20) var<storage, read_write> moment2: array<f32>;
+
+@compute @workgroup_size(WORKGROUP)
+fn adam(@builtin(global_invocation_id) id: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WORKGROUP;
+    if i >= p.len {
+        return;
+    }
+    let g = grad[i];
+    let m = moment1[i] + (1.0 - p.beta1) * (g - moment1[i]);
+    let v = p.beta2 * moment2[i] + (1.0 - p.beta2) * g * g;
+    moment1[i] = m;
+    moment2[i] = v;
+    param[i] -= p.step_size * m / (sqrt(v) / p.bias_correction2_sqrt + p.eps);
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn sgd(@builtin(global_invocation_id) id: vec3<u32>,
+       @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = id.x + id.y * groups.x * WORKGROUP;
+    if i >= p.len {
+        return;
+    }
+    let b = p.momentum * moment1[i] + grad[i];
+    moment1[i] = b;
+    param[i] -= p.step_size * b;
+}

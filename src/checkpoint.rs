@@ -1,0 +1,297 @@
+//! Checkpoints as safetensors files.
+//!
+//! `model.safetensors` holds the `state_dict` of the equivalent `torch.nn.Sequential` (names,
+//! shapes and dtypes as PyTorch writes them) with the architecture in the metadata, so
+//! `model.load_state_dict(safetensors.torch.load_file(path))` works. `training_state.safetensors`
+//! holds what `--resume` needs beyond the model: optimizer state, step counts, the settings the
+//! run was started with and the epochs so far. Both are written atomically.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::data::write_atomically;
+use crate::graph::{HostModel, HostRunning, ModelSpec};
+use crate::{Error, Result};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "training_state.safetensors";
+
+const MODEL_FORMAT: &str = "wgnorm-mlp-1";
+const STATE_FORMAT: &str = "wgnorm-training-state-1";
+
+/// A model file's contents.
+pub struct ModelCheckpoint {
+    pub spec: ModelSpec,
+    pub model: HostModel,
+    /// Training epochs finished when it was written.
+    pub epochs_done: usize,
+}
+
+/// A training-state file's contents.
+pub struct TrainingState {
+    pub epochs_done: usize,
+    pub optimizer_steps: u64,
+    /// The run's settings as JSON; a resumed run must match them.
+    pub settings: String,
+    /// One JSON object per finished epoch.
+    pub history: String,
+    /// state[parameter][state name index], in `ModelSpec::params` order.
+    pub optimizer: Vec<Vec<Vec<f32>>>,
+}
+
+/// The architecture as stored in the metadata.
+#[derive(Serialize, Deserialize)]
+struct Architecture {
+    inputs: usize,
+    hidden: Vec<usize>,
+    classes: usize,
+    batchnorm: bool,
+    dropout: f32,
+}
+
+fn format_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// A tensor to write: name, dtype, shape, little-endian bytes.
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+fn f32_entry(name: String, shape: Vec<usize>, values: &[f32]) -> Entry {
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    (name, Dtype::F32, shape, bytes)
+}
+
+/// Serializes named tensors and writes them atomically.
+fn write(path: &Path, entries: Vec<Entry>, metadata: HashMap<String, String>) -> Result<()> {
+    let views = entries
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| format_error(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| format_error(path, e.to_string()))?;
+    write_atomically(path, |file| file.write_all(&bytes))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a file's tensors and metadata, checking its format tag.
+struct Reader<'a> {
+    path: &'a Path,
+    tensors: SafeTensors<'a>,
+    metadata: HashMap<String, String>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(path: &'a Path, bytes: &'a [u8], format: &str) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| format_error(path, format!("not a safetensors file: {e}")))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let tensors = SafeTensors::deserialize(bytes)
+            .map_err(|e| format_error(path, format!("not a safetensors file: {e}")))?;
+        let reader = Self {
+            path,
+            tensors,
+            metadata,
+        };
+        let found = reader.meta("format")?;
+        if found != format {
+            return Err(format_error(
+                path,
+                format!("format is {found:?}, expected {format:?}"),
+            ));
+        }
+        Ok(reader)
+    }
+
+    fn meta(&self, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format_error(self.path, format!("metadata has no {key:?}")))
+    }
+
+    fn meta_number<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        let text = self.meta(key)?;
+        text.parse()
+            .map_err(|_| format_error(self.path, format!("metadata {key:?} is not a number: {text:?}")))
+    }
+
+    fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8]> {
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| format_error(self.path, format!("tensor {name} is missing")))?;
+        if view.dtype() != dtype || view.shape() != shape {
+            return Err(format_error(
+                self.path,
+                format!(
+                    "tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                    view.dtype(),
+                    view.shape()
+                ),
+            ));
+        }
+        Ok(view.data())
+    }
+
+    fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let bytes = self.tensor(name, Dtype::F32, shape)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn count(&self, name: &str) -> Result<u64> {
+        let bytes = self.tensor(name, Dtype::I64, &[])?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        u64::try_from(i64::from_le_bytes(word))
+            .map_err(|_| format_error(self.path, format!("tensor {name} is negative")))
+    }
+}
+
+/// Writes the model's `state_dict` and architecture.
+pub fn save_model(path: &Path, spec: &ModelSpec, model: &HostModel, epochs_done: usize) -> Result<()> {
+    model.check(spec)?;
+    let mut tensors = Vec::new();
+    for (param, values) in spec.params().iter().zip(&model.params) {
+        tensors.push(f32_entry(param.name.clone(), param.shape.clone(), values));
+    }
+    for ((index, features), running) in spec.batchnorm_layers().into_iter().zip(&model.running) {
+        tensors.push(f32_entry(format!("{index}.running_mean"), vec![features], &running.mean));
+        tensors.push(f32_entry(format!("{index}.running_var"), vec![features], &running.var));
+        // A 0-dim int64 tensor, as PyTorch stores it.
+        let count = i64::try_from(running.batches_tracked).unwrap_or(i64::MAX);
+        tensors.push((
+            format!("{index}.num_batches_tracked"),
+            Dtype::I64,
+            vec![],
+            count.to_le_bytes().to_vec(),
+        ));
+    }
+    let architecture = Architecture {
+        inputs: spec.inputs,
+        hidden: spec.hidden.clone(),
+        classes: spec.classes,
+        batchnorm: spec.batchnorm,
+        dropout: spec.dropout,
+    };
+    let metadata = HashMap::from([
+        ("format".to_string(), MODEL_FORMAT.to_string()),
+        (
+            "architecture".to_string(),
+            serde_json::to_string(&architecture).unwrap_or_default(),
+        ),
+        ("torch_module".to_string(), spec.torch_module()),
+        ("epochs_done".to_string(), epochs_done.to_string()),
+    ]);
+    write(path, tensors, metadata)
+}
+
+/// Reads a model file written by `save_model`, checking every name, dtype and shape.
+pub fn load_model(path: &Path) -> Result<ModelCheckpoint> {
+    let bytes = read_file(path)?;
+    let reader = Reader::new(path, &bytes, MODEL_FORMAT)?;
+    let architecture: Architecture = serde_json::from_str(reader.meta("architecture")?)
+        .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;
+    let spec = ModelSpec {
+        inputs: architecture.inputs,
+        hidden: architecture.hidden,
+        classes: architecture.classes,
+        batchnorm: architecture.batchnorm,
+        dropout: architecture.dropout,
+    };
+    spec.validate()
+        .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;
+    let params = spec
+        .params()
+        .iter()
+        .map(|param| reader.floats(&param.name, &param.shape))
+        .collect::<Result<_>>()?;
+    let running = spec
+        .batchnorm_layers()
+        .into_iter()
+        .map(|(index, features)| {
+            Ok(HostRunning {
+                mean: reader.floats(&format!("{index}.running_mean"), &[features])?,
+                var: reader.floats(&format!("{index}.running_var"), &[features])?,
+                batches_tracked: reader.count(&format!("{index}.num_batches_tracked"))?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ModelCheckpoint {
+        spec,
+        model: HostModel { params, running },
+        epochs_done: reader.meta_number("epochs_done")?,
+    })
+}
+
+/// Writes the optimizer state and progress of a run.
+pub fn save_state(
+    path: &Path,
+    spec: &ModelSpec,
+    state_names: &[&str],
+    state: &TrainingState,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (param, per_param) in spec.params().iter().zip(&state.optimizer) {
+        for (name, values) in state_names.iter().zip(per_param) {
+            tensors.push(f32_entry(
+                format!("optimizer.{}.{name}", param.name),
+                param.shape.clone(),
+                values,
+            ));
+        }
+    }
+    let metadata = HashMap::from([
+        ("format".to_string(), STATE_FORMAT.to_string()),
+        ("epochs_done".to_string(), state.epochs_done.to_string()),
+        (
+            "optimizer_steps".to_string(),
+            state.optimizer_steps.to_string(),
+        ),
+        ("settings".to_string(), state.settings.clone()),
+        ("history".to_string(), state.history.clone()),
+    ]);
+    write(path, tensors, metadata)
+}
+
+/// Reads a training-state file for a model of `spec` and an optimizer keeping `state_names`.
+pub fn load_state(path: &Path, spec: &ModelSpec, state_names: &[&str]) -> Result<TrainingState> {
+    let bytes = read_file(path)?;
+    let reader = Reader::new(path, &bytes, STATE_FORMAT)?;
+    let optimizer = spec
+        .params()
+        .iter()
+        .map(|param| {
+            state_names
+                .iter()
+                .map(|name| reader.floats(&format!("optimizer.{}.{name}", param.name), &param.shape))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    Ok(TrainingState {
+        epochs_done: reader.meta_number("epochs_done")?,
+        optimizer_steps: reader.meta_number("optimizer_steps")?,
+        settings: reader.meta("settings")?.to_string(),
+        history: reader.meta("history")?.to_string(),
+        optimizer,
+    })
+}

@@ -1,0 +1,76 @@
+//! `wgnorm eval`: test loss and accuracy of a saved model.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{DataArgs, Device, DeviceArgs};
+use crate::checkpoint;
+use crate::data::mnist::{Mnist, PIXELS};
+use crate::graph::{Compute, Mlp};
+use crate::ops::loss::LossTotals;
+use crate::train::evaluate;
+use crate::{Error, Result};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A model.safetensors written by `wgnorm train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let saved = checkpoint::load_model(&args.checkpoint)?;
+    if saved.spec.inputs != PIXELS {
+        return Err(Error::Format {
+            path: args.checkpoint.clone(),
+            message: format!(
+                "the model takes {} inputs, MNIST images have {PIXELS}",
+                saved.spec.inputs
+            ),
+        });
+    }
+    let data = args.data.load()?;
+    let (totals, adapter) = match args.device.open()? {
+        Device::Gpu(gpu) => (test_on(&gpu, &saved, &data)?, gpu.adapter().name.clone()),
+        Device::Cpu(cpu) => (test_on(&cpu, &saved, &data)?, "cpu".to_string()),
+    };
+    if args.json {
+        let json = serde_json::json!({
+            "checkpoint": args.checkpoint.display().to_string(),
+            "adapter": adapter,
+            "epochs_done": saved.epochs_done,
+            "test_loss": totals.mean_loss(),
+            "test_acc": totals.accuracy(),
+            "images": totals.samples,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "test loss {:.4} acc {:.4} ({} images, {adapter})",
+            totals.mean_loss(),
+            totals.accuracy(),
+            totals.samples
+        );
+    }
+    Ok(())
+}
+
+fn test_on<B: Compute>(
+    backend: &B,
+    saved: &checkpoint::ModelCheckpoint,
+    data: &Mnist,
+) -> Result<LossTotals> {
+    let mut model = Mlp::upload(backend, &saved.spec, &saved.model)?;
+    let images = backend.upload_images(&data.test.images, PIXELS, &data.test.labels)?;
+    let index: Vec<u32> = (0..data.test.len() as u32).collect();
+    let index = backend.upload_indices(&index)?;
+    evaluate(backend, &mut model, &images, &index, data.test.len())
+}

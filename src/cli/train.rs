@@ -1,0 +1,365 @@
+//! `wgnorm train`: the MNIST MLP, trained as Keras' `fit` would, with a progress bar, a line per
+//! epoch, metrics files and a checkpoint after every epoch.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{DataArgs, DeviceArgs};
+use crate::checkpoint::{self, MODEL_FILE, STATE_FILE, TrainingState};
+use crate::data::mnist::{CLASSES, Mnist, PIXELS};
+use crate::data::write_atomically;
+use crate::graph::{Compute, Init, ModelSpec};
+use crate::ops::loss::LossTotals;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::train::{EpochRecord, TrainConfig, Trainer};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModelChoice {
+    /// Linear → BatchNorm → ReLU → Dropout per hidden layer.
+    Bn,
+    /// Linear → ReLU → Dropout per hidden layer.
+    Nobn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerChoice {
+    Adam,
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitChoice {
+    /// glorot_uniform weights, zero biases.
+    Keras,
+    /// nn.Linear's default: U(±1/sqrt(fan_in)) weights and biases.
+    Torch,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long, value_enum, default_value_t = ModelChoice::Bn)]
+    model: ModelChoice,
+    /// Hidden layer widths, comma-separated (e.g. 256,128).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    hidden: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Adam)]
+    optimizer: OptimizerChoice,
+    /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// Dropout probability after each hidden layer.
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f32,
+    /// Fraction of the training images held out for validation, from the end.
+    #[arg(long, default_value_t = 0.1)]
+    val_split: f64,
+    #[arg(long, value_enum, default_value_t = InitChoice::Keras)]
+    init: InitChoice,
+    /// Seeds the initial weights, the shuffling and the dropout masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Directory for metrics and checkpoints [default: runs/<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out after its last finished epoch.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Train on the first N training images only (quick trials).
+    #[arg(long)]
+    train_limit: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        let optimizer = match self.optimizer {
+            OptimizerChoice::Adam => OptimizerConfig::adam(self.lr.unwrap_or(1e-3)),
+            OptimizerChoice::Sgd => OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum),
+        };
+        TrainConfig {
+            spec: ModelSpec {
+                inputs: PIXELS,
+                hidden: self.hidden.clone(),
+                classes: CLASSES,
+                batchnorm: self.model == ModelChoice::Bn,
+                dropout: self.dropout,
+            },
+            init: match self.init {
+                InitChoice::Keras => Init::Keras,
+                InitChoice::Torch => Init::Torch,
+            },
+            optimizer,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            val_split: self.val_split,
+            seed: self.seed,
+            train_limit: self.train_limit,
+        }
+    }
+}
+
+/// `runs/<UTC time>`, e.g. runs/20261122-063012.
+fn default_out_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    PathBuf::from("runs").join(format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ))
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = args.config();
+    config.validate()?;
+    let out = args.out.clone().unwrap_or_else(default_out_dir);
+    let saved = out.join(MODEL_FILE).exists() || out.join(STATE_FILE).exists();
+    if args.resume && !saved {
+        return Err(Error::InvalidArgument(format!(
+            "--resume: {} holds no run to continue ({MODEL_FILE} and {STATE_FILE} missing)",
+            out.display()
+        )));
+    }
+    if !args.resume && saved {
+        return Err(Error::InvalidArgument(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    let data = args.data.load()?;
+    std::fs::create_dir_all(&out).map_err(|source| Error::Io {
+        path: out.clone(),
+        source,
+    })?;
+    match args.device.open()? {
+        super::Device::Gpu(gpu) => {
+            let adapter = gpu.adapter().name.clone();
+            run_on(&gpu, "gpu", &adapter, config, &data, &out, args.resume)
+        }
+        super::Device::Cpu(cpu) => run_on(&cpu, "cpu", "cpu", config, &data, &out, args.resume),
+    }
+}
+
+fn run_on<B: Compute>(
+    backend: &B,
+    device: &str,
+    adapter: &str,
+    config: TrainConfig,
+    data: &Mnist,
+    out: &Path,
+    resume: bool,
+) -> Result<()> {
+    let mut trainer = if resume {
+        resume_trainer(backend, config, data, out)?
+    } else {
+        Trainer::new(backend, config, data)?
+    };
+    let config = trainer.config.clone();
+    eprintln!(
+        "training {} on {adapter}: {} training images, {} steps per epoch, writing to {}",
+        config.spec.torch_module(),
+        trainer.train_rows(),
+        trainer.steps_per_epoch(),
+        out.display()
+    );
+    let metrics = MetricsFile {
+        device,
+        adapter,
+        config: &config,
+    };
+    if trainer.epochs_done > 0 {
+        eprintln!("resuming after epoch {}", trainer.epochs_done);
+    }
+    while trainer.epochs_done < config.epochs {
+        let bar = progress_bar(trainer.steps_per_epoch(), trainer.epochs_done + 1, config.epochs);
+        let record = trainer.train_epoch(&mut |done, totals| {
+            bar.set_position(done as u64);
+            if let Some(t) = totals {
+                bar.set_message(format!("loss {:.4} acc {:.4}", t.mean_loss(), t.accuracy()));
+            }
+        })?;
+        bar.finish_and_clear();
+        println!("{}", epoch_line(&record, config.epochs));
+        save_checkpoint(&trainer, out)?;
+        metrics.write(out, &trainer.history, None)?;
+    }
+    let test = trainer.test()?;
+    println!(
+        "test loss {:.4} acc {:.4} ({} images)",
+        test.mean_loss(),
+        test.accuracy(),
+        test.samples
+    );
+    metrics.write(out, &trainer.history, Some(test))
+}
+
+fn progress_bar(steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    let style = ProgressStyle::with_template(
+        "{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    bar
+}
+
+fn epoch_line(record: &EpochRecord, epochs: usize) -> String {
+    let validation = match (record.val_loss, record.val_acc) {
+        (Some(loss), Some(acc)) => format!("  val loss {loss:.4} acc {acc:.4}"),
+        _ => String::new(),
+    };
+    format!(
+        "epoch {}/{epochs}  train loss {:.4} acc {:.4}{validation}  {:.1} s",
+        record.epoch, record.train_loss, record.train_acc, record.seconds
+    )
+}
+
+fn save_checkpoint<B: Compute>(trainer: &Trainer<B>, out: &Path) -> Result<()> {
+    let backend = trainer.backend();
+    let model = trainer.model.download(backend)?;
+    let state = TrainingState {
+        epochs_done: trainer.epochs_done,
+        optimizer_steps: trainer.optimizer.steps,
+        settings: trainer.config.settings_json(),
+        history: serde_json::to_string(&trainer.history).unwrap_or_default(),
+        optimizer: trainer.optimizer.download(backend)?,
+    };
+    let spec = &trainer.config.spec;
+    // The state goes first: a model file never claims more epochs than the state beside it.
+    checkpoint::save_state(
+        &out.join(STATE_FILE),
+        spec,
+        trainer.config.optimizer.state_names(),
+        &state,
+    )?;
+    checkpoint::save_model(&out.join(MODEL_FILE), spec, &model, trainer.epochs_done)
+}
+
+fn resume_trainer<'b, B: Compute>(
+    backend: &'b B,
+    config: TrainConfig,
+    data: &Mnist,
+    out: &Path,
+) -> Result<Trainer<'b, B>> {
+    let model = checkpoint::load_model(&out.join(MODEL_FILE))?;
+    let state = checkpoint::load_state(
+        &out.join(STATE_FILE),
+        &model.spec,
+        config.optimizer.state_names(),
+    )?;
+    if state.settings != config.settings_json() {
+        return Err(Error::InvalidArgument(format!(
+            "--resume: the run in {} was started with other settings ({}); pass the same flags \
+             (only --epochs may change)",
+            out.display(),
+            state.settings
+        )));
+    }
+    if state.epochs_done != model.epochs_done {
+        return Err(Error::Format {
+            path: out.join(MODEL_FILE),
+            message: format!(
+                "holds epoch {} but {STATE_FILE} holds epoch {}; the run was interrupted while \
+                 saving and cannot be resumed exactly",
+                model.epochs_done, state.epochs_done
+            ),
+        });
+    }
+    let history: Vec<EpochRecord> =
+        serde_json::from_str(&state.history).map_err(|e| Error::Format {
+            path: out.join(STATE_FILE),
+            message: format!("history metadata: {e}"),
+        })?;
+    let optimizer = Optimizer::upload(
+        backend,
+        config.optimizer,
+        state.optimizer_steps,
+        &state.optimizer,
+    )?;
+    Trainer::with_state(
+        backend,
+        config,
+        data,
+        &model.model,
+        optimizer,
+        state.epochs_done,
+        history,
+    )
+}
+
+/// `metrics.json` and `metrics.csv` of a run.
+struct MetricsFile<'a> {
+    device: &'a str,
+    adapter: &'a str,
+    config: &'a TrainConfig,
+}
+
+impl MetricsFile<'_> {
+    fn write(&self, out: &Path, history: &[EpochRecord], test: Option<LossTotals>) -> Result<()> {
+        let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
+        let json = serde_json::json!({
+            "model": if self.config.spec.batchnorm { "bn" } else { "nobn" },
+            "architecture": self.config.spec.torch_module(),
+            "device": self.device,
+            "adapter": self.adapter,
+            "batch_size": self.config.batch_size,
+            "seed": self.config.seed,
+            "settings": serde_json::from_str::<serde_json::Value>(&self.config.settings_json())
+                .unwrap_or_default(),
+            "epochs": history,
+            "test_loss": test.map(|t| t.mean_loss()),
+            "test_acc": test.map(|t| t.accuracy()),
+            "train_seconds": train_seconds,
+        });
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        write_atomically(&out.join("metrics.json"), |file| {
+            use std::io::Write;
+            writeln!(file, "{text}")
+        })?;
+        write_atomically(&out.join("metrics.csv"), |file| {
+            use std::io::Write;
+            writeln!(file, "epoch,train_loss,train_acc,val_loss,val_acc,seconds")?;
+            let optional = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+            for r in history {
+                writeln!(
+                    file,
+                    "{},{},{},{},{},{}",
+                    r.epoch,
+                    r.train_loss,
+                    r.train_acc,
+                    optional(r.val_loss),
+                    optional(r.val_acc),
+                    r.seconds
+                )?;
+            }
+            Ok(())
+        })
+    }
+}

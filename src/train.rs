@@ -1,0 +1,320 @@
+//! The training loop: splits, shuffling, steps, evaluation, and the per-epoch record.
+//!
+//! Everything an epoch touches lives on the device: the image sets (as bytes), the shuffled
+//! index list, parameters, gradients and optimizer state. A step is gather → forward → loss →
+//! backward → update, recorded into one submission. Loss and accuracy are summed on the device;
+//! the host reads them only for progress reports (at most `REPORT_INTERVAL` apart) and at the
+//! end of an epoch.
+
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::mnist::{Mnist, PIXELS, Split};
+use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use crate::ops::batchnorm::Mode;
+use crate::ops::data::DeviceImages;
+use crate::ops::loss::{LossTotals, metric};
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::{Error, Result};
+
+/// Rows per forward pass when evaluating; any size gives the same results.
+pub const EVAL_BATCH: usize = 1000;
+/// Progress reports read the device's running totals at most this often.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Everything that defines a run; two runs with equal configs compute the same thing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainConfig {
+    pub spec: ModelSpec,
+    pub init: Init,
+    pub optimizer: OptimizerConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Fraction of the training images held out for validation, taken from the end (Keras'
+    /// `validation_split`).
+    pub val_split: f64,
+    pub seed: u64,
+    /// Train on the first N images of the training part only.
+    pub train_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        self.optimizer.validate()?;
+        if self.batch_size == 0 {
+            return Err(Error::InvalidArgument("batch size must be at least 1".to_string()));
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            return Err(Error::InvalidArgument(format!(
+                "validation split must be in [0, 1), got {}",
+                self.val_split
+            )));
+        }
+        if self.train_limit == Some(0) {
+            return Err(Error::InvalidArgument("train limit must be at least 1".to_string()));
+        }
+        Ok(())
+    }
+
+    /// The settings a resumed run must share with the run it continues (all but `epochs`).
+    pub fn settings_json(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.remove("epochs");
+        }
+        value.to_string()
+    }
+}
+
+/// One finished epoch, as reported and as written to `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: Option<f64>,
+    pub val_acc: Option<f64>,
+    /// Wall time of the epoch, its validation pass included.
+    pub seconds: f64,
+}
+
+/// Where the training images are cut: Keras' `int(n·(1 − validation_split))`.
+pub fn split_point(images: usize, val_split: f64) -> usize {
+    (images as f64 * (1.0 - val_split)) as usize
+}
+
+/// A 64-bit seed for one purpose and index, derived from the run's seed.
+fn derive_seed(seed: u64, purpose: u64, index: u64) -> u64 {
+    crate::ops::activation::splitmix64(crate::ops::activation::splitmix64(seed ^ purpose) ^ index)
+}
+
+const SHUFFLE_STREAM: u64 = 0x7368_7566_666c_6500;
+
+/// The order in which epoch `epoch` (0-based) visits the first `rows` training images: a
+/// function of (seed, epoch) alone, so a resumed run shuffles as an uninterrupted one.
+pub fn epoch_order(seed: u64, epoch: usize, rows: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    let mut rng = StdRng::seed_from_u64(derive_seed(seed, SHUFFLE_STREAM, epoch as u64));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// (first, rows) of each step's batch. The last partial batch is kept, except a single row
+/// when the model has BatchNorm, whose batch statistics need two.
+pub fn batches(rows: usize, batch_size: usize, batchnorm: bool) -> Vec<(usize, usize)> {
+    (0..rows)
+        .step_by(batch_size)
+        .map(|first| (first, batch_size.min(rows - first)))
+        .filter(|&(_, len)| !(batchnorm && len == 1))
+        .collect()
+}
+
+/// A model, its optimizer and the data, on one backend.
+pub struct Trainer<'b, B: Compute> {
+    backend: &'b B,
+    pub config: TrainConfig,
+    pub model: Mlp<B>,
+    pub optimizer: Optimizer<B>,
+    train_set: DeviceImages<B>,
+    train_rows: usize,
+    validation: Option<(B::Indices, usize)>,
+    test_set: DeviceImages<B>,
+    test_index: B::Indices,
+    pub epochs_done: usize,
+    pub history: Vec<EpochRecord>,
+}
+
+impl<'b, B: Compute> Trainer<'b, B> {
+    /// A fresh run: initial weights from the seed, zero optimizer state.
+    pub fn new(backend: &'b B, config: TrainConfig, data: &Mnist) -> Result<Self> {
+        config.validate()?;
+        let host = HostModel::initial(&config.spec, config.init, config.seed);
+        let lens: Vec<usize> = config.spec.params().iter().map(|p| p.len()).collect();
+        let optimizer = Optimizer::new(backend, config.optimizer, &lens)?;
+        Self::with_state(backend, config, data, &host, optimizer, 0, Vec::new())
+    }
+
+    /// A run continued from saved weights, optimizer state and history.
+    pub fn with_state(
+        backend: &'b B,
+        config: TrainConfig,
+        data: &Mnist,
+        host: &HostModel,
+        optimizer: Optimizer<B>,
+        epochs_done: usize,
+        history: Vec<EpochRecord>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if config.spec.inputs != PIXELS {
+            return Err(Error::Shape(format!(
+                "the model takes {} inputs, the images have {PIXELS} pixels",
+                config.spec.inputs
+            )));
+        }
+        let split_at = split_point(data.train.len(), config.val_split);
+        let train_rows = config.train_limit.map_or(split_at, |n| n.min(split_at));
+        if train_rows == 0 {
+            return Err(Error::InvalidArgument(
+                "the validation split leaves no training images".to_string(),
+            ));
+        }
+        let upload = |split: &Split| backend.upload_images(&split.images, PIXELS, &split.labels);
+        let validation = if split_at < data.train.len() {
+            let index: Vec<u32> = (split_at as u32..data.train.len() as u32).collect();
+            Some((backend.upload_indices(&index)?, index.len()))
+        } else {
+            None
+        };
+        let test_index: Vec<u32> = (0..data.test.len() as u32).collect();
+        Ok(Self {
+            backend,
+            model: Mlp::upload(backend, &config.spec, host)?,
+            optimizer,
+            train_set: upload(&data.train)?,
+            train_rows,
+            validation,
+            test_set: upload(&data.test)?,
+            test_index: backend.upload_indices(&test_index)?,
+            config,
+            epochs_done,
+            history,
+        })
+    }
+
+    pub fn backend(&self) -> &'b B {
+        self.backend
+    }
+
+    /// Training images used per epoch.
+    pub fn train_rows(&self) -> usize {
+        self.train_rows
+    }
+
+    /// Steps in one epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        batches(self.train_rows, self.config.batch_size, self.config.spec.batchnorm).len()
+    }
+
+    /// One training step on rows `first..first + rows` of `index`, adding its loss and
+    /// accuracy to `metrics`.
+    pub fn train_step(
+        &mut self,
+        index: &B::Indices,
+        first: usize,
+        rows: usize,
+        metrics: &mut B::Buffer,
+    ) -> Result<()> {
+        let backend = self.backend;
+        let classes = self.config.spec.classes;
+        let mut x = backend.scratch(rows * PIXELS)?;
+        let mut labels = backend.scratch(rows)?;
+        backend.gather(&self.train_set, index, first, &mut x, &mut labels)?;
+        let key = StepKey {
+            seed: self.config.seed,
+            step: self.optimizer.steps,
+        };
+        let (logits, tape) = self.model.forward(backend, Mode::Train, x, rows, key)?;
+        let mut dlogits = backend.scratch(rows * classes)?;
+        backend.softmax_cross_entropy(&logits, &labels, classes, Some(&mut dlogits), metrics)?;
+        let grads = self.model.backward(backend, tape, dlogits)?;
+        self.optimizer.step(backend, self.model.params_mut(), &grads)?;
+        backend.flush()
+    }
+
+    /// Trains one epoch and validates. `report(steps done, totals)` is called after every
+    /// step, with the running totals when they were read from the device.
+    pub fn train_epoch(
+        &mut self,
+        report: &mut dyn FnMut(usize, Option<LossTotals>),
+    ) -> Result<EpochRecord> {
+        let started = Instant::now();
+        let epoch = self.epochs_done;
+        let order = epoch_order(self.config.seed, epoch, self.train_rows);
+        let index = self.backend.upload_indices(&order)?;
+        let mut metrics = self.backend.filled(metric::LEN, 0.0)?;
+        let plan = batches(self.train_rows, self.config.batch_size, self.config.spec.batchnorm);
+        let mut last_read = Instant::now();
+        for (step, &(first, rows)) in plan.iter().enumerate() {
+            self.train_step(&index, first, rows, &mut metrics)?;
+            let totals = if last_read.elapsed() >= REPORT_INTERVAL {
+                last_read = Instant::now();
+                Some(self.read_totals(&metrics, epoch)?)
+            } else {
+                None
+            };
+            report(step + 1, totals);
+        }
+        let train = self.read_totals(&metrics, epoch)?;
+        let validation = match &self.validation {
+            Some((index, rows)) => Some(evaluate(
+                self.backend,
+                &mut self.model,
+                &self.train_set,
+                index,
+                *rows,
+            )?),
+            None => None,
+        };
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: train.mean_loss(),
+            train_acc: train.accuracy(),
+            val_loss: validation.map(|v| v.mean_loss()),
+            val_acc: validation.map(|v| v.accuracy()),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        self.epochs_done += 1;
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    fn read_totals(&self, metrics: &B::Buffer, epoch: usize) -> Result<LossTotals> {
+        let totals = LossTotals::from_metrics(&self.backend.download(metrics)?)?;
+        if !totals.loss_sum.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the training loss became {} in epoch {}; try a lower --lr",
+                totals.loss_sum,
+                epoch + 1
+            )));
+        }
+        Ok(totals)
+    }
+
+    /// Loss and accuracy on the test set, with BatchNorm and dropout in inference mode.
+    pub fn test(&mut self) -> Result<LossTotals> {
+        evaluate(
+            self.backend,
+            &mut self.model,
+            &self.test_set,
+            &self.test_index,
+            self.test_set.rows,
+        )
+    }
+}
+
+/// Loss and accuracy of `model` in inference mode on rows `0..rows` of `index` into `images`.
+pub fn evaluate<B: Compute>(
+    backend: &B,
+    model: &mut Mlp<B>,
+    images: &DeviceImages<B>,
+    index: &B::Indices,
+    rows: usize,
+) -> Result<LossTotals> {
+    let classes = model.spec.classes;
+    let mut metrics = backend.filled(metric::LEN, 0.0)?;
+    let no_dropout = StepKey { seed: 0, step: 0 };
+    for first in (0..rows).step_by(EVAL_BATCH) {
+        let len = EVAL_BATCH.min(rows - first);
+        let mut x = backend.scratch(len * images.row_len)?;
+        let mut labels = backend.scratch(len)?;
+        backend.gather(images, index, first, &mut x, &mut labels)?;
+        let (logits, _) = model.forward(backend, Mode::Eval, x, len, no_dropout)?;
+        backend.softmax_cross_entropy(&logits, &labels, classes, None, &mut metrics)?;
+        backend.flush()?;
+    }
+    LossTotals::from_metrics(&backend.download(&metrics)?)
+}
