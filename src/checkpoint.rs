@@ -128,8 +128,12 @@ impl<'a> Reader<'a> {
 
     fn meta_number<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
         let text = self.meta(key)?;
-        text.parse()
-            .map_err(|_| format_error(self.path, format!("metadata {key:?} is not a number: {text:?}")))
+        text.parse().map_err(|_| {
+            format_error(
+                self.path,
+                format!("metadata {key:?} is not a number: {text:?}"),
+            )
+        })
     }
 
     fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8]> {
@@ -168,15 +172,28 @@ impl<'a> Reader<'a> {
 }
 
 /// Writes the model's `state_dict` and architecture.
-pub fn save_model(path: &Path, spec: &ModelSpec, model: &HostModel, epochs_done: usize) -> Result<()> {
+pub fn save_model(
+    path: &Path,
+    spec: &ModelSpec,
+    model: &HostModel,
+    epochs_done: usize,
+) -> Result<()> {
     model.check(spec)?;
     let mut tensors = Vec::new();
     for (param, values) in spec.params().iter().zip(&model.params) {
         tensors.push(f32_entry(param.name.clone(), param.shape.clone(), values));
     }
     for ((index, features), running) in spec.batchnorm_layers().into_iter().zip(&model.running) {
-        tensors.push(f32_entry(format!("{index}.running_mean"), vec![features], &running.mean));
-        tensors.push(f32_entry(format!("{index}.running_var"), vec![features], &running.var));
+        tensors.push(f32_entry(
+            format!("{index}.running_mean"),
+            vec![features],
+            &running.mean,
+        ));
+        tensors.push(f32_entry(
+            format!("{index}.running_var"),
+            vec![features],
+            &running.var,
+        ));
         // A 0-dim int64 tensor, as PyTorch stores it.
         let count = i64::try_from(running.batches_tracked).unwrap_or(i64::MAX);
         tensors.push((
@@ -283,7 +300,9 @@ pub fn load_state(path: &Path, spec: &ModelSpec, state_names: &[&str]) -> Result
         .map(|param| {
             state_names
                 .iter()
-                .map(|name| reader.floats(&format!("optimizer.{}.{name}", param.name), &param.shape))
+                .map(|name| {
+                    reader.floats(&format!("optimizer.{}.{name}", param.name), &param.shape)
+                })
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;

@@ -238,7 +238,11 @@ impl HostModel {
             crate::ops::check_len(&param.name, values.len(), param.len())?;
         }
         for (running, (index, features)) in self.running.iter().zip(layers) {
-            crate::ops::check_len(&format!("{index}.running_mean"), running.mean.len(), features)?;
+            crate::ops::check_len(
+                &format!("{index}.running_mean"),
+                running.mean.len(),
+                features,
+            )?;
             crate::ops::check_len(&format!("{index}.running_var"), running.var.len(), features)?;
         }
         Ok(())
@@ -264,7 +268,12 @@ pub struct LinearGrads<B: Backend> {
 }
 
 impl<B: Compute> Linear<B> {
-    fn forward(&self, backend: &B, x: B::Buffer, rows: usize) -> Result<(B::Buffer, LinearSaved<B>)> {
+    fn forward(
+        &self,
+        backend: &B,
+        x: B::Buffer,
+        rows: usize,
+    ) -> Result<(B::Buffer, LinearSaved<B>)> {
         let mut y = backend.scratch(rows * self.outputs)?;
         backend.matmul(
             &x,
@@ -417,8 +426,12 @@ fn relu_forward<B: Compute>(backend: &B, x: B::Buffer) -> Result<(B::Buffer, Rel
     Ok((y, ReluSaved { input: x }))
 }
 
-fn relu_backward<B: Compute>(backend: &B, saved: ReluSaved<B>, dy: &B::Buffer) -> Result<B::Buffer> {
-    let mut dx = backend.scratch(backend.len_of(&dy))?;
+fn relu_backward<B: Compute>(
+    backend: &B,
+    saved: ReluSaved<B>,
+    dy: &B::Buffer,
+) -> Result<B::Buffer> {
+    let mut dx = backend.scratch(backend.len_of(dy))?;
     backend.relu_backward(&saved.input, dy, &mut dx)?;
     Ok(dx)
 }
@@ -628,7 +641,12 @@ impl<B: Compute> Mlp<B> {
 
     /// Gradients of every parameter, in `ModelSpec::params` order, from a training forward's
     /// tape and the loss gradient with respect to the logits.
-    pub fn backward(&mut self, backend: &B, tape: Tape<B>, dlogits: B::Buffer) -> Result<Vec<B::Buffer>> {
+    pub fn backward(
+        &mut self,
+        backend: &B,
+        tape: Tape<B>,
+        dlogits: B::Buffer,
+    ) -> Result<Vec<B::Buffer>> {
         let rows = tape.rows;
         if backend.len_of(&self.ones) < rows {
             self.ones = backend.filled(rows, 1.0)?;

@@ -14,8 +14,8 @@ pub mod data;
 mod error;
 pub mod gpu;
 pub mod graph;
-pub mod optim;
 pub mod ops;
+pub mod optim;
 pub mod reference;
 pub mod train;
 

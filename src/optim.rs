@@ -50,7 +50,9 @@ impl OptimizerConfig {
                     && (0.0..1.0).contains(&beta2)
                     && eps > 0.0
             }
-            Self::Sgd { lr, momentum } => lr > 0.0 && lr.is_finite() && (0.0..1.0).contains(&momentum),
+            Self::Sgd { lr, momentum } => {
+                lr > 0.0 && lr.is_finite() && (0.0..1.0).contains(&momentum)
+            }
         };
         if ok {
             Ok(())
@@ -106,7 +108,10 @@ impl<B: Compute> Optimizer<B> {
                         config.state_names().len()
                     )));
                 }
-                per_param.iter().map(|values| backend.upload(values)).collect()
+                per_param
+                    .iter()
+                    .map(|values| backend.upload(values))
+                    .collect()
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -124,7 +129,12 @@ impl<B: Compute> Optimizer<B> {
     }
 
     /// One update of every parameter from its gradient.
-    pub fn step(&mut self, backend: &B, params: Vec<&mut B::Buffer>, grads: &[B::Buffer]) -> Result<()> {
+    pub fn step(
+        &mut self,
+        backend: &B,
+        params: Vec<&mut B::Buffer>,
+        grads: &[B::Buffer],
+    ) -> Result<()> {
         if params.len() != self.state.len() || grads.len() != self.state.len() {
             return Err(Error::Shape(format!(
                 "optimizer holds state for {} parameters, got {} parameters and {} gradients",

@@ -1,7 +1,17 @@
 //! Float64 references: the plain textbook formulas, computed in f64 from f32 inputs. Tests hold
 //! both backends to these; they are public so that users can check their own tensors too.
 
+/// f32 inputs (what the backends compute on) or f64 ones (for finite differences).
+pub trait Real: Copy + Into<f64> {}
+
+impl<T: Copy + Into<f64>> Real for T {}
+
+fn f64_of(value: impl Real) -> f64 {
+    value.into()
+}
+
 pub mod batchnorm {
+    use super::{Real, f64_of};
     use crate::ops::batchnorm::BatchNormShape;
 
     /// Everything a training-mode forward produces, in f64.
@@ -22,18 +32,18 @@ pub mod batchnorm {
     }
 
     fn channel_values(
-        x: &[f32],
+        x: &[impl Real],
         shape: BatchNormShape,
         channel: usize,
     ) -> impl Iterator<Item = f64> + '_ {
         (0..shape.n).flat_map(move |n| {
             let start = (n * shape.c + channel) * shape.s;
-            x[start..start + shape.s].iter().map(|&v| v as f64)
+            x[start..start + shape.s].iter().map(|&v| f64_of(v))
         })
     }
 
     /// Two-pass mean and biased variance per channel.
-    pub fn moments(x: &[f32], shape: BatchNormShape) -> (Vec<f64>, Vec<f64>) {
+    pub fn moments(x: &[impl Real], shape: BatchNormShape) -> (Vec<f64>, Vec<f64>) {
         let m = shape.per_channel() as f64;
         (0..shape.c)
             .map(|channel| {
@@ -49,31 +59,31 @@ pub mod batchnorm {
 
     /// y = γ·(x − mean)·invstd + β for per-channel mean and invstd.
     fn affine_normalize(
-        x: &[f32],
+        x: &[impl Real],
         shape: BatchNormShape,
         mean: &[f64],
         invstd: &[f64],
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &[impl Real],
+        beta: &[impl Real],
     ) -> Vec<f64> {
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
                 let channel = (i / shape.s) % shape.c;
-                gamma[channel] as f64 * (v as f64 - mean[channel]) * invstd[channel]
-                    + beta[channel] as f64
+                f64_of(gamma[channel]) * (f64_of(v) - mean[channel]) * invstd[channel]
+                    + f64_of(beta[channel])
             })
             .collect()
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn forward_train(
-        x: &[f32],
+        x: &[impl Real],
         shape: BatchNormShape,
-        gamma: &[f32],
-        beta: &[f32],
-        running_mean: &[f32],
-        running_var: &[f32],
+        gamma: &[impl Real],
+        beta: &[impl Real],
+        running_mean: &[impl Real],
+        running_var: &[impl Real],
         eps: f64,
         momentum: f64,
     ) -> Forward {
@@ -83,12 +93,12 @@ pub mod batchnorm {
         let running_mean = running_mean
             .iter()
             .zip(&mean)
-            .map(|(&r, mu)| (1.0 - momentum) * r as f64 + momentum * mu)
+            .map(|(&r, mu)| (1.0 - momentum) * f64_of(r) + momentum * mu)
             .collect();
         let running_var = running_var
             .iter()
             .zip(&var)
-            .map(|(&r, v)| (1.0 - momentum) * r as f64 + momentum * v * m / (m - 1.0))
+            .map(|(&r, v)| (1.0 - momentum) * f64_of(r) + momentum * v * m / (m - 1.0))
             .collect();
         Forward {
             y: affine_normalize(x, shape, &mean, &invstd, gamma, beta),
@@ -101,42 +111,42 @@ pub mod batchnorm {
     }
 
     pub fn forward_eval(
-        x: &[f32],
+        x: &[impl Real],
         shape: BatchNormShape,
-        gamma: &[f32],
-        beta: &[f32],
-        running_mean: &[f32],
-        running_var: &[f32],
+        gamma: &[impl Real],
+        beta: &[impl Real],
+        running_mean: &[impl Real],
+        running_var: &[impl Real],
         eps: f64,
     ) -> Vec<f64> {
-        let mean: Vec<f64> = running_mean.iter().map(|&v| v as f64).collect();
+        let mean: Vec<f64> = running_mean.iter().map(|&v| f64_of(v)).collect();
         let invstd: Vec<f64> = running_var
             .iter()
-            .map(|&v| 1.0 / (v as f64 + eps).sqrt())
+            .map(|&v| 1.0 / (f64_of(v) + eps).sqrt())
             .collect();
         affine_normalize(x, shape, &mean, &invstd, gamma, beta)
     }
 
     /// Gradients of the training-mode forward, from the three-term formula.
     pub fn backward(
-        x: &[f32],
-        dy: &[f32],
+        x: &[impl Real],
+        dy: &[impl Real],
         shape: BatchNormShape,
-        gamma: &[f32],
+        gamma: &[impl Real],
         eps: f64,
     ) -> Grads {
         let (mean, var) = moments(x, shape);
         let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let xhat = |i: usize| {
             let channel = (i / shape.s) % shape.c;
-            (x[i] as f64 - mean[channel]) * invstd[channel]
+            (f64_of(x[i]) - mean[channel]) * invstd[channel]
         };
         let mut dgamma = vec![0.0; shape.c];
         let mut dbeta = vec![0.0; shape.c];
         for (i, &g) in dy.iter().enumerate() {
             let channel = (i / shape.s) % shape.c;
-            dbeta[channel] += g as f64;
-            dgamma[channel] += g as f64 * xhat(i);
+            dbeta[channel] += f64_of(g);
+            dgamma[channel] += f64_of(g) * xhat(i);
         }
         let m = shape.per_channel() as f64;
         let dx = dy
@@ -144,8 +154,8 @@ pub mod batchnorm {
             .enumerate()
             .map(|(i, &g)| {
                 let channel = (i / shape.s) % shape.c;
-                gamma[channel] as f64 * invstd[channel] / m
-                    * (m * g as f64 - dbeta[channel] - xhat(i) * dgamma[channel])
+                f64_of(gamma[channel]) * invstd[channel] / m
+                    * (m * f64_of(g) - dbeta[channel] - xhat(i) * dgamma[channel])
             })
             .collect();
         Grads { dx, dgamma, dbeta }
@@ -153,28 +163,137 @@ pub mod batchnorm {
 }
 
 pub mod matmul {
+    use super::{Real, f64_of};
     use crate::ops::matmul::MatrixLayout;
 
     /// a·b (+ bias per column) in f64, row-major a.rows × b.cols.
     pub fn matmul(
-        a: &[f32],
+        a: &[impl Real],
         a_layout: MatrixLayout,
-        b: &[f32],
+        b: &[impl Real],
         b_layout: MatrixLayout,
-        bias: Option<&[f32]>,
+        bias: Option<&[impl Real]>,
     ) -> Vec<f64> {
         let mut out = Vec::with_capacity(a_layout.rows * b_layout.cols);
         for i in 0..a_layout.rows {
             for j in 0..b_layout.cols {
-                let mut sum = bias.map_or(0.0, |bias| bias[j] as f64);
+                let mut sum = bias.map_or(0.0, |bias| f64_of(bias[j]));
                 for k in 0..a_layout.cols {
-                    let x = a[i * a_layout.row_stride + k * a_layout.col_stride] as f64;
-                    let y = b[k * b_layout.row_stride + j * b_layout.col_stride] as f64;
+                    let x = f64_of(a[i * a_layout.row_stride + k * a_layout.col_stride]);
+                    let y = f64_of(b[k * b_layout.row_stride + j * b_layout.col_stride]);
                     sum += x * y;
                 }
                 out.push(sum);
             }
         }
         out
+    }
+}
+
+/// Activations: ReLU, and dropout with a given keep mask.
+pub mod activation {
+    use super::{Real, f64_of};
+
+    pub fn relu(x: &[impl Real]) -> Vec<f64> {
+        x.iter().map(|&v| f64_of(v).max(0.0)).collect()
+    }
+
+    /// dx = dy where x > 0, else 0.
+    pub fn relu_backward(x: &[impl Real], dy: &[impl Real]) -> Vec<f64> {
+        x.iter()
+            .zip(dy)
+            .map(|(&x, &g)| if f64_of(x) > 0.0 { f64_of(g) } else { 0.0 })
+            .collect()
+    }
+
+    /// y = x·keep/(1 − p); the same function maps dy to dx.
+    pub fn dropout(x: &[impl Real], keep: &[bool], p: f64) -> Vec<f64> {
+        x.iter()
+            .zip(keep)
+            .map(|(&v, &k)| if k { f64_of(v) / (1.0 - p) } else { 0.0 })
+            .collect()
+    }
+}
+
+/// Softmax cross-entropy, averaged over rows as PyTorch's `cross_entropy`.
+pub mod loss {
+    use super::{Real, f64_of};
+
+    /// (mean loss, gradient of the mean loss with respect to the logits, correct predictions).
+    pub fn softmax_cross_entropy(
+        logits: &[impl Real],
+        labels: &[usize],
+        classes: usize,
+    ) -> (f64, Vec<f64>, usize) {
+        let rows = labels.len() as f64;
+        let mut loss = 0.0;
+        let mut correct = 0;
+        let mut grad = Vec::with_capacity(logits.len());
+        for (z, &label) in logits.chunks_exact(classes).zip(labels) {
+            let z: Vec<f64> = z.iter().map(|&v| f64_of(v)).collect();
+            let top = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = z.iter().map(|v| (v - top).exp()).sum();
+            loss += total.ln() + top - z[label];
+            let best = z.iter().position(|&v| v == top).unwrap_or(0);
+            correct += usize::from(best == label);
+            for (j, v) in z.iter().enumerate() {
+                let onehot = if j == label { 1.0 } else { 0.0 };
+                grad.push(((v - top).exp() / total - onehot) / rows);
+            }
+        }
+        (loss / rows, grad, correct)
+    }
+}
+
+/// One optimizer step in f64, as `torch.optim` defines it.
+pub mod optimizer {
+    use super::{Real, f64_of};
+
+    /// (θ, m, v) after Adam step t (1-based).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam(
+        param: &[impl Real],
+        grad: &[impl Real],
+        m: &[impl Real],
+        v: &[impl Real],
+        lr: f64,
+        (beta1, beta2): (f64, f64),
+        eps: f64,
+        t: u64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let bias1 = 1.0 - beta1.powf(t as f64);
+        let bias2 = 1.0 - beta2.powf(t as f64);
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..param.len() {
+            let g = f64_of(grad[i]);
+            let m = beta1 * f64_of(m[i]) + (1.0 - beta1) * g;
+            let v = beta2 * f64_of(v[i]) + (1.0 - beta2) * g * g;
+            out.0
+                .push(f64_of(param[i]) - lr / bias1 * m / ((v / bias2).sqrt() + eps));
+            out.1.push(m);
+            out.2.push(v);
+        }
+        out
+    }
+
+    /// (θ, momentum buffer) after one SGD step.
+    pub fn sgd(
+        param: &[impl Real],
+        grad: &[impl Real],
+        buffer: &[impl Real],
+        lr: f64,
+        momentum: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let buffer: Vec<f64> = buffer
+            .iter()
+            .zip(grad)
+            .map(|(&b, &g)| momentum * f64_of(b) + f64_of(g))
+            .collect();
+        let param = param
+            .iter()
+            .zip(&buffer)
+            .map(|(&p, b)| f64_of(p) - lr * b)
+            .collect();
+        (param, buffer)
     }
 }

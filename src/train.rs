@@ -46,7 +46,9 @@ impl TrainConfig {
         self.spec.validate()?;
         self.optimizer.validate()?;
         if self.batch_size == 0 {
-            return Err(Error::InvalidArgument("batch size must be at least 1".to_string()));
+            return Err(Error::InvalidArgument(
+                "batch size must be at least 1".to_string(),
+            ));
         }
         if !(0.0..1.0).contains(&self.val_split) {
             return Err(Error::InvalidArgument(format!(
@@ -55,7 +57,9 @@ impl TrainConfig {
             )));
         }
         if self.train_limit == Some(0) {
-            return Err(Error::InvalidArgument("train limit must be at least 1".to_string()));
+            return Err(Error::InvalidArgument(
+                "train limit must be at least 1".to_string(),
+            ));
         }
         Ok(())
     }
@@ -196,7 +200,12 @@ impl<'b, B: Compute> Trainer<'b, B> {
 
     /// Steps in one epoch.
     pub fn steps_per_epoch(&self) -> usize {
-        batches(self.train_rows, self.config.batch_size, self.config.spec.batchnorm).len()
+        batches(
+            self.train_rows,
+            self.config.batch_size,
+            self.config.spec.batchnorm,
+        )
+        .len()
     }
 
     /// One training step on rows `first..first + rows` of `index`, adding its loss and
@@ -221,7 +230,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
         let mut dlogits = backend.scratch(rows * classes)?;
         backend.softmax_cross_entropy(&logits, &labels, classes, Some(&mut dlogits), metrics)?;
         let grads = self.model.backward(backend, tape, dlogits)?;
-        self.optimizer.step(backend, self.model.params_mut(), &grads)?;
+        self.optimizer
+            .step(backend, self.model.params_mut(), &grads)?;
         backend.flush()
     }
 
@@ -236,7 +246,11 @@ impl<'b, B: Compute> Trainer<'b, B> {
         let order = epoch_order(self.config.seed, epoch, self.train_rows);
         let index = self.backend.upload_indices(&order)?;
         let mut metrics = self.backend.filled(metric::LEN, 0.0)?;
-        let plan = batches(self.train_rows, self.config.batch_size, self.config.spec.batchnorm);
+        let plan = batches(
+            self.train_rows,
+            self.config.batch_size,
+            self.config.spec.batchnorm,
+        );
         let mut last_read = Instant::now();
         for (step, &(first, rows)) in plan.iter().enumerate() {
             self.train_step(&index, first, rows, &mut metrics)?;

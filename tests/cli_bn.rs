@@ -2,32 +2,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-use common::{assert_close, channel_data, gpu, normal, rng};
+use common::{assert_close, assert_one_line_error, channel_data, gpu, normal, rng, wgnorm};
 use wgnorm::data::npy;
 use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::reference::batchnorm as reference;
-
-fn wgnorm(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgnorm"))
-        .args(args)
-        .current_dir(dir)
-        .env("XDG_RUNTIME_DIR", dir)
-        .output()
-        .expect("the wgnorm binary runs")
-}
-
-/// The error lines wgnorm printed (Mesa may add its own notices on stderr).
-fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(ours.len(), 1, "expected one error line, got: {stderr}");
-    assert!(ours[0].contains(needle), "'{needle}' not in: {}", ours[0]);
-}
 
 fn run_and_check(device: &str) {
     let dir = tempfile::tempdir().unwrap();

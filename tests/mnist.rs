@@ -3,23 +3,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+mod common;
+
+use common::{assert_one_line_error, shared_mnist, wgnorm};
 use wgnorm::data::download::{ensure_mnist, fetch_verified};
 use wgnorm::data::mnist::{self, MnistFile, PIXELS};
-
-fn shared_mnist() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true needs ../shared/data/mnist"
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
-}
 
 #[test]
 fn the_real_files_load_with_the_standard_counts() {
@@ -231,4 +221,56 @@ fn a_corrupt_or_missing_download_is_reported_and_deleted() {
     server.join().unwrap();
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "nothing may be left behind: {left:?}");
+}
+
+#[test]
+fn train_downloads_missing_files_from_the_mirror_it_is_given() {
+    let Some(shared) = shared_mnist() else { return };
+    let files: Vec<(String, Vec<u8>)> = MnistFile::ALL
+        .iter()
+        .map(|f| {
+            (
+                f.gz_name(),
+                std::fs::read(shared.join(f.gz_name())).unwrap(),
+            )
+        })
+        .collect();
+    let (base, server) = serve(files, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let train = |data_dir: &str, out: &str, mirror: &str| {
+        let args = [
+            "train",
+            "--device",
+            "cpu",
+            "--train-limit",
+            "64",
+            "--epochs",
+            "1",
+        ];
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--data-dir", data_dir, "--out", out, "--mirror", mirror]);
+        wgnorm(&args, dir.path())
+    };
+    let output = train("mnist", "run", &base);
+    // Checked before joining: a run that never asked would leave the server waiting.
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.join().unwrap();
+    for file in MnistFile::ALL {
+        assert!(dir.path().join("mnist").join(file.gz_name()).is_file());
+    }
+    assert!(dir.path().join("run/model.safetensors").is_file());
+
+    // A mirror without the files: one line, exit 2, nothing partial left behind.
+    let (base, server) = serve(Vec::new(), 1);
+    let output = train("elsewhere", "run2", &base);
+    assert_one_line_error(&output, 2, "download failed");
+    server.join().unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("elsewhere"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "partial files left: {left:?}");
 }

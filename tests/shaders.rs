@@ -5,8 +5,12 @@ use std::mem::{offset_of, size_of};
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgnorm::gpu::{Kernel, Shader, Slot, WORKGROUP};
+use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
+use wgnorm::ops::data::GatherParams;
+use wgnorm::ops::loss::{LossParams, metric};
 use wgnorm::ops::matmul::{MATMUL_TILE, MatmulParams};
+use wgnorm::ops::optimizer::OptimizerParams;
 
 fn parse(shader: Shader) -> naga::Module {
     naga::front::wgsl::parse_str(shader.source()).unwrap_or_else(|e| {
@@ -124,6 +128,22 @@ fn uniform_layouts_match_rust() {
         wgsl_struct(Shader::Matmul, "MatmulParams"),
         rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, has_bias)
     );
+    assert_eq!(
+        wgsl_struct(Shader::Activation, "ActivationParams"),
+        rust_layout!(ActivationParams: len, threshold, key_x, key_y, scale, _pad0, _pad1, _pad2)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::Loss, "LossParams"),
+        rust_layout!(LossParams: rows, classes, grad_scale, write_grad)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::Optimizer, "OptimizerParams"),
+        rust_layout!(OptimizerParams: len, step_size, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2_sqrt, momentum)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::Data, "GatherParams"),
+        rust_layout!(GatherParams: rows, row_len, first, _pad0)
+    );
 }
 
 #[test]
@@ -152,4 +172,31 @@ fn batchnorm_constants_match_rust() {
         assert_eq!(u32_constant(&module, name) as usize, plane, "{name}");
     }
     assert_eq!(stat::PLANES, 5);
+}
+
+#[test]
+fn every_elementwise_shader_agrees_on_the_workgroup_size() {
+    for shader in [
+        Shader::Activation,
+        Shader::Loss,
+        Shader::Optimizer,
+        Shader::Data,
+    ] {
+        let workgroup = u32_constant(&parse(shader), "WORKGROUP");
+        assert_eq!(workgroup, WORKGROUP, "{}", shader.file_name());
+    }
+}
+
+#[test]
+fn loss_metric_slots_match_rust() {
+    let module = parse(Shader::Loss);
+    for (name, slot) in [
+        ("METRIC_LOSS", metric::LOSS),
+        ("METRIC_LOSS_COMPENSATION", metric::LOSS_COMPENSATION),
+        ("METRIC_CORRECT", metric::CORRECT),
+        ("METRIC_SAMPLES", metric::SAMPLES),
+    ] {
+        assert_eq!(u32_constant(&module, name) as usize, slot, "{name}");
+    }
+    assert_eq!(metric::LEN, 4);
 }

@@ -132,12 +132,20 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message is its first paragraph; "missing" lists go on indented lines.
             let rendered = e.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("bad arguments");
-            eprintln!("{} (see --help)", first.trim_end());
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = if message.is_empty() {
+                "bad arguments".to_string()
+            } else {
+                message.join(" ")
+            };
+            eprintln!("{message} (see --help)");
             return ExitCode::from(2);
         }
     };

@@ -52,16 +52,16 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptimizerChoice::Adam)]
     optimizer: OptimizerChoice,
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     momentum: f64,
     /// Dropout probability after each hidden layer.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     dropout: f32,
     /// Fraction of the training images held out for validation, from the end.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     val_split: f64,
     #[arg(long, value_enum, default_value_t = InitChoice::Keras)]
     init: InitChoice,
@@ -197,7 +197,11 @@ fn run_on<B: Compute>(
         eprintln!("resuming after epoch {}", trainer.epochs_done);
     }
     while trainer.epochs_done < config.epochs {
-        let bar = progress_bar(trainer.steps_per_epoch(), trainer.epochs_done + 1, config.epochs);
+        let bar = progress_bar(
+            trainer.steps_per_epoch(),
+            trainer.epochs_done + 1,
+            config.epochs,
+        );
         let record = trainer.train_epoch(&mut |done, totals| {
             bar.set_position(done as u64);
             if let Some(t) = totals {
@@ -221,10 +225,8 @@ fn run_on<B: Compute>(
 
 fn progress_bar(steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64);
-    let style = ProgressStyle::with_template(
-        "{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(format!("epoch {epoch}/{epochs}"));
     bar

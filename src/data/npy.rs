@@ -110,7 +110,6 @@ pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,8 +65,12 @@ pub trait ActivationOps: Backend + Sized {
     fn relu_forward(&self, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
 
     /// dx from the forward's input x.
-    fn relu_backward(&self, x: &Self::Buffer, dy: &Self::Buffer, dx: &mut Self::Buffer)
-    -> Result<()>;
+    fn relu_backward(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
 
     fn dropout_forward(
         &self,
@@ -108,12 +112,7 @@ impl ActivationOps for CpuBackend {
         Ok(())
     }
 
-    fn dropout_backward(
-        &self,
-        mask: &DropoutMask,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
-    ) -> Result<()> {
+    fn dropout_backward(&self, mask: &DropoutMask, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         check_len("dropout dx", dx.len(), dy.len())?;
         crate::gpu::check_u32_indexable("dropout dy", dy.len())?;
         masked_scale(mask, dy, dx);

@@ -108,7 +108,14 @@ impl DataOps for CpuBackend {
         labels: &mut Vec<f32>,
     ) -> Result<()> {
         let row_len = images.row_len;
-        check(images.rows, row_len, index.len(), first, x.len(), labels.len())?;
+        check(
+            images.rows,
+            row_len,
+            index.len(),
+            first,
+            x.len(),
+            labels.len(),
+        )?;
         let rows = labels.len();
         for (r, &source) in index[first..first + rows].iter().enumerate() {
             let source = source as usize;

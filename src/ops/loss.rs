@@ -28,7 +28,8 @@ impl LossTotals {
     pub fn from_metrics(values: &[f32]) -> Result<Self> {
         check_len("metrics buffer", values.len(), metric::LEN)?;
         Ok(Self {
-            loss_sum: f64::from(values[metric::LOSS]) - f64::from(values[metric::LOSS_COMPENSATION]),
+            loss_sum: f64::from(values[metric::LOSS])
+                - f64::from(values[metric::LOSS_COMPENSATION]),
             correct: f64::from(values[metric::CORRECT]),
             samples: f64::from(values[metric::SAMPLES]),
         })

@@ -15,26 +15,27 @@ use crate::ops::check_len;
 pub struct OptimizerParams {
     pub len: u32,
     pub step_size: f32,
-    pub beta1: f32,
+    pub one_minus_beta1: f32,
     pub beta2: f32,
+    pub one_minus_beta2: f32,
     pub eps: f32,
     pub bias_correction2_sqrt: f32,
     pub momentum: f32,
-    pub _pad0: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<OptimizerParams>() == 32);
 
 impl OptimizerParams {
-    /// Adam at step `t` (1-based). The bias corrections are computed in f64 and rounded once,
-    /// as PyTorch passes them to its kernels.
+    /// Adam at step `t` (1-based). The bias corrections and 1 − β are computed in f64 and
+    /// rounded once, as PyTorch passes them to its kernels.
     pub fn adam(len: usize, lr: f64, beta1: f64, beta2: f64, eps: f64, t: u64) -> Self {
         let t = t as f64;
         Self {
             len: len as u32,
             step_size: (lr / (1.0 - beta1.powf(t))) as f32,
-            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
             beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
             eps: eps as f32,
             bias_correction2_sqrt: (1.0 - beta2.powf(t)).sqrt() as f32,
             ..Self::default()
@@ -97,8 +98,8 @@ impl OptimizerOps for CpuBackend {
             ],
         )?;
         for (((theta, &g), m), v) in param.iter_mut().zip(grad).zip(moment1).zip(moment2) {
-            *m += (1.0 - p.beta1) * (g - *m);
-            *v = p.beta2 * *v + (1.0 - p.beta2) * g * g;
+            *m += p.one_minus_beta1 * (g - *m);
+            *v = p.beta2 * *v + p.one_minus_beta2 * g * g;
             *theta -= p.step_size * *m / (v.sqrt() / p.bias_correction2_sqrt + p.eps);
         }
         Ok(())

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
@@ -129,4 +131,39 @@ pub fn assert_close(what: &str, out: &[f32], reference: &[f64], tolerance: f64) 
         error < tolerance,
         "{what}: normwise relative error {error:.3e} exceeds {tolerance:.0e}"
     );
+}
+
+/// The real MNIST files in ../shared/data/mnist, or None (printed) when absent. Under CI=true
+/// they must be there.
+pub fn shared_mnist() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true needs ../shared/data/mnist"
+    );
+    eprintln!("skipping: {} not found", dir.display());
+    None
+}
+
+/// Runs the wgnorm binary in `dir`.
+pub fn wgnorm(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgnorm"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .expect("the wgnorm binary runs")
+}
+
+/// The error lines wgnorm printed (Mesa may add its own notices on stderr).
+pub fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(ours.len(), 1, "expected one error line, got: {stderr}");
+    assert!(ours[0].contains(needle), "'{needle}' not in: {}", ours[0]);
 }

@@ -1,0 +1,316 @@
+//! `wgnorm train` and `wgnorm eval` as a user runs them: metrics and checkpoint files, resume,
+//! evaluation of the saved model, and one-line errors for bad flags and files.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_one_line_error, gpu, shared_mnist, wgnorm};
+use wgnorm::checkpoint::{self, MODEL_FILE, STATE_FILE};
+use wgnorm::graph::ModelSpec;
+
+/// A quick CPU run: the first 640 images, 2 epochs of 20 steps.
+fn train(dir: &Path, out: &str, extra: &[&str]) -> std::process::Output {
+    let data = shared_mnist().unwrap();
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--train-limit",
+        "640",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    wgnorm(&args, dir)
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(dir.path(), "run", &["--epochs", "2", "--seed", "4"]);
+    assert_success(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("epoch 2/2  train loss"), "{stdout}");
+    let run = dir.path().join("run");
+
+    let metrics = json(&run.join("metrics.json"));
+    assert_eq!(metrics["model"], "bn");
+    assert_eq!(metrics["device"], "cpu");
+    assert_eq!(metrics["batch_size"], 32);
+    assert_eq!(metrics["seed"], 4);
+    let epochs = metrics["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for key in [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "seconds",
+    ] {
+        assert!(epochs[1][key].is_number(), "{key} missing: {}", epochs[1]);
+    }
+    let test_acc = metrics["test_acc"].as_f64().unwrap();
+    assert!(test_acc > 0.8, "test accuracy {test_acc}");
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n"));
+
+    // The state_dict of the equivalent torch.nn.Sequential.
+    let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();
+    assert_eq!(saved.epochs_done, 2);
+    assert_eq!(
+        saved.spec.torch_module(),
+        "nn.Sequential(nn.Linear(784, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.2), \
+         nn.Linear(128, 10))"
+    );
+    let names: Vec<String> = saved.spec.params().iter().map(|p| p.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            "0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"
+        ]
+    );
+    assert_eq!(saved.model.running[0].batches_tracked, 40);
+    assert!(
+        saved.model.running[0]
+            .var
+            .iter()
+            .all(|&v| v > 0.0 && v != 1.0)
+    );
+
+    // Saving what was loaded gives the same tensors back.
+    let copy = dir.path().join("copy.safetensors");
+    checkpoint::save_model(&copy, &saved.spec, &saved.model, saved.epochs_done).unwrap();
+    assert_eq!(checkpoint::load_model(&copy).unwrap().model, saved.model);
+
+    let data = shared_mnist().unwrap();
+    let model_path = run.join(MODEL_FILE);
+    let eval = |device: &str| {
+        let output = wgnorm(
+            &[
+                "eval",
+                "--checkpoint",
+                model_path.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--device",
+                device,
+                "--json",
+            ],
+            dir.path(),
+        );
+        assert_success(&output);
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        value["test_acc"].as_f64().unwrap()
+    };
+    assert_eq!(
+        eval("cpu"),
+        test_acc,
+        "eval of the saved model differs from train's test"
+    );
+    if gpu().is_some() {
+        let on_gpu = eval("gpu");
+        assert!(
+            (on_gpu - test_acc).abs() <= 0.003,
+            "GPU eval {on_gpu} vs CPU {test_acc}"
+        );
+    }
+}
+
+fn same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (
+        checkpoint::load_model(&a.join(MODEL_FILE)).unwrap(),
+        checkpoint::load_model(&b.join(MODEL_FILE)).unwrap(),
+    );
+    assert_eq!(a.epochs_done, b.epochs_done);
+    let bits = |m: &wgnorm::graph::HostModel| -> Vec<Vec<u32>> {
+        m.params
+            .iter()
+            .map(|p| p.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&a.model), bits(&b.model), "parameters differ");
+    assert_eq!(
+        a.model.running, b.model.running,
+        "running statistics differ"
+    );
+}
+
+fn same_optimizer_state(a: &Path, b: &Path, spec: &ModelSpec) {
+    let names = ["exp_avg", "exp_avg_sq"];
+    let a = checkpoint::load_state(&a.join(STATE_FILE), spec, &names).unwrap();
+    let b = checkpoint::load_state(&b.join(STATE_FILE), spec, &names).unwrap();
+    assert_eq!(a.optimizer_steps, b.optimizer_steps);
+    assert_eq!(a.optimizer, b.optimizer, "optimizer state differs");
+}
+
+#[test]
+fn resuming_ends_with_the_weights_of_an_uninterrupted_run() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(&train(
+        dir.path(),
+        "whole",
+        &["--epochs", "3", "--seed", "8"],
+    ));
+    assert_success(&train(
+        dir.path(),
+        "parts",
+        &["--epochs", "1", "--seed", "8"],
+    ));
+    // Stopped after epoch 1, continued to 2, then to 3.
+    for epochs in ["2", "3"] {
+        let output = train(
+            dir.path(),
+            "parts",
+            &["--epochs", epochs, "--seed", "8", "--resume"],
+        );
+        assert_success(&output);
+        assert!(String::from_utf8_lossy(&output.stderr).contains("resuming after epoch"));
+    }
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    same_tensors(&whole, &parts);
+    let spec = checkpoint::load_model(&whole.join(MODEL_FILE))
+        .unwrap()
+        .spec;
+    same_optimizer_state(&whole, &parts, &spec);
+    let (a, b) = (
+        json(&whole.join("metrics.json")),
+        json(&parts.join("metrics.json")),
+    );
+    assert_eq!(b["epochs"].as_array().unwrap().len(), 3);
+    assert_eq!(a["test_acc"], b["test_acc"]);
+    for epoch in 0..3 {
+        assert_eq!(
+            a["epochs"][epoch]["train_loss"],
+            b["epochs"][epoch]["train_loss"]
+        );
+    }
+}
+
+#[test]
+fn bad_flags_and_files_are_one_line_errors() {
+    let Some(data) = shared_mnist() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = data.to_str().unwrap();
+    let base = [
+        "train",
+        "--device",
+        "cpu",
+        "--data-dir",
+        data,
+        "--out",
+        "run",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        wgnorm(&args, dir.path())
+    };
+    let clap_error = |output: &std::process::Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "'{needle}' not in {stderr}");
+    };
+    clap_error(&with(&["--model", "resnet"]), "resnet");
+    clap_error(&with(&["--batch-size", "many"]), "batch-size");
+    clap_error(&with(&["--hidden", "128,x"]), "hidden");
+    clap_error(&wgnorm(&["train", "--resume"], dir.path()), "--out");
+    assert_one_line_error(&with(&["--batch-size", "0"]), 2, "batch size");
+    assert_one_line_error(&with(&["--dropout", "1.5"]), 2, "dropout");
+    assert_one_line_error(&with(&["--hidden", "0"]), 2, "widths");
+    assert_one_line_error(&with(&["--lr", "-1"]), 2, "lr");
+    assert_one_line_error(&with(&["--val-split", "1"]), 2, "validation split");
+    assert_one_line_error(&with(&["--resume"]), 2, "no run to continue");
+
+    let bad_data = dir.path().join("empty");
+    std::fs::create_dir(&bad_data).unwrap();
+    for name in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(bad_data.join(name), b"not idx").unwrap();
+    }
+    let output = wgnorm(
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--data-dir",
+            bad_data.to_str().unwrap(),
+            "--out",
+            "x",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&output, 2, "train-images-idx3-ubyte");
+
+    // A finished run is never overwritten, and resuming needs the same settings.
+    let run_args = ["--train-limit", "64", "--epochs", "1"];
+    assert_success(&with(&run_args));
+    let model = dir.path().join("run").join(MODEL_FILE);
+    let saved = std::fs::read(&model).unwrap();
+    assert_one_line_error(&with(&run_args), 2, "already holds a run");
+    let mut other = run_args.to_vec();
+    other.extend_from_slice(&["--lr", "0.01", "--resume"]);
+    assert_one_line_error(&with(&other), 2, "other settings");
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        saved,
+        "the saved model was changed"
+    );
+
+    let eval = |checkpoint: &Path| {
+        wgnorm(
+            &[
+                "eval",
+                "--checkpoint",
+                checkpoint.to_str().unwrap(),
+                "--data-dir",
+                data,
+                "--device",
+                "cpu",
+            ],
+            dir.path(),
+        )
+    };
+    assert_one_line_error(
+        &eval(&dir.path().join("missing.safetensors")),
+        2,
+        "missing.safetensors",
+    );
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &saved[..saved.len() / 2]).unwrap();
+    assert_one_line_error(&eval(&truncated), 2, "not a safetensors file");
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(
+        &garbage,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}       ",
+    )
+    .unwrap();
+    assert_one_line_error(&eval(&garbage), 2, "garbage.safetensors");
+}

@@ -1,0 +1,528 @@
+//! Every layer's gradient, three ways: the float64 reference formulas against central finite
+//! differences of the float64 forward; both backends' kernels against those references; and the
+//! whole graph's backward (Mlp) against the references chained layer by layer.
+
+mod common;
+
+use common::{assert_close, assert_close_to_terms, gpu, norm, normal, rng};
+use rand::RngExt;
+use rand::rngs::StdRng;
+use wgnorm::backend::Backend;
+use wgnorm::cpu::CpuBackend;
+use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, Mlp, ModelSpec, StepKey};
+use wgnorm::ops::activation::{ActivationOps, DropoutMask};
+use wgnorm::ops::batchnorm::{BatchNormShape, Mode};
+use wgnorm::ops::loss::{LossTotals, metric};
+use wgnorm::ops::matmul::MatrixLayout;
+use wgnorm::ops::optimizer::OptimizerParams;
+use wgnorm::reference;
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+/// ∂f/∂x_i by central differences with a step scaled to x_i.
+fn finite_difference(f: &dyn Fn(&[f64]) -> f64, x: &[f64], i: usize) -> f64 {
+    let h = 1e-6 * x[i].abs().max(1.0);
+    let mut plus = x.to_vec();
+    let mut minus = x.to_vec();
+    plus[i] += h;
+    minus[i] -= h;
+    (f(&plus) - f(&minus)) / (2.0 * h)
+}
+
+/// Checks `analytic` = ∇f at x on every coordinate (the tensors here are small).
+fn check_gradient(what: &str, f: &dyn Fn(&[f64]) -> f64, x: &[f64], analytic: &[f64]) {
+    assert_eq!(x.len(), analytic.len(), "{what}: length");
+    for (i, &exact) in analytic.iter().enumerate() {
+        let numeric = finite_difference(f, x, i);
+        assert!(
+            (numeric - exact).abs() <= 1e-6 * (1.0 + numeric.abs()),
+            "{what}[{i}]: analytic {exact} vs finite difference {numeric}"
+        );
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn f64s(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(v)).collect()
+}
+
+fn uniform(rng: &mut StdRng, len: usize) -> Vec<f64> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn linear_forward(x: &[f64], w: &[f64], b: &[f64], rows: usize, inputs: usize) -> Vec<f64> {
+    let outputs = b.len();
+    reference::matmul::matmul(
+        x,
+        MatrixLayout::row_major(rows, inputs),
+        w,
+        MatrixLayout::row_major(outputs, inputs).transposed(),
+        Some(b),
+    )
+}
+
+/// (dx, dW, db) of y = x·Wᵀ + b for upstream dy.
+fn linear_backward(
+    x: &[f64],
+    w: &[f64],
+    dy: &[f64],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let dy_layout = MatrixLayout::row_major(rows, outputs);
+    let none: Option<&[f64]> = None;
+    let dx = reference::matmul::matmul(
+        dy,
+        dy_layout,
+        w,
+        MatrixLayout::row_major(outputs, inputs),
+        none,
+    );
+    let dw = reference::matmul::matmul(
+        dy,
+        dy_layout.transposed(),
+        x,
+        MatrixLayout::row_major(rows, inputs),
+        none,
+    );
+    let db = (0..outputs)
+        .map(|j| (0..rows).map(|r| dy[r * outputs + j]).sum())
+        .collect();
+    (dx, dw, db)
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let mut rng = rng("linear_gradients_match_finite_differences");
+    let (rows, inputs, outputs) = (3, 5, 4);
+    let x = uniform(&mut rng, rows * inputs);
+    let w = uniform(&mut rng, outputs * inputs);
+    let b = uniform(&mut rng, outputs);
+    let r = uniform(&mut rng, rows * outputs);
+    let (dx, dw, db) = linear_backward(&x, &w, &r, rows, inputs, outputs);
+    check_gradient(
+        "linear dx",
+        &|x| dot(&linear_forward(x, &w, &b, rows, inputs), &r),
+        &x,
+        &dx,
+    );
+    check_gradient(
+        "linear dW",
+        &|w| dot(&linear_forward(&x, w, &b, rows, inputs), &r),
+        &w,
+        &dw,
+    );
+    check_gradient(
+        "linear db",
+        &|b| dot(&linear_forward(&x, &w, b, rows, inputs), &r),
+        &b,
+        &db,
+    );
+}
+
+#[test]
+fn batchnorm_gradients_match_finite_differences() {
+    let mut rng = rng("batchnorm_gradients_match_finite_differences");
+    let shape = BatchNormShape { n: 4, c: 3, s: 1 };
+    let x = uniform(&mut rng, shape.numel());
+    let gamma = uniform(&mut rng, shape.c);
+    let beta = uniform(&mut rng, shape.c);
+    let r = uniform(&mut rng, shape.numel());
+    let (zeros, ones) = (vec![0.0f64; shape.c], vec![1.0f64; shape.c]);
+    let forward = |x: &[f64], gamma: &[f64], beta: &[f64]| {
+        reference::batchnorm::forward_train(x, shape, gamma, beta, &zeros, &ones, EPS, MOMENTUM).y
+    };
+    let grads = reference::batchnorm::backward(&x, &r, shape, &gamma, EPS);
+    check_gradient(
+        "bn dx",
+        &|x| dot(&forward(x, &gamma, &beta), &r),
+        &x,
+        &grads.dx,
+    );
+    check_gradient(
+        "bn dgamma",
+        &|g| dot(&forward(&x, g, &beta), &r),
+        &gamma,
+        &grads.dgamma,
+    );
+    check_gradient(
+        "bn dbeta",
+        &|b| dot(&forward(&x, &gamma, b), &r),
+        &beta,
+        &grads.dbeta,
+    );
+}
+
+#[test]
+fn relu_and_dropout_gradients_match_finite_differences() {
+    let mut rng = rng("relu_and_dropout_gradients_match_finite_differences");
+    // Away from ReLU's kink, where the derivative is defined.
+    let x: Vec<f64> = uniform(&mut rng, 40)
+        .into_iter()
+        .map(|v| if v.abs() < 0.01 { 0.5 } else { v })
+        .collect();
+    let r = uniform(&mut rng, x.len());
+    check_gradient(
+        "relu dx",
+        &|x| dot(&reference::activation::relu(x), &r),
+        &x,
+        &reference::activation::relu_backward(&x, &r),
+    );
+    let mask = DropoutMask::new(0.3, rng.random(), 3, rng.random());
+    let keep: Vec<bool> = (0..x.len() as u32).map(|i| mask.keeps(i)).collect();
+    check_gradient(
+        "dropout dx",
+        &|x| dot(&reference::activation::dropout(x, &keep, 0.3), &r),
+        &x,
+        &reference::activation::dropout(&r, &keep, 0.3),
+    );
+}
+
+#[test]
+fn cross_entropy_gradient_matches_finite_differences() {
+    let mut rng = rng("cross_entropy_gradient_matches_finite_differences");
+    let (rows, classes) = (5, 4);
+    let logits: Vec<f64> = uniform(&mut rng, rows * classes)
+        .iter()
+        .map(|v| 3.0 * v)
+        .collect();
+    let labels: Vec<usize> = (0..rows).map(|_| rng.random_range(0..classes)).collect();
+    let (_, grad, _) = reference::loss::softmax_cross_entropy(&logits, &labels, classes);
+    check_gradient(
+        "cross-entropy dlogits",
+        &|z| reference::loss::softmax_cross_entropy(z, &labels, classes).0,
+        &logits,
+        &grad,
+    );
+}
+
+/// ReLU, dropout, cross-entropy and both optimizers on `backend` against the references.
+fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
+    let len = 3000;
+    let x = normal(rng, len, 0.0, 1.0);
+    let dy = normal(rng, len, 0.0, 1.0);
+    let xb = backend.upload(&x).unwrap();
+    let dyb = backend.upload(&dy).unwrap();
+    let mut out = backend.filled(len, f32::NAN).unwrap();
+
+    backend.relu_forward(&xb, &mut out).unwrap();
+    assert_close(
+        "relu",
+        &backend.download(&out).unwrap(),
+        &reference::activation::relu(&x),
+        1e-7,
+    );
+    backend.relu_backward(&xb, &dyb, &mut out).unwrap();
+    assert_close(
+        "relu dx",
+        &backend.download(&out).unwrap(),
+        &reference::activation::relu_backward(&x, &dy),
+        1e-7,
+    );
+
+    let mask = DropoutMask::new(0.2, rng.random(), 3, rng.random());
+    let keep: Vec<bool> = (0..len as u32).map(|i| mask.keeps(i)).collect();
+    backend.dropout_forward(&mask, &xb, &mut out).unwrap();
+    assert_close(
+        "dropout",
+        &backend.download(&out).unwrap(),
+        &reference::activation::dropout(&x, &keep, 0.2),
+        1e-7,
+    );
+    backend.dropout_backward(&mask, &dyb, &mut out).unwrap();
+    assert_close(
+        "dropout dx",
+        &backend.download(&out).unwrap(),
+        &reference::activation::dropout(&dy, &keep, 0.2),
+        1e-7,
+    );
+
+    let (rows, classes) = (300, 10);
+    let logits = normal(rng, rows * classes, 0.0, 3.0);
+    let labels: Vec<usize> = (0..rows).map(|_| rng.random_range(0..classes)).collect();
+    let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let (loss, grad, correct) = reference::loss::softmax_cross_entropy(&logits, &labels, classes);
+    let logits_b = backend.upload(&logits).unwrap();
+    let labels_b = backend.upload(&label_values).unwrap();
+    let mut dlogits = backend.filled(rows * classes, f32::NAN).unwrap();
+    let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
+    for _ in 0..2 {
+        backend
+            .softmax_cross_entropy(
+                &logits_b,
+                &labels_b,
+                classes,
+                Some(&mut dlogits),
+                &mut metrics,
+            )
+            .unwrap();
+    }
+    assert_close("dlogits", &backend.download(&dlogits).unwrap(), &grad, 1e-6);
+    let totals = LossTotals::from_metrics(&backend.download(&metrics).unwrap()).unwrap();
+    assert!(
+        (totals.mean_loss() - loss).abs() < 1e-6 * loss,
+        "loss {} vs {loss}",
+        totals.mean_loss()
+    );
+    assert_eq!(totals.correct, 2.0 * correct as f64);
+    assert_eq!(totals.samples, 2.0 * rows as f64);
+
+    let param = normal(rng, len, 0.0, 1.0);
+    let grad = normal(rng, len, 0.0, 1e-2);
+    let m = normal(rng, len, 0.0, 1e-2);
+    let v: Vec<f32> = normal(rng, len, 0.0, 1e-3).iter().map(|v| v * v).collect();
+    let mut param_b = backend.upload(&param).unwrap();
+    let grad_b = backend.upload(&grad).unwrap();
+    let mut m_b = backend.upload(&m).unwrap();
+    let mut v_b = backend.upload(&v).unwrap();
+    let t = 7;
+    let p = OptimizerParams::adam(len, 1e-3, 0.9, 0.999, 1e-8, t);
+    backend
+        .adam_update(&p, &mut param_b, &grad_b, &mut m_b, &mut v_b)
+        .unwrap();
+    let (param_ref, m_ref, v_ref) =
+        reference::optimizer::adam(&param, &grad, &m, &v, 1e-3, (0.9, 0.999), 1e-8, t);
+    let updated = backend.download(&param_b).unwrap();
+    let step: Vec<f32> = updated.iter().zip(&param).map(|(a, b)| a - b).collect();
+    let step_ref: Vec<f64> = param_ref
+        .iter()
+        .zip(&param)
+        .map(|(a, &b)| a - f64::from(b))
+        .collect();
+    assert_close("adam step", &step, &step_ref, 1e-4);
+    assert_close("adam m", &backend.download(&m_b).unwrap(), &m_ref, 1e-6);
+    assert_close("adam v", &backend.download(&v_b).unwrap(), &v_ref, 1e-6);
+
+    let mut param_b = backend.upload(&param).unwrap();
+    let mut buffer_b = backend.upload(&m).unwrap();
+    let p = OptimizerParams::sgd(len, 0.05, 0.9);
+    backend
+        .sgd_update(&p, &mut param_b, &grad_b, &mut buffer_b)
+        .unwrap();
+    let (param_ref, buffer_ref) = reference::optimizer::sgd(&param, &grad, &m, 0.05, 0.9);
+    let updated = backend.download(&param_b).unwrap();
+    let step: Vec<f32> = updated.iter().zip(&param).map(|(a, b)| a - b).collect();
+    let step_ref: Vec<f64> = param_ref
+        .iter()
+        .zip(&param)
+        .map(|(a, &b)| a - f64::from(b))
+        .collect();
+    assert_close("sgd step", &step, &step_ref, 1e-4);
+    assert_close(
+        "sgd buffer",
+        &backend.download(&buffer_b).unwrap(),
+        &buffer_ref,
+        1e-6,
+    );
+}
+
+#[test]
+fn cpu_elementwise_ops_match_references() {
+    elementwise_ops_match_references(
+        &CpuBackend,
+        &mut rng("cpu_elementwise_ops_match_references"),
+    );
+}
+
+#[test]
+fn gpu_elementwise_ops_match_references() {
+    let Some(gpu) = gpu() else { return };
+    elementwise_ops_match_references(gpu, &mut rng("gpu_elementwise_ops_match_references"));
+}
+
+#[test]
+fn dropout_masks_are_the_same_on_both_backends_and_differ_by_key() {
+    let Some(gpu) = gpu() else { return };
+    let len = 100_000;
+    let ones = vec![1.0f32; len];
+    let mask_of = |mask: &DropoutMask| {
+        let mut out = gpu.filled(len, f32::NAN).unwrap();
+        gpu.dropout_forward(mask, &gpu.upload(&ones).unwrap(), &mut out)
+            .unwrap();
+        let on_gpu = gpu.download(&out).unwrap();
+        let mut on_cpu = vec![f32::NAN; len];
+        CpuBackend
+            .dropout_forward(mask, &ones, &mut on_cpu)
+            .unwrap();
+        assert_eq!(on_gpu, on_cpu, "GPU and CPU masks differ for {mask:?}");
+        on_cpu
+    };
+    let base = mask_of(&DropoutMask::new(0.2, 7, 3, 11));
+    let kept = base.iter().filter(|&&v| v != 0.0).count() as f64 / len as f64;
+    assert!((kept - 0.8).abs() < 0.01, "kept fraction {kept}");
+    assert!(base.iter().all(|&v| v == 0.0 || v == 1.25));
+    for other in [
+        DropoutMask::new(0.2, 8, 3, 11),
+        DropoutMask::new(0.2, 7, 4, 11),
+        DropoutMask::new(0.2, 7, 3, 12),
+    ] {
+        let differing = mask_of(&other)
+            .iter()
+            .zip(&base)
+            .filter(|(a, b)| a != b)
+            .count();
+        // Independent masks differ on 2·0.8·0.2 = 32% of elements.
+        assert!(
+            differing > len / 4,
+            "{other:?} repeats the base mask ({differing} differ)"
+        );
+    }
+}
+
+/// The reference MLP step, chained from the float64 layer formulas: logits, and per parameter
+/// (in `ModelSpec::params` order) its gradient and the size of the terms summed into it.
+/// A Linear bias feeding BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift),
+/// which f32 can only meet to within the size of the dy values it sums.
+fn reference_step(
+    spec: &ModelSpec,
+    host: &HostModel,
+    x: &[f32],
+    labels: &[usize],
+    key: StepKey,
+) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
+    let rows = labels.len();
+    let params: Vec<Vec<f64>> = host.params.iter().map(|p| f64s(p)).collect();
+    let layers = spec.layers();
+    let mut inputs = Vec::new();
+    let mut h = f64s(x);
+    let mut next = 0;
+    let mut param_at = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        inputs.push(h.clone());
+        param_at.push(next);
+        h = match *layer {
+            LayerSpec::Linear { inputs, .. } => {
+                next += 2;
+                linear_forward(&h, &params[next - 2], &params[next - 1], rows, inputs)
+            }
+            LayerSpec::BatchNorm { features } => {
+                next += 2;
+                let shape = BatchNormShape {
+                    n: rows,
+                    c: features,
+                    s: 1,
+                };
+                let (zeros, ones) = (vec![0.0f64; features], vec![1.0f64; features]);
+                let (gamma, beta) = (&params[next - 2], &params[next - 1]);
+                reference::batchnorm::forward_train(
+                    &h, shape, gamma, beta, &zeros, &ones, EPS, MOMENTUM,
+                )
+                .y
+            }
+            LayerSpec::Relu => reference::activation::relu(&h),
+            LayerSpec::Dropout { p } => {
+                let mask = DropoutMask::new(p, key.seed, index as u32, key.step);
+                let keep: Vec<bool> = (0..h.len() as u32).map(|i| mask.keeps(i)).collect();
+                reference::activation::dropout(&h, &keep, f64::from(p))
+            }
+        };
+    }
+    let logits = h;
+    let (_, mut dy, _) = reference::loss::softmax_cross_entropy(&logits, labels, spec.classes);
+    let mut grads = vec![(Vec::new(), 0.0); params.len()];
+    for (index, layer) in layers.iter().enumerate().rev() {
+        let input = &inputs[index];
+        let at = param_at[index];
+        dy = match *layer {
+            LayerSpec::Linear { inputs, outputs } => {
+                let (dx, dw, db) = linear_backward(input, &params[at], &dy, rows, inputs, outputs);
+                grads[at] = (dw, 0.0);
+                grads[at + 1] = (db, norm(&dy));
+                dx
+            }
+            LayerSpec::BatchNorm { features } => {
+                let shape = BatchNormShape {
+                    n: rows,
+                    c: features,
+                    s: 1,
+                };
+                let g = reference::batchnorm::backward(input, &dy, shape, &params[at], EPS);
+                grads[at] = (g.dgamma, 0.0);
+                grads[at + 1] = (g.dbeta, 0.0);
+                g.dx
+            }
+            LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
+            LayerSpec::Dropout { p } => {
+                let mask = DropoutMask::new(p, key.seed, index as u32, key.step);
+                let keep: Vec<bool> = (0..dy.len() as u32).map(|i| mask.keeps(i)).collect();
+                reference::activation::dropout(&dy, &keep, f64::from(p))
+            }
+        };
+    }
+    (logits, grads)
+}
+
+fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut StdRng) {
+    for (batchnorm, hidden) in [(true, vec![16]), (false, vec![16]), (true, vec![12, 9])] {
+        let spec = ModelSpec {
+            inputs: 20,
+            hidden,
+            classes: 5,
+            batchnorm,
+            dropout: 0.3,
+        };
+        let host = HostModel::initial(&spec, Init::Torch, rng.random());
+        let rows = 7;
+        let x = normal(rng, rows * spec.inputs, 0.5, 1.0);
+        let labels: Vec<usize> = (0..rows)
+            .map(|_| rng.random_range(0..spec.classes))
+            .collect();
+        let key = StepKey {
+            seed: rng.random(),
+            step: rng.random_range(0..1000),
+        };
+        let (logits_ref, grads_ref) = reference_step(&spec, &host, &x, &labels, key);
+
+        let mut model = Mlp::upload(backend, &spec, &host).unwrap();
+        let xb = backend.upload(&x).unwrap();
+        let (logits, tape) = model.forward(backend, Mode::Train, xb, rows, key).unwrap();
+        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        let mut dlogits = backend.scratch(rows * spec.classes).unwrap();
+        let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
+        backend
+            .softmax_cross_entropy(
+                &logits,
+                &backend.upload(&label_values).unwrap(),
+                spec.classes,
+                Some(&mut dlogits),
+                &mut metrics,
+            )
+            .unwrap();
+        assert_close(
+            "logits",
+            &backend.download(&logits).unwrap(),
+            &logits_ref,
+            1e-5,
+        );
+        let grads = model.backward(backend, tape, dlogits).unwrap();
+        assert_eq!(grads.len(), grads_ref.len());
+        for ((param, grad), (reference, terms)) in spec.params().iter().zip(&grads).zip(&grads_ref)
+        {
+            let what = format!("{} grad (bn {batchnorm}, {:?})", param.name, spec.hidden);
+            let out = backend.download(grad).unwrap();
+            assert_close_to_terms(&what, &out, reference, *terms, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn cpu_graph_backward_matches_chained_references() {
+    graph_backward_matches_chained_references(
+        &CpuBackend,
+        &mut rng("cpu_graph_backward_matches_chained_references"),
+    );
+}
+
+#[test]
+fn gpu_graph_backward_matches_chained_references() {
+    let Some(gpu) = gpu() else { return };
+    graph_backward_matches_chained_references(
+        gpu,
+        &mut rng("gpu_graph_backward_matches_chained_references"),
+    );
+}

@@ -1,0 +1,210 @@
+//! Whole training steps and short runs on the real MNIST files: GPU-vs-CPU parity of a step
+//! (loss, every gradient, every updated parameter), and a short run that learns.
+
+mod common;
+
+use common::{assert_close, gpu, norm, shared_mnist};
+use wgnorm::cpu::CpuBackend;
+use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
+use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use wgnorm::ops::batchnorm::Mode;
+use wgnorm::ops::loss::{LossTotals, metric};
+use wgnorm::optim::{Optimizer, OptimizerConfig};
+use wgnorm::train::{TrainConfig, Trainer, batches, epoch_order, split_point};
+
+fn load() -> Option<Mnist> {
+    shared_mnist().map(|dir| mnist::load(&dir).unwrap())
+}
+
+fn spec(batchnorm: bool) -> ModelSpec {
+    ModelSpec {
+        inputs: PIXELS,
+        hidden: vec![128],
+        classes: CLASSES,
+        batchnorm,
+        dropout: 0.2,
+    }
+}
+
+/// What one step produced, downloaded: the batch's loss totals, each gradient, each parameter
+/// after the update.
+struct StepResult {
+    totals: LossTotals,
+    grads: Vec<Vec<f32>>,
+    params: Vec<Vec<f32>>,
+}
+
+/// `steps` training steps on consecutive batches of the first training images.
+fn run_steps<B: Compute>(
+    backend: &B,
+    spec: &ModelSpec,
+    optimizer: OptimizerConfig,
+    data: &Mnist,
+    rows: usize,
+    steps: usize,
+) -> Vec<StepResult> {
+    let host = HostModel::initial(spec, Init::Keras, 5);
+    let mut model = Mlp::upload(backend, spec, &host).unwrap();
+    let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
+    let mut opt = Optimizer::new(backend, optimizer, &lens).unwrap();
+    let images = backend
+        .upload_images(&data.train.images, PIXELS, &data.train.labels)
+        .unwrap();
+    let order: Vec<u32> = (0..(rows * steps) as u32).collect();
+    let index = backend.upload_indices(&order).unwrap();
+    (0..steps)
+        .map(|step| {
+            let mut x = backend.scratch(rows * PIXELS).unwrap();
+            let mut labels = backend.scratch(rows).unwrap();
+            backend
+                .gather(&images, &index, step * rows, &mut x, &mut labels)
+                .unwrap();
+            let key = StepKey {
+                seed: 9,
+                step: step as u64,
+            };
+            let (logits, tape) = model.forward(backend, Mode::Train, x, rows, key).unwrap();
+            let mut dlogits = backend.scratch(rows * CLASSES).unwrap();
+            let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
+            backend
+                .softmax_cross_entropy(&logits, &labels, CLASSES, Some(&mut dlogits), &mut metrics)
+                .unwrap();
+            let grads = model.backward(backend, tape, dlogits).unwrap();
+            opt.step(backend, model.params_mut(), &grads).unwrap();
+            StepResult {
+                totals: LossTotals::from_metrics(&backend.download(&metrics).unwrap()).unwrap(),
+                grads: grads.iter().map(|g| backend.download(g).unwrap()).collect(),
+                params: model.download(backend).unwrap().params,
+            }
+        })
+        .collect()
+}
+
+fn f64s(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(v)).collect()
+}
+
+#[test]
+fn gpu_and_cpu_training_steps_agree() {
+    let Some(gpu) = gpu() else { return };
+    let Some(data) = load() else { return };
+    for (batchnorm, optimizer) in [
+        (true, OptimizerConfig::adam(1e-3)),
+        (false, OptimizerConfig::adam(1e-3)),
+        (true, OptimizerConfig::sgd(0.05, 0.9)),
+    ] {
+        let spec = spec(batchnorm);
+        let cpu = run_steps(&CpuBackend, &spec, optimizer, &data, 32, 3);
+        let on_gpu = run_steps(gpu, &spec, optimizer, &data, 32, 3);
+        for (step, (c, g)) in cpu.iter().zip(&on_gpu).enumerate() {
+            let what = |name: &str| format!("step {step} {name} (bn {batchnorm}, {optimizer:?})");
+            let loss_error = (g.totals.loss_sum - c.totals.loss_sum).abs() / c.totals.loss_sum;
+            assert!(loss_error < 1e-4, "{}: {loss_error:.2e}", what("loss"));
+            assert_eq!(g.totals.samples, 32.0);
+            for (i, param) in spec.params().iter().enumerate() {
+                let (gg, cg) = (&g.grads[i], &c.grads[i]);
+                if batchnorm && param.name == "0.bias" {
+                    // BatchNorm removes any shift, so this bias's true gradient is exactly 0 and
+                    // both backends hold rounding noise: small next to the weight's gradient.
+                    // Adam turns noise into steps of about ±lr, so its values cannot agree
+                    // either; each backend must still stay within Adam's bound of lr per step.
+                    let weight_grad = norm(&f64s(&c.grads[0]));
+                    for grad in [gg, cg] {
+                        assert!(
+                            norm(&f64s(grad)) < 1e-4 * weight_grad,
+                            "{}",
+                            what("0.bias grad")
+                        );
+                    }
+                    for params in [&g.params[i], &c.params[i]] {
+                        let bound = 1.01e-3 * (step + 1) as f32;
+                        assert!(
+                            params.iter().all(|v| v.abs() <= bound),
+                            "{}",
+                            what("0.bias")
+                        );
+                    }
+                    continue;
+                }
+                assert_close(&what(&format!("{} grad", param.name)), gg, &f64s(cg), 1e-4);
+                assert_close(&what(&param.name), &g.params[i], &f64s(&c.params[i]), 1e-4);
+            }
+        }
+    }
+}
+
+/// Trains `epochs` on the first `limit` images and returns (per-epoch train losses, test).
+fn short_run<B: Compute>(backend: &B, data: &Mnist, batchnorm: bool) -> (Vec<f64>, LossTotals) {
+    let config = TrainConfig {
+        spec: spec(batchnorm),
+        init: Init::Keras,
+        optimizer: OptimizerConfig::adam(1e-3),
+        epochs: 2,
+        batch_size: 32,
+        val_split: 0.1,
+        seed: 3,
+        train_limit: Some(2048),
+    };
+    let mut trainer = Trainer::new(backend, config, data).unwrap();
+    let mut reports = 0;
+    let mut losses = Vec::new();
+    for _ in 0..2 {
+        let record = trainer.train_epoch(&mut |_, _| reports += 1).unwrap();
+        assert!(record.val_acc.is_some(), "validation ran");
+        losses.push(record.train_loss);
+    }
+    assert_eq!(reports, 2 * 64, "one report per step");
+    (losses, trainer.test().unwrap())
+}
+
+fn a_short_run_learns<B: Compute>(backend: &B) -> f64 {
+    let Some(data) = load() else { return 0.0 };
+    let (losses, test) = short_run(backend, &data, true);
+    // An untrained 10-class model scores ln 10 ≈ 2.30 and 10%.
+    assert!(losses[0] < 2.0, "first epoch loss {}", losses[0]);
+    assert!(losses[1] < losses[0], "loss did not fall: {losses:?}");
+    assert!(test.accuracy() > 0.85, "test accuracy {}", test.accuracy());
+    assert_eq!(test.samples, 10_000.0);
+    test.accuracy()
+}
+
+#[test]
+fn a_short_cpu_run_learns() {
+    a_short_run_learns(&CpuBackend);
+}
+
+#[test]
+fn a_short_gpu_run_learns_and_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let on_gpu = a_short_run_learns(gpu);
+    let on_cpu = a_short_run_learns(&CpuBackend);
+    assert!(
+        (on_gpu - on_cpu).abs() <= 0.003,
+        "test accuracy {on_gpu} on the GPU, {on_cpu} on the CPU"
+    );
+}
+
+#[test]
+fn the_split_and_batches_follow_keras() {
+    assert_eq!(split_point(60_000, 0.1), 54_000);
+    assert_eq!(split_point(60_000, 0.0), 60_000);
+    let plan = batches(54_000, 32, true);
+    assert_eq!(plan.len(), 1688);
+    assert_eq!(plan[1687], (53_984, 16), "the last partial batch is kept");
+    assert_eq!(
+        batches(65, 32, true).len(),
+        2,
+        "a last batch of one cannot be batch-normalized"
+    );
+    assert_eq!(batches(65, 32, false).len(), 3);
+    let first = epoch_order(1, 0, 1000);
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..1000).collect::<Vec<u32>>(), "a permutation");
+    assert_ne!(first, epoch_order(1, 1, 1000), "reshuffled every epoch");
+    assert_eq!(
+        first,
+        epoch_order(1, 0, 1000),
+        "a function of (seed, epoch)"
+    );
+}
