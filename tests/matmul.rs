@@ -5,6 +5,7 @@ mod common;
 
 use common::{assert_close, gpu, normal, rng};
 use wgnorm::Backend;
+use wgnorm::gpu::{AdapterRequest, GpuBackend, MatmulSchedule};
 use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
 use wgnorm::reference::matmul as reference;
 
@@ -165,4 +166,45 @@ fn gpu_matmul_matches_reference() {
     let Some(gpu) = gpu() else { return };
     all_sizes(gpu, "gpu_matmul");
     rejects_mismatched_shapes(gpu);
+}
+
+/// Both kernels, each on a backend of its own (the shared one keeps its default): each matches
+/// the reference, and they agree bit for bit, since they sum in the same order.
+#[test]
+fn gpu_matmul_schedules_match_the_reference_and_each_other() {
+    if gpu().is_none() {
+        return;
+    }
+    let open = |schedule| {
+        let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+        backend.set_matmul_schedule(schedule);
+        backend
+    };
+    let registers = open(MatmulSchedule::Registers);
+    let tiles = open(MatmulSchedule::WorkgroupTiles);
+    all_sizes(&registers, "gpu_matmul_registers");
+    all_sizes(&tiles, "gpu_matmul_tiles");
+    let mut rng = rng("gpu_matmul_schedules_agree");
+    // Sizes on and off the 32×32 blocks and the 16-value k steps.
+    for (m, k, n) in [(32, 784, 128), (33, 17, 65), (128, 32, 784), (1, 15, 10)] {
+        let a = normal(&mut rng, m * k, 0.0, 1.0);
+        let b = normal(&mut rng, k * n, 0.0, 1.0);
+        let product = |backend: &GpuBackend| {
+            let mut out = backend.filled(m * n, f32::NAN).unwrap();
+            backend
+                .matmul(
+                    &backend.upload(&a).unwrap(),
+                    MatrixLayout::row_major(m, k),
+                    &backend.upload(&b).unwrap(),
+                    MatrixLayout::row_major(k, n),
+                    None,
+                    &mut out,
+                )
+                .unwrap();
+            backend.download(&out).unwrap()
+        };
+        let (r, t) = (product(&registers), product(&tiles));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&r), bits(&t), "{m}x{k} by {k}x{n}");
+    }
 }

@@ -9,7 +9,7 @@ use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
 use wgnorm::ops::loss::{LossParams, metric};
-use wgnorm::ops::matmul::{MATMUL_TILE, MatmulParams};
+use wgnorm::ops::matmul::{MATMUL_K_STEP, MATMUL_SIDE, MATMUL_TILE, MatmulParams};
 use wgnorm::ops::optimizer::OptimizerParams;
 
 fn parse(shader: Shader) -> naga::Module {
@@ -148,9 +148,13 @@ fn uniform_layouts_match_rust() {
 
 #[test]
 fn matmul_constants_match_rust() {
+    let module = parse(Shader::Matmul);
+    assert_eq!(u32_constant(&module, "TILE") as usize, MATMUL_TILE);
+    assert_eq!(u32_constant(&module, "SIDE") as usize, MATMUL_SIDE);
+    assert_eq!(u32_constant(&module, "K_STEP") as usize, MATMUL_K_STEP);
     assert_eq!(
-        u32_constant(&parse(Shader::Matmul), "TILE") as usize,
-        MATMUL_TILE
+        u32_constant(&module, "BLOCK") as usize,
+        MATMUL_SIDE * MATMUL_TILE
     );
 }
 

@@ -48,6 +48,27 @@ impl Default for ReductionTuning {
     }
 }
 
+/// How matmul schedules its work (`shaders/matmul.wgsl` has one kernel for each; both sum in the
+/// same order and give identical results).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulSchedule {
+    /// Each thread reads its operands from storage into registers: fastest on software
+    /// rasterizers, where a barrier costs more than a cached load.
+    Registers,
+    /// Tiles staged in workgroup memory, shared by the workgroup: the schedule for real GPUs.
+    WorkgroupTiles,
+}
+
+impl MatmulSchedule {
+    /// The schedule measured fastest for a kind of adapter.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => MatmulSchedule::Registers,
+            _ => MatmulSchedule::WorkgroupTiles,
+        }
+    }
+}
+
 /// Errors reported by wgpu callbacks, waiting to be returned by the next call that checks.
 #[derive(Default)]
 struct Faults {
@@ -64,6 +85,7 @@ struct Shared {
     pending: Mutex<Option<wgpu::CommandEncoder>>,
     faults: Arc<Mutex<Faults>>,
     tuning: ReductionTuning,
+    matmul_schedule: Mutex<MatmulSchedule>,
 }
 
 /// The GPU backend. Cloning it gives another handle to the same device.
@@ -115,6 +137,7 @@ impl GpuBackend {
                 .get_or_insert_with(|| format!("{reason:?}: {message}"));
         });
         let max_buffer_size = device.limits().max_buffer_size;
+        let schedule = MatmulSchedule::for_device(summary.device_type);
         Ok(Self {
             shared: Arc::new(Shared {
                 pipelines: PipelineCache::new(device.clone()),
@@ -125,6 +148,7 @@ impl GpuBackend {
                 pending: Mutex::new(None),
                 faults,
                 tuning: ReductionTuning::default(),
+                matmul_schedule: Mutex::new(schedule),
             }),
         })
     }
@@ -139,6 +163,15 @@ impl GpuBackend {
 
     pub fn tuning(&self) -> ReductionTuning {
         self.shared.tuning
+    }
+
+    pub fn matmul_schedule(&self) -> MatmulSchedule {
+        *lock(&self.shared.matmul_schedule)
+    }
+
+    /// Chooses the matmul kernel for this device (every clone of this backend included).
+    pub fn set_matmul_schedule(&self, schedule: MatmulSchedule) {
+        *lock(&self.shared.matmul_schedule) = schedule;
     }
 
     pub fn device(&self) -> &wgpu::Device {

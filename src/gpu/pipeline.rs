@@ -66,6 +66,7 @@ pub enum Kernel {
     BatchNormBackwardFinalize,
     BatchNormBackwardDx,
     Matmul,
+    MatmulTiled,
     ReluForward,
     ReluBackward,
     DropoutForward,
@@ -86,6 +87,7 @@ impl Kernel {
         Kernel::BatchNormBackwardFinalize,
         Kernel::BatchNormBackwardDx,
         Kernel::Matmul,
+        Kernel::MatmulTiled,
         Kernel::ReluForward,
         Kernel::ReluBackward,
         Kernel::DropoutForward,
@@ -105,7 +107,7 @@ impl Kernel {
             | Kernel::BatchNormBackwardPartial
             | Kernel::BatchNormBackwardFinalize
             | Kernel::BatchNormBackwardDx => Shader::BatchNorm,
-            Kernel::Matmul => Shader::Matmul,
+            Kernel::Matmul | Kernel::MatmulTiled => Shader::Matmul,
             Kernel::ReluForward
             | Kernel::ReluBackward
             | Kernel::DropoutForward
@@ -126,6 +128,7 @@ impl Kernel {
             Kernel::BatchNormBackwardFinalize => "backward_finalize",
             Kernel::BatchNormBackwardDx => "backward_dx",
             Kernel::Matmul => "matmul",
+            Kernel::MatmulTiled => "matmul_tiled",
             Kernel::ReluForward => "relu_forward",
             Kernel::ReluBackward => "relu_backward",
             Kernel::DropoutForward => "dropout_forward",

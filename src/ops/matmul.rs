@@ -3,7 +3,7 @@
 
 use crate::backend::Backend;
 use crate::cpu::{self, CpuBackend};
-use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
+use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot};
 use crate::{Error, Result};
 
 /// A rows×cols matrix inside a flat buffer: element (i, j) sits at i·row_stride + j·col_stride.
@@ -136,9 +136,11 @@ pub struct MatmulParams {
 
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
 
-/// Outputs per thread along each dimension (`TILE` in WGSL) and threads per workgroup side.
+/// Outputs per thread along each dimension (`TILE` in WGSL), threads per workgroup side
+/// (`SIDE`), and the k values staged per round by the tiled kernel (`K_STEP`).
 pub const MATMUL_TILE: usize = 4;
-const MATMUL_WORKGROUP_SIDE: usize = 8;
+pub const MATMUL_SIDE: usize = 8;
+pub const MATMUL_K_STEP: usize = 16;
 
 impl MatmulOps for GpuBackend {
     fn matmul(
@@ -175,7 +177,7 @@ impl MatmulOps for GpuBackend {
             b_col_stride: b_layout.col_stride as u32,
             has_bias: bias.is_some() as u32,
         };
-        let per_group = MATMUL_TILE * MATMUL_WORKGROUP_SIDE;
+        let per_group = MATMUL_TILE * MATMUL_SIDE;
         let groups = [
             n.div_ceil(per_group) as u32,
             m.div_ceil(per_group) as u32,
@@ -188,6 +190,10 @@ impl MatmulOps for GpuBackend {
             Binding::whole(Slot::Bias, bias.unwrap_or(a)),
             Binding::whole(Slot::Out, out),
         ];
-        self.record(|encoder| self.dispatch(encoder, Kernel::Matmul, &params, &bindings, groups))
+        let kernel = match self.matmul_schedule() {
+            MatmulSchedule::Registers => Kernel::Matmul,
+            MatmulSchedule::WorkgroupTiles => Kernel::MatmulTiled,
+        };
+        self.record(|encoder| self.dispatch(encoder, kernel, &params, &bindings, groups))
     }
 }
