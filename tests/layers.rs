@@ -42,6 +42,11 @@ fn check_gradient(what: &str, f: &dyn Fn(&[f64]) -> f64, x: &[f64], analytic: &[
     }
 }
 
+/// Which of the first `len` elements `mask` keeps.
+fn keeps(mask: &DropoutMask, len: usize) -> Vec<bool> {
+    (0..len as u32).map(|i| mask.keeps(i)).collect()
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -173,8 +178,10 @@ fn relu_and_dropout_gradients_match_finite_differences() {
         &x,
         &reference::activation::relu_backward(&x, &r),
     );
-    let mask = DropoutMask::new(0.3, rng.random(), 3, rng.random());
-    let keep: Vec<bool> = (0..x.len() as u32).map(|i| mask.keeps(i)).collect();
+    let keep = keeps(
+        &DropoutMask::new(0.3, rng.random(), 3, rng.random()),
+        x.len(),
+    );
     check_gradient(
         "dropout dx",
         &|x| dot(&reference::activation::dropout(x, &keep, 0.3), &r),
@@ -199,6 +206,18 @@ fn cross_entropy_gradient_matches_finite_differences() {
         &logits,
         &grad,
     );
+}
+
+/// Compares the change an update made, updated − before, with the reference's: the step is the
+/// optimizer's output, small next to the parameter it is added to.
+fn assert_step_close(what: &str, updated: &[f32], before: &[f32], reference: &[f64]) {
+    let step: Vec<f32> = updated.iter().zip(before).map(|(a, b)| a - b).collect();
+    let step_ref: Vec<f64> = reference
+        .iter()
+        .zip(before)
+        .map(|(a, &b)| a - f64::from(b))
+        .collect();
+    assert_close(what, &step, &step_ref, 1e-4);
 }
 
 /// ReLU, dropout, cross-entropy and both optimizers on `backend` against the references.
@@ -226,7 +245,7 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
     );
 
     let mask = DropoutMask::new(0.2, rng.random(), 3, rng.random());
-    let keep: Vec<bool> = (0..len as u32).map(|i| mask.keeps(i)).collect();
+    let keep = keeps(&mask, len);
     backend.dropout_forward(&mask, &xb, &mut out).unwrap();
     assert_close(
         "dropout",
@@ -272,7 +291,8 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
     assert_eq!(totals.correct, 2.0 * correct as f64);
     assert_eq!(totals.samples, 2.0 * rows as f64);
 
-    let param = normal(rng, len, 0.0, 1.0);
+    // Weights of typical size: an f32 parameter rounds the added step to its own ulp.
+    let param = normal(rng, len, 0.0, 0.05);
     let grad = normal(rng, len, 0.0, 1e-2);
     let m = normal(rng, len, 0.0, 1e-2);
     let v: Vec<f32> = normal(rng, len, 0.0, 1e-3).iter().map(|v| v * v).collect();
@@ -288,13 +308,7 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
     let (param_ref, m_ref, v_ref) =
         reference::optimizer::adam(&param, &grad, &m, &v, 1e-3, (0.9, 0.999), 1e-8, t);
     let updated = backend.download(&param_b).unwrap();
-    let step: Vec<f32> = updated.iter().zip(&param).map(|(a, b)| a - b).collect();
-    let step_ref: Vec<f64> = param_ref
-        .iter()
-        .zip(&param)
-        .map(|(a, &b)| a - f64::from(b))
-        .collect();
-    assert_close("adam step", &step, &step_ref, 1e-4);
+    assert_step_close("adam step", &updated, &param, &param_ref);
     assert_close("adam m", &backend.download(&m_b).unwrap(), &m_ref, 1e-6);
     assert_close("adam v", &backend.download(&v_b).unwrap(), &v_ref, 1e-6);
 
@@ -306,13 +320,7 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
         .unwrap();
     let (param_ref, buffer_ref) = reference::optimizer::sgd(&param, &grad, &m, 0.05, 0.9);
     let updated = backend.download(&param_b).unwrap();
-    let step: Vec<f32> = updated.iter().zip(&param).map(|(a, b)| a - b).collect();
-    let step_ref: Vec<f64> = param_ref
-        .iter()
-        .zip(&param)
-        .map(|(a, &b)| a - f64::from(b))
-        .collect();
-    assert_close("sgd step", &step, &step_ref, 1e-4);
+    assert_step_close("sgd step", &updated, &param, &param_ref);
     assert_close(
         "sgd buffer",
         &backend.download(&buffer_b).unwrap(),
@@ -416,8 +424,10 @@ fn reference_step(
             }
             LayerSpec::Relu => reference::activation::relu(&h),
             LayerSpec::Dropout { p } => {
-                let mask = DropoutMask::new(p, key.seed, index as u32, key.step);
-                let keep: Vec<bool> = (0..h.len() as u32).map(|i| mask.keeps(i)).collect();
+                let keep = keeps(
+                    &DropoutMask::new(p, key.seed, index as u32, key.step),
+                    h.len(),
+                );
                 reference::activation::dropout(&h, &keep, f64::from(p))
             }
         };
@@ -448,8 +458,10 @@ fn reference_step(
             }
             LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
             LayerSpec::Dropout { p } => {
-                let mask = DropoutMask::new(p, key.seed, index as u32, key.step);
-                let keep: Vec<bool> = (0..dy.len() as u32).map(|i| mask.keeps(i)).collect();
+                let keep = keeps(
+                    &DropoutMask::new(p, key.seed, index as u32, key.step),
+                    dy.len(),
+                );
                 reference::activation::dropout(&dy, &keep, f64::from(p))
             }
         };

@@ -174,10 +174,9 @@ fn serve(files: Vec<(String, Vec<u8>)>, requests: usize) -> (String, std::thread
     (base, handle)
 }
 
-#[test]
-fn download_fetches_and_verifies_every_missing_file() {
-    let Some(shared) = shared_mnist() else { return };
-    let files: Vec<(String, Vec<u8>)> = MnistFile::ALL
+/// The four real `.gz` files, named as a mirror serves them.
+fn real_files(shared: &Path) -> Vec<(String, Vec<u8>)> {
+    MnistFile::ALL
         .iter()
         .map(|f| {
             (
@@ -185,8 +184,13 @@ fn download_fetches_and_verifies_every_missing_file() {
                 std::fs::read(shared.join(f.gz_name())).unwrap(),
             )
         })
-        .collect();
-    let (base, server) = serve(files, 4);
+        .collect()
+}
+
+#[test]
+fn download_fetches_and_verifies_every_missing_file() {
+    let Some(shared) = shared_mnist() else { return };
+    let (base, server) = serve(real_files(&shared), 4);
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("mnist");
     ensure_mnist(&target, &[base]).unwrap();
@@ -226,16 +230,7 @@ fn a_corrupt_or_missing_download_is_reported_and_deleted() {
 #[test]
 fn train_downloads_missing_files_from_the_mirror_it_is_given() {
     let Some(shared) = shared_mnist() else { return };
-    let files: Vec<(String, Vec<u8>)> = MnistFile::ALL
-        .iter()
-        .map(|f| {
-            (
-                f.gz_name(),
-                std::fs::read(shared.join(f.gz_name())).unwrap(),
-            )
-        })
-        .collect();
-    let (base, server) = serve(files, 4);
+    let (base, server) = serve(real_files(&shared), 4);
     let dir = tempfile::tempdir().unwrap();
     let train = |data_dir: &str, out: &str, mirror: &str| {
         let args = [

@@ -128,6 +128,27 @@ impl OptimizerOps for CpuBackend {
     }
 }
 
+impl GpuBackend {
+    /// Checks and dispatches one update kernel over `tensors` (name, slot, buffer).
+    fn optimizer_update(
+        &self,
+        kernel: Kernel,
+        p: &OptimizerParams,
+        tensors: &[(&str, Slot, &GpuBuffer)],
+    ) -> Result<()> {
+        let lens: Vec<(&str, usize)> = tensors.iter().map(|&(n, _, b)| (n, b.len())).collect();
+        check(p, &lens)?;
+        let mut bindings = Vec::with_capacity(tensors.len());
+        for &(name, slot, buffer) in tensors {
+            self.check_bindable(name, buffer)?;
+            bindings.push(Binding::whole(slot, buffer));
+        }
+        self.record(|encoder| {
+            self.dispatch_elementwise(encoder, kernel, p, &bindings, p.len as usize)
+        })
+    }
+}
+
 impl OptimizerOps for GpuBackend {
     fn adam_update(
         &self,
@@ -137,25 +158,13 @@ impl OptimizerOps for GpuBackend {
         moment1: &mut GpuBuffer,
         moment2: &mut GpuBuffer,
     ) -> Result<()> {
-        check(
-            p,
-            &[
-                ("parameter", param.len()),
-                ("gradient", grad.len()),
-                ("first moment", moment1.len()),
-                ("second moment", moment2.len()),
-            ],
-        )?;
-        self.check_bindable("parameter", param)?;
-        let bindings = [
-            Binding::whole(Slot::Param, param),
-            Binding::whole(Slot::Grad, grad),
-            Binding::whole(Slot::Moment1, moment1),
-            Binding::whole(Slot::Moment2, moment2),
+        let tensors = [
+            ("parameter", Slot::Param, &*param),
+            ("gradient", Slot::Grad, grad),
+            ("first moment", Slot::Moment1, &*moment1),
+            ("second moment", Slot::Moment2, &*moment2),
         ];
-        self.record(|encoder| {
-            self.dispatch_elementwise(encoder, Kernel::Adam, p, &bindings, p.len as usize)
-        })
+        self.optimizer_update(Kernel::Adam, p, &tensors)
     }
 
     fn sgd_update(
@@ -165,22 +174,11 @@ impl OptimizerOps for GpuBackend {
         grad: &GpuBuffer,
         momentum: &mut GpuBuffer,
     ) -> Result<()> {
-        check(
-            p,
-            &[
-                ("parameter", param.len()),
-                ("gradient", grad.len()),
-                ("momentum buffer", momentum.len()),
-            ],
-        )?;
-        self.check_bindable("parameter", param)?;
-        let bindings = [
-            Binding::whole(Slot::Param, param),
-            Binding::whole(Slot::Grad, grad),
-            Binding::whole(Slot::Moment1, momentum),
+        let tensors = [
+            ("parameter", Slot::Param, &*param),
+            ("gradient", Slot::Grad, grad),
+            ("momentum buffer", Slot::Moment1, &*momentum),
         ];
-        self.record(|encoder| {
-            self.dispatch_elementwise(encoder, Kernel::Sgd, p, &bindings, p.len as usize)
-        })
+        self.optimizer_update(Kernel::Sgd, p, &tensors)
     }
 }

@@ -1,0 +1,88 @@
+"""The reference experiment in PyTorch, under the protocol `wgnorm train` follows, to compare
+against (not needed by `cargo test`; needs torch and numpy).
+
+MNIST / 255; validation = the last 10% of the 60k training images; train on the first 54k,
+reshuffled every epoch, last partial batch kept; Linear(784,128) [→ BatchNorm1d(128)] → ReLU →
+Dropout(0.2) → Linear(128,10); Keras' glorot_uniform weights and zero biases; Adam lr 1e-3;
+5 epochs; batch 32; one CPU thread.
+
+    python tests/independent/torch_train.py ../shared/data/mnist --model bn --seed 0
+"""
+
+import argparse
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def read_idx(path: Path) -> np.ndarray:
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load(data_dir: Path, stem: str):
+    path = data_dir / (stem + ".gz")
+    return read_idx(path if path.exists() else data_dir / stem)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--model", choices=["bn", "nobn"], default="bn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)
+
+    x = torch.from_numpy((load(args.data_dir, "train-images-idx3-ubyte").reshape(-1, 784) / 255.0).astype(np.float32))
+    y = torch.from_numpy(load(args.data_dir, "train-labels-idx1-ubyte").astype(np.int64))
+    xt = torch.from_numpy((load(args.data_dir, "t10k-images-idx3-ubyte").reshape(-1, 784) / 255.0).astype(np.float32))
+    yt = torch.from_numpy(load(args.data_dir, "t10k-labels-idx1-ubyte").astype(np.int64))
+    split = int(len(x) * 0.9)
+    x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
+
+    layers = [nn.Linear(784, 128)]
+    if args.model == "bn":
+        layers.append(nn.BatchNorm1d(128))
+    layers += [nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10)]
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def evaluate(xs, ys):
+        model.eval()
+        with torch.no_grad():
+            logits = model(xs)
+            return nn.functional.cross_entropy(logits, ys).item(), (logits.argmax(1) == ys).float().mean().item()
+
+    start = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(split)
+        for first in range(0, split, args.batch_size):
+            batch = order[first : first + args.batch_size]
+            loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val_loss, val_acc = evaluate(x_val, y_val)
+        print(f"epoch {epoch + 1}: val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
+    test_loss, test_acc = evaluate(xt, yt)
+    print(json.dumps({"model": args.model, "seed": args.seed, "test_loss": test_loss,
+                      "test_acc": test_acc, "train_seconds": time.time() - start}))
+
+
+if __name__ == "__main__":
+    main()
