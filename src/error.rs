@@ -35,6 +35,9 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error("{0}")]
     Diverged(String),
+    /// The user pressed Ctrl-C; what was finished has been saved.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// A file that was read but whose content is not what it should be.
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },

@@ -16,7 +16,9 @@ pub mod gpu;
 pub mod graph;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod reference;
+pub mod report;
 pub mod train;
 
 pub use backend::Backend;

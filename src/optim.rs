@@ -36,6 +36,27 @@ impl OptimizerConfig {
         Self::Sgd { lr, momentum }
     }
 
+    /// The same optimizer with another learning rate.
+    pub fn with_lr(self, lr: f64) -> Self {
+        match self {
+            Self::Adam {
+                beta1, beta2, eps, ..
+            } => Self::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            },
+            Self::Sgd { momentum, .. } => Self::Sgd { lr, momentum },
+        }
+    }
+
+    pub fn lr(&self) -> f64 {
+        match *self {
+            Self::Adam { lr, .. } | Self::Sgd { lr, .. } => lr,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let ok = match *self {
             Self::Adam {

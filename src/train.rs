@@ -236,10 +236,11 @@ impl<'b, B: Compute> Trainer<'b, B> {
     }
 
     /// Trains one epoch and validates. `report(steps done, totals)` is called after every
-    /// step, with the running totals when they were read from the device.
+    /// step, with the running totals when they were read from the device; an error it returns
+    /// (an interrupt) stops the epoch.
     pub fn train_epoch(
         &mut self,
-        report: &mut dyn FnMut(usize, Option<LossTotals>),
+        report: &mut dyn FnMut(usize, Option<LossTotals>) -> Result<()>,
     ) -> Result<EpochRecord> {
         let started = Instant::now();
         let epoch = self.epochs_done;
@@ -260,7 +261,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             } else {
                 None
             };
-            report(step + 1, totals);
+            report(step + 1, totals)?;
         }
         let train = self.read_totals(&metrics, epoch)?;
         let validation = match &self.validation {
@@ -273,6 +274,13 @@ impl<'b, B: Compute> Trainer<'b, B> {
             )?),
             None => None,
         };
+        if let Some(v) = validation.filter(|v| !v.loss_sum.is_finite()) {
+            return Err(Error::Diverged(format!(
+                "the validation loss became {} in epoch {}; try a lower --lr",
+                v.loss_sum,
+                epoch + 1
+            )));
+        }
         let record = EpochRecord {
             epoch: epoch + 1,
             train_loss: train.mean_loss(),

@@ -149,7 +149,12 @@ fn short_run<B: Compute>(backend: &B, data: &Mnist, batchnorm: bool) -> (Vec<f64
     let mut reports = 0;
     let mut losses = Vec::new();
     for _ in 0..2 {
-        let record = trainer.train_epoch(&mut |_, _| reports += 1).unwrap();
+        let record = trainer
+            .train_epoch(&mut |_, _| {
+                reports += 1;
+                Ok(())
+            })
+            .unwrap();
         assert!(record.val_acc.is_some(), "validation ran");
         losses.push(record.train_loss);
     }

@@ -2,8 +2,11 @@
 //! 2 for bad flags and bad input, 1 for failures of the machine (GPU errors, device loss).
 
 mod bn;
+mod compare;
 mod devices;
 mod eval;
+mod experiment;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
@@ -36,6 +39,21 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Test loss and accuracy of a saved model.
     Eval(Box<eval::EvalArgs>),
+    /// Train without and with BatchNorm under the same protocol and compare them.
+    Compare(Box<compare::CompareArgs>),
+    /// Train over batch sizes (and learning rates) for each model and tabulate the results.
+    Sweep(Box<sweep::SweepArgs>),
+}
+
+/// Set by Ctrl-C; long commands stop at the next step and keep what they finished.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An `Error::Interrupted` once Ctrl-C has been pressed.
+fn check_interrupt(what_is_kept: &str) -> crate::Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::Interrupted(what_is_kept.to_string()));
+    }
+    Ok(())
 }
 
 /// Where a command runs.
@@ -118,6 +136,7 @@ impl Device {
 
 fn exit_code(error: &Error) -> u8 {
     match error {
+        Error::Interrupted(_) => 130,
         Error::Gpu(_) | Error::DeviceLost(_) | Error::Diverged(_) => 1,
         _ => 2,
     }
@@ -149,11 +168,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Without a handler (e.g. no signal support) Ctrl-C simply ends the process, as before.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed));
     let result = match cli.command {
         Command::Devices => devices::run(),
         Command::Bn(args) => bn::run(*args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(*args),
+        Command::Compare(args) => compare::run(*args),
+        Command::Sweep(args) => sweep::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

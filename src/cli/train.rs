@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{DataArgs, DeviceArgs};
 use crate::checkpoint::{self, MODEL_FILE, STATE_FILE, TrainingState};
@@ -38,22 +38,21 @@ pub enum InitChoice {
     Torch,
 }
 
+/// The settings of one training run, shared by `train`, `compare` and `sweep`.
 #[derive(Args)]
-pub struct TrainArgs {
-    #[arg(long, value_enum, default_value_t = ModelChoice::Bn)]
-    model: ModelChoice,
+pub struct RunArgs {
     /// Hidden layer widths, comma-separated (e.g. 256,128).
     #[arg(long, value_delimiter = ',', default_value = "128")]
     hidden: Vec<usize>,
     #[arg(long, default_value_t = 5)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    pub batch_size: usize,
     #[arg(long, value_enum, default_value_t = OptimizerChoice::Adam)]
     optimizer: OptimizerChoice,
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
     #[arg(long, allow_negative_numbers = true)]
-    lr: Option<f64>,
+    pub lr: Option<f64>,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     momentum: f64,
@@ -67,24 +66,33 @@ pub struct TrainArgs {
     init: InitChoice,
     /// Seeds the initial weights, the shuffling and the dropout masks.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     #[command(flatten)]
-    device: DeviceArgs,
+    pub device: DeviceArgs,
     #[command(flatten)]
-    data: DataArgs,
+    pub data: DataArgs,
+    /// Train on the first N training images only (quick trials).
+    #[arg(long)]
+    train_limit: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long, value_enum, default_value_t = ModelChoice::Bn)]
+    model: ModelChoice,
+    #[command(flatten)]
+    run: RunArgs,
     /// Directory for metrics and checkpoints [default: runs/<UTC timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out after its last finished epoch.
     #[arg(long, requires = "out")]
     resume: bool,
-    /// Train on the first N training images only (quick trials).
-    #[arg(long)]
-    train_limit: Option<usize>,
 }
 
-impl TrainArgs {
-    fn config(&self) -> TrainConfig {
+impl RunArgs {
+    /// The run's configuration for `model`.
+    pub fn config(&self, model: ModelChoice) -> TrainConfig {
         let optimizer = match self.optimizer {
             OptimizerChoice::Adam => OptimizerConfig::adam(self.lr.unwrap_or(1e-3)),
             OptimizerChoice::Sgd => OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum),
@@ -94,7 +102,7 @@ impl TrainArgs {
                 inputs: PIXELS,
                 hidden: self.hidden.clone(),
                 classes: CLASSES,
-                batchnorm: self.model == ModelChoice::Bn,
+                batchnorm: model == ModelChoice::Bn,
                 dropout: self.dropout,
             },
             init: match self.init {
@@ -136,7 +144,7 @@ fn default_out_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let config = args.config();
+    let config = args.run.config(args.model);
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     let saved = out.join(MODEL_FILE).exists() || out.join(STATE_FILE).exists();
@@ -152,42 +160,74 @@ pub fn run(args: TrainArgs) -> Result<()> {
             out.display()
         )));
     }
-    let data = args.data.load()?;
-    std::fs::create_dir_all(&out).map_err(|source| Error::Io {
-        path: out.clone(),
-        source,
-    })?;
-    match args.device.open()? {
+    let data = args.run.data.load()?;
+    match args.run.device.open()? {
         super::Device::Gpu(gpu) => {
             let adapter = gpu.adapter().name.clone();
-            run_on(&gpu, "gpu", &adapter, config, &data, &out, args.resume)
+            let place = RunPlace::new(&adapter, &out, args.resume);
+            run_on(&gpu, "gpu", &place, config, &data, &MultiProgress::new())?;
         }
-        super::Device::Cpu(cpu) => run_on(&cpu, "cpu", "cpu", config, &data, &out, args.resume),
+        super::Device::Cpu(cpu) => {
+            let place = RunPlace::new("cpu", &out, args.resume);
+            run_on(&cpu, "cpu", &place, config, &data, &MultiProgress::new())?;
+        }
+    }
+    Ok(())
+}
+
+/// What a finished run measured.
+pub struct RunOutcome {
+    pub history: Vec<EpochRecord>,
+    pub test: LossTotals,
+}
+
+/// Where a run's files go and what it runs on, for humans and metrics.
+pub struct RunPlace<'a> {
+    pub adapter: &'a str,
+    pub out: &'a Path,
+    pub resume: bool,
+}
+
+impl<'a> RunPlace<'a> {
+    pub fn new(adapter: &'a str, out: &'a Path, resume: bool) -> Self {
+        Self {
+            adapter,
+            out,
+            resume,
+        }
     }
 }
 
-fn run_on<B: Compute>(
+/// Trains (or resumes) one run into `place.out`, with its epoch bar under `multi`, and
+/// evaluates it on the test set.
+pub fn run_on<B: Compute>(
     backend: &B,
     device: &str,
-    adapter: &str,
+    place: &RunPlace,
     config: TrainConfig,
     data: &Mnist,
-    out: &Path,
-    resume: bool,
-) -> Result<()> {
+    multi: &MultiProgress,
+) -> Result<RunOutcome> {
+    let (adapter, out, resume) = (place.adapter, place.out, place.resume);
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let mut trainer = if resume {
         resume_trainer(backend, config, data, out)?
     } else {
         Trainer::new(backend, config, data)?
     };
     let config = trainer.config.clone();
-    eprintln!(
-        "training {} on {adapter}: {} training images, {} steps per epoch, writing to {}",
-        config.spec.torch_module(),
-        trainer.train_rows(),
-        trainer.steps_per_epoch(),
-        out.display()
-    );
+    multi.suspend(|| {
+        eprintln!(
+            "training {} on {adapter}: {} training images, {} steps per epoch, writing to {}",
+            config.spec.torch_module(),
+            trainer.train_rows(),
+            trainer.steps_per_epoch(),
+            out.display()
+        )
+    });
     let metrics = MetricsFile {
         device,
         adapter,
@@ -207,20 +247,38 @@ fn run_on<B: Compute>(
             if let Some(t) = totals {
                 bar.set_message(format!("loss {:.4} acc {:.4}", t.mean_loss(), t.accuracy()));
             }
-        })?;
+            super::check_interrupt(&format!(
+                "{} holds the last finished epoch; continue with --resume",
+                out.display()
+            ))
+        });
         bar.finish_and_clear();
-        println!("{}", epoch_line(&record, config.epochs));
+        let record = record?;
+        multi.suspend(|| println!("{}", epoch_line(&record, config.epochs)));
         save_checkpoint(&trainer, out)?;
         metrics.write(out, &trainer.history, None)?;
     }
     let test = trainer.test()?;
-    println!(
-        "test loss {:.4} acc {:.4} ({} images)",
-        test.mean_loss(),
-        test.accuracy(),
-        test.samples
-    );
-    metrics.write(out, &trainer.history, Some(test))
+    if !test.loss_sum.is_finite() {
+        return Err(Error::Diverged(format!(
+            "the test loss is {}; the model in {} diverged",
+            test.loss_sum,
+            out.display()
+        )));
+    }
+    multi.suspend(|| {
+        println!(
+            "test loss {:.4} acc {:.4} ({} images)",
+            test.mean_loss(),
+            test.accuracy(),
+            test.samples
+        )
+    });
+    metrics.write(out, &trainer.history, Some(test))?;
+    Ok(RunOutcome {
+        history: trainer.history,
+        test,
+    })
 }
 
 fn progress_bar(steps: usize, epoch: usize, epochs: usize) -> ProgressBar {

@@ -1,0 +1,199 @@
+//! `wgnorm compare`: `nobn` and `bn` under the same protocol, seeds and data, side by side,
+//! with mean ± standard deviation over `--repeats` seeds and learning curves.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
+use super::train::{ModelChoice, RunArgs};
+use crate::Result;
+use crate::plot::{self, Line, Panel};
+use crate::report::{RunResult, first_epoch_reaching, read_difference, summarize};
+
+/// The validation accuracy whose first epoch `compare` reports ("epochs to 97%").
+pub const TARGET_VAL_ACC: f64 = 0.97;
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Seeds per model: --seed, --seed + 1, ...
+    #[arg(long, default_value_t = 1)]
+    repeats: u64,
+    /// Directory for compare.json, compare.md, curves.png and each run's files.
+    #[arg(long, default_value = "runs/compare")]
+    out: PathBuf,
+}
+
+const MODELS: [ModelChoice; 2] = [ModelChoice::Nobn, ModelChoice::Bn];
+
+pub fn run(args: CompareArgs) -> Result<()> {
+    if args.repeats == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "--repeats must be at least 1".to_string(),
+        ));
+    }
+    check_fresh(&args.out, "compare.json")?;
+    let mut plan = Vec::new();
+    for repeat in 0..args.repeats {
+        for model in MODELS {
+            let mut config = args.run.config(model);
+            config.seed = args.run.seed + repeat;
+            let dir = args.out.join(format!(
+                "{}-seed{}",
+                super::experiment::model_name(model),
+                config.seed
+            ));
+            plan.push(PlannedRun { model, config, dir });
+        }
+    }
+    let settings = args.run.config(ModelChoice::Bn).settings_json();
+    let out = args.out.clone();
+    let mut save = |runs: &[RunResult]| -> Result<()> {
+        let json = serde_json::json!({
+            "settings": serde_json::from_str::<serde_json::Value>(&settings).unwrap_or_default(),
+            "repeats": args.repeats,
+            "runs": runs,
+        });
+        write_text(
+            &out,
+            "compare.json",
+            &serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )?;
+        write_text(&out, "compare.md", &markdown(runs))?;
+        curves(&out.join("curves.png"), runs)
+    };
+    let runs = run_all(&args.run, plan, &mut save)?;
+    println!("{}", markdown(&runs));
+    Ok(())
+}
+
+fn runs_of<'a>(runs: &'a [RunResult], model: &'a str) -> impl Iterator<Item = &'a RunResult> + 'a {
+    runs.iter().filter(move |r| r.model == model)
+}
+
+/// A measure of each finished run of `model`.
+fn values(
+    runs: &[RunResult],
+    model: &str,
+    measure: &dyn Fn(&RunResult) -> Option<f64>,
+) -> Vec<f64> {
+    runs_of(runs, model).filter_map(measure).collect()
+}
+
+type Measure = (&'static str, f64, usize, fn(&RunResult) -> Option<f64>);
+
+const MEASURES: [Measure; 7] = [
+    ("train loss", 1.0, 4, |r| {
+        r.last_epoch().map(|e| e.train_loss)
+    }),
+    ("train accuracy (%)", 100.0, 2, |r| {
+        r.last_epoch().map(|e| e.train_acc)
+    }),
+    ("val loss", 1.0, 4, |r| {
+        r.last_epoch().and_then(|e| e.val_loss)
+    }),
+    ("val accuracy (%)", 100.0, 2, |r| {
+        r.last_epoch().and_then(|e| e.val_acc)
+    }),
+    ("test loss", 1.0, 4, |r| r.test_loss),
+    ("test accuracy (%)", 100.0, 2, |r| r.test_acc),
+    ("seconds per epoch", 1.0, 2, |r| r.seconds_per_epoch),
+];
+
+/// The side-by-side table and a reading that states only what the numbers show.
+pub fn markdown(runs: &[RunResult]) -> String {
+    let names = ["nobn", "bn"];
+    let mut md = String::from(
+        "# BatchNorm comparison\n\n| measure (final epoch) | nobn | bn |\n| --- | --- | --- |\n",
+    );
+    for (label, scale, decimals, measure) in MEASURES {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|m| {
+                summarize(&values(runs, m, &measure))
+                    .map_or("–".to_string(), |s| s.format(scale, decimals))
+            })
+            .collect();
+        md += &format!("| {label} | {} | {} |\n", cells[0], cells[1]);
+    }
+    let reach: Vec<String> = names
+        .iter()
+        .map(|m| {
+            let epochs: Vec<String> = runs_of(runs, m)
+                .map(
+                    |r| match (&r.diverged, first_epoch_reaching(&r.epochs, TARGET_VAL_ACC)) {
+                        (Some(_), _) => "diverged".to_string(),
+                        (None, Some(epoch)) => epoch.to_string(),
+                        (None, None) => "never".to_string(),
+                    },
+                )
+                .collect();
+            epochs.join(", ")
+        })
+        .collect();
+    md += &format!(
+        "| first epoch with val accuracy ≥ {:.0}% (per seed) | {} | {} |\n",
+        TARGET_VAL_ACC * 100.0,
+        reach[0],
+        reach[1]
+    );
+    let seeds: Vec<String> = runs_of(runs, "bn").map(|r| r.seed.to_string()).collect();
+    md += &format!(
+        "\nSeeds: {}. Values are mean ± sample standard deviation over seeds.\n\n## Reading\n\n",
+        seeds.join(", ")
+    );
+    for (label, scale, _, measure) in MEASURES {
+        let (a, b) = (values(runs, "nobn", &measure), values(runs, "bn", &measure));
+        if let Some(reading) = read_difference(&a, &b) {
+            let unit = if scale == 100.0 { " points" } else { "" };
+            md += &format!("- {}\n", reading.sentence(label, "nobn", "bn", scale, unit));
+        }
+    }
+    for run in runs.iter().filter(|r| r.diverged.is_some()) {
+        md += &format!("- {} seed {} diverged.\n", run.model, run.seed);
+    }
+    md
+}
+
+/// Train and validation loss and accuracy per epoch, each model's mean over its seeds.
+fn curves(path: &std::path::Path, runs: &[RunResult]) -> Result<()> {
+    type Pick = fn(&crate::train::EpochRecord) -> Option<f64>;
+    let panels: [(&str, &str, Pick); 4] = [
+        ("training loss", "loss", |e| Some(e.train_loss)),
+        ("validation loss", "loss", |e| e.val_loss),
+        ("training accuracy", "accuracy", |e| Some(e.train_acc)),
+        ("validation accuracy", "accuracy", |e| e.val_acc),
+    ];
+    let panels: Vec<Panel> = panels
+        .iter()
+        .map(|&(title, y_label, pick)| Panel {
+            title: title.to_string(),
+            x_label: "epoch".to_string(),
+            y_label: y_label.to_string(),
+            log2_x: false,
+            lines: ["nobn", "bn"]
+                .iter()
+                .map(|model| {
+                    let finished: Vec<&RunResult> = runs_of(runs, model)
+                        .filter(|r| r.diverged.is_none())
+                        .collect();
+                    let epochs = finished.iter().map(|r| r.epochs.len()).min().unwrap_or(0);
+                    let points = (0..epochs)
+                        .filter_map(|i| {
+                            let at: Vec<f64> =
+                                finished.iter().filter_map(|r| pick(&r.epochs[i])).collect();
+                            summarize(&at).map(|s| ((i + 1) as f64, s.mean))
+                        })
+                        .collect();
+                    Line {
+                        label: format!("{model} (mean of {} seeds)", finished.len()),
+                        points,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    plot::panels(path, "MNIST MLP with and without BatchNorm", &panels, 2)
+}
