@@ -5,7 +5,7 @@
 //   train:    y = γ·x̂ + β, x̂ = ((x − K) − μ_K)·invstd, K = a sample of the channel, μ_K = mean − K
 //   eval:     y = γ·(x − running_mean)/sqrt(running_var + eps) + β
 //   running:  r_mean ← (1 − momentum)·r_mean + momentum·mean
-//             r_var  ← (1 − momentum)·r_var  + momentum·var·m/(m − 1)
+//             r_var  ← (1 − momentum)·r_var  + momentum·var·m/(m − 1)   (·1: biased, as Keras)
 //   backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
 //
 // Why the shift K: reducing x − K instead of x keeps the f32 sums at the scale of the spread, not
@@ -41,7 +41,8 @@ struct Params {
     // Slot of this dispatch's first split in `partials`, and the number of slots in all.
     split_base: u32,
     total_splits: u32,
-    _pad0: u32,
+    // m/(m − 1) for an unbiased running variance (PyTorch), 1 for a biased one (Keras).
+    running_var_factor: f32,
     // Elements per channel over the whole tensor, m.
     count: f32,
     eps: f32,
@@ -153,7 +154,7 @@ fn finalize_stats(c: u32, shift: f32, total: Moments) {
     stats[STAT_SHIFTED_MEAN * C + c] = total.mean;
     let keep = 1.0 - p.momentum;
     running_mean[c] = keep * running_mean[c] + p.momentum * mean;
-    running_var[c] = keep * running_var[c] + p.momentum * variance * (m / (m - 1.0));
+    running_var[c] = keep * running_var[c] + p.momentum * variance * p.running_var_factor;
 }
 
 @compute @workgroup_size(WORKGROUP)

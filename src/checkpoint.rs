@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::write_atomically;
 use crate::graph::{HostModel, HostRunning, ModelSpec};
+use crate::ops::batchnorm::BatchNormConfig;
 use crate::{Error, Result};
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -51,6 +52,7 @@ struct Architecture {
     classes: usize,
     batchnorm: bool,
     dropout: f32,
+    batchnorm_config: BatchNormConfig,
 }
 
 fn format_error(path: &Path, message: impl Into<String>) -> Error {
@@ -209,6 +211,7 @@ pub fn save_model(
         classes: spec.classes,
         batchnorm: spec.batchnorm,
         dropout: spec.dropout,
+        batchnorm_config: spec.batchnorm_config,
     };
     let metadata = HashMap::from([
         ("format".to_string(), MODEL_FORMAT.to_string()),
@@ -234,6 +237,7 @@ pub fn load_model(path: &Path) -> Result<ModelCheckpoint> {
         classes: architecture.classes,
         batchnorm: architecture.batchnorm,
         dropout: architecture.dropout,
+        batchnorm_config: architecture.batchnorm_config,
     };
     spec.validate()
         .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;

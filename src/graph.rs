@@ -35,6 +35,8 @@ pub struct ModelSpec {
     pub classes: usize,
     pub batchnorm: bool,
     pub dropout: f32,
+    /// eps, momentum and running-variance convention of every BatchNorm layer.
+    pub batchnorm_config: BatchNormConfig,
 }
 
 /// One layer of the architecture, at its `Sequential` index.
@@ -71,6 +73,13 @@ impl ModelSpec {
                 "layer widths must be positive, got inputs {}, hidden {:?}, classes {}",
                 self.inputs, self.hidden, self.classes
             )));
+        }
+        if self.batchnorm {
+            crate::ops::batchnorm::check_config(
+                Mode::Eval,
+                BatchNormShape { n: 1, c: 1, s: 1 },
+                self.batchnorm_config,
+            )?;
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::InvalidArgument(format!(
@@ -144,7 +153,17 @@ impl ModelSpec {
             .into_iter()
             .map(|layer| match layer {
                 LayerSpec::Linear { inputs, outputs } => format!("nn.Linear({inputs}, {outputs})"),
-                LayerSpec::BatchNorm { features } => format!("nn.BatchNorm1d({features})"),
+                LayerSpec::BatchNorm { features } => {
+                    let config = self.batchnorm_config;
+                    if config == BatchNormConfig::default() {
+                        format!("nn.BatchNorm1d({features})")
+                    } else {
+                        format!(
+                            "nn.BatchNorm1d({features}, eps={}, momentum={})",
+                            config.eps, config.momentum
+                        )
+                    }
+                }
                 LayerSpec::Relu => "nn.ReLU()".to_string(),
                 LayerSpec::Dropout { p } => format!("nn.Dropout({p})"),
             })
@@ -540,7 +559,7 @@ impl<B: Compute> Mlp<B> {
                         },
                         batches_tracked: stats.batches_tracked,
                         features,
-                        config: BatchNormConfig::default(),
+                        config: spec.batchnorm_config,
                     })
                 }
                 LayerSpec::Relu => Layer::Relu,

@@ -408,3 +408,63 @@ fn gpu_rejects_bad_calls() {
     let Some(gpu) = gpu() else { return };
     rejects_bad_calls(gpu);
 }
+
+/// Keras' conventions through the config: momentum 0.01 on the new value, eps 1e-3, and the
+/// biased batch variance entering the running variance.
+fn keras_conventions<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
+    let shape = BatchNormShape { n: 9, c: 5, s: 1 };
+    let x = channel_data(rng, shape.n, shape.c, shape.s);
+    let config = BatchNormConfig {
+        eps: 1e-3,
+        momentum: 0.01,
+        unbiased_running_var: false,
+    };
+    let (gamma, beta) = (vec![1.0f32; shape.c], vec![0.0f32; shape.c]);
+    let (r_mean, r_var) = (vec![0.5f32; shape.c], vec![2.0f32; shape.c]);
+    let affine = Affine::<B> {
+        gamma: backend.upload(&gamma).unwrap(),
+        beta: backend.upload(&beta).unwrap(),
+    };
+    let mut running = RunningStats::<B> {
+        mean: backend.upload(&r_mean).unwrap(),
+        var: backend.upload(&r_var).unwrap(),
+    };
+    let xb = backend.upload(&x).unwrap();
+    let out = backend
+        .batchnorm_forward_new(Mode::Train, &xb, shape, &affine, &mut running, config)
+        .unwrap();
+    let (mean, var) = reference::moments(&x, shape);
+    let expected_var: Vec<f64> = var.iter().map(|v| 0.99 * 2.0 + 0.01 * v).collect();
+    let expected_mean: Vec<f64> = mean.iter().map(|m| 0.99 * 0.5 + 0.01 * m).collect();
+    let what = backend.describe();
+    assert_close(
+        &format!("{what} biased running var"),
+        &backend.download(&running.var).unwrap(),
+        &expected_var,
+        1e-6,
+    );
+    assert_close(
+        &format!("{what} running mean"),
+        &backend.download(&running.mean).unwrap(),
+        &expected_mean,
+        1e-6,
+    );
+    let y = reference::forward_train(&x, shape, &gamma, &beta, &r_mean, &r_var, 1e-3, 0.01).y;
+    assert_close(
+        &format!("{what} y with eps 1e-3"),
+        &backend.download(&out.y).unwrap(),
+        &y,
+        1e-5,
+    );
+}
+
+#[test]
+fn cpu_follows_keras_conventions_when_asked() {
+    keras_conventions(&CpuBackend, &mut rng("cpu_keras_conventions"));
+}
+
+#[test]
+fn gpu_follows_keras_conventions_when_asked() {
+    let Some(gpu) = gpu() else { return };
+    keras_conventions(gpu, &mut rng("gpu_keras_conventions"));
+}

@@ -11,7 +11,7 @@ use wgnorm::backend::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, Mlp, ModelSpec, StepKey};
 use wgnorm::ops::activation::{ActivationOps, DropoutMask};
-use wgnorm::ops::batchnorm::{BatchNormShape, Mode};
+use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
 use wgnorm::ops::loss::{LossTotals, metric};
 use wgnorm::ops::matmul::MatrixLayout;
 use wgnorm::ops::optimizer::OptimizerParams;
@@ -477,6 +477,7 @@ fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut 
             classes: 5,
             batchnorm,
             dropout: 0.3,
+            batchnorm_config: BatchNormConfig::default(),
         };
         let host = HostModel::initial(&spec, Init::Torch, rng.random());
         let rows = 7;

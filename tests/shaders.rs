@@ -122,7 +122,7 @@ macro_rules! rust_layout {
 fn uniform_layouts_match_rust() {
     assert_eq!(
         wgsl_struct(Shader::BatchNorm, "Params"),
-        rust_layout!(BatchNormParams: rows, channels, spatial, lanes_c, split_len, split_base, total_splits, _pad0, count, eps, momentum, _pad1)
+        rust_layout!(BatchNormParams: rows, channels, spatial, lanes_c, split_len, split_base, total_splits, running_var_factor, count, eps, momentum, _pad1)
     );
     assert_eq!(
         wgsl_struct(Shader::Matmul, "MatmulParams"),

@@ -7,7 +7,7 @@ use common::{assert_close, gpu, norm, shared_mnist};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
-use wgnorm::ops::batchnorm::Mode;
+use wgnorm::ops::batchnorm::{BatchNormConfig, Mode};
 use wgnorm::ops::loss::{LossTotals, metric};
 use wgnorm::optim::{Optimizer, OptimizerConfig};
 use wgnorm::train::{TrainConfig, Trainer, batches, epoch_order, split_point};
@@ -23,6 +23,7 @@ fn spec(batchnorm: bool) -> ModelSpec {
         classes: CLASSES,
         batchnorm,
         dropout: 0.2,
+        batchnorm_config: BatchNormConfig::default(),
     }
 }
 

@@ -170,6 +170,7 @@ pub fn run(args: BnArgs) -> Result<()> {
     let config = BatchNormConfig {
         eps: args.eps,
         momentum: args.momentum,
+        ..BatchNormConfig::default()
     };
     let device = Device::open(args.device, args.adapter.clone())?;
     let (outputs, ran_on) = match &device {

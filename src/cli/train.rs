@@ -11,6 +11,7 @@ use crate::checkpoint::{self, MODEL_FILE, STATE_FILE, TrainingState};
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
 use crate::data::write_atomically;
 use crate::graph::{Compute, Init, ModelSpec};
+use crate::ops::batchnorm::BatchNormConfig;
 use crate::ops::loss::LossTotals;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::train::{EpochRecord, TrainConfig, Trainer};
@@ -74,6 +75,22 @@ pub struct RunArgs {
     /// Train on the first N training images only (quick trials).
     #[arg(long)]
     train_limit: Option<usize>,
+    /// BatchNorm eps (PyTorch 1e-5; Keras 1e-3).
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    bn_eps: f32,
+    /// Weight of the new batch value in BatchNorm's running statistics (PyTorch 0.1; Keras'
+    /// momentum=0.99 is 0.01 here).
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    bn_momentum: f32,
+    /// Batch variance entering the running variance: unbiased (PyTorch) or biased (Keras).
+    #[arg(long, value_enum, default_value_t = RunningVar::Unbiased)]
+    bn_running_var: RunningVar,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunningVar {
+    Unbiased,
+    Biased,
 }
 
 #[derive(Args)]
@@ -104,6 +121,11 @@ impl RunArgs {
                 classes: CLASSES,
                 batchnorm: model == ModelChoice::Bn,
                 dropout: self.dropout,
+                batchnorm_config: BatchNormConfig {
+                    eps: self.bn_eps,
+                    momentum: self.bn_momentum,
+                    unbiased_running_var: self.bn_running_var == RunningVar::Unbiased,
+                },
             },
             init: match self.init {
                 InitChoice::Keras => Init::Keras,

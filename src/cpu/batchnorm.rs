@@ -139,7 +139,7 @@ pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, st
     }
 }
 
-/// PyTorch's running-statistics update from the batch statistics in `stats`.
+/// The running-statistics update from the batch statistics in `stats`.
 pub fn update_running(
     stats: &[f32],
     shape: BatchNormShape,
@@ -148,13 +148,13 @@ pub fn update_running(
     running_var: &mut [f32],
 ) {
     let c = shape.c;
-    let m = shape.per_channel() as f32;
+    let factor = crate::ops::batchnorm::running_var_factor(shape, config);
     let keep = 1.0 - config.momentum;
     for channel in 0..c {
-        let unbiased = stats[stat::VAR * c + channel] * (m / (m - 1.0));
+        let corrected = stats[stat::VAR * c + channel] * factor;
         running_mean[channel] =
             keep * running_mean[channel] + config.momentum * stats[stat::MEAN * c + channel];
-        running_var[channel] = keep * running_var[channel] + config.momentum * unbiased;
+        running_var[channel] = keep * running_var[channel] + config.momentum * corrected;
     }
 }
 

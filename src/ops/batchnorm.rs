@@ -71,10 +71,13 @@ impl BatchNormShape {
 }
 
 /// PyTorch's defaults: eps 1e-5, momentum 0.1 weighting the new batch value.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchNormConfig {
     pub eps: f32,
     pub momentum: f32,
+    /// PyTorch updates the running variance with the unbiased batch variance (·m/(m − 1));
+    /// Keras with the biased one.
+    pub unbiased_running_var: bool,
 }
 
 impl Default for BatchNormConfig {
@@ -82,6 +85,7 @@ impl Default for BatchNormConfig {
         Self {
             eps: 1e-5,
             momentum: 0.1,
+            unbiased_running_var: true,
         }
     }
 }
@@ -390,7 +394,7 @@ pub struct BatchNormParams {
     pub split_len: u32,
     pub split_base: u32,
     pub total_splits: u32,
-    pub _pad0: u32,
+    pub running_var_factor: f32,
     pub count: f32,
     pub eps: f32,
     pub momentum: f32,
@@ -444,6 +448,17 @@ impl GpuBackend {
     }
 }
 
+/// What the batch variance is multiplied by before it enters the running variance:
+/// m/(m − 1) for the unbiased estimate, 1 for the biased one.
+pub fn running_var_factor(shape: BatchNormShape, config: BatchNormConfig) -> f32 {
+    let m = shape.per_channel() as f32;
+    if config.unbiased_running_var {
+        m / (m - 1.0)
+    } else {
+        1.0
+    }
+}
+
 fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParams {
     BatchNormParams {
         rows: shape.n as u32,
@@ -456,6 +471,7 @@ fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParam
         count: shape.per_channel() as f32,
         eps: config.eps,
         momentum: config.momentum,
+        running_var_factor: running_var_factor(shape, config),
         ..Default::default()
     }
 }

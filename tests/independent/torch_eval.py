@@ -41,7 +41,8 @@ def build(arch: dict) -> nn.Sequential:
     for hidden in arch["hidden"]:
         layers.append(nn.Linear(width, hidden))
         if arch["batchnorm"]:
-            layers.append(nn.BatchNorm1d(hidden))
+            bn = arch["batchnorm_config"]
+            layers.append(nn.BatchNorm1d(hidden, eps=bn["eps"], momentum=bn["momentum"]))
         layers += [nn.ReLU(), nn.Dropout(arch["dropout"])]
         width = hidden
     layers.append(nn.Linear(width, arch["classes"]))
