@@ -114,13 +114,22 @@ pub fn read_difference(a: &[f64], b: &[f64]) -> Option<Reading> {
 }
 
 impl Reading {
-    /// One sentence on measure `what` (scaled by `scale`, in `unit`) of `b` against `a`.
-    pub fn sentence(&self, what: &str, a: &str, b: &str, scale: f64, unit: &str) -> String {
+    /// One sentence on measure `what` (scaled by `scale`, in `unit`, with `decimals` digits)
+    /// of `b` against `a`.
+    pub fn sentence(
+        &self,
+        what: &str,
+        (a, b): (&str, &str),
+        scale: f64,
+        unit: &str,
+        decimals: usize,
+    ) -> String {
+        let d = decimals;
         let direction = |d: f64| if d > 0.0 { "higher" } else { "lower" };
         match *self {
             Reading::NoSpread { difference } => format!(
-                "{what}: {b} is {:.3}{unit} {} than {a} in a single run each; with one run there \
-                 is no spread to tell this from noise (use --repeats).",
+                "{what}: {b} is {:.d$}{unit} {} than {a} in a single run each; with one run \
+                 there is no spread to tell this from noise (use --repeats).",
                 (difference * scale).abs(),
                 direction(difference)
             ),
@@ -128,8 +137,8 @@ impl Reading {
                 difference,
                 standard_error,
             } => format!(
-                "{what}: {b} is {:.3}{unit} {} than {a}, more than twice the standard error of \
-                 the difference ({:.3}{unit}).",
+                "{what}: {b} is {:.d$}{unit} {} than {a}, more than twice the standard error \
+                 of the difference ({:.d$}{unit}).",
                 (difference * scale).abs(),
                 direction(difference),
                 standard_error * scale
@@ -138,8 +147,8 @@ impl Reading {
                 difference,
                 standard_error,
             } => format!(
-                "{what}: {b} and {a} differ by {:.3}{unit}, within twice the standard error of \
-                 the difference ({:.3}{unit}): not distinguishable from noise in these runs.",
+                "{what}: {b} and {a} differ by {:.d$}{unit}, within twice the standard error \
+                 of the difference ({:.d$}{unit}): not distinguishable from noise in these runs.",
                 (difference * scale).abs(),
                 standard_error * scale
             ),

@@ -144,11 +144,12 @@ pub fn markdown(runs: &[RunResult]) -> String {
         "\nSeeds: {}. Values are mean ± sample standard deviation over seeds.\n\n## Reading\n\n",
         seeds.join(", ")
     );
-    for (label, scale, _, measure) in MEASURES {
+    for (label, scale, decimals, measure) in MEASURES {
         let (a, b) = (values(runs, "nobn", &measure), values(runs, "bn", &measure));
         if let Some(reading) = read_difference(&a, &b) {
             let unit = if scale == 100.0 { " points" } else { "" };
-            md += &format!("- {}\n", reading.sentence(label, "nobn", "bn", scale, unit));
+            let sentence = reading.sentence(label, ("nobn", "bn"), scale, unit, decimals + 1);
+            md += &format!("- {sentence}\n");
         }
     }
     for run in runs.iter().filter(|r| r.diverged.is_some()) {
