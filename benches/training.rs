@@ -8,7 +8,7 @@ use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{CLASSES, PIXELS};
 use wgnorm::gpu::{AdapterRequest, GpuBackend, MatmulSchedule};
 use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
-use wgnorm::ops::batchnorm::{BatchNormConfig, Mode};
+use wgnorm::ops::batchnorm::Mode;
 use wgnorm::ops::data::DeviceImages;
 use wgnorm::ops::loss::metric;
 use wgnorm::optim::{Optimizer, OptimizerConfig};
@@ -27,14 +27,7 @@ struct Step<B: Compute> {
 
 impl<B: Compute> Step<B> {
     fn new(backend: &B, batchnorm: bool, rows: usize) -> wgnorm::Result<Self> {
-        let spec = ModelSpec {
-            inputs: PIXELS,
-            hidden: vec![128],
-            classes: CLASSES,
-            batchnorm,
-            dropout: 0.2,
-            batchnorm_config: BatchNormConfig::default(),
-        };
+        let spec = ModelSpec::reference_mlp(batchnorm);
         let pixels: Vec<u8> = (0..IMAGES * PIXELS)
             .map(|i| (i * 7919 % 256) as u8)
             .collect();

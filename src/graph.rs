@@ -66,6 +66,19 @@ impl ParamSpec {
 }
 
 impl ModelSpec {
+    /// The course material's MNIST MLP: 784 → Linear 128 → (BatchNorm) → ReLU → Dropout 0.2 →
+    /// Linear 10, with PyTorch's BatchNorm settings.
+    pub fn reference_mlp(batchnorm: bool) -> Self {
+        Self {
+            inputs: crate::data::mnist::PIXELS,
+            hidden: vec![128],
+            classes: crate::data::mnist::CLASSES,
+            batchnorm,
+            dropout: 0.2,
+            batchnorm_config: BatchNormConfig::default(),
+        }
+    }
+
     /// Refuses architectures that cannot be built.
     pub fn validate(&self) -> Result<()> {
         if self.inputs == 0 || self.classes == 0 || self.hidden.contains(&0) {

@@ -7,7 +7,7 @@ use common::{assert_close, gpu, norm, shared_mnist};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
-use wgnorm::ops::batchnorm::{BatchNormConfig, Mode};
+use wgnorm::ops::batchnorm::Mode;
 use wgnorm::ops::loss::{LossTotals, metric};
 use wgnorm::optim::{Optimizer, OptimizerConfig};
 use wgnorm::train::{TrainConfig, Trainer, batches, epoch_order, split_point};
@@ -17,14 +17,7 @@ fn load() -> Option<Mnist> {
 }
 
 fn spec(batchnorm: bool) -> ModelSpec {
-    ModelSpec {
-        inputs: PIXELS,
-        hidden: vec![128],
-        classes: CLASSES,
-        batchnorm,
-        dropout: 0.2,
-        batchnorm_config: BatchNormConfig::default(),
-    }
+    ModelSpec::reference_mlp(batchnorm)
 }
 
 /// What one step produced, downloaded: the batch's loss totals, each gradient, each parameter
