@@ -256,23 +256,25 @@ pub fn run_on<B: Compute>(
         config: &config,
     };
     if trainer.epochs_done > 0 {
-        eprintln!("resuming after epoch {}", trainer.epochs_done);
+        multi.suspend(|| eprintln!("resuming after epoch {}", trainer.epochs_done));
     }
+    let interrupted = format!(
+        "{} holds the last finished epoch; continue with --resume",
+        out.display()
+    );
     while trainer.epochs_done < config.epochs {
-        let bar = progress_bar(
+        // Under `multi`, so an experiment's overall bar and this epoch's bar draw together.
+        let bar = multi.add(progress_bar(
             trainer.steps_per_epoch(),
             trainer.epochs_done + 1,
             config.epochs,
-        );
+        ));
         let record = trainer.train_epoch(&mut |done, totals| {
             bar.set_position(done as u64);
             if let Some(t) = totals {
                 bar.set_message(format!("loss {:.4} acc {:.4}", t.mean_loss(), t.accuracy()));
             }
-            super::check_interrupt(&format!(
-                "{} holds the last finished epoch; continue with --resume",
-                out.display()
-            ))
+            super::check_interrupt(&interrupted)
         });
         bar.finish_and_clear();
         let record = record?;
