@@ -4,11 +4,15 @@
 //   a[i, k] = a_data[i·a_row_stride + k·a_col_stride], likewise b; c is row-major m×n.
 //
 // Strides express transposes, so one kernel serves a Linear layer's forward (X·Wᵀ + b) and
-// both backward products (dY·W, dYᵀ·X). Two schedules of the same sum, in the same k order:
+// both backward products (dY·W, dYᵀ·X). Three schedules of the same sum, in the same k order
+// (so all give identical results):
 //
-// - `matmul`: each thread computes a TILE×TILE block of c straight from storage, reusing each
-//   loaded value TILE times from registers. Fastest where storage loads are cached and barriers
-//   are dear (lavapipe runs a workgroup on one CPU core).
+// - `matmul_vec4`: each thread computes a V_ROWS×V_COLS block of c from vec4 loads, taken along
+//   whichever dimension of each operand is contiguous in memory (fixed per pipeline by the
+//   override constants A_K_CONTIGUOUS and B_K_CONTIGUOUS), four k values per round. Needs
+//   4-aligned strides and sizes (`ops/matmul.rs` checks); fastest where storage loads are cached
+//   and barriers are dear (lavapipe runs a workgroup on one CPU core).
+// - `matmul`: the same from scalar loads in TILE×TILE blocks, for any strides.
 // - `matmul_tiled`: a workgroup stages BLOCK×K_STEP tiles of a and b in workgroup memory, so
 //   each value is loaded from storage once per workgroup instead of once per thread; each thread
 //   then computes its TILE×TILE block from the staged tiles. The schedule for real GPUs.
@@ -126,4 +130,83 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
         workgroupBarrier();
     }
     store(block_row + local.y * TILE, block_col + local.x * TILE, acc);
+}
+
+const V_ROWS: u32 = 4u;
+const V_QUADS: u32 = 1u; // vec4 columns per thread
+const V_COLS: u32 = 4u; // V_QUADS·4
+// true: a[i, k..k+4] is one vec4 (a_col_stride = 1); false: a[i..i+4, k] is (a_row_stride = 1).
+override A_K_CONTIGUOUS: bool = true;
+// true: b[k..k+4, j] is one vec4 (b_row_stride = 1); false: b[k, j..j+4] is (b_col_stride = 1).
+override B_K_CONTIGUOUS: bool = false;
+override V_GROUP: u32 = 64u;
+
+@group(0) @binding(25) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(26) var<storage, read> b4: array<vec4<f32>>;
+
+@compute @workgroup_size(V_GROUP)
+fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
+               @builtin(num_workgroups) groups: vec3<u32>) {
+    let thread = id.x + id.y * groups.x * V_GROUP;
+    let col_blocks = (p.n + V_COLS - 1u) / V_COLS;
+    let row0 = (thread / col_blocks) * V_ROWS;
+    let col0 = (thread % col_blocks) * V_COLS;
+    if row0 >= p.m {
+        return;
+    }
+    var acc: array<array<vec4<f32>, V_QUADS>, V_ROWS>;
+    for (var k = 0u; k < p.k; k += 4u) {
+        // av[r][kk] = a(row0 + r, k + kk); rows past the edge repeat the last one (quad).
+        var av: array<vec4<f32>, V_ROWS>;
+        if A_K_CONTIGUOUS {
+            for (var r = 0u; r < V_ROWS; r++) {
+                av[r] = a4[(min(row0 + r, p.m - 1u) * p.a_row_stride + k) / 4u];
+            }
+        } else {
+            for (var kk = 0u; kk < 4u; kk++) {
+                for (var q = 0u; q < V_ROWS / 4u; q++) {
+                    let v = a4[((k + kk) * p.a_col_stride + min(row0 + 4u * q, p.m - 4u)) / 4u];
+                    for (var t = 0u; t < 4u; t++) {
+                        av[4u * q + t][kk] = v[t];
+                    }
+                }
+            }
+        }
+        // bv[kk][q] = b(k + kk, col0 + 4q .. col0 + 4q + 4); columns likewise.
+        var bv: array<array<vec4<f32>, V_QUADS>, 4>;
+        if B_K_CONTIGUOUS {
+            for (var c = 0u; c < V_COLS; c++) {
+                let v = b4[(min(col0 + c, p.n - 1u) * p.b_col_stride + k) / 4u];
+                for (var kk = 0u; kk < 4u; kk++) {
+                    bv[kk][c / 4u][c % 4u] = v[kk];
+                }
+            }
+        } else {
+            for (var kk = 0u; kk < 4u; kk++) {
+                for (var q = 0u; q < V_QUADS; q++) {
+                    bv[kk][q] = b4[((k + kk) * p.b_row_stride + min(col0 + 4u * q, p.n - 4u)) / 4u];
+                }
+            }
+        }
+        for (var kk = 0u; kk < 4u; kk++) {
+            for (var r = 0u; r < V_ROWS; r++) {
+                for (var q = 0u; q < V_QUADS; q++) {
+                    acc[r][q] = fma(vec4(av[r][kk]), bv[kk][q], acc[r][q]);
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < V_ROWS; r++) {
+        let row = row0 + r;
+        for (var c = 0u; c < V_COLS; c++) {
+            let col = col0 + c;
+            if row < p.m && col < p.n {
+                var value = acc[r][c / 4u][c % 4u];
+                if p.has_bias == 1u {
+                    value += bias[col];
+                }
+                out[row * p.n + col] = value;
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, gpu, normal, rng};
 use wgnorm::Backend;
-use wgnorm::gpu::{AdapterRequest, GpuBackend, MatmulSchedule};
+use wgnorm::gpu::{AdapterRequest, GpuBackend, Kernel, MatmulSchedule};
 use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
 use wgnorm::reference::matmul as reference;
 
@@ -168,8 +168,10 @@ fn gpu_matmul_matches_reference() {
     rejects_mismatched_shapes(gpu);
 }
 
-/// Both kernels, each on a backend of its own (the shared one keeps its default): each matches
-/// the reference, and they agree bit for bit, since they sum in the same order.
+/// All kernels, each schedule on a backend of its own (the shared one keeps its default): each
+/// matches the reference, and they agree bit for bit, since they sum in the same order. Every
+/// vec4 orientation (each operand read along k or along its other dimension) is exercised, and
+/// layouts the vec4 kernel cannot take fall back to the scalar one.
 #[test]
 fn gpu_matmul_schedules_match_the_reference_and_each_other() {
     if gpu().is_none() {
@@ -185,26 +187,79 @@ fn gpu_matmul_schedules_match_the_reference_and_each_other() {
     all_sizes(&registers, "gpu_matmul_registers");
     all_sizes(&tiles, "gpu_matmul_tiles");
     let mut rng = rng("gpu_matmul_schedules_agree");
-    // Sizes on and off the 32×32 blocks and the 16-value k steps.
-    for (m, k, n) in [(32, 784, 128), (33, 17, 65), (128, 32, 784), (1, 15, 10)] {
+    // Sizes on and off the 32×32 blocks, the 16-value k steps and the 4-wide vectors.
+    for (m, k, n) in [
+        (32, 784, 128),
+        (33, 17, 65),
+        (128, 32, 784),
+        (1, 15, 10),
+        (36, 8, 12),
+    ] {
         let a = normal(&mut rng, m * k, 0.0, 1.0);
         let b = normal(&mut rng, k * n, 0.0, 1.0);
-        let product = |backend: &GpuBackend| {
-            let mut out = backend.filled(m * n, f32::NAN).unwrap();
-            backend
-                .matmul(
-                    &backend.upload(&a).unwrap(),
-                    MatrixLayout::row_major(m, k),
-                    &backend.upload(&b).unwrap(),
-                    MatrixLayout::row_major(k, n),
-                    None,
-                    &mut out,
-                )
-                .unwrap();
-            backend.download(&out).unwrap()
-        };
-        let (r, t) = (product(&registers), product(&tiles));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&r), bits(&t), "{m}x{k} by {k}x{n}");
+        let reference = reference::matmul(
+            &a,
+            MatrixLayout::row_major(m, k),
+            &b,
+            MatrixLayout::row_major(k, n),
+            None::<&[f32]>,
+        );
+        for (a_stored_transposed, b_stored_transposed) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
+            // The same matrices stored either way round, read through a transposed layout.
+            let (a_data, a_layout) = stored(&a, m, k, a_stored_transposed);
+            let (b_data, b_layout) = stored(&b, k, n, b_stored_transposed);
+            // vec4s run along k, or along a's rows / b's columns where those are contiguous.
+            let aligned = k % 4 == 0
+                && (!a_stored_transposed || m % 4 == 0)
+                && (b_stored_transposed || n % 4 == 0);
+            let expected = if aligned {
+                Kernel::MatmulVec4
+            } else {
+                Kernel::Matmul
+            };
+            let case = format!(
+                "{m}x{k} by {k}x{n}, a transposed {a_stored_transposed}, b transposed {b_stored_transposed}"
+            );
+            assert_eq!(
+                registers.matmul_kernel(a_layout, b_layout),
+                expected,
+                "{case}"
+            );
+            assert_eq!(tiles.matmul_kernel(a_layout, b_layout), Kernel::MatmulTiled);
+            let product = |backend: &GpuBackend| {
+                let mut out = backend.filled(m * n, f32::NAN).unwrap();
+                backend
+                    .matmul(
+                        &backend.upload(&a_data).unwrap(),
+                        a_layout,
+                        &backend.upload(&b_data).unwrap(),
+                        b_layout,
+                        None,
+                        &mut out,
+                    )
+                    .unwrap();
+                backend.download(&out).unwrap()
+            };
+            let (r, t) = (product(&registers), product(&tiles));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&r), bits(&t), "{case}");
+            assert_close(&case, &r, &reference, 1e-5);
+        }
     }
+}
+
+/// a (rows×cols, row-major) stored as is or as its transpose, with the layout that reads it as a.
+fn stored(a: &[f32], rows: usize, cols: usize, transposed: bool) -> (Vec<f32>, MatrixLayout) {
+    if !transposed {
+        return (a.to_vec(), MatrixLayout::row_major(rows, cols));
+    }
+    let mut t = vec![0.0; a.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = a[i * cols + j];
+        }
+    }
+    (t, MatrixLayout::row_major(cols, rows).transposed())
 }

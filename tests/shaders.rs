@@ -9,7 +9,9 @@ use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
 use wgnorm::ops::loss::{LossParams, metric};
-use wgnorm::ops::matmul::{MATMUL_K_STEP, MATMUL_SIDE, MATMUL_TILE, MatmulParams};
+use wgnorm::ops::matmul::{
+    MATMUL_K_STEP, MATMUL_SIDE, MATMUL_TILE, MATMUL_VEC4_BLOCK, MatmulParams,
+};
 use wgnorm::ops::optimizer::OptimizerParams;
 
 fn parse(shader: Shader) -> naga::Module {
@@ -155,6 +157,12 @@ fn matmul_constants_match_rust() {
     assert_eq!(
         u32_constant(&module, "BLOCK") as usize,
         MATMUL_SIDE * MATMUL_TILE
+    );
+    assert_eq!(u32_constant(&module, "V_ROWS") as usize, MATMUL_VEC4_BLOCK);
+    assert_eq!(u32_constant(&module, "V_COLS") as usize, MATMUL_VEC4_BLOCK);
+    assert_eq!(
+        4 * u32_constant(&module, "V_QUADS"),
+        u32_constant(&module, "V_COLS")
     );
 }
 

@@ -7,12 +7,14 @@
 mod buffer;
 pub mod device;
 mod pipeline;
+mod profiler;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use buffer::GpuBuffer;
 pub use device::{AdapterRequest, AdapterSummary};
-pub use pipeline::{Binding, Kernel, Shader, Slot, WORKGROUP};
+pub use pipeline::{Binding, Constants, Kernel, Shader, Slot, WORKGROUP};
+pub use profiler::{KernelTime, Profile};
 
 use crate::backend::Backend;
 use crate::{Error, Result};
@@ -36,6 +38,8 @@ pub struct ReductionTuning {
     pub min_elements_per_thread: u32,
     /// For (N, C) inputs: channels side by side in one workgroup (a power of two ≤ 256).
     pub lanes_c_2d: u32,
+    /// Threads per workgroup of `matmul_vec4`.
+    pub matmul_group: u32,
 }
 
 impl Default for ReductionTuning {
@@ -44,6 +48,7 @@ impl Default for ReductionTuning {
             target_workgroups: 256,
             min_elements_per_thread: 16,
             lanes_c_2d: 32,
+            matmul_group: 64,
         }
     }
 }
@@ -86,6 +91,7 @@ struct Shared {
     faults: Arc<Mutex<Faults>>,
     tuning: ReductionTuning,
     matmul_schedule: Mutex<MatmulSchedule>,
+    profile: Mutex<Option<profiler::Window>>,
 }
 
 /// The GPU backend. Cloning it gives another handle to the same device.
@@ -116,7 +122,8 @@ impl GpuBackend {
         let summary = AdapterSummary::of(&adapter);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgnorm"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps cost nothing until a profiling window writes them.
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -149,6 +156,7 @@ impl GpuBackend {
                 faults,
                 tuning: ReductionTuning::default(),
                 matmul_schedule: Mutex::new(schedule),
+                profile: Mutex::new(None),
             }),
         })
     }
@@ -176,6 +184,50 @@ impl GpuBackend {
 
     pub fn device(&self) -> &wgpu::Device {
         &self.shared.device
+    }
+
+    /// Whether the adapter can time dispatches on the device (`start_profiling`).
+    pub fn has_timestamps(&self) -> bool {
+        self.shared
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Opens a profiling window: every dispatch recorded from now on has its device time
+    /// measured, until `finish_profiling`.
+    pub fn start_profiling(&self) -> Result<()> {
+        if !self.has_timestamps() {
+            return Err(Error::Gpu(format!(
+                "{} does not offer timestamp queries",
+                self.shared.summary.name
+            )));
+        }
+        *lock(&self.shared.profile) = Some(profiler::Window::new(&self.shared.device));
+        Ok(())
+    }
+
+    /// Closes the profiling window, waits for its work and returns each dispatch's device time.
+    pub fn finish_profiling(&self) -> Result<Profile> {
+        let Some(window) = lock(&self.shared.profile).take() else {
+            return Err(Error::Gpu("no profiling window is open".to_string()));
+        };
+        let queries = 2 * window.kernels.len() as u32;
+        if queries == 0 {
+            return Ok(window.profile(&[], 0.0));
+        }
+        let resolved = self.alloc(
+            2 * queries as usize,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        self.record(|encoder| {
+            encoder.resolve_query_set(&window.queries, 0..queries, resolved.raw(), 0);
+            Ok(())
+        })?;
+        let words = self.download_many(&[&resolved])?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&words[0]);
+        let period = f64::from(self.shared.queue.get_timestamp_period());
+        Ok(window.profile(&ticks, period))
     }
 
     /// Buffers held by the pool (free or waiting for the next submit).
@@ -258,6 +310,19 @@ impl GpuBackend {
         bindings: &[Binding],
         groups: [u32; 3],
     ) -> Result<()> {
+        self.dispatch_specialized(encoder, kernel, &[], params, bindings, groups)
+    }
+
+    /// `dispatch` of the pipeline of `kernel` specialized with `constants`.
+    pub(crate) fn dispatch_specialized(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        constants: Constants,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        groups: [u32; 3],
+    ) -> Result<()> {
         let max = self
             .shared
             .device
@@ -270,7 +335,7 @@ impl GpuBackend {
                 kernel.entry_point()
             )));
         }
-        let pipeline = self.shared.pipelines.get(kernel)?;
+        let pipeline = self.shared.pipelines.get(kernel, constants)?;
         let bytes = bytemuck::bytes_of(params);
         let uniform = self.alloc(bytes.len().div_ceil(4), UNIFORM)?;
         self.shared.queue.write_buffer(uniform.raw(), 0, bytes);
@@ -298,9 +363,10 @@ impl GpuBackend {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
+        let mut profile = lock(&self.shared.profile);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(kernel.entry_point()),
-            timestamp_writes: None,
+            timestamp_writes: profile.as_mut().and_then(|window| window.next(kernel)),
         });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
@@ -318,15 +384,39 @@ impl GpuBackend {
         bindings: &[Binding],
         elements: usize,
     ) -> Result<()> {
+        self.dispatch_threads(encoder, kernel, &[], WORKGROUP, params, bindings, elements)
+    }
+
+    /// Dispatches `threads` threads in workgroups of `group`, folded into two dimensions when
+    /// one would exceed the workgroup-count limit (the kernel numbers its thread
+    /// `id.x + id.y · num_workgroups.x · group`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dispatch_threads(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        constants: Constants,
+        group: u32,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        threads: usize,
+    ) -> Result<()> {
         let max = self
             .shared
             .device
             .limits()
             .max_compute_workgroups_per_dimension as usize;
-        let workgroups = elements.div_ceil(WORKGROUP as usize).max(1);
+        let workgroups = threads.div_ceil(group as usize).max(1);
         let x = workgroups.min(max);
         let y = workgroups.div_ceil(x);
-        self.dispatch(encoder, kernel, params, bindings, [x as u32, y as u32, 1])
+        self.dispatch_specialized(
+            encoder,
+            kernel,
+            constants,
+            params,
+            bindings,
+            [x as u32, y as u32, 1],
+        )
     }
 
     /// Copies several buffers back in one submission and waits for them.

@@ -66,6 +66,7 @@ pub enum Kernel {
     BatchNormBackwardFinalize,
     BatchNormBackwardDx,
     Matmul,
+    MatmulVec4,
     MatmulTiled,
     ReluForward,
     ReluBackward,
@@ -87,6 +88,7 @@ impl Kernel {
         Kernel::BatchNormBackwardFinalize,
         Kernel::BatchNormBackwardDx,
         Kernel::Matmul,
+        Kernel::MatmulVec4,
         Kernel::MatmulTiled,
         Kernel::ReluForward,
         Kernel::ReluBackward,
@@ -107,7 +109,7 @@ impl Kernel {
             | Kernel::BatchNormBackwardPartial
             | Kernel::BatchNormBackwardFinalize
             | Kernel::BatchNormBackwardDx => Shader::BatchNorm,
-            Kernel::Matmul | Kernel::MatmulTiled => Shader::Matmul,
+            Kernel::Matmul | Kernel::MatmulVec4 | Kernel::MatmulTiled => Shader::Matmul,
             Kernel::ReluForward
             | Kernel::ReluBackward
             | Kernel::DropoutForward
@@ -128,6 +130,7 @@ impl Kernel {
             Kernel::BatchNormBackwardFinalize => "backward_finalize",
             Kernel::BatchNormBackwardDx => "backward_dx",
             Kernel::Matmul => "matmul",
+            Kernel::MatmulVec4 => "matmul_vec4",
             Kernel::MatmulTiled => "matmul_tiled",
             Kernel::ReluForward => "relu_forward",
             Kernel::ReluBackward => "relu_backward",
@@ -170,6 +173,8 @@ pub enum Slot {
     Index = 22,
     ByteScale = 23,
     AllLabels = 24,
+    MatA4 = 25,
+    MatB4 = 26,
 }
 
 impl Slot {
@@ -198,6 +203,8 @@ impl Slot {
         Slot::Index,
         Slot::ByteScale,
         Slot::AllLabels,
+        Slot::MatA4,
+        Slot::MatB4,
     ];
 
     pub fn wgsl_name(self) -> &'static str {
@@ -226,6 +233,8 @@ impl Slot {
             Slot::Index => "index",
             Slot::ByteScale => "byte_scale",
             Slot::AllLabels => "all_labels",
+            Slot::MatA4 => "a4",
+            Slot::MatB4 => "b4",
         }
     }
 }
@@ -261,11 +270,17 @@ impl<'a> Binding<'a> {
     }
 }
 
+/// Values for a kernel's WGSL `override` constants, fixed when its pipeline is created.
+pub type Constants<'a> = &'a [(&'static str, f64)];
+
+/// A kernel with its constants: each distinct one is its own pipeline.
+type PipelineKey = (Kernel, Vec<(&'static str, u64)>);
+
 /// Creates each shader module and compute pipeline once.
 pub(crate) struct PipelineCache {
     device: wgpu::Device,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
 impl PipelineCache {
@@ -277,9 +292,20 @@ impl PipelineCache {
         }
     }
 
-    pub(crate) fn get(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+    pub(crate) fn get(
+        &self,
+        kernel: Kernel,
+        constants: Constants,
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = (
+            kernel,
+            constants
+                .iter()
+                .map(|&(name, value)| (name, value.to_bits()))
+                .collect(),
+        );
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pipeline) = pipelines.get(&kernel) {
+        if let Some(pipeline) = pipelines.get(&key) {
             return Ok(pipeline.clone());
         }
         let module = self.module(kernel.shader())?;
@@ -291,7 +317,10 @@ impl PipelineCache {
                 layout: None,
                 module: &module,
                 entry_point: Some(kernel.entry_point()),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
                 cache: None,
             });
         if let Some(error) = pollster::block_on(scope.pop()) {
@@ -301,7 +330,7 @@ impl PipelineCache {
                 kernel.shader().file_name()
             )));
         }
-        pipelines.insert(kernel, pipeline.clone());
+        pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
     }
 

@@ -141,6 +141,56 @@ const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
 pub const MATMUL_TILE: usize = 4;
 pub const MATMUL_SIDE: usize = 8;
 pub const MATMUL_K_STEP: usize = 16;
+/// Rows and columns of c per thread of `matmul_vec4` (`V_ROWS`, `V_COLS`).
+pub const MATMUL_VEC4_BLOCK: usize = 4;
+
+/// Which dimension of each operand `matmul_vec4` loads as vec4, when the layouts allow it:
+/// one contiguous dimension per operand, 4-aligned strides, k a multiple of 4, and rows (or
+/// columns) a multiple of 4 where they are the contiguous dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Vec4Layout {
+    a_k_contiguous: bool,
+    b_k_contiguous: bool,
+}
+
+impl Vec4Layout {
+    fn of(a: MatrixLayout, b: MatrixLayout) -> Option<Self> {
+        let k = a.cols;
+        if k == 0 || !k.is_multiple_of(4) {
+            return None;
+        }
+        let a_k_contiguous = if a.col_stride == 1 && a.row_stride.is_multiple_of(4) {
+            true
+        } else if a.row_stride == 1 && a.col_stride.is_multiple_of(4) && a.rows.is_multiple_of(4) {
+            false
+        } else {
+            return None;
+        };
+        let b_k_contiguous = if b.row_stride == 1 && b.col_stride.is_multiple_of(4) {
+            true
+        } else if b.col_stride == 1 && b.row_stride.is_multiple_of(4) && b.cols.is_multiple_of(4) {
+            false
+        } else {
+            return None;
+        };
+        Some(Self {
+            a_k_contiguous,
+            b_k_contiguous,
+        })
+    }
+}
+
+impl GpuBackend {
+    /// The kernel `matmul` runs for these layouts under the current schedule: the register
+    /// schedule loads vec4s where the layouts allow it.
+    pub fn matmul_kernel(&self, a: MatrixLayout, b: MatrixLayout) -> Kernel {
+        match self.matmul_schedule() {
+            MatmulSchedule::Registers if Vec4Layout::of(a, b).is_some() => Kernel::MatmulVec4,
+            MatmulSchedule::Registers => Kernel::Matmul,
+            MatmulSchedule::WorkgroupTiles => Kernel::MatmulTiled,
+        }
+    }
+}
 
 impl MatmulOps for GpuBackend {
     fn matmul(
@@ -177,6 +227,29 @@ impl MatmulOps for GpuBackend {
             b_col_stride: b_layout.col_stride as u32,
             has_bias: bias.is_some() as u32,
         };
+        let kernel = self.matmul_kernel(a_layout, b_layout);
+        if kernel == Kernel::MatmulVec4
+            && let Some(vec4) = Vec4Layout::of(a_layout, b_layout)
+        {
+            let group = self.tuning().matmul_group;
+            let threads = m.div_ceil(MATMUL_VEC4_BLOCK) * n.div_ceil(MATMUL_VEC4_BLOCK);
+            let constants = [
+                ("A_K_CONTIGUOUS", f64::from(u8::from(vec4.a_k_contiguous))),
+                ("B_K_CONTIGUOUS", f64::from(u8::from(vec4.b_k_contiguous))),
+                ("V_GROUP", f64::from(group)),
+            ];
+            let bindings = [
+                Binding::rows(Slot::MatA4, a, 0, a.len() / 4 * 4),
+                Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
+                Binding::whole(Slot::Bias, bias.unwrap_or(a)),
+                Binding::whole(Slot::Out, out),
+            ];
+            return self.record(|encoder| {
+                self.dispatch_threads(
+                    encoder, kernel, &constants, group, &params, &bindings, threads,
+                )
+            });
+        }
         let per_group = MATMUL_TILE * MATMUL_SIDE;
         let groups = [
             n.div_ceil(per_group) as u32,
@@ -190,10 +263,6 @@ impl MatmulOps for GpuBackend {
             Binding::whole(Slot::Bias, bias.unwrap_or(a)),
             Binding::whole(Slot::Out, out),
         ];
-        let kernel = match self.matmul_schedule() {
-            MatmulSchedule::Registers => Kernel::Matmul,
-            MatmulSchedule::WorkgroupTiles => Kernel::MatmulTiled,
-        };
         self.record(|encoder| self.dispatch(encoder, kernel, &params, &bindings, groups))
     }
 }
