@@ -132,9 +132,8 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
     store(block_row + local.y * TILE, block_col + local.x * TILE, acc);
 }
 
-const V_ROWS: u32 = 4u;
-const V_QUADS: u32 = 1u; // vec4 columns per thread
-const V_COLS: u32 = 4u; // V_QUADS·4
+const V_ROWS: u32 = 8u;
+const V_COLS: u32 = 8u;
 // true: a[i, k..k+4] is one vec4 (a_col_stride = 1); false: a[i..i+4, k] is (a_row_stride = 1).
 override A_K_CONTIGUOUS: bool = true;
 // true: b[k..k+4, j] is one vec4 (b_row_stride = 1); false: b[k, j..j+4] is (b_col_stride = 1).
@@ -143,6 +142,57 @@ override V_GROUP: u32 = 64u;
 
 @group(0) @binding(25) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(26) var<storage, read> b4: array<vec4<f32>>;
+
+// Column kk of the result holds a(row0 + r, k + kk) for r = 0..4: a 4×4 tile of a, transposed.
+// Rows past the edge repeat the last row (quad); their results are not stored.
+fn a_block(row0: u32, k: u32) -> mat4x4<f32> {
+    if A_K_CONTIGUOUS {
+        let last = p.m - 1u;
+        return transpose(mat4x4(
+            a4[(min(row0, last) * p.a_row_stride + k) / 4u],
+            a4[(min(row0 + 1u, last) * p.a_row_stride + k) / 4u],
+            a4[(min(row0 + 2u, last) * p.a_row_stride + k) / 4u],
+            a4[(min(row0 + 3u, last) * p.a_row_stride + k) / 4u]));
+    }
+    let row = min(row0, p.m - 4u);
+    return mat4x4(
+        a4[(k * p.a_col_stride + row) / 4u],
+        a4[((k + 1u) * p.a_col_stride + row) / 4u],
+        a4[((k + 2u) * p.a_col_stride + row) / 4u],
+        a4[((k + 3u) * p.a_col_stride + row) / 4u]);
+}
+
+// Column kk of the result holds b(k + kk, col0 + c) for c = 0..4.
+fn b_block(col0: u32, k: u32) -> mat4x4<f32> {
+    if B_K_CONTIGUOUS {
+        let last = p.n - 1u;
+        return transpose(mat4x4(
+            b4[(min(col0, last) * p.b_col_stride + k) / 4u],
+            b4[(min(col0 + 1u, last) * p.b_col_stride + k) / 4u],
+            b4[(min(col0 + 2u, last) * p.b_col_stride + k) / 4u],
+            b4[(min(col0 + 3u, last) * p.b_col_stride + k) / 4u]));
+    }
+    let col = min(col0, p.n - 4u);
+    return mat4x4(
+        b4[(k * p.b_row_stride + col) / 4u],
+        b4[((k + 1u) * p.b_row_stride + col) / 4u],
+        b4[((k + 2u) * p.b_row_stride + col) / 4u],
+        b4[((k + 3u) * p.b_row_stride + col) / 4u]);
+}
+
+// acc[r] (row r of c's 4×4 block) += a(r, k + kk)·b(k + kk, ·), kk = 0..4 in order.
+fn accumulate(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
+    var out = acc;
+    for (var r = 0u; r < 4u; r++) {
+        var row = out[r];
+        row = fma(vec4(a[0][r]), b[0], row);
+        row = fma(vec4(a[1][r]), b[1], row);
+        row = fma(vec4(a[2][r]), b[2], row);
+        row = fma(vec4(a[3][r]), b[3], row);
+        out[r] = row;
+    }
+    return out;
+}
 
 @compute @workgroup_size(V_GROUP)
 fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
@@ -154,54 +204,24 @@ fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
     if row0 >= p.m {
         return;
     }
-    var acc: array<array<vec4<f32>, V_QUADS>, V_ROWS>;
+    // Four 4×4 blocks of c: (rows 0-3, 4-7) × (columns 0-3, 4-7).
+    var acc = array<mat4x4<f32>, 4>();
     for (var k = 0u; k < p.k; k += 4u) {
-        // av[r][kk] = a(row0 + r, k + kk); rows past the edge repeat the last one (quad).
-        var av: array<vec4<f32>, V_ROWS>;
-        if A_K_CONTIGUOUS {
-            for (var r = 0u; r < V_ROWS; r++) {
-                av[r] = a4[(min(row0 + r, p.m - 1u) * p.a_row_stride + k) / 4u];
-            }
-        } else {
-            for (var kk = 0u; kk < 4u; kk++) {
-                for (var q = 0u; q < V_ROWS / 4u; q++) {
-                    let v = a4[((k + kk) * p.a_col_stride + min(row0 + 4u * q, p.m - 4u)) / 4u];
-                    for (var t = 0u; t < 4u; t++) {
-                        av[4u * q + t][kk] = v[t];
-                    }
-                }
-            }
-        }
-        // bv[kk][q] = b(k + kk, col0 + 4q .. col0 + 4q + 4); columns likewise.
-        var bv: array<array<vec4<f32>, V_QUADS>, 4>;
-        if B_K_CONTIGUOUS {
-            for (var c = 0u; c < V_COLS; c++) {
-                let v = b4[(min(col0 + c, p.n - 1u) * p.b_col_stride + k) / 4u];
-                for (var kk = 0u; kk < 4u; kk++) {
-                    bv[kk][c / 4u][c % 4u] = v[kk];
-                }
-            }
-        } else {
-            for (var kk = 0u; kk < 4u; kk++) {
-                for (var q = 0u; q < V_QUADS; q++) {
-                    bv[kk][q] = b4[((k + kk) * p.b_row_stride + min(col0 + 4u * q, p.n - 4u)) / 4u];
-                }
-            }
-        }
-        for (var kk = 0u; kk < 4u; kk++) {
-            for (var r = 0u; r < V_ROWS; r++) {
-                for (var q = 0u; q < V_QUADS; q++) {
-                    acc[r][q] = fma(vec4(av[r][kk]), bv[kk][q], acc[r][q]);
-                }
-            }
-        }
+        let a0 = a_block(row0, k);
+        let a1 = a_block(row0 + 4u, k);
+        let b0 = b_block(col0, k);
+        let b1 = b_block(col0 + 4u, k);
+        acc[0] = accumulate(acc[0], a0, b0);
+        acc[1] = accumulate(acc[1], a0, b1);
+        acc[2] = accumulate(acc[2], a1, b0);
+        acc[3] = accumulate(acc[3], a1, b1);
     }
     for (var r = 0u; r < V_ROWS; r++) {
         let row = row0 + r;
         for (var c = 0u; c < V_COLS; c++) {
             let col = col0 + c;
             if row < p.m && col < p.n {
-                var value = acc[r][c / 4u][c % 4u];
+                var value = acc[(r / 4u) * 2u + c / 4u][r % 4u][c % 4u];
                 if p.has_bias == 1u {
                     value += bias[col];
                 }

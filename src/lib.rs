@@ -7,6 +7,7 @@
 //!   either backend; [`reference`] holds the float64 formulas the tests check both against.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod cpu;

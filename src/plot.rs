@@ -63,6 +63,8 @@ pub struct Panel {
     pub lines: Vec<Line>,
     /// Draw x on a log2 scale (batch sizes).
     pub log2_x: bool,
+    /// Draw y on a log10 scale (times that span orders of magnitude).
+    pub log10_y: bool,
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -90,6 +92,7 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
     let areas = root.split_evenly((rows, columns.max(1)));
     for (panel, area) in panels.iter().zip(areas) {
         let transform = |x: f64| if panel.log2_x { x.log2() } else { x };
+        let transform_y = |y: f64| if panel.log10_y { y.log10() } else { y };
         let (x0, x1) = bounds(
             panel
                 .lines
@@ -100,7 +103,7 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
             panel
                 .lines
                 .iter()
-                .flat_map(|l| l.points.iter().map(|p| p.1)),
+                .flat_map(|l| l.points.iter().map(|p| transform_y(p.1))),
         );
         let mut chart = ChartBuilder::on(&area)
             .caption(&panel.title, (FONT, 22))
@@ -109,7 +112,7 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
             .y_label_area_size(70)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| plot_error(path, e))?;
-        let log2 = panel.log2_x;
+        let (log2, log10) = (panel.log2_x, panel.log10_y);
         chart
             .configure_mesh()
             .x_desc(panel.x_label.as_str())
@@ -126,6 +129,7 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
                 }
             })
             .y_label_formatter(&|y| {
+                let y = if log10 { 10f64.powf(*y) } else { *y };
                 if y.abs() >= 100.0 {
                     format!("{y:.0}")
                 } else {
@@ -141,7 +145,7 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
                 .points
                 .iter()
                 .filter(|p| p.1.is_finite())
-                .map(|&(x, y)| (transform(x), y))
+                .map(|&(x, y)| (transform(x), transform_y(y)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))

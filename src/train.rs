@@ -42,6 +42,21 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The reference experiment: the 784-128-10 MLP (with or without BatchNorm), Keras
+    /// initialization, Adam at 1e-3, 5 epochs, the last 10% held out for validation, seed 0.
+    pub fn reference(batchnorm: bool, batch_size: usize) -> Self {
+        Self {
+            spec: ModelSpec::reference_mlp(batchnorm),
+            init: Init::Keras,
+            optimizer: OptimizerConfig::adam(1e-3),
+            epochs: 5,
+            batch_size,
+            val_split: 0.1,
+            seed: 0,
+            train_limit: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;

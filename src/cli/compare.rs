@@ -174,6 +174,7 @@ fn curves(path: &std::path::Path, runs: &[RunResult]) -> Result<()> {
             x_label: "epoch".to_string(),
             y_label: y_label.to_string(),
             log2_x: false,
+            log10_y: false,
             lines: ["nobn", "bn"]
                 .iter()
                 .map(|model| {

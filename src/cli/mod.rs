@@ -1,6 +1,7 @@
 //! The `wgnorm` command line. Every failure ends in one line on stderr and a non-zero exit:
 //! 2 for bad flags and bad input, 1 for failures of the machine (GPU errors, device loss).
 
+mod bench;
 mod bn;
 mod compare;
 mod devices;
@@ -43,6 +44,8 @@ enum Command {
     Compare(Box<compare::CompareArgs>),
     /// Train over batch sizes (and learning rates) for each model and tabulate the results.
     Sweep(Box<sweep::SweepArgs>),
+    /// Time BatchNorm kernels and training steps on the GPU and the CPU.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Set by Ctrl-C; long commands stop at the next step and keep what they finished.
@@ -177,6 +180,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(*args),
         Command::Compare(args) => compare::run(*args),
         Command::Sweep(args) => sweep::run(*args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -157,6 +157,7 @@ fn lines(path: &std::path::Path, runs: &[RunResult], models: &[String]) -> Resul
             x_label: "batch size".to_string(),
             y_label: y_label.to_string(),
             log2_x: true,
+            log10_y: false,
             lines: models
                 .iter()
                 .map(|model| Line {

@@ -107,17 +107,35 @@ pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, st
         let count = (rows.len() * shape.s) as f32;
         sum.fill(0.0);
         m2.fill(0.0);
-        for_each_run(x, shape, rows.clone(), |channel, run| {
-            let k = shift[channel];
-            sum[channel] += run.iter().map(|&v| v - k).sum::<f32>();
-        });
-        for_each_run(x, shape, rows, |channel, run| {
-            let (k, block_mean) = (shift[channel], sum[channel] / count);
-            m2[channel] += run
-                .iter()
-                .map(|&v| ((v - k) - block_mean).powi(2))
-                .sum::<f32>();
-        });
+        if shape.s == 1 {
+            // (N, C): one value per channel per row; loops over channels vectorize.
+            let block = &x[rows.start * c..rows.end * c];
+            for row in block.chunks_exact(c) {
+                for ((total, &v), &k) in sum.iter_mut().zip(row).zip(&shift) {
+                    *total += v - k;
+                }
+            }
+            let block_mean: Vec<f32> = sum.iter().map(|&total| total / count).collect();
+            for row in block.chunks_exact(c) {
+                for (((total, &v), &k), &mean) in
+                    m2.iter_mut().zip(row).zip(&shift).zip(&block_mean)
+                {
+                    *total += ((v - k) - mean).powi(2);
+                }
+            }
+        } else {
+            for_each_run(x, shape, rows.clone(), |channel, run| {
+                let k = shift[channel];
+                sum[channel] += run.iter().map(|&v| v - k).sum::<f32>();
+            });
+            for_each_run(x, shape, rows, |channel, run| {
+                let (k, block_mean) = (shift[channel], sum[channel] / count);
+                m2[channel] += run
+                    .iter()
+                    .map(|&v| ((v - k) - block_mean).powi(2))
+                    .sum::<f32>();
+            });
+        }
         let block = (0..c)
             .map(|channel| Moments {
                 n: count,
@@ -186,6 +204,10 @@ impl ChannelStats<'_> {
         self.stats[plane * self.c + channel]
     }
 
+    fn plane(&self, plane: usize) -> &[f32] {
+        &self.stats[plane * self.c..(plane + 1) * self.c]
+    }
+
     /// x − mean without forming the mean in f32.
     fn centered(&self, value: f32, channel: usize) -> f32 {
         (value - self.get(stat::SHIFT, channel)) - self.get(stat::SHIFTED_MEAN, channel)
@@ -203,6 +225,17 @@ pub fn normalize(
 ) {
     let per = ChannelStats { stats, c: shape.c };
     let row_len = shape.c * shape.s;
+    if shape.s == 1 {
+        let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
+        let invstd = per.plane(stat::INVSTD);
+        for (x_row, y_row) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)) {
+            for c in 0..row_len {
+                let centered = (x_row[c] - shift[c]) - shifted_mean[c];
+                y_row[c] = gamma[c] * centered * invstd[c] + beta[c];
+            }
+        }
+        return;
+    }
     for (x_row, y_row) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)) {
         for (channel, (x_run, y_run)) in x_row
             .chunks_exact(shape.s)
@@ -243,6 +276,25 @@ pub fn backward(
         block_dy_xc.fill(0.0);
         let x_rows = x[first * row_len..last * row_len].chunks_exact(row_len);
         let dy_rows = dy[first * row_len..last * row_len].chunks_exact(row_len);
+        if shape.s == 1 {
+            let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
+            for (x_row, dy_row) in x_rows.zip(dy_rows) {
+                for c in 0..row_len {
+                    let centered = (x_row[c] - shift[c]) - shifted_mean[c];
+                    block_dy[c] += dy_row[c];
+                    block_dy_xc[c] += dy_row[c] * centered;
+                }
+            }
+            cascade.push(
+                block_dy
+                    .iter()
+                    .copied()
+                    .zip(block_dy_xc.iter().copied())
+                    .collect(),
+                add_pairs,
+            );
+            continue;
+        }
         for (x_row, dy_row) in x_rows.zip(dy_rows) {
             for (channel, (x_run, dy_run)) in x_row
                 .chunks_exact(shape.s)
@@ -270,6 +322,24 @@ pub fn backward(
         grads.dgamma[channel] = sum_dy_xc * per.get(stat::INVSTD, channel);
     }
     let inv_m = 1.0 / shape.per_channel() as f32;
+    if shape.s == 1 {
+        let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
+        let invstd = per.plane(stat::INVSTD);
+        let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
+        let mean_dy: Vec<f32> = grads.dbeta.iter().map(|&d| d * inv_m).collect();
+        let mean_dy_xhat: Vec<f32> = grads.dgamma.iter().map(|&d| d * inv_m).collect();
+        let rows = x
+            .chunks_exact(c)
+            .zip(dy.chunks_exact(c))
+            .zip(grads.dx.chunks_exact_mut(c));
+        for ((x_row, dy_row), dx_row) in rows {
+            for ch in 0..c {
+                let xhat = ((x_row[ch] - shift[ch]) - shifted_mean[ch]) * invstd[ch];
+                dx_row[ch] = scale[ch] * (dy_row[ch] - mean_dy[ch] - xhat * mean_dy_xhat[ch]);
+            }
+        }
+        return;
+    }
     let rows = x
         .chunks_exact(row_len)
         .zip(dy.chunks_exact(row_len))

@@ -28,9 +28,9 @@ const UNIFORM: wgpu::BufferUsages = wgpu::BufferUsages::UNIFORM.union(wgpu::Buff
 const READBACK: wgpu::BufferUsages =
     wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
 
-/// Sizes that shape the reduction grid; they are parameters so each GPU can be tuned.
+/// Sizes that shape the kernels' grids; they are parameters so each GPU can be tuned.
 #[derive(Clone, Copy, Debug)]
-pub struct ReductionTuning {
+pub struct Tuning {
     /// Workgroups a reduction aims to spread over (at least 2 keeps both cores of a software
     /// rasterizer busy; real GPUs want hundreds).
     pub target_workgroups: u32,
@@ -42,7 +42,21 @@ pub struct ReductionTuning {
     pub matmul_group: u32,
 }
 
-impl Default for ReductionTuning {
+impl Tuning {
+    /// The defaults, with small matmul workgroups on software rasterizers: one workgroup runs
+    /// on one CPU core there, so a 32×128 product (64 threads) needs groups of 16 to use 4.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => Self {
+                matmul_group: 16,
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+impl Default for Tuning {
     fn default() -> Self {
         Self {
             target_workgroups: 256,
@@ -89,7 +103,7 @@ struct Shared {
     pool: Arc<BufferPool>,
     pending: Mutex<Option<wgpu::CommandEncoder>>,
     faults: Arc<Mutex<Faults>>,
-    tuning: ReductionTuning,
+    tuning: Tuning,
     matmul_schedule: Mutex<MatmulSchedule>,
     profile: Mutex<Option<profiler::Window>>,
 }
@@ -145,6 +159,7 @@ impl GpuBackend {
         });
         let max_buffer_size = device.limits().max_buffer_size;
         let schedule = MatmulSchedule::for_device(summary.device_type);
+        let tuning = Tuning::for_device(summary.device_type);
         Ok(Self {
             shared: Arc::new(Shared {
                 pipelines: PipelineCache::new(device.clone()),
@@ -154,7 +169,7 @@ impl GpuBackend {
                 summary,
                 pending: Mutex::new(None),
                 faults,
-                tuning: ReductionTuning::default(),
+                tuning,
                 matmul_schedule: Mutex::new(schedule),
                 profile: Mutex::new(None),
             }),
@@ -169,7 +184,7 @@ impl GpuBackend {
         self.shared.device.limits()
     }
 
-    pub fn tuning(&self) -> ReductionTuning {
+    pub fn tuning(&self) -> Tuning {
         self.shared.tuning
     }
 
@@ -205,6 +220,39 @@ impl GpuBackend {
         }
         *lock(&self.shared.profile) = Some(profiler::Window::new(&self.shared.device));
         Ok(())
+    }
+
+    /// Submits everything recorded and blocks until the device has run it.
+    pub fn wait(&self) -> Result<()> {
+        self.flush()?;
+        self.shared
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Wall seconds of each of `reps` device-side copies of `bytes` between two buffers (after
+    /// one untimed copy), submit and wait included.
+    pub fn time_copies(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
+        let len = bytes / 4;
+        let source = self.filled(len, 1.0)?;
+        let target = self.scratch(len)?;
+        let copy = || {
+            self.record(|encoder| {
+                encoder.copy_buffer_to_buffer(source.raw(), 0, target.raw(), 0, len as u64 * 4);
+                Ok(())
+            })?;
+            self.wait()
+        };
+        copy()?;
+        (0..reps)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                copy()?;
+                Ok(started.elapsed().as_secs_f64())
+            })
+            .collect()
     }
 
     /// Closes the profiling window, waits for its work and returns each dispatch's device time.

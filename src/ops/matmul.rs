@@ -142,7 +142,7 @@ pub const MATMUL_TILE: usize = 4;
 pub const MATMUL_SIDE: usize = 8;
 pub const MATMUL_K_STEP: usize = 16;
 /// Rows and columns of c per thread of `matmul_vec4` (`V_ROWS`, `V_COLS`).
-pub const MATMUL_VEC4_BLOCK: usize = 4;
+pub const MATMUL_VEC4_BLOCK: usize = 8;
 
 /// Which dimension of each operand `matmul_vec4` loads as vec4, when the layouts allow it:
 /// one contiguous dimension per operand, 4-aligned strides, k a multiple of 4, and rows (or

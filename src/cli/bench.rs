@@ -1,0 +1,531 @@
+//! `wgnorm bench`: BatchNorm kernels and training steps on the GPU and the CPU, side by side,
+//! as a printed table, `--json` and a `--plot` of time per step against batch size.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::DataArgs;
+use crate::bench::{self, BatchNormPass, EpochTiming, KernelTiming, STEPS_PER_SAMPLE, Timing};
+use crate::cpu::CpuBackend;
+use crate::gpu::{AdapterRequest, GpuBackend};
+use crate::graph::ModelSpec;
+use crate::ops::batchnorm::BatchNormShape;
+use crate::plot::{self, Line, Panel};
+use crate::train::TrainConfig;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// BatchNorm forward, backward and both, per shape.
+    Kernels,
+    /// Training steps per batch size, time to the first step, one reference epoch.
+    Train,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchDevices {
+    /// The GPU (if an adapter exists; else a notice) and the CPU.
+    Both,
+    Gpu,
+    Cpu,
+}
+
+/// A BatchNorm input shape as typed: NxC or NxCxHxW.
+#[derive(Clone, Debug)]
+struct ShapeArg {
+    label: String,
+    shape: BatchNormShape,
+}
+
+fn parse_shape(text: &str) -> std::result::Result<ShapeArg, String> {
+    let dims = text
+        .split('x')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| format!("'{text}' is not a shape like 4096x256 or 32x64x28x28"))?;
+    let shape = BatchNormShape::from_dims(&dims).map_err(|e| e.to_string())?;
+    if shape.per_channel() < 2 {
+        return Err(format!(
+            "'{text}' has one value per channel; training-mode BatchNorm needs at least 2"
+        ));
+    }
+    Ok(ShapeArg {
+        label: text.to_string(),
+        shape,
+    })
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Suite::All)]
+    suite: Suite,
+    #[arg(long, value_enum, default_value_t = BenchDevices::Both)]
+    device: BenchDevices,
+    /// Pick the adapter whose name contains this (case-insensitive); also WGNORM_ADAPTER.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Timed repetitions per measurement.
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Untimed runs before each measurement.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// BatchNorm input shapes for the kernel suite, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_shape,
+        default_value = "32x128,256x128,4096x256,65536x256,32x64x28x28"
+    )]
+    shapes: Vec<ShapeArg>,
+    /// Batch sizes for the training-step suite, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    batch_sizes: Vec<usize>,
+    /// Leave out the full epoch of the reference experiment (which needs MNIST).
+    #[arg(long)]
+    no_epoch: bool,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Write every measurement as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw time per training step against batch size (PNG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// What the measurements ran on.
+#[derive(Serialize)]
+struct Machine {
+    gpu: Option<String>,
+    gpu_timestamps: bool,
+    cpu: String,
+    cpu_threads_available: usize,
+    cpu_backend_threads: usize,
+}
+
+#[derive(Serialize)]
+struct CopyRow {
+    device: &'static str,
+    bytes: usize,
+    bytes_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct KernelRow {
+    shape: String,
+    pass: BatchNormPass,
+    device: &'static str,
+    timing: KernelTiming,
+    bytes: usize,
+    /// Bytes over the device time where measured, else over the wall time.
+    bytes_per_second: f64,
+    /// This row's wall time over the CPU's, on GPU rows.
+    gpu_over_cpu: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct StepRow {
+    model: &'static str,
+    batch: usize,
+    device: &'static str,
+    seconds_per_step: Timing,
+    samples_per_second: f64,
+    flops_per_second: f64,
+    gpu_over_cpu: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct OnceRow<T> {
+    device: &'static str,
+    result: T,
+}
+
+#[derive(Serialize, Default)]
+struct Report {
+    machine: Option<Machine>,
+    copy_bandwidth: Vec<CopyRow>,
+    kernels: Vec<KernelRow>,
+    byte_models: Vec<(BatchNormPass, &'static str)>,
+    train_steps: Vec<StepRow>,
+    steps_per_sample: usize,
+    first_step_seconds: Vec<OnceRow<f64>>,
+    reference_epoch: Vec<OnceRow<EpochTiming>>,
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn refuse_existing(path: &Option<PathBuf>) -> Result<()> {
+    match path {
+        Some(path) if path.exists() => Err(Error::InvalidArgument(format!(
+            "{} already exists; remove it or choose another path",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.3}", seconds * 1e3)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.reps == 0 {
+        return Err(Error::InvalidArgument(
+            "--reps must be at least 1".to_string(),
+        ));
+    }
+    if let Some(&bad) = args.batch_sizes.iter().find(|&&b| b < 2) {
+        return Err(Error::InvalidArgument(format!(
+            "--batch-sizes: {bad} is too small; BatchNorm needs at least 2 rows"
+        )));
+    }
+    refuse_existing(&args.json)?;
+    refuse_existing(&args.plot)?;
+    let gpu = match args.device {
+        BenchDevices::Cpu => None,
+        BenchDevices::Gpu => Some(GpuBackend::new(&AdapterRequest::from_flag_or_env(
+            args.adapter.clone(),
+        ))?),
+        BenchDevices::Both => {
+            match GpuBackend::new(&AdapterRequest::from_flag_or_env(args.adapter.clone())) {
+                Ok(gpu) => Some(gpu),
+                Err(Error::NoAdapter(reason)) if args.adapter.is_none() => {
+                    eprintln!("notice: {reason}; benchmarking the CPU only");
+                    None
+                }
+                Err(e) => Err(e)?,
+            }
+        }
+    };
+    let cpu = (args.device != BenchDevices::Gpu).then_some(CpuBackend);
+    let machine = Machine {
+        gpu: gpu.as_ref().map(|g| g.adapter().to_string()),
+        gpu_timestamps: gpu.as_ref().is_some_and(GpuBackend::has_timestamps),
+        cpu: cpu_name(),
+        cpu_threads_available: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_backend_threads: 1,
+    };
+    println!(
+        "GPU: {}{}",
+        machine.gpu.as_deref().unwrap_or("none"),
+        if gpu.is_some() && !machine.gpu_timestamps {
+            " (no timestamp queries: wall time only)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "CPU: {}, {} threads available; wgnorm's CPU backend runs on {} thread",
+        machine.cpu, machine.cpu_threads_available, machine.cpu_backend_threads
+    );
+    let mut report = Report {
+        machine: Some(machine),
+        steps_per_sample: STEPS_PER_SAMPLE,
+        ..Report::default()
+    };
+    let result = measure(&args, gpu.as_ref(), cpu.as_ref(), &mut report);
+    // What was measured is written even when a later measurement failed or was interrupted.
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("could not encode the report: {e}")))?;
+        crate::data::write_atomically(path, |file| {
+            use std::io::Write;
+            file.write_all(text.as_bytes())
+        })?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot
+        && !report.train_steps.is_empty()
+    {
+        draw(path, &report)?;
+        println!("wrote {}", path.display());
+    }
+    result
+}
+
+fn measure(
+    args: &BenchArgs,
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    report: &mut Report,
+) -> Result<()> {
+    if args.suite != Suite::Train {
+        kernels(args, gpu, cpu, report)?;
+    }
+    if args.suite != Suite::Kernels {
+        train(args, gpu, cpu, report)?;
+    }
+    Ok(())
+}
+
+/// Bytes of the copy that measures bandwidth: large enough to leave the caches.
+const COPY_BYTES: usize = 64 << 20;
+
+fn kernels(
+    args: &BenchArgs,
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    report: &mut Report,
+) -> Result<()> {
+    println!();
+    println!("Copy bandwidth (bytes read + written per second, {COPY_BYTES} B buffers):");
+    let mut ceilings = Vec::new();
+    if let Some(gpu) = gpu {
+        let bytes = COPY_BYTES.min(gpu.limits().max_buffer_size as usize / 2);
+        let rate = bench::copy_bandwidth(gpu, bytes, args.reps)?;
+        println!("  gpu {:8.2} GB/s", rate / 1e9);
+        ceilings.push(("gpu", rate));
+        report.copy_bandwidth.push(CopyRow {
+            device: "gpu",
+            bytes,
+            bytes_per_second: rate,
+        });
+    }
+    if let Some(cpu) = cpu {
+        let rate = bench::copy_bandwidth(cpu, COPY_BYTES, args.reps)?;
+        println!("  cpu {:8.2} GB/s", rate / 1e9);
+        ceilings.push(("cpu", rate));
+        report.copy_bandwidth.push(CopyRow {
+            device: "cpu",
+            bytes: COPY_BYTES,
+            bytes_per_second: rate,
+        });
+    }
+    println!();
+    println!(
+        "BatchNorm training step (median of {} after {} warm-up; GB/s from device time where \
+         measured, else wall; %copy = GB/s over the copy bandwidth)",
+        args.reps, args.warmup
+    );
+    for pass in BatchNormPass::ALL {
+        println!("  {:8} {}", pass.name(), pass.byte_model());
+        report.byte_models.push((pass, pass.byte_model()));
+    }
+    println!(
+        "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8} {:>6} {:>8}",
+        "shape", "pass", "dev", "wall ms", "(min – max)", "device ms", "GB/s", "%copy", "gpu/cpu"
+    );
+    for shape in &args.shapes {
+        for pass in BatchNormPass::ALL {
+            let bytes = pass.tensor_passes() * shape.shape.numel() * 4;
+            let mut cpu_wall = None;
+            let mut rows = Vec::new();
+            if let Some(cpu) = cpu {
+                super::check_interrupt("the measurements so far")?;
+                let timing = bench::time_batchnorm(cpu, shape.shape, pass, args.warmup, args.reps)?;
+                cpu_wall = Some(timing.wall.median);
+                rows.push(("cpu", timing));
+            }
+            if let Some(gpu) = gpu {
+                super::check_interrupt("the measurements so far")?;
+                let timing = bench::time_batchnorm(gpu, shape.shape, pass, args.warmup, args.reps)?;
+                rows.insert(0, ("gpu", timing));
+            }
+            for (device, timing) in rows {
+                let seconds = timing.device.map_or(timing.wall.median, |d| d.median);
+                let rate = bytes as f64 / seconds;
+                let ceiling = ceilings.iter().find(|(d, _)| *d == device).map(|c| c.1);
+                let gpu_over_cpu = (device == "gpu")
+                    .then_some(cpu_wall)
+                    .flatten()
+                    .map(|c| timing.wall.median / c);
+                println!(
+                    "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8.2} {:>6} {:>8}",
+                    shape.label,
+                    pass.name(),
+                    device,
+                    ms(timing.wall.median),
+                    format!("({} – {})", ms(timing.wall.min), ms(timing.wall.max)),
+                    timing.device.map_or("-".to_string(), |d| ms(d.median)),
+                    rate / 1e9,
+                    ceiling.map_or("-".to_string(), |c| format!("{:.0}%", 100.0 * rate / c)),
+                    gpu_over_cpu.map_or(String::new(), |r| format!("{r:.2}")),
+                );
+                report.kernels.push(KernelRow {
+                    shape: shape.label.clone(),
+                    pass,
+                    device,
+                    timing,
+                    bytes,
+                    bytes_per_second: rate,
+                    gpu_over_cpu,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+const MODELS: [(&str, bool); 2] = [("bn", true), ("nobn", false)];
+
+fn train(
+    args: &BenchArgs,
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    report: &mut Report,
+) -> Result<()> {
+    println!();
+    println!(
+        "Training step of the reference MLP (784-128-10, Adam; gather, forward, loss, backward, \
+         update): median of {} samples of {STEPS_PER_SAMPLE} steps, wall time",
+        args.reps
+    );
+    println!(
+        "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10} {:>8} {:>8}",
+        "model", "batch", "dev", "ms/step", "(min – max)", "samples/s", "GFLOP/s", "gpu/cpu"
+    );
+    for (model, batchnorm) in MODELS {
+        let spec = ModelSpec::reference_mlp(batchnorm);
+        for &batch in &args.batch_sizes {
+            let mut rows = Vec::new();
+            let mut cpu_step = None;
+            if let Some(cpu) = cpu {
+                super::check_interrupt("the measurements so far")?;
+                let t = bench::time_steps(cpu, &spec, batch, args.warmup, args.reps)?;
+                cpu_step = Some(t.median);
+                rows.push(("cpu", t));
+            }
+            if let Some(gpu) = gpu {
+                super::check_interrupt("the measurements so far")?;
+                rows.insert(
+                    0,
+                    (
+                        "gpu",
+                        bench::time_steps(gpu, &spec, batch, args.warmup, args.reps)?,
+                    ),
+                );
+            }
+            for (device, timing) in rows {
+                let gpu_over_cpu = (device == "gpu")
+                    .then_some(cpu_step)
+                    .flatten()
+                    .map(|c| timing.median / c);
+                let row = StepRow {
+                    model,
+                    batch,
+                    device,
+                    seconds_per_step: timing,
+                    samples_per_second: batch as f64 / timing.median,
+                    flops_per_second: bench::step_flops(&spec, batch) / timing.median,
+                    gpu_over_cpu,
+                };
+                println!(
+                    "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10.0} {:>8.2} {:>8}",
+                    model,
+                    batch,
+                    device,
+                    ms(timing.median),
+                    format!("({} – {})", ms(timing.min), ms(timing.max)),
+                    row.samples_per_second,
+                    row.flops_per_second / 1e9,
+                    gpu_over_cpu.map_or(String::new(), |r| format!("{r:.2}")),
+                );
+                report.train_steps.push(row);
+            }
+        }
+    }
+    println!();
+    let spec = ModelSpec::reference_mlp(true);
+    if gpu.is_some() {
+        let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
+        let seconds = bench::time_to_first_step(|| GpuBackend::new(&request), &spec, 32)?;
+        println!(
+            "time to the first bn step at batch 32, gpu: {} ms (opening the device, uploading, \
+             creating every pipeline, the step)",
+            ms(seconds)
+        );
+        report.first_step_seconds.push(OnceRow {
+            device: "gpu",
+            result: seconds,
+        });
+    }
+    if cpu.is_some() {
+        let seconds = bench::time_to_first_step(|| Ok(CpuBackend), &spec, 32)?;
+        println!(
+            "time to the first bn step at batch 32, cpu: {} ms",
+            ms(seconds)
+        );
+        report.first_step_seconds.push(OnceRow {
+            device: "cpu",
+            result: seconds,
+        });
+    }
+    if args.no_epoch {
+        return Ok(());
+    }
+    let data = args.data.load()?;
+    let config = TrainConfig::reference(true, 32);
+    let mut epoch = |device: &'static str, timing: EpochTiming| {
+        println!(
+            "one epoch of the reference experiment (bn, batch 32, {} steps + validation), {device}: \
+             {:.2} s, validation accuracy {:.2}%",
+            timing.steps,
+            timing.seconds,
+            100.0 * timing.val_acc.unwrap_or(f64::NAN)
+        );
+        report.reference_epoch.push(OnceRow {
+            device,
+            result: timing,
+        });
+    };
+    if let Some(gpu) = gpu {
+        super::check_interrupt("the measurements so far")?;
+        epoch("gpu", bench::time_epoch(gpu, config.clone(), &data)?);
+    }
+    if let Some(cpu) = cpu {
+        super::check_interrupt("the measurements so far")?;
+        epoch("cpu", bench::time_epoch(cpu, config, &data)?);
+    }
+    Ok(())
+}
+
+fn draw(path: &Path, report: &Report) -> Result<()> {
+    let mut lines = Vec::new();
+    for device in ["gpu", "cpu"] {
+        for (model, _) in MODELS {
+            let points: Vec<(f64, f64)> = report
+                .train_steps
+                .iter()
+                .filter(|r| r.device == device && r.model == model)
+                .map(|r| (r.batch as f64, r.seconds_per_step.median * 1e3))
+                .collect();
+            if !points.is_empty() {
+                lines.push(Line {
+                    label: format!("{device} {model}"),
+                    points,
+                });
+            }
+        }
+    }
+    let title = match report.machine.as_ref().and_then(|m| m.gpu.as_deref()) {
+        Some(gpu) => format!("Time per training step — GPU {gpu}"),
+        None => "Time per training step — CPU".to_string(),
+    };
+    plot::panels(
+        path,
+        &title,
+        &[Panel {
+            title: "reference MLP, Adam".to_string(),
+            x_label: "batch size".to_string(),
+            y_label: "ms per step (log scale)".to_string(),
+            lines,
+            log2_x: true,
+            log10_y: true,
+        }],
+        1,
+    )
+}
