@@ -512,7 +512,10 @@ fn draw(path: &Path, report: &Report) -> Result<()> {
         }
     }
     let title = match report.machine.as_ref().and_then(|m| m.gpu.as_deref()) {
-        Some(gpu) => format!("Time per training step — GPU {gpu}"),
+        Some(gpu) => format!(
+            "Time per training step — GPU {} and CPU",
+            gpu.split(" (").next().unwrap_or(gpu)
+        ),
         None => "Time per training step — CPU".to_string(),
     };
     plot::panels(

@@ -74,6 +74,22 @@ impl<T: Copy> Cascade<T> {
     }
 }
 
+/// Σ term(i) over i < len in 8 interleaved partial sums, so the loop vectorizes (a single f32
+/// accumulator is a serial chain), combined pairwise.
+fn lane_sum(len: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let whole = len / 8 * 8;
+    for base in (0..whole).step_by(8) {
+        for (lane, total) in lanes.iter_mut().enumerate() {
+            *total += term(base + lane);
+        }
+    }
+    let tail: f32 = (whole..len).map(term).sum();
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail
+}
+
 /// Rows of x processed per block, so that each channel contributes about BLOCK_VALUES values.
 fn block_rows(shape: BatchNormShape) -> usize {
     (BLOCK_VALUES / shape.s).max(1)
@@ -126,14 +142,11 @@ pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, st
         } else {
             for_each_run(x, shape, rows.clone(), |channel, run| {
                 let k = shift[channel];
-                sum[channel] += run.iter().map(|&v| v - k).sum::<f32>();
+                sum[channel] += lane_sum(run.len(), |i| run[i] - k);
             });
             for_each_run(x, shape, rows, |channel, run| {
                 let (k, block_mean) = (shift[channel], sum[channel] / count);
-                m2[channel] += run
-                    .iter()
-                    .map(|&v| ((v - k) - block_mean).powi(2))
-                    .sum::<f32>();
+                m2[channel] += lane_sum(run.len(), |i| ((run[i] - k) - block_mean).powi(2));
             });
         }
         let block = (0..c)
@@ -301,10 +314,13 @@ pub fn backward(
                 .zip(dy_row.chunks_exact(shape.s))
                 .enumerate()
             {
-                for (&value, &grad) in x_run.iter().zip(dy_run) {
-                    block_dy[channel] += grad;
-                    block_dy_xc[channel] += grad * per.centered(value, channel);
-                }
+                let (k, mean) = (
+                    per.get(stat::SHIFT, channel),
+                    per.get(stat::SHIFTED_MEAN, channel),
+                );
+                block_dy[channel] += lane_sum(dy_run.len(), |i| dy_run[i]);
+                block_dy_xc[channel] +=
+                    lane_sum(dy_run.len(), |i| dy_run[i] * ((x_run[i] - k) - mean));
             }
         }
         cascade.push(
