@@ -12,9 +12,9 @@
 """
 
 import argparse
-import gzip
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,17 +26,8 @@ SHAPES = [(32, 128), (256, 128), (4096, 256), (65536, 256), (32, 64, 28, 28)]
 BATCHES = [16, 32, 64, 128, 256]
 STEPS_PER_SAMPLE = 5
 
-
-def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def load(data_dir: Path, stem: str):
-    path = data_dir / (stem + ".gz")
-    return read_idx(path if path.exists() else data_dir / stem)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "independent"))
+from torch_train import load  # noqa: E402  (the IDX reader the accuracy comparison uses)
 
 
 def timing(samples):

@@ -298,29 +298,21 @@ pub fn backward(
                     block_dy_xc[c] += dy_row[c] * centered;
                 }
             }
-            cascade.push(
-                block_dy
-                    .iter()
-                    .copied()
-                    .zip(block_dy_xc.iter().copied())
-                    .collect(),
-                add_pairs,
-            );
-            continue;
-        }
-        for (x_row, dy_row) in x_rows.zip(dy_rows) {
-            for (channel, (x_run, dy_run)) in x_row
-                .chunks_exact(shape.s)
-                .zip(dy_row.chunks_exact(shape.s))
-                .enumerate()
-            {
-                let (k, mean) = (
-                    per.get(stat::SHIFT, channel),
-                    per.get(stat::SHIFTED_MEAN, channel),
-                );
-                block_dy[channel] += lane_sum(dy_run.len(), |i| dy_run[i]);
-                block_dy_xc[channel] +=
-                    lane_sum(dy_run.len(), |i| dy_run[i] * ((x_run[i] - k) - mean));
+        } else {
+            for (x_row, dy_row) in x_rows.zip(dy_rows) {
+                for (channel, (x_run, dy_run)) in x_row
+                    .chunks_exact(shape.s)
+                    .zip(dy_row.chunks_exact(shape.s))
+                    .enumerate()
+                {
+                    let (k, mean) = (
+                        per.get(stat::SHIFT, channel),
+                        per.get(stat::SHIFTED_MEAN, channel),
+                    );
+                    block_dy[channel] += lane_sum(dy_run.len(), |i| dy_run[i]);
+                    block_dy_xc[channel] +=
+                        lane_sum(dy_run.len(), |i| dy_run[i] * ((x_run[i] - k) - mean));
+                }
             }
         }
         cascade.push(
