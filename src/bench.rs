@@ -302,11 +302,15 @@ pub struct SyntheticStep<B: Compute> {
 }
 
 /// Images held by a `SyntheticStep`; batches cycle through them.
-const SYNTHETIC_IMAGES: usize = 4096;
+pub const SYNTHETIC_IMAGES: usize = 4096;
 
 impl<B: Compute> SyntheticStep<B> {
     pub fn new(backend: &B, spec: &ModelSpec, rows: usize) -> Result<Self> {
-        let rows = rows.clamp(1, SYNTHETIC_IMAGES);
+        if !(1..=SYNTHETIC_IMAGES).contains(&rows) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a synthetic training step takes 1 to {SYNTHETIC_IMAGES} rows, got {rows}"
+            )));
+        }
         let pixels: Vec<u8> = (0..SYNTHETIC_IMAGES * PIXELS)
             .map(|i| (i * 7919 % 256) as u8)
             .collect();

@@ -180,6 +180,7 @@ fn bad_bench_flags_are_one_line_errors_and_existing_files_are_kept() {
         (vec!["--shapes", "32xabc"], "32xabc"),
         (vec!["--shapes", "1x128"], "1x128"),
         (vec!["--batch-sizes", "1"], "--batch-sizes"),
+        (vec!["--batch-sizes", "16,5000"], "5000 is outside"),
     ] {
         let mut all = vec!["bench", "--device", "cpu"];
         all.extend(args);

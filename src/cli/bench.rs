@@ -188,9 +188,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "--reps must be at least 1".to_string(),
         ));
     }
-    if let Some(&bad) = args.batch_sizes.iter().find(|&&b| b < 2) {
+    if let Some(&bad) = args
+        .batch_sizes
+        .iter()
+        .find(|&&b| !(2..=bench::SYNTHETIC_IMAGES).contains(&b))
+    {
         return Err(Error::InvalidArgument(format!(
-            "--batch-sizes: {bad} is too small; BatchNorm needs at least 2 rows"
+            "--batch-sizes: {bad} is outside 2..={} (BatchNorm needs 2 rows; steps draw from {} \
+             synthetic images)",
+            bench::SYNTHETIC_IMAGES,
+            bench::SYNTHETIC_IMAGES
         )));
     }
     refuse_existing(&args.json)?;
