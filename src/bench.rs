@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::Result;
+use crate::{Backend, Result};
 use crate::cpu::CpuBackend;
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
 use crate::gpu::GpuBackend;
@@ -104,7 +104,24 @@ impl Clock for GpuBackend {
     }
 
     fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
-        self.time_copies(bytes, reps)
+        let len = bytes / 4;
+        let source = self.filled(len, 1.0)?;
+        let target = self.scratch(len)?;
+        let copy = || {
+            self.record(|encoder| {
+                encoder.copy_buffer_to_buffer(source.raw(), 0, target.raw(), 0, len as u64 * 4);
+                Ok(())
+            })?;
+            self.wait()
+        };
+        copy()?;
+        (0..reps)
+            .map(|_| {
+                let started = Instant::now();
+                copy()?;
+                Ok(started.elapsed().as_secs_f64())
+            })
+            .collect()
     }
 }
 

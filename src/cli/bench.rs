@@ -282,6 +282,39 @@ fn measure(
 /// Bytes of the copy that measures bandwidth: large enough to leave the caches.
 const COPY_BYTES: usize = 64 << 20;
 
+/// Runs one measurement on each device present (checking for Ctrl-C before each), GPU first.
+/// The two closures do the same thing; they are two because the backends are two types.
+fn per_device<T>(
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    on_gpu: impl FnOnce(&GpuBackend) -> Result<T>,
+    on_cpu: impl FnOnce(&CpuBackend) -> Result<T>,
+) -> Result<Vec<(&'static str, T)>> {
+    let mut rows = Vec::new();
+    if let Some(gpu) = gpu {
+        super::check_interrupt("the measurements so far")?;
+        rows.push(("gpu", on_gpu(gpu)?));
+    }
+    if let Some(cpu) = cpu {
+        super::check_interrupt("the measurements so far")?;
+        rows.push(("cpu", on_cpu(cpu)?));
+    }
+    Ok(rows)
+}
+
+/// On the GPU row, its time over the CPU row's (when both devices were measured).
+fn gpu_over_cpu<T>(rows: &[(&str, T)], device: &str, seconds: impl Fn(&T) -> f64) -> Option<f64> {
+    let of = |wanted: &str| {
+        rows.iter()
+            .find(|(d, _)| *d == wanted)
+            .map(|(_, t)| seconds(t))
+    };
+    match (device, of("gpu"), of("cpu")) {
+        ("gpu", Some(gpu), Some(cpu)) => Some(gpu / cpu),
+        _ => None,
+    }
+}
+
 fn kernels(
     args: &BenchArgs,
     gpu: Option<&GpuBackend>,
@@ -290,25 +323,24 @@ fn kernels(
 ) -> Result<()> {
     println!();
     println!("Copy bandwidth (bytes read + written per second, {COPY_BYTES} B buffers):");
-    let mut ceilings = Vec::new();
-    if let Some(gpu) = gpu {
-        let bytes = COPY_BYTES.min(gpu.limits().max_buffer_size as usize / 2);
-        let rate = bench::copy_bandwidth(gpu, bytes, args.reps)?;
-        println!("  gpu {:8.2} GB/s", rate / 1e9);
-        ceilings.push(("gpu", rate));
+    let gpu_copy_bytes = gpu.map_or(COPY_BYTES, |g| {
+        COPY_BYTES.min(g.limits().max_buffer_size as usize / 2)
+    });
+    let ceilings = per_device(
+        gpu,
+        cpu,
+        |g| bench::copy_bandwidth(g, gpu_copy_bytes, args.reps),
+        |c| bench::copy_bandwidth(c, COPY_BYTES, args.reps),
+    )?;
+    for &(device, rate) in &ceilings {
+        println!("  {device} {:8.2} GB/s", rate / 1e9);
         report.copy_bandwidth.push(CopyRow {
-            device: "gpu",
-            bytes,
-            bytes_per_second: rate,
-        });
-    }
-    if let Some(cpu) = cpu {
-        let rate = bench::copy_bandwidth(cpu, COPY_BYTES, args.reps)?;
-        println!("  cpu {:8.2} GB/s", rate / 1e9);
-        ceilings.push(("cpu", rate));
-        report.copy_bandwidth.push(CopyRow {
-            device: "cpu",
-            bytes: COPY_BYTES,
+            device,
+            bytes: if device == "gpu" {
+                gpu_copy_bytes
+            } else {
+                COPY_BYTES
+            },
             bytes_per_second: rate,
         });
     }
@@ -329,27 +361,18 @@ fn kernels(
     for shape in &args.shapes {
         for pass in BatchNormPass::ALL {
             let bytes = pass.tensor_passes() * shape.shape.numel() * 4;
-            let mut cpu_wall = None;
-            let mut rows = Vec::new();
-            if let Some(cpu) = cpu {
-                super::check_interrupt("the measurements so far")?;
-                let timing = bench::time_batchnorm(cpu, shape.shape, pass, args.warmup, args.reps)?;
-                cpu_wall = Some(timing.wall.median);
-                rows.push(("cpu", timing));
-            }
-            if let Some(gpu) = gpu {
-                super::check_interrupt("the measurements so far")?;
-                let timing = bench::time_batchnorm(gpu, shape.shape, pass, args.warmup, args.reps)?;
-                rows.insert(0, ("gpu", timing));
-            }
-            for (device, timing) in rows {
+            let (warmup, reps) = (args.warmup, args.reps);
+            let rows = per_device(
+                gpu,
+                cpu,
+                |g| bench::time_batchnorm(g, shape.shape, pass, warmup, reps),
+                |c| bench::time_batchnorm(c, shape.shape, pass, warmup, reps),
+            )?;
+            for &(device, timing) in &rows {
                 let seconds = timing.device.map_or(timing.wall.median, |d| d.median);
                 let rate = bytes as f64 / seconds;
                 let ceiling = ceilings.iter().find(|(d, _)| *d == device).map(|c| c.1);
-                let gpu_over_cpu = (device == "gpu")
-                    .then_some(cpu_wall)
-                    .flatten()
-                    .map(|c| timing.wall.median / c);
+                let ratio = gpu_over_cpu(&rows, device, |t| t.wall.median);
                 println!(
                     "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8.2} {:>6} {:>8}",
                     shape.label,
@@ -360,7 +383,7 @@ fn kernels(
                     timing.device.map_or("-".to_string(), |d| ms(d.median)),
                     rate / 1e9,
                     ceiling.map_or("-".to_string(), |c| format!("{:.0}%", 100.0 * rate / c)),
-                    gpu_over_cpu.map_or(String::new(), |r| format!("{r:.2}")),
+                    ratio.map_or(String::new(), |r| format!("{r:.2}")),
                 );
                 report.kernels.push(KernelRow {
                     shape: shape.label.clone(),
@@ -369,7 +392,7 @@ fn kernels(
                     timing,
                     bytes,
                     bytes_per_second: rate,
-                    gpu_over_cpu,
+                    gpu_over_cpu: ratio,
                 });
             }
         }
@@ -395,32 +418,17 @@ fn train(
         "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10} {:>8} {:>8}",
         "model", "batch", "dev", "ms/step", "(min – max)", "samples/s", "GFLOP/s", "gpu/cpu"
     );
+    let (warmup, reps) = (args.warmup, args.reps);
     for (model, batchnorm) in MODELS {
         let spec = ModelSpec::reference_mlp(batchnorm);
         for &batch in &args.batch_sizes {
-            let mut rows = Vec::new();
-            let mut cpu_step = None;
-            if let Some(cpu) = cpu {
-                super::check_interrupt("the measurements so far")?;
-                let t = bench::time_steps(cpu, &spec, batch, args.warmup, args.reps)?;
-                cpu_step = Some(t.median);
-                rows.push(("cpu", t));
-            }
-            if let Some(gpu) = gpu {
-                super::check_interrupt("the measurements so far")?;
-                rows.insert(
-                    0,
-                    (
-                        "gpu",
-                        bench::time_steps(gpu, &spec, batch, args.warmup, args.reps)?,
-                    ),
-                );
-            }
-            for (device, timing) in rows {
-                let gpu_over_cpu = (device == "gpu")
-                    .then_some(cpu_step)
-                    .flatten()
-                    .map(|c| timing.median / c);
+            let rows = per_device(
+                gpu,
+                cpu,
+                |g| bench::time_steps(g, &spec, batch, warmup, reps),
+                |c| bench::time_steps(c, &spec, batch, warmup, reps),
+            )?;
+            for &(device, timing) in &rows {
                 let row = StepRow {
                     model,
                     batch,
@@ -428,7 +436,7 @@ fn train(
                     seconds_per_step: timing,
                     samples_per_second: batch as f64 / timing.median,
                     flops_per_second: bench::step_flops(&spec, batch) / timing.median,
-                    gpu_over_cpu,
+                    gpu_over_cpu: gpu_over_cpu(&rows, device, |t| t.median),
                 };
                 println!(
                     "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10.0} {:>8.2} {:>8}",
@@ -439,7 +447,8 @@ fn train(
                     format!("({} – {})", ms(timing.min), ms(timing.max)),
                     row.samples_per_second,
                     row.flops_per_second / 1e9,
-                    gpu_over_cpu.map_or(String::new(), |r| format!("{r:.2}")),
+                    row.gpu_over_cpu
+                        .map_or(String::new(), |r| format!("{r:.2}")),
                 );
                 report.train_steps.push(row);
             }
@@ -447,27 +456,21 @@ fn train(
     }
     println!();
     let spec = ModelSpec::reference_mlp(true);
-    if gpu.is_some() {
-        let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
-        let seconds = bench::time_to_first_step(|| GpuBackend::new(&request), &spec, 32)?;
+    let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
+    let first_steps = per_device(
+        gpu,
+        cpu,
+        |_| bench::time_to_first_step(|| GpuBackend::new(&request), &spec, 32),
+        |_| bench::time_to_first_step(|| Ok(CpuBackend), &spec, 32),
+    )?;
+    for (device, seconds) in first_steps {
         println!(
-            "time to the first bn step at batch 32, gpu: {} ms (opening the device, uploading, \
-             creating every pipeline, the step)",
+            "time to the first bn step at batch 32, {device}: {} ms (opening the device, \
+             uploading, creating every pipeline, the step)",
             ms(seconds)
         );
         report.first_step_seconds.push(OnceRow {
-            device: "gpu",
-            result: seconds,
-        });
-    }
-    if cpu.is_some() {
-        let seconds = bench::time_to_first_step(|| Ok(CpuBackend), &spec, 32)?;
-        println!(
-            "time to the first bn step at batch 32, cpu: {} ms",
-            ms(seconds)
-        );
-        report.first_step_seconds.push(OnceRow {
-            device: "cpu",
+            device,
             result: seconds,
         });
     }
@@ -476,10 +479,16 @@ fn train(
     }
     let data = args.data.load()?;
     let config = TrainConfig::reference(true, 32);
-    let mut epoch = |device: &'static str, timing: EpochTiming| {
+    let epochs = per_device(
+        gpu,
+        cpu,
+        |g| bench::time_epoch(g, config.clone(), &data),
+        |c| bench::time_epoch(c, config.clone(), &data),
+    )?;
+    for (device, timing) in epochs {
         println!(
-            "one epoch of the reference experiment (bn, batch 32, {} steps + validation), {device}: \
-             {:.2} s, validation accuracy {:.2}%",
+            "one epoch of the reference experiment (bn, batch 32, {} steps + validation), \
+             {device}: {:.2} s, validation accuracy {:.2}%",
             timing.steps,
             timing.seconds,
             100.0 * timing.val_acc.unwrap_or(f64::NAN)
@@ -488,14 +497,6 @@ fn train(
             device,
             result: timing,
         });
-    };
-    if let Some(gpu) = gpu {
-        super::check_interrupt("the measurements so far")?;
-        epoch("gpu", bench::time_epoch(gpu, config.clone(), &data)?);
-    }
-    if let Some(cpu) = cpu {
-        super::check_interrupt("the measurements so far")?;
-        epoch("cpu", bench::time_epoch(cpu, config, &data)?);
     }
     Ok(())
 }

@@ -232,29 +232,6 @@ impl GpuBackend {
         self.check()
     }
 
-    /// Wall seconds of each of `reps` device-side copies of `bytes` between two buffers (after
-    /// one untimed copy), submit and wait included.
-    pub fn time_copies(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
-        let len = bytes / 4;
-        let source = self.filled(len, 1.0)?;
-        let target = self.scratch(len)?;
-        let copy = || {
-            self.record(|encoder| {
-                encoder.copy_buffer_to_buffer(source.raw(), 0, target.raw(), 0, len as u64 * 4);
-                Ok(())
-            })?;
-            self.wait()
-        };
-        copy()?;
-        (0..reps)
-            .map(|_| {
-                let started = std::time::Instant::now();
-                copy()?;
-                Ok(started.elapsed().as_secs_f64())
-            })
-            .collect()
-    }
-
     /// Closes the profiling window, waits for its work and returns each dispatch's device time.
     pub fn finish_profiling(&self) -> Result<Profile> {
         let Some(window) = lock(&self.shared.profile).take() else {

@@ -180,14 +180,28 @@ impl Vec4Layout {
     }
 }
 
+/// How `matmul` runs for a pair of layouts under the current schedule.
+enum MatmulPlan {
+    Vec4(Vec4Layout),
+    /// `matmul` or `matmul_tiled`: TILE×TILE blocks, SIDE×SIDE threads per workgroup.
+    Blocks(Kernel),
+}
+
 impl GpuBackend {
+    fn matmul_plan(&self, a: MatrixLayout, b: MatrixLayout) -> MatmulPlan {
+        match (self.matmul_schedule(), Vec4Layout::of(a, b)) {
+            (MatmulSchedule::Registers, Some(vec4)) => MatmulPlan::Vec4(vec4),
+            (MatmulSchedule::Registers, None) => MatmulPlan::Blocks(Kernel::Matmul),
+            (MatmulSchedule::WorkgroupTiles, _) => MatmulPlan::Blocks(Kernel::MatmulTiled),
+        }
+    }
+
     /// The kernel `matmul` runs for these layouts under the current schedule: the register
     /// schedule loads vec4s where the layouts allow it.
     pub fn matmul_kernel(&self, a: MatrixLayout, b: MatrixLayout) -> Kernel {
-        match self.matmul_schedule() {
-            MatmulSchedule::Registers if Vec4Layout::of(a, b).is_some() => Kernel::MatmulVec4,
-            MatmulSchedule::Registers => Kernel::Matmul,
-            MatmulSchedule::WorkgroupTiles => Kernel::MatmulTiled,
+        match self.matmul_plan(a, b) {
+            MatmulPlan::Vec4(_) => Kernel::MatmulVec4,
+            MatmulPlan::Blocks(kernel) => kernel,
         }
     }
 }
@@ -227,29 +241,12 @@ impl MatmulOps for GpuBackend {
             b_col_stride: b_layout.col_stride as u32,
             has_bias: bias.is_some() as u32,
         };
-        let kernel = self.matmul_kernel(a_layout, b_layout);
-        if kernel == Kernel::MatmulVec4
-            && let Some(vec4) = Vec4Layout::of(a_layout, b_layout)
-        {
-            let group = self.tuning().matmul_group;
-            let threads = m.div_ceil(MATMUL_VEC4_BLOCK) * n.div_ceil(MATMUL_VEC4_BLOCK);
-            let constants = [
-                ("A_K_CONTIGUOUS", f64::from(u8::from(vec4.a_k_contiguous))),
-                ("B_K_CONTIGUOUS", f64::from(u8::from(vec4.b_k_contiguous))),
-                ("V_GROUP", f64::from(group)),
-            ];
-            let bindings = [
-                Binding::rows(Slot::MatA4, a, 0, a.len() / 4 * 4),
-                Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
-                Binding::whole(Slot::Bias, bias.unwrap_or(a)),
-                Binding::whole(Slot::Out, out),
-            ];
-            return self.record(|encoder| {
-                self.dispatch_threads(
-                    encoder, kernel, &constants, group, &params, &bindings, threads,
-                )
-            });
-        }
+        let kernel = match self.matmul_plan(a_layout, b_layout) {
+            MatmulPlan::Blocks(kernel) => kernel,
+            MatmulPlan::Vec4(vec4) => {
+                return self.matmul_vec4(vec4, &params, a, b, bias, out);
+            }
+        };
         let per_group = MATMUL_TILE * MATMUL_SIDE;
         let groups = [
             n.div_ceil(per_group) as u32,
@@ -264,5 +261,46 @@ impl MatmulOps for GpuBackend {
             Binding::whole(Slot::Out, out),
         ];
         self.record(|encoder| self.dispatch(encoder, kernel, &params, &bindings, groups))
+    }
+}
+
+impl GpuBackend {
+    /// `matmul_vec4`: 8×8 blocks of c per thread, one thread per block.
+    fn matmul_vec4(
+        &self,
+        vec4: Vec4Layout,
+        params: &MatmulParams,
+        a: &GpuBuffer,
+        b: &GpuBuffer,
+        bias: Option<&GpuBuffer>,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        let (m, n) = (params.m as usize, params.n as usize);
+        let group = self.tuning().matmul_group;
+        let threads = m.div_ceil(MATMUL_VEC4_BLOCK) * n.div_ceil(MATMUL_VEC4_BLOCK);
+        let constants = [
+            ("A_K_CONTIGUOUS", f64::from(u8::from(vec4.a_k_contiguous))),
+            ("B_K_CONTIGUOUS", f64::from(u8::from(vec4.b_k_contiguous))),
+            ("V_GROUP", f64::from(group)),
+        ];
+        // The vec4 views cover whole quads; `Vec4Layout::of`'s alignment conditions keep every
+        // quad the kernel reads inside them.
+        let bindings = [
+            Binding::rows(Slot::MatA4, a, 0, a.len() / 4 * 4),
+            Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
+            Binding::whole(Slot::Bias, bias.unwrap_or(a)),
+            Binding::whole(Slot::Out, out),
+        ];
+        self.record(|encoder| {
+            self.dispatch_threads(
+                encoder,
+                Kernel::MatmulVec4,
+                &constants,
+                group,
+                params,
+                &bindings,
+                threads,
+            )
+        })
     }
 }
