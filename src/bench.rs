@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::{Backend, Result};
 use crate::cpu::CpuBackend;
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
 use crate::gpu::GpuBackend;
@@ -20,6 +19,7 @@ use crate::ops::data::DeviceImages;
 use crate::ops::loss::metric;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::train::{TrainConfig, Trainer};
+use crate::{Backend, Result};
 
 /// Median, fastest and slowest of repeated measurements, in seconds.
 #[derive(Clone, Copy, Debug, Serialize)]

@@ -465,8 +465,8 @@ fn train(
     )?;
     for (device, seconds) in first_steps {
         println!(
-            "time to the first bn step at batch 32, {device}: {} ms (opening the device, \
-             uploading, creating every pipeline, the step)",
+            "time to the first bn step at batch 32, {device}: {} ms (from opening the backend to \
+             the finished step: upload, pipeline creation on a GPU, the step)",
             ms(seconds)
         );
         report.first_step_seconds.push(OnceRow {
