@@ -74,17 +74,22 @@ impl<T: Copy> Cascade<T> {
     }
 }
 
-/// Σ term(i) over i < len in 8 interleaved partial sums, so the loop vectorizes (a single f32
-/// accumulator is a serial chain), combined pairwise.
-fn lane_sum(len: usize, term: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
+/// Σ term(values at i) over the equal-length `inputs`, kept in 8 interleaved partial sums so the
+/// loop vectorizes (a single f32 accumulator is a serial chain) and combined pairwise.
+fn lane_sum<const M: usize>(inputs: [&[f32]; M], term: impl Fn([f32; M]) -> f32) -> f32 {
+    let len = inputs.iter().map(|input| input.len()).min().unwrap_or(0);
     let whole = len / 8 * 8;
+    let mut lanes = [0.0f32; 8];
     for base in (0..whole).step_by(8) {
+        // Slices of exactly 8, so the lane indices below need no bounds checks.
+        let blocks = inputs.map(|input| &input[base..base + 8]);
         for (lane, total) in lanes.iter_mut().enumerate() {
-            *total += term(base + lane);
+            *total += term(blocks.map(|block| block[lane]));
         }
     }
-    let tail: f32 = (whole..len).map(term).sum();
+    let tail: f32 = (whole..len)
+        .map(|index| term(inputs.map(|input| input[index])))
+        .sum();
     ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
         + tail
@@ -110,52 +115,67 @@ fn for_each_run(
     }
 }
 
+/// Moments of each channel over `rows` of an (N, C) tensor: two passes over the block (it stays
+/// in cache), each a loop over channels that vectorizes.
+fn block_moments_2d(
+    x: &[f32],
+    c: usize,
+    rows: std::ops::Range<usize>,
+    shift: &[f32],
+) -> Vec<Moments> {
+    let block = &x[rows.start * c..rows.end * c];
+    let count = rows.len() as f32;
+    let mut sum = vec![0.0f32; c];
+    for row in block.chunks_exact(c) {
+        for ((total, &v), &k) in sum.iter_mut().zip(row).zip(shift) {
+            *total += v - k;
+        }
+    }
+    let mean: Vec<f32> = sum.iter().map(|&total| total / count).collect();
+    let mut m2 = vec![0.0f32; c];
+    for row in block.chunks_exact(c) {
+        for (((total, &v), &k), &mean) in m2.iter_mut().zip(row).zip(shift).zip(&mean) {
+            *total += ((v - k) - mean).powi(2);
+        }
+    }
+    mean.into_iter()
+        .zip(m2)
+        .map(|(mean, m2)| Moments { n: count, mean, m2 })
+        .collect()
+}
+
+/// Moments of each channel over `rows` of an (N, C, S) tensor: each run of S values gets two
+/// passes while it sits in L1 and is merged into its channel's, so x is read from memory once.
+fn block_moments_runs(
+    x: &[f32],
+    shape: BatchNormShape,
+    rows: std::ops::Range<usize>,
+    shift: &[f32],
+) -> Vec<Moments> {
+    let mut block = vec![Moments::default(); shape.c];
+    for_each_run(x, shape, rows, |channel, run| {
+        let k = shift[channel];
+        let mean = lane_sum([run], |[v]| v - k) / run.len() as f32;
+        let m2 = lane_sum([run], |[v]| ((v - k) - mean).powi(2));
+        let n = run.len() as f32;
+        block[channel] = block[channel].merge(Moments { n, mean, m2 });
+    });
+    block
+}
+
 /// Batch statistics of x into the `stat` planes of `stats`.
 pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, stats: &mut [f32]) {
     let c = shape.c;
     let shift: Vec<f32> = (0..c).map(|channel| x[channel * shape.s]).collect();
     let mut cascade = Cascade::new();
-    let mut sum = vec![0.0f32; c];
-    let mut m2 = vec![0.0f32; c];
     let step = block_rows(shape);
     for first in (0..shape.n).step_by(step) {
         let rows = first..(first + step).min(shape.n);
-        let count = (rows.len() * shape.s) as f32;
-        sum.fill(0.0);
-        m2.fill(0.0);
-        if shape.s == 1 {
-            // (N, C): one value per channel per row; loops over channels vectorize.
-            let block = &x[rows.start * c..rows.end * c];
-            for row in block.chunks_exact(c) {
-                for ((total, &v), &k) in sum.iter_mut().zip(row).zip(&shift) {
-                    *total += v - k;
-                }
-            }
-            let block_mean: Vec<f32> = sum.iter().map(|&total| total / count).collect();
-            for row in block.chunks_exact(c) {
-                for (((total, &v), &k), &mean) in
-                    m2.iter_mut().zip(row).zip(&shift).zip(&block_mean)
-                {
-                    *total += ((v - k) - mean).powi(2);
-                }
-            }
+        let block = if shape.s == 1 {
+            block_moments_2d(x, c, rows, &shift)
         } else {
-            for_each_run(x, shape, rows.clone(), |channel, run| {
-                let k = shift[channel];
-                sum[channel] += lane_sum(run.len(), |i| run[i] - k);
-            });
-            for_each_run(x, shape, rows, |channel, run| {
-                let (k, block_mean) = (shift[channel], sum[channel] / count);
-                m2[channel] += lane_sum(run.len(), |i| ((run[i] - k) - block_mean).powi(2));
-            });
-        }
-        let block = (0..c)
-            .map(|channel| Moments {
-                n: count,
-                mean: sum[channel] / count,
-                m2: m2[channel],
-            })
-            .collect();
+            block_moments_runs(x, shape, rows, &shift)
+        };
         cascade.push(block, Moments::merge);
     }
     let total = cascade.total(vec![Moments::default(); c], Moments::merge);
@@ -292,10 +312,14 @@ pub fn backward(
         if shape.s == 1 {
             let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
             for (x_row, dy_row) in x_rows.zip(dy_rows) {
-                for c in 0..row_len {
-                    let centered = (x_row[c] - shift[c]) - shifted_mean[c];
-                    block_dy[c] += dy_row[c];
-                    block_dy_xc[c] += dy_row[c] * centered;
+                let lanes = block_dy
+                    .iter_mut()
+                    .zip(block_dy_xc.iter_mut())
+                    .zip(x_row.iter().zip(dy_row))
+                    .zip(shift.iter().zip(shifted_mean));
+                for (((sum_dy, sum_dy_xc), (&v, &d)), (&k, &mean)) in lanes {
+                    *sum_dy += d;
+                    *sum_dy_xc += d * ((v - k) - mean);
                 }
             }
         } else {
@@ -309,9 +333,9 @@ pub fn backward(
                         per.get(stat::SHIFT, channel),
                         per.get(stat::SHIFTED_MEAN, channel),
                     );
-                    block_dy[channel] += lane_sum(dy_run.len(), |i| dy_run[i]);
+                    block_dy[channel] += lane_sum([dy_run], |[d]| d);
                     block_dy_xc[channel] +=
-                        lane_sum(dy_run.len(), |i| dy_run[i] * ((x_run[i] - k) - mean));
+                        lane_sum([x_run, dy_run], |[v, d]| d * ((v - k) - mean));
                 }
             }
         }
