@@ -34,17 +34,23 @@ impl BufferPool {
     /// A buffer of at least `bytes` bytes with exactly `usage`.
     pub(crate) fn acquire(&self, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         let size = bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        let reused = lock(&self.free)
+            .get_mut(&(size, usage))
+            .and_then(|list| list.pop());
+        match reused {
+            Some(buffer) => Ok(buffer),
+            None => self.create(bytes, usage),
+        }
+    }
+
+    /// A new buffer of `bytes` bytes (a multiple of 4), refusing what the adapter cannot hold.
+    pub(crate) fn create(&self, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
         if size > self.max_buffer_size {
             return Err(Error::Limit(format!(
                 "a buffer of {bytes} bytes exceeds the adapter's max_buffer_size of {} bytes",
                 self.max_buffer_size
             )));
-        }
-        let reused = lock(&self.free)
-            .get_mut(&(size, usage))
-            .and_then(|list| list.pop());
-        if let Some(buffer) = reused {
-            return Ok(buffer);
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -92,16 +98,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A run of f32 values on the GPU. Returns to its pool when dropped.
+/// A run of f32 values on the GPU. A pooled buffer returns to its pool when dropped; an
+/// unpooled one (a host's buffer, or a temporary recorded into a host's encoder) is left to
+/// wgpu, which keeps it alive while recorded work still uses it.
 pub struct GpuBuffer {
     raw: wgpu::Buffer,
     len: usize,
-    pool: Arc<BufferPool>,
+    pool: Option<Arc<BufferPool>>,
 }
 
 impl GpuBuffer {
     pub(crate) fn new(raw: wgpu::Buffer, len: usize, pool: Arc<BufferPool>) -> Self {
-        Self { raw, len, pool }
+        Self {
+            raw,
+            len,
+            pool: Some(pool),
+        }
+    }
+
+    pub(crate) fn unpooled(raw: wgpu::Buffer, len: usize) -> Self {
+        Self {
+            raw,
+            len,
+            pool: None,
+        }
     }
 
     /// Number of f32 values.
@@ -126,7 +146,9 @@ impl GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        self.pool.release(self.raw.clone());
+        if let Some(pool) = &self.pool {
+            pool.release(self.raw.clone());
+        }
     }
 }
 

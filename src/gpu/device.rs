@@ -14,7 +14,10 @@ pub struct AdapterSummary {
 
 impl AdapterSummary {
     pub fn of(adapter: &wgpu::Adapter) -> Self {
-        let info = adapter.get_info();
+        Self::from_info(adapter.get_info())
+    }
+
+    pub fn from_info(info: wgpu::AdapterInfo) -> Self {
         Self {
             name: info.name,
             backend: info.backend,

@@ -106,6 +106,12 @@ struct Shared {
     tuning: Tuning,
     matmul_schedule: Mutex<MatmulSchedule>,
     profile: Mutex<Option<profiler::Window>>,
+    /// Held while work is recorded into a host's encoder (`record_into`) and while the pending
+    /// encoder is submitted, so that a host's encoder is never submitted by wgnorm.
+    host_recording: Mutex<()>,
+    /// Set while recording into a host's encoder: temporaries are then unpooled, because wgnorm
+    /// cannot know when the host submits and the pool would reuse them too early.
+    for_host: std::sync::atomic::AtomicBool,
 }
 
 /// The GPU backend. Cloning it gives another handle to the same device.
@@ -129,7 +135,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl GpuBackend {
-    /// Opens the best adapter matching `request`, with every limit it offers.
+    /// Opens the best adapter matching `request`, with every limit it offers. wgnorm owns the
+    /// device: wgpu errors and device loss are returned as `Error`s by the next call.
     pub fn new(request: &AdapterRequest) -> Result<Self> {
         let instance = device::instance();
         let adapter = device::choose(&instance, request)?;
@@ -144,36 +151,104 @@ impl GpuBackend {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("could not open {}: {e}", summary.name)))?;
-        let faults = Arc::new(Mutex::new(Faults::default()));
-        let on_error = Arc::clone(&faults);
-        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-            lock(&on_error)
-                .error
-                .get_or_insert_with(|| error.to_string());
-        }));
-        let on_lost = Arc::clone(&faults);
-        device.set_device_lost_callback(move |reason, message| {
-            lock(&on_lost)
-                .lost
-                .get_or_insert_with(|| format!("{reason:?}: {message}"));
-        });
+        let backend = Self::on(device, queue, summary);
+        let on_error = Arc::clone(&backend.shared.faults);
+        backend
+            .shared
+            .device
+            .on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+                lock(&on_error)
+                    .error
+                    .get_or_insert_with(|| error.to_string());
+            }));
+        let on_lost = Arc::clone(&backend.shared.faults);
+        backend
+            .shared
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                lock(&on_lost)
+                    .lost
+                    .get_or_insert_with(|| format!("{reason:?}: {message}"));
+            });
+        Ok(backend)
+    }
+
+    /// wgnorm on a device and queue the host already owns: no second device, and buffers pass
+    /// between the host and wgnorm without copies. The host keeps its own error handling:
+    /// wgnorm installs no error or device-lost callback on a device it does not own, so wgpu
+    /// errors inside recorded work reach the host's handler. Profiling needs the device to
+    /// have been created with `Features::TIMESTAMP_QUERY`.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let summary = AdapterSummary::from_info(device.adapter_info());
+        Self::on(device, queue, summary)
+    }
+
+    fn on(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Self {
         let max_buffer_size = device.limits().max_buffer_size;
-        let schedule = MatmulSchedule::for_device(summary.device_type);
-        let tuning = Tuning::for_device(summary.device_type);
-        Ok(Self {
+        Self {
             shared: Arc::new(Shared {
                 pipelines: PipelineCache::new(device.clone()),
                 pool: Arc::new(BufferPool::new(device.clone(), max_buffer_size)),
                 device,
                 queue,
-                summary,
                 pending: Mutex::new(None),
-                faults,
-                tuning,
-                matmul_schedule: Mutex::new(schedule),
+                faults: Arc::default(),
+                tuning: Tuning::for_device(summary.device_type),
+                matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
+                summary,
                 profile: Mutex::new(None),
+                host_recording: Mutex::new(()),
+                for_host: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        }
+    }
+
+    /// A host's buffer as a wgnorm tensor of `len` f32 values, without a copy; `name` is the
+    /// argument the errors name. The buffer needs `BufferUsages::STORAGE` and at least `4·len`
+    /// bytes, and must belong to this backend's device. Add `COPY_SRC` to `download` it.
+    pub fn wrap_buffer(&self, name: &str, buffer: &wgpu::Buffer, len: usize) -> Result<GpuBuffer> {
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::InvalidArgument(format!(
+                "{name}: the buffer's usage {:?} lacks STORAGE",
+                buffer.usage()
+            )));
+        }
+        let needed = len as u64 * 4;
+        if buffer.size() < needed {
+            return Err(Error::Shape(format!(
+                "{name}: buffer of {} bytes, expected at least {needed} bytes ({len} f32)",
+                buffer.size()
+            )));
+        }
+        Ok(GpuBuffer::unpooled(buffer.clone(), len))
+    }
+
+    /// Runs `record` with `encoder`, the host's, standing in for wgnorm's own pending encoder:
+    /// every op it calls is recorded there, and the host decides when to submit. Work wgnorm
+    /// recorded before is submitted first, so it runs before the host's.
+    pub(crate) fn record_into<R>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        record: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        use std::sync::atomic::Ordering;
+        let _host = lock(&self.shared.host_recording);
+        self.submit_pending()?;
+        let placeholder =
+            self.shared
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgnorm placeholder"),
+                });
+        let host_encoder = std::mem::replace(encoder, placeholder);
+        *lock(&self.shared.pending) = Some(host_encoder);
+        self.shared.for_host.store(true, Ordering::SeqCst);
+        let result = record();
+        self.shared.for_host.store(false, Ordering::SeqCst);
+        if let Some(host_encoder) = lock(&self.shared.pending).take() {
+            *encoder = host_encoder;
+        }
+        result
     }
 
     pub fn adapter(&self) -> &AdapterSummary {
@@ -197,8 +272,14 @@ impl GpuBackend {
         *lock(&self.shared.matmul_schedule) = schedule;
     }
 
+    /// The device wgnorm records on (the host's, for `from_device`).
     pub fn device(&self) -> &wgpu::Device {
         &self.shared.device
+    }
+
+    /// The queue wgnorm submits to; a host's encoders holding wgnorm work go to this queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.shared.queue
     }
 
     /// Whether the adapter can time dispatches on the device (`start_profiling`).
@@ -288,7 +369,18 @@ impl GpuBackend {
 
     fn alloc(&self, len: usize, usage: wgpu::BufferUsages) -> Result<GpuBuffer> {
         self.check()?;
-        let raw = self.shared.pool.acquire(len as u64 * 4, usage)?;
+        let bytes = len as u64 * 4;
+        if self
+            .shared
+            .for_host
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(GpuBuffer::unpooled(
+                self.shared.pool.create(bytes, usage)?,
+                len,
+            ));
+        }
+        let raw = self.shared.pool.acquire(bytes, usage)?;
         Ok(GpuBuffer::new(raw, len, Arc::clone(&self.shared.pool)))
     }
 
@@ -542,6 +634,19 @@ impl Backend for GpuBackend {
     /// made: another thread's flush then returns only once work it may depend on (recorded by
     /// anyone into the shared encoder) has really been submitted.
     fn flush(&self) -> Result<()> {
+        let _host = lock(&self.shared.host_recording);
+        self.submit_pending()
+    }
+
+    fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
+        let mut all = self.download_many(&[buffer])?;
+        Ok(all.pop().unwrap_or_default())
+    }
+}
+
+impl GpuBackend {
+    /// `flush` without the host-recording lock, for callers that hold it.
+    fn submit_pending(&self) -> Result<()> {
         let mut pending = lock(&self.shared.pending);
         if let Some(encoder) = pending.take() {
             let released = self.shared.pool.take_released();
@@ -550,10 +655,5 @@ impl Backend for GpuBackend {
         }
         drop(pending);
         self.check()
-    }
-
-    fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
-        let mut all = self.download_many(&[buffer])?;
-        Ok(all.pop().unwrap_or_default())
     }
 }

@@ -189,9 +189,20 @@ pub trait BatchNormOps: Backend + Sized {
     }
 }
 
+fn check_not_empty(shape: BatchNormShape) -> Result<()> {
+    if shape.numel() == 0 {
+        return Err(Error::Shape(format!(
+            "BatchNorm needs a non-empty x, got (N={}, C={}, S={})",
+            shape.n, shape.c, shape.s
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses what PyTorch refuses: training statistics from a single value per channel (the
 /// unbiased running variance would divide by m − 1 = 0), and non-finite or negative settings.
 pub fn check_config(mode: Mode, shape: BatchNormShape, config: BatchNormConfig) -> Result<()> {
+    check_not_empty(shape)?;
     if mode == Mode::Train && shape.per_channel() < 2 {
         return Err(Error::InvalidArgument(format!(
             "BatchNorm in training mode needs more than 1 value per channel, got input of shape \
@@ -283,6 +294,7 @@ fn check_forward_lens(lens: [usize; 7], shape: BatchNormShape) -> Result<()> {
 
 fn check_backward_lens(lens: [usize; 7], shape: BatchNormShape) -> Result<()> {
     let [x, dy, gamma, stats, dx, dgamma, dbeta] = lens;
+    check_not_empty(shape)?;
     check_len("x", x, shape.numel())?;
     check_len("dy", dy, shape.numel())?;
     check_len("gamma", gamma, shape.c)?;
@@ -676,6 +688,87 @@ impl BatchNormOps for GpuBackend {
                 )?;
             }
             Ok(())
+        })
+    }
+}
+
+/// A host's buffers for [`GpuBackend::record_batchnorm_forward`]. Each needs
+/// `BufferUsages::STORAGE` and at least the bytes given: `x` and `y` 4·N·C·S; `gamma`, `beta`,
+/// `running_mean` and `running_var` 4·C; `stats` 4·5·C (the `stat` planes, which a backward
+/// needs from a training forward).
+pub struct HostBatchNormForward<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub gamma: &'a wgpu::Buffer,
+    pub beta: &'a wgpu::Buffer,
+    pub running_mean: &'a wgpu::Buffer,
+    pub running_var: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+    pub stats: &'a wgpu::Buffer,
+}
+
+/// A host's buffers for [`GpuBackend::record_batchnorm_backward`]: `x`, `dy` and `dx` 4·N·C·S
+/// bytes; `gamma`, `dgamma` and `dbeta` 4·C; `stats` 4·5·C, as a training forward wrote them.
+/// Each needs `BufferUsages::STORAGE`.
+pub struct HostBatchNormBackward<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub dy: &'a wgpu::Buffer,
+    pub gamma: &'a wgpu::Buffer,
+    pub stats: &'a wgpu::Buffer,
+    pub dx: &'a wgpu::Buffer,
+    pub dgamma: &'a wgpu::Buffer,
+    pub dbeta: &'a wgpu::Buffer,
+}
+
+impl GpuBackend {
+    /// Records a BatchNorm forward on the host's buffers into the host's `encoder`; nothing
+    /// runs until the host submits it on this backend's queue. `Mode::Train` also updates the
+    /// running statistics in place. Sizes and usages are checked before anything is recorded.
+    pub fn record_batchnorm_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        mode: Mode,
+        shape: BatchNormShape,
+        config: BatchNormConfig,
+        buffers: &HostBatchNormForward<'_>,
+    ) -> Result<()> {
+        let (numel, c) = (shape.numel(), shape.c);
+        let x = self.wrap_buffer("x", buffers.x, numel)?;
+        let affine = Affine {
+            gamma: self.wrap_buffer("gamma", buffers.gamma, c)?,
+            beta: self.wrap_buffer("beta", buffers.beta, c)?,
+        };
+        let mut running = RunningStats {
+            mean: self.wrap_buffer("running_mean", buffers.running_mean, c)?,
+            var: self.wrap_buffer("running_var", buffers.running_var, c)?,
+        };
+        let mut out = BatchNormForward {
+            y: self.wrap_buffer("y", buffers.y, numel)?,
+            stats: self.wrap_buffer("stats", buffers.stats, shape.stats_len())?,
+        };
+        self.record_into(encoder, || {
+            self.batchnorm_forward(mode, &x, shape, &affine, &mut running, config, &mut out)
+        })
+    }
+
+    /// Records a BatchNorm backward on the host's buffers into the host's `encoder`.
+    pub fn record_batchnorm_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: BatchNormShape,
+        buffers: &HostBatchNormBackward<'_>,
+    ) -> Result<()> {
+        let (numel, c) = (shape.numel(), shape.c);
+        let x = self.wrap_buffer("x", buffers.x, numel)?;
+        let dy = self.wrap_buffer("dy", buffers.dy, numel)?;
+        let gamma = self.wrap_buffer("gamma", buffers.gamma, c)?;
+        let stats = self.wrap_buffer("stats", buffers.stats, shape.stats_len())?;
+        let mut grads = BatchNormGrads {
+            dx: self.wrap_buffer("dx", buffers.dx, numel)?,
+            dgamma: self.wrap_buffer("dgamma", buffers.dgamma, c)?,
+            dbeta: self.wrap_buffer("dbeta", buffers.dbeta, c)?,
+        };
+        self.record_into(encoder, || {
+            self.batchnorm_backward(&x, &dy, shape, &gamma, &stats, &mut grads)
         })
     }
 }
