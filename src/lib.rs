@@ -15,6 +15,7 @@ pub mod data;
 mod error;
 pub mod gpu;
 pub mod graph;
+pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;

@@ -1,0 +1,226 @@
+//! The model-level API: an MLP classifier with its optimizer, trained on tensors the caller
+//! provides (on the device, or as host slices), for any backend.
+//!
+//! ```
+//! use wgnorm::cpu::CpuBackend;
+//! use wgnorm::graph::{Init, ModelSpec};
+//! use wgnorm::model::Classifier;
+//! use wgnorm::optim::OptimizerConfig;
+//!
+//! # fn main() -> wgnorm::Result<()> {
+//! let backend = CpuBackend::default();
+//! let spec = ModelSpec { inputs: 2, hidden: vec![16], classes: 2, ..ModelSpec::reference_mlp(true) };
+//! let mut model = Classifier::new(&backend, &spec, OptimizerConfig::adam(1e-2), Init::Keras, 0)?;
+//! // Class 1 where x0 > x1.
+//! let x = [0.9, 0.1, 0.2, 0.8, 0.7, 0.3, 0.1, 0.6];
+//! let labels = [1, 0, 1, 0];
+//! for _ in 0..200 {
+//!     model.train_batch_slices(&backend, &x, &labels)?;
+//! }
+//! assert_eq!(model.predict(&backend, &x)?, vec![1, 0, 1, 0]);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::Path;
+
+use crate::checkpoint;
+use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use crate::ops::batchnorm::Mode;
+use crate::ops::loss::{LossTotals, metric};
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::{Error, Result};
+
+/// An MLP classifier (`ModelSpec`) with its optimizer, on one backend. Training steps are
+/// recorded and submitted without waiting; the loss and accuracy are summed on the device until
+/// `take_totals` reads them.
+pub struct Classifier<B: Compute> {
+    mlp: Mlp<B>,
+    optimizer: Optimizer<B>,
+    metrics: B::Buffer,
+    seed: u64,
+    steps: u64,
+}
+
+impl<B: Compute> Classifier<B> {
+    /// A freshly initialized model. `seed` draws the initial weights and the dropout masks.
+    pub fn new(
+        backend: &B,
+        spec: &ModelSpec,
+        optimizer: OptimizerConfig,
+        init: Init,
+        seed: u64,
+    ) -> Result<Self> {
+        spec.validate()?;
+        Self::from_host(
+            backend,
+            spec,
+            &HostModel::initial(spec, init, seed),
+            optimizer,
+            seed,
+        )
+    }
+
+    /// A model from host weights (`HostModel`, as `checkpoint::load_model` returns them), with
+    /// a fresh optimizer state.
+    pub fn from_host(
+        backend: &B,
+        spec: &ModelSpec,
+        host: &HostModel,
+        optimizer: OptimizerConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        optimizer.validate()?;
+        let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
+        Ok(Self {
+            mlp: Mlp::upload(backend, spec, host)?,
+            optimizer: Optimizer::new(backend, optimizer, &lens)?,
+            metrics: backend.filled(metric::LEN, 0.0)?,
+            seed,
+            steps: 0,
+        })
+    }
+
+    /// Loads a model file written by `save` (or `wgnorm train`).
+    pub fn load(backend: &B, path: &Path, optimizer: OptimizerConfig, seed: u64) -> Result<Self> {
+        let checkpoint = checkpoint::load_model(path)?;
+        Self::from_host(
+            backend,
+            &checkpoint.spec,
+            &checkpoint.model,
+            optimizer,
+            seed,
+        )
+    }
+
+    /// Writes the model as safetensors with PyTorch `state_dict` names; the file is replaced
+    /// atomically, so an interrupted save leaves the previous one intact.
+    pub fn save(&self, backend: &B, path: &Path) -> Result<()> {
+        checkpoint::save_model(path, self.spec(), &self.mlp.download(backend)?, 0)
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.mlp.spec
+    }
+
+    /// The layers, for callers that drive `Mlp::forward`/`backward` themselves.
+    pub fn mlp(&mut self) -> &mut Mlp<B> {
+        &mut self.mlp
+    }
+
+    /// Training steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Rows of `x` (rows × inputs values) given `labels` (one class index per row, as f32).
+    fn rows_of(&self, x: usize, labels: usize) -> Result<usize> {
+        let inputs = self.spec().inputs;
+        if labels == 0 || x != labels * inputs {
+            return Err(Error::Shape(format!(
+                "x has {x} values, expected rows × {inputs} inputs for {labels} labels"
+            )));
+        }
+        Ok(labels)
+    }
+
+    /// One training step (forward, cross-entropy, backward, optimizer) on a batch already on
+    /// the device: `x` is consumed (its buffer is reused for activations).
+    pub fn train_batch(&mut self, backend: &B, x: B::Buffer, labels: &B::Buffer) -> Result<()> {
+        let rows = self.rows_of(backend.len_of(&x), backend.len_of(labels))?;
+        let key = StepKey {
+            seed: self.seed,
+            step: self.steps,
+        };
+        let (logits, tape) = self.mlp.forward(backend, Mode::Train, x, rows, key)?;
+        let mut dlogits = backend.scratch(rows * self.spec().classes)?;
+        backend.softmax_cross_entropy(
+            &logits,
+            labels,
+            self.spec().classes,
+            Some(&mut dlogits),
+            &mut self.metrics,
+        )?;
+        let grads = self.mlp.backward(backend, tape, dlogits)?;
+        self.optimizer
+            .step(backend, self.mlp.params_mut(), &grads)?;
+        self.steps += 1;
+        backend.flush()
+    }
+
+    /// `train_batch` from host slices: `x` row-major rows × inputs, one label per row.
+    pub fn train_batch_slices(&mut self, backend: &B, x: &[f32], labels: &[u32]) -> Result<()> {
+        let labels = self.label_buffer(backend, x.len(), labels)?;
+        self.train_batch(backend, backend.upload(x)?, &labels)
+    }
+
+    /// Loss and accuracy summed over the training steps since the last call (waits for them).
+    pub fn take_totals(&mut self, backend: &B) -> Result<LossTotals> {
+        let totals = LossTotals::from_metrics(&backend.download(&self.metrics)?)?;
+        self.metrics = backend.filled(metric::LEN, 0.0)?;
+        Ok(totals)
+    }
+
+    /// Logits (rows × classes) of a batch on the device, in eval mode: running statistics, no
+    /// dropout, nothing updated.
+    pub fn logits(&mut self, backend: &B, x: B::Buffer) -> Result<B::Buffer> {
+        let inputs = self.spec().inputs;
+        let len = backend.len_of(&x);
+        if len == 0 || len % inputs != 0 {
+            return Err(Error::Shape(format!(
+                "x has {len} values, expected a positive multiple of {inputs} inputs"
+            )));
+        }
+        let key = StepKey {
+            seed: self.seed,
+            step: self.steps,
+        };
+        let (logits, _) = self
+            .mlp
+            .forward(backend, Mode::Eval, x, len / inputs, key)?;
+        Ok(logits)
+    }
+
+    /// The predicted class of each row of `x` (host slice, rows × inputs).
+    pub fn predict(&mut self, backend: &B, x: &[f32]) -> Result<Vec<usize>> {
+        let logits = self.logits(backend, backend.upload(x)?)?;
+        let classes = self.spec().classes;
+        Ok(backend
+            .download(&logits)?
+            .chunks_exact(classes)
+            .map(|row| {
+                (0..classes)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
+    /// Mean loss and accuracy of `x` against `labels` in eval mode.
+    pub fn evaluate(&mut self, backend: &B, x: &[f32], labels: &[u32]) -> Result<LossTotals> {
+        let label_buffer = self.label_buffer(backend, x.len(), labels)?;
+        let logits = self.logits(backend, backend.upload(x)?)?;
+        let mut metrics = backend.filled(metric::LEN, 0.0)?;
+        backend.softmax_cross_entropy(
+            &logits,
+            &label_buffer,
+            self.spec().classes,
+            None,
+            &mut metrics,
+        )?;
+        LossTotals::from_metrics(&backend.download(&metrics)?)
+    }
+
+    /// Labels checked against the classes and the rows of x, uploaded as f32.
+    fn label_buffer(&self, backend: &B, x_len: usize, labels: &[u32]) -> Result<B::Buffer> {
+        self.rows_of(x_len, labels.len())?;
+        let classes = self.spec().classes;
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(Error::InvalidArgument(format!(
+                "label {bad} is outside 0..{classes}"
+            )));
+        }
+        let as_f32: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        backend.upload(&as_f32)
+    }
+}
