@@ -20,6 +20,8 @@ use crate::{Error, Result};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "training_state.safetensors";
+/// The f16 copy of a finished run's model (`wgnorm train --export-dtype f16`).
+pub const F16_MODEL_FILE: &str = "model.f16.safetensors";
 
 const MODEL_FORMAT: &str = "wgnorm-mlp-1";
 const STATE_FORMAT: &str = "wgnorm-training-state-1";
@@ -65,9 +67,34 @@ fn format_error(path: &Path, message: impl Into<String>) -> Error {
 /// A tensor to write: name, dtype, shape, little-endian bytes.
 type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
+/// How a model file stores its floats. wgnorm computes in f32 either way: f16 halves the file
+/// (for shipping a trained model; PyTorch loads it and `.float()` restores f32) and rounds
+/// each value to the nearest f16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FloatDtype {
+    #[default]
+    F32,
+    F16,
+}
+
 fn f32_entry(name: String, shape: Vec<usize>, values: &[f32]) -> Entry {
-    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    (name, Dtype::F32, shape, bytes)
+    float_entry(name, shape, values, FloatDtype::F32)
+}
+
+fn float_entry(name: String, shape: Vec<usize>, values: &[f32], dtype: FloatDtype) -> Entry {
+    match dtype {
+        FloatDtype::F32 => {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, Dtype::F32, shape, bytes)
+        }
+        FloatDtype::F16 => {
+            let bytes = values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            (name, Dtype::F16, shape, bytes)
+        }
+    }
 }
 
 /// Serializes named tensors and writes them atomically.
@@ -138,34 +165,48 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8]> {
+    /// The bytes of tensor `name`, which must have `shape` and one of `dtypes`.
+    fn tensor(&self, name: &str, dtypes: &[Dtype], shape: &[usize]) -> Result<(Dtype, &'a [u8])> {
         let view = self
             .tensors
             .tensor(name)
             .map_err(|_| format_error(self.path, format!("tensor {name} is missing")))?;
-        if view.dtype() != dtype || view.shape() != shape {
+        if !dtypes.contains(&view.dtype()) || view.shape() != shape {
             return Err(format_error(
                 self.path,
                 format!(
-                    "tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                    "tensor {name} is {:?} {:?}, expected {} {shape:?}",
                     view.dtype(),
-                    view.shape()
+                    view.shape(),
+                    dtypes
+                        .iter()
+                        .map(|d| format!("{d:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
                 ),
             ));
         }
-        Ok(view.data())
+        Ok((view.dtype(), view.data()))
     }
 
+    /// An F32 or F16 tensor as f32 values.
     fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let bytes = self.tensor(name, Dtype::F32, shape)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        let (dtype, bytes) = self.tensor(name, &[Dtype::F32, Dtype::F16], shape)?;
+        Ok(if dtype == Dtype::F16 {
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()
+        } else {
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
     }
 
     fn count(&self, name: &str) -> Result<u64> {
-        let bytes = self.tensor(name, Dtype::I64, &[])?;
+        let (_, bytes) = self.tensor(name, &[Dtype::I64], &[])?;
         let mut word = [0u8; 8];
         word.copy_from_slice(bytes);
         u64::try_from(i64::from_le_bytes(word))
@@ -179,22 +220,30 @@ pub fn save_model(
     spec: &ModelSpec,
     model: &HostModel,
     epochs_done: usize,
+    dtype: FloatDtype,
 ) -> Result<()> {
     model.check(spec)?;
     let mut tensors = Vec::new();
     for (param, values) in spec.params().iter().zip(&model.params) {
-        tensors.push(f32_entry(param.name.clone(), param.shape.clone(), values));
+        tensors.push(float_entry(
+            param.name.clone(),
+            param.shape.clone(),
+            values,
+            dtype,
+        ));
     }
     for ((index, features), running) in spec.batchnorm_layers().into_iter().zip(&model.running) {
-        tensors.push(f32_entry(
+        tensors.push(float_entry(
             format!("{index}.running_mean"),
             vec![features],
             &running.mean,
+            dtype,
         ));
-        tensors.push(f32_entry(
+        tensors.push(float_entry(
             format!("{index}.running_var"),
             vec![features],
             &running.var,
+            dtype,
         ));
         // A 0-dim int64 tensor, as PyTorch stores it.
         let count = i64::try_from(running.batches_tracked).unwrap_or(i64::MAX);

@@ -24,7 +24,7 @@
 
 use std::path::Path;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, FloatDtype};
 use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::loss::{LossTotals, metric};
@@ -93,10 +93,11 @@ impl<B: Compute> Classifier<B> {
         )
     }
 
-    /// Writes the model as safetensors with PyTorch `state_dict` names; the file is replaced
-    /// atomically, so an interrupted save leaves the previous one intact.
-    pub fn save(&self, backend: &B, path: &Path) -> Result<()> {
-        checkpoint::save_model(path, self.spec(), &self.mlp.download(backend)?, 0)
+    /// Writes the model as safetensors with PyTorch `state_dict` names, its floats stored as
+    /// `dtype` (f16 halves the file and rounds each value); the file is replaced atomically, so
+    /// an interrupted save leaves the previous one intact.
+    pub fn save(&self, backend: &B, path: &Path, dtype: FloatDtype) -> Result<()> {
+        checkpoint::save_model(path, self.spec(), &self.mlp.download(backend)?, 0, dtype)
     }
 
     pub fn spec(&self) -> &ModelSpec {

@@ -99,7 +99,14 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
 
     // Saving what was loaded gives the same tensors back.
     let copy = dir.path().join("copy.safetensors");
-    checkpoint::save_model(&copy, &saved.spec, &saved.model, saved.epochs_done).unwrap();
+    checkpoint::save_model(
+        &copy,
+        &saved.spec,
+        &saved.model,
+        saved.epochs_done,
+        checkpoint::FloatDtype::F32,
+    )
+    .unwrap();
     assert_eq!(checkpoint::load_model(&copy).unwrap().model, saved.model);
 
     let data = shared_mnist().unwrap();
@@ -313,4 +320,63 @@ fn bad_flags_and_files_are_one_line_errors() {
     )
     .unwrap();
     assert_one_line_error(&eval(&garbage), 2, "garbage.safetensors");
+}
+
+#[test]
+fn export_dtype_f16_writes_a_half_size_model_that_eval_reads() {
+    let Some(data) = shared_mnist() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(
+        dir.path(),
+        "run",
+        &["--epochs", "1", "--export-dtype", "f16"],
+    );
+    assert_success(&output);
+    let run = dir.path().join("run");
+    let f32_file = run.join(MODEL_FILE);
+    let f16_file = run.join(checkpoint::F16_MODEL_FILE);
+    let (f32_bytes, f16_bytes) = (
+        std::fs::metadata(&f32_file).unwrap().len(),
+        std::fs::metadata(&f16_file).unwrap().len(),
+    );
+    assert!(
+        f16_bytes * 100 < f32_bytes * 52,
+        "f16 file {f16_bytes} bytes vs f32 {f32_bytes}"
+    );
+    // Every value is the f32 one rounded to the nearest f16; the counters stay exact.
+    let full = checkpoint::load_model(&f32_file).unwrap();
+    let half = checkpoint::load_model(&f16_file).unwrap();
+    assert_eq!(half.spec, full.spec);
+    for (h, f) in half.model.params.iter().zip(&full.model.params) {
+        let rounded: Vec<f32> = f.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        assert_eq!(h, &rounded);
+    }
+    assert_eq!(
+        half.model.running[0].batches_tracked,
+        full.model.running[0].batches_tracked
+    );
+    let output = wgnorm(
+        &[
+            "eval",
+            "--checkpoint",
+            f16_file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_success(&output);
+    let f16_acc = serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["test_acc"]
+        .as_f64()
+        .unwrap();
+    let f32_acc = json(&run.join("metrics.json"))["test_acc"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (f16_acc - f32_acc).abs() <= 0.005,
+        "f16 model {f16_acc} vs f32 {f32_acc}"
+    );
 }

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{DataArgs, DeviceArgs};
-use crate::checkpoint::{self, MODEL_FILE, STATE_FILE, TrainingState};
+use crate::checkpoint::{self, F16_MODEL_FILE, FloatDtype, MODEL_FILE, STATE_FILE, TrainingState};
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
 use crate::data::write_atomically;
 use crate::graph::{Compute, Init, ModelSpec};
@@ -105,6 +105,10 @@ pub struct TrainArgs {
     /// Continue the run in --out after its last finished epoch.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// f16 also writes the finished model as model.f16.safetensors: half the size, values
+    /// rounded to f16, loadable by PyTorch and `wgnorm eval`. Training is unchanged.
+    #[arg(long, value_enum, default_value_t = FloatDtype::F32)]
+    export_dtype: FloatDtype,
 }
 
 impl RunArgs {
@@ -193,6 +197,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let place = RunPlace::new("cpu", &out, args.resume);
             run_on(&cpu, "cpu", &place, config, &data, &MultiProgress::new())?;
         }
+    }
+    if args.export_dtype == FloatDtype::F16 {
+        let finished = checkpoint::load_model(&out.join(MODEL_FILE))?;
+        let target = out.join(F16_MODEL_FILE);
+        checkpoint::save_model(
+            &target,
+            &finished.spec,
+            &finished.model,
+            finished.epochs_done,
+            FloatDtype::F16,
+        )?;
+        println!("f16 model: {}", target.display());
     }
     Ok(())
 }
@@ -343,7 +359,13 @@ fn save_checkpoint<B: Compute>(trainer: &Trainer<B>, out: &Path) -> Result<()> {
         trainer.config.optimizer.state_names(),
         &state,
     )?;
-    checkpoint::save_model(&out.join(MODEL_FILE), spec, &model, trainer.epochs_done)
+    checkpoint::save_model(
+        &out.join(MODEL_FILE),
+        spec,
+        &model,
+        trainer.epochs_done,
+        checkpoint::FloatDtype::F32,
+    )
 }
 
 fn resume_trainer<'b, B: Compute>(
