@@ -1,14 +1,79 @@
 //! wgnorm: a small GPU training framework on wgpu compute shaders, built around Batch
 //! Normalization.
 //!
-//! - [`gpu::GpuBackend`] runs WGSL kernels on any Vulkan, Metal or DX12 adapter;
-//!   [`cpu::CpuBackend`] is its CPU twin with the same algorithms in f32.
-//! - [`ops::batchnorm::BatchNormOps`] is BatchNorm forward (train and eval) and backward on
-//!   either backend; [`reference`] holds the float64 formulas the tests check both against.
+//! - [`gpu::GpuBackend`] runs WGSL kernels on any Vulkan, Metal or DX12 adapter, on a device of
+//!   its own or on one the host program already owns; [`cpu::CpuBackend`] is its CPU twin with
+//!   the same algorithms in f32. Code written against [`graph::Compute`] runs on either.
+//! - [`ops::batchnorm::BatchNormOps`] is BatchNorm forward (train and eval) and backward;
+//!   [`model::Classifier`] trains an MLP; [`mod@reference`] holds the float64 formulas the tests
+//!   check both backends against.
+//! - Every fallible call returns [`Result`] with the one [`Error`] enum: bad arguments are errors
+//!   that name the argument, never panics.
+//!
+//! # Entry points
+//!
+//! **A standalone GPU context**, falling back to the CPU where there is no adapter (the same
+//! generic code serves both):
+//!
+//! ```
+//! use wgnorm::Backend;
+//! use wgnorm::cpu::CpuBackend;
+//! use wgnorm::gpu::{AdapterRequest, GpuBackend};
+//! use wgnorm::ops::batchnorm::{Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats};
+//!
+//! fn normalize<B: BatchNormOps>(backend: &B) -> wgnorm::Result<Vec<f32>> {
+//!     let shape = BatchNormShape { n: 4, c: 2, s: 1 };
+//!     let x = backend.upload(&[1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0])?;
+//!     let affine = Affine { gamma: backend.filled(2, 1.0)?, beta: backend.filled(2, 0.0)? };
+//!     let mut running = RunningStats { mean: backend.filled(2, 0.0)?, var: backend.filled(2, 1.0)? };
+//!     let out = backend.batchnorm_forward_new(
+//!         Mode::Train, &x, shape, &affine, &mut running, BatchNormConfig::default())?;
+//!     backend.download(&out.y)
+//! }
+//!
+//! # fn main() -> wgnorm::Result<()> {
+//! let y = match GpuBackend::new(&AdapterRequest::default()) {
+//!     Ok(gpu) => normalize(&gpu)?,
+//!     Err(_) => normalize(&CpuBackend)?,
+//! };
+//! // Each channel now has mean 0 and variance 1 (up to eps).
+//! assert!((y[0] + y[2] + y[4] + y[6]).abs() < 1e-5);
+//! assert!((y[1] - y[0]).abs() < 1e-5);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **On the host's own device**: [`gpu::GpuBackend::from_device`] wraps a `wgpu::Device` and
+//! `wgpu::Queue` the host created, and [`gpu::GpuBackend::record_batchnorm_forward`] /
+//! [`record_batchnorm_backward`](gpu::GpuBackend::record_batchnorm_backward) record into the
+//! host's `wgpu::CommandEncoder` on the host's buffers; the host submits. `examples/embed_bn.rs`
+//! is the whole program:
+//!
+//! ```no_run
+//! # fn host(device: wgpu::Device, queue: wgpu::Queue, buffers: wgnorm::ops::batchnorm::HostBatchNormForward<'_>) -> wgnorm::Result<()> {
+//! use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
+//! let wgnorm = wgnorm::gpu::GpuBackend::from_device(device.clone(), queue.clone());
+//! let mut encoder = device.create_command_encoder(&Default::default());
+//! let shape = BatchNormShape { n: 64, c: 16, s: 9 };
+//! wgnorm.record_batchnorm_forward(&mut encoder, Mode::Train, shape, BatchNormConfig::default(), &buffers)?;
+//! queue.submit([encoder.finish()]); // nothing ran before this
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **A model**: [`model::Classifier`] builds an MLP from a [`graph::ModelSpec`], trains it on
+//! slices or device buffers with an [`optim::OptimizerConfig`], predicts, and saves and loads
+//! safetensors files that PyTorch reads (its module docs have a runnable example, and
+//! `examples/train_custom.rs` trains 784-256-BN-128-BN-10 on MNIST).
+//!
+//! **Data**: [`data::mnist::load`] reads the IDX files; [`data::download::ensure_mnist`]
+//! fetches them once, verifying SHA-256.
 
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+/// The `wgnorm` command line (the binary's implementation, not a library API).
+#[doc(hidden)]
 pub mod cli;
 pub mod cpu;
 pub mod data;
@@ -18,8 +83,10 @@ pub mod graph;
 pub mod model;
 pub mod ops;
 pub mod optim;
+#[doc(hidden)]
 pub mod plot;
 pub mod reference;
+#[doc(hidden)]
 pub mod report;
 pub mod train;
 

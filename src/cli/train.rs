@@ -99,7 +99,7 @@ pub struct TrainArgs {
     model: ModelChoice,
     #[command(flatten)]
     run: RunArgs,
-    /// Directory for metrics and checkpoints [default: runs/<UTC timestamp>].
+    /// Directory for metrics and checkpoints [default: runs/YYYYMMDD-HHMMSS, in UTC].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out after its last finished epoch.

@@ -8,7 +8,7 @@ use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
 use crate::ops::check_len;
 use crate::{Error, Result};
 
-/// byte_scale[b] = b/255, rounded once from f64 as numpy's `x / 255.0` then `astype(float32)`.
+/// byte_scale\[b\] = b/255, rounded once from f64 as numpy's `x / 255.0` then `astype(float32)`.
 pub fn byte_scale() -> Vec<f32> {
     (0..=255u8).map(|b| (f64::from(b) / 255.0) as f32).collect()
 }
@@ -33,7 +33,7 @@ pub trait DataOps: Backend + Sized {
 
     fn upload_indices(&self, indices: &[u32]) -> Result<Self::Indices>;
 
-    /// x[r, j] = images[index[first + r], j]/255, labels[r] = its label, r < labels.len().
+    /// x\[r, j\] = images\[index\[first + r\], j\]/255, labels\[r\] = its label, r < labels.len().
     fn gather(
         &self,
         images: &DeviceImages<Self>,
