@@ -127,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         shape,
         config,
         &HostBatchNormForward {
+            activations: wgnorm::Dtype::F32,
             x: &x_buf,
             gamma: &gamma_buf,
             beta: &beta_buf,
@@ -140,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         &mut encoder,
         shape,
         &HostBatchNormBackward {
+            activations: wgnorm::Dtype::F32,
             x: &x_buf,
             dy: &dy_buf,
             gamma: &gamma_buf,

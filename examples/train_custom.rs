@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use wgnorm::checkpoint::FloatDtype;
+use wgnorm::Dtype;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, Mnist, PIXELS};
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
@@ -71,7 +71,7 @@ fn train<B: Compute>(backend: &B, data: &Mnist, train_images: usize) -> anyhow::
     let dir = std::env::temp_dir().join(format!("wgnorm-train-custom-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("custom.safetensors");
-    model.save(backend, &path, FloatDtype::F32)?;
+    model.save(backend, &path, Dtype::F32)?;
     let mut loaded = Classifier::load(backend, &path, OptimizerConfig::adam(1e-3), 7)?;
     let sample = pixels(&data.test, 0..1000);
     anyhow::ensure!(

@@ -3,7 +3,27 @@
 //! Ops are written against these traits, so a program switches device by choosing a backend
 //! value, not by changing code.
 
-use crate::Result;
+use crate::{Error, Result};
+
+/// How a tensor's values are stored. Arithmetic is f32 either way: f16 halves the memory and
+/// traffic of activations (and the size of an exported model) and rounds each stored value to
+/// the nearest f16 (relative error ≤ 2⁻¹¹).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Dtype {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+}
 
 /// Storage of f32 tensors on one device.
 pub trait Backend {
@@ -25,9 +45,37 @@ pub trait Backend {
     /// A buffer of `len` values for an op to overwrite; its contents are unspecified.
     fn scratch(&self, len: usize) -> Result<Self::Buffer>;
 
+    /// Whether buffers can store `dtype` here.
+    fn supports(&self, dtype: Dtype) -> bool {
+        dtype == Dtype::F32
+    }
+
+    /// `data` stored as `dtype` (each value rounded to it).
+    fn upload_as(&self, data: &[f32], dtype: Dtype) -> Result<Self::Buffer> {
+        match dtype {
+            Dtype::F32 => self.upload(data),
+            Dtype::F16 => Err(unsupported(self, dtype)),
+        }
+    }
+
+    /// `scratch` of `dtype` values.
+    fn scratch_as(&self, len: usize, dtype: Dtype) -> Result<Self::Buffer> {
+        match dtype {
+            Dtype::F32 => self.scratch(len),
+            Dtype::F16 => Err(unsupported(self, dtype)),
+        }
+    }
+
     /// Sends the work recorded so far to the device (a no-op where work runs at once).
     fn flush(&self) -> Result<()>;
 
     /// Copies device data back to the host, waiting for all work recorded before.
     fn download(&self, buffer: &Self::Buffer) -> Result<Vec<f32>>;
+}
+
+fn unsupported<B: Backend + ?Sized>(backend: &B, dtype: Dtype) -> Error {
+    Error::InvalidArgument(format!(
+        "{} cannot store {dtype:?} tensors",
+        backend.describe()
+    ))
 }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype as TensorDtype, SafeTensors, TensorView};
+
+use crate::backend::Dtype;
 use serde::{Deserialize, Serialize};
 
 use crate::data::write_atomically;
@@ -65,34 +67,24 @@ fn format_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// A tensor to write: name, dtype, shape, little-endian bytes.
-type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
-
-/// How a model file stores its floats. wgnorm computes in f32 either way: f16 halves the file
-/// (for shipping a trained model; PyTorch loads it and `.float()` restores f32) and rounds
-/// each value to the nearest f16.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum FloatDtype {
-    #[default]
-    F32,
-    F16,
-}
+type Entry = (String, TensorDtype, Vec<usize>, Vec<u8>);
 
 fn f32_entry(name: String, shape: Vec<usize>, values: &[f32]) -> Entry {
-    float_entry(name, shape, values, FloatDtype::F32)
+    float_entry(name, shape, values, Dtype::F32)
 }
 
-fn float_entry(name: String, shape: Vec<usize>, values: &[f32], dtype: FloatDtype) -> Entry {
+fn float_entry(name: String, shape: Vec<usize>, values: &[f32], dtype: Dtype) -> Entry {
     match dtype {
-        FloatDtype::F32 => {
+        Dtype::F32 => {
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, Dtype::F32, shape, bytes)
+            (name, TensorDtype::F32, shape, bytes)
         }
-        FloatDtype::F16 => {
+        Dtype::F16 => {
             let bytes = values
                 .iter()
                 .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
                 .collect();
-            (name, Dtype::F16, shape, bytes)
+            (name, TensorDtype::F16, shape, bytes)
         }
     }
 }
@@ -166,7 +158,12 @@ impl<'a> Reader<'a> {
     }
 
     /// The bytes of tensor `name`, which must have `shape` and one of `dtypes`.
-    fn tensor(&self, name: &str, dtypes: &[Dtype], shape: &[usize]) -> Result<(Dtype, &'a [u8])> {
+    fn tensor(
+        &self,
+        name: &str,
+        dtypes: &[TensorDtype],
+        shape: &[usize],
+    ) -> Result<(TensorDtype, &'a [u8])> {
         let view = self
             .tensors
             .tensor(name)
@@ -191,8 +188,8 @@ impl<'a> Reader<'a> {
 
     /// An F32 or F16 tensor as f32 values.
     fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (dtype, bytes) = self.tensor(name, &[Dtype::F32, Dtype::F16], shape)?;
-        Ok(if dtype == Dtype::F16 {
+        let (dtype, bytes) = self.tensor(name, &[TensorDtype::F32, TensorDtype::F16], shape)?;
+        Ok(if dtype == TensorDtype::F16 {
             bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -206,7 +203,7 @@ impl<'a> Reader<'a> {
     }
 
     fn count(&self, name: &str) -> Result<u64> {
-        let (_, bytes) = self.tensor(name, &[Dtype::I64], &[])?;
+        let (_, bytes) = self.tensor(name, &[TensorDtype::I64], &[])?;
         let mut word = [0u8; 8];
         word.copy_from_slice(bytes);
         u64::try_from(i64::from_le_bytes(word))
@@ -220,7 +217,7 @@ pub fn save_model(
     spec: &ModelSpec,
     model: &HostModel,
     epochs_done: usize,
-    dtype: FloatDtype,
+    dtype: Dtype,
 ) -> Result<()> {
     model.check(spec)?;
     let mut tensors = Vec::new();
@@ -249,7 +246,7 @@ pub fn save_model(
         let count = i64::try_from(running.batches_tracked).unwrap_or(i64::MAX);
         tensors.push((
             format!("{index}.num_batches_tracked"),
-            Dtype::I64,
+            TensorDtype::I64,
             vec![],
             count.to_le_bytes().to_vec(),
         ));

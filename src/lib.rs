@@ -90,5 +90,5 @@ pub mod reference;
 pub mod report;
 pub mod train;
 
-pub use backend::Backend;
+pub use backend::{Backend, Dtype};
 pub use error::{Error, Result};

@@ -24,7 +24,8 @@
 
 use std::path::Path;
 
-use crate::checkpoint::{self, FloatDtype};
+use crate::backend::Dtype;
+use crate::checkpoint;
 use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::loss::{LossTotals, metric};
@@ -96,7 +97,7 @@ impl<B: Compute> Classifier<B> {
     /// Writes the model as safetensors with PyTorch `state_dict` names, its floats stored as
     /// `dtype` (f16 halves the file and rounds each value); the file is replaced atomically, so
     /// an interrupted save leaves the previous one intact.
-    pub fn save(&self, backend: &B, path: &Path, dtype: FloatDtype) -> Result<()> {
+    pub fn save(&self, backend: &B, path: &Path, dtype: Dtype) -> Result<()> {
         checkpoint::save_model(path, self.spec(), &self.mlp.download(backend)?, 0, dtype)
     }
 

@@ -4,14 +4,18 @@
 
 mod common;
 
-use common::{assert_close, assert_close_to_terms, channel_data, gpu, norm, normal, rng};
+use common::{
+    assert_close, assert_close_to_terms, channel_data, gpu, norm, normal, normwise_error, rng,
+};
 use rand::RngExt;
 use wgnorm::cpu::CpuBackend;
+use wgnorm::gpu::GpuBackend;
 use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
     RunningStats, plan_row_chunks, stat,
 };
 use wgnorm::reference::batchnorm as reference;
+use wgnorm::{Backend, Dtype};
 
 const FORWARD_TOLERANCE: f64 = 1e-5;
 const BACKWARD_TOLERANCE: f64 = 1e-4;
@@ -380,6 +384,7 @@ fn gpu_matches_reference_on_2d_shapes() {
     };
     let chunks = plan_row_chunks(
         big,
+        Dtype::F32,
         limits.max_storage_buffer_binding_size,
         limits.min_storage_buffer_offset_alignment as u64,
     )
@@ -467,4 +472,133 @@ fn cpu_follows_keras_conventions_when_asked() {
 fn gpu_follows_keras_conventions_when_asked() {
     let Some(gpu) = gpu() else { return };
     keras_conventions(gpu, &mut rng("gpu_keras_conventions"));
+}
+
+/// f16 storage of x, y, dy and dx: every value is rounded once to f16 (relative error ≤ 2⁻¹¹
+/// ≈ 4.9e-4) and all arithmetic is f32. Documented tolerance: against the float64 reference on
+/// the f16-rounded inputs, y and dx within 2e-3 normwise, the statistics and dγ, dβ (kept in
+/// f32) within the f32 tolerances.
+#[test]
+fn gpu_f16_storage_stays_within_the_documented_tolerance() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.has_f16() {
+        // Only adapters without shader-f16 skip this; lavapipe has it.
+        assert!(
+            !gpu.adapter().name.contains("llvmpipe"),
+            "lavapipe offers shader-f16, but the device was opened without it"
+        );
+        return;
+    }
+    let mut rng = rng("gpu_f16_storage");
+    for (n, c, s) in [(1000, 128, 1), (64, 7, 49), (3, 5, 1)] {
+        let case = Case::random(&mut rng, n, c, s);
+        let shape = case.shape;
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+        };
+        let (x16, dy16) = (round(&case.x), round(&case.dy));
+        let x = gpu.upload_as(&case.x, Dtype::F16).unwrap();
+        let dy = gpu.upload_as(&case.dy, Dtype::F16).unwrap();
+        let affine = Affine::<GpuBackend> {
+            gamma: gpu.upload(&case.gamma).unwrap(),
+            beta: gpu.upload(&case.beta).unwrap(),
+        };
+        let mut running = RunningStats::<GpuBackend> {
+            mean: gpu.upload(&case.running_mean).unwrap(),
+            var: gpu.upload(&case.running_var).unwrap(),
+        };
+        let config = BatchNormConfig::default();
+        let mut forward = BatchNormForward::<GpuBackend> {
+            y: gpu.scratch_as(shape.numel(), Dtype::F16).unwrap(),
+            stats: gpu.scratch(shape.stats_len()).unwrap(),
+        };
+        gpu.batchnorm_forward(
+            Mode::Train,
+            &x,
+            shape,
+            &affine,
+            &mut running,
+            config,
+            &mut forward,
+        )
+        .unwrap();
+        let mut grads = BatchNormGrads::<GpuBackend> {
+            dx: gpu.scratch_as(shape.numel(), Dtype::F16).unwrap(),
+            dgamma: gpu.scratch(c).unwrap(),
+            dbeta: gpu.scratch(c).unwrap(),
+        };
+        gpu.batchnorm_backward(&x, &dy, shape, &affine.gamma, &forward.stats, &mut grads)
+            .unwrap();
+        let want = reference::forward_train(
+            &x16,
+            shape,
+            &case.gamma,
+            &case.beta,
+            &case.running_mean,
+            &case.running_var,
+            config.eps as f64,
+            config.momentum as f64,
+        );
+        let want_grads = reference::backward(&x16, &dy16, shape, &case.gamma, config.eps as f64);
+        let label = format!("f16 {shape:?}");
+        let y = gpu.download(&forward.y).unwrap();
+        let y_error = normwise_error(&y, &want.y);
+        assert!(y_error < 2e-3, "{label} y: {y_error:.2e}");
+        assert!(
+            y_error > 1e-5,
+            "{label} y was not stored as f16: {y_error:.2e}"
+        );
+        let stats = gpu.download(&forward.stats).unwrap();
+        assert_close(
+            &format!("{label} mean"),
+            &stats[stat::MEAN * c..(stat::MEAN + 1) * c],
+            &want.mean,
+            FORWARD_TOLERANCE,
+        );
+        let dx_error = normwise_error(&gpu.download(&grads.dx).unwrap(), &want_grads.dx);
+        assert!(dx_error < 2e-3, "{label} dx: {dx_error:.2e}");
+        assert_close(
+            &format!("{label} dgamma"),
+            &gpu.download(&grads.dgamma).unwrap(),
+            &want_grads.dgamma,
+            BACKWARD_TOLERANCE,
+        );
+    }
+}
+
+#[test]
+fn gpu_refuses_mixed_activation_dtypes_naming_them() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.has_f16() {
+        return;
+    }
+    let shape = BatchNormShape { n: 4, c: 2, s: 1 };
+    let x = gpu.upload_as(&[0.0; 8], Dtype::F16).unwrap();
+    let affine = Affine::<GpuBackend> {
+        gamma: gpu.filled(2, 1.0).unwrap(),
+        beta: gpu.filled(2, 0.0).unwrap(),
+    };
+    let mut running = RunningStats::<GpuBackend> {
+        mean: gpu.filled(2, 0.0).unwrap(),
+        var: gpu.filled(2, 1.0).unwrap(),
+    };
+    let err = gpu
+        .batchnorm_forward_new(
+            Mode::Train,
+            &x,
+            shape,
+            &affine,
+            &mut running,
+            BatchNormConfig::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("y is F32 but x is F16"), "{err}");
+    assert!(!CpuBackend.supports(Dtype::F16));
+    let err = CpuBackend
+        .upload_as(&[1.0], Dtype::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cpu cannot store F16"), "{err}");
 }

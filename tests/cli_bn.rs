@@ -7,7 +7,10 @@ use wgnorm::data::npy;
 use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::reference::batchnorm as reference;
 
-fn run_and_check(device: &str) {
+/// Runs `wgnorm bn` and checks every output. With `--dtype f16` on a device that stores f16,
+/// x and dy are rounded to f16 on the way in and y and dx on the way out: the reference runs on
+/// the rounded inputs and y and dx get the f16 tolerance of tests/batchnorm.rs.
+fn run_and_check(device: &str, dtype: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rng(&format!("cli_bn_{device}"));
     let (n, c, h, w) = (5, 3, 4, 2);
@@ -40,11 +43,24 @@ fn run_and_check(device: &str) {
             "0.2",
             "--device",
             device,
+            "--dtype",
+            dtype,
             "--out",
             "out",
         ],
         dir.path(),
     );
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let stored_f16 = dtype == "f16" && !stderr.contains("running in F32");
+    let (x, dy) = if stored_f16 {
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+        };
+        (round(&x), round(&dy))
+    } else {
+        (x, dy)
+    };
+    let activation_tolerance = if stored_f16 { 2e-3 } else { 1e-5 };
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -66,7 +82,7 @@ fn run_and_check(device: &str) {
     );
     let y = read("y");
     assert_eq!(y.shape, vec![n, c, h, w]);
-    assert_close("y", &y.data, &expected.y, 1e-5);
+    assert_close("y", &y.data, &expected.y, activation_tolerance);
     assert_close("mean", &read("mean").data, &expected.mean, 1e-5);
     assert_close("var", &read("var").data, &expected.var, 1e-5);
     assert_close("invstd", &read("invstd").data, &expected.invstd, 1e-5);
@@ -85,14 +101,35 @@ fn run_and_check(device: &str) {
     let grads = reference::backward(&x, &dy, shape, &gamma, 1e-5);
     let dx = read("dx");
     assert_eq!(dx.shape, vec![n, c, h, w]);
-    assert_close("dx", &dx.data, &grads.dx, 1e-4);
+    assert_close("dx", &dx.data, &grads.dx, activation_tolerance.max(1e-4));
     assert_close("dgamma", &read("dgamma").data, &grads.dgamma, 1e-4);
     assert_close("dbeta", &read("dbeta").data, &grads.dbeta, 1e-4);
+    stderr
 }
 
 #[test]
 fn bn_on_cpu_writes_every_output_matching_the_reference() {
-    run_and_check("cpu");
+    run_and_check("cpu", "f32");
+}
+
+#[test]
+fn bn_f16_on_cpu_says_it_runs_in_f32() {
+    let stderr = run_and_check("cpu", "f16");
+    assert!(
+        stderr.contains("note: cpu cannot store F16; running in F32"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bn_f16_on_gpu_matches_the_reference_within_the_f16_tolerance() {
+    let Some(gpu) = gpu() else { return };
+    let stderr = run_and_check("gpu", "f16");
+    assert_eq!(
+        !stderr.contains("running in F32"),
+        gpu.has_f16(),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -100,7 +137,7 @@ fn bn_on_gpu_writes_every_output_matching_the_reference() {
     if gpu().is_none() {
         return;
     }
-    run_and_check("gpu");
+    run_and_check("gpu", "f32");
 }
 
 #[test]

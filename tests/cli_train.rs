@@ -104,7 +104,7 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
         &saved.spec,
         &saved.model,
         saved.epochs_done,
-        checkpoint::FloatDtype::F32,
+        wgnorm::Dtype::F32,
     )
     .unwrap();
     assert_eq!(checkpoint::load_model(&copy).unwrap().model, saved.model);

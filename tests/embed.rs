@@ -60,6 +60,7 @@ impl HostBuffers {
 
     fn forward(&self) -> HostBatchNormForward<'_> {
         HostBatchNormForward {
+            activations: wgnorm::Dtype::F32,
             x: &self.x,
             gamma: &self.gamma,
             beta: &self.beta,
@@ -100,7 +101,9 @@ fn work_recorded_into_the_hosts_encoder_runs_when_the_host_submits() {
             &host.forward(),
         )
         .unwrap();
-    let y = wgnorm.wrap_buffer("y", &host.y, SHAPE.numel()).unwrap();
+    let y = wgnorm
+        .wrap_buffer("y", &host.y, SHAPE.numel(), wgnorm::Dtype::F32)
+        .unwrap();
     let before = wgnorm.download(&y).unwrap();
     assert!(
         before.iter().all(|&v| v == 0.0),

@@ -4,7 +4,7 @@
 mod common;
 
 use wgnorm::Backend;
-use wgnorm::checkpoint::FloatDtype;
+use wgnorm::Dtype;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::graph::{Compute, Init, ModelSpec};
 use wgnorm::model::Classifier;
@@ -118,7 +118,7 @@ fn a_saved_model_loads_with_identical_predictions() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    model.save(&backend, &path, FloatDtype::F32).unwrap();
+    model.save(&backend, &path, Dtype::F32).unwrap();
     let mut loaded = Classifier::load(&backend, &path, OptimizerConfig::adam(1e-2), 5).unwrap();
     assert_eq!(loaded.spec(), model.spec());
     let (x, _) = batch(99);

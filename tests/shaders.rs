@@ -4,6 +4,7 @@
 use std::mem::{offset_of, size_of};
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
+use wgnorm::Dtype;
 use wgnorm::gpu::{Kernel, Shader, Slot, WORKGROUP};
 use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
@@ -14,14 +15,19 @@ use wgnorm::ops::matmul::{
 };
 use wgnorm::ops::optimizer::OptimizerParams;
 
-fn parse(shader: Shader) -> naga::Module {
-    naga::front::wgsl::parse_str(shader.source()).unwrap_or_else(|e| {
+fn parse_as(shader: Shader, activations: Dtype) -> naga::Module {
+    let source = shader.module_source(activations);
+    naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
-            "{}: {}",
+            "{} ({activations:?}): {}",
             shader.file_name(),
-            e.emit_to_string(shader.source())
+            e.emit_to_string(&source)
         )
     })
+}
+
+fn parse(shader: Shader) -> naga::Module {
+    parse_as(shader, Dtype::F32)
 }
 
 fn u32_constant(module: &naga::Module, name: &str) -> u32 {
@@ -46,9 +52,49 @@ fn every_shader_validates() {
                 panic!(
                     "{}: {}",
                     shader.file_name(),
-                    e.emit_to_string(shader.source())
+                    e.emit_to_string(&shader.module_source(Dtype::F32))
                 )
             });
+    }
+}
+
+#[test]
+fn every_f16_variant_validates_with_only_the_f16_capability() {
+    let with_f16: Vec<Shader> = Shader::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.has_f16_variant())
+        .collect();
+    assert_eq!(with_f16, [Shader::BatchNorm]);
+    for shader in with_f16 {
+        let module = parse_as(shader, Dtype::F16);
+        Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16)
+            .validate(&module)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} (f16): {}",
+                    shader.file_name(),
+                    e.emit_to_string(&shader.module_source(Dtype::F16))
+                )
+            });
+        // Its activation bindings really are f16 and every other binding f32.
+        for (_, var) in module.global_variables.iter() {
+            let Some(name) = var.name.as_deref() else {
+                continue;
+            };
+            let naga::TypeInner::Array { base, .. } = module.types[var.ty].inner else {
+                continue;
+            };
+            let naga::TypeInner::Scalar(scalar) = module.types[base].inner else {
+                continue;
+            };
+            let want = if ["x", "dy", "out"].contains(&name) {
+                2
+            } else {
+                4
+            };
+            assert_eq!(scalar.width, want, "{name} of {}", shader.file_name());
+        }
     }
 }
 

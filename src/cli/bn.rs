@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::{Device, DeviceChoice};
-use crate::backend::Backend;
+use crate::backend::{Backend, Dtype};
 use crate::data::npy::{self, Array};
 use crate::ops::batchnorm::{
-    Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats, stat,
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
+    RunningStats, stat,
 };
 use crate::{Error, Result};
 
@@ -46,6 +47,11 @@ pub struct BnArgs {
     /// Directory for the output .npy files (created if missing).
     #[arg(long)]
     out: PathBuf,
+    /// Storage of x, y, dy and dx on the device (f16 where the adapter has shader-f16, else f32
+    /// with a notice); statistics, parameters and all arithmetic stay f32. Outputs are written
+    /// as float32 .npy either way.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 /// Host-side inputs, validated against each other.
@@ -111,9 +117,19 @@ fn compute<B: BatchNormOps>(
     backend: &B,
     inputs: &Inputs,
     config: BatchNormConfig,
+    dtype: Dtype,
 ) -> Result<Outputs> {
+    let dtype = if backend.supports(dtype) {
+        dtype
+    } else {
+        eprintln!(
+            "note: {} cannot store {dtype:?}; running in F32",
+            backend.describe()
+        );
+        Dtype::F32
+    };
     let shape = inputs.shape;
-    let x = backend.upload(&inputs.x.data)?;
+    let x = backend.upload_as(&inputs.x.data, dtype)?;
     let affine = Affine::<B> {
         gamma: backend.upload(&inputs.gamma)?,
         beta: backend.upload(&inputs.beta)?,
@@ -122,8 +138,19 @@ fn compute<B: BatchNormOps>(
         mean: backend.upload(&inputs.running_mean)?,
         var: backend.upload(&inputs.running_var)?,
     };
-    let forward =
-        backend.batchnorm_forward_new(Mode::Train, &x, shape, &affine, &mut running, config)?;
+    let mut forward = BatchNormForward {
+        y: backend.scratch_as(shape.numel(), dtype)?,
+        stats: backend.scratch(shape.stats_len())?,
+    };
+    backend.batchnorm_forward(
+        Mode::Train,
+        &x,
+        shape,
+        &affine,
+        &mut running,
+        config,
+        &mut forward,
+    )?;
     let stats = backend.download(&forward.stats)?;
     let plane = |p: usize| stats[p * shape.c..(p + 1) * shape.c].to_vec();
     let channels = vec![shape.c];
@@ -144,9 +171,13 @@ fn compute<B: BatchNormOps>(
         ),
     ];
     if let Some(dy) = &inputs.dy {
-        let dy = backend.upload(dy)?;
-        let grads =
-            backend.batchnorm_backward_new(&x, &dy, shape, &affine.gamma, &forward.stats)?;
+        let dy = backend.upload_as(dy, dtype)?;
+        let mut grads = BatchNormGrads {
+            dx: backend.scratch_as(shape.numel(), dtype)?,
+            dgamma: backend.scratch(shape.c)?,
+            dbeta: backend.scratch(shape.c)?,
+        };
+        backend.batchnorm_backward(&x, &dy, shape, &affine.gamma, &forward.stats, &mut grads)?;
         outputs.push(("dx", inputs.x.shape.clone(), backend.download(&grads.dx)?));
         outputs.push(("dgamma", channels.clone(), backend.download(&grads.dgamma)?));
         outputs.push(("dbeta", channels, backend.download(&grads.dbeta)?));
@@ -174,8 +205,8 @@ pub fn run(args: BnArgs) -> Result<()> {
     };
     let device = Device::open(args.device, args.adapter.clone())?;
     let (outputs, ran_on) = match &device {
-        Device::Gpu(gpu) => (compute(gpu, &inputs, config)?, gpu.describe()),
-        Device::Cpu(cpu) => (compute(cpu, &inputs, config)?, cpu.describe()),
+        Device::Gpu(gpu) => (compute(gpu, &inputs, config, args.dtype)?, gpu.describe()),
+        Device::Cpu(cpu) => (compute(cpu, &inputs, config, args.dtype)?, cpu.describe()),
     };
     save(&args.out, &outputs)?;
     let names: Vec<&str> = outputs.iter().map(|(name, _, _)| *name).collect();

@@ -7,7 +7,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{DataArgs, DeviceArgs};
-use crate::checkpoint::{self, F16_MODEL_FILE, FloatDtype, MODEL_FILE, STATE_FILE, TrainingState};
+use crate::backend::Dtype;
+use crate::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE, TrainingState};
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
 use crate::data::write_atomically;
 use crate::graph::{Compute, Init, ModelSpec};
@@ -107,8 +108,8 @@ pub struct TrainArgs {
     resume: bool,
     /// f16 also writes the finished model as model.f16.safetensors: half the size, values
     /// rounded to f16, loadable by PyTorch and `wgnorm eval`. Training is unchanged.
-    #[arg(long, value_enum, default_value_t = FloatDtype::F32)]
-    export_dtype: FloatDtype,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    export_dtype: Dtype,
 }
 
 impl RunArgs {
@@ -198,7 +199,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             run_on(&cpu, "cpu", &place, config, &data, &MultiProgress::new())?;
         }
     }
-    if args.export_dtype == FloatDtype::F16 {
+    if args.export_dtype == Dtype::F16 {
         let finished = checkpoint::load_model(&out.join(MODEL_FILE))?;
         let target = out.join(F16_MODEL_FILE);
         checkpoint::save_model(
@@ -206,7 +207,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &finished.spec,
             &finished.model,
             finished.epochs_done,
-            FloatDtype::F16,
+            Dtype::F16,
         )?;
         println!("f16 model: {}", target.display());
     }
@@ -364,7 +365,7 @@ fn save_checkpoint<B: Compute>(trainer: &Trainer<B>, out: &Path) -> Result<()> {
         spec,
         &model,
         trainer.epochs_done,
-        checkpoint::FloatDtype::F32,
+        Dtype::F32,
     )
 }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 
 type PoolKey = (u64, wgpu::BufferUsages);
 
@@ -98,33 +98,36 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A run of f32 values on the GPU. A pooled buffer returns to its pool when dropped; an
-/// unpooled one (a host's buffer, or a temporary recorded into a host's encoder) is left to
-/// wgpu, which keeps it alive while recorded work still uses it.
+/// A run of values on the GPU, stored as f32 or f16 (`dtype`). A pooled buffer returns to its
+/// pool when dropped; an unpooled one (a host's buffer, or a temporary recorded into a host's
+/// encoder) is left to wgpu, which keeps it alive while recorded work still uses it.
 pub struct GpuBuffer {
     raw: wgpu::Buffer,
     len: usize,
+    dtype: Dtype,
     pool: Option<Arc<BufferPool>>,
 }
 
 impl GpuBuffer {
-    pub(crate) fn new(raw: wgpu::Buffer, len: usize, pool: Arc<BufferPool>) -> Self {
+    pub(crate) fn new(raw: wgpu::Buffer, len: usize, dtype: Dtype, pool: Arc<BufferPool>) -> Self {
         Self {
             raw,
             len,
+            dtype,
             pool: Some(pool),
         }
     }
 
-    pub(crate) fn unpooled(raw: wgpu::Buffer, len: usize) -> Self {
+    pub(crate) fn unpooled(raw: wgpu::Buffer, len: usize, dtype: Dtype) -> Self {
         Self {
             raw,
             len,
+            dtype,
             pool: None,
         }
     }
 
-    /// Number of f32 values.
+    /// Number of values.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -133,15 +136,26 @@ impl GpuBuffer {
         self.len == 0
     }
 
-    /// The underlying wgpu buffer (it may be larger than `len` floats).
+    /// How the values are stored.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The underlying wgpu buffer (it may be larger than the values).
     pub fn raw(&self) -> &wgpu::Buffer {
         &self.raw
     }
 
-    /// Bytes that hold the values.
+    /// Bytes that hold the values, rounded up to whole 4-byte words (what a binding or a copy
+    /// of them spans).
     pub fn byte_len(&self) -> u64 {
-        self.len as u64 * 4
+        words_bytes(self.len, self.dtype)
     }
+}
+
+/// Bytes of `len` values of `dtype`, rounded up to a multiple of 4.
+pub(crate) fn words_bytes(len: usize, dtype: Dtype) -> u64 {
+    ((len * dtype.size()) as u64).div_ceil(4) * 4
 }
 
 impl Drop for GpuBuffer {
@@ -154,6 +168,6 @@ impl Drop for GpuBuffer {
 
 impl std::fmt::Debug for GpuBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuffer({} f32)", self.len)
+        write!(f, "GpuBuffer({} {:?})", self.len, self.dtype)
     }
 }

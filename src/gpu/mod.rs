@@ -17,7 +17,7 @@ pub use pipeline::{Binding, Constants, Kernel, Shader, Slot, WORKGROUP};
 pub use profiler::{KernelTime, Profile};
 
 use crate::backend::Backend;
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 use buffer::BufferPool;
 use pipeline::PipelineCache;
 
@@ -130,6 +130,30 @@ pub(crate) fn check_u32_indexable(what: &str, elements: usize) -> Result<()> {
     Ok(())
 }
 
+/// The storage type of the buffers bound to a kernel's activation slots (x, dy, out): they
+/// must agree, and f16 needs a kernel with an f16 variant. Every other slot is f32.
+fn activation_dtype(kernel: Kernel, bindings: &[Binding]) -> Result<Dtype> {
+    let is_activation = |slot: Slot| matches!(slot, Slot::X | Slot::Dy | Slot::Out);
+    let mut found = None;
+    for binding in bindings {
+        let dtype = binding.buffer.dtype();
+        let allowed = dtype == Dtype::F32
+            || (is_activation(binding.slot) && kernel.shader().has_f16_variant());
+        if !allowed || found.is_some_and(|f| f != dtype && is_activation(binding.slot)) {
+            return Err(Error::InvalidArgument(format!(
+                "{} cannot take a {dtype:?} buffer as {}{}",
+                kernel.entry_point(),
+                binding.slot.wgsl_name(),
+                found.map_or(String::new(), |f| format!(" beside {f:?} ones")),
+            )));
+        }
+        if is_activation(binding.slot) {
+            found = Some(dtype);
+        }
+    }
+    Ok(found.unwrap_or(Dtype::F32))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -144,7 +168,9 @@ impl GpuBackend {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgnorm"),
             // Timestamps cost nothing until a profiling window writes them.
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            // f16 storage is offered to callers only where the adapter has shader-f16.
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16),
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -203,24 +229,32 @@ impl GpuBackend {
         }
     }
 
-    /// A host's buffer as a wgnorm tensor of `len` f32 values, without a copy; `name` is the
-    /// argument the errors name. The buffer needs `BufferUsages::STORAGE` and at least `4·len`
-    /// bytes, and must belong to this backend's device. Add `COPY_SRC` to `download` it.
-    pub fn wrap_buffer(&self, name: &str, buffer: &wgpu::Buffer, len: usize) -> Result<GpuBuffer> {
+    /// A host's buffer as a wgnorm tensor of `len` values stored as `dtype`, without a copy;
+    /// `name` is the argument the errors name. The buffer needs `BufferUsages::STORAGE` and at
+    /// least `len` values' bytes rounded up to a multiple of 4, and must belong to this
+    /// backend's device. Add `COPY_SRC` to `download` it.
+    pub fn wrap_buffer(
+        &self,
+        name: &str,
+        buffer: &wgpu::Buffer,
+        len: usize,
+        dtype: Dtype,
+    ) -> Result<GpuBuffer> {
+        self.check_dtype(dtype)?;
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::InvalidArgument(format!(
                 "{name}: the buffer's usage {:?} lacks STORAGE",
                 buffer.usage()
             )));
         }
-        let needed = len as u64 * 4;
+        let needed = buffer::words_bytes(len, dtype);
         if buffer.size() < needed {
             return Err(Error::Shape(format!(
-                "{name}: buffer of {} bytes, expected at least {needed} bytes ({len} f32)",
+                "{name}: buffer of {} bytes, expected at least {needed} bytes ({len} {dtype:?})",
                 buffer.size()
             )));
         }
-        Ok(GpuBuffer::unpooled(buffer.clone(), len))
+        Ok(GpuBuffer::unpooled(buffer.clone(), len, dtype))
     }
 
     /// Runs `record` with `encoder`, the host's, standing in for wgnorm's own pending encoder:
@@ -367,9 +401,32 @@ impl GpuBackend {
         }
     }
 
+    /// Whether the device can run kernels on f16 storage (`Features::SHADER_F16`).
+    pub fn has_f16(&self) -> bool {
+        self.shared
+            .device
+            .features()
+            .contains(wgpu::Features::SHADER_F16)
+    }
+
+    fn check_dtype(&self, dtype: Dtype) -> Result<()> {
+        if dtype == Dtype::F16 && !self.has_f16() {
+            return Err(Error::InvalidArgument(format!(
+                "{} was opened without shader-f16, so it cannot store f16 tensors",
+                self.shared.summary.name
+            )));
+        }
+        Ok(())
+    }
+
     fn alloc(&self, len: usize, usage: wgpu::BufferUsages) -> Result<GpuBuffer> {
+        self.alloc_as(len, Dtype::F32, usage)
+    }
+
+    fn alloc_as(&self, len: usize, dtype: Dtype, usage: wgpu::BufferUsages) -> Result<GpuBuffer> {
         self.check()?;
-        let bytes = len as u64 * 4;
+        self.check_dtype(dtype)?;
+        let bytes = buffer::words_bytes(len, dtype);
         if self
             .shared
             .for_host
@@ -378,10 +435,16 @@ impl GpuBackend {
             return Ok(GpuBuffer::unpooled(
                 self.shared.pool.create(bytes, usage)?,
                 len,
+                dtype,
             ));
         }
         let raw = self.shared.pool.acquire(bytes, usage)?;
-        Ok(GpuBuffer::new(raw, len, Arc::clone(&self.shared.pool)))
+        Ok(GpuBuffer::new(
+            raw,
+            len,
+            dtype,
+            Arc::clone(&self.shared.pool),
+        ))
     }
 
     /// Copies u32 words (indices, packed bytes) to the device.
@@ -452,7 +515,8 @@ impl GpuBackend {
                 kernel.entry_point()
             )));
         }
-        let pipeline = self.shared.pipelines.get(kernel, constants)?;
+        let activations = activation_dtype(kernel, bindings)?;
+        let pipeline = self.shared.pipelines.get(kernel, activations, constants)?;
         let bytes = bytemuck::bytes_of(params);
         let uniform = self.alloc(bytes.len().div_ceil(4), UNIFORM)?;
         self.shared.queue.write_buffer(uniform.raw(), 0, bytes);
@@ -468,8 +532,8 @@ impl GpuBackend {
             binding: b.slot as u32,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: b.buffer.raw(),
-                offset: b.offset as u64 * 4,
-                size: wgpu::BufferSize::new(b.len.max(1) as u64 * 4),
+                offset: (b.offset * b.buffer.dtype().size()) as u64,
+                size: wgpu::BufferSize::new(buffer::words_bytes(b.len.max(1), b.buffer.dtype())),
             }),
         }));
         let bind_group = self
@@ -583,14 +647,19 @@ impl GpuBackend {
                 .slice(..total.max(4))
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-            let all: &[f32] = bytemuck::cast_slice(&view[..total as usize]);
             let mut start = 0;
             buffers
                 .iter()
                 .map(|b| {
-                    let part = all[start..start + b.len()].to_vec();
-                    start += b.len();
-                    part
+                    let bytes = &view[start as usize..(start + b.byte_len()) as usize];
+                    start += b.byte_len();
+                    match b.dtype() {
+                        Dtype::F32 => bytemuck::cast_slice::<u8, f32>(bytes)[..b.len()].to_vec(),
+                        Dtype::F16 => bytemuck::cast_slice::<u8, half::f16>(bytes)[..b.len()]
+                            .iter()
+                            .map(|v| v.to_f32())
+                            .collect(),
+                    }
                 })
                 .collect()
         };
@@ -628,6 +697,31 @@ impl Backend for GpuBackend {
 
     fn scratch(&self, len: usize) -> Result<GpuBuffer> {
         self.alloc(len.max(1), STORAGE)
+    }
+
+    fn supports(&self, dtype: Dtype) -> bool {
+        self.check_dtype(dtype).is_ok()
+    }
+
+    fn upload_as(&self, data: &[f32], dtype: Dtype) -> Result<GpuBuffer> {
+        match dtype {
+            Dtype::F32 => self.upload(data),
+            Dtype::F16 => {
+                let buffer = self.alloc_as(data.len(), dtype, STORAGE)?;
+                let mut halves: Vec<half::f16> =
+                    data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                // Queue writes are whole 4-byte words.
+                halves.resize(buffer.byte_len() as usize / 2, half::f16::ZERO);
+                self.shared
+                    .queue
+                    .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&halves));
+                Ok(buffer)
+            }
+        }
+    }
+
+    fn scratch_as(&self, len: usize, dtype: Dtype) -> Result<GpuBuffer> {
+        self.alloc_as(len.max(1), dtype, STORAGE)
     }
 
     /// Submits everything recorded so far. The pending lock is held until the submission is

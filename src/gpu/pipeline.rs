@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 
 use super::GpuBuffer;
 
@@ -43,6 +43,23 @@ impl Shader {
         }
     }
 
+    /// The module wgnorm compiles: the file with `Act`, the storage type of its activation
+    /// bindings (x, dy, out), defined as f32 or f16. One source serves both.
+    pub fn module_source(self, activations: Dtype) -> String {
+        let header = match activations {
+            Dtype::F32 => "alias Act = f32;\n",
+            Dtype::F16 => "enable f16;\nalias Act = f16;\n",
+        };
+        format!("{header}{}", self.source())
+    }
+
+    /// Whether the file's activation bindings are declared as `Act`, so that it has an f16
+    /// variant.
+    pub fn has_f16_variant(self) -> bool {
+        self == Shader::BatchNorm
+    }
+
+    /// The file as written (it uses `Act` without defining it: see `module_source`).
     pub fn source(self) -> &'static str {
         match self {
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
@@ -239,7 +256,7 @@ impl Slot {
     }
 }
 
-/// A buffer range bound to a slot, in f32 elements.
+/// A buffer range bound to a slot, in values of the buffer's dtype.
 #[derive(Clone, Copy)]
 pub struct Binding<'a> {
     pub slot: Slot,
@@ -273,13 +290,13 @@ impl<'a> Binding<'a> {
 /// Values for a kernel's WGSL `override` constants, fixed when its pipeline is created.
 pub type Constants<'a> = &'a [(&'static str, f64)];
 
-/// A kernel with its constants: each distinct one is its own pipeline.
-type PipelineKey = (Kernel, Vec<(&'static str, u64)>);
+/// A kernel with its activation storage and constants: each distinct one is its own pipeline.
+type PipelineKey = (Kernel, Dtype, Vec<(&'static str, u64)>);
 
 /// Creates each shader module and compute pipeline once.
 pub(crate) struct PipelineCache {
     device: wgpu::Device,
-    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(Shader, Dtype), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -295,10 +312,12 @@ impl PipelineCache {
     pub(crate) fn get(
         &self,
         kernel: Kernel,
+        activations: Dtype,
         constants: Constants,
     ) -> Result<wgpu::ComputePipeline> {
         let key = (
             kernel,
+            activations,
             constants
                 .iter()
                 .map(|&(name, value)| (name, value.to_bits()))
@@ -308,7 +327,7 @@ impl PipelineCache {
         if let Some(pipeline) = pipelines.get(&key) {
             return Ok(pipeline.clone());
         }
-        let module = self.module(kernel.shader())?;
+        let module = self.module(kernel.shader(), activations)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self
             .device
@@ -334,9 +353,9 @@ impl PipelineCache {
         Ok(pipeline)
     }
 
-    fn module(&self, shader: Shader) -> Result<wgpu::ShaderModule> {
+    fn module(&self, shader: Shader, activations: Dtype) -> Result<wgpu::ShaderModule> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(module) = modules.get(&shader) {
+        if let Some(module) = modules.get(&(shader, activations)) {
             return Ok(module.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -344,12 +363,12 @@ impl PipelineCache {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader.file_name()),
-                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                source: wgpu::ShaderSource::Wgsl(shader.module_source(activations).into()),
             });
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("{}: {error}", shader.file_name())));
         }
-        modules.insert(shader, module.clone());
+        modules.insert((shader, activations), module.clone());
         Ok(module)
     }
 }

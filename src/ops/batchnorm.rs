@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::cpu::{self, CpuBackend};
 use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 
 /// Planes of the per-channel statistics buffer: `stats[plane * C + c]`. Mirrors the `STAT_*`
 /// constants of `shaders/batchnorm.wgsl` (a test checks that they agree).
@@ -237,10 +237,11 @@ pub struct RowChunk {
 /// group of samples fits.
 pub fn plan_row_chunks(
     shape: BatchNormShape,
+    dtype: Dtype,
     max_binding: u64,
     offset_alignment: u64,
 ) -> Result<Vec<RowChunk>> {
-    let row_bytes = (shape.c * shape.s * 4) as u64;
+    let row_bytes = (shape.c * shape.s * dtype.size()) as u64;
     let total = row_bytes * shape.n as u64;
     if total <= max_binding {
         return Ok(vec![RowChunk {
@@ -380,6 +381,21 @@ impl BatchNormOps for CpuBackend {
     }
 }
 
+/// Refuses activations (x, y, dy, dx) stored in different dtypes.
+fn same_dtype(buffers: &[(&str, &GpuBuffer)]) -> Result<()> {
+    let (first_name, first) = buffers[0];
+    for &(name, buffer) in &buffers[1..] {
+        if buffer.dtype() != first.dtype() {
+            return Err(Error::InvalidArgument(format!(
+                "{name} is {:?} but {first_name} is {:?}; BatchNorm's activations share one dtype",
+                buffer.dtype(),
+                first.dtype()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// How a reduction is laid out on the GPU, per chunk of rows.
 struct ReductionPlan {
     chunks: Vec<(RowChunk, ChunkSplits)>,
@@ -416,11 +432,12 @@ pub struct BatchNormParams {
 const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 48);
 
 impl GpuBackend {
-    fn reduction_plan(&self, shape: BatchNormShape) -> Result<ReductionPlan> {
+    fn reduction_plan(&self, shape: BatchNormShape, dtype: Dtype) -> Result<ReductionPlan> {
         let tuning = self.tuning();
         let limits = self.limits();
         let chunks = plan_row_chunks(
             shape,
+            dtype,
             limits.max_storage_buffer_binding_size,
             limits.min_storage_buffer_offset_alignment as u64,
         )?;
@@ -513,7 +530,8 @@ impl BatchNormOps for GpuBackend {
             ],
             shape,
         )?;
-        let plan = self.reduction_plan(shape)?;
+        same_dtype(&[("x", x), ("y", &out.y)])?;
+        let plan = self.reduction_plan(shape, x.dtype())?;
         let params = BatchNormParams {
             lanes_c: plan.lanes_c,
             total_splits: plan.total_splits,
@@ -619,7 +637,8 @@ impl BatchNormOps for GpuBackend {
             ],
             shape,
         )?;
-        let plan = self.reduction_plan(shape)?;
+        same_dtype(&[("x", x), ("dy", dy), ("dx", &grads.dx)])?;
+        let plan = self.reduction_plan(shape, x.dtype())?;
         let params = BatchNormParams {
             lanes_c: plan.lanes_c,
             total_splits: plan.total_splits,
@@ -697,6 +716,9 @@ impl BatchNormOps for GpuBackend {
 /// `running_mean` and `running_var` 4·C; `stats` 4·5·C (the `stat` planes, which a backward
 /// needs from a training forward).
 pub struct HostBatchNormForward<'a> {
+    /// How x and y store their values (f16 needs `GpuBackend::has_f16`; their byte sizes
+    /// halve, rounded up to 4).
+    pub activations: Dtype,
     pub x: &'a wgpu::Buffer,
     pub gamma: &'a wgpu::Buffer,
     pub beta: &'a wgpu::Buffer,
@@ -710,6 +732,8 @@ pub struct HostBatchNormForward<'a> {
 /// bytes; `gamma`, `dgamma` and `dbeta` 4·C; `stats` 4·5·C, as a training forward wrote them.
 /// Each needs `BufferUsages::STORAGE`.
 pub struct HostBatchNormBackward<'a> {
+    /// How x, dy and dx store their values.
+    pub activations: Dtype,
     pub x: &'a wgpu::Buffer,
     pub dy: &'a wgpu::Buffer,
     pub gamma: &'a wgpu::Buffer,
@@ -732,18 +756,19 @@ impl GpuBackend {
         buffers: &HostBatchNormForward<'_>,
     ) -> Result<()> {
         let (numel, c) = (shape.numel(), shape.c);
-        let x = self.wrap_buffer("x", buffers.x, numel)?;
+        let act = buffers.activations;
+        let x = self.wrap_buffer("x", buffers.x, numel, act)?;
         let affine = Affine {
-            gamma: self.wrap_buffer("gamma", buffers.gamma, c)?,
-            beta: self.wrap_buffer("beta", buffers.beta, c)?,
+            gamma: self.wrap_buffer("gamma", buffers.gamma, c, Dtype::F32)?,
+            beta: self.wrap_buffer("beta", buffers.beta, c, Dtype::F32)?,
         };
         let mut running = RunningStats {
-            mean: self.wrap_buffer("running_mean", buffers.running_mean, c)?,
-            var: self.wrap_buffer("running_var", buffers.running_var, c)?,
+            mean: self.wrap_buffer("running_mean", buffers.running_mean, c, Dtype::F32)?,
+            var: self.wrap_buffer("running_var", buffers.running_var, c, Dtype::F32)?,
         };
         let mut out = BatchNormForward {
-            y: self.wrap_buffer("y", buffers.y, numel)?,
-            stats: self.wrap_buffer("stats", buffers.stats, shape.stats_len())?,
+            y: self.wrap_buffer("y", buffers.y, numel, act)?,
+            stats: self.wrap_buffer("stats", buffers.stats, shape.stats_len(), Dtype::F32)?,
         };
         self.record_into(encoder, || {
             self.batchnorm_forward(mode, &x, shape, &affine, &mut running, config, &mut out)
@@ -758,14 +783,15 @@ impl GpuBackend {
         buffers: &HostBatchNormBackward<'_>,
     ) -> Result<()> {
         let (numel, c) = (shape.numel(), shape.c);
-        let x = self.wrap_buffer("x", buffers.x, numel)?;
-        let dy = self.wrap_buffer("dy", buffers.dy, numel)?;
-        let gamma = self.wrap_buffer("gamma", buffers.gamma, c)?;
-        let stats = self.wrap_buffer("stats", buffers.stats, shape.stats_len())?;
+        let act = buffers.activations;
+        let x = self.wrap_buffer("x", buffers.x, numel, act)?;
+        let dy = self.wrap_buffer("dy", buffers.dy, numel, act)?;
+        let gamma = self.wrap_buffer("gamma", buffers.gamma, c, Dtype::F32)?;
+        let stats = self.wrap_buffer("stats", buffers.stats, shape.stats_len(), Dtype::F32)?;
         let mut grads = BatchNormGrads {
-            dx: self.wrap_buffer("dx", buffers.dx, numel)?,
-            dgamma: self.wrap_buffer("dgamma", buffers.dgamma, c)?,
-            dbeta: self.wrap_buffer("dbeta", buffers.dbeta, c)?,
+            dx: self.wrap_buffer("dx", buffers.dx, numel, act)?,
+            dgamma: self.wrap_buffer("dgamma", buffers.dgamma, c, Dtype::F32)?,
+            dbeta: self.wrap_buffer("dbeta", buffers.dbeta, c, Dtype::F32)?,
         };
         self.record_into(encoder, || {
             self.batchnorm_backward(&x, &dy, shape, &gamma, &stats, &mut grads)
@@ -784,7 +810,7 @@ mod tests {
             c: 128,
             s: 1,
         };
-        let chunks = plan_row_chunks(shape, 128 << 20, 256).unwrap();
+        let chunks = plan_row_chunks(shape, Dtype::F32, 128 << 20, 256).unwrap();
         assert_eq!(
             chunks,
             vec![RowChunk {
@@ -801,7 +827,7 @@ mod tests {
             c: 513,
             s: 1,
         };
-        let chunks = plan_row_chunks(shape, 128 << 20, 256).unwrap();
+        let chunks = plan_row_chunks(shape, Dtype::F32, 128 << 20, 256).unwrap();
         assert!(chunks.len() >= 2);
         let mut next = 0;
         for chunk in &chunks {
@@ -820,7 +846,7 @@ mod tests {
             c: 3,
             s: 1 << 20,
         };
-        let err = plan_row_chunks(shape, 1 << 20, 256)
+        let err = plan_row_chunks(shape, Dtype::F32, 1 << 20, 256)
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_storage_buffer_binding_size"), "{err}");
