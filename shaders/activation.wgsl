@@ -5,6 +5,9 @@
 //            keep = bits(element) ≥ threshold, threshold = round(p·2³²)
 //            bits(e) = lowbias32(key.x ^ lowbias32(key.y ^ e))
 //
+// x, dy and out are stored as X_T, DY_T and OUT_T (f32 or f16, defined ahead of this file);
+// values are computed in f32.
+//
 // The key is derived on the host from (seed, layer, step), so a mask is a pure function of
 // (seed, layer, step, element): the backward pass recomputes it instead of storing it, and the
 // CPU twin (src/ops/activation.rs) draws the very same masks. The keep test is on integers, so no
@@ -24,9 +27,9 @@ struct ActivationParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ActivationParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<X_T>;
+@group(0) @binding(2) var<storage, read> dy: array<DY_T>;
+@group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
 
 // A 32-bit integer hash with good avalanche (Chris Wellons' "lowbias32"); a bijection on u32.
 fn lowbias32(value: u32) -> u32 {
@@ -52,7 +55,7 @@ fn relu_forward(@builtin(global_invocation_id) id: vec3<u32>,
                 @builtin(num_workgroups) groups: vec3<u32>) {
     let i = element_index(id, groups);
     if i < p.len {
-        out[i] = max(x[i], 0.0);
+        out[i] = OUT_T(max(f32(x[i]), 0.0));
     }
 }
 
@@ -61,7 +64,7 @@ fn relu_backward(@builtin(global_invocation_id) id: vec3<u32>,
                  @builtin(num_workgroups) groups: vec3<u32>) {
     let i = element_index(id, groups);
     if i < p.len {
-        out[i] = select(0.0, dy[i], x[i] > 0.0);
+        out[i] = OUT_T(select(0.0, f32(dy[i]), f32(x[i]) > 0.0));
     }
 }
 
@@ -70,7 +73,7 @@ fn dropout_forward(@builtin(global_invocation_id) id: vec3<u32>,
                    @builtin(num_workgroups) groups: vec3<u32>) {
     let i = element_index(id, groups);
     if i < p.len {
-        out[i] = select(0.0, x[i] * p.scale, keeps(i));
+        out[i] = OUT_T(select(0.0, f32(x[i]) * p.scale, keeps(i)));
     }
 }
 
@@ -79,6 +82,6 @@ fn dropout_backward(@builtin(global_invocation_id) id: vec3<u32>,
                     @builtin(num_workgroups) groups: vec3<u32>) {
     let i = element_index(id, groups);
     if i < p.len {
-        out[i] = select(0.0, dy[i] * p.scale, keeps(i));
+        out[i] = OUT_T(select(0.0, f32(dy[i]) * p.scale, keeps(i)));
     }
 }

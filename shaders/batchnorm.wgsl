@@ -12,8 +12,9 @@
 // of the mean, and keeping K and μ_K apart means x − mean is never formed from a mean rounded to
 // f32 (at mean 1e4 that rounding alone is 5% of a 1e-2 spread).
 //
-// x, dy and out are stored as `Act`, f32 or f16 (defined ahead of this file when the module is
-// built); every value is widened to f32 when loaded, so all arithmetic and accumulation is f32.
+// x, dy and out are stored as X_T, DY_T and OUT_T, each f32 or f16 (defined ahead of this file
+// when the module is built); every value is widened to f32 when loaded, so all arithmetic and
+// accumulation is f32.
 //
 // A reduction runs in two passes because WGSL has no grid-wide barrier: `*_partial` reduces one
 // split of the m elements per workgroup row, `*_finalize` merges the splits. With a single split
@@ -55,15 +56,15 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<Act>;
-@group(0) @binding(2) var<storage, read> dy: array<Act>;
+@group(0) @binding(1) var<storage, read> x: array<X_T>;
+@group(0) @binding(2) var<storage, read> dy: array<DY_T>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(6) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(7) var<storage, read> gamma: array<f32>;
 @group(0) @binding(8) var<storage, read> beta: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<Act>;
+@group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
 @group(0) @binding(10) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbeta: array<f32>;
 
@@ -248,7 +249,7 @@ fn normalize(@builtin(global_invocation_id) id: vec3<u32>,
         return;
     }
     let c = (i / p.spatial) % p.channels;
-    out[i] = Act(gamma[c] * centered(f32(x[i]), c) * stats[STAT_INVSTD * p.channels + c] + beta[c]);
+    out[i] = OUT_T(gamma[c] * centered(f32(x[i]), c) * stats[STAT_INVSTD * p.channels + c] + beta[c]);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -310,5 +311,5 @@ fn backward_dx(@builtin(global_invocation_id) id: vec3<u32>,
     let invstd = stats[STAT_INVSTD * C + c];
     let xhat = centered(f32(x[i]), c) * invstd;
     let inv_m = 1.0 / p.count;
-    out[i] = Act(gamma[c] * invstd * (f32(dy[i]) - dbeta[c] * inv_m - xhat * dgamma[c] * inv_m));
+    out[i] = OUT_T(gamma[c] * invstd * (f32(dy[i]) - dbeta[c] * inv_m - xhat * dgamma[c] * inv_m));
 }

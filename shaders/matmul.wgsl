@@ -3,6 +3,9 @@
 //   c[i, j] = Σ_k a[i, k]·b[k, j] + bias[j],  i < m, j < n, k < K
 //   a[i, k] = a_data[i·a_row_stride + k·a_col_stride], likewise b; c is row-major m×n.
 //
+// a, b and c are stored as A_T, B_T and OUT_T (f32 or f16, defined ahead of this file); every
+// product and sum is f32.
+//
 // Strides express transposes, so one kernel serves a Linear layer's forward (X·Wᵀ + b) and
 // both backward products (dY·W, dYᵀ·X). Three schedules of the same sum, in the same k order
 // (so all give identical results):
@@ -36,10 +39,10 @@ struct MatmulParams {
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
-@group(0) @binding(12) var<storage, read> a: array<f32>;
-@group(0) @binding(13) var<storage, read> b: array<f32>;
+@group(0) @binding(12) var<storage, read> a: array<A_T>;
+@group(0) @binding(13) var<storage, read> b: array<B_T>;
 @group(0) @binding(14) var<storage, read> bias: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
 
 @compute @workgroup_size(SIDE, SIDE)
 fn matmul(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -60,8 +63,8 @@ fn matmul(@builtin(global_invocation_id) id: vec3<u32>) {
         var av: array<f32, TILE>;
         var bv: array<f32, TILE>;
         for (var t = 0u; t < TILE; t++) {
-            av[t] = a[a_at[t] + kk * p.a_col_stride];
-            bv[t] = b[kk * p.b_row_stride + b_at[t]];
+            av[t] = f32(a[a_at[t] + kk * p.a_col_stride]);
+            bv[t] = f32(b[kk * p.b_row_stride + b_at[t]]);
         }
         for (var i = 0u; i < TILE; i++) {
             for (var j = 0u; j < TILE; j++) {
@@ -82,7 +85,7 @@ fn store(row0: u32, col0: u32, acc: array<array<f32, TILE>, TILE>) {
                 if p.has_bias == 1u {
                     value += bias[col];
                 }
-                out[row * p.n + col] = value;
+                out[row * p.n + col] = OUT_T(value);
             }
         }
     }
@@ -105,12 +108,12 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
             let kk = e % K_STEP;
             let row = block_row + r;
             let k = k0 + kk;
-            a_tile[e] = select(0.0, a[row * p.a_row_stride + k * p.a_col_stride],
+            a_tile[e] = select(0.0, f32(a[row * p.a_row_stride + k * p.a_col_stride]),
                                row < p.m && k < p.k);
             let bk = e / BLOCK;
             let bc = e % BLOCK;
             let col = block_col + bc;
-            b_tile[e] = select(0.0, b[(k0 + bk) * p.b_row_stride + col * p.b_col_stride],
+            b_tile[e] = select(0.0, f32(b[(k0 + bk) * p.b_row_stride + col * p.b_col_stride]),
                                col < p.n && k0 + bk < p.k);
         }
         workgroupBarrier();
@@ -140,8 +143,8 @@ override A_K_CONTIGUOUS: bool = true;
 override B_K_CONTIGUOUS: bool = false;
 override V_GROUP: u32 = 64u;
 
-@group(0) @binding(25) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(26) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(25) var<storage, read> a4: array<vec4<A_T>>;
+@group(0) @binding(26) var<storage, read> b4: array<vec4<B_T>>;
 
 // Column kk of the result holds a(row0 + r, k + kk) for r = 0..4: a 4×4 tile of a, transposed.
 // Rows past the edge repeat the last row (quad); their results are not stored.
@@ -149,17 +152,17 @@ fn a_block(row0: u32, k: u32) -> mat4x4<f32> {
     if A_K_CONTIGUOUS {
         let last = p.m - 1u;
         return transpose(mat4x4(
-            a4[(min(row0, last) * p.a_row_stride + k) / 4u],
-            a4[(min(row0 + 1u, last) * p.a_row_stride + k) / 4u],
-            a4[(min(row0 + 2u, last) * p.a_row_stride + k) / 4u],
-            a4[(min(row0 + 3u, last) * p.a_row_stride + k) / 4u]));
+            vec4<f32>(a4[(min(row0, last) * p.a_row_stride + k) / 4u]),
+            vec4<f32>(a4[(min(row0 + 1u, last) * p.a_row_stride + k) / 4u]),
+            vec4<f32>(a4[(min(row0 + 2u, last) * p.a_row_stride + k) / 4u]),
+            vec4<f32>(a4[(min(row0 + 3u, last) * p.a_row_stride + k) / 4u])));
     }
     let row = min(row0, p.m - 4u);
     return mat4x4(
-        a4[(k * p.a_col_stride + row) / 4u],
-        a4[((k + 1u) * p.a_col_stride + row) / 4u],
-        a4[((k + 2u) * p.a_col_stride + row) / 4u],
-        a4[((k + 3u) * p.a_col_stride + row) / 4u]);
+        vec4<f32>(a4[(k * p.a_col_stride + row) / 4u]),
+        vec4<f32>(a4[((k + 1u) * p.a_col_stride + row) / 4u]),
+        vec4<f32>(a4[((k + 2u) * p.a_col_stride + row) / 4u]),
+        vec4<f32>(a4[((k + 3u) * p.a_col_stride + row) / 4u]));
 }
 
 // Column kk of the result holds b(k + kk, col0 + c) for c = 0..4.
@@ -167,17 +170,17 @@ fn b_block(col0: u32, k: u32) -> mat4x4<f32> {
     if B_K_CONTIGUOUS {
         let last = p.n - 1u;
         return transpose(mat4x4(
-            b4[(min(col0, last) * p.b_col_stride + k) / 4u],
-            b4[(min(col0 + 1u, last) * p.b_col_stride + k) / 4u],
-            b4[(min(col0 + 2u, last) * p.b_col_stride + k) / 4u],
-            b4[(min(col0 + 3u, last) * p.b_col_stride + k) / 4u]));
+            vec4<f32>(b4[(min(col0, last) * p.b_col_stride + k) / 4u]),
+            vec4<f32>(b4[(min(col0 + 1u, last) * p.b_col_stride + k) / 4u]),
+            vec4<f32>(b4[(min(col0 + 2u, last) * p.b_col_stride + k) / 4u]),
+            vec4<f32>(b4[(min(col0 + 3u, last) * p.b_col_stride + k) / 4u])));
     }
     let col = min(col0, p.n - 4u);
     return mat4x4(
-        b4[(k * p.b_row_stride + col) / 4u],
-        b4[((k + 1u) * p.b_row_stride + col) / 4u],
-        b4[((k + 2u) * p.b_row_stride + col) / 4u],
-        b4[((k + 3u) * p.b_row_stride + col) / 4u]);
+        vec4<f32>(b4[(k * p.b_row_stride + col) / 4u]),
+        vec4<f32>(b4[((k + 1u) * p.b_row_stride + col) / 4u]),
+        vec4<f32>(b4[((k + 2u) * p.b_row_stride + col) / 4u]),
+        vec4<f32>(b4[((k + 3u) * p.b_row_stride + col) / 4u]));
 }
 
 // acc[r] (row r of c's 4×4 block) += a(r, k + kk)·b(k + kk, ·), kk = 0..4 in order.
@@ -225,7 +228,7 @@ fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
                 if p.has_bias == 1u {
                     value += bias[col];
                 }
-                out[row * p.n + col] = value;
+                out[row * p.n + col] = OUT_T(value);
             }
         }
     }

@@ -8,7 +8,8 @@ use crate::{Error, Result};
 /// How a tensor's values are stored. Arithmetic is f32 either way: f16 halves the memory and
 /// traffic of activations (and the size of an exported model) and rounds each stored value to
 /// the nearest f16 (relative error ≤ 2⁻¹¹).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     #[default]
     F32,
@@ -44,6 +45,11 @@ pub trait Backend {
 
     /// A buffer of `len` values for an op to overwrite; its contents are unspecified.
     fn scratch(&self, len: usize) -> Result<Self::Buffer>;
+
+    /// How `buffer` stores its values.
+    fn dtype_of(&self, _buffer: &Self::Buffer) -> Dtype {
+        Dtype::F32
+    }
 
     /// Whether buffers can store `dtype` here.
     fn supports(&self, dtype: Dtype) -> bool {

@@ -14,7 +14,7 @@ use crate::ops::data::DataOps;
 use crate::ops::loss::LossOps;
 use crate::ops::matmul::{MatmulOps, MatrixLayout};
 use crate::ops::optimizer::OptimizerOps;
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 
 /// Everything a backend must run to train the MLP.
 pub trait Compute:
@@ -300,13 +300,15 @@ pub struct LinearGrads<B: Backend> {
 }
 
 impl<B: Compute> Linear<B> {
+    /// y = x·Wᵀ + b, stored as `output`.
     fn forward(
         &self,
         backend: &B,
         x: B::Buffer,
         rows: usize,
+        output: Dtype,
     ) -> Result<(B::Buffer, LinearSaved<B>)> {
-        let mut y = backend.scratch(rows * self.outputs)?;
+        let mut y = backend.scratch_as(rows * self.outputs, output)?;
         backend.matmul(
             &x,
             MatrixLayout::row_major(rows, self.inputs),
@@ -400,7 +402,7 @@ impl<B: Compute> BatchNorm<B> {
     ) -> Result<(B::Buffer, BatchNormSaved<B>)> {
         let shape = self.shape(rows);
         let mut out = BatchNormForward {
-            y: backend.scratch(shape.numel())?,
+            y: backend.scratch_as(shape.numel(), backend.dtype_of(&x))?,
             stats: backend.scratch(shape.stats_len())?,
         };
         backend.batchnorm_forward(
@@ -453,7 +455,7 @@ pub struct ReluSaved<B: Backend> {
 }
 
 fn relu_forward<B: Compute>(backend: &B, x: B::Buffer) -> Result<(B::Buffer, ReluSaved<B>)> {
-    let mut y = backend.scratch(backend.len_of(&x))?;
+    let mut y = backend.scratch_as(backend.len_of(&x), backend.dtype_of(&x))?;
     backend.relu_forward(&x, &mut y)?;
     Ok((y, ReluSaved { input: x }))
 }
@@ -481,7 +483,7 @@ fn dropout_forward<B: Compute>(
     let Some(mask) = mask else {
         return Ok((x, DropoutSaved { mask: None }));
     };
-    let mut y = backend.scratch(backend.len_of(&x))?;
+    let mut y = backend.scratch_as(backend.len_of(&x), backend.dtype_of(&x))?;
     backend.dropout_forward(&mask, &x, &mut y)?;
     Ok((y, DropoutSaved { mask: Some(mask) }))
 }
@@ -530,6 +532,9 @@ pub struct StepKey {
 pub struct Mlp<B: Backend> {
     pub spec: ModelSpec,
     pub layers: Vec<Layer<B>>,
+    /// How hidden activations are stored between layers (f16 needs `Backend::supports`). The
+    /// input, the logits, every gradient, the parameters and all arithmetic stay f32.
+    pub activations: Dtype,
     /// A row of ones at least as long as the largest batch seen, for bias gradients.
     ones: B::Buffer,
 }
@@ -582,6 +587,7 @@ impl<B: Compute> Mlp<B> {
         Ok(Self {
             spec: spec.clone(),
             layers,
+            activations: Dtype::F32,
             ones: backend.filled(1, 1.0)?,
         })
     }
@@ -642,12 +648,25 @@ impl<B: Compute> Mlp<B> {
         rows: usize,
         key: StepKey,
     ) -> Result<(B::Buffer, Tape<B>)> {
+        if self.activations != Dtype::F32 && !backend.supports(self.activations) {
+            return Err(Error::InvalidArgument(format!(
+                "{} cannot store {:?} activations",
+                backend.describe(),
+                self.activations
+            )));
+        }
         let mut saved = Vec::with_capacity(self.layers.len());
         let mut h = x;
+        let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter_mut().enumerate() {
             let (out, state) = match layer {
                 Layer::Linear(linear) => {
-                    let (y, s) = linear.forward(backend, h, rows)?;
+                    let output = if index == last {
+                        Dtype::F32
+                    } else {
+                        self.activations
+                    };
+                    let (y, s) = linear.forward(backend, h, rows, output)?;
                     (y, Saved::Linear(s))
                 }
                 Layer::BatchNorm(bn) => {

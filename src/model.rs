@@ -110,6 +110,20 @@ impl<B: Compute> Classifier<B> {
         &mut self.mlp
     }
 
+    /// Stores the hidden activations as `dtype` from the next step on (f16 halves their
+    /// memory; parameters, gradients and arithmetic stay f32). Refused where the backend cannot
+    /// store it.
+    pub fn set_activations(&mut self, backend: &B, dtype: Dtype) -> Result<()> {
+        if !backend.supports(dtype) {
+            return Err(Error::InvalidArgument(format!(
+                "{} cannot store {dtype:?} activations",
+                backend.describe()
+            )));
+        }
+        self.mlp.activations = dtype;
+        Ok(())
+    }
+
     /// Training steps taken.
     pub fn steps(&self) -> u64 {
         self.steps

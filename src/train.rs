@@ -18,7 +18,7 @@ use crate::ops::batchnorm::Mode;
 use crate::ops::data::DeviceImages;
 use crate::ops::loss::{LossTotals, metric};
 use crate::optim::{Optimizer, OptimizerConfig};
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 
 /// Rows per forward pass when evaluating; any size gives the same results.
 pub const EVAL_BATCH: usize = 1000;
@@ -39,6 +39,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on the first N images of the training part only.
     pub train_limit: Option<usize>,
+    /// How hidden activations are stored (`Mlp::activations`).
+    pub activations: Dtype,
 }
 
 impl TrainConfig {
@@ -54,6 +56,7 @@ impl TrainConfig {
             val_split: 0.1,
             seed: 0,
             train_limit: None,
+            activations: Dtype::F32,
         }
     }
 
@@ -189,9 +192,11 @@ impl<'b, B: Compute> Trainer<'b, B> {
             None
         };
         let test_index: Vec<u32> = (0..data.test.len() as u32).collect();
+        let mut model = Mlp::upload(backend, &config.spec, host)?;
+        model.activations = config.activations;
         Ok(Self {
             backend,
-            model: Mlp::upload(backend, &config.spec, host)?,
+            model,
             optimizer,
             train_set: upload(&data.train)?,
             train_rows,

@@ -4,29 +4,39 @@
 mod common;
 
 use common::{assert_close, gpu, normal, rng};
-use wgnorm::Backend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend, Kernel, MatmulSchedule};
 use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
 use wgnorm::reference::matmul as reference;
+use wgnorm::{Backend, Dtype};
 
-/// Checks the three Linear products for a batch of `batch` rows, `inputs` → `outputs`.
+/// Checks the three Linear products for a batch of `batch` rows, `inputs` → `outputs`, with
+/// both operands and the result stored as `dtype` (the bias stays f32). For f16 the reference
+/// runs on the f16-rounded operands, and the result, rounded once to f16, gets 2e-3.
 fn check_linear<B: MatmulOps>(
     backend: &B,
     rng: &mut rand::rngs::StdRng,
     batch: usize,
     inputs: usize,
     outputs: usize,
+    dtype: Dtype,
 ) {
     let label = format!(
-        "{} batch {batch}, {inputs} -> {outputs}",
+        "{} batch {batch}, {inputs} -> {outputs}, {dtype:?}",
         backend.describe()
     );
-    let x = normal(rng, batch * inputs, 0.5, 1.0);
-    let w = normal(rng, outputs * inputs, 0.0, 0.1);
+    let stored = |v: Vec<f32>| -> Vec<f32> {
+        match dtype {
+            Dtype::F32 => v,
+            Dtype::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        }
+    };
+    let x = stored(normal(rng, batch * inputs, 0.5, 1.0));
+    let w = stored(normal(rng, outputs * inputs, 0.0, 0.1));
     let bias = normal(rng, outputs, 0.0, 1.0);
-    let dy = normal(rng, batch * outputs, 0.0, 1.0);
-    let upload = |v: &[f32]| backend.upload(v).unwrap();
-    let (xb, wb, biasb, dyb) = (upload(&x), upload(&w), upload(&bias), upload(&dy));
+    let dy = stored(normal(rng, batch * outputs, 0.0, 1.0));
+    let upload = |v: &[f32]| backend.upload_as(v, dtype).unwrap();
+    let (xb, wb, dyb) = (upload(&x), upload(&w), upload(&dy));
+    let biasb = backend.upload(&bias).unwrap();
 
     let x_layout = MatrixLayout::row_major(batch, inputs);
     let w_layout = MatrixLayout::row_major(outputs, inputs);
@@ -56,7 +66,7 @@ fn check_linear<B: MatmulOps>(
     ];
     for (what, a, a_layout, a_host, b, b_layout, b_host, bias) in cases {
         let mut out = backend
-            .filled(a_layout.rows * b_layout.cols, f32::NAN)
+            .upload_as(&vec![f32::NAN; a_layout.rows * b_layout.cols], dtype)
             .unwrap();
         backend
             .matmul(
@@ -79,7 +89,7 @@ fn check_linear<B: MatmulOps>(
             &format!("{label}: {what}"),
             &backend.download(&out).unwrap(),
             &expected,
-            1e-5,
+            if dtype == Dtype::F16 { 2e-3 } else { 1e-5 },
         );
     }
 }
@@ -89,13 +99,13 @@ fn all_sizes<B: MatmulOps>(backend: &B, test: &str) {
     for batch in [1, 7, 33] {
         for inputs in [1, 5, 64] {
             for outputs in [1, 10, 37] {
-                check_linear(backend, &mut rng, batch, inputs, outputs);
+                check_linear(backend, &mut rng, batch, inputs, outputs, Dtype::F32);
             }
         }
     }
     // The reference MLP's layers.
-    check_linear(backend, &mut rng, 32, 784, 128);
-    check_linear(backend, &mut rng, 256, 128, 10);
+    check_linear(backend, &mut rng, 32, 784, 128, Dtype::F32);
+    check_linear(backend, &mut rng, 256, 128, 10, Dtype::F32);
 }
 
 fn rejects_mismatched_shapes<B: MatmulOps>(backend: &B) {
@@ -262,4 +272,22 @@ fn stored(a: &[f32], rows: usize, cols: usize, transposed: bool) -> (Vec<f32>, M
         }
     }
     (t, MatrixLayout::row_major(cols, rows).transposed())
+}
+
+/// f16 operands and results on every schedule: the vec4 kernel (sizes that are multiples of
+/// 4), its scalar fallback (odd sizes) and the workgroup-tiled kernel.
+#[test]
+fn gpu_matmul_on_f16_storage_matches_the_reference() {
+    let Some(shared) = gpu() else { return };
+    if !shared.has_f16() {
+        return;
+    }
+    let mut rng = rng("gpu_matmul_f16");
+    for schedule in [MatmulSchedule::Registers, MatmulSchedule::WorkgroupTiles] {
+        let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+        backend.set_matmul_schedule(schedule);
+        for (batch, inputs, outputs) in [(32, 784, 128), (33, 64, 36), (7, 5, 10)] {
+            check_linear(&backend, &mut rng, batch, inputs, outputs, Dtype::F16);
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::mem::{offset_of, size_of};
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgnorm::Dtype;
-use wgnorm::gpu::{Kernel, Shader, Slot, WORKGROUP};
+use wgnorm::gpu::{Kernel, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP};
 use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
@@ -15,11 +15,11 @@ use wgnorm::ops::matmul::{
 };
 use wgnorm::ops::optimizer::OptimizerParams;
 
-fn parse_as(shader: Shader, activations: Dtype) -> naga::Module {
-    let source = shader.module_source(activations);
+fn parse_as(shader: Shader, storage: Storage) -> naga::Module {
+    let source = shader.module_source(storage);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
-            "{} ({activations:?}): {}",
+            "{} ({storage:?}): {}",
             shader.file_name(),
             e.emit_to_string(&source)
         )
@@ -27,7 +27,7 @@ fn parse_as(shader: Shader, activations: Dtype) -> naga::Module {
 }
 
 fn parse(shader: Shader) -> naga::Module {
-    parse_as(shader, Dtype::F32)
+    parse_as(shader, Storage::all(Dtype::F32))
 }
 
 fn u32_constant(module: &naga::Module, name: &str) -> u32 {
@@ -52,7 +52,7 @@ fn every_shader_validates() {
                 panic!(
                     "{}: {}",
                     shader.file_name(),
-                    e.emit_to_string(&shader.module_source(Dtype::F32))
+                    e.emit_to_string(&shader.module_source(Storage::all(Dtype::F32)))
                 )
             });
     }
@@ -65,19 +65,26 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
         .copied()
         .filter(|s| s.has_f16_variant())
         .collect();
-    assert_eq!(with_f16, [Shader::BatchNorm]);
+    assert_eq!(
+        with_f16,
+        [Shader::BatchNorm, Shader::Matmul, Shader::Activation]
+    );
     for shader in with_f16 {
-        let module = parse_as(shader, Dtype::F16);
+        let module = parse_as(shader, Storage::all(Dtype::F16));
         Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16)
             .validate(&module)
             .unwrap_or_else(|e| {
                 panic!(
                     "{} (f16): {}",
                     shader.file_name(),
-                    e.emit_to_string(&shader.module_source(Dtype::F16))
+                    e.emit_to_string(&shader.module_source(Storage::all(Dtype::F16)))
                 )
             });
-        // Its activation bindings really are f16 and every other binding f32.
+        // Its typed bindings really are f16 and every other binding 4 bytes wide.
+        let typed: Vec<&str> = TYPED_SLOTS
+            .iter()
+            .flat_map(|(slots, _)| slots.iter().map(|slot| slot.wgsl_name()))
+            .collect();
         for (_, var) in module.global_variables.iter() {
             let Some(name) = var.name.as_deref() else {
                 continue;
@@ -85,15 +92,13 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
             let naga::TypeInner::Array { base, .. } = module.types[var.ty].inner else {
                 continue;
             };
-            let naga::TypeInner::Scalar(scalar) = module.types[base].inner else {
-                continue;
+            let width = match module.types[base].inner {
+                naga::TypeInner::Scalar(scalar) => scalar.width,
+                naga::TypeInner::Vector { scalar, .. } => scalar.width,
+                _ => continue,
             };
-            let want = if ["x", "dy", "out"].contains(&name) {
-                2
-            } else {
-                4
-            };
-            assert_eq!(scalar.width, want, "{name} of {}", shader.file_name());
+            let want = if typed.contains(&name) { 2 } else { 4 };
+            assert_eq!(width, want, "{name} of {}", shader.file_name());
         }
     }
 }

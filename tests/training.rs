@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_close, gpu, norm, shared_mnist};
+use wgnorm::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
@@ -128,7 +129,12 @@ fn gpu_and_cpu_training_steps_agree() {
 }
 
 /// Trains `epochs` on the first `limit` images and returns (per-epoch train losses, test).
-fn short_run<B: Compute>(backend: &B, data: &Mnist, batchnorm: bool) -> (Vec<f64>, LossTotals) {
+fn short_run<B: Compute>(
+    backend: &B,
+    data: &Mnist,
+    batchnorm: bool,
+    activations: wgnorm::Dtype,
+) -> (Vec<f64>, LossTotals) {
     let config = TrainConfig {
         spec: spec(batchnorm),
         init: Init::Keras,
@@ -138,6 +144,7 @@ fn short_run<B: Compute>(backend: &B, data: &Mnist, batchnorm: bool) -> (Vec<f64
         val_split: 0.1,
         seed: 3,
         train_limit: Some(2048),
+        activations,
     };
     let mut trainer = Trainer::new(backend, config, data).unwrap();
     let mut reports = 0;
@@ -158,7 +165,7 @@ fn short_run<B: Compute>(backend: &B, data: &Mnist, batchnorm: bool) -> (Vec<f64
 
 fn a_short_run_learns<B: Compute>(backend: &B) -> f64 {
     let Some(data) = load() else { return 0.0 };
-    let (losses, test) = short_run(backend, &data, true);
+    let (losses, test) = short_run(backend, &data, true, wgnorm::Dtype::F32);
     // An untrained 10-class model scores ln 10 ≈ 2.30 and 10%.
     assert!(losses[0] < 2.0, "first epoch loss {}", losses[0]);
     assert!(losses[1] < losses[0], "loss did not fall: {losses:?}");
@@ -181,6 +188,46 @@ fn a_short_gpu_run_learns_and_matches_the_cpu() {
         (on_gpu - on_cpu).abs() <= 0.003,
         "test accuracy {on_gpu} on the GPU, {on_cpu} on the CPU"
     );
+}
+
+/// f16 hidden activations (f32 everything else) train to the f32 run's test accuracy within
+/// the documented 0.5 points, and do change the computation.
+#[test]
+fn f16_activations_train_within_half_a_point_of_f32() {
+    let Some(gpu) = gpu() else { return };
+    let Some(data) = load() else { return };
+    if !gpu.has_f16() {
+        return;
+    }
+    let (losses32, test32) = short_run(gpu, &data, true, wgnorm::Dtype::F32);
+    let (losses16, test16) = short_run(gpu, &data, true, wgnorm::Dtype::F16);
+    assert_ne!(
+        losses16, losses32,
+        "the f16 run computed exactly the f32 one"
+    );
+    assert!(
+        (test16.accuracy() - test32.accuracy()).abs() <= 0.005,
+        "test accuracy {} with f16 activations, {} with f32",
+        test16.accuracy(),
+        test32.accuracy()
+    );
+    // The CPU has no f16 storage: the model refuses instead of silently using f32.
+    let spec = ModelSpec::reference_mlp(true);
+    let mut model = Mlp::upload(
+        &CpuBackend,
+        &spec,
+        &HostModel::initial(&spec, Init::Keras, 0),
+    )
+    .unwrap();
+    model.activations = wgnorm::Dtype::F16;
+    let x = CpuBackend.upload(&vec![0.5; 2 * 784]).unwrap();
+    let key = StepKey { seed: 0, step: 0 };
+    let err = model
+        .forward(&CpuBackend, Mode::Eval, x, 2, key)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cannot store F16 activations"), "{err}");
 }
 
 #[test]

@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// Batch variance entering the running variance: unbiased (PyTorch) or biased (Keras).
     #[arg(long, value_enum, default_value_t = RunningVar::Unbiased)]
     bn_running_var: RunningVar,
+    /// Storage of the hidden activations on the device: f16 halves their memory where the
+    /// adapter has shader-f16 (elsewhere, and on the CPU, the run uses f32 with a notice); the
+    /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -142,6 +147,7 @@ impl RunArgs {
             val_split: self.val_split,
             seed: self.seed,
             train_limit: self.train_limit,
+            activations: self.dtype,
         }
     }
 }
@@ -248,6 +254,15 @@ pub fn run_on<B: Compute>(
     multi: &MultiProgress,
 ) -> Result<RunOutcome> {
     let (adapter, out, resume) = (place.adapter, place.out, place.resume);
+    let mut config = config;
+    if !backend.supports(config.activations) {
+        eprintln!(
+            "note: {} cannot store {:?} activations; training in F32",
+            backend.describe(),
+            config.activations
+        );
+        config.activations = Dtype::F32;
+    }
     std::fs::create_dir_all(out).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,

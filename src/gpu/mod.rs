@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use buffer::GpuBuffer;
 pub use device::{AdapterRequest, AdapterSummary};
-pub use pipeline::{Binding, Constants, Kernel, Shader, Slot, WORKGROUP};
+pub use pipeline::{Binding, Constants, Kernel, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP};
 pub use profiler::{KernelTime, Profile};
 
 use crate::backend::Backend;
@@ -109,6 +109,9 @@ struct Shared {
     /// Held while work is recorded into a host's encoder (`record_into`) and while the pending
     /// encoder is submitted, so that a host's encoder is never submitted by wgnorm.
     host_recording: Mutex<()>,
+    /// One f32 bound where a kernel needs a buffer in a slot it will not read (a matmul
+    /// without bias), so that the slot's type never depends on another operand's.
+    placeholder: GpuBuffer,
     /// Set while recording into a host's encoder: temporaries are then unpooled, because wgnorm
     /// cannot know when the host submits and the pool would reuse them too early.
     for_host: std::sync::atomic::AtomicBool,
@@ -128,30 +131,6 @@ pub(crate) fn check_u32_indexable(what: &str, elements: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The storage type of the buffers bound to a kernel's activation slots (x, dy, out): they
-/// must agree, and f16 needs a kernel with an f16 variant. Every other slot is f32.
-fn activation_dtype(kernel: Kernel, bindings: &[Binding]) -> Result<Dtype> {
-    let is_activation = |slot: Slot| matches!(slot, Slot::X | Slot::Dy | Slot::Out);
-    let mut found = None;
-    for binding in bindings {
-        let dtype = binding.buffer.dtype();
-        let allowed = dtype == Dtype::F32
-            || (is_activation(binding.slot) && kernel.shader().has_f16_variant());
-        if !allowed || found.is_some_and(|f| f != dtype && is_activation(binding.slot)) {
-            return Err(Error::InvalidArgument(format!(
-                "{} cannot take a {dtype:?} buffer as {}{}",
-                kernel.entry_point(),
-                binding.slot.wgsl_name(),
-                found.map_or(String::new(), |f| format!(" beside {f:?} ones")),
-            )));
-        }
-        if is_activation(binding.slot) {
-            found = Some(dtype);
-        }
-    }
-    Ok(found.unwrap_or(Dtype::F32))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -211,6 +190,16 @@ impl GpuBackend {
 
     fn on(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Self {
         let max_buffer_size = device.limits().max_buffer_size;
+        let placeholder = GpuBuffer::unpooled(
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgnorm placeholder"),
+                size: 4,
+                usage: STORAGE,
+                mapped_at_creation: false,
+            }),
+            1,
+            Dtype::F32,
+        );
         Self {
             shared: Arc::new(Shared {
                 pipelines: PipelineCache::new(device.clone()),
@@ -224,6 +213,7 @@ impl GpuBackend {
                 summary,
                 profile: Mutex::new(None),
                 host_recording: Mutex::new(()),
+                placeholder,
                 for_host: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -401,6 +391,11 @@ impl GpuBackend {
         }
     }
 
+    /// A buffer for a slot the kernel will not read.
+    pub(crate) fn placeholder(&self) -> &GpuBuffer {
+        &self.shared.placeholder
+    }
+
     /// Whether the device can run kernels on f16 storage (`Features::SHADER_F16`).
     pub fn has_f16(&self) -> bool {
         self.shared
@@ -515,8 +510,8 @@ impl GpuBackend {
                 kernel.entry_point()
             )));
         }
-        let activations = activation_dtype(kernel, bindings)?;
-        let pipeline = self.shared.pipelines.get(kernel, activations, constants)?;
+        let storage = pipeline::Storage::of(kernel, bindings)?;
+        let pipeline = self.shared.pipelines.get(kernel, storage, constants)?;
         let bytes = bytemuck::bytes_of(params);
         let uniform = self.alloc(bytes.len().div_ceil(4), UNIFORM)?;
         self.shared.queue.write_buffer(uniform.raw(), 0, bytes);
@@ -697,6 +692,10 @@ impl Backend for GpuBackend {
 
     fn scratch(&self, len: usize) -> Result<GpuBuffer> {
         self.alloc(len.max(1), STORAGE)
+    }
+
+    fn dtype_of(&self, buffer: &GpuBuffer) -> Dtype {
+        buffer.dtype()
     }
 
     fn supports(&self, dtype: Dtype) -> bool {

@@ -43,20 +43,31 @@ impl Shader {
         }
     }
 
-    /// The module wgnorm compiles: the file with `Act`, the storage type of its activation
-    /// bindings (x, dy, out), defined as f32 or f16. One source serves both.
-    pub fn module_source(self, activations: Dtype) -> String {
-        let header = match activations {
-            Dtype::F32 => "alias Act = f32;\n",
-            Dtype::F16 => "enable f16;\nalias Act = f16;\n",
-        };
+    /// The module wgnorm compiles: the file with the storage type of each typed binding
+    /// (`X_T`, `DY_T`, `OUT_T`, `A_T`, `B_T`) defined as f32 or f16 ahead of it. One source
+    /// serves every combination.
+    pub fn module_source(self, storage: Storage) -> String {
+        let mut header = String::new();
+        if storage.0.contains(&Dtype::F16) {
+            header.push_str("enable f16;\n");
+        }
+        for ((_, alias), dtype) in TYPED_SLOTS.iter().zip(storage.0) {
+            let ty = match dtype {
+                Dtype::F32 => "f32",
+                Dtype::F16 => "f16",
+            };
+            header.push_str(&format!("alias {alias} = {ty};\n"));
+        }
         format!("{header}{}", self.source())
     }
 
-    /// Whether the file's activation bindings are declared as `Act`, so that it has an f16
-    /// variant.
+    /// Whether the file declares its typed bindings with the aliases, so that they can hold
+    /// f16; the others take f32 only.
     pub fn has_f16_variant(self) -> bool {
-        self == Shader::BatchNorm
+        matches!(
+            self,
+            Shader::BatchNorm | Shader::Matmul | Shader::Activation
+        )
     }
 
     /// The file as written (it uses `Act` without defining it: see `module_source`).
@@ -287,16 +298,62 @@ impl<'a> Binding<'a> {
     }
 }
 
+/// Bindings whose storage type each pipeline chooses, with the WGSL alias that names it: the
+/// activations and gradients (x, dy, out) and the matmul operands (a, b and their vec4 views).
+/// Every other binding is f32.
+pub const TYPED_SLOTS: [(&[Slot], &str); 5] = [
+    (&[Slot::X], "X_T"),
+    (&[Slot::Dy], "DY_T"),
+    (&[Slot::Out], "OUT_T"),
+    (&[Slot::MatA, Slot::MatA4], "A_T"),
+    (&[Slot::MatB, Slot::MatB4], "B_T"),
+];
+
+/// The storage type of each of `TYPED_SLOTS`, as one pipeline is built for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Storage(pub [Dtype; 5]);
+
+impl Storage {
+    /// Every typed binding stored as `dtype`.
+    pub fn all(dtype: Dtype) -> Self {
+        Self([dtype; 5])
+    }
+
+    /// The storage of the buffers in `bindings`, refusing an f16 buffer where `shader` has no
+    /// f16 variant or in an untyped slot.
+    pub fn of(kernel: Kernel, bindings: &[Binding]) -> Result<Self> {
+        let mut storage = Self::default();
+        for binding in bindings {
+            let dtype = binding.buffer.dtype();
+            let typed = TYPED_SLOTS
+                .iter()
+                .position(|(slots, _)| slots.contains(&binding.slot));
+            match typed {
+                Some(index) if kernel.shader().has_f16_variant() => storage.0[index] = dtype,
+                _ if dtype == Dtype::F32 => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} cannot take a {dtype:?} buffer as {}",
+                        kernel.entry_point(),
+                        binding.slot.wgsl_name()
+                    )));
+                }
+            }
+        }
+        Ok(storage)
+    }
+}
+
 /// Values for a kernel's WGSL `override` constants, fixed when its pipeline is created.
 pub type Constants<'a> = &'a [(&'static str, f64)];
 
 /// A kernel with its activation storage and constants: each distinct one is its own pipeline.
-type PipelineKey = (Kernel, Dtype, Vec<(&'static str, u64)>);
+type PipelineKey = (Kernel, Storage, Vec<(&'static str, u64)>);
 
 /// Creates each shader module and compute pipeline once.
 pub(crate) struct PipelineCache {
     device: wgpu::Device,
-    modules: Mutex<HashMap<(Shader, Dtype), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(Shader, Storage), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -312,12 +369,12 @@ impl PipelineCache {
     pub(crate) fn get(
         &self,
         kernel: Kernel,
-        activations: Dtype,
+        storage: Storage,
         constants: Constants,
     ) -> Result<wgpu::ComputePipeline> {
         let key = (
             kernel,
-            activations,
+            storage,
             constants
                 .iter()
                 .map(|&(name, value)| (name, value.to_bits()))
@@ -327,7 +384,7 @@ impl PipelineCache {
         if let Some(pipeline) = pipelines.get(&key) {
             return Ok(pipeline.clone());
         }
-        let module = self.module(kernel.shader(), activations)?;
+        let module = self.module(kernel.shader(), storage)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self
             .device
@@ -353,9 +410,9 @@ impl PipelineCache {
         Ok(pipeline)
     }
 
-    fn module(&self, shader: Shader, activations: Dtype) -> Result<wgpu::ShaderModule> {
+    fn module(&self, shader: Shader, storage: Storage) -> Result<wgpu::ShaderModule> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(module) = modules.get(&(shader, activations)) {
+        if let Some(module) = modules.get(&(shader, storage)) {
             return Ok(module.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -363,12 +420,12 @@ impl PipelineCache {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader.file_name()),
-                source: wgpu::ShaderSource::Wgsl(shader.module_source(activations).into()),
+                source: wgpu::ShaderSource::Wgsl(shader.module_source(storage).into()),
             });
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("{}: {error}", shader.file_name())));
         }
-        modules.insert((shader, activations), module.clone());
+        modules.insert((shader, storage), module.clone());
         Ok(module)
     }
 }

@@ -253,11 +253,11 @@ impl MatmulOps for GpuBackend {
             m.div_ceil(per_group) as u32,
             1,
         ];
-        // Without a bias the slot still needs a buffer; `a` is bound read-only there and never read.
+        // Without a bias the slot still needs a buffer, which is never read.
         let bindings = [
             Binding::whole(Slot::MatA, a),
             Binding::whole(Slot::MatB, b),
-            Binding::whole(Slot::Bias, bias.unwrap_or(a)),
+            Binding::whole(Slot::Bias, bias.unwrap_or(self.placeholder())),
             Binding::whole(Slot::Out, out),
         ];
         self.record(|encoder| self.dispatch(encoder, kernel, &params, &bindings, groups))
@@ -288,7 +288,7 @@ impl GpuBackend {
         let bindings = [
             Binding::rows(Slot::MatA4, a, 0, a.len() / 4 * 4),
             Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
-            Binding::whole(Slot::Bias, bias.unwrap_or(a)),
+            Binding::whole(Slot::Bias, bias.unwrap_or(self.placeholder())),
             Binding::whole(Slot::Out, out),
         ];
         self.record(|encoder| {
