@@ -11,8 +11,10 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
+    /// Four bytes per value.
     #[default]
     F32,
+    /// Two bytes per value (IEEE 754 half precision).
     F16,
 }
 

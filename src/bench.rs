@@ -24,13 +24,18 @@ use crate::{Backend, Result};
 /// Median, fastest and slowest of repeated measurements, in seconds.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Timing {
+    /// Median of the samples, in seconds.
     pub median: f64,
+    /// Fastest sample.
     pub min: f64,
+    /// Slowest sample.
     pub max: f64,
+    /// Samples taken.
     pub reps: usize,
 }
 
 impl Timing {
+    /// The summary of `samples` (seconds each).
     pub fn of(mut samples: Vec<f64>) -> Self {
         samples.sort_by(f64::total_cmp);
         let n = samples.len();
@@ -173,18 +178,23 @@ pub fn copy_bandwidth<B: Clock>(backend: &B, bytes: usize, reps: usize) -> Resul
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchNormPass {
+    /// Statistics, running update and normalize.
     Forward,
+    /// The two sums and dx, from saved statistics.
     Backward,
+    /// A forward followed by its backward.
     ForwardBackward,
 }
 
 impl BatchNormPass {
+    /// Every pass, in the order the bench prints them.
     pub const ALL: [BatchNormPass; 3] = [
         BatchNormPass::Forward,
         BatchNormPass::Backward,
         BatchNormPass::ForwardBackward,
     ];
 
+    /// The name printed and written to JSON.
     pub fn name(self) -> &'static str {
         match self {
             BatchNormPass::Forward => "forward",
@@ -203,6 +213,7 @@ impl BatchNormPass {
         }
     }
 
+    /// What the pass reads and writes per element, as printed above the table.
     pub fn byte_model(self) -> &'static str {
         match self {
             BatchNormPass::Forward => "reads x twice (statistics, normalize), writes y: 3 × 4 B",
@@ -214,6 +225,7 @@ impl BatchNormPass {
 
 /// Inputs and reusable outputs of a BatchNorm training step on one backend.
 pub struct BatchNormStep<B: BatchNormOps> {
+    /// The tensor's (N, C, S) view.
     pub shape: BatchNormShape,
     x: B::Buffer,
     dy: B::Buffer,
@@ -284,7 +296,9 @@ impl<B: BatchNormOps> BatchNormStep<B> {
 /// Wall and device time of one BatchNorm pass.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct KernelTiming {
+    /// Wall time: record, submit and wait.
     pub wall: Timing,
+    /// Device time from timestamp queries, where the adapter has them.
     pub device: Option<Timing>,
 }
 
@@ -322,6 +336,7 @@ pub struct SyntheticStep<B: Compute> {
 pub const SYNTHETIC_IMAGES: usize = 4096;
 
 impl<B: Compute> SyntheticStep<B> {
+    /// A model of `spec` on synthetic images, stepping through batches of `rows` (1 to `SYNTHETIC_IMAGES`).
     pub fn new(backend: &B, spec: &ModelSpec, rows: usize) -> Result<Self> {
         if !(1..=SYNTHETIC_IMAGES).contains(&rows) {
             return Err(crate::Error::InvalidArgument(format!(
@@ -428,7 +443,9 @@ pub fn time_to_first_step<B: Clock>(
 pub struct EpochTiming {
     /// Training steps and validation, as `wgnorm train` reports them.
     pub seconds: f64,
+    /// Training steps in the epoch.
     pub steps: usize,
+    /// Validation accuracy after it, if there was a validation set.
     pub val_acc: Option<f64>,
 }
 

@@ -20,7 +20,9 @@ use crate::graph::{HostModel, HostRunning, ModelSpec};
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::{Error, Result};
 
+/// The model file of a run's directory.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The optimizer state and history beside it, for `--resume`.
 pub const STATE_FILE: &str = "training_state.safetensors";
 /// The f16 copy of a finished run's model (`wgnorm train --export-dtype f16`).
 pub const F16_MODEL_FILE: &str = "model.f16.safetensors";
@@ -30,7 +32,9 @@ const STATE_FORMAT: &str = "wgnorm-training-state-1";
 
 /// A model file's contents.
 pub struct ModelCheckpoint {
+    /// The architecture, from the file's metadata.
     pub spec: ModelSpec,
+    /// Weights and running statistics.
     pub model: HostModel,
     /// Training epochs finished when it was written.
     pub epochs_done: usize,
@@ -38,7 +42,9 @@ pub struct ModelCheckpoint {
 
 /// A training-state file's contents.
 pub struct TrainingState {
+    /// Epochs finished.
     pub epochs_done: usize,
+    /// Optimizer steps taken (Adam's bias correction needs it).
     pub optimizer_steps: u64,
     /// The run's settings as JSON; a resumed run must match them.
     pub settings: String,

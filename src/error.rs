@@ -26,7 +26,9 @@ pub enum Error {
     /// A file that could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
     /// A download that failed or whose content did not verify; nothing partial is kept.
@@ -40,7 +42,13 @@ pub enum Error {
     Interrupted(String),
     /// A file that was read but whose content is not what it should be.
     #[error("{}: {message}", path.display())]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
+/// Everything fallible in wgnorm returns this.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -30,10 +30,15 @@ impl<T> Compute for T where
 /// The architecture: inputs → [Linear → (BatchNorm) → ReLU → Dropout] per hidden width → Linear.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelSpec {
+    /// Features per input row (784 for MNIST).
     pub inputs: usize,
+    /// Width of each hidden layer, in order.
     pub hidden: Vec<usize>,
+    /// Output classes.
     pub classes: usize,
+    /// Whether each hidden Linear is followed by BatchNorm.
     pub batchnorm: bool,
+    /// Dropout probability after each hidden ReLU, in [0, 1).
     pub dropout: f32,
     /// eps, momentum and running-variance convention of every BatchNorm layer.
     pub batchnorm_config: BatchNormConfig,
@@ -42,24 +47,43 @@ pub struct ModelSpec {
 /// One layer of the architecture, at its `Sequential` index.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LayerSpec {
-    Linear { inputs: usize, outputs: usize },
-    BatchNorm { features: usize },
+    /// A fully connected layer.
+    Linear {
+        /// Input features.
+        inputs: usize,
+        /// Output features.
+        outputs: usize,
+    },
+    /// BatchNorm1d over `features`.
+    BatchNorm {
+        /// Features normalized.
+        features: usize,
+    },
+    /// max(x, 0).
     Relu,
-    Dropout { p: f32 },
+    /// Inverted dropout.
+    Dropout {
+        /// Probability of dropping each value.
+        p: f32,
+    },
 }
 
 /// A learned tensor: its `state_dict` name and shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {
+    /// The `state_dict` name, e.g. `0.weight`.
     pub name: String,
+    /// Its shape, PyTorch's order.
     pub shape: Vec<usize>,
 }
 
 impl ParamSpec {
+    /// Number of values.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// Whether it has no values.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -103,6 +127,7 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// The layers in `Sequential` order.
     pub fn layers(&self) -> Vec<LayerSpec> {
         let mut layers = Vec::new();
         let mut width = self.inputs;
@@ -191,15 +216,20 @@ impl ModelSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
+    /// Keras' `glorot_uniform` weights and zero biases.
     Keras,
+    /// PyTorch's `nn.Linear` default: U(±1/sqrt(in)) for both.
     Torch,
 }
 
 /// Running statistics of one BatchNorm layer, on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostRunning {
+    /// Running mean per feature.
     pub mean: Vec<f32>,
+    /// Running variance per feature.
     pub var: Vec<f32>,
+    /// Training forwards seen (`num_batches_tracked`).
     pub batches_tracked: u64,
 }
 
@@ -207,7 +237,9 @@ pub struct HostRunning {
 /// order, running statistics in `ModelSpec::batchnorm_layers` order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostModel {
+    /// Every parameter in `ModelSpec::params` order.
     pub params: Vec<Vec<f32>>,
+    /// Each BatchNorm layer's running statistics, in layer order.
     pub running: Vec<HostRunning>,
 }
 
@@ -283,7 +315,9 @@ impl HostModel {
 
 /// out = x·Wᵀ + b.
 pub struct Linear<B: Backend> {
+    /// [outputs, inputs], row-major as PyTorch stores it.
     pub weight: B::Buffer,
+    /// One value per output.
     pub bias: B::Buffer,
     inputs: usize,
     outputs: usize,
@@ -294,8 +328,11 @@ pub struct LinearSaved<B: Backend> {
     input: B::Buffer,
 }
 
+/// The gradients of a Linear layer's parameters.
 pub struct LinearGrads<B: Backend> {
+    /// dL/dW, [outputs, inputs].
     pub weight: B::Buffer,
+    /// dL/db.
     pub bias: B::Buffer,
 }
 
@@ -370,7 +407,9 @@ impl<B: Compute> Linear<B> {
 
 /// BatchNorm over the features of (rows, features) activations.
 pub struct BatchNorm<B: Backend> {
+    /// Its γ and β.
     pub affine: Affine<B>,
+    /// Running mean and variance.
     pub running: RunningStats<B>,
     /// Training forwards so far (`num_batches_tracked` in PyTorch).
     pub batches_tracked: u64,
@@ -501,11 +540,19 @@ fn dropout_backward<B: Compute>(
     Ok(dx)
 }
 
+/// One layer with its parameters on a backend.
 pub enum Layer<B: Backend> {
+    /// y = x·Wᵀ + b.
     Linear(Linear<B>),
+    /// BatchNorm over the features.
     BatchNorm(BatchNorm<B>),
+    /// y = max(x, 0).
     Relu,
-    Dropout { p: f32 },
+    /// Inverted dropout in training, the identity in eval mode.
+    Dropout {
+        /// Probability of dropping each value.
+        p: f32,
+    },
 }
 
 enum Saved<B: Backend> {
@@ -524,13 +571,17 @@ pub struct Tape<B: Backend> {
 /// Which dropout masks a training forward draws: keyed by the run's seed and the global step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepKey {
+    /// The run's seed.
     pub seed: u64,
+    /// The global training step.
     pub step: u64,
 }
 
 /// The MLP on one backend.
 pub struct Mlp<B: Backend> {
+    /// The architecture.
     pub spec: ModelSpec,
+    /// The layers in `Sequential` order.
     pub layers: Vec<Layer<B>>,
     /// How hidden activations are stored between layers (f16 needs `Backend::supports`). The
     /// input, the logits, every gradient, the parameters and all arithmetic stay f32.

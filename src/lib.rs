@@ -69,11 +69,14 @@
 //! **Data**: [`data::mnist::load`] reads the IDX files; [`data::download::ensure_mnist`]
 //! fetches them once, verifying SHA-256.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 /// The `wgnorm` command line (the binary's implementation, not a library API).
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod cli;
 pub mod cpu;
 pub mod data;
@@ -84,9 +87,11 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod plot;
 pub mod reference;
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod report;
 pub mod train;
 

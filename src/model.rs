@@ -101,6 +101,7 @@ impl<B: Compute> Classifier<B> {
         checkpoint::save_model(path, self.spec(), &self.mlp.download(backend)?, 0, dtype)
     }
 
+    /// The architecture.
     pub fn spec(&self) -> &ModelSpec {
         &self.mlp.spec
     }

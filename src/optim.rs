@@ -10,19 +10,28 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerConfig {
+    /// Adam (Kingma and Ba) with PyTorch's defaults.
     Adam {
+        /// Learning rate.
         lr: f64,
+        /// Decay of the first moment.
         beta1: f64,
+        /// Decay of the second moment.
         beta2: f64,
+        /// Added to the root of the second moment.
         eps: f64,
     },
+    /// Stochastic gradient descent, with optional heavy-ball momentum.
     Sgd {
+        /// Learning rate.
         lr: f64,
+        /// Weight of the previous update (0: plain SGD).
         momentum: f64,
     },
 }
 
 impl OptimizerConfig {
+    /// Adam at learning rate `lr` with PyTorch's β1 0.9, β2 0.999 and eps 1e-8.
     pub fn adam(lr: f64) -> Self {
         Self::Adam {
             lr,
@@ -32,6 +41,7 @@ impl OptimizerConfig {
         }
     }
 
+    /// SGD at `lr` with `momentum` (0 for none).
     pub fn sgd(lr: f64, momentum: f64) -> Self {
         Self::Sgd { lr, momentum }
     }
@@ -51,12 +61,14 @@ impl OptimizerConfig {
         }
     }
 
+    /// The learning rate.
     pub fn lr(&self) -> f64 {
         match *self {
             Self::Adam { lr, .. } | Self::Sgd { lr, .. } => lr,
         }
     }
 
+    /// Refuses a learning rate or moment setting that is not finite and in range.
     pub fn validate(&self) -> Result<()> {
         let ok = match *self {
             Self::Adam {
@@ -95,7 +107,9 @@ impl OptimizerConfig {
 
 /// An optimizer and its state: one buffer per (parameter, state name), and the steps taken.
 pub struct Optimizer<B: Backend> {
+    /// The algorithm and its settings.
     pub config: OptimizerConfig,
+    /// Steps taken.
     pub steps: u64,
     /// state[parameter][state name index]
     pub state: Vec<Vec<B::Buffer>>,
@@ -142,6 +156,7 @@ impl<B: Compute> Optimizer<B> {
         })
     }
 
+    /// The state tensors, per parameter and per `state_names` entry.
     pub fn download(&self, backend: &B) -> Result<Vec<Vec<Vec<f32>>>> {
         self.state
             .iter()

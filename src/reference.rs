@@ -10,24 +10,34 @@ fn f64_of(value: impl Real) -> f64 {
     value.into()
 }
 
+/// BatchNorm in f64.
 pub mod batchnorm {
     use super::{Real, f64_of};
     use crate::ops::batchnorm::BatchNormShape;
 
     /// Everything a training-mode forward produces, in f64.
     pub struct Forward {
+        /// Normalized output.
         pub y: Vec<f64>,
+        /// Batch mean per channel.
         pub mean: Vec<f64>,
         /// Biased variance.
         pub var: Vec<f64>,
+        /// 1/sqrt(var + eps) per channel.
         pub invstd: Vec<f64>,
+        /// Running mean after the update.
         pub running_mean: Vec<f64>,
+        /// Running variance after the update (unbiased batch variance, PyTorch).
         pub running_var: Vec<f64>,
     }
 
+    /// Gradients of the training-mode forward, in f64.
     pub struct Grads {
+        /// dL/dx.
         pub dx: Vec<f64>,
+        /// dL/dγ.
         pub dgamma: Vec<f64>,
+        /// dL/dβ.
         pub dbeta: Vec<f64>,
     }
 
@@ -76,6 +86,7 @@ pub mod batchnorm {
             .collect()
     }
 
+    /// Training-mode forward: batch statistics, normalize, running update.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_train(
         x: &[impl Real],
@@ -110,6 +121,7 @@ pub mod batchnorm {
         }
     }
 
+    /// Eval-mode forward with the running statistics.
     pub fn forward_eval(
         x: &[impl Real],
         shape: BatchNormShape,
@@ -162,6 +174,7 @@ pub mod batchnorm {
     }
 }
 
+/// Matmul in f64.
 pub mod matmul {
     use super::{Real, f64_of};
     use crate::ops::matmul::MatrixLayout;
@@ -194,6 +207,7 @@ pub mod matmul {
 pub mod activation {
     use super::{Real, f64_of};
 
+    /// max(x, 0).
     pub fn relu(x: &[impl Real]) -> Vec<f64> {
         x.iter().map(|&v| f64_of(v).max(0.0)).collect()
     }

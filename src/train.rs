@@ -28,14 +28,20 @@ pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
 /// Everything that defines a run; two runs with equal configs compute the same thing.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainConfig {
+    /// The architecture.
     pub spec: ModelSpec,
+    /// How the weights start.
     pub init: Init,
+    /// Optimizer and learning rate.
     pub optimizer: OptimizerConfig,
+    /// Epochs to train.
     pub epochs: usize,
+    /// Rows per training step.
     pub batch_size: usize,
     /// Fraction of the training images held out for validation, taken from the end (Keras'
     /// `validation_split`).
     pub val_split: f64,
+    /// Seed of the weights, the shuffles and the dropout masks.
     pub seed: u64,
     /// Train on the first N images of the training part only.
     pub train_limit: Option<usize>,
@@ -60,6 +66,7 @@ impl TrainConfig {
         }
     }
 
+    /// Refuses settings that cannot run (zero batch, split outside [0, 1), …).
     pub fn validate(&self) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;
@@ -95,10 +102,15 @@ impl TrainConfig {
 /// One finished epoch, as reported and as written to `metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
+    /// 1-based epoch number.
     pub epoch: usize,
+    /// Mean training loss over the epoch.
     pub train_loss: f64,
+    /// Training accuracy over the epoch.
     pub train_acc: f64,
+    /// Validation loss, if there is a validation set.
     pub val_loss: Option<f64>,
+    /// Validation accuracy, if there is a validation set.
     pub val_acc: Option<f64>,
     /// Wall time of the epoch, its validation pass included.
     pub seconds: f64,
@@ -138,15 +150,20 @@ pub fn batches(rows: usize, batch_size: usize, batchnorm: bool) -> Vec<(usize, u
 /// A model, its optimizer and the data, on one backend.
 pub struct Trainer<'b, B: Compute> {
     backend: &'b B,
+    /// The run's settings.
     pub config: TrainConfig,
+    /// The model being trained.
     pub model: Mlp<B>,
+    /// Its optimizer and state.
     pub optimizer: Optimizer<B>,
     train_set: DeviceImages<B>,
     train_rows: usize,
     validation: Option<(B::Indices, usize)>,
     test_set: DeviceImages<B>,
     test_index: B::Indices,
+    /// Epochs finished.
     pub epochs_done: usize,
+    /// One record per finished epoch.
     pub history: Vec<EpochRecord>,
 }
 
@@ -209,6 +226,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
         })
     }
 
+    /// The backend it runs on.
     pub fn backend(&self) -> &'b B {
         self.backend
     }

@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// Image height and width in pixels.
 pub const SIDE: usize = 28;
+/// Pixels per image.
 pub const PIXELS: usize = SIDE * SIDE;
+/// Digit classes.
 pub const CLASSES: usize = 10;
 
 const IMAGES_MAGIC: u32 = 2051;
@@ -21,13 +24,18 @@ const MAX_UNCOMPRESSED: u64 = 64 << 20;
 /// The four files, with the SHA-256 of their `.gz` form (from LeCun's originals).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MnistFile {
+    /// train-images-idx3-ubyte: 60,000 images.
     TrainImages,
+    /// train-labels-idx1-ubyte.
     TrainLabels,
+    /// t10k-images-idx3-ubyte: 10,000 images.
     TestImages,
+    /// t10k-labels-idx1-ubyte.
     TestLabels,
 }
 
 impl MnistFile {
+    /// The four files.
     pub const ALL: [MnistFile; 4] = [
         MnistFile::TrainImages,
         MnistFile::TrainLabels,
@@ -45,10 +53,12 @@ impl MnistFile {
         }
     }
 
+    /// The compressed file's name.
     pub fn gz_name(self) -> String {
         format!("{}.gz", self.stem())
     }
 
+    /// SHA-256 of the compressed file, as published.
     pub fn sha256(self) -> &'static str {
         match self {
             MnistFile::TrainImages => {
@@ -77,23 +87,30 @@ impl MnistFile {
 /// Images as bytes (row-major, `PIXELS` per image) and labels 0..9.
 #[derive(Clone, Debug, Default)]
 pub struct Split {
+    /// Row-major 28×28 bytes per image.
     pub images: Vec<u8>,
+    /// One class 0–9 per image.
     pub labels: Vec<u8>,
 }
 
 impl Split {
+    /// Images in the split.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the split holds no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 }
 
+/// Both splits of MNIST.
 #[derive(Clone, Debug, Default)]
 pub struct Mnist {
+    /// The 60,000 training images.
     pub train: Split,
+    /// The 10,000 test images.
     pub test: Split,
 }
 

@@ -8,7 +8,9 @@ use crate::{Error, Result};
 /// A C-order array of f32 with its shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Values in C order, converted to f32.
     pub data: Vec<f32>,
 }
 

@@ -132,6 +132,7 @@ impl GpuBuffer {
         self.len
     }
 
+    /// Whether it holds no values.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

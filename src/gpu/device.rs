@@ -5,18 +5,25 @@ use crate::{Error, Result};
 /// What `wgnorm devices` prints about an adapter.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
+    /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
     pub name: String,
+    /// Vulkan, Metal, DX12 or GL.
     pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU (a software rasterizer) or other.
     pub device_type: wgpu::DeviceType,
+    /// Driver name.
     pub driver: String,
+    /// Driver version and details.
     pub driver_info: String,
 }
 
 impl AdapterSummary {
+    /// The summary of `adapter`.
     pub fn of(adapter: &wgpu::Adapter) -> Self {
         Self::from_info(adapter.get_info())
     }
 
+    /// The summary of what wgpu reports about an adapter.
     pub fn from_info(info: wgpu::AdapterInfo) -> Self {
         Self {
             name: info.name,
@@ -41,6 +48,7 @@ impl std::fmt::Display for AdapterSummary {
 /// Which adapter to use: `name` is a case-insensitive substring of the adapter name.
 #[derive(Clone, Debug, Default)]
 pub struct AdapterRequest {
+    /// Case-insensitive substring of the adapter's name; `None` takes the best adapter.
     pub name: Option<String>,
 }
 
@@ -79,6 +87,7 @@ fn preference(device_type: wgpu::DeviceType) -> u8 {
     }
 }
 
+/// The one-line error for a machine without an adapter, with how to get one.
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found: install a Vulkan, Metal or DX12 driver \
      (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1 for the lavapipe \
      software adapter), or use --device cpu";

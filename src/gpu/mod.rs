@@ -6,6 +6,8 @@
 
 mod buffer;
 pub mod device;
+// Kernel plumbing, public only for the shader tests (hidden from the docs).
+#[allow(missing_docs)]
 mod pipeline;
 mod profiler;
 
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use buffer::GpuBuffer;
 pub use device::{AdapterRequest, AdapterSummary};
+// The kernel plumbing is public for the shader tests, not an API.
+#[doc(hidden)]
 pub use pipeline::{Binding, Constants, Kernel, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP};
 pub use profiler::{KernelTime, Profile};
 
@@ -275,18 +279,22 @@ impl GpuBackend {
         result
     }
 
+    /// The adapter the device runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.shared.summary
     }
 
+    /// The device's limits.
     pub fn limits(&self) -> wgpu::Limits {
         self.shared.device.limits()
     }
 
+    /// The grid sizes in use.
     pub fn tuning(&self) -> Tuning {
         self.shared.tuning
     }
 
+    /// The matmul kernel in use.
     pub fn matmul_schedule(&self) -> MatmulSchedule {
         *lock(&self.shared.matmul_schedule)
     }

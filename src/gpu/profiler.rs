@@ -9,7 +9,9 @@ pub(crate) const CAPACITY: u32 = 2048;
 /// The device time of one dispatch.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelTime {
+    /// Which kernel ran.
     pub kernel: Kernel,
+    /// Its device time.
     pub seconds: f64,
 }
 

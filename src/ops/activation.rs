@@ -35,6 +35,7 @@ fn lowbias32(value: u32) -> u32 {
 }
 
 impl DropoutMask {
+    /// The mask of layer `layer` at training step `step` of run `seed`, dropping with probability `p`.
     pub fn new(p: f32, seed: u64, layer: u32, step: u64) -> Self {
         let key = splitmix64(splitmix64(splitmix64(seed) ^ u64::from(layer)) ^ step);
         Self {
@@ -55,6 +56,7 @@ impl DropoutMask {
         (1.0 / (1.0 - f64::from(self.p))) as f32
     }
 
+    /// Whether element `element` is kept.
     pub fn keeps(&self, element: u32) -> bool {
         lowbias32(self.key[0] ^ lowbias32(self.key[1] ^ element)) >= self.threshold()
     }
@@ -62,6 +64,7 @@ impl DropoutMask {
 
 /// Elementwise activations. Outputs go into caller-owned buffers of the input's length.
 pub trait ActivationOps: Backend + Sized {
+    /// y = max(x, 0); y has x's length.
     fn relu_forward(&self, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
 
     /// dx from the forward's input x.
@@ -72,6 +75,7 @@ pub trait ActivationOps: Backend + Sized {
         dx: &mut Self::Buffer,
     ) -> Result<()>;
 
+    /// y = x·keep·scale with `mask`.
     fn dropout_forward(
         &self,
         mask: &DropoutMask,
@@ -79,6 +83,7 @@ pub trait ActivationOps: Backend + Sized {
         y: &mut Self::Buffer,
     ) -> Result<()>;
 
+    /// dx = dy·keep·scale with the mask of the forward.
     fn dropout_backward(
         &self,
         mask: &DropoutMask,
@@ -132,6 +137,7 @@ fn masked_scale(mask: &DropoutMask, input: &[f32], output: &mut [f32]) {
 }
 
 /// Uniform parameters of `shaders/activation.wgsl` (`struct ActivationParams` there).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ActivationParams {

@@ -11,13 +11,17 @@ use crate::{Dtype, Error, Result};
 /// Planes of the per-channel statistics buffer: `stats[plane * C + c]`. Mirrors the `STAT_*`
 /// constants of `shaders/batchnorm.wgsl` (a test checks that they agree).
 pub mod stat {
+    /// Batch mean.
     pub const MEAN: usize = 0;
+    /// Biased batch variance.
     pub const VAR: usize = 1;
+    /// 1/sqrt(var + eps).
     pub const INVSTD: usize = 2;
     /// One sample of the channel; the reductions run on x − shift.
     pub const SHIFT: usize = 3;
     /// mean − shift, kept apart from the shift so x − mean never rounds the mean to f32.
     pub const SHIFTED_MEAN: usize = 4;
+    /// Number of planes.
     pub const PLANES: usize = 5;
 }
 
@@ -27,8 +31,11 @@ pub const PARTIAL_STRIDE: usize = 4;
 /// x viewed as (N, C, S): N samples, C channels, S = product of the spatial dims (1 for (N, C)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchNormShape {
+    /// Samples.
     pub n: usize,
+    /// Channels.
     pub c: usize,
+    /// Values per channel per sample (the product of the spatial dims).
     pub s: usize,
 }
 
@@ -73,7 +80,9 @@ impl BatchNormShape {
 /// PyTorch's defaults: eps 1e-5, momentum 0.1 weighting the new batch value.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchNormConfig {
+    /// Added to the variance before the square root.
     pub eps: f32,
+    /// Weight of the new batch value in the running statistics.
     pub momentum: f32,
     /// PyTorch updates the running variance with the unbiased batch variance (·m/(m − 1));
     /// Keras with the biased one.
@@ -94,33 +103,44 @@ impl Default for BatchNormConfig {
 /// normalizes with the running statistics and changes nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Normalize with batch statistics; update the running ones.
     Train,
+    /// Normalize with the running statistics; change nothing.
     Eval,
 }
 
 /// The learned scale and shift, one value per channel.
 pub struct Affine<B: Backend> {
+    /// Scale γ, one per channel.
     pub gamma: B::Buffer,
+    /// Shift β, one per channel.
     pub beta: B::Buffer,
 }
 
 /// Running mean and (unbiased) variance, one value per channel, updated in training.
 pub struct RunningStats<B: Backend> {
+    /// Running mean, one per channel.
     pub mean: B::Buffer,
+    /// Running variance, one per channel.
     pub var: B::Buffer,
 }
 
 /// What the forward pass writes: y, and the per-channel statistics it normalized with
 /// (`stat` planes). In training mode those statistics are the state saved for backward.
 pub struct BatchNormForward<B: Backend> {
+    /// The normalized output, x's shape.
     pub y: B::Buffer,
+    /// The `stat` planes, 5·C values.
     pub stats: B::Buffer,
 }
 
 /// What the backward pass writes.
 pub struct BatchNormGrads<B: Backend> {
+    /// dL/dx, x's shape.
     pub dx: B::Buffer,
+    /// dL/dγ, one per channel.
     pub dgamma: B::Buffer,
+    /// dL/dβ, one per channel.
     pub dbeta: B::Buffer,
 }
 
@@ -228,7 +248,9 @@ pub fn check_config(mode: Mode, shape: BatchNormShape, config: BatchNormConfig) 
 /// Rows of x bound to one dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowChunk {
+    /// First row of x in the chunk.
     pub first_row: usize,
+    /// Rows in the chunk.
     pub rows: usize,
 }
 
@@ -397,6 +419,7 @@ struct ChunkSplits {
 
 /// Uniform parameters of `shaders/batchnorm.wgsl` (`struct Params` there; a test compares
 /// the layouts).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BatchNormParams {
@@ -702,12 +725,19 @@ pub struct HostBatchNormForward<'a> {
     /// How x and y store their values (f16 needs `GpuBackend::has_f16`; their byte sizes
     /// halve, rounded up to 4).
     pub activations: Dtype,
+    /// The input.
     pub x: &'a wgpu::Buffer,
+    /// Scale γ (f32).
     pub gamma: &'a wgpu::Buffer,
+    /// Shift β (f32).
     pub beta: &'a wgpu::Buffer,
+    /// Running mean (f32), updated in training.
     pub running_mean: &'a wgpu::Buffer,
+    /// Running variance (f32), updated in training.
     pub running_var: &'a wgpu::Buffer,
+    /// The output.
     pub y: &'a wgpu::Buffer,
+    /// The statistics written (f32).
     pub stats: &'a wgpu::Buffer,
 }
 
@@ -717,12 +747,19 @@ pub struct HostBatchNormForward<'a> {
 pub struct HostBatchNormBackward<'a> {
     /// How x, dy and dx store their values.
     pub activations: Dtype,
+    /// The forward's input.
     pub x: &'a wgpu::Buffer,
+    /// dL/dy.
     pub dy: &'a wgpu::Buffer,
+    /// Scale γ (f32).
     pub gamma: &'a wgpu::Buffer,
+    /// The training forward's statistics (f32).
     pub stats: &'a wgpu::Buffer,
+    /// dL/dx, written.
     pub dx: &'a wgpu::Buffer,
+    /// dL/dγ (f32), written.
     pub dgamma: &'a wgpu::Buffer,
+    /// dL/dβ (f32), written.
     pub dbeta: &'a wgpu::Buffer,
 }
 

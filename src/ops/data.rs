@@ -15,7 +15,9 @@ pub fn byte_scale() -> Vec<f32> {
 
 /// Images (`rows` × `row_len` bytes) and their labels, on one backend.
 pub struct DeviceImages<B: DataOps> {
+    /// Images.
     pub rows: usize,
+    /// Bytes per image.
     pub row_len: usize,
     bytes: B::Bytes,
     byte_scale: B::Buffer,
@@ -29,8 +31,10 @@ pub trait DataOps: Backend + Sized {
     /// Row indices (u32) on the device.
     type Indices;
 
+    /// Copies bytes (packed four to a word) to the device.
     fn upload_bytes(&self, bytes: &[u8]) -> Result<Self::Bytes>;
 
+    /// Copies u32 indices to the device.
     fn upload_indices(&self, indices: &[u32]) -> Result<Self::Indices>;
 
     /// x\[r, j\] = images\[index\[first + r\], j\]/255, labels\[r\] = its label, r < labels.len().
@@ -136,6 +140,7 @@ impl DataOps for CpuBackend {
 }
 
 /// Uniform parameters of `shaders/data.wgsl` (`struct GatherParams` there).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GatherParams {

@@ -9,22 +9,31 @@ use crate::{Error, Result};
 
 /// Slots of the metrics buffer that the loss adds to (`METRIC_*` in WGSL).
 pub mod metric {
+    /// Σ loss.
     pub const LOSS: usize = 0;
+    /// Kahan compensation of the loss sum.
     pub const LOSS_COMPENSATION: usize = 1;
+    /// Correct predictions.
     pub const CORRECT: usize = 2;
+    /// Rows seen.
     pub const SAMPLES: usize = 3;
+    /// Values in a metrics buffer.
     pub const LEN: usize = 4;
 }
 
 /// What a metrics buffer has summed since it was zeroed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossTotals {
+    /// Σ per-row cross-entropy.
     pub loss_sum: f64,
+    /// Rows whose argmax was the label.
     pub correct: f64,
+    /// Rows.
     pub samples: f64,
 }
 
 impl LossTotals {
+    /// The totals in a downloaded metrics buffer.
     pub fn from_metrics(values: &[f32]) -> Result<Self> {
         check_len("metrics buffer", values.len(), metric::LEN)?;
         Ok(Self {
@@ -35,10 +44,12 @@ impl LossTotals {
         })
     }
 
+    /// Mean loss per row.
     pub fn mean_loss(&self) -> f64 {
         self.loss_sum / self.samples.max(1.0)
     }
 
+    /// Fraction of rows predicted correctly.
     pub fn accuracy(&self) -> f64 {
         self.correct / self.samples.max(1.0)
     }
@@ -48,6 +59,7 @@ impl LossTotals {
 /// index per row, stored as f32). Adds the loss sum, correct count and rows to `metrics`
 /// (`metric::LEN` values); with `dlogits`, also writes the gradient of the batch-mean loss.
 pub trait LossOps: Backend + Sized {
+    /// Adds `logits`' loss and accuracy against `labels` to `metrics`; with `dlogits`, writes the gradient of the batch-mean loss.
     fn softmax_cross_entropy(
         &self,
         logits: &Self::Buffer,
@@ -119,6 +131,7 @@ impl LossOps for CpuBackend {
 }
 
 /// Uniform parameters of `shaders/loss.wgsl` (`struct LossParams` there).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LossParams {

@@ -9,9 +9,13 @@ use crate::{Error, Result};
 /// A rows×cols matrix inside a flat buffer: element (i, j) sits at i·row_stride + j·col_stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatrixLayout {
+    /// Rows of the logical matrix.
     pub rows: usize,
+    /// Columns of the logical matrix.
     pub cols: usize,
+    /// Distance in values between rows.
     pub row_stride: usize,
+    /// Distance in values between columns.
     pub col_stride: usize,
 }
 
@@ -46,6 +50,7 @@ impl MatrixLayout {
 
 /// out = a·b (+ bias added to every row), out row-major a.rows × b.cols.
 pub trait MatmulOps: Backend + Sized {
+    /// out = a·b (+ bias per column), row-major a.rows × b.cols; a and b are strided views.
     fn matmul(
         &self,
         a: &Self::Buffer,
@@ -121,6 +126,7 @@ impl MatmulOps for CpuBackend {
 }
 
 /// Uniform parameters of `shaders/matmul.wgsl` (`struct MatmulParams` there).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct MatmulParams {
@@ -139,7 +145,9 @@ const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
 /// Outputs per thread along each dimension (`TILE` in WGSL), threads per workgroup side
 /// (`SIDE`), and the k values staged per round by the tiled kernel (`K_STEP`).
 pub const MATMUL_TILE: usize = 4;
+/// Threads per side of a `matmul_tiled` workgroup.
 pub const MATMUL_SIDE: usize = 8;
+/// k values staged per round of `matmul_tiled`.
 pub const MATMUL_K_STEP: usize = 16;
 /// Rows and columns of c per thread of `matmul_vec4` (`V_ROWS`, `V_COLS`).
 pub const MATMUL_VEC4_BLOCK: usize = 8;

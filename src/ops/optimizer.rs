@@ -10,6 +10,7 @@ use crate::ops::check_len;
 
 /// Uniform parameters of `shaders/optimizer.wgsl` (`struct OptimizerParams` there). Each
 /// kernel reads the fields its formula names.
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct OptimizerParams {
@@ -54,6 +55,7 @@ impl OptimizerParams {
 
 /// Updates `param` in place from `grad`. Adam keeps two moment buffers, SGD one (momentum).
 pub trait OptimizerOps: Backend + Sized {
+    /// One Adam step on `param` with `grad`, its moments and the hyperparameters in `params`.
     fn adam_update(
         &self,
         params: &OptimizerParams,
@@ -63,6 +65,7 @@ pub trait OptimizerOps: Backend + Sized {
         moment2: &mut Self::Buffer,
     ) -> Result<()>;
 
+    /// One SGD step (with momentum when `params` has it).
     fn sgd_update(
         &self,
         params: &OptimizerParams,
