@@ -593,29 +593,53 @@ pub struct Mlp<B: Backend> {
 impl<B: Compute> Mlp<B> {
     /// Uploads `host` (checked against `spec`) to the backend.
     pub fn upload(backend: &B, spec: &ModelSpec, host: &HostModel) -> Result<Self> {
+        Self::upload_with_weights(backend, spec, host, Dtype::F32)
+    }
+
+    /// For inference in half precision: the Linear weights stored as `dtype` (each rounded
+    /// once) and the activations too; biases, BatchNorm's parameters and statistics and all
+    /// arithmetic stay f32. A model with f16 weights cannot be trained (the optimizer kernels
+    /// take f32 only and refuse it).
+    pub fn upload_for_inference(
+        backend: &B,
+        spec: &ModelSpec,
+        host: &HostModel,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        let mut model = Self::upload_with_weights(backend, spec, host, dtype)?;
+        model.activations = dtype;
+        Ok(model)
+    }
+
+    fn upload_with_weights(
+        backend: &B,
+        spec: &ModelSpec,
+        host: &HostModel,
+        weights: Dtype,
+    ) -> Result<Self> {
         spec.validate()?;
         host.check(spec)?;
         let mut params = host.params.iter();
         let mut running = host.running.iter();
-        let mut next_param = || -> Result<B::Buffer> {
+        let mut next_param = |dtype: Dtype| -> Result<B::Buffer> {
             let values = params
                 .next()
                 .ok_or_else(|| Error::Shape("model is missing a parameter".to_string()))?;
-            backend.upload(values)
+            backend.upload_as(values, dtype)
         };
         let mut layers = Vec::new();
         for layer in spec.layers() {
             layers.push(match layer {
                 LayerSpec::Linear { inputs, outputs } => Layer::Linear(Linear {
-                    weight: next_param()?,
-                    bias: next_param()?,
+                    weight: next_param(weights)?,
+                    bias: next_param(Dtype::F32)?,
                     inputs,
                     outputs,
                 }),
                 LayerSpec::BatchNorm { features } => {
                     let affine = Affine {
-                        gamma: next_param()?,
-                        beta: next_param()?,
+                        gamma: next_param(Dtype::F32)?,
+                        beta: next_param(Dtype::F32)?,
                     };
                     let stats = running.next().ok_or_else(|| {
                         Error::Shape("model is missing running statistics".to_string())

@@ -379,4 +379,35 @@ fn export_dtype_f16_writes_a_half_size_model_that_eval_reads() {
         (f16_acc - f32_acc).abs() <= 0.005,
         "f16 model {f16_acc} vs f32 {f32_acc}"
     );
+
+    // Inference in half precision: f16 weights and activations on the GPU.
+    let Some(gpu) = gpu() else { return };
+    let output = wgnorm(
+        &[
+            "eval",
+            "--checkpoint",
+            f32_file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--device",
+            "gpu",
+            "--dtype",
+            "f16",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_success(&output);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).contains("evaluating in F32"),
+        !gpu.has_f16()
+    );
+    let half_inference =
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["test_acc"]
+            .as_f64()
+            .unwrap();
+    assert!(
+        (half_inference - f32_acc).abs() <= 0.005,
+        "f16 inference {half_inference} vs f32 {f32_acc}"
+    );
 }

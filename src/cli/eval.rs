@@ -10,7 +10,7 @@ use crate::data::mnist::{Mnist, PIXELS};
 use crate::graph::{Compute, Mlp};
 use crate::ops::loss::LossTotals;
 use crate::train::evaluate;
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -24,6 +24,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// f16 stores the Linear weights and the activations in half precision (where the adapter
+    /// has shader-f16; elsewhere f32 with a notice); arithmetic stays f32.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -39,8 +43,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let data = args.data.load()?;
     let (totals, adapter) = match args.device.open()? {
-        Device::Gpu(gpu) => (test_on(&gpu, &saved, &data)?, gpu.adapter().name.clone()),
-        Device::Cpu(cpu) => (test_on(&cpu, &saved, &data)?, "cpu".to_string()),
+        Device::Gpu(gpu) => (
+            test_on(&gpu, &saved, &data, args.dtype)?,
+            gpu.adapter().name.clone(),
+        ),
+        Device::Cpu(cpu) => (test_on(&cpu, &saved, &data, args.dtype)?, "cpu".to_string()),
     };
     if args.json {
         let json = serde_json::json!({
@@ -67,8 +74,18 @@ fn test_on<B: Compute>(
     backend: &B,
     saved: &checkpoint::ModelCheckpoint,
     data: &Mnist,
+    dtype: Dtype,
 ) -> Result<LossTotals> {
-    let mut model = Mlp::upload(backend, &saved.spec, &saved.model)?;
+    let dtype = if backend.supports(dtype) {
+        dtype
+    } else {
+        eprintln!(
+            "note: {} cannot store {dtype:?}; evaluating in F32",
+            backend.describe()
+        );
+        Dtype::F32
+    };
+    let mut model = Mlp::upload_for_inference(backend, &saved.spec, &saved.model, dtype)?;
     let images = backend.upload_images(&data.test.images, PIXELS, &data.test.labels)?;
     let index: Vec<u32> = (0..data.test.len() as u32).collect();
     let index = backend.upload_indices(&index)?;
