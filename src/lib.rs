@@ -49,14 +49,41 @@
 //! host's `wgpu::CommandEncoder` on the host's buffers; the host submits. `examples/embed_bn.rs`
 //! is the whole program:
 //!
-//! ```no_run
-//! # fn host(device: wgpu::Device, queue: wgpu::Queue, buffers: wgnorm::ops::batchnorm::HostBatchNormForward<'_>) -> wgnorm::Result<()> {
-//! use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
-//! let wgnorm = wgnorm::gpu::GpuBackend::from_device(device.clone(), queue.clone());
+//! ```
+//! use wgnorm::Dtype;
+//! use wgnorm::gpu::{AdapterRequest, GpuBackend};
+//! use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, HostBatchNormForward, Mode};
+//! use wgpu::util::DeviceExt;
+//!
+//! # fn main() -> wgnorm::Result<()> {
+//! # // A device "the host owns": here borrowed from a standalone context; a host makes its own.
+//! # let Ok(standalone) = GpuBackend::new(&AdapterRequest::default()) else { return Ok(()) };
+//! # let (device, queue) = (standalone.device().clone(), standalone.queue().clone());
+//! let buffer = |values: &[f32]| {
+//!     device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+//!         label: None,
+//!         contents: bytemuck::cast_slice(values),
+//!         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+//!     })
+//! };
+//! let shape = BatchNormShape { n: 4, c: 2, s: 1 };
+//! let (x, y) = (buffer(&[1., 10., 2., 20., 3., 30., 4., 40.]), buffer(&[0.0; 8]));
+//! let (gamma, beta) = (buffer(&[1.0; 2]), buffer(&[0.0; 2]));
+//! let (mean, var, stats) = (buffer(&[0.0; 2]), buffer(&[1.0; 2]), buffer(&[0.0; 10]));
+//!
+//! let wgnorm = GpuBackend::from_device(device.clone(), queue.clone());
 //! let mut encoder = device.create_command_encoder(&Default::default());
-//! let shape = BatchNormShape { n: 64, c: 16, s: 9 };
+//! let buffers = HostBatchNormForward {
+//!     activations: Dtype::F32,
+//!     x: &x, gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var,
+//!     y: &y, stats: &stats,
+//! };
 //! wgnorm.record_batchnorm_forward(&mut encoder, Mode::Train, shape, BatchNormConfig::default(), &buffers)?;
 //! queue.submit([encoder.finish()]); // nothing ran before this
+//!
+//! use wgnorm::Backend;
+//! let normalized = wgnorm.download(&wgnorm.wrap_buffer("y", &y, 8, Dtype::F32)?)?;
+//! assert!((normalized[0] + normalized[2] + normalized[4] + normalized[6]).abs() < 1e-5);
 //! # Ok(())
 //! # }
 //! ```
