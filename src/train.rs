@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     /// How hidden activations are stored (`Mlp::activations`).
     pub activations: Dtype,
+    /// Skip each epoch's last batch when it is smaller than `batch_size`.
+    pub drop_last: bool,
 }
 
 impl TrainConfig {
@@ -63,6 +65,7 @@ impl TrainConfig {
             seed: 0,
             train_limit: None,
             activations: Dtype::F32,
+            drop_last: false,
         }
     }
 
@@ -70,6 +73,11 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;
+        if self.epochs == 0 {
+            return Err(Error::InvalidArgument(
+                "epochs must be at least 1".to_string(),
+            ));
+        }
         if self.batch_size == 0 {
             return Err(Error::InvalidArgument(
                 "batch size must be at least 1".to_string(),
@@ -137,14 +145,33 @@ pub fn epoch_order(seed: u64, epoch: usize, rows: usize) -> Vec<u32> {
     order
 }
 
-/// (first, rows) of each step's batch. The last partial batch is kept, except a single row
-/// when the model has BatchNorm, whose batch statistics need two.
-pub fn batches(rows: usize, batch_size: usize, batchnorm: bool) -> Vec<(usize, usize)> {
+/// (first, rows) of each step's batch. The last partial batch is kept (Keras), or dropped with
+/// `drop_last` (PyTorch's `DataLoader(drop_last=True)`).
+pub fn batches(rows: usize, batch_size: usize, drop_last: bool) -> Vec<(usize, usize)> {
     (0..rows)
-        .step_by(batch_size)
+        .step_by(batch_size.max(1))
         .map(|first| (first, batch_size.min(rows - first)))
-        .filter(|&(_, len)| !(batchnorm && len == 1))
+        .filter(|&(_, len)| !(drop_last && len < batch_size))
         .collect()
+}
+
+/// Refuses a batch size the training set cannot fill, and a last batch of one row with
+/// BatchNorm (its batch statistics need two values per channel).
+fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<()> {
+    let batch = config.batch_size;
+    if batch > train_rows {
+        return Err(Error::InvalidArgument(format!(
+            "batch size {batch} exceeds the {train_rows} training images"
+        )));
+    }
+    if config.spec.batchnorm && !config.drop_last && train_rows % batch == 1 {
+        return Err(Error::InvalidArgument(format!(
+            "the last batch of each epoch would hold 1 image ({train_rows} training images at \
+             batch size {batch}), and BatchNorm cannot normalize a batch of one; choose another \
+             --batch-size or pass --drop-last"
+        )));
+    }
+    Ok(())
 }
 
 /// A model, its optimizer and the data, on one backend.
@@ -201,6 +228,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
                 "the validation split leaves no training images".to_string(),
             ));
         }
+        check_batches(&config, train_rows)?;
         let upload = |split: &Split| backend.upload_images(&split.images, PIXELS, &split.labels);
         let validation = if split_at < data.train.len() {
             let index: Vec<u32> = (split_at as u32..data.train.len() as u32).collect();
@@ -241,7 +269,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
         batches(
             self.train_rows,
             self.config.batch_size,
-            self.config.spec.batchnorm,
+            self.config.drop_last,
         )
         .len()
     }
@@ -288,7 +316,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
         let plan = batches(
             self.train_rows,
             self.config.batch_size,
-            self.config.spec.batchnorm,
+            self.config.drop_last,
         );
         let mut last_read = Instant::now();
         for (step, &(first, rows)) in plan.iter().enumerate() {

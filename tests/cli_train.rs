@@ -251,6 +251,45 @@ fn bad_flags_and_files_are_one_line_errors() {
     assert_one_line_error(&with(&["--lr", "-1"]), 2, "lr");
     assert_one_line_error(&with(&["--val-split", "1"]), 2, "validation split");
     assert_one_line_error(&with(&["--resume"]), 2, "no run to continue");
+    assert_one_line_error(&with(&["--epochs", "0"]), 2, "epochs must be at least 1");
+    assert_one_line_error(&with(&["--lr", "0"]), 2, "lr > 0");
+    assert_one_line_error(&with(&["--lr", "NaN"]), 2, "lr > 0");
+    assert_one_line_error(&with(&["--lr", "inf"]), 2, "lr > 0");
+    assert_one_line_error(&with(&["--dropout", "-0.1"]), 2, "dropout");
+    assert_one_line_error(&with(&["--val-split", "-0.5"]), 2, "validation split");
+    assert_one_line_error(&with(&["--hidden", "64,0"]), 2, "widths");
+    clap_error(
+        &wgnorm(&["train", "--device", "tpu", "--out", "tpu"], dir.path()),
+        "tpu",
+    );
+    assert_one_line_error(
+        &with(&["--train-limit", "100", "--batch-size", "101"]),
+        2,
+        "batch size 101 exceeds the 100 training images",
+    );
+    // 65 images at batch 32 leave a last batch of one, which BatchNorm cannot normalize.
+    let lonely = ["--train-limit", "65", "--epochs", "1"];
+    let mut args = lonely.to_vec();
+    args.push("--batch-size=32");
+    let output = with(&args);
+    assert_one_line_error(
+        &output,
+        2,
+        "the last batch of each epoch would hold 1 image",
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--drop-last"));
+    args.push("--drop-last");
+    let output = wgnorm(
+        &[&base[..5], &["--out", "dropped"], &args[..]].concat(),
+        dir.path(),
+    );
+    assert_success(&output);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("2 steps per epoch"), "{said}");
 
     let bad_data = dir.path().join("empty");
     std::fs::create_dir(&bad_data).unwrap();

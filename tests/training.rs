@@ -145,6 +145,7 @@ fn short_run<B: Compute>(
         seed: 3,
         train_limit: Some(2048),
         activations,
+        drop_last: false,
     };
     let mut trainer = Trainer::new(backend, config, data).unwrap();
     let mut reports = 0;
@@ -234,15 +235,16 @@ fn f16_activations_train_within_half_a_point_of_f32() {
 fn the_split_and_batches_follow_keras() {
     assert_eq!(split_point(60_000, 0.1), 54_000);
     assert_eq!(split_point(60_000, 0.0), 60_000);
-    let plan = batches(54_000, 32, true);
+    let plan = batches(54_000, 32, false);
     assert_eq!(plan.len(), 1688);
     assert_eq!(plan[1687], (53_984, 16), "the last partial batch is kept");
+    assert_eq!(batches(65, 32, false).len(), 3, "Keras keeps the last row");
     assert_eq!(
-        batches(65, 32, true).len(),
-        2,
-        "a last batch of one cannot be batch-normalized"
+        batches(65, 32, true),
+        [(0, 32), (32, 32)],
+        "drop_last skips it"
     );
-    assert_eq!(batches(65, 32, false).len(), 3);
+    assert_eq!(batches(64, 32, true).len(), 2, "no partial batch to drop");
     let first = epoch_order(1, 0, 1000);
     let mut sorted = first.clone();
     sorted.sort_unstable();

@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// Skip each epoch's last batch when it is smaller than --batch-size (PyTorch's drop_last);
+    /// by default it is kept, as Keras does.
+    #[arg(long)]
+    drop_last: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,6 +152,7 @@ impl RunArgs {
             seed: self.seed,
             train_limit: self.train_limit,
             activations: self.dtype,
+            drop_last: self.drop_last,
         }
     }
 }
