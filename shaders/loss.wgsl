@@ -7,7 +7,10 @@
 //
 // One workgroup walks all rows and adds the batch's loss sum and correct count to `metrics`,
 // which accumulates on the device over many steps: [loss sum, its Kahan compensation, correct,
-// samples]. A single workgroup means no two threads ever add to `metrics` at once.
+// samples, calls, first bad call]. The last slot is the 1-based call whose batch loss was first
+// not finite (0 while none was), so a diverging run is caught on the device and named exactly
+// however rarely the host reads. A single workgroup means no two threads ever add to `metrics`
+// at once.
 
 const WORKGROUP: u32 = 256u;
 
@@ -15,6 +18,8 @@ const METRIC_LOSS: u32 = 0u;
 const METRIC_LOSS_COMPENSATION: u32 = 1u;
 const METRIC_CORRECT: u32 = 2u;
 const METRIC_SAMPLES: u32 = 3u;
+const METRIC_CALLS: u32 = 4u;
+const METRIC_FIRST_NON_FINITE: u32 = 5u;
 
 struct LossParams {
     rows: u32,
@@ -78,5 +83,11 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
         metrics[METRIC_LOSS] = sum;
         metrics[METRIC_CORRECT] += correct_part[0];
         metrics[METRIC_SAMPLES] += f32(p.rows);
+        metrics[METRIC_CALLS] += 1.0;
+        // A non-finite value fails every comparison, so this is true for NaN and ±inf.
+        let finite = abs(loss_part[0]) <= 3.4028235e38;
+        if !finite && metrics[METRIC_FIRST_NON_FINITE] == 0.0 {
+            metrics[METRIC_FIRST_NON_FINITE] = metrics[METRIC_CALLS];
+        }
     }
 }

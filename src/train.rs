@@ -360,12 +360,18 @@ impl<'b, B: Compute> Trainer<'b, B> {
         Ok(record)
     }
 
+    /// The epoch's running totals; a step whose loss was not finite (flagged on the device)
+    /// stops the run, naming it. Nothing is saved for this epoch, so the last checkpoint stays.
     fn read_totals(&self, metrics: &B::Buffer, epoch: usize) -> Result<LossTotals> {
         let totals = LossTotals::from_metrics(&self.backend.download(metrics)?)?;
-        if !totals.loss_sum.is_finite() {
+        if let Some(step) = totals.first_non_finite_step {
+            let kept = match epoch {
+                0 => "no epoch had finished, so nothing was saved".to_string(),
+                done => format!("the checkpoint of epoch {done} is kept as it was"),
+            };
             return Err(Error::Diverged(format!(
-                "the training loss became {} in epoch {}; try a lower --lr",
-                totals.loss_sum,
+                "the training loss was not finite at step {step} of epoch {}; the run stopped \
+                 and {kept}; try a lower --lr",
                 epoch + 1
             )));
         }

@@ -450,3 +450,50 @@ fn export_dtype_f16_writes_a_half_size_model_that_eval_reads() {
         "f16 inference {half_inference} vs f32 {f32_acc}"
     );
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_saves_nothing_half_done() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(
+        dir.path(),
+        "run",
+        &[
+            "--model",
+            "nobn",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e6",
+            "--epochs",
+            "3",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // The progress header, then one error line.
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the training loss was not finite at step"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
+    // The step is named exactly: a whole number within the epoch's 20 steps.
+    let step: usize = stderr
+        .split("at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=20).contains(&step), "{stderr}");
+    let run = dir.path().join("run");
+    if stderr.contains("of epoch 1;") {
+        assert!(!run.join(MODEL_FILE).exists(), "a model was saved");
+    } else {
+        // A later epoch diverged: the model on disk is the last finished epoch's, and loads.
+        let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();
+        assert!(saved.epochs_done >= 1);
+    }
+}

@@ -254,8 +254,10 @@ fn loss_metric_slots_match_rust() {
         ("METRIC_LOSS_COMPENSATION", metric::LOSS_COMPENSATION),
         ("METRIC_CORRECT", metric::CORRECT),
         ("METRIC_SAMPLES", metric::SAMPLES),
+        ("METRIC_CALLS", metric::CALLS),
+        ("METRIC_FIRST_NON_FINITE", metric::FIRST_NON_FINITE),
     ] {
         assert_eq!(u32_constant(&module, name) as usize, slot, "{name}");
     }
-    assert_eq!(metric::LEN, 4);
+    assert_eq!(metric::LEN, 6);
 }

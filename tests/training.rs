@@ -9,7 +9,7 @@ use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
 use wgnorm::ops::batchnorm::Mode;
-use wgnorm::ops::loss::{LossTotals, metric};
+use wgnorm::ops::loss::{LossOps, LossTotals, metric};
 use wgnorm::optim::{Optimizer, OptimizerConfig};
 use wgnorm::train::{TrainConfig, Trainer, batches, epoch_order, split_point};
 
@@ -255,4 +255,38 @@ fn the_split_and_batches_follow_keras() {
         epoch_order(1, 0, 1000),
         "a function of (seed, epoch)"
     );
+}
+
+/// The loss flags the first step whose batch loss is not finite, on the device, so that a
+/// diverging run is named exactly however rarely the host reads the metrics.
+fn flags_the_first_non_finite_step<B: Compute>(backend: &B) {
+    let labels = backend.upload(&[0.0, 1.0]).unwrap();
+    let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
+    for logits in [
+        [0.5, 0.1, 0.2, 0.3],
+        [f32::NAN, 0.0, 0.0, 0.0],
+        [f32::INFINITY, 0.0, 1.0, 2.0],
+    ] {
+        let logits = backend.upload(&logits).unwrap();
+        backend
+            .softmax_cross_entropy(&logits, &labels, 2, None, &mut metrics)
+            .unwrap();
+    }
+    let values = backend.download(&metrics).unwrap();
+    assert_eq!(values[metric::CALLS], 3.0, "{}", backend.describe());
+    let totals = LossTotals::from_metrics(&values).unwrap();
+    assert_eq!(
+        totals.first_non_finite_step,
+        Some(2),
+        "{}",
+        backend.describe()
+    );
+}
+
+#[test]
+fn both_backends_flag_the_first_non_finite_step() {
+    flags_the_first_non_finite_step(&CpuBackend);
+    if let Some(gpu) = gpu() {
+        flags_the_first_non_finite_step(gpu);
+    }
 }

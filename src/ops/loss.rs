@@ -17,8 +17,12 @@ pub mod metric {
     pub const CORRECT: usize = 2;
     /// Rows seen.
     pub const SAMPLES: usize = 3;
+    /// Loss calls (training steps) summed.
+    pub const CALLS: usize = 4;
+    /// The 1-based call whose batch loss was first not finite; 0 while none was.
+    pub const FIRST_NON_FINITE: usize = 5;
     /// Values in a metrics buffer.
-    pub const LEN: usize = 4;
+    pub const LEN: usize = 6;
 }
 
 /// What a metrics buffer has summed since it was zeroed.
@@ -30,6 +34,8 @@ pub struct LossTotals {
     pub correct: f64,
     /// Rows.
     pub samples: f64,
+    /// The 1-based step (loss call) whose batch loss was first not finite, if one was.
+    pub first_non_finite_step: Option<u64>,
 }
 
 impl LossTotals {
@@ -41,6 +47,10 @@ impl LossTotals {
                 - f64::from(values[metric::LOSS_COMPENSATION]),
             correct: f64::from(values[metric::CORRECT]),
             samples: f64::from(values[metric::SAMPLES]),
+            first_non_finite_step: match values[metric::FIRST_NON_FINITE] {
+                0.0 => None,
+                step => Some(step as u64),
+            },
         })
     }
 
@@ -126,6 +136,10 @@ impl LossOps for CpuBackend {
         metrics[metric::LOSS] = sum;
         metrics[metric::CORRECT] += correct;
         metrics[metric::SAMPLES] += rows as f32;
+        metrics[metric::CALLS] += 1.0;
+        if !loss.is_finite() && metrics[metric::FIRST_NON_FINITE] == 0.0 {
+            metrics[metric::FIRST_NON_FINITE] = metrics[metric::CALLS];
+        }
         Ok(())
     }
 }
