@@ -9,7 +9,7 @@ use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
 use wgnorm::ops::batchnorm::Mode;
-use wgnorm::ops::loss::{LossOps, LossTotals, metric};
+use wgnorm::ops::loss::{LossTotals, metric};
 use wgnorm::optim::{Optimizer, OptimizerConfig};
 use wgnorm::train::{TrainConfig, Trainer, batches, epoch_order, split_point};
 
