@@ -497,3 +497,131 @@ fn a_diverging_run_stops_naming_the_step_and_saves_nothing_half_done() {
         assert!(saved.epochs_done >= 1);
     }
 }
+
+/// `wgnorm train` on the CPU as a child process, for killing.
+fn spawn_train(dir: &Path, out: &str, extra: &[&str]) -> std::process::Child {
+    let data = shared_mnist().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_wgnorm"))
+        .args(["train", "--device", "cpu", "--data-dir"])
+        .arg(&data)
+        .args(["--out", out])
+        .args(extra)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `path` exists (or the child has exited); false if the child exited first.
+fn wait_for(child: &mut std::process::Child, path: &Path) -> bool {
+    let started = std::time::Instant::now();
+    while !path.exists() {
+        if child.try_wait().unwrap().is_some() {
+            return path.exists();
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    true
+}
+
+/// kill -9 at many points (during epochs and around checkpoint writes), each time a model file
+/// on disk must load whole; resuming after every kill ends bit-identical to a run never killed.
+#[test]
+fn kill_9_at_any_point_then_resume_ends_as_an_uninterrupted_run() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--train-limit", "12000", "--epochs", "4", "--seed", "5"];
+    assert_success(
+        &spawn_train(dir.path(), "whole", &args)
+            .wait_with_output()
+            .unwrap(),
+    );
+    let killed = dir.path().join("killed");
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let mut kills = 0;
+    for delay_ms in [0, 3, 11, 29, 57, 97, 150] {
+        let started = killed.join(MODEL_FILE).exists();
+        let mut child = spawn_train(dir.path(), "killed", if started { &resume } else { &args });
+        // Let it run into an epoch (or a write) before killing it.
+        if wait_for(&mut child, &killed.join("metrics.csv")) || started {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if killed.join(MODEL_FILE).exists() {
+            let saved = checkpoint::load_model(&killed.join(MODEL_FILE));
+            assert!(saved.is_ok(), "a half-written model: {:?}", saved.err());
+        }
+        // No temporary file is left where a user would mistake it for a model.
+        for entry in std::fs::read_dir(&killed).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            assert!(
+                !name.ends_with(".safetensors") || name == MODEL_FILE || name == STATE_FILE,
+                "{name}"
+            );
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills landed");
+    let started = killed.join(MODEL_FILE).exists();
+    let output = spawn_train(dir.path(), "killed", if started { &resume } else { &args })
+        .wait_with_output()
+        .unwrap();
+    assert_success(&output);
+    same_tensors(&dir.path().join("whole"), &killed);
+}
+
+#[test]
+fn ctrl_c_stops_training_after_the_step_and_resume_finishes_it() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--train-limit", "40000", "--epochs", "3", "--seed", "6"];
+    let run = dir.path().join("run");
+    let mut child = spawn_train(dir.path(), "run", &args);
+    assert!(
+        wait_for(&mut child, &run.join(MODEL_FILE)),
+        "the run ended before epoch 1 was saved"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();
+    assert!(
+        (1..3).contains(&saved.epochs_done),
+        "{} epochs saved",
+        saved.epochs_done
+    );
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    assert_success(
+        &spawn_train(dir.path(), "run", &resume)
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_success(
+        &spawn_train(dir.path(), "whole", &args)
+            .wait_with_output()
+            .unwrap(),
+    );
+    same_tensors(&dir.path().join("whole"), &run);
+}
