@@ -48,6 +48,12 @@ pub trait Backend {
     /// A buffer of `len` values for an op to overwrite; its contents are unspecified.
     fn scratch(&self, len: usize) -> Result<Self::Buffer>;
 
+    /// Device buffers created so far, where the backend keeps count (a leak check: flat once
+    /// every size a run needs has been allocated).
+    fn device_buffers(&self) -> Option<usize> {
+        None
+    }
+
     /// How `buffer` stores its values.
     fn dtype_of(&self, _buffer: &Self::Buffer) -> Dtype {
         Dtype::F32

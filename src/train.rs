@@ -120,8 +120,22 @@ pub struct EpochRecord {
     pub val_loss: Option<f64>,
     /// Validation accuracy, if there is a validation set.
     pub val_acc: Option<f64>,
+    /// The process's resident memory at the end of the epoch (Linux), for leak checks.
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
+    /// Device buffers created so far (GPU backend), for leak checks.
+    #[serde(default)]
+    pub device_buffers: Option<usize>,
     /// Wall time of the epoch, its validation pass included.
     pub seconds: f64,
+}
+
+/// VmRSS from /proc/self/status, where there is one.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Where the training images are cut: Keras' `int(n·(1 − validation_split))`.
@@ -354,6 +368,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
             val_loss: validation.map(|v| v.mean_loss()),
             val_acc: validation.map(|v| v.accuracy()),
             seconds: started.elapsed().as_secs_f64(),
+            resident_bytes: resident_bytes(),
+            device_buffers: self.backend.device_buffers(),
         };
         self.epochs_done += 1;
         self.history.push(record.clone());

@@ -625,3 +625,53 @@ fn ctrl_c_stops_training_after_the_step_and_resume_finishes_it() {
     );
     same_tensors(&dir.path().join("whole"), &run);
 }
+
+/// A short version of the 50-epoch run at batch 256 on the GPU: after the first epoch neither
+/// the device buffers nor the resident memory grow (both are recorded per epoch).
+#[test]
+fn device_buffers_and_resident_memory_stay_flat_after_the_first_epoch() {
+    let Some(data) = shared_mnist() else { return };
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = wgnorm(
+        &[
+            "train",
+            "--device",
+            "gpu",
+            "--train-limit",
+            "2048",
+            "--batch-size",
+            "256",
+            "--epochs",
+            "6",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            "run",
+        ],
+        dir.path(),
+    );
+    assert_success(&output);
+    let metrics = json(&dir.path().join("run").join("metrics.json"));
+    let epochs = metrics["epochs"].as_array().unwrap();
+    let buffers: Vec<u64> = epochs
+        .iter()
+        .map(|e| e["device_buffers"].as_u64().unwrap())
+        .collect();
+    assert!(buffers[0] > 0);
+    assert!(
+        buffers[1..].iter().all(|&b| b == buffers[1]),
+        "device buffers per epoch: {buffers:?}"
+    );
+    let resident: Vec<u64> = epochs
+        .iter()
+        .map(|e| e["resident_bytes"].as_u64().unwrap())
+        .collect();
+    let growth = resident[5].saturating_sub(resident[1]);
+    assert!(
+        growth < 16 << 20,
+        "resident memory grew by {growth} bytes from epoch 2 to 6: {resident:?}"
+    );
+}

@@ -16,6 +16,8 @@ pub(crate) struct BufferPool {
     free: Mutex<HashMap<PoolKey, Vec<wgpu::Buffer>>>,
     quarantine: Mutex<Vec<wgpu::Buffer>>,
     max_buffer_size: u64,
+    /// Buffers created so far. The pool destroys none, so in a steady state this stops growing.
+    created: std::sync::atomic::AtomicUsize,
 }
 
 /// Buffers are allocated in multiples of this many bytes so that nearby sizes share a pool.
@@ -28,6 +30,7 @@ impl BufferPool {
             free: Mutex::default(),
             quarantine: Mutex::default(),
             max_buffer_size,
+            created: Default::default(),
         }
     }
 
@@ -64,6 +67,8 @@ impl BufferPool {
                 "could not allocate {size} bytes: {error}"
             )));
         }
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(buffer)
     }
 
@@ -85,6 +90,11 @@ impl BufferPool {
                 .or_default()
                 .push(buffer);
         }
+    }
+
+    /// Buffers created so far.
+    pub(crate) fn created_count(&self) -> usize {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Buffers alive in the pool (free or quarantined), for leak checks.

@@ -702,6 +702,10 @@ impl Backend for GpuBackend {
         self.alloc(len.max(1), STORAGE)
     }
 
+    fn device_buffers(&self) -> Option<usize> {
+        Some(self.shared.pool.created_count())
+    }
+
     fn dtype_of(&self, buffer: &GpuBuffer) -> Dtype {
         buffer.dtype()
     }
