@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::cpu::CpuBackend;
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
 use crate::gpu::GpuBackend;
-use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec};
 use crate::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
     RunningStats,
@@ -18,7 +18,7 @@ use crate::ops::batchnorm::{
 use crate::ops::data::DeviceImages;
 use crate::ops::loss::metric;
 use crate::optim::{Optimizer, OptimizerConfig};
-use crate::train::{TrainConfig, Trainer};
+use crate::train::{TrainConfig, Trainer, train_on_batch};
 use crate::{Backend, Result};
 
 /// Median, fastest and slowest of repeated measurements, in seconds.
@@ -329,7 +329,6 @@ pub struct SyntheticStep<B: Compute> {
     index: B::Indices,
     metrics: B::Buffer,
     rows: usize,
-    step: u64,
 }
 
 /// Images held by a `SyntheticStep`; batches cycle through them.
@@ -356,35 +355,25 @@ impl<B: Compute> SyntheticStep<B> {
             index: backend.upload_indices(&order)?,
             metrics: backend.filled(metric::LEN, 0.0)?,
             rows,
-            step: 0,
         })
     }
 
     /// Records one step and submits it, without waiting.
     pub fn run(&mut self, backend: &B) -> Result<()> {
         let rows = self.rows;
-        let first = (self.step as usize * rows) % (SYNTHETIC_IMAGES - rows + 1);
+        let first = (self.optimizer.steps as usize * rows) % (SYNTHETIC_IMAGES - rows + 1);
         let mut x = backend.scratch(rows * PIXELS)?;
         let mut labels = backend.scratch(rows)?;
         backend.gather(&self.images, &self.index, first, &mut x, &mut labels)?;
-        let key = StepKey {
-            seed: 0,
-            step: self.step,
-        };
-        let (logits, tape) = self.model.forward(backend, Mode::Train, x, rows, key)?;
-        let mut dlogits = backend.scratch(rows * CLASSES)?;
-        backend.softmax_cross_entropy(
-            &logits,
+        train_on_batch(
+            backend,
+            &mut self.model,
+            &mut self.optimizer,
+            0,
+            x,
             &labels,
-            CLASSES,
-            Some(&mut dlogits),
             &mut self.metrics,
-        )?;
-        let grads = self.model.backward(backend, tape, dlogits)?;
-        self.optimizer
-            .step(backend, self.model.params_mut(), &grads)?;
-        self.step += 1;
-        backend.flush()
+        )
     }
 
     /// The loss and accuracy totals so far (waits for the device).

@@ -40,7 +40,6 @@ pub struct Classifier<B: Compute> {
     optimizer: Optimizer<B>,
     metrics: B::Buffer,
     seed: u64,
-    steps: u64,
 }
 
 impl<B: Compute> Classifier<B> {
@@ -78,7 +77,6 @@ impl<B: Compute> Classifier<B> {
             optimizer: Optimizer::new(backend, optimizer, &lens)?,
             metrics: backend.filled(metric::LEN, 0.0)?,
             seed,
-            steps: 0,
         })
     }
 
@@ -127,7 +125,7 @@ impl<B: Compute> Classifier<B> {
 
     /// Training steps taken.
     pub fn steps(&self) -> u64 {
-        self.steps
+        self.optimizer.steps
     }
 
     /// Rows of `x` (rows × inputs values) given `labels` (one class index per row, as f32).
@@ -144,25 +142,16 @@ impl<B: Compute> Classifier<B> {
     /// One training step (forward, cross-entropy, backward, optimizer) on a batch already on
     /// the device: `x` is consumed (its buffer is reused for activations).
     pub fn train_batch(&mut self, backend: &B, x: B::Buffer, labels: &B::Buffer) -> Result<()> {
-        let rows = self.rows_of(backend.len_of(&x), backend.len_of(labels))?;
-        let key = StepKey {
-            seed: self.seed,
-            step: self.steps,
-        };
-        let (logits, tape) = self.mlp.forward(backend, Mode::Train, x, rows, key)?;
-        let mut dlogits = backend.scratch(rows * self.spec().classes)?;
-        backend.softmax_cross_entropy(
-            &logits,
+        self.rows_of(backend.len_of(&x), backend.len_of(labels))?;
+        crate::train::train_on_batch(
+            backend,
+            &mut self.mlp,
+            &mut self.optimizer,
+            self.seed,
+            x,
             labels,
-            self.spec().classes,
-            Some(&mut dlogits),
             &mut self.metrics,
-        )?;
-        let grads = self.mlp.backward(backend, tape, dlogits)?;
-        self.optimizer
-            .step(backend, self.mlp.params_mut(), &grads)?;
-        self.steps += 1;
-        backend.flush()
+        )
     }
 
     /// `train_batch` from host slices: `x` row-major rows × inputs, one label per row.
@@ -190,7 +179,7 @@ impl<B: Compute> Classifier<B> {
         }
         let key = StepKey {
             seed: self.seed,
-            step: self.steps,
+            step: self.optimizer.steps,
         };
         let (logits, _) = self
             .mlp

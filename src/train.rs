@@ -188,6 +188,33 @@ fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<()> {
     Ok(())
 }
 
+/// One training step on a batch already on the device (`x` rows × inputs, consumed; one class
+/// index per row in `labels`): forward in training mode with dropout keyed by `seed` and the
+/// optimizer's step count, softmax cross-entropy added to `metrics`, backward, the optimizer's
+/// update. Submitted without waiting.
+pub fn train_on_batch<B: Compute>(
+    backend: &B,
+    model: &mut Mlp<B>,
+    optimizer: &mut Optimizer<B>,
+    seed: u64,
+    x: B::Buffer,
+    labels: &B::Buffer,
+    metrics: &mut B::Buffer,
+) -> Result<()> {
+    let rows = backend.len_of(labels);
+    let classes = model.spec.classes;
+    let key = StepKey {
+        seed,
+        step: optimizer.steps,
+    };
+    let (logits, tape) = model.forward(backend, Mode::Train, x, rows, key)?;
+    let mut dlogits = backend.scratch(rows * classes)?;
+    backend.softmax_cross_entropy(&logits, labels, classes, Some(&mut dlogits), metrics)?;
+    let grads = model.backward(backend, tape, dlogits)?;
+    optimizer.step(backend, model.params_mut(), &grads)?;
+    backend.flush()
+}
+
 /// A model, its optimizer and the data, on one backend.
 pub struct Trainer<'b, B: Compute> {
     backend: &'b B,
@@ -298,21 +325,18 @@ impl<'b, B: Compute> Trainer<'b, B> {
         metrics: &mut B::Buffer,
     ) -> Result<()> {
         let backend = self.backend;
-        let classes = self.config.spec.classes;
         let mut x = backend.scratch(rows * PIXELS)?;
         let mut labels = backend.scratch(rows)?;
         backend.gather(&self.train_set, index, first, &mut x, &mut labels)?;
-        let key = StepKey {
-            seed: self.config.seed,
-            step: self.optimizer.steps,
-        };
-        let (logits, tape) = self.model.forward(backend, Mode::Train, x, rows, key)?;
-        let mut dlogits = backend.scratch(rows * classes)?;
-        backend.softmax_cross_entropy(&logits, &labels, classes, Some(&mut dlogits), metrics)?;
-        let grads = self.model.backward(backend, tape, dlogits)?;
-        self.optimizer
-            .step(backend, self.model.params_mut(), &grads)?;
-        backend.flush()
+        train_on_batch(
+            backend,
+            &mut self.model,
+            &mut self.optimizer,
+            self.config.seed,
+            x,
+            &labels,
+            metrics,
+        )
     }
 
     /// Trains one epoch and validates. `report(steps done, totals)` is called after every
