@@ -577,6 +577,17 @@ pub struct StepKey {
     pub step: u64,
 }
 
+/// Refuses an activation storage type the backend cannot hold.
+pub(crate) fn check_activations<B: Backend>(backend: &B, dtype: Dtype) -> Result<()> {
+    if backend.supports(dtype) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{} cannot store {dtype:?} activations",
+        backend.describe()
+    )))
+}
+
 /// The MLP on one backend.
 pub struct Mlp<B: Backend> {
     /// The architecture.
@@ -723,13 +734,7 @@ impl<B: Compute> Mlp<B> {
         rows: usize,
         key: StepKey,
     ) -> Result<(B::Buffer, Tape<B>)> {
-        if self.activations != Dtype::F32 && !backend.supports(self.activations) {
-            return Err(Error::InvalidArgument(format!(
-                "{} cannot store {:?} activations",
-                backend.describe(),
-                self.activations
-            )));
-        }
+        check_activations(backend, self.activations)?;
         let mut saved = Vec::with_capacity(self.layers.len());
         let mut h = x;
         let last = self.layers.len().saturating_sub(1);

@@ -113,12 +113,7 @@ impl<B: Compute> Classifier<B> {
     /// memory; parameters, gradients and arithmetic stay f32). Refused where the backend cannot
     /// store it.
     pub fn set_activations(&mut self, backend: &B, dtype: Dtype) -> Result<()> {
-        if !backend.supports(dtype) {
-            return Err(Error::InvalidArgument(format!(
-                "{} cannot store {dtype:?} activations",
-                backend.describe()
-            )));
-        }
+        crate::graph::check_activations(backend, dtype)?;
         self.mlp.activations = dtype;
         Ok(())
     }

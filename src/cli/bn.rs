@@ -119,15 +119,7 @@ fn compute<B: BatchNormOps>(
     config: BatchNormConfig,
     dtype: Dtype,
 ) -> Result<Outputs> {
-    let dtype = if backend.supports(dtype) {
-        dtype
-    } else {
-        eprintln!(
-            "note: {} cannot store {dtype:?}; running in F32",
-            backend.describe()
-        );
-        Dtype::F32
-    };
+    let dtype = super::storage_or_f32(backend, dtype, "running");
     let shape = inputs.shape;
     let x = backend.upload_as(&inputs.x.data, dtype)?;
     let affine = Affine::<B> {

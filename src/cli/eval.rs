@@ -76,15 +76,7 @@ fn test_on<B: Compute>(
     data: &Mnist,
     dtype: Dtype,
 ) -> Result<LossTotals> {
-    let dtype = if backend.supports(dtype) {
-        dtype
-    } else {
-        eprintln!(
-            "note: {} cannot store {dtype:?}; evaluating in F32",
-            backend.describe()
-        );
-        Dtype::F32
-    };
+    let dtype = super::storage_or_f32(backend, dtype, "evaluating");
     let mut model = Mlp::upload_for_inference(backend, &saved.spec, &saved.model, dtype)?;
     let images = backend.upload_images(&data.test.images, PIXELS, &data.test.labels)?;
     let index: Vec<u32> = (0..data.test.len() as u32).collect();

@@ -48,6 +48,23 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
+/// `dtype` where `backend` can store it; else F32, saying so in one line ("note: cpu cannot
+/// store F16; training in F32").
+fn storage_or_f32<B: crate::Backend>(
+    backend: &B,
+    dtype: crate::Dtype,
+    doing: &str,
+) -> crate::Dtype {
+    if backend.supports(dtype) {
+        return dtype;
+    }
+    eprintln!(
+        "note: {} cannot store {dtype:?}; {doing} in F32",
+        backend.describe()
+    );
+    crate::Dtype::F32
+}
+
 /// Set by Ctrl-C; long commands stop at the next step and keep what they finished.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

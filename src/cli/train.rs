@@ -259,15 +259,10 @@ pub fn run_on<B: Compute>(
     multi: &MultiProgress,
 ) -> Result<RunOutcome> {
     let (adapter, out, resume) = (place.adapter, place.out, place.resume);
-    let mut config = config;
-    if !backend.supports(config.activations) {
-        eprintln!(
-            "note: {} cannot store {:?} activations; training in F32",
-            backend.describe(),
-            config.activations
-        );
-        config.activations = Dtype::F32;
-    }
+    let config = TrainConfig {
+        activations: super::storage_or_f32(backend, config.activations, "training"),
+        ..config
+    };
     std::fs::create_dir_all(out).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,

@@ -23,6 +23,11 @@ pub(crate) struct BufferPool {
 /// Buffers are allocated in multiples of this many bytes so that nearby sizes share a pool.
 const SIZE_GRANULE: u64 = 256;
 
+/// The size a buffer of `bytes` bytes is allocated at.
+fn granular(bytes: u64) -> u64 {
+    bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE
+}
+
 impl BufferPool {
     pub(crate) fn new(device: wgpu::Device, max_buffer_size: u64) -> Self {
         Self {
@@ -36,7 +41,7 @@ impl BufferPool {
 
     /// A buffer of at least `bytes` bytes with exactly `usage`.
     pub(crate) fn acquire(&self, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
-        let size = bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        let size = granular(bytes);
         let reused = lock(&self.free)
             .get_mut(&(size, usage))
             .and_then(|list| list.pop());
@@ -48,7 +53,7 @@ impl BufferPool {
 
     /// A new buffer of `bytes` bytes (a multiple of 4), refusing what the adapter cannot hold.
     pub(crate) fn create(&self, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
-        let size = bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        let size = granular(bytes);
         if size > self.max_buffer_size {
             return Err(Error::Limit(format!(
                 "a buffer of {bytes} bytes exceeds the adapter's max_buffer_size of {} bytes",

@@ -399,6 +399,18 @@ impl GpuBackend {
         }
     }
 
+    /// `flush` without the host-recording lock, for callers that hold it.
+    fn submit_pending(&self) -> Result<()> {
+        let mut pending = lock(&self.shared.pending);
+        if let Some(encoder) = pending.take() {
+            let released = self.shared.pool.take_released();
+            self.shared.queue.submit([encoder.finish()]);
+            self.shared.pool.reuse(released);
+        }
+        drop(pending);
+        self.check()
+    }
+
     /// A buffer for a slot the kernel will not read.
     pub(crate) fn placeholder(&self) -> &GpuBuffer {
         &self.shared.placeholder
@@ -746,19 +758,5 @@ impl Backend for GpuBackend {
     fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
         let mut all = self.download_many(&[buffer])?;
         Ok(all.pop().unwrap_or_default())
-    }
-}
-
-impl GpuBackend {
-    /// `flush` without the host-recording lock, for callers that hold it.
-    fn submit_pending(&self) -> Result<()> {
-        let mut pending = lock(&self.shared.pending);
-        if let Some(encoder) = pending.take() {
-            let released = self.shared.pool.take_released();
-            self.shared.queue.submit([encoder.finish()]);
-            self.shared.pool.reuse(released);
-        }
-        drop(pending);
-        self.check()
     }
 }

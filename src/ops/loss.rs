@@ -175,17 +175,13 @@ impl LossOps for GpuBackend {
             grad_scale: 1.0 / rows as f32,
             write_grad: dlogits.is_some() as u32,
         };
-        // Without a gradient the output slot still needs a buffer of its own to be bound.
-        let unused;
+        // Without a gradient the output slot still needs a buffer, which is never written.
         let out = match dlogits {
             Some(d) => {
                 check_len("cross-entropy gradient", d.len(), logits.len())?;
                 &*d
             }
-            None => {
-                unused = self.scratch(1)?;
-                &unused
-            }
+            None => self.placeholder(),
         };
         let bindings = [
             Binding::whole(Slot::X, logits),
