@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, shared_mnist, wgnorm};
+use common::{assert_one_line_error, shared_mnist, spawn_wgnorm, wgnorm};
 use wgnorm::plot::{HEIGHT, WIDTH};
 
 fn json(path: &Path) -> serde_json::Value {
@@ -178,8 +178,8 @@ fn sweep_writes_one_row_per_run_and_reports_divergence() {
 fn ctrl_c_stops_a_sweep_and_keeps_the_finished_rows() {
     let Some(data) = shared_mnist() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wgnorm"))
-        .args([
+    let child = spawn_wgnorm(
+        &[
             "sweep",
             "--device",
             "cpu",
@@ -187,14 +187,13 @@ fn ctrl_c_stops_a_sweep_and_keeps_the_finished_rows() {
             "20000",
             "--epochs",
             "2",
-        ])
-        .args(["--data-dir", data.to_str().unwrap(), "--out", "sweep"])
-        .current_dir(dir.path())
-        .env("XDG_RUNTIME_DIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            "sweep",
+        ],
+        dir.path(),
+    );
     let results = dir.path().join("sweep/sweep.json");
     let started = std::time::Instant::now();
     while !results.exists() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, gpu, shared_mnist, wgnorm};
+use common::{assert_one_line_error, gpu, shared_mnist, spawn_wgnorm, wgnorm};
 use wgnorm::checkpoint::{self, MODEL_FILE, STATE_FILE};
 use wgnorm::graph::ModelSpec;
 
@@ -501,17 +501,17 @@ fn a_diverging_run_stops_naming_the_step_and_saves_nothing_half_done() {
 /// `wgnorm train` on the CPU as a child process, for killing.
 fn spawn_train(dir: &Path, out: &str, extra: &[&str]) -> std::process::Child {
     let data = shared_mnist().unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_wgnorm"))
-        .args(["train", "--device", "cpu", "--data-dir"])
-        .arg(&data)
-        .args(["--out", out])
-        .args(extra)
-        .current_dir(dir)
-        .env("XDG_RUNTIME_DIR", dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    spawn_wgnorm(&args, dir)
 }
 
 /// Waits until `path` exists (or the child has exited); false if the child exited first.

@@ -148,12 +148,28 @@ pub fn shared_mnist() -> Option<PathBuf> {
     None
 }
 
-/// Runs the wgnorm binary in `dir`.
-pub fn wgnorm(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgnorm"))
+/// The wgnorm binary with `args`, to run in `dir`.
+pub fn wgnorm_command(args: &[&str], dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wgnorm"));
+    command
         .args(args)
         .current_dir(dir)
-        .env("XDG_RUNTIME_DIR", dir)
+        .env("XDG_RUNTIME_DIR", dir);
+    command
+}
+
+/// wgnorm started in `dir` with stdout discarded and stderr captured, for signalling.
+pub fn spawn_wgnorm(args: &[&str], dir: &Path) -> std::process::Child {
+    wgnorm_command(args, dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the wgnorm binary starts")
+}
+
+/// Runs the wgnorm binary in `dir`.
+pub fn wgnorm(args: &[&str], dir: &Path) -> Output {
+    wgnorm_command(args, dir)
         .output()
         .expect("the wgnorm binary runs")
 }
