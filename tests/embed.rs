@@ -58,6 +58,22 @@ impl HostBuffers {
         }
     }
 
+    /// Records a forward on these buffers into `encoder`.
+    fn record(
+        &self,
+        wgnorm: &GpuBackend,
+        encoder: &mut wgpu::CommandEncoder,
+        mode: Mode,
+    ) -> wgnorm::Result<()> {
+        wgnorm.record_batchnorm_forward(
+            encoder,
+            mode,
+            SHAPE,
+            BatchNormConfig::default(),
+            &self.forward(),
+        )
+    }
+
     fn forward(&self) -> HostBatchNormForward<'_> {
         HostBatchNormForward {
             activations: wgnorm::Dtype::F32,
@@ -92,15 +108,7 @@ fn work_recorded_into_the_hosts_encoder_runs_when_the_host_submits() {
     let Some(wgnorm) = hosted() else { return };
     let host = HostBuffers::new(&wgnorm, SHAPE.c, HOST_USAGE);
     let mut encoder = encoder(&wgnorm);
-    wgnorm
-        .record_batchnorm_forward(
-            &mut encoder,
-            Mode::Train,
-            SHAPE,
-            BatchNormConfig::default(),
-            &host.forward(),
-        )
-        .unwrap();
+    host.record(&wgnorm, &mut encoder, Mode::Train).unwrap();
     let y = wgnorm
         .wrap_buffer("y", &host.y, SHAPE.numel(), wgnorm::Dtype::F32)
         .unwrap();
@@ -141,14 +149,8 @@ fn a_host_buffer_of_the_wrong_size_is_refused_naming_it_and_the_size() {
     let Some(wgnorm) = hosted() else { return };
     let host = HostBuffers::new(&wgnorm, SHAPE.c - 1, HOST_USAGE);
     let mut encoder = encoder(&wgnorm);
-    let err = wgnorm
-        .record_batchnorm_forward(
-            &mut encoder,
-            Mode::Train,
-            SHAPE,
-            BatchNormConfig::default(),
-            &host.forward(),
-        )
+    let err = host
+        .record(&wgnorm, &mut encoder, Mode::Train)
         .unwrap_err()
         .to_string();
     assert!(
@@ -167,14 +169,8 @@ fn a_host_buffer_without_storage_usage_is_refused_naming_it() {
         SHAPE.c,
         wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
     );
-    let err = wgnorm
-        .record_batchnorm_forward(
-            &mut encoder(&wgnorm),
-            Mode::Eval,
-            SHAPE,
-            BatchNormConfig::default(),
-            &host.forward(),
-        )
+    let err = host
+        .record(&wgnorm, &mut encoder(&wgnorm), Mode::Eval)
         .unwrap_err()
         .to_string();
     assert!(
