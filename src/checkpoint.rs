@@ -136,7 +136,12 @@ impl<'a> Reader<'a> {
             tensors,
             metadata,
         };
-        let found = reader.meta("format")?;
+        let found = reader.metadata.get("format").ok_or_else(|| {
+            format_error(
+                path,
+                format!("a safetensors file, but not {format:?}: its metadata has no \"format\""),
+            )
+        })?;
         if found != format {
             return Err(format_error(
                 path,
@@ -344,6 +349,14 @@ pub fn save_state(
         ("history".to_string(), state.history.clone()),
     ]);
     write(path, tensors, metadata)
+}
+
+/// The settings a training-state file was written with, read without its tensors, so that a
+/// resume with other settings is refused before their absence is.
+pub fn state_settings(path: &Path) -> Result<String> {
+    let bytes = read_file(path)?;
+    let reader = Reader::new(path, &bytes, STATE_FORMAT)?;
+    Ok(reader.meta("settings")?.to_string())
 }
 
 /// Reads a training-state file for a model of `spec` and an optimizer keeping `state_names`.

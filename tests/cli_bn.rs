@@ -160,6 +160,18 @@ fn bad_inputs_are_one_line_errors_with_exit_code_2() {
     npy::write(&at("g4.npy"), &[4], &[1.0; 4]).unwrap();
     npy::write(&at("dy.npy"), &[3, 4], &[1.0; 12]).unwrap();
     std::fs::write(at("junk.npy"), b"not numpy").unwrap();
+    npyz::to_file_1d(at("int.npy"), [1i32, 2, 3, 4, 5, 6]).unwrap();
+    let c_order = std::fs::read(at("x.npy")).unwrap();
+    std::fs::write(at("short.npy"), &c_order[..c_order.len() - 4]).unwrap();
+    // The same bytes, with the header saying they are column-major (same header length).
+    let (c_flag, f_flag) = (b"'fortran_order': False", b"'fortran_order': True ");
+    let at_flag = c_order
+        .windows(c_flag.len())
+        .position(|w| w == c_flag)
+        .expect("npyz writes fortran_order");
+    let mut fortran = c_order.clone();
+    fortran[at_flag..at_flag + f_flag.len()].copy_from_slice(f_flag);
+    std::fs::write(at("fortran.npy"), fortran).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["bn", "--x", "missing.npy", "--out", "o", "--device", "cpu"],
@@ -168,6 +180,18 @@ fn bad_inputs_are_one_line_errors_with_exit_code_2() {
         (
             &["bn", "--x", "junk.npy", "--out", "o", "--device", "cpu"],
             "not a valid .npy file",
+        ),
+        (
+            &["bn", "--x", "int.npy", "--out", "o", "--device", "cpu"],
+            "dtype '<i4' is not supported; use float32, float64 or float16",
+        ),
+        (
+            &["bn", "--x", "short.npy", "--out", "o", "--device", "cpu"],
+            "truncated: the header promises 12 values of '<f4' (48 bytes) but the file holds 44",
+        ),
+        (
+            &["bn", "--x", "fortran.npy", "--out", "o", "--device", "cpu"],
+            "Fortran-order arrays are not supported",
         ),
         (
             &["bn", "--x", "flat.npy", "--out", "o", "--device", "cpu"],

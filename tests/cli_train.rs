@@ -249,14 +249,27 @@ fn bad_flags_and_files_are_one_line_errors() {
     assert_one_line_error(&with(&["--dropout", "1.5"]), 2, "dropout");
     assert_one_line_error(&with(&["--hidden", "0"]), 2, "widths");
     assert_one_line_error(&with(&["--lr", "-1"]), 2, "lr");
-    assert_one_line_error(&with(&["--val-split", "1"]), 2, "validation split");
+    assert_one_line_error(
+        &with(&["--val-split", "1"]),
+        2,
+        "--val-split must be in (0, 1)",
+    );
     assert_one_line_error(&with(&["--resume"]), 2, "no run to continue");
     assert_one_line_error(&with(&["--epochs", "0"]), 2, "epochs must be at least 1");
     assert_one_line_error(&with(&["--lr", "0"]), 2, "lr > 0");
     assert_one_line_error(&with(&["--lr", "NaN"]), 2, "lr > 0");
     assert_one_line_error(&with(&["--lr", "inf"]), 2, "lr > 0");
     assert_one_line_error(&with(&["--dropout", "-0.1"]), 2, "dropout");
-    assert_one_line_error(&with(&["--val-split", "-0.5"]), 2, "validation split");
+    assert_one_line_error(
+        &with(&["--val-split", "-0.5"]),
+        2,
+        "--val-split must be in (0, 1)",
+    );
+    assert_one_line_error(&with(&["--val-split", "0"]), 2, "pass --no-validation");
+    clap_error(
+        &with(&["--no-validation", "--val-split", "0.2"]),
+        "--no-validation",
+    );
     assert_one_line_error(&with(&["--hidden", "64,0"]), 2, "widths");
     clap_error(
         &wgnorm(&["train", "--device", "tpu", "--out", "tpu"], dir.path()),
@@ -291,6 +304,28 @@ fn bad_flags_and_files_are_one_line_errors() {
     );
     assert!(said.contains("2 steps per epoch"), "{said}");
 
+    // --no-validation trains without a held-out part: no validation figures are recorded.
+    let output = wgnorm(
+        &[
+            &base[..5],
+            &[
+                "--out",
+                "all",
+                "--no-validation",
+                "--train-limit",
+                "64",
+                "--epochs",
+                "1",
+            ],
+        ]
+        .concat(),
+        dir.path(),
+    );
+    assert_success(&output);
+    let metrics = json(&dir.path().join("all").join("metrics.json"));
+    assert!(metrics["epochs"][0]["val_loss"].is_null(), "{metrics}");
+    assert_eq!(metrics["settings"]["val_split"], 0.0, "{metrics}");
+
     let bad_data = dir.path().join("empty");
     std::fs::create_dir(&bad_data).unwrap();
     for name in [
@@ -324,6 +359,17 @@ fn bad_flags_and_files_are_one_line_errors() {
     let mut other = run_args.to_vec();
     other.extend_from_slice(&["--lr", "0.01", "--resume"]);
     assert_one_line_error(&with(&other), 2, "other settings");
+    let mut other = run_args.to_vec();
+    other.extend_from_slice(&["--optimizer", "sgd", "--resume"]);
+    assert_one_line_error(&with(&other), 2, "other settings");
+    let mut other = run_args.to_vec();
+    other.extend_from_slice(&["--hidden", "64", "--resume"]);
+    assert_one_line_error(
+        &with(&other),
+        2,
+        "holds nn.Sequential(nn.Linear(784, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.2), \
+         nn.Linear(128, 10)), but the flags describe nn.Sequential(nn.Linear(784, 64)",
+    );
     assert_eq!(
         std::fs::read(&model).unwrap(),
         saved,
@@ -359,6 +405,13 @@ fn bad_flags_and_files_are_one_line_errors() {
     )
     .unwrap();
     assert_one_line_error(&eval(&garbage), 2, "garbage.safetensors");
+    // A valid safetensors file from another program: tensors, but not a wgnorm model.
+    let foreign = dir.path().join("foreign.safetensors");
+    let weights = [0u8; 16];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &weights)
+        .unwrap();
+    safetensors::tensor::serialize_to_file([("fc.weight", view)], None, &foreign).unwrap();
+    assert_one_line_error(&eval(&foreign), 2, "its metadata has no \"format\"");
 }
 
 #[test]

@@ -38,7 +38,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut plan = Vec::new();
     for repeat in 0..args.repeats {
         for model in MODELS {
-            let mut config = args.run.config(model);
+            let mut config = args.run.config(model)?;
             config.seed = args.run.seed + repeat;
             let dir = args.out.join(format!(
                 "{}-seed{}",
@@ -48,7 +48,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             plan.push(PlannedRun { model, config, dir });
         }
     }
-    let settings = args.run.config(ModelChoice::Bn).settings_json();
+    let settings = args.run.config(ModelChoice::Bn)?.settings_json();
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({

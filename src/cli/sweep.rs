@@ -43,7 +43,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     for &model in &args.models {
         for &lr in &lrs {
             for &batch_size in &args.batch_sizes {
-                let mut config = args.run.config(model);
+                let mut config = args.run.config(model)?;
                 config.batch_size = batch_size;
                 if let Some(lr) = lr {
                     config.optimizer = config.optimizer.with_lr(lr);

@@ -61,9 +61,12 @@ pub struct RunArgs {
     /// Dropout probability after each hidden layer.
     #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     dropout: f32,
-    /// Fraction of the training images held out for validation, from the end.
+    /// Fraction of the training images held out for validation, from the end; in (0, 1).
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     val_split: f64,
+    /// Train on every training image and skip validation (Keras' `validation_split=0`).
+    #[arg(long, conflicts_with = "val_split")]
+    no_validation: bool,
     #[arg(long, value_enum, default_value_t = InitChoice::Keras)]
     init: InitChoice,
     /// Seeds the initial weights, the shuffling and the dropout masks.
@@ -122,13 +125,25 @@ pub struct TrainArgs {
 }
 
 impl RunArgs {
-    /// The run's configuration for `model`.
-    pub fn config(&self, model: ModelChoice) -> TrainConfig {
+    /// The run's configuration for `model`. A `--val-split` of 0 is refused rather than read
+    /// as "no validation", which `--no-validation` says explicitly.
+    pub fn config(&self, model: ModelChoice) -> Result<TrainConfig> {
+        let val_split = if self.no_validation {
+            0.0
+        } else if self.val_split > 0.0 && self.val_split < 1.0 {
+            self.val_split
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "--val-split must be in (0, 1), got {}; pass --no-validation to train on every \
+                 training image",
+                self.val_split
+            )));
+        };
         let optimizer = match self.optimizer {
             OptimizerChoice::Adam => OptimizerConfig::adam(self.lr.unwrap_or(1e-3)),
             OptimizerChoice::Sgd => OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum),
         };
-        TrainConfig {
+        Ok(TrainConfig {
             spec: ModelSpec {
                 inputs: PIXELS,
                 hidden: self.hidden.clone(),
@@ -148,12 +163,12 @@ impl RunArgs {
             optimizer,
             epochs: self.epochs,
             batch_size: self.batch_size,
-            val_split: self.val_split,
+            val_split,
             seed: self.seed,
             train_limit: self.train_limit,
             activations: self.dtype,
             drop_last: self.drop_last,
-        }
+        })
     }
 }
 
@@ -182,7 +197,7 @@ fn default_out_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let config = args.run.config(args.model);
+    let config = args.run.config(args.model)?;
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     let saved = out.join(MODEL_FILE).exists() || out.join(STATE_FILE).exists();
@@ -391,19 +406,28 @@ fn resume_trainer<'b, B: Compute>(
     out: &Path,
 ) -> Result<Trainer<'b, B>> {
     let model = checkpoint::load_model(&out.join(MODEL_FILE))?;
+    if model.spec != config.spec {
+        return Err(Error::InvalidArgument(format!(
+            "--resume: {} holds {}, but the flags describe {}; pass the run's --model, --hidden, \
+             --dropout and --bn-* flags",
+            out.join(MODEL_FILE).display(),
+            model.spec.torch_module(),
+            config.spec.torch_module()
+        )));
+    }
+    let settings = checkpoint::state_settings(&out.join(STATE_FILE))?;
+    if settings != config.settings_json() {
+        return Err(Error::InvalidArgument(format!(
+            "--resume: the run in {} was started with other settings ({settings}); pass the same \
+             flags (only --epochs may change)",
+            out.display(),
+        )));
+    }
     let state = checkpoint::load_state(
         &out.join(STATE_FILE),
         &model.spec,
         config.optimizer.state_names(),
     )?;
-    if state.settings != config.settings_json() {
-        return Err(Error::InvalidArgument(format!(
-            "--resume: the run in {} was started with other settings ({}); pass the same flags \
-             (only --epochs may change)",
-            out.display(),
-            state.settings
-        )));
-    }
     if state.epochs_done != model.epochs_done {
         return Err(Error::Format {
             path: out.join(MODEL_FILE),
