@@ -261,3 +261,42 @@ fn an_adapter_that_matches_nothing_lists_what_exists() {
     );
     assert_one_line_error(&output, 2, &gpu.adapter().name);
 }
+
+/// With every Vulkan driver hidden, `--device gpu` says how to get an adapter and `--device
+/// auto` falls back to the CPU with a notice.
+#[test]
+fn no_adapter_with_device_gpu_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    npy::write(
+        &dir.path().join("x.npy"),
+        &[4, 3],
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 2.0, 3.0],
+    )
+    .unwrap();
+    let without_drivers = |device: &str| {
+        let nowhere = dir.path().join("no-such-driver.json");
+        common::wgnorm_command(
+            &["bn", "--x", "x.npy", "--out", device, "--device", device],
+            dir.path(),
+        )
+        .env("WGPU_BACKEND", "vulkan")
+        .env("VK_DRIVER_FILES", &nowhere)
+        .env("VK_ICD_FILENAMES", &nowhere)
+        .output()
+        .unwrap()
+    };
+    let output = without_drivers("gpu");
+    assert_one_line_error(&output, 2, "no GPU adapter found");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("apt-get install mesa-vulkan-drivers libvulkan1")
+            && stderr.contains("--device cpu"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("gpu").exists());
+    let output = without_drivers("auto");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("running on the CPU"), "{stderr}");
+    assert!(dir.path().join("auto").join("y.npy").exists());
+}

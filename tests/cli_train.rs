@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, gpu, shared_mnist, spawn_wgnorm, wgnorm};
+use common::{assert_one_line_error, gpu, shared_mnist, spawn_wgnorm, wgnorm, wgnorm_command};
 use wgnorm::checkpoint::{self, MODEL_FILE, STATE_FILE};
 use wgnorm::graph::ModelSpec;
 
@@ -727,4 +727,93 @@ fn device_buffers_and_resident_memory_stay_flat_after_the_first_epoch() {
         growth < 16 << 20,
         "resident memory grew by {growth} bytes from epoch 2 to 6: {resident:?}"
     );
+}
+
+/// A GPU lost mid-run (the test-only fault destroys the device after wgnorm's 70th submission,
+/// in the second of three epochs here): one line naming the epoch and what was kept, exit 1,
+/// the saved epoch loads whole, and `--resume` on a working device finishes the run.
+#[test]
+fn a_device_lost_mid_run_keeps_the_finished_epochs_for_resume() {
+    let Some(data) = shared_mnist() else { return };
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--device",
+        "gpu",
+        "--train-limit",
+        "640",
+        "--epochs",
+        "3",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        "run",
+    ];
+    let output = wgnorm_command(&args, dir.path())
+        .env("WGNORM_FAULT_LOSE_DEVICE_AT_SUBMIT", "70")
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, 1, "GPU device lost");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let kept = (1..3)
+        .find(|done| {
+            stderr.contains(&format!(
+                "in epoch {}; run holds epoch {done}; continue with --resume",
+                done + 1
+            ))
+        })
+        .unwrap_or_else(|| panic!("no finished epoch named in: {stderr}"));
+    let saved = checkpoint::load_model(&dir.path().join("run").join(MODEL_FILE)).unwrap();
+    assert_eq!(saved.epochs_done, kept);
+
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    assert_success(&wgnorm(&resume, dir.path()));
+    let metrics = json(&dir.path().join("run").join("metrics.json"));
+    assert_eq!(metrics["epochs"].as_array().unwrap().len(), 3, "{metrics}");
+    assert!(metrics["test_acc"].as_f64().unwrap() > 0.5, "{metrics}");
+}
+
+/// A first layer wider than one storage binding can hold is refused before any dispatch, naming
+/// the adapter's limit (on adapters whose limit would need more than 512 MiB, not tried).
+#[test]
+fn a_layer_beyond_the_adapter_binding_limit_is_refused_naming_it() {
+    let Some(data) = shared_mnist() else { return };
+    let Some(gpu) = gpu() else { return };
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    let bytes_per_unit = (784 * std::mem::size_of::<f32>()) as u64;
+    let hidden = limit / bytes_per_unit + 1;
+    if hidden * bytes_per_unit > 512 << 20 {
+        eprintln!("skipped: a binding limit of {limit} bytes needs too large a model to exceed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hidden = hidden.to_string();
+    let output = wgnorm(
+        &[
+            "train",
+            "--device",
+            "gpu",
+            "--hidden",
+            &hidden,
+            "--train-limit",
+            "64",
+            "--epochs",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            "wide",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(
+        &output,
+        2,
+        &format!("exceeds the adapter's max_storage_buffer_binding_size of {limit} bytes"),
+    );
+    assert!(!dir.path().join("wide").join(MODEL_FILE).exists());
 }

@@ -305,15 +305,19 @@ pub fn run_on<B: Compute>(
     if trainer.epochs_done > 0 {
         multi.suspend(|| eprintln!("resuming after epoch {}", trainer.epochs_done));
     }
-    let interrupted = format!(
-        "{} holds the last finished epoch; continue with --resume",
-        out.display()
-    );
     while trainer.epochs_done < config.epochs {
+        let epoch = trainer.epochs_done + 1;
+        let kept = match trainer.epochs_done {
+            0 => "no epoch had finished, so nothing was saved".to_string(),
+            done => format!(
+                "{} holds epoch {done}; continue with --resume",
+                out.display()
+            ),
+        };
         // Under `multi`, so an experiment's overall bar and this epoch's bar draw together.
         let bar = multi.add(progress_bar(
             trainer.steps_per_epoch(),
-            trainer.epochs_done + 1,
+            epoch,
             config.epochs,
         ));
         let record = trainer.train_epoch(&mut |done, totals| {
@@ -321,12 +325,18 @@ pub fn run_on<B: Compute>(
             if let Some(t) = totals {
                 bar.set_message(format!("loss {:.4} acc {:.4}", t.mean_loss(), t.accuracy()));
             }
-            super::check_interrupt(&interrupted)
+            super::check_interrupt(&kept)
         });
         bar.finish_and_clear();
-        let record = record?;
+        let lost_in_epoch = |error| match error {
+            Error::DeviceLost(reason) => {
+                Error::DeviceLost(format!("{reason}, in epoch {epoch}; {kept}"))
+            }
+            other => other,
+        };
+        let record = record.map_err(lost_in_epoch)?;
         multi.suspend(|| println!("{}", epoch_line(&record, config.epochs)));
-        save_checkpoint(&trainer, out)?;
+        save_checkpoint(&trainer, out).map_err(lost_in_epoch)?;
         metrics.write(out, &trainer.history, None)?;
     }
     let test = trainer.test()?;

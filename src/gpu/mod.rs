@@ -99,6 +99,35 @@ struct Faults {
     lost: Option<String>,
 }
 
+/// A fault for tests: no GPU can be unplugged in CI, so `WGNORM_FAULT_LOSE_DEVICE_AT_SUBMIT=N`
+/// destroys the device right after wgnorm's Nth submission, losing it mid-run. Only devices
+/// wgnorm opens itself read it.
+struct DeviceLossFault {
+    at_submit: u64,
+    submits: std::sync::atomic::AtomicU64,
+}
+
+impl DeviceLossFault {
+    fn from_env() -> Option<Self> {
+        let at_submit = std::env::var("WGNORM_FAULT_LOSE_DEVICE_AT_SUBMIT")
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(Self {
+            at_submit,
+            submits: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Counts a submission; true when it is the one after which the device is to be lost.
+    fn strikes(&self) -> bool {
+        self.submits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+            == self.at_submit
+    }
+}
+
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -119,6 +148,7 @@ struct Shared {
     /// Set while recording into a host's encoder: temporaries are then unpooled, because wgnorm
     /// cannot know when the host submits and the pool would reuse them too early.
     for_host: std::sync::atomic::AtomicBool,
+    lose_device: Option<DeviceLossFault>,
 }
 
 /// The GPU backend. Cloning it gives another handle to the same device.
@@ -160,7 +190,7 @@ impl GpuBackend {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("could not open {}: {e}", summary.name)))?;
-        let backend = Self::on(device, queue, summary);
+        let backend = Self::on(device, queue, summary, DeviceLossFault::from_env());
         let on_error = Arc::clone(&backend.shared.faults);
         backend
             .shared
@@ -177,7 +207,10 @@ impl GpuBackend {
             .set_device_lost_callback(move |reason, message| {
                 lock(&on_lost)
                     .lost
-                    .get_or_insert_with(|| format!("{reason:?}: {message}"));
+                    .get_or_insert_with(|| match message.as_str() {
+                        "" => format!("{reason:?}"),
+                        message => format!("{reason:?}: {message}"),
+                    });
             });
         Ok(backend)
     }
@@ -189,10 +222,15 @@ impl GpuBackend {
     /// have been created with `Features::TIMESTAMP_QUERY`.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let summary = AdapterSummary::from_info(device.adapter_info());
-        Self::on(device, queue, summary)
+        Self::on(device, queue, summary, None)
     }
 
-    fn on(device: wgpu::Device, queue: wgpu::Queue, summary: AdapterSummary) -> Self {
+    fn on(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        summary: AdapterSummary,
+        lose_device: Option<DeviceLossFault>,
+    ) -> Self {
         let max_buffer_size = device.limits().max_buffer_size;
         let placeholder = GpuBuffer::unpooled(
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -219,6 +257,7 @@ impl GpuBackend {
                 host_recording: Mutex::new(()),
                 placeholder,
                 for_host: std::sync::atomic::AtomicBool::new(false),
+                lose_device,
             }),
         }
     }
@@ -406,6 +445,14 @@ impl GpuBackend {
             let released = self.shared.pool.take_released();
             self.shared.queue.submit([encoder.finish()]);
             self.shared.pool.reuse(released);
+            if self
+                .shared
+                .lose_device
+                .as_ref()
+                .is_some_and(DeviceLossFault::strikes)
+            {
+                self.shared.device.destroy();
+            }
         }
         drop(pending);
         self.check()
