@@ -284,8 +284,12 @@ pub fn save_model(
 
 /// Reads a model file written by `save_model`, checking every name, dtype and shape.
 pub fn load_model(path: &Path) -> Result<ModelCheckpoint> {
-    let bytes = read_file(path)?;
-    let reader = Reader::new(path, &bytes, MODEL_FORMAT)?;
+    parse_model(path, &read_file(path)?)
+}
+
+/// `load_model` on bytes already read; `path` is the name errors give them.
+pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<ModelCheckpoint> {
+    let reader = Reader::new(path, bytes, MODEL_FORMAT)?;
     let architecture: Architecture = serde_json::from_str(reader.meta("architecture")?)
         .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;
     let spec = ModelSpec {
@@ -361,8 +365,17 @@ pub fn state_settings(path: &Path) -> Result<String> {
 
 /// Reads a training-state file for a model of `spec` and an optimizer keeping `state_names`.
 pub fn load_state(path: &Path, spec: &ModelSpec, state_names: &[&str]) -> Result<TrainingState> {
-    let bytes = read_file(path)?;
-    let reader = Reader::new(path, &bytes, STATE_FORMAT)?;
+    parse_state(path, &read_file(path)?, spec, state_names)
+}
+
+/// `load_state` on bytes already read; `path` is the name errors give them.
+pub fn parse_state(
+    path: &Path,
+    bytes: &[u8],
+    spec: &ModelSpec,
+    state_names: &[&str],
+) -> Result<TrainingState> {
+    let reader = Reader::new(path, bytes, STATE_FORMAT)?;
     let optimizer = spec
         .params()
         .iter()

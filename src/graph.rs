@@ -124,7 +124,26 @@ impl ModelSpec {
                 self.dropout
             )));
         }
+        // Kernels index with u32; beyond that, shape arithmetic could also overflow.
+        for param in self.params() {
+            let elements = (param.shape.iter())
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .filter(|&n| n <= u64::from(u32::MAX));
+            if elements.is_none() {
+                return Err(Error::Limit(format!(
+                    "{} of shape {:?} exceeds the 2^32 elements a kernel can index",
+                    param.name, param.shape
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Learned values in all parameters (after `validate`, this cannot overflow).
+    pub fn param_count(&self) -> u64 {
+        (self.params().iter())
+            .map(|p| p.shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
     }
 
     /// The layers in `Sequential` order.

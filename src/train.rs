@@ -130,6 +130,14 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
+/// MemAvailable from /proc/meminfo, where there is one.
+pub(crate) fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// VmRSS from /proc/self/status, where there is one.
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -271,6 +271,30 @@ fn bad_flags_and_files_are_one_line_errors() {
         "--no-validation",
     );
     assert_one_line_error(&with(&["--hidden", "64,0"]), 2, "widths");
+    assert_one_line_error(
+        &with(&["--hidden", "18446744073709551615"]),
+        2,
+        "0.weight of shape [18446744073709551615, 784] exceeds the 2^32 elements",
+    );
+    // 5M units: 4.0e9 parameters, 64 GB with gradients and Adam's moments, refused before any
+    // allocation (an allocation failure would abort); machines with that much memory free
+    // would train it, so they skip this one.
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info
+                .lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+    if available.is_some_and(|kib| kib < 60 << 20) {
+        assert_one_line_error(
+            &with(&["--hidden", "5000000"]),
+            2,
+            "3985000010 parameters need 59.4 GiB of host memory (4 copies of the weights)",
+        );
+    }
     clap_error(
         &wgnorm(&["train", "--device", "tpu", "--out", "tpu"], dir.path()),
         "tpu",

@@ -278,6 +278,12 @@ pub fn run_on<B: Compute>(
         activations: super::storage_or_f32(backend, config.activations, "training"),
         ..config
     };
+    // The CPU holds parameters, gradients and optimizer state; for the GPU, the initial weights.
+    let host_copies = match device {
+        "cpu" => 2 + config.optimizer.state_names().len() as u64,
+        _ => 1,
+    };
+    check_host_memory(&config.spec, host_copies)?;
     std::fs::create_dir_all(out).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,
@@ -360,6 +366,26 @@ pub fn run_on<B: Compute>(
         history: trainer.history,
         test,
     })
+}
+
+/// Refuses, before allocating, a model whose `copies` of its parameters would not fit in the
+/// memory the OS says is available: an allocation failure would abort the process.
+fn check_host_memory(spec: &ModelSpec, copies: u64) -> Result<()> {
+    let Some(available) = crate::train::available_memory() else {
+        return Ok(());
+    };
+    let needed = spec.param_count() * std::mem::size_of::<f32>() as u64 * copies;
+    if needed > available {
+        let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+        return Err(Error::Limit(format!(
+            "{} parameters need {:.1} GiB of host memory ({copies} copies of the weights), but \
+             {:.1} GiB is available; choose smaller --hidden widths",
+            spec.param_count(),
+            gib(needed),
+            gib(available)
+        )));
+    }
+    Ok(())
 }
 
 fn progress_bar(steps: usize, epoch: usize, epochs: usize) -> ProgressBar {

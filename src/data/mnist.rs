@@ -133,8 +133,13 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     if path.extension().is_none_or(|e| e != "gz") {
         return Ok(bytes);
     }
+    gunzip(path, &bytes)
+}
+
+/// Gunzips the bytes of `path`, refusing output beyond what any MNIST file needs.
+pub fn gunzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&bytes[..])
+    flate2::read::GzDecoder::new(bytes)
         .take(MAX_UNCOMPRESSED + 1)
         .read_to_end(&mut out)
         .map_err(|e| bad(path, format!("truncated or corrupt gzip data: {e}")))?;

@@ -32,14 +32,19 @@ fn collect<T>(
         .map_err(|e| format_error(path, format!("bad array data: {e}")))
 }
 
-/// Reads a `.npy` file. The data length is checked against the header before anything is
-/// allocated from it.
+/// Reads a `.npy` file.
 pub fn read(path: &Path) -> Result<Array> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let file = npyz::NpyFile::new(&bytes[..])
+    parse(path, &bytes)
+}
+
+/// Parses the bytes of a `.npy` file; `path` is the name errors give it. The data length is
+/// checked against the header before anything is allocated from it.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
+    let file = npyz::NpyFile::new(bytes)
         .map_err(|e| format_error(path, format!("not a valid .npy file: {e}")))?;
     let header = file.header().clone();
     let data = file.into_inner();
