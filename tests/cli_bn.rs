@@ -172,6 +172,11 @@ fn bad_inputs_are_one_line_errors_with_exit_code_2() {
     let mut fortran = c_order.clone();
     fortran[at_flag..at_flag + f_flag.len()].copy_from_slice(f_flag);
     std::fs::write(at("fortran.npy"), fortran).unwrap();
+    // A header that is not a Python literal: the parser's multi-line report is cut to one line.
+    let mut syntax = c_order.clone();
+    let at_shape = syntax.windows(8).position(|w| w == b"'shape':").unwrap();
+    syntax[at_shape] = b'?';
+    std::fs::write(at("syntax.npy"), syntax).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["bn", "--x", "missing.npy", "--out", "o", "--device", "cpu"],
@@ -188,6 +193,10 @@ fn bad_inputs_are_one_line_errors_with_exit_code_2() {
         (
             &["bn", "--x", "short.npy", "--out", "o", "--device", "cpu"],
             "truncated: the header promises 12 values of '<f4' (48 bytes) but the file holds 44",
+        ),
+        (
+            &["bn", "--x", "syntax.npy", "--out", "o", "--device", "cpu"],
+            "syntax.npy: not a valid .npy file: could not parse Python expression",
         ),
         (
             &["bn", "--x", "fortran.npy", "--out", "o", "--device", "cpu"],

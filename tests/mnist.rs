@@ -54,7 +54,8 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A data dir with two-image splits, raw files, after `spoil` has changed one of them.
-fn load_spoiled(spoil: impl FnOnce(&Path)) -> String {
+/// What the library and the binary say about the files once `spoil` has changed them.
+fn load_spoiled(spoil: impl FnOnce(&Path)) -> (String, std::process::Output) {
     let dir = tempfile::tempdir().unwrap();
     for (images, labels) in [
         (MnistFile::TrainImages, MnistFile::TrainLabels),
@@ -69,7 +70,22 @@ fn load_spoiled(spoil: impl FnOnce(&Path)) -> String {
     }
     mnist::load(dir.path()).expect("the unspoiled files load");
     spoil(dir.path());
-    mnist::load(dir.path()).unwrap_err().to_string()
+    // A missing file is fetched, from a closed local port here, so that fails too.
+    let output = wgnorm(
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--out",
+            "run",
+            "--mirror",
+            "http://127.0.0.1:9/",
+        ],
+        dir.path(),
+    );
+    (mnist::load(dir.path()).unwrap_err().to_string(), output)
 }
 
 /// Changes one file of a valid data dir.
@@ -130,10 +146,15 @@ fn malformed_files_are_errors_naming_the_file_and_the_problem() {
         ),
     ];
     for (spoil, needle) in cases {
-        let err = load_spoiled(spoil);
+        let (err, output) = load_spoiled(spoil);
         assert!(err.contains(needle), "'{needle}' not in: {err}");
         assert!(err.contains("ubyte"), "the error must name the file: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+        let said = match needle {
+            "not found" => "train-images-idx3-ubyte.gz could not be fetched",
+            _ => needle,
+        };
+        assert_one_line_error(&output, 2, said);
     }
 }
 

@@ -44,8 +44,13 @@ pub fn read(path: &Path) -> Result<Array> {
 /// Parses the bytes of a `.npy` file; `path` is the name errors give it. The data length is
 /// checked against the header before anything is allocated from it.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
-    let file = npyz::NpyFile::new(bytes)
-        .map_err(|e| format_error(path, format!("not a valid .npy file: {e}")))?;
+    check_header(path, bytes)?;
+    let file = npyz::NpyFile::new(bytes).map_err(|e| {
+        // npyz's header-syntax errors draw the header over several lines; the first says it.
+        let message = e.to_string();
+        let first = message.lines().next().unwrap_or_default().trim_end();
+        format_error(path, format!("not a valid .npy file: {first}"))
+    })?;
     let header = file.header().clone();
     let data = file.into_inner();
     if header.order() == npyz::Order::Fortran {
@@ -91,6 +96,57 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
         shape,
         data: values,
     })
+}
+
+/// numpy's own cap on the header it will parse (`max_header_size`).
+const MAX_HEADER: usize = 10_000;
+/// Brackets a header may nest: a plain dtype needs 2, a structured one a few more.
+const MAX_NESTING: usize = 8;
+
+/// Refuses headers that would cost npyz more than a file's worth of work (both found by
+/// `fuzz/`): it allocates the length it reads before reading, so a corrupt length of 4 GiB
+/// cost 4 GiB, and its parser takes time exponential in the depth of unclosed brackets, so a
+/// 200-byte file with 22 of them took minutes.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Magic (6 bytes), version (2), then the length: u16 in version 1, u32 after.
+    let length = match bytes.get(6) {
+        Some(1) => bytes
+            .get(8..10)
+            .map(|b| (u16::from_le_bytes([b[0], b[1]]) as usize, 10)),
+        Some(_) => {
+            (bytes.get(8..12)).map(|b| (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12))
+        }
+        None => None,
+    };
+    let Some((length, start)) = length else {
+        return Ok(()); // too short for a header: npyz says so
+    };
+    let invalid = |why: String| Err(format_error(path, format!("not a valid .npy file: {why}")));
+    if length > bytes.len() - start {
+        return invalid(format!(
+            "the header claims {length} bytes but the file holds {}",
+            bytes.len() - start
+        ));
+    }
+    if length > MAX_HEADER {
+        return invalid(format!(
+            "a header of {length} bytes is longer than numpy's limit of {MAX_HEADER}"
+        ));
+    }
+    let mut depth = 0usize;
+    for &byte in &bytes[start..start + length] {
+        match byte {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_NESTING {
+            return invalid(format!(
+                "the header nests brackets deeper than {MAX_NESTING}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes f32 values as a C-order `.npy` file of the given shape, atomically: the data goes to
@@ -141,6 +197,37 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("t.npy") && err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn a_header_length_beyond_the_file_is_refused_before_allocating_it() {
+        let mut bytes = b"\x93NUMPY\x03\x00".to_vec();
+        bytes.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+        bytes.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n");
+        let err = parse(Path::new("h.npy"), &bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("h.npy") && err.contains("the header claims 4294967280 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deeply_nested_headers_are_refused_before_parsing() {
+        let header = format!(
+            "{{'descr': '<f4', 'fortran_order': {}False, 'shape': (3,), }}\n",
+            "[".repeat(22)
+        );
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0; 12]);
+        let err = parse(Path::new("deep.npy"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("deep.npy") && err.contains("nests brackets deeper than 8"),
+            "{err}"
+        );
     }
 
     #[test]

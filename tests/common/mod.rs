@@ -182,4 +182,11 @@ pub fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
     let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(ours.len(), 1, "expected one error line, got: {stderr}");
     assert!(ours[0].contains(needle), "'{needle}' not in: {}", ours[0]);
+    // A message that went on over more lines would leave them after its first.
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+    assert_eq!(
+        last,
+        Some(ours[0]),
+        "the error is not the last line: {stderr}"
+    );
 }
