@@ -130,20 +130,22 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// MemAvailable from /proc/meminfo, where there is one.
-pub(crate) fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+/// A `key: N kB` line of a Linux /proc file, in bytes; None elsewhere.
+fn proc_bytes(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let value = text.lines().find_map(|l| l.strip_prefix(key))?;
+    let kib: u64 = value.split_whitespace().next()?.parse().ok()?;
     Some(kib * 1024)
 }
 
-/// VmRSS from /proc/self/status, where there is one.
+/// Memory the OS could give this process now, where it says (Linux).
+pub(crate) fn available_memory() -> Option<u64> {
+    proc_bytes("/proc/meminfo", "MemAvailable:")
+}
+
+/// The process's resident memory, where the OS says (Linux).
 fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    proc_bytes("/proc/self/status", "VmRSS:")
 }
 
 /// Where the training images are cut: Keras' `int(n·(1 − validation_split))`.
