@@ -141,9 +141,7 @@ impl ModelSpec {
 
     /// Learned values in all parameters (after `validate`, this cannot overflow).
     pub fn param_count(&self) -> u64 {
-        (self.params().iter())
-            .map(|p| p.shape.iter().map(|&d| d as u64).product::<u64>())
-            .sum()
+        self.params().iter().map(|p| p.len() as u64).sum()
     }
 
     /// The layers in `Sequential` order.

@@ -61,16 +61,17 @@ impl Shader {
         format!("{header}{}", self.source())
     }
 
-    /// Whether the file declares its typed bindings with the aliases, so that they can hold
-    /// f16; the others take f32 only.
+    /// Whether the file declares bindings with the aliases of `TYPED_SLOTS`, so that they can
+    /// hold f16; the others take f32 only. Read from the source, so it cannot drift from it.
     pub fn has_f16_variant(self) -> bool {
-        matches!(
-            self,
-            Shader::BatchNorm | Shader::Matmul | Shader::Activation
-        )
+        let source = self.source();
+        TYPED_SLOTS
+            .iter()
+            .any(|(_, alias)| source.contains(&format!("array<{alias}>")))
     }
 
-    /// The file as written (it uses `Act` without defining it: see `module_source`).
+    /// The file as written (it uses the `TYPED_SLOTS` aliases without defining them: see
+    /// `module_source`).
     pub fn source(self) -> &'static str {
         match self {
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),

@@ -824,13 +824,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn small_tensors_are_one_chunk() {
+    fn small_tensors_are_one_chunk() -> Result<()> {
         let shape = BatchNormShape {
             n: 32,
             c: 128,
             s: 1,
         };
-        let chunks = plan_row_chunks(shape, Dtype::F32, 128 << 20, 256).unwrap();
+        let chunks = plan_row_chunks(shape, Dtype::F32, 128 << 20, 256)?;
         assert_eq!(
             chunks,
             vec![RowChunk {
@@ -838,16 +838,17 @@ mod tests {
                 rows: 32
             }]
         );
+        Ok(())
     }
 
     #[test]
-    fn large_tensors_split_into_aligned_chunks_that_cover_every_row() {
+    fn large_tensors_split_into_aligned_chunks_that_cover_every_row() -> Result<()> {
         let shape = BatchNormShape {
             n: 65537,
             c: 513,
             s: 1,
         };
-        let chunks = plan_row_chunks(shape, Dtype::F32, 128 << 20, 256).unwrap();
+        let chunks = plan_row_chunks(shape, Dtype::F32, 128 << 20, 256)?;
         assert!(chunks.len() >= 2);
         let mut next = 0;
         for chunk in &chunks {
@@ -857,6 +858,7 @@ mod tests {
             next += chunk.rows;
         }
         assert_eq!(next, 65537);
+        Ok(())
     }
 
     #[test]
