@@ -166,10 +166,10 @@ fn main() -> anyhow::Result<()> {
         &beta,
         &zeros,
         &ones,
-        f64::from(config.eps),
-        f64::from(config.momentum),
+        f64::from(config.eps()),
+        f64::from(config.momentum()),
     );
-    let grads = reference::backward(&x, &dy, shape, &gamma, f64::from(config.eps));
+    let grads = reference::backward(&x, &dy, shape, &gamma, f64::from(config.eps()));
     let mean = &out[1][stat::MEAN * shape.c..(stat::MEAN + 1) * shape.c];
     let errors = [
         max_error("y", &out[0], &want.y)?,

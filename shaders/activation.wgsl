@@ -10,10 +10,8 @@
 //
 // The key is derived on the host from (seed, layer, step), so a mask is a pure function of
 // (seed, layer, step, element): the backward pass recomputes it instead of storing it, and the
-// CPU twin (src/ops/activation.rs) draws the very same masks. The keep test is on integers, so no
-// float rounding can make the two backends disagree.
-
-const WORKGROUP: u32 = 256u;
+// CPU twin (src/ops/activation/cpu.rs) draws the very same masks. The keep test is on integers,
+// so no float rounding can make the two backends disagree.
 
 struct ActivationParams {
     len: u32,
@@ -46,14 +44,10 @@ fn keeps(element: u32) -> bool {
     return lowbias32(p.key_x ^ lowbias32(p.key_y ^ element)) >= p.threshold;
 }
 
-fn element_index(id: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return id.x + id.y * groups.x * WORKGROUP;
-}
-
 @compute @workgroup_size(WORKGROUP)
 fn relu_forward(@builtin(global_invocation_id) id: vec3<u32>,
                 @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = element_index(id, groups);
+    let i = thread_index(id, groups, WORKGROUP);
     if i < p.len {
         out[i] = OUT_T(max(f32(x[i]), 0.0));
     }
@@ -62,7 +56,7 @@ fn relu_forward(@builtin(global_invocation_id) id: vec3<u32>,
 @compute @workgroup_size(WORKGROUP)
 fn relu_backward(@builtin(global_invocation_id) id: vec3<u32>,
                  @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = element_index(id, groups);
+    let i = thread_index(id, groups, WORKGROUP);
     if i < p.len {
         out[i] = OUT_T(select(0.0, f32(dy[i]), f32(x[i]) > 0.0));
     }
@@ -71,7 +65,7 @@ fn relu_backward(@builtin(global_invocation_id) id: vec3<u32>,
 @compute @workgroup_size(WORKGROUP)
 fn dropout_forward(@builtin(global_invocation_id) id: vec3<u32>,
                    @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = element_index(id, groups);
+    let i = thread_index(id, groups, WORKGROUP);
     if i < p.len {
         out[i] = OUT_T(select(0.0, f32(x[i]) * p.scale, keeps(i)));
     }
@@ -80,7 +74,7 @@ fn dropout_forward(@builtin(global_invocation_id) id: vec3<u32>,
 @compute @workgroup_size(WORKGROUP)
 fn dropout_backward(@builtin(global_invocation_id) id: vec3<u32>,
                     @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = element_index(id, groups);
+    let i = thread_index(id, groups, WORKGROUP);
     if i < p.len {
         out[i] = OUT_T(select(0.0, f32(dy[i]) * p.scale, keeps(i)));
     }

@@ -20,9 +20,7 @@
 // split of the m elements per workgroup row, `*_finalize` merges the splits. With a single split
 // the partial pass finalizes in place and the second pass is skipped.
 
-const WORKGROUP: u32 = 256u;
-
-// Planes of the per-channel `stats` buffer: stats[plane·C + c]. Mirrored in src/ops/batchnorm.rs.
+// Planes of the per-channel `stats` buffer: stats[plane·C + c]. Mirrored in src/ops/batchnorm/mod.rs.
 const STAT_MEAN: u32 = 0u;
 const STAT_VAR: u32 = 1u;
 const STAT_INVSTD: u32 = 2u;
@@ -196,7 +194,7 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(FINALIZE_WORKGROUP)
 fn stats_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     if c >= p.channels {
@@ -222,7 +220,7 @@ fn stats_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
 
 // Eval mode normalizes with the running statistics: they become the stats planes, with the
 // running mean as the shift so that `normalize` has one path.
-@compute @workgroup_size(64)
+@compute @workgroup_size(FINALIZE_WORKGROUP)
 fn eval_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     if c >= p.channels {
@@ -244,7 +242,7 @@ fn centered(value: f32, c: u32) -> f32 {
 @compute @workgroup_size(WORKGROUP)
 fn normalize(@builtin(global_invocation_id) id: vec3<u32>,
              @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WORKGROUP;
+    let i = thread_index(id, groups, WORKGROUP);
     if i >= p.rows * p.channels * p.spatial {
         return;
     }
@@ -282,7 +280,7 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(FINALIZE_WORKGROUP)
 fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     if c >= p.channels {
@@ -302,7 +300,7 @@ fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
 @compute @workgroup_size(WORKGROUP)
 fn backward_dx(@builtin(global_invocation_id) id: vec3<u32>,
                @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WORKGROUP;
+    let i = thread_index(id, groups, WORKGROUP);
     if i >= p.rows * p.channels * p.spatial {
         return;
     }

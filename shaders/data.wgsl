@@ -6,8 +6,6 @@
 // `images` packs four bytes per u32, little-endian. The 256-entry `byte_scale` table comes
 // from the host, so the conversion is exactly the CPU twin's (WGSL division is not exact).
 
-const WORKGROUP: u32 = 256u;
-
 struct GatherParams {
     rows: u32,
     row_len: u32,
@@ -26,7 +24,7 @@ struct GatherParams {
 @compute @workgroup_size(WORKGROUP)
 fn gather(@builtin(global_invocation_id) id: vec3<u32>,
           @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WORKGROUP;
+    let i = thread_index(id, groups, WORKGROUP);
     if i >= p.rows * p.row_len {
         return;
     }

@@ -7,12 +7,12 @@
 //
 // One workgroup walks all rows and adds the batch's loss sum and correct count to `metrics`,
 // which accumulates on the device over many steps: [loss sum, its Kahan compensation, correct,
-// samples, calls, first bad call]. The last slot is the 1-based call whose batch loss was first
-// not finite (0 while none was), so a diverging run is caught on the device and named exactly
-// however rarely the host reads. A single workgroup means no two threads ever add to `metrics`
-// at once.
-
-const WORKGROUP: u32 = 256u;
+// samples, calls, first non-finite call, first bad-label call, its row, its label, classes].
+// The first non-finite call is the 1-based call whose batch loss was first not finite (0 while
+// none was), so a diverging run is caught on the device and named exactly however rarely the
+// host reads. A label that is not a class index is noted the same way (its row adds nothing
+// and gets a zero gradient); the host's read of the totals turns it into an error. A single
+// workgroup means no two threads ever add to `metrics` at once.
 
 const METRIC_LOSS: u32 = 0u;
 const METRIC_LOSS_COMPENSATION: u32 = 1u;
@@ -20,6 +20,11 @@ const METRIC_CORRECT: u32 = 2u;
 const METRIC_SAMPLES: u32 = 3u;
 const METRIC_CALLS: u32 = 4u;
 const METRIC_FIRST_NON_FINITE: u32 = 5u;
+const METRIC_BAD_LABEL_CALL: u32 = 6u;
+const METRIC_BAD_LABEL_ROW: u32 = 7u;
+const METRIC_BAD_LABEL: u32 = 8u;
+const METRIC_BAD_LABEL_CLASSES: u32 = 9u;
+const NO_ROW: u32 = 0xffffffffu;
 
 struct LossParams {
     rows: u32,
@@ -37,13 +42,32 @@ struct LossParams {
 
 var<workgroup> loss_part: array<f32, WORKGROUP>;
 var<workgroup> correct_part: array<f32, WORKGROUP>;
+var<workgroup> first_bad_row: atomic<u32>;
+
+// An integer in 0..classes; NaN fails every comparison.
+fn is_class_index(label: f32) -> bool {
+    return label >= 0.0 && label < f32(p.classes) && fract(label) == 0.0;
+}
 
 @compute @workgroup_size(WORKGROUP)
 fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
+    if t == 0u {
+        atomicStore(&first_bad_row, NO_ROW);
+    }
+    workgroupBarrier();
     var loss = 0.0;
     var correct = 0.0;
     for (var r = t; r < p.rows; r += WORKGROUP) {
         let base = r * p.classes;
+        if !is_class_index(labels[r]) {
+            atomicMin(&first_bad_row, r);
+            if p.write_grad == 1u {
+                for (var j = 0u; j < p.classes; j++) {
+                    out[base + j] = 0.0;
+                }
+            }
+            continue;
+        }
         let label = u32(labels[r]);
         var top = x[base];
         var best = 0u;
@@ -88,6 +112,13 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
         let finite = abs(loss_part[0]) <= 3.4028235e38;
         if !finite && metrics[METRIC_FIRST_NON_FINITE] == 0.0 {
             metrics[METRIC_FIRST_NON_FINITE] = metrics[METRIC_CALLS];
+        }
+        let bad_row = atomicLoad(&first_bad_row);
+        if bad_row != NO_ROW && metrics[METRIC_BAD_LABEL_CALL] == 0.0 {
+            metrics[METRIC_BAD_LABEL_CALL] = metrics[METRIC_CALLS];
+            metrics[METRIC_BAD_LABEL_ROW] = f32(bad_row);
+            metrics[METRIC_BAD_LABEL] = labels[bad_row];
+            metrics[METRIC_BAD_LABEL_CLASSES] = f32(p.classes);
         }
     }
 }

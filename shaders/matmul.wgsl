@@ -200,7 +200,7 @@ fn accumulate(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
 @compute @workgroup_size(V_GROUP)
 fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
                @builtin(num_workgroups) groups: vec3<u32>) {
-    let thread = id.x + id.y * groups.x * V_GROUP;
+    let thread = thread_index(id, groups, V_GROUP);
     let col_blocks = (p.n + V_COLS - 1u) / V_COLS;
     let row0 = (thread / col_blocks) * V_ROWS;
     let col0 = (thread % col_blocks) * V_COLS;

@@ -6,8 +6,6 @@
 //         step_size = lr/(1 − β1^t), bias_correction2_sqrt = sqrt(1 − β2^t)   (from the host)
 //   sgd:  b ← momentum·b + g                θ ← θ − lr·b      (b starts at 0, so b₁ = g)
 
-const WORKGROUP: u32 = 256u;
-
 // 1 − β1 and 1 − β2 come from the host, computed in f64 as PyTorch does: in f32, 1 − β2 for
 // β2 = 0.999 would be off by 1.3e-5 relative.
 struct OptimizerParams {
@@ -30,7 +28,7 @@ struct OptimizerParams {
 @compute @workgroup_size(WORKGROUP)
 fn adam(@builtin(global_invocation_id) id: vec3<u32>,
         @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WORKGROUP;
+    let i = thread_index(id, groups, WORKGROUP);
     if i >= p.len {
         return;
     }
@@ -45,7 +43,7 @@ fn adam(@builtin(global_invocation_id) id: vec3<u32>,
 @compute @workgroup_size(WORKGROUP)
 fn sgd(@builtin(global_invocation_id) id: vec3<u32>,
        @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = id.x + id.y * groups.x * WORKGROUP;
+    let i = thread_index(id, groups, WORKGROUP);
     if i >= p.len {
         return;
     }

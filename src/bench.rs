@@ -15,7 +15,7 @@ use crate::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
     RunningStats,
 };
-use crate::ops::data::DeviceImages;
+use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::metric;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::train::{TrainConfig, Trainer, train_on_batch};
@@ -326,7 +326,7 @@ pub struct SyntheticStep<B: Compute> {
     model: Mlp<B>,
     optimizer: Optimizer<B>,
     images: DeviceImages<B>,
-    index: B::Indices,
+    index: IndexList<B>,
     metrics: B::Buffer,
     rows: usize,
 }

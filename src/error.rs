@@ -8,11 +8,12 @@ pub enum Error {
     /// No adapter fits the request; the message says what exists and how to get one.
     #[error("{0}")]
     NoAdapter(String),
-    /// A wgpu validation or out-of-memory error, or a failed readback.
-    #[error("GPU error: {0}")]
+    /// A wgpu validation or out-of-memory error, or a failed readback. wgpu's messages span
+    /// several lines; they are shown on one.
+    #[error("GPU error: {}", one_line(.0))]
     Gpu(String),
     /// The device was lost (driver reset, GPU removed); the context cannot be used again.
-    #[error("GPU device lost: {0}")]
+    #[error("GPU device lost: {}", one_line(.0))]
     DeviceLost(String),
     /// A request beyond what the adapter allows, refused before any dispatch.
     #[error("{0}")]
@@ -40,6 +41,9 @@ pub enum Error {
     /// The user pressed Ctrl-C; what was finished has been saved.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A value that could not be written as JSON.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
     /// A file that was read but whose content is not what it should be.
     #[error("{}: {message}", path.display())]
     Format {
@@ -52,3 +56,31 @@ pub enum Error {
 
 /// Everything fallible in wgnorm returns this.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A multi-line message (wgpu's "Validation Error / Caused by: / In ... / ...") on one line:
+/// its non-empty lines, trimmed, joined by ": ", without the "Caused by:" headings.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .map(|line| line.trim_end_matches(':'))
+        .filter(|line| !line.is_empty() && *line != "Caused by")
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_wgpu_message_is_shown_on_one_line() {
+        let wgpu = "Validation Error\n\nCaused by:\n  In a CommandEncoder::copy_buffer_to_buffer\n    \
+                    Copy source buffer is missing usage COPY_SRC\n";
+        assert_eq!(
+            Error::Gpu(wgpu.to_string()).to_string(),
+            "GPU error: Validation Error: In a CommandEncoder::copy_buffer_to_buffer: Copy source \
+             buffer is missing usage COPY_SRC"
+        );
+    }
+}

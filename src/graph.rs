@@ -5,27 +5,13 @@
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::backend::Backend;
-use crate::ops::activation::{ActivationOps, DropoutMask};
+pub use crate::ops::Compute;
+use crate::ops::activation::DropoutMask;
 use crate::ops::batchnorm::{
-    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
-    RunningStats,
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
-use crate::ops::data::DataOps;
-use crate::ops::loss::LossOps;
-use crate::ops::matmul::{MatmulOps, MatrixLayout};
-use crate::ops::optimizer::OptimizerOps;
+use crate::ops::matmul::MatrixLayout;
 use crate::{Dtype, Error, Result};
-
-/// Everything a backend must run to train the MLP.
-pub trait Compute:
-    Backend + MatmulOps + BatchNormOps + ActivationOps + LossOps + OptimizerOps + DataOps
-{
-}
-
-impl<T> Compute for T where
-    T: Backend + MatmulOps + BatchNormOps + ActivationOps + LossOps + OptimizerOps + DataOps
-{
-}
 
 /// The architecture: inputs → [Linear → (BatchNorm) → ReLU → Dropout] per hidden width → Linear.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -110,13 +96,6 @@ impl ModelSpec {
                 "layer widths must be positive, got inputs {}, hidden {:?}, classes {}",
                 self.inputs, self.hidden, self.classes
             )));
-        }
-        if self.batchnorm {
-            crate::ops::batchnorm::check_config(
-                Mode::Eval,
-                BatchNormShape { n: 1, c: 1, s: 1 },
-                self.batchnorm_config,
-            )?;
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::InvalidArgument(format!(
@@ -215,7 +194,8 @@ impl ModelSpec {
                     } else {
                         format!(
                             "nn.BatchNorm1d({features}, eps={}, momentum={})",
-                            config.eps, config.momentum
+                            config.eps(),
+                            config.momentum()
                         )
                     }
                 }
@@ -579,8 +559,10 @@ enum Saved<B: Backend> {
     Dropout(DropoutSaved),
 }
 
-/// What a forward pass leaves for its backward: each layer's saved state, in layer order.
+/// What a forward pass leaves for its backward: each layer's saved state, in layer order, and
+/// the mode it ran in (only a training forward saves what backward needs).
 pub struct Tape<B: Backend> {
+    mode: Mode,
     rows: usize,
     saved: Vec<Saved<B>>,
 }
@@ -784,7 +766,7 @@ impl<B: Compute> Mlp<B> {
             h = out;
             saved.push(state);
         }
-        Ok((h, Tape { rows, saved }))
+        Ok((h, Tape { mode, rows, saved }))
     }
 
     /// Gradients of every parameter, in `ModelSpec::params` order, from a training forward's
@@ -795,6 +777,13 @@ impl<B: Compute> Mlp<B> {
         tape: Tape<B>,
         dlogits: B::Buffer,
     ) -> Result<Vec<B::Buffer>> {
+        if tape.mode != Mode::Train {
+            return Err(Error::InvalidArgument(
+                "backward needs the tape of a training-mode forward; this one ran in eval mode, \
+                 which saves running statistics and no dropout mask"
+                    .to_string(),
+            ));
+        }
         let rows = tape.rows;
         if backend.len_of(&self.ones) < rows {
             self.ones = backend.filled(rows, 1.0)?;

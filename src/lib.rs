@@ -110,6 +110,8 @@ pub mod data;
 mod error;
 pub mod gpu;
 pub mod graph;
+#[doc(hidden)]
+pub mod host_memory;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -120,6 +122,7 @@ pub mod reference;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod report;
+pub mod seed;
 pub mod train;
 
 pub use backend::{Backend, Dtype};

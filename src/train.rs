@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::mnist::{Mnist, PIXELS, Split};
 use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
 use crate::ops::batchnorm::Mode;
-use crate::ops::data::DeviceImages;
+use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::{LossTotals, metric};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::{Dtype, Error, Result};
@@ -130,32 +130,9 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// A `key: N kB` line of a Linux /proc file, in bytes; None elsewhere.
-fn proc_bytes(file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let value = text.lines().find_map(|l| l.strip_prefix(key))?;
-    let kib: u64 = value.split_whitespace().next()?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Memory the OS could give this process now, where it says (Linux).
-pub(crate) fn available_memory() -> Option<u64> {
-    proc_bytes("/proc/meminfo", "MemAvailable:")
-}
-
-/// The process's resident memory, where the OS says (Linux).
-fn resident_bytes() -> Option<u64> {
-    proc_bytes("/proc/self/status", "VmRSS:")
-}
-
 /// Where the training images are cut: Keras' `int(n·(1 − validation_split))`.
 pub fn split_point(images: usize, val_split: f64) -> usize {
     (images as f64 * (1.0 - val_split)) as usize
-}
-
-/// A 64-bit seed for one purpose and index, derived from the run's seed.
-fn derive_seed(seed: u64, purpose: u64, index: u64) -> u64 {
-    crate::ops::activation::splitmix64(crate::ops::activation::splitmix64(seed ^ purpose) ^ index)
 }
 
 const SHUFFLE_STREAM: u64 = 0x7368_7566_666c_6500;
@@ -164,7 +141,8 @@ const SHUFFLE_STREAM: u64 = 0x7368_7566_666c_6500;
 /// function of (seed, epoch) alone, so a resumed run shuffles as an uninterrupted one.
 pub fn epoch_order(seed: u64, epoch: usize, rows: usize) -> Vec<u32> {
     let mut order: Vec<u32> = (0..rows as u32).collect();
-    let mut rng = StdRng::seed_from_u64(derive_seed(seed, SHUFFLE_STREAM, epoch as u64));
+    let mut rng =
+        StdRng::seed_from_u64(crate::seed::derive_seed(seed, SHUFFLE_STREAM, epoch as u64));
     order.shuffle(&mut rng);
     order
 }
@@ -236,9 +214,9 @@ pub struct Trainer<'b, B: Compute> {
     pub optimizer: Optimizer<B>,
     train_set: DeviceImages<B>,
     train_rows: usize,
-    validation: Option<(B::Indices, usize)>,
+    validation: Option<(IndexList<B>, usize)>,
     test_set: DeviceImages<B>,
-    test_index: B::Indices,
+    test_index: IndexList<B>,
     /// Epochs finished.
     pub epochs_done: usize,
     /// One record per finished epoch.
@@ -329,7 +307,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// accuracy to `metrics`.
     pub fn train_step(
         &mut self,
-        index: &B::Indices,
+        index: &IndexList<B>,
         first: usize,
         rows: usize,
         metrics: &mut B::Buffer,
@@ -402,7 +380,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             val_loss: validation.map(|v| v.mean_loss()),
             val_acc: validation.map(|v| v.accuracy()),
             seconds: started.elapsed().as_secs_f64(),
-            resident_bytes: resident_bytes(),
+            resident_bytes: crate::host_memory::resident(),
             device_buffers: self.backend.device_buffers(),
         };
         self.epochs_done += 1;
@@ -445,7 +423,7 @@ pub fn evaluate<B: Compute>(
     backend: &B,
     model: &mut Mlp<B>,
     images: &DeviceImages<B>,
-    index: &B::Indices,
+    index: &IndexList<B>,
     rows: usize,
 ) -> Result<LossTotals> {
     let classes = model.spec.classes;

@@ -83,8 +83,8 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         &case.beta,
         &case.running_mean,
         &case.running_var,
-        config.eps as f64,
-        config.momentum as f64,
+        config.eps() as f64,
+        config.momentum() as f64,
     );
     let stats = backend.download(&forward.stats)?;
     let plane = |p: usize| &stats[p * shape.c..(p + 1) * shape.c];
@@ -118,7 +118,7 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         .iter()
         .zip(&expected.mean)
         .map(|(&r, m)| {
-            (1.0 - config.momentum as f64) * (r as f64).abs() + config.momentum as f64 * m.abs()
+            (1.0 - config.momentum() as f64) * (r as f64).abs() + config.momentum() as f64 * m.abs()
         })
         .collect();
     assert_close_to_terms(
@@ -142,11 +142,11 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         dbeta: poisoned(shape.c)?,
     };
     backend.batchnorm_backward(&x, &dy, shape, &affine.gamma, &forward.stats, &mut grads)?;
-    let expected = reference::backward(&case.x, &case.dy, shape, &case.gamma, config.eps as f64);
+    let expected = reference::backward(&case.x, &case.dy, shape, &case.gamma, config.eps() as f64);
     let terms = cancelling_terms(
         case,
         &reference::moments(&case.x, shape).1,
-        config.eps as f64,
+        config.eps() as f64,
     );
     assert_close_to_terms(
         &format!("{label} dx"),
@@ -155,7 +155,7 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         terms,
         BACKWARD_TOLERANCE,
     );
-    let (dgamma_terms, dbeta_terms) = sum_terms(case, config.eps as f64);
+    let (dgamma_terms, dbeta_terms) = sum_terms(case, config.eps() as f64);
     assert_close_to_terms(
         &format!("{label} dgamma"),
         &backend.download(&grads.dgamma)?,
@@ -195,7 +195,7 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         &case.beta,
         &case.running_mean,
         &case.running_var,
-        config.eps as f64,
+        config.eps() as f64,
     );
     assert_close(
         &format!("{label} eval y"),
@@ -348,7 +348,7 @@ fn rejects_bad_calls<B: BatchNormOps>(backend: &B) {
         .err()
         .expect("x of 4 values for an 8-value shape must be refused");
     assert!(
-        err.to_string().contains("x has 4 elements, expected 8"),
+        err.to_string().contains("x has 4 values, expected 8"),
         "{err}"
     );
 }
@@ -420,11 +420,7 @@ fn gpu_rejects_bad_calls() {
 fn keras_conventions<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
     let shape = BatchNormShape { n: 9, c: 5, s: 1 };
     let x = channel_data(rng, shape.n, shape.c, shape.s);
-    let config = BatchNormConfig {
-        eps: 1e-3,
-        momentum: 0.01,
-        unbiased_running_var: false,
-    };
+    let config = BatchNormConfig::new(1e-3, 0.01, false).unwrap();
     let (gamma, beta) = (vec![1.0f32; shape.c], vec![0.0f32; shape.c]);
     let (r_mean, r_var) = (vec![0.5f32; shape.c], vec![2.0f32; shape.c]);
     let affine = Affine::<B> {
@@ -537,10 +533,10 @@ fn gpu_f16_storage_stays_within_the_documented_tolerance() {
             &case.beta,
             &case.running_mean,
             &case.running_var,
-            config.eps as f64,
-            config.momentum as f64,
+            config.eps() as f64,
+            config.momentum() as f64,
         );
-        let want_grads = reference::backward(&x16, &dy16, shape, &case.gamma, config.eps as f64);
+        let want_grads = reference::backward(&x16, &dy16, shape, &case.gamma, config.eps() as f64);
         let label = format!("f16 {shape:?}");
         let y = gpu.download(&forward.y).unwrap();
         let y_error = normwise_error(&y, &want.y);

@@ -199,3 +199,44 @@ fn two_contexts_in_one_process_work_independently() {
         "the second's holds only its staging buffer"
     );
 }
+
+#[test]
+fn another_thread_neither_records_into_the_hosts_encoder_nor_loses_its_work() {
+    use wgnorm::ops::activation::ActivationOps;
+    let Some(wgnorm) = hosted() else { return };
+    let rounds = 300;
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            for round in 0..rounds {
+                let values: Vec<f32> = (0..64).map(|i| (round + i) as f32 - 40.0).collect();
+                let x = wgnorm.upload(&values).unwrap();
+                let mut y = wgnorm.scratch(values.len()).unwrap();
+                wgnorm.relu_forward(&x, &mut y).unwrap();
+                let want: Vec<f32> = values.iter().map(|v| v.max(0.0)).collect();
+                assert_eq!(wgnorm.download(&y).unwrap(), want, "round {round}");
+            }
+        });
+        let host = HostBuffers::new(&wgnorm, SHAPE.c, HOST_USAGE);
+        let y = wgnorm
+            .wrap_buffer("y", &host.y, SHAPE.numel(), wgnorm::Dtype::F32)
+            .unwrap();
+        for round in 0..rounds {
+            // Several records per encoder keep the host's recording open long enough to race.
+            let mut encoder = encoder(&wgnorm);
+            for _ in 0..8 {
+                host.record(&wgnorm, &mut encoder, Mode::Eval).unwrap();
+            }
+            wgnorm.queue().submit([encoder.finish()]);
+            // Eval with running mean 0 and variance 1 is y = x/sqrt(1 + eps).
+            let got = wgnorm.download(&y).unwrap();
+            let want: Vec<f32> = x_values()
+                .iter()
+                .map(|v| v / (1.0f32 + 1e-5).sqrt())
+                .collect();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "round {round}: {g} vs {w}");
+            }
+        }
+        worker.join().unwrap();
+    });
+}

@@ -5,7 +5,7 @@ use std::mem::{offset_of, size_of};
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgnorm::Dtype;
-use wgnorm::gpu::{Kernel, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP};
+use wgnorm::gpu::{FINALIZE_WORKGROUP, Kernel, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP};
 use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
@@ -234,15 +234,53 @@ fn batchnorm_constants_match_rust() {
 }
 
 #[test]
-fn every_elementwise_shader_agrees_on_the_workgroup_size() {
-    for shader in [
-        Shader::Activation,
-        Shader::Loss,
-        Shader::Optimizer,
-        Shader::Data,
-    ] {
-        let workgroup = u32_constant(&parse(shader), "WORKGROUP");
-        assert_eq!(workgroup, WORKGROUP, "{}", shader.file_name());
+fn the_prelude_constants_match_rust_and_size_every_kernel() {
+    for &shader in Shader::ALL {
+        let module = parse(shader);
+        assert_eq!(u32_constant(&module, "WORKGROUP"), WORKGROUP);
+        assert_eq!(
+            u32_constant(&module, "FINALIZE_WORKGROUP"),
+            FINALIZE_WORKGROUP
+        );
+    }
+    // Every kernel's workgroup is one the launchers size their grids by: the prelude's two, the
+    // matmul tiles, or an override the launcher sets (matmul_vec4's V_GROUP).
+    let side = MATMUL_SIDE as u32;
+    for &kernel in Kernel::ALL {
+        let module = parse(kernel.shader());
+        let entry = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == kernel.entry_point())
+            .unwrap_or_else(|| panic!("{} missing", kernel.entry_point()));
+        let size = entry.workgroup_size;
+        let allowed = match kernel {
+            Kernel::Matmul | Kernel::MatmulTiled => vec![[side, side, 1]],
+            Kernel::MatmulVec4 => {
+                assert!(entry.workgroup_size_overrides.is_some(), "V_GROUP");
+                continue;
+            }
+            _ => vec![[WORKGROUP, 1, 1], [FINALIZE_WORKGROUP, 1, 1]],
+        };
+        assert!(
+            allowed.contains(&size),
+            "{}: {size:?}",
+            kernel.entry_point()
+        );
+    }
+    // Each constant is defined once, in the prelude.
+    for &shader in Shader::ALL {
+        for name in [
+            "const WORKGROUP",
+            "const FINALIZE_WORKGROUP",
+            "fn thread_index",
+        ] {
+            assert!(
+                !shader.source().contains(name),
+                "{} redefines {name}",
+                shader.file_name()
+            );
+        }
     }
 }
 
@@ -256,8 +294,12 @@ fn loss_metric_slots_match_rust() {
         ("METRIC_SAMPLES", metric::SAMPLES),
         ("METRIC_CALLS", metric::CALLS),
         ("METRIC_FIRST_NON_FINITE", metric::FIRST_NON_FINITE),
+        ("METRIC_BAD_LABEL_CALL", metric::BAD_LABEL_CALL),
+        ("METRIC_BAD_LABEL_ROW", metric::BAD_LABEL_ROW),
+        ("METRIC_BAD_LABEL", metric::BAD_LABEL),
+        ("METRIC_BAD_LABEL_CLASSES", metric::BAD_LABEL_CLASSES),
     ] {
         assert_eq!(u32_constant(&module, name) as usize, slot, "{name}");
     }
-    assert_eq!(metric::LEN, 6);
+    assert_eq!(metric::LEN, 10);
 }

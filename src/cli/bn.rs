@@ -190,11 +190,7 @@ fn save(dir: &Path, outputs: &Outputs) -> Result<()> {
 
 pub fn run(args: BnArgs) -> Result<()> {
     let inputs = load(&args)?;
-    let config = BatchNormConfig {
-        eps: args.eps,
-        momentum: args.momentum,
-        ..BatchNormConfig::default()
-    };
+    let config = BatchNormConfig::new(args.eps, args.momentum, true)?;
     let device = Device::open(args.device, args.adapter.clone())?;
     let (outputs, ran_on) = match &device {
         Device::Gpu(gpu) => (compute(gpu, &inputs, config, args.dtype)?, gpu.describe()),

@@ -157,7 +157,7 @@ impl Device {
 fn exit_code(error: &Error) -> u8 {
     match error {
         Error::Interrupted(_) => 130,
-        Error::Gpu(_) | Error::DeviceLost(_) | Error::Diverged(_) => 1,
+        Error::Gpu(_) | Error::DeviceLost(_) | Error::Diverged(_) | Error::Json(_) => 1,
         _ => 2,
     }
 }

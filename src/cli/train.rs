@@ -150,11 +150,11 @@ impl RunArgs {
                 classes: CLASSES,
                 batchnorm: model == ModelChoice::Bn,
                 dropout: self.dropout,
-                batchnorm_config: BatchNormConfig {
-                    eps: self.bn_eps,
-                    momentum: self.bn_momentum,
-                    unbiased_running_var: self.bn_running_var == RunningVar::Unbiased,
-                },
+                batchnorm_config: BatchNormConfig::new(
+                    self.bn_eps,
+                    self.bn_momentum,
+                    self.bn_running_var == RunningVar::Unbiased,
+                )?,
             },
             init: match self.init {
                 InitChoice::Keras => Init::Keras,
@@ -371,7 +371,7 @@ pub fn run_on<B: Compute>(
 /// Refuses, before allocating, a model whose `copies` of its parameters would not fit in the
 /// memory the OS says is available: an allocation failure would abort the process.
 fn check_host_memory(spec: &ModelSpec, copies: u64) -> Result<()> {
-    let Some(available) = crate::train::available_memory() else {
+    let Some(available) = crate::host_memory::available() else {
         return Ok(());
     };
     let needed = spec.param_count() * std::mem::size_of::<f32>() as u64 * copies;

@@ -1,7 +1,8 @@
 //! Device time of each dispatch, from timestamps the GPU writes at the start and end of the
 //! dispatch's compute pass (adapters with `TIMESTAMP_QUERY`).
 
-use super::Kernel;
+use super::{GpuBackend, Kernel, lock};
+use crate::{Error, Result};
 
 /// Dispatches one profiling window can time; later ones run untimed and are counted.
 pub(crate) const CAPACITY: u32 = 2048;
@@ -97,5 +98,53 @@ impl Window {
             dispatches,
             untimed: self.untimed,
         }
+    }
+}
+
+impl GpuBackend {
+    /// Whether the adapter can time dispatches on the device (`start_profiling`).
+    pub fn has_timestamps(&self) -> bool {
+        self.shared
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Opens a profiling window: every dispatch recorded from now on has its device time
+    /// measured, until `finish_profiling`.
+    pub fn start_profiling(&self) -> Result<()> {
+        if !self.has_timestamps() {
+            return Err(Error::InvalidArgument(format!(
+                "{} does not offer timestamp queries, so it cannot be profiled",
+                self.shared.summary.name
+            )));
+        }
+        *lock(&self.shared.profile) = Some(Window::new(&self.shared.device));
+        Ok(())
+    }
+
+    /// Closes the profiling window, waits for its work and returns each dispatch's device time.
+    pub fn finish_profiling(&self) -> Result<Profile> {
+        let Some(window) = lock(&self.shared.profile).take() else {
+            return Err(Error::InvalidArgument(
+                "no profiling window is open: call start_profiling first".to_string(),
+            ));
+        };
+        let queries = 2 * window.kernels.len() as u32;
+        if queries == 0 {
+            return Ok(window.profile(&[], 0.0));
+        }
+        let resolved = self.alloc(
+            2 * queries as usize,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        self.record(|encoder| {
+            encoder.resolve_query_set(&window.queries, 0..queries, resolved.raw(), 0);
+            Ok(())
+        })?;
+        let words = self.download_many(&[&resolved])?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&words[0]);
+        let period = f64::from(self.shared.queue.get_timestamp_period());
+        Ok(window.profile(&ticks, period))
     }
 }

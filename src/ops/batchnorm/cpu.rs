@@ -2,9 +2,61 @@
 //! reduce x − shift with per-block two-pass moments merged by Chan's formula, keep the shift
 //! and the shifted mean apart, normalize in one elementwise pass.
 
-use crate::ops::batchnorm::{BatchNormConfig, BatchNormGrads, BatchNormShape, stat};
+use super::{
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
+    RunningStats, stat,
+};
+use crate::Result;
+use crate::cpu::CpuBackend;
 
-use super::CpuBackend;
+impl BatchNormOps for CpuBackend {
+    fn batchnorm_forward_unchecked(
+        &self,
+        mode: Mode,
+        x: &Vec<f32>,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        match mode {
+            Mode::Train => {
+                batch_stats(x, shape, config, &mut out.stats);
+                update_running(
+                    &out.stats,
+                    shape,
+                    config,
+                    &mut running.mean,
+                    &mut running.var,
+                );
+            }
+            Mode::Eval => eval_stats(&running.mean, &running.var, config, &mut out.stats),
+        }
+        normalize(
+            x,
+            shape,
+            &out.stats,
+            &affine.gamma,
+            &affine.beta,
+            &mut out.y,
+        );
+        Ok(())
+    }
+
+    fn batchnorm_backward_unchecked(
+        &self,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        shape: BatchNormShape,
+        gamma: &Vec<f32>,
+        stats: &Vec<f32>,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        backward(x, dy, shape, gamma, stats, grads);
+        Ok(())
+    }
+}
 
 /// Values of one channel summed before a block is merged into the running total: small enough
 /// that plain f32 sums stay accurate, large enough to amortize the merge.
@@ -184,7 +236,7 @@ pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, st
         let var = total[channel].m2 / m;
         stats[stat::MEAN * c + channel] = shift[channel] + total[channel].mean;
         stats[stat::VAR * c + channel] = var;
-        stats[stat::INVSTD * c + channel] = 1.0 / (var + config.eps).sqrt();
+        stats[stat::INVSTD * c + channel] = 1.0 / (var + config.eps()).sqrt();
         stats[stat::SHIFT * c + channel] = shift[channel];
         stats[stat::SHIFTED_MEAN * c + channel] = total[channel].mean;
     }
@@ -200,12 +252,12 @@ pub fn update_running(
 ) {
     let c = shape.c;
     let factor = crate::ops::batchnorm::running_var_factor(shape, config);
-    let keep = 1.0 - config.momentum;
+    let keep = 1.0 - config.momentum();
     for channel in 0..c {
         let corrected = stats[stat::VAR * c + channel] * factor;
         running_mean[channel] =
-            keep * running_mean[channel] + config.momentum * stats[stat::MEAN * c + channel];
-        running_var[channel] = keep * running_var[channel] + config.momentum * corrected;
+            keep * running_mean[channel] + config.momentum() * stats[stat::MEAN * c + channel];
+        running_var[channel] = keep * running_var[channel] + config.momentum() * corrected;
     }
 }
 
@@ -220,7 +272,7 @@ pub fn eval_stats(
     for channel in 0..c {
         stats[stat::MEAN * c + channel] = running_mean[channel];
         stats[stat::VAR * c + channel] = running_var[channel];
-        stats[stat::INVSTD * c + channel] = 1.0 / (running_var[channel] + config.eps).sqrt();
+        stats[stat::INVSTD * c + channel] = 1.0 / (running_var[channel] + config.eps()).sqrt();
         stats[stat::SHIFT * c + channel] = running_mean[channel];
         stats[stat::SHIFTED_MEAN * c + channel] = 0.0;
     }

@@ -1,7 +1,5 @@
-//! The CPU twin of every GPU kernel: the same algorithms, in f32, in plain loops.
-
-pub mod batchnorm;
-pub mod matmul;
+//! The CPU backend: buffers are vectors and each op runs at once. Its kernels, the CPU twins of
+//! the WGSL ones, live beside their GPU launchers in `src/ops/<op>/cpu.rs`.
 
 use crate::Result;
 use crate::backend::Backend;

@@ -1,129 +1,9 @@
-//! Matrix products on strided views, for both backends. The formula lives in
-//! `shaders/matmul.wgsl`; `src/cpu/matmul.rs` is the CPU twin.
+//! Launches `shaders/matmul.wgsl`: one of three kernels that sum in the same order, chosen by
+//! the backend's schedule and the operands' layouts.
 
-use crate::backend::Backend;
-use crate::cpu::{self, CpuBackend};
+use super::{MatmulOps, MatrixLayout};
+use crate::Result;
 use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot};
-use crate::{Error, Result};
-
-/// A rows×cols matrix inside a flat buffer: element (i, j) sits at i·row_stride + j·col_stride.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MatrixLayout {
-    /// Rows of the logical matrix.
-    pub rows: usize,
-    /// Columns of the logical matrix.
-    pub cols: usize,
-    /// Distance in values between rows.
-    pub row_stride: usize,
-    /// Distance in values between columns.
-    pub col_stride: usize,
-}
-
-impl MatrixLayout {
-    /// A plain row-major rows×cols matrix.
-    pub fn row_major(rows: usize, cols: usize) -> Self {
-        Self {
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The same data read as its transpose.
-    pub fn transposed(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-
-    /// Whether every element lies inside a buffer of `len` values.
-    pub fn fits(&self, len: usize) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < len
-    }
-}
-
-/// out = a·b (+ bias added to every row), out row-major a.rows × b.cols.
-pub trait MatmulOps: Backend + Sized {
-    /// out = a·b (+ bias per column), row-major a.rows × b.cols; a and b are strided views.
-    fn matmul(
-        &self,
-        a: &Self::Buffer,
-        a_layout: MatrixLayout,
-        b: &Self::Buffer,
-        b_layout: MatrixLayout,
-        bias: Option<&Self::Buffer>,
-        out: &mut Self::Buffer,
-    ) -> Result<()>;
-}
-
-fn check(
-    a_len: usize,
-    a: MatrixLayout,
-    b_len: usize,
-    b: MatrixLayout,
-    bias_len: Option<usize>,
-    out_len: usize,
-) -> Result<()> {
-    if a.cols != b.rows {
-        return Err(Error::Shape(format!(
-            "matmul of {}x{} by {}x{}: inner dimensions differ",
-            a.rows, a.cols, b.rows, b.cols
-        )));
-    }
-    if !a.fits(a_len) {
-        return Err(Error::Shape(format!(
-            "matmul operand a {a:?} does not fit its {a_len} values"
-        )));
-    }
-    if !b.fits(b_len) {
-        return Err(Error::Shape(format!(
-            "matmul operand b {b:?} does not fit its {b_len} values"
-        )));
-    }
-    if bias_len.is_some_and(|len| len != b.cols) {
-        return Err(Error::Shape(format!(
-            "matmul bias has {} values, expected {}",
-            bias_len.unwrap_or(0),
-            b.cols
-        )));
-    }
-    if out_len != a.rows * b.cols {
-        return Err(Error::Shape(format!(
-            "matmul output has {out_len} values, expected {}x{}",
-            a.rows, b.cols
-        )));
-    }
-    Ok(())
-}
-
-impl MatmulOps for CpuBackend {
-    fn matmul(
-        &self,
-        a: &Vec<f32>,
-        a_layout: MatrixLayout,
-        b: &Vec<f32>,
-        b_layout: MatrixLayout,
-        bias: Option<&Vec<f32>>,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
-        check(
-            a.len(),
-            a_layout,
-            b.len(),
-            b_layout,
-            bias.map(Vec::len),
-            out.len(),
-        )?;
-        cpu::matmul::matmul(a, a_layout, b, b_layout, bias.map(Vec::as_slice), out);
-        Ok(())
-    }
-}
 
 /// Uniform parameters of `shaders/matmul.wgsl` (`struct MatmulParams` there).
 #[doc(hidden)]
@@ -215,7 +95,7 @@ impl GpuBackend {
 }
 
 impl MatmulOps for GpuBackend {
-    fn matmul(
+    fn matmul_unchecked(
         &self,
         a: &GpuBuffer,
         a_layout: MatrixLayout,
@@ -224,14 +104,6 @@ impl MatmulOps for GpuBackend {
         bias: Option<&GpuBuffer>,
         out: &mut GpuBuffer,
     ) -> Result<()> {
-        check(
-            a.len(),
-            a_layout,
-            b.len(),
-            b_layout,
-            bias.map(GpuBuffer::len),
-            out.len(),
-        )?;
         self.check_bindable("matmul operand a", a)?;
         self.check_bindable("matmul operand b", b)?;
         self.check_bindable("matmul output", out)?;

@@ -1,11 +1,28 @@
 //! CPU twin of `shaders/matmul.wgsl` (formula there): the same strided product, computed by
 //! `matrixmultiply`'s packed, vectorized sgemm.
 
-use crate::ops::matmul::MatrixLayout;
+use super::{MatmulOps, MatrixLayout};
+use crate::Result;
+use crate::cpu::CpuBackend;
+
+impl MatmulOps for CpuBackend {
+    fn matmul_unchecked(
+        &self,
+        a: &Vec<f32>,
+        a_layout: MatrixLayout,
+        b: &Vec<f32>,
+        b_layout: MatrixLayout,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        matmul(a, a_layout, b, b_layout, bias.map(Vec::as_slice), out);
+        Ok(())
+    }
+}
 
 /// out (m×n, row-major) = a·b (+ bias per column). Layouts must have been checked against the
 /// buffers with `MatrixLayout::fits`.
-pub fn matmul(
+fn matmul(
     a: &[f32],
     a_layout: MatrixLayout,
     b: &[f32],

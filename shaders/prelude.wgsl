@@ -1,0 +1,15 @@
+// What every kernel shares, placed ahead of each shader file when wgnorm compiles it. The Rust
+// side reads the same constants (`WORKGROUP` and `FINALIZE_WORKGROUP` in src/gpu/pipeline.rs;
+// tests/shaders.rs checks that they agree).
+
+// Threads per workgroup of the reduction and elementwise kernels.
+const WORKGROUP: u32 = 256u;
+
+// Threads per workgroup of the per-channel kernels that finish a reduction.
+const FINALIZE_WORKGROUP: u32 = 64u;
+
+// The thread's number in a grid of workgroups of `group` threads that the launcher folded into
+// two dimensions when one would exceed the adapter's workgroup-count limit.
+fn thread_index(id: vec3<u32>, groups: vec3<u32>, group: u32) -> u32 {
+    return id.x + id.y * groups.x * group;
+}

@@ -1,0 +1,225 @@
+//! The catalogue of WGSL code: each shader file, each kernel (entry point) with its file, and
+//! each binding slot with its WGSL name, declared once. `tests/shaders.rs` checks every entry
+//! against the WGSL with naga.
+
+use crate::{Dtype, Error, Result};
+
+use super::GpuBuffer;
+
+/// Threads per workgroup of the reduction and elementwise kernels (`WORKGROUP` in
+/// `shaders/prelude.wgsl`; a test checks that they agree).
+pub const WORKGROUP: u32 = 256;
+
+/// Threads per workgroup of the per-channel kernels that finish a reduction
+/// (`FINALIZE_WORKGROUP` in `shaders/prelude.wgsl`).
+pub const FINALIZE_WORKGROUP: u32 = 64;
+
+/// What every shader file shares (constants and the folded thread index); placed ahead of each.
+pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+
+/// Declares an enum whose variants each carry fixed data, with `ALL` and one accessor per
+/// datum, so a list is written once.
+macro_rules! catalogue {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($field:ident: $ty:ty),* }
+        $($variant:ident $(= $number:literal)? => ($($value:expr),*)),* $(,)?
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant $(= $number)?),*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            catalogue!(@fields $name [$($field: $ty),*] [$($variant ($($value),*)),*]);
+        }
+    };
+    (@fields $name:ident [] $variants:tt) => {};
+    (@fields $name:ident [$field:ident: $ty:ty $(, $rest:ident: $rest_ty:ty)*]
+        [$($variant:ident ($first:expr $(, $others:expr)*)),*]) => {
+        #[allow(missing_docs)]
+        pub fn $field(self) -> $ty {
+            match self {
+                $($name::$variant => $first),*
+            }
+        }
+        catalogue!(@fields $name [$($rest: $rest_ty),*] [$($variant ($($others),*)),*]);
+    };
+}
+
+catalogue! {
+    /// One WGSL file per kernel family, compiled into the binary.
+    Shader { file_name: &'static str, source: &'static str }
+    BatchNorm => ("batchnorm.wgsl", include_str!("../../shaders/batchnorm.wgsl")),
+    Matmul => ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    Activation => ("activation.wgsl", include_str!("../../shaders/activation.wgsl")),
+    Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
+    Optimizer => ("optimizer.wgsl", include_str!("../../shaders/optimizer.wgsl")),
+    Data => ("data.wgsl", include_str!("../../shaders/data.wgsl")),
+}
+
+catalogue! {
+    /// An entry point of a shader.
+    Kernel { shader: Shader, entry_point: &'static str }
+    BatchNormStatsPartial => (Shader::BatchNorm, "stats_partial"),
+    BatchNormStatsFinalize => (Shader::BatchNorm, "stats_finalize"),
+    BatchNormEvalStats => (Shader::BatchNorm, "eval_stats"),
+    BatchNormNormalize => (Shader::BatchNorm, "normalize"),
+    BatchNormBackwardPartial => (Shader::BatchNorm, "backward_partial"),
+    BatchNormBackwardFinalize => (Shader::BatchNorm, "backward_finalize"),
+    BatchNormBackwardDx => (Shader::BatchNorm, "backward_dx"),
+    Matmul => (Shader::Matmul, "matmul"),
+    MatmulVec4 => (Shader::Matmul, "matmul_vec4"),
+    MatmulTiled => (Shader::Matmul, "matmul_tiled"),
+    ReluForward => (Shader::Activation, "relu_forward"),
+    ReluBackward => (Shader::Activation, "relu_backward"),
+    DropoutForward => (Shader::Activation, "dropout_forward"),
+    DropoutBackward => (Shader::Activation, "dropout_backward"),
+    SoftmaxCrossEntropy => (Shader::Loss, "softmax_cross_entropy"),
+    Adam => (Shader::Optimizer, "adam"),
+    Sgd => (Shader::Optimizer, "sgd"),
+    Gather => (Shader::Data, "gather"),
+}
+
+catalogue! {
+    /// Binding slots of group 0, named as the WGSL globals they feed, one numbering across all
+    /// shaders (a test checks each name and number against every shader). Slot 0 is always the
+    /// kernel's uniform parameters.
+    Slot { wgsl_name: &'static str }
+    X = 1 => ("x"),
+    Dy = 2 => ("dy"),
+    Partials = 3 => ("partials"),
+    Stats = 4 => ("stats"),
+    RunningMean = 5 => ("running_mean"),
+    RunningVar = 6 => ("running_var"),
+    Gamma = 7 => ("gamma"),
+    Beta = 8 => ("beta"),
+    Out = 9 => ("out"),
+    Dgamma = 10 => ("dgamma"),
+    Dbeta = 11 => ("dbeta"),
+    MatA = 12 => ("a"),
+    MatB = 13 => ("b"),
+    Bias = 14 => ("bias"),
+    Labels = 15 => ("labels"),
+    Metrics = 16 => ("metrics"),
+    Param = 17 => ("param"),
+    Grad = 18 => ("grad"),
+    Moment1 = 19 => ("moment1"),
+    Moment2 = 20 => ("moment2"),
+    Images = 21 => ("images"),
+    Index = 22 => ("index"),
+    ByteScale = 23 => ("byte_scale"),
+    AllLabels = 24 => ("all_labels"),
+    MatA4 = 25 => ("a4"),
+    MatB4 = 26 => ("b4"),
+}
+
+impl Shader {
+    /// The module wgnorm compiles: the storage type of each typed binding (`X_T`, `DY_T`,
+    /// `OUT_T`, `A_T`, `B_T`) defined as f32 or f16, then the prelude, then the file. One
+    /// source serves every combination.
+    pub fn module_source(self, storage: Storage) -> String {
+        let mut header = String::new();
+        if storage.0.contains(&Dtype::F16) {
+            header.push_str("enable f16;\n");
+        }
+        for ((_, alias), dtype) in TYPED_SLOTS.iter().zip(storage.0) {
+            let ty = match dtype {
+                Dtype::F32 => "f32",
+                Dtype::F16 => "f16",
+            };
+            header.push_str(&format!("alias {alias} = {ty};\n"));
+        }
+        format!("{header}{PRELUDE}{}", self.source())
+    }
+
+    /// Whether the file declares bindings with the aliases of `TYPED_SLOTS`, so that they can
+    /// hold f16; the others take f32 only. Read from the source, so it cannot drift from it.
+    pub fn has_f16_variant(self) -> bool {
+        let source = self.source();
+        TYPED_SLOTS
+            .iter()
+            .any(|(_, alias)| source.contains(&format!("array<{alias}>")))
+    }
+}
+
+/// A buffer range bound to a slot, in values of the buffer's dtype.
+#[derive(Clone, Copy)]
+pub struct Binding<'a> {
+    pub slot: Slot,
+    pub buffer: &'a GpuBuffer,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl<'a> Binding<'a> {
+    pub fn whole(slot: Slot, buffer: &'a GpuBuffer) -> Self {
+        Self {
+            slot,
+            buffer,
+            offset: 0,
+            len: buffer.len(),
+        }
+    }
+
+    /// `len` values starting at value `offset` (the byte offset must meet the adapter's
+    /// storage offset alignment).
+    pub fn rows(slot: Slot, buffer: &'a GpuBuffer, offset: usize, len: usize) -> Self {
+        Self {
+            slot,
+            buffer,
+            offset,
+            len,
+        }
+    }
+}
+
+/// Bindings whose storage type each pipeline chooses, with the WGSL alias that names it: the
+/// activations and gradients (x, dy, out) and the matmul operands (a, b and their vec4 views).
+/// Every other binding is f32.
+pub const TYPED_SLOTS: [(&[Slot], &str); 5] = [
+    (&[Slot::X], "X_T"),
+    (&[Slot::Dy], "DY_T"),
+    (&[Slot::Out], "OUT_T"),
+    (&[Slot::MatA, Slot::MatA4], "A_T"),
+    (&[Slot::MatB, Slot::MatB4], "B_T"),
+];
+
+/// The storage type of each of `TYPED_SLOTS`, as one pipeline is built for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Storage(pub [Dtype; 5]);
+
+impl Storage {
+    /// Every typed binding stored as `dtype`.
+    pub fn all(dtype: Dtype) -> Self {
+        Self([dtype; 5])
+    }
+
+    /// The storage of the buffers in `bindings`, refusing an f16 buffer where `shader` has no
+    /// f16 variant or in an untyped slot.
+    pub fn of(kernel: Kernel, bindings: &[Binding]) -> Result<Self> {
+        let mut storage = Self::default();
+        for binding in bindings {
+            let dtype = binding.buffer.dtype();
+            let typed = TYPED_SLOTS
+                .iter()
+                .position(|(slots, _)| slots.contains(&binding.slot));
+            match typed {
+                Some(index) if kernel.shader().has_f16_variant() => storage.0[index] = dtype,
+                _ if dtype == Dtype::F32 => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} cannot take a {dtype:?} buffer as {}",
+                        kernel.entry_point(),
+                        binding.slot.wgsl_name()
+                    )));
+                }
+            }
+        }
+        Ok(storage)
+    }
+}

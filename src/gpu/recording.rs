@@ -1,0 +1,204 @@
+//! Recording work: every op records its dispatches into one command encoder, submitted when
+//! results are needed, so that a whole training step goes to the GPU in one submission.
+//!
+//! The encoder is wgnorm's own pending one, or, inside `record_into`, the host's: a view of the
+//! backend that owns the host's encoder records there, so that no other thread's work can land
+//! in it and none of theirs is lost to it.
+
+use std::sync::{Arc, Mutex};
+
+use super::buffer::words_bytes;
+use super::kernels::{Binding, Kernel, Storage};
+use super::pipeline::Constants;
+use super::{GpuBackend, UNIFORM, WORKGROUP, lock};
+use crate::{Error, Result};
+
+/// An encoder that ops record into until it is submitted.
+pub(super) type EncoderSlot = Mutex<Option<wgpu::CommandEncoder>>;
+
+impl GpuBackend {
+    /// Runs `record` on a view of this backend that records into `encoder`, the host's: the
+    /// host decides when to submit. Work wgnorm recorded before is submitted first, so it runs
+    /// before the host's. Other threads keep recording into wgnorm's own encoder meanwhile.
+    pub(crate) fn record_into<R>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        record: impl FnOnce(&GpuBackend) -> Result<R>,
+    ) -> Result<R> {
+        self.submit_pending()?;
+        let stand_in = self
+            .shared
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnorm stand-in"),
+            });
+        let host_slot = Arc::new(Mutex::new(Some(std::mem::replace(encoder, stand_in))));
+        let view = GpuBackend {
+            shared: Arc::clone(&self.shared),
+            host_encoder: Some(Arc::clone(&host_slot)),
+        };
+        let result = record(&view);
+        drop(view);
+        if let Some(host_encoder) = lock(&host_slot).take() {
+            *encoder = host_encoder;
+        }
+        result
+    }
+
+    /// Whether this handle records into a host's encoder (inside `record_into`).
+    pub(super) fn records_for_host(&self) -> bool {
+        self.host_encoder.is_some()
+    }
+
+    /// Records into this handle's encoder: the host's inside `record_into`, else wgnorm's
+    /// pending one, submitted by `flush`.
+    pub(crate) fn record<R>(
+        &self,
+        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<R>,
+    ) -> Result<R> {
+        self.check()?;
+        let slot = self.host_encoder.as_deref().unwrap_or(&self.shared.pending);
+        let mut pending = lock(slot);
+        let encoder = pending.get_or_insert_with(|| {
+            self.shared
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgnorm"),
+                })
+        });
+        f(encoder)
+    }
+
+    /// Submits wgnorm's pending encoder (never a host's). The lock is held until the
+    /// submission is made: another thread's flush then returns only once work it may depend on
+    /// (recorded by anyone into the shared encoder) has really been submitted.
+    pub(super) fn submit_pending(&self) -> Result<()> {
+        let mut pending = lock(&self.shared.pending);
+        if let Some(encoder) = pending.take() {
+            let released = self.shared.pool.take_released();
+            self.shared.queue.submit([encoder.finish()]);
+            self.shared.pool.reuse(released);
+            if self
+                .shared
+                .lose_device
+                .as_ref()
+                .is_some_and(super::faults::DeviceLossFault::strikes)
+            {
+                self.shared.device.destroy();
+            }
+        }
+        drop(pending);
+        self.check()
+    }
+
+    /// Records one dispatch of `kernel` with `params` in slot 0.
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        self.dispatch_specialized(encoder, kernel, &[], params, bindings, groups)
+    }
+
+    /// `dispatch` of the pipeline of `kernel` specialized with `constants`.
+    pub(crate) fn dispatch_specialized(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        constants: Constants,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let max = self.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Limit(format!(
+                "{} needs {groups:?} workgroups, beyond the adapter's \
+                 max_compute_workgroups_per_dimension of {max}",
+                kernel.entry_point()
+            )));
+        }
+        let storage = Storage::of(kernel, bindings)?;
+        let pipeline = self.shared.pipelines.get(kernel, storage, constants)?;
+        let bytes = bytemuck::bytes_of(params);
+        let uniform = self.alloc(bytes.len().div_ceil(4), UNIFORM)?;
+        self.shared.queue.write_buffer(uniform.raw(), 0, bytes);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: uniform.raw(),
+                offset: 0,
+                size: wgpu::BufferSize::new(bytes.len() as u64),
+            }),
+        }];
+        entries.extend(bindings.iter().map(|b| wgpu::BindGroupEntry {
+            binding: b.slot as u32,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b.buffer.raw(),
+                offset: (b.offset * b.buffer.dtype().size()) as u64,
+                size: wgpu::BufferSize::new(words_bytes(b.len.max(1), b.buffer.dtype())),
+            }),
+        }));
+        let bind_group = self
+            .shared
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry_point()),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+        let mut profile = lock(&self.shared.profile);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry_point()),
+            timestamp_writes: profile.as_mut().and_then(|window| window.next(kernel)),
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// Dispatches one thread per element over `elements`, folding the grid into two
+    /// dimensions when one would exceed the workgroup-count limit.
+    pub(crate) fn dispatch_elementwise(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        elements: usize,
+    ) -> Result<()> {
+        self.dispatch_threads(encoder, kernel, &[], WORKGROUP, params, bindings, elements)
+    }
+
+    /// Dispatches `threads` threads in workgroups of `group`, folded into two dimensions when
+    /// one would exceed the workgroup-count limit (the kernel numbers its thread with the
+    /// prelude's `thread_index`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dispatch_threads(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        constants: Constants,
+        group: u32,
+        params: &impl bytemuck::Pod,
+        bindings: &[Binding],
+        threads: usize,
+    ) -> Result<()> {
+        let max = self.limits().max_compute_workgroups_per_dimension as usize;
+        let workgroups = threads.div_ceil(group as usize).max(1);
+        let x = workgroups.min(max);
+        let y = workgroups.div_ceil(x);
+        self.dispatch_specialized(
+            encoder,
+            kernel,
+            constants,
+            params,
+            bindings,
+            [x as u32, y as u32, 1],
+        )
+    }
+}

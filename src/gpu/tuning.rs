@@ -1,0 +1,62 @@
+//! Grid sizes and the matmul schedule: parameters per adapter class, so that one set of
+//! kernels runs well on a software rasterizer and on a hardware GPU.
+
+/// Sizes that shape the kernels' grids; they are parameters so each GPU can be tuned.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Workgroups a reduction aims to spread over (at least 2 keeps both cores of a software
+    /// rasterizer busy; real GPUs want hundreds).
+    pub target_workgroups: u32,
+    /// Fewer values than this per thread and a split is not worth its partial result.
+    pub min_elements_per_thread: u32,
+    /// For (N, C) inputs: channels side by side in one workgroup (a power of two ≤ 256).
+    pub lanes_c_2d: u32,
+    /// Threads per workgroup of `matmul_vec4`.
+    pub matmul_group: u32,
+}
+
+impl Tuning {
+    /// The defaults, with small matmul workgroups on software rasterizers: one workgroup runs
+    /// on one CPU core there, so a 32×128 product (64 threads) needs groups of 16 to use 4.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => Self {
+                matmul_group: 16,
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            target_workgroups: 256,
+            min_elements_per_thread: 16,
+            lanes_c_2d: 32,
+            matmul_group: 64,
+        }
+    }
+}
+
+/// How matmul schedules its work (`shaders/matmul.wgsl` has one kernel for each; both sum in the
+/// same order and give identical results).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulSchedule {
+    /// Each thread reads its operands from storage into registers: fastest on software
+    /// rasterizers, where a barrier costs more than a cached load.
+    Registers,
+    /// Tiles staged in workgroup memory, shared by the workgroup: the schedule for real GPUs.
+    WorkgroupTiles,
+}
+
+impl MatmulSchedule {
+    /// The schedule measured fastest for a kind of adapter.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => MatmulSchedule::Registers,
+            _ => MatmulSchedule::WorkgroupTiles,
+        }
+    }
+}

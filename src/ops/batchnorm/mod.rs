@@ -1,0 +1,418 @@
+//! BatchNorm over x viewed as (N, C, S): forward in training and evaluation mode, and backward.
+//! Per channel c, over its m = N·S values:
+//!
+//!   mean = Σx/m, var = Σ(x − mean)²/m (biased), invstd = 1/sqrt(var + eps)
+//!   train:    y = γ·x̂ + β, x̂ = (x − mean)·invstd; running ← (1 − momentum)·running
+//!             + momentum·(mean, var·m/(m − 1)) (the biased var with `unbiased_running_var` off)
+//!   eval:     y = γ·(x − running_mean)/sqrt(running_var + eps) + β
+//!   backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
+//!
+//! `shaders/batchnorm.wgsl` spells out how the GPU computes it (the reductions run on x minus
+//! one sample of the channel, so the f32 sums stay at the scale of the spread); `cpu.rs` reduces
+//! the same shifted values in blocks merged by Chan's formula, in another order; `gpu.rs`
+//! launches the kernels, `host.rs` records them into a host's encoder, and
+//! `src/reference.rs` is the float64 oracle the tests hold both to.
+
+mod cpu;
+mod gpu;
+mod host;
+
+#[doc(hidden)]
+pub use gpu::{BatchNormParams, RowChunk, plan_row_chunks, running_var_factor};
+pub use host::{HostBatchNormBackward, HostBatchNormForward};
+
+use crate::backend::Backend;
+use crate::ops::{check_len, check_u32_indexable};
+use crate::{Error, Result};
+
+/// Planes of the per-channel statistics buffer: `stats[plane * C + c]`. Mirrors the `STAT_*`
+/// constants of `shaders/batchnorm.wgsl` (a test checks that they agree).
+pub mod stat {
+    /// Batch mean.
+    pub const MEAN: usize = 0;
+    /// Biased batch variance.
+    pub const VAR: usize = 1;
+    /// 1/sqrt(var + eps).
+    pub const INVSTD: usize = 2;
+    /// One sample of the channel; the reductions run on x − shift.
+    pub const SHIFT: usize = 3;
+    /// mean − shift, kept apart from the shift so x − mean never rounds the mean to f32.
+    pub const SHIFTED_MEAN: usize = 4;
+    /// Number of planes.
+    pub const PLANES: usize = 5;
+}
+
+/// Floats per (split, channel) slot of the GPU partials buffer (`PARTIAL_STRIDE` in WGSL).
+pub const PARTIAL_STRIDE: usize = 4;
+
+/// x viewed as (N, C, S): N samples, C channels, S = product of the spatial dims (1 for (N, C)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchNormShape {
+    /// Samples.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Values per channel per sample (the product of the spatial dims).
+    pub s: usize,
+}
+
+impl BatchNormShape {
+    /// The BatchNorm view of a tensor shape: dim 0 is the batch, dim 1 the channels, the rest
+    /// spatial. At least two dims, as in PyTorch.
+    pub fn from_dims(dims: &[usize]) -> Result<Self> {
+        if dims.len() < 2 {
+            return Err(Error::Shape(format!(
+                "BatchNorm needs x of shape (N, C) or (N, C, ...), got {dims:?}"
+            )));
+        }
+        let shape = Self {
+            n: dims[0],
+            c: dims[1],
+            s: dims[2..].iter().product(),
+        };
+        if shape.numel() == 0 {
+            return Err(Error::Shape(format!(
+                "BatchNorm needs a non-empty x, got {dims:?}"
+            )));
+        }
+        Ok(shape)
+    }
+
+    /// Number of elements of x.
+    pub fn numel(&self) -> usize {
+        self.n * self.c * self.s
+    }
+
+    /// Values per channel, m = N·S.
+    pub fn per_channel(&self) -> usize {
+        self.n * self.s
+    }
+
+    /// Floats in the statistics buffer.
+    pub fn stats_len(&self) -> usize {
+        stat::PLANES * self.c
+    }
+}
+
+/// BatchNorm's settings, valid by construction (`new` checks them; PyTorch's are the default:
+/// eps 1e-5, momentum 0.1 weighting the new batch value, unbiased running variance).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "BatchNormConfigFields")]
+pub struct BatchNormConfig {
+    eps: f32,
+    momentum: f32,
+    unbiased_running_var: bool,
+}
+
+/// The fields as a file holds them, checked by `BatchNormConfig::new` on the way in.
+#[derive(serde::Deserialize)]
+struct BatchNormConfigFields {
+    eps: f32,
+    momentum: f32,
+    unbiased_running_var: bool,
+}
+
+impl TryFrom<BatchNormConfigFields> for BatchNormConfig {
+    type Error = Error;
+
+    fn try_from(fields: BatchNormConfigFields) -> Result<Self> {
+        Self::new(fields.eps, fields.momentum, fields.unbiased_running_var)
+    }
+}
+
+impl BatchNormConfig {
+    /// `eps` is added to the variance before the square root and must be positive and finite;
+    /// `momentum`, the weight of the new batch value in the running statistics, lies in [0, 1].
+    /// PyTorch updates the running variance with the unbiased batch variance (·m/(m − 1)),
+    /// Keras with the biased one (`unbiased_running_var` false).
+    pub fn new(eps: f32, momentum: f32, unbiased_running_var: bool) -> Result<Self> {
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "BatchNorm eps must be a positive finite number, got {eps}"
+            )));
+        }
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(Error::InvalidArgument(format!(
+                "BatchNorm momentum must lie in [0, 1], got {momentum}"
+            )));
+        }
+        Ok(Self {
+            eps,
+            momentum,
+            unbiased_running_var,
+        })
+    }
+
+    /// Added to the variance before the square root.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    /// Weight of the new batch value in the running statistics.
+    pub fn momentum(&self) -> f32 {
+        self.momentum
+    }
+
+    /// Whether the running variance takes the unbiased batch variance (PyTorch) or the biased
+    /// one (Keras).
+    pub fn unbiased_running_var(&self) -> bool {
+        self.unbiased_running_var
+    }
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1e-5,
+            momentum: 0.1,
+            unbiased_running_var: true,
+        }
+    }
+}
+
+/// Training normalizes with the batch statistics and updates the running ones; evaluation
+/// normalizes with the running statistics and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Normalize with batch statistics; update the running ones.
+    Train,
+    /// Normalize with the running statistics; change nothing.
+    Eval,
+}
+
+/// The learned scale and shift, one value per channel.
+pub struct Affine<B: Backend> {
+    /// Scale γ, one per channel.
+    pub gamma: B::Buffer,
+    /// Shift β, one per channel.
+    pub beta: B::Buffer,
+}
+
+/// Running mean and (unbiased) variance, one value per channel, updated in training.
+pub struct RunningStats<B: Backend> {
+    /// Running mean, one per channel.
+    pub mean: B::Buffer,
+    /// Running variance, one per channel.
+    pub var: B::Buffer,
+}
+
+/// What the forward pass writes: y, and the per-channel statistics it normalized with
+/// (`stat` planes). In training mode those statistics are the state saved for backward.
+pub struct BatchNormForward<B: Backend> {
+    /// The normalized output, x's shape.
+    pub y: B::Buffer,
+    /// The `stat` planes, 5·C values.
+    pub stats: B::Buffer,
+}
+
+/// What the backward pass writes.
+pub struct BatchNormGrads<B: Backend> {
+    /// dL/dx, x's shape.
+    pub dx: B::Buffer,
+    /// dL/dγ, one per channel.
+    pub dgamma: B::Buffer,
+    /// dL/dβ, one per channel.
+    pub dbeta: B::Buffer,
+}
+
+/// BatchNorm on a backend. Outputs are written into caller-owned buffers so that they can be
+/// reused step after step (and poisoned in tests to catch unwritten elements).
+pub trait BatchNormOps: Backend + Sized {
+    /// Normalizes x. `Mode::Train` computes batch statistics into `out.stats` and updates
+    /// `running`; `Mode::Eval` normalizes with `running` and leaves it unchanged.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward(
+        &self,
+        mode: Mode,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        check_forward(
+            mode,
+            shape,
+            [
+                self.len_of(x),
+                self.len_of(&affine.gamma),
+                self.len_of(&affine.beta),
+                self.len_of(&running.mean),
+                self.len_of(&running.var),
+                self.len_of(&out.y),
+                self.len_of(&out.stats),
+            ],
+        )?;
+        self.batchnorm_forward_unchecked(mode, x, shape, affine, running, config, out)
+    }
+
+    /// Gradients of a training-mode forward, from the `stats` that forward saved.
+    fn batchnorm_backward(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        check_backward(
+            shape,
+            [
+                self.len_of(x),
+                self.len_of(dy),
+                self.len_of(gamma),
+                self.len_of(stats),
+                self.len_of(&grads.dx),
+                self.len_of(&grads.dgamma),
+                self.len_of(&grads.dbeta),
+            ],
+        )?;
+        self.batchnorm_backward_unchecked(x, dy, shape, gamma, stats, grads)
+    }
+
+    /// Forward into freshly allocated outputs.
+    fn batchnorm_forward_new(
+        &self,
+        mode: Mode,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+    ) -> Result<BatchNormForward<Self>> {
+        let mut out = BatchNormForward {
+            y: self.filled(shape.numel(), 0.0)?,
+            stats: self.filled(shape.stats_len(), 0.0)?,
+        };
+        self.batchnorm_forward(mode, x, shape, affine, running, config, &mut out)?;
+        Ok(out)
+    }
+
+    /// Backward into freshly allocated outputs.
+    fn batchnorm_backward_new(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+    ) -> Result<BatchNormGrads<Self>> {
+        let mut grads = BatchNormGrads {
+            dx: self.filled(shape.numel(), 0.0)?,
+            dgamma: self.filled(shape.c, 0.0)?,
+            dbeta: self.filled(shape.c, 0.0)?,
+        };
+        self.batchnorm_backward(x, dy, shape, gamma, stats, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// `batchnorm_forward` on checked arguments.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_unchecked(
+        &self,
+        mode: Mode,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()>;
+
+    /// `batchnorm_backward` on checked arguments.
+    #[doc(hidden)]
+    fn batchnorm_backward_unchecked(
+        &self,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()>;
+}
+
+fn check_not_empty(shape: BatchNormShape) -> Result<()> {
+    if shape.numel() == 0 {
+        return Err(Error::Shape(format!(
+            "BatchNorm needs a non-empty x, got (N={}, C={}, S={})",
+            shape.n, shape.c, shape.s
+        )));
+    }
+    check_u32_indexable("BatchNorm input", shape.numel())
+}
+
+/// Refuses what PyTorch refuses: training statistics from a single value per channel (the
+/// unbiased running variance would divide by m − 1 = 0).
+pub fn check_mode(mode: Mode, shape: BatchNormShape) -> Result<()> {
+    check_not_empty(shape)?;
+    if mode == Mode::Train && shape.per_channel() < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "BatchNorm in training mode needs more than 1 value per channel, got input of shape \
+             (N={}, C={}, S={}); use a batch of at least 2 or eval mode",
+            shape.n, shape.c, shape.s
+        )));
+    }
+    Ok(())
+}
+
+fn check_forward(mode: Mode, shape: BatchNormShape, lens: [usize; 7]) -> Result<()> {
+    check_mode(mode, shape)?;
+    let [x, gamma, beta, mean, var, y, stats] = lens;
+    check_len("x", x, shape.numel())?;
+    check_len("gamma", gamma, shape.c)?;
+    check_len("beta", beta, shape.c)?;
+    check_len("running mean", mean, shape.c)?;
+    check_len("running var", var, shape.c)?;
+    check_len("y", y, shape.numel())?;
+    check_len("stats", stats, shape.stats_len())
+}
+
+fn check_backward(shape: BatchNormShape, lens: [usize; 7]) -> Result<()> {
+    check_not_empty(shape)?;
+    let [x, dy, gamma, stats, dx, dgamma, dbeta] = lens;
+    check_len("x", x, shape.numel())?;
+    check_len("dy", dy, shape.numel())?;
+    check_len("gamma", gamma, shape.c)?;
+    check_len("stats", stats, shape.stats_len())?;
+    check_len("dx", dx, shape.numel())?;
+    check_len("dgamma", dgamma, shape.c)?;
+    check_len("dbeta", dbeta, shape.c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_per_channel_in_training_is_refused() {
+        let shape = BatchNormShape { n: 1, c: 5, s: 1 };
+        let err = check_mode(Mode::Train, shape).unwrap_err();
+        assert!(
+            err.to_string().contains("more than 1 value per channel"),
+            "{err}"
+        );
+        check_mode(Mode::Eval, shape).unwrap();
+    }
+
+    #[test]
+    fn a_config_is_checked_when_it_is_made_and_when_it_is_read() {
+        let err = BatchNormConfig::new(0.0, 0.1, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("eps must be a positive finite number"),
+            "{err}"
+        );
+        let err = BatchNormConfig::new(1e-5, 1.5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("momentum must lie in [0, 1]"), "{err}");
+        let read: std::result::Result<BatchNormConfig, _> =
+            serde_json::from_str(r#"{"eps": -1.0, "momentum": 0.1, "unbiased_running_var": true}"#);
+        assert!(read.unwrap_err().to_string().contains("eps"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Softmax cross-entropy on logits z (rows × classes) against integer labels, forward and
+//! backward fused, plus the count of correct predictions:
+//!
+//!   loss_r = log Σ_j exp(z_rj − max_r) + max_r − z_r,label     (log-sum-exp, shifted by the max)
+//!   dz_rj  = (softmax(z_r)_j − [j = label_r]) / rows           (the gradient of the mean loss)
+//!   correct_r = [argmax_j z_rj = label_r]                      (first maximum wins, as torch)
+//!
+//! The sums accumulate in a metrics buffer on the device over many steps, so the host reads
+//! them rarely. Labels live on the device too, so an out-of-range label cannot be refused when
+//! the op is recorded: both backends note the first one in the metrics buffer (its row takes no
+//! part in the sums and gets a zero gradient), and reading the totals returns the error. The
+//! WGSL is `shaders/loss.wgsl`.
+
+mod cpu;
+mod gpu;
+
+#[doc(hidden)]
+pub use gpu::LossParams;
+
+use crate::backend::Backend;
+use crate::ops::{check_len, check_u32_indexable};
+use crate::{Error, Result};
+
+/// Slots of the metrics buffer that the loss adds to (`METRIC_*` in WGSL).
+pub mod metric {
+    /// Σ loss.
+    pub const LOSS: usize = 0;
+    /// Kahan compensation of the loss sum.
+    pub const LOSS_COMPENSATION: usize = 1;
+    /// Correct predictions.
+    pub const CORRECT: usize = 2;
+    /// Rows seen.
+    pub const SAMPLES: usize = 3;
+    /// Loss calls (training steps) summed.
+    pub const CALLS: usize = 4;
+    /// The 1-based call whose batch loss was first not finite; 0 while none was.
+    pub const FIRST_NON_FINITE: usize = 5;
+    /// The 1-based call whose batch first held a label that is not a class index; 0 while
+    /// none did.
+    pub const BAD_LABEL_CALL: usize = 6;
+    /// That batch's first row with such a label.
+    pub const BAD_LABEL_ROW: usize = 7;
+    /// The label.
+    pub const BAD_LABEL: usize = 8;
+    /// The number of classes it was checked against.
+    pub const BAD_LABEL_CLASSES: usize = 9;
+    /// Values in a metrics buffer.
+    pub const LEN: usize = 10;
+}
+
+/// What a metrics buffer has summed since it was zeroed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossTotals {
+    /// Σ per-row cross-entropy.
+    pub loss_sum: f64,
+    /// Rows whose argmax was the label.
+    pub correct: f64,
+    /// Rows.
+    pub samples: f64,
+    /// The 1-based step (loss call) whose batch loss was first not finite, if one was.
+    pub first_non_finite_step: Option<u64>,
+}
+
+impl LossTotals {
+    /// The totals in a downloaded metrics buffer; an error if a batch held a label that is not
+    /// a class index.
+    pub fn from_metrics(values: &[f32]) -> Result<Self> {
+        check_len("metrics buffer", values.len(), metric::LEN)?;
+        if values[metric::BAD_LABEL_CALL] != 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "label {} of row {} in step {} is not a class index below {}",
+                values[metric::BAD_LABEL],
+                values[metric::BAD_LABEL_ROW],
+                values[metric::BAD_LABEL_CALL],
+                values[metric::BAD_LABEL_CLASSES],
+            )));
+        }
+        Ok(Self {
+            loss_sum: f64::from(values[metric::LOSS])
+                - f64::from(values[metric::LOSS_COMPENSATION]),
+            correct: f64::from(values[metric::CORRECT]),
+            samples: f64::from(values[metric::SAMPLES]),
+            first_non_finite_step: match values[metric::FIRST_NON_FINITE] {
+                0.0 => None,
+                step => Some(step as u64),
+            },
+        })
+    }
+
+    /// Mean loss per row.
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.samples.max(1.0)
+    }
+
+    /// Fraction of rows predicted correctly.
+    pub fn accuracy(&self) -> f64 {
+        self.correct / self.samples.max(1.0)
+    }
+}
+
+/// Whether a label (stored as f32) is a class index: an integer in 0..classes. NaN is not.
+pub(crate) fn is_class_index(label: f32, classes: usize) -> bool {
+    label >= 0.0 && label < classes as f32 && label.fract() == 0.0
+}
+
+/// Softmax cross-entropy of `logits` (rows × classes, row-major) against `labels` (one class
+/// index per row, stored as f32). Adds the loss sum, correct count and rows to `metrics`
+/// (`metric::LEN` values); with `dlogits`, also writes the gradient of the batch-mean loss.
+pub trait LossOps: Backend + Sized {
+    /// Adds `logits`' loss and accuracy against `labels` to `metrics`; with `dlogits`, writes
+    /// the gradient of the batch-mean loss.
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Self::Buffer,
+        labels: &Self::Buffer,
+        classes: usize,
+        dlogits: Option<&mut Self::Buffer>,
+        metrics: &mut Self::Buffer,
+    ) -> Result<()> {
+        let rows = self.len_of(labels);
+        if classes == 0 || rows == 0 {
+            return Err(Error::Shape(format!(
+                "cross-entropy needs at least one row and one class, got {rows} rows of {classes}"
+            )));
+        }
+        let values = rows.saturating_mul(classes);
+        check_len("cross-entropy logits", self.len_of(logits), values)?;
+        check_u32_indexable("cross-entropy logits", values)?;
+        if let Some(d) = &dlogits {
+            check_len("cross-entropy gradient", self.len_of(d), values)?;
+        }
+        check_len("metrics buffer", self.len_of(metrics), metric::LEN)?;
+        self.softmax_cross_entropy_unchecked(logits, labels, classes, dlogits, metrics)
+    }
+
+    /// `softmax_cross_entropy` on checked arguments.
+    #[doc(hidden)]
+    fn softmax_cross_entropy_unchecked(
+        &self,
+        logits: &Self::Buffer,
+        labels: &Self::Buffer,
+        classes: usize,
+        dlogits: Option<&mut Self::Buffer>,
+        metrics: &mut Self::Buffer,
+    ) -> Result<()>;
+}
