@@ -3,12 +3,16 @@
 //! wgnorm's float64 reference.
 //!
 //!     cargo run --release --example embed_bn
+//!
+//! It needs only the library: `--no-default-features` builds it without the command line's
+//! crates. The host uses wgnorm's re-exported wgpu, so both are the same version.
 
 use wgnorm::gpu::GpuBackend;
 use wgnorm::ops::batchnorm::{
     BatchNormConfig, BatchNormShape, HostBatchNormBackward, HostBatchNormForward, Mode, stat,
 };
 use wgnorm::reference::batchnorm as reference;
+use wgnorm::wgpu;
 
 /// What the host's own code would do: pick an adapter and open a device.
 fn host_device() -> anyhow::Result<(wgpu::Device, wgpu::Queue)> {

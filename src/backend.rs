@@ -8,7 +8,7 @@ use crate::{Error, Result};
 /// How a tensor's values are stored. Arithmetic is f32 either way: f16 halves the memory and
 /// traffic of activations (and the size of an exported model) and rounds each stored value to
 /// the nearest f16 (relative error ≤ 2⁻¹¹).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// Four bytes per value.

@@ -274,7 +274,7 @@ pub fn save_model(
         ("format".to_string(), MODEL_FORMAT.to_string()),
         (
             "architecture".to_string(),
-            serde_json::to_string(&architecture).unwrap_or_default(),
+            serde_json::to_string(&architecture)?,
         ),
         ("torch_module".to_string(), spec.torch_module()),
         ("epochs_done".to_string(), epochs_done.to_string()),

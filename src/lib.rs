@@ -93,18 +93,24 @@
 //! safetensors files that PyTorch reads (its module docs have a runnable example, and
 //! `examples/train_custom.rs` trains 784-256-BN-128-BN-10 on MNIST).
 //!
-//! **Data**: [`data::mnist::load`] reads the IDX files; [`data::download::ensure_mnist`]
-//! fetches them once, verifying SHA-256.
+//! **Data**: [`data::mnist::load`] reads the IDX files; `data::download::ensure_mnist` (feature
+//! `download`) fetches them once, verifying SHA-256.
+//!
+//! # Features
+//!
+//! The default features build the `wgnorm` command line: `cli` (clap, indicatif, ctrlc, .npy
+//! files), `plot` (PNG curves) and `download` (ureq with rustls, sha2). A program that embeds
+//! wgnorm needs none of them: `wgnorm = { version = "0.1", default-features = false }`.
+//!
+//! wgnorm re-exports the [`wgpu`] it is built on. A host that shares its device with wgnorm
+//! ([`gpu::GpuBackend::from_device`]) must use that same major version of wgpu, most simply
+//! through `wgnorm::wgpu`.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
-/// The `wgnorm` command line (the binary's implementation, not a library API).
-#[doc(hidden)]
-#[allow(missing_docs)]
-pub mod cli;
 pub mod cpu;
 pub mod data;
 mod error;
@@ -115,15 +121,10 @@ pub mod host_memory;
 pub mod model;
 pub mod ops;
 pub mod optim;
-#[doc(hidden)]
-#[allow(missing_docs)]
-pub mod plot;
 pub mod reference;
-#[doc(hidden)]
-#[allow(missing_docs)]
-pub mod report;
 pub mod seed;
 pub mod train;
 
 pub use backend::{Backend, Dtype};
 pub use error::{Error, Result};
+pub use wgpu;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use crate::report::RunResult;
-use crate::{Error, Result};
+use wgnorm::{Error, Result};
 
 pub const WIDTH: u32 = 1200;
 pub const HEIGHT: u32 = 800;
@@ -197,32 +197,33 @@ pub fn heat_map(path: &Path, title: &str, runs: &[RunResult], models: &[String])
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(80)
-            .build_cartesian_2d(
-                // A segmented 0..n has n + 1 segments: 0..=n.
-                (0..batch_sizes.len().saturating_sub(1)).into_segmented(),
-                (0..lrs.len().saturating_sub(1)).into_segmented(),
-            )
+            // Cell (i, j) spans [i, i + 1] × [j, j + 1]; its label sits at the centre. (A
+            // segmented axis maps a single value to no width at all, so one batch size or one
+            // learning rate drew no cell.)
+            .build_cartesian_2d(0.0..batch_sizes.len() as f64, 0.0..lrs.len() as f64)
             .map_err(|e| plot_error(path, e))?;
+        let centre = |v: f64| {
+            let cell = v.floor();
+            ((v - cell - 0.5).abs() < 1e-9).then_some(cell as usize)
+        };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_desc("batch size")
             .y_desc("learning rate")
-            .x_labels(batch_sizes.len())
-            .y_labels(lrs.len())
-            .x_label_formatter(&|v| {
-                match v {
-                    SegmentValue::CenterOf(i) => batch_sizes.get(*i).map(|b| b.to_string()),
-                    _ => None,
-                }
-                .unwrap_or_default()
+            .x_labels(2 * batch_sizes.len() + 1)
+            .y_labels(2 * lrs.len() + 1)
+            .x_label_formatter(&|&v| {
+                centre(v)
+                    .and_then(|i| batch_sizes.get(i))
+                    .map(|b| b.to_string())
+                    .unwrap_or_default()
             })
-            .y_label_formatter(&|v| {
-                match v {
-                    SegmentValue::CenterOf(i) => lrs.get(*i).map(|l| format!("{l}")),
-                    _ => None,
-                }
-                .unwrap_or_default()
+            .y_label_formatter(&|&v| {
+                centre(v)
+                    .and_then(|i| lrs.get(i))
+                    .map(|l| format!("{l}"))
+                    .unwrap_or_default()
             })
             .label_style((FONT, 15))
             .draw()
@@ -244,14 +245,11 @@ pub fn heat_map(path: &Path, title: &str, runs: &[RunResult], models: &[String])
             };
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [
-                        (SegmentValue::Exact(x), SegmentValue::Exact(y)),
-                        (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
-                    ],
+                    [(x as f64, y as f64), (x as f64 + 1.0, y as f64 + 1.0)],
                     color.filled(),
                 )))
                 .map_err(|e| plot_error(path, e))?;
-            let label = EmptyElement::at((SegmentValue::Exact(x), SegmentValue::Exact(y + 1)))
+            let label = EmptyElement::at((x as f64, y as f64 + 1.0))
                 + Text::new(text, (10, 10), (FONT, 18).into_font().color(&WHITE));
             chart
                 .draw_series(std::iter::once(label))

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::train::EpochRecord;
+use wgnorm::train::EpochRecord;
 
 /// One run of an experiment: finished, or stopped because its loss diverged.
 #[derive(Clone, Debug, Serialize)]

@@ -98,12 +98,12 @@ impl TrainConfig {
     }
 
     /// The settings a resumed run must share with the run it continues (all but `epochs`).
-    pub fn settings_json(&self) -> String {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
+    pub fn settings(&self) -> Result<serde_json::Value> {
+        let mut value = serde_json::to_value(self)?;
         if let Some(map) = value.as_object_mut() {
             map.remove("epochs");
         }
-        value.to_string()
+        Ok(value)
     }
 }
 
@@ -439,4 +439,23 @@ pub fn evaluate<B: Compute>(
         backend.flush()?;
     }
     LossTotals::from_metrics(&backend.download(&metrics)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON written for a run's settings used to fall back to an empty value if serializing
+    /// failed. It cannot fail for these types (string keys only; a non-finite float is written
+    /// as null), so the fallback never fired; errors now propagate instead of being swallowed.
+    #[test]
+    fn settings_serialize_even_with_non_finite_values() -> Result<()> {
+        let mut config = TrainConfig::reference(true, 32);
+        config.val_split = f64::NAN;
+        let settings = config.settings()?;
+        assert!(settings["val_split"].is_null());
+        assert!(settings.get("epochs").is_none());
+        assert_eq!(settings["batch_size"], 32);
+        Ok(())
+    }
 }

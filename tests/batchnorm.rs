@@ -2,6 +2,7 @@
 //! Outputs are poisoned with NaN before every call, so an element a kernel forgets to write
 //! shows up as an error.
 
+#[macro_use]
 mod common;
 
 use common::{
@@ -9,7 +10,7 @@ use common::{
 };
 use rand::RngExt;
 use wgnorm::cpu::CpuBackend;
-use wgnorm::gpu::GpuBackend;
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
 use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
     RunningStats, plan_row_chunks, stat,
@@ -353,66 +354,77 @@ fn rejects_bad_calls<B: BatchNormOps>(backend: &B) {
     );
 }
 
-#[test]
-fn cpu_matches_reference_on_2d_shapes() {
-    all_2d(&CpuBackend, "cpu_2d");
-}
+backend_test!(matches_reference_on_2d_shapes, |backend, rng| all_2d(
+    backend,
+    "matches_reference_on_2d_shapes"
+));
+backend_test!(matches_reference_on_nchw_shapes, |backend, rng| all_nchw(
+    backend,
+    "matches_reference_on_nchw_shapes"
+));
+backend_test!(
+    handles_constant_and_far_from_zero_channels,
+    |backend, rng| { hard_channels(backend, "handles_constant_and_far_from_zero_channels") }
+);
+backend_test!(rejects_bad_calls, |backend, rng| rejects_bad_calls(backend));
 
+/// The chunked path on every adapter: a backend of its own plans with a binding limit of 64 KiB,
+/// so x is bound in aligned chunks of rows; the results match the reference all the same, and
+/// a sample larger than the limit is refused naming it.
 #[test]
-fn cpu_matches_reference_on_nchw_shapes() {
-    all_nchw(&CpuBackend, "cpu_nchw");
-}
-
-#[test]
-fn cpu_handles_constant_and_far_from_zero_channels() {
-    hard_channels(&CpuBackend, "cpu_hard");
-}
-
-#[test]
-fn cpu_rejects_bad_calls() {
-    rejects_bad_calls(&CpuBackend);
-}
-
-#[test]
-fn gpu_matches_reference_on_2d_shapes() {
-    let Some(gpu) = gpu() else { return };
-    // The largest case is over lavapipe's 128 MiB binding limit: say which path the test takes.
-    let limits = gpu.limits();
-    let big = BatchNormShape {
-        n: 65537,
-        c: 513,
+fn gpu_chunks_inputs_beyond_the_binding_limit() {
+    if gpu().is_none() {
+        return;
+    }
+    let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    backend.set_max_binding_for_tests(64 << 10);
+    let limits = backend.limits();
+    let shape = BatchNormShape {
+        n: 300,
+        c: 129,
         s: 1,
     };
     let chunks = plan_row_chunks(
-        big,
+        shape,
         Dtype::F32,
-        limits.max_storage_buffer_binding_size,
+        backend.max_binding(),
         limits.min_storage_buffer_offset_alignment as u64,
     )
     .unwrap();
-    eprintln!("{big:?} runs in {} chunk(s) on this adapter", chunks.len());
-    if (big.numel() * 4) as u64 > limits.max_storage_buffer_binding_size {
-        assert!(chunks.len() > 1);
+    assert!(chunks.len() > 1, "{chunks:?}");
+    let mut rng = rng("gpu_chunks_inputs_beyond_the_binding_limit");
+    for (n, c, s) in [(300, 129, 1), (65, 300, 1), (40, 3, 700)] {
+        check(&backend, &Case::random(&mut rng, n, c, s)).unwrap();
     }
-    all_2d(gpu, "gpu_2d");
-}
-
-#[test]
-fn gpu_matches_reference_on_nchw_shapes() {
-    let Some(gpu) = gpu() else { return };
-    all_nchw(gpu, "gpu_nchw");
-}
-
-#[test]
-fn gpu_handles_constant_and_far_from_zero_channels() {
-    let Some(gpu) = gpu() else { return };
-    hard_channels(gpu, "gpu_hard");
-}
-
-#[test]
-fn gpu_rejects_bad_calls() {
-    let Some(gpu) = gpu() else { return };
-    rejects_bad_calls(gpu);
+    let too_wide = BatchNormShape {
+        n: 2,
+        c: 3,
+        s: 10_000,
+    };
+    let x = backend.upload(&vec![1.0; too_wide.numel()]).unwrap();
+    let affine = Affine {
+        gamma: backend.filled(3, 1.0).unwrap(),
+        beta: backend.filled(3, 0.0).unwrap(),
+    };
+    let mut running = RunningStats {
+        mean: backend.filled(3, 0.0).unwrap(),
+        var: backend.filled(3, 1.0).unwrap(),
+    };
+    let err = backend
+        .batchnorm_forward_new(
+            Mode::Train,
+            &x,
+            too_wide,
+            &affine,
+            &mut running,
+            Default::default(),
+        )
+        .err()
+        .expect("a 120 kB sample over a 64 KiB limit");
+    assert!(
+        err.to_string().contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
 }
 
 /// Keras' conventions through the config: momentum 0.01 on the new value, eps 1e-3, and the
@@ -460,16 +472,9 @@ fn keras_conventions<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng)
     );
 }
 
-#[test]
-fn cpu_follows_keras_conventions_when_asked() {
-    keras_conventions(&CpuBackend, &mut rng("cpu_keras_conventions"));
-}
-
-#[test]
-fn gpu_follows_keras_conventions_when_asked() {
-    let Some(gpu) = gpu() else { return };
-    keras_conventions(gpu, &mut rng("gpu_keras_conventions"));
-}
+backend_test!(follows_keras_conventions_when_asked, |backend, rng| {
+    keras_conventions(backend, rng)
+});
 
 /// f16 storage of x, y, dy and dx: every value is rounded once to f16 (relative error ≤ 2⁻¹¹
 /// ≈ 4.9e-4) and all arithmetic is f32. Documented tolerance: against the float64 reference on
@@ -477,15 +482,9 @@ fn gpu_follows_keras_conventions_when_asked() {
 /// f32) within the f32 tolerances.
 #[test]
 fn gpu_f16_storage_stays_within_the_documented_tolerance() {
-    let Some(gpu) = gpu() else { return };
-    if !gpu.has_f16() {
-        // Only adapters without shader-f16 skip this; lavapipe has it.
-        assert!(
-            !gpu.adapter().name.contains("llvmpipe"),
-            "lavapipe offers shader-f16, but the device was opened without it"
-        );
+    let Some(gpu) = common::gpu_with_f16() else {
         return;
-    }
+    };
     let mut rng = rng("gpu_f16_storage");
     for (n, c, s) in [(1000, 128, 1), (64, 7, 49), (3, 5, 1)] {
         let case = Case::random(&mut rng, n, c, s);
@@ -571,10 +570,9 @@ fn f16_buffers_are_refused_where_no_kernel_can_take_them() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cpu cannot store F16"), "{err}");
-    let Some(gpu) = gpu() else { return };
-    if !gpu.has_f16() {
+    let Some(gpu) = common::gpu_with_f16() else {
         return;
-    }
+    };
     // The loss has no f16 variant: f16 logits are refused by name, not misread.
     let logits = gpu.upload_as(&[0.0; 6], Dtype::F16).unwrap();
     let labels = gpu.upload(&[0.0, 1.0]).unwrap();

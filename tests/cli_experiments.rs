@@ -7,22 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::{assert_one_line_error, shared_mnist, spawn_wgnorm, wgnorm};
-use wgnorm::plot::{HEIGHT, WIDTH};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn assert_png(path: &Path) {
-    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
-    let reader = decoder.read_info().unwrap();
-    let info = reader.info();
-    assert_eq!(
-        (info.width, info.height),
-        (WIDTH, HEIGHT),
-        "{}",
-        path.display()
-    );
 }
 
 /// Runs `command` on the CPU with the first 300 images.
@@ -90,7 +77,7 @@ fn compare_writes_a_table_curves_and_one_row_per_run() {
     assert!(md.contains(" ± "), "mean ± std over 2 seeds: {md}");
     assert!(md.contains("| first epoch with val accuracy ≥ 97% (per seed) | never, never |"));
     assert!(String::from_utf8_lossy(&output.stdout).contains("## Reading"));
-    assert_png(&out.join("curves.png"));
+    common::assert_png_shows_curves(&out.join("curves.png"), 2);
     for run in ["bn-seed0", "nobn-seed1"] {
         assert!(out.join(run).join("model.safetensors").is_file(), "{run}");
     }
@@ -133,7 +120,7 @@ fn sweep_writes_one_row_per_run_and_reports_divergence() {
         runs.iter()
             .all(|r| r["samples_per_second"].as_f64().unwrap() > 0.0)
     );
-    assert_png(&out.join("sweep.png"));
+    common::assert_png_shows_curves(&out.join("sweep.png"), 2);
 
     // SGD at lr 1000 makes the loss NaN with BatchNorm: a row that says so, not a missing one.
     run(
@@ -171,7 +158,8 @@ fn sweep_writes_one_row_per_run_and_reports_divergence() {
         md.contains("| bn | 32 | 1000 | diverged | diverged |"),
         "{md}"
     );
-    assert_png(&out.join("sweep.png"));
+    // A heat map: its cells are colored.
+    common::assert_png_shows_curves(&out.join("sweep.png"), 1);
 }
 
 #[test]

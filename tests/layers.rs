@@ -2,6 +2,7 @@
 //! differences of the float64 forward; both backends' kernels against those references; and the
 //! whole graph's backward (Mlp) against the references chained layer by layer.
 
+#[macro_use]
 mod common;
 
 use common::{assert_close, assert_close_to_terms, gpu, norm, normal, rng};
@@ -329,19 +330,9 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
     );
 }
 
-#[test]
-fn cpu_elementwise_ops_match_references() {
-    elementwise_ops_match_references(
-        &CpuBackend,
-        &mut rng("cpu_elementwise_ops_match_references"),
-    );
-}
-
-#[test]
-fn gpu_elementwise_ops_match_references() {
-    let Some(gpu) = gpu() else { return };
-    elementwise_ops_match_references(gpu, &mut rng("gpu_elementwise_ops_match_references"));
-}
+backend_test!(elementwise_ops_match_references, |backend, rng| {
+    elementwise_ops_match_references(backend, rng)
+});
 
 #[test]
 fn dropout_masks_are_the_same_on_both_backends_and_differ_by_key() {
@@ -523,19 +514,6 @@ fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut 
     }
 }
 
-#[test]
-fn cpu_graph_backward_matches_chained_references() {
-    graph_backward_matches_chained_references(
-        &CpuBackend,
-        &mut rng("cpu_graph_backward_matches_chained_references"),
-    );
-}
-
-#[test]
-fn gpu_graph_backward_matches_chained_references() {
-    let Some(gpu) = gpu() else { return };
-    graph_backward_matches_chained_references(
-        gpu,
-        &mut rng("gpu_graph_backward_matches_chained_references"),
-    );
-}
+backend_test!(graph_backward_matches_chained_references, |backend, rng| {
+    graph_backward_matches_chained_references(backend, rng)
+});

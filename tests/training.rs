@@ -164,9 +164,8 @@ fn short_run<B: Compute>(
     (losses, trainer.test().unwrap())
 }
 
-fn a_short_run_learns<B: Compute>(backend: &B) -> f64 {
-    let Some(data) = load() else { return 0.0 };
-    let (losses, test) = short_run(backend, &data, true, wgnorm::Dtype::F32);
+fn a_short_run_learns<B: Compute>(backend: &B, data: &Mnist) -> f64 {
+    let (losses, test) = short_run(backend, data, true, wgnorm::Dtype::F32);
     // An untrained 10-class model scores ln 10 ≈ 2.30 and 10%.
     assert!(losses[0] < 2.0, "first epoch loss {}", losses[0]);
     assert!(losses[1] < losses[0], "loss did not fall: {losses:?}");
@@ -177,14 +176,16 @@ fn a_short_run_learns<B: Compute>(backend: &B) -> f64 {
 
 #[test]
 fn a_short_cpu_run_learns() {
-    a_short_run_learns(&CpuBackend);
+    let Some(data) = load() else { return };
+    a_short_run_learns(&CpuBackend, &data);
 }
 
 #[test]
 fn a_short_gpu_run_learns_and_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    let on_gpu = a_short_run_learns(gpu);
-    let on_cpu = a_short_run_learns(&CpuBackend);
+    let Some(data) = load() else { return };
+    let on_gpu = a_short_run_learns(gpu, &data);
+    let on_cpu = a_short_run_learns(&CpuBackend, &data);
     assert!(
         (on_gpu - on_cpu).abs() <= 0.003,
         "test accuracy {on_gpu} on the GPU, {on_cpu} on the CPU"
@@ -195,11 +196,10 @@ fn a_short_gpu_run_learns_and_matches_the_cpu() {
 /// the documented 0.5 points, and do change the computation.
 #[test]
 fn f16_activations_train_within_half_a_point_of_f32() {
-    let Some(gpu) = gpu() else { return };
-    let Some(data) = load() else { return };
-    if !gpu.has_f16() {
+    let Some(gpu) = common::gpu_with_f16() else {
         return;
-    }
+    };
+    let Some(data) = load() else { return };
     let (losses32, test32) = short_run(gpu, &data, true, wgnorm::Dtype::F32);
     let (losses16, test16) = short_run(gpu, &data, true, wgnorm::Dtype::F16);
     assert_ne!(

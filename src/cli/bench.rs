@@ -7,14 +7,14 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::DataArgs;
-use crate::bench::{self, BatchNormPass, EpochTiming, KernelTiming, STEPS_PER_SAMPLE, Timing};
-use crate::cpu::CpuBackend;
-use crate::gpu::{AdapterRequest, GpuBackend};
-use crate::graph::ModelSpec;
-use crate::ops::batchnorm::BatchNormShape;
 use crate::plot::{self, Line, Panel};
-use crate::train::TrainConfig;
-use crate::{Error, Result};
+use wgnorm::bench::{self, BatchNormPass, EpochTiming, KernelTiming, STEPS_PER_SAMPLE, Timing};
+use wgnorm::cpu::CpuBackend;
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
+use wgnorm::graph::ModelSpec;
+use wgnorm::ops::batchnorm::BatchNormShape;
+use wgnorm::train::TrainConfig;
+use wgnorm::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Suite {
@@ -249,7 +249,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::InvalidArgument(format!("could not encode the report: {e}")))?;
-        crate::data::write_atomically(path, |file| {
+        wgnorm::data::write_atomically(path, |file| {
             use std::io::Write;
             file.write_all(text.as_bytes())
         })?;

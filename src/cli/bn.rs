@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::{Device, DeviceChoice};
-use crate::backend::{Backend, Dtype};
-use crate::data::npy::{self, Array};
-use crate::ops::batchnorm::{
+use wgnorm::backend::{Backend, Dtype};
+use wgnorm::data::npy::{self, Array};
+use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
     RunningStats, stat,
 };
-use crate::{Error, Result};
+use wgnorm::{Error, Result};
 
 #[derive(Args)]
 pub struct BnArgs {
@@ -50,7 +50,7 @@ pub struct BnArgs {
     /// Storage of x, y, dy and dx on the device (f16 where the adapter has shader-f16, else f32
     /// with a notice); statistics, parameters and all arithmetic stay f32. Outputs are written
     /// as float32 .npy either way.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     dtype: Dtype,
 }
 

@@ -7,9 +7,9 @@ use clap::Args;
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
 use super::train::{ModelChoice, RunArgs};
-use crate::Result;
 use crate::plot::{self, Line, Panel};
 use crate::report::{RunResult, first_epoch_reaching, read_difference, summarize};
+use wgnorm::Result;
 
 /// The validation accuracy whose first epoch `compare` reports ("epochs to 97%").
 pub const TARGET_VAL_ACC: f64 = 0.97;
@@ -30,7 +30,7 @@ const MODELS: [ModelChoice; 2] = [ModelChoice::Nobn, ModelChoice::Bn];
 
 pub fn run(args: CompareArgs) -> Result<()> {
     if args.repeats == 0 {
-        return Err(crate::Error::InvalidArgument(
+        return Err(wgnorm::Error::InvalidArgument(
             "--repeats must be at least 1".to_string(),
         ));
     }
@@ -48,19 +48,15 @@ pub fn run(args: CompareArgs) -> Result<()> {
             plan.push(PlannedRun { model, config, dir });
         }
     }
-    let settings = args.run.config(ModelChoice::Bn)?.settings_json();
+    let settings = args.run.config(ModelChoice::Bn)?.settings()?;
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({
-            "settings": serde_json::from_str::<serde_json::Value>(&settings).unwrap_or_default(),
+            "settings": settings,
             "repeats": args.repeats,
             "runs": runs,
         });
-        write_text(
-            &out,
-            "compare.json",
-            &serde_json::to_string_pretty(&json).unwrap_or_default(),
-        )?;
+        write_text(&out, "compare.json", &serde_json::to_string_pretty(&json)?)?;
         write_text(&out, "compare.md", &markdown(runs))?;
         curves(&out.join("curves.png"), runs)
     };
@@ -160,7 +156,7 @@ pub fn markdown(runs: &[RunResult]) -> String {
 
 /// Train and validation loss and accuracy per epoch, each model's mean over its seeds.
 fn curves(path: &std::path::Path, runs: &[RunResult]) -> Result<()> {
-    type Pick = fn(&crate::train::EpochRecord) -> Option<f64>;
+    type Pick = fn(&wgnorm::train::EpochRecord) -> Option<f64>;
     let panels: [(&str, &str, Pick); 4] = [
         ("training loss", "loss", |e| Some(e.train_loss)),
         ("validation loss", "loss", |e| e.val_loss),

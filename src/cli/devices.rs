@@ -1,7 +1,7 @@
 //! `wgnorm devices`: every adapter, best first, as `wgnorm` would rank them.
 
-use crate::gpu::device;
-use crate::{Error, Result};
+use wgnorm::gpu::device;
+use wgnorm::{Error, Result};
 
 pub fn run() -> Result<()> {
     let adapters = device::adapters(&device::instance());

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{DataArgs, Device, DeviceArgs};
-use crate::checkpoint;
-use crate::data::mnist::{Mnist, PIXELS};
-use crate::graph::{Compute, Mlp};
-use crate::ops::loss::LossTotals;
-use crate::train::evaluate;
-use crate::{Dtype, Error, Result};
+use wgnorm::checkpoint;
+use wgnorm::data::mnist::{Mnist, PIXELS};
+use wgnorm::graph::{Compute, Mlp};
+use wgnorm::ops::loss::LossTotals;
+use wgnorm::train::evaluate;
+use wgnorm::{Dtype, Error, Result};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -26,7 +26,7 @@ pub struct EvalArgs {
     json: bool,
     /// f16 stores the Linear weights and the activations in half precision (where the adapter
     /// has shader-f16; elsewhere f32 with a notice); arithmetic stays f32.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     dtype: Dtype,
 }
 

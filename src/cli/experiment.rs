@@ -8,11 +8,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::Device;
 use super::train::{ModelChoice, RunArgs, RunOutcome, RunPlace, run_on};
-use crate::data::mnist::Mnist;
-use crate::graph::Compute;
 use crate::report::RunResult;
-use crate::train::{TrainConfig, split_point};
-use crate::{Error, Result};
+use wgnorm::data::mnist::Mnist;
+use wgnorm::graph::Compute;
+use wgnorm::train::{TrainConfig, split_point};
+use wgnorm::{Error, Result};
 
 /// One run of an experiment, with the directory its own metrics and checkpoints go to.
 pub struct PlannedRun {
@@ -145,7 +145,7 @@ fn finished(name: &str, config: &TrainConfig, train_rows: usize, outcome: RunOut
 
 /// Writes `text` to `out/name` atomically.
 pub fn write_text(out: &Path, name: &str, text: &str) -> Result<()> {
-    crate::data::write_atomically(&out.join(name), |file| {
+    wgnorm::data::write_atomically(&out.join(name), |file| {
         use std::io::Write;
         file.write_all(text.as_bytes())
     })

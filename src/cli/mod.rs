@@ -15,9 +15,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::Error;
-use crate::cpu::CpuBackend;
-use crate::gpu::{AdapterRequest, GpuBackend};
+use wgnorm::Error;
+use wgnorm::cpu::CpuBackend;
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
 
 #[derive(Parser)]
 #[command(
@@ -50,11 +50,11 @@ enum Command {
 
 /// `dtype` where `backend` can store it; else F32, saying so in one line ("note: cpu cannot
 /// store F16; training in F32").
-fn storage_or_f32<B: crate::Backend>(
+fn storage_or_f32<B: wgnorm::Backend>(
     backend: &B,
-    dtype: crate::Dtype,
+    dtype: wgnorm::Dtype,
     doing: &str,
-) -> crate::Dtype {
+) -> wgnorm::Dtype {
     if backend.supports(dtype) {
         return dtype;
     }
@@ -62,14 +62,14 @@ fn storage_or_f32<B: crate::Backend>(
         "note: {} cannot store {dtype:?}; {doing} in F32",
         backend.describe()
     );
-    crate::Dtype::F32
+    wgnorm::Dtype::F32
 }
 
 /// Set by Ctrl-C; long commands stop at the next step and keep what they finished.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// An `Error::Interrupted` once Ctrl-C has been pressed.
-fn check_interrupt(what_is_kept: &str) -> crate::Result<()> {
+fn check_interrupt(what_is_kept: &str) -> wgnorm::Result<()> {
     if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Error::Interrupted(what_is_kept.to_string()));
     }
@@ -88,7 +88,7 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    fn open(&self) -> crate::Result<Device> {
+    fn open(&self) -> wgnorm::Result<Device> {
         Device::open(self.device, self.adapter.clone())
     }
 }
@@ -106,19 +106,19 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    fn load(&self) -> crate::Result<crate::data::mnist::Mnist> {
+    fn load(&self) -> wgnorm::Result<wgnorm::data::mnist::Mnist> {
         let mirrors: Vec<String> = if !self.mirror.is_empty() {
             self.mirror.clone()
         } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
             vec![mirror]
         } else {
-            crate::data::download::MIRRORS
+            wgnorm::data::download::MIRRORS
                 .iter()
                 .map(|m| m.to_string())
                 .collect()
         };
-        crate::data::download::ensure_mnist(&self.data_dir, &mirrors)?;
-        crate::data::mnist::load(&self.data_dir)
+        wgnorm::data::download::ensure_mnist(&self.data_dir, &mirrors)?;
+        wgnorm::data::mnist::load(&self.data_dir)
     }
 }
 
@@ -137,7 +137,7 @@ pub enum Device {
 }
 
 impl Device {
-    pub fn open(choice: DeviceChoice, adapter: Option<String>) -> crate::Result<Self> {
+    pub fn open(choice: DeviceChoice, adapter: Option<String>) -> wgnorm::Result<Self> {
         let request = AdapterRequest::from_flag_or_env(adapter);
         match choice {
             DeviceChoice::Cpu => Ok(Device::Cpu(CpuBackend)),
@@ -151,6 +151,15 @@ impl Device {
                 Err(e) => Err(e),
             },
         }
+    }
+}
+
+/// `--dtype f32|f16`: the library's `Dtype` carries no command-line derive.
+fn parse_dtype(value: &str) -> std::result::Result<wgnorm::Dtype, String> {
+    match value {
+        "f32" => Ok(wgnorm::Dtype::F32),
+        "f16" => Ok(wgnorm::Dtype::F16),
+        other => Err(format!("'{other}' is not a dtype: use f32 or f16")),
     }
 }
 

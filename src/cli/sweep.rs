@@ -8,7 +8,7 @@ use super::experiment::{PlannedRun, check_fresh, model_name, run_all, write_text
 use super::train::{ModelChoice, RunArgs};
 use crate::plot::{self, Line, Panel};
 use crate::report::RunResult;
-use crate::{Error, Result};
+use wgnorm::{Error, Result};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -67,11 +67,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({ "runs": runs });
-        write_text(
-            &out,
-            "sweep.json",
-            &serde_json::to_string_pretty(&json).unwrap_or_default(),
-        )?;
+        write_text(&out, "sweep.json", &serde_json::to_string_pretty(&json)?)?;
         write_text(&out, "sweep.md", &markdown(runs))?;
         let png = out.join("sweep.png");
         if heat {

@@ -7,16 +7,16 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{DataArgs, DeviceArgs};
-use crate::backend::Dtype;
-use crate::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE, TrainingState};
-use crate::data::mnist::{CLASSES, Mnist, PIXELS};
-use crate::data::write_atomically;
-use crate::graph::{Compute, Init, ModelSpec};
-use crate::ops::batchnorm::BatchNormConfig;
-use crate::ops::loss::LossTotals;
-use crate::optim::{Optimizer, OptimizerConfig};
-use crate::train::{EpochRecord, TrainConfig, Trainer};
-use crate::{Error, Result};
+use wgnorm::backend::Dtype;
+use wgnorm::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE, TrainingState};
+use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
+use wgnorm::data::write_atomically;
+use wgnorm::graph::{Compute, Init, ModelSpec};
+use wgnorm::ops::batchnorm::BatchNormConfig;
+use wgnorm::ops::loss::LossTotals;
+use wgnorm::optim::{Optimizer, OptimizerConfig};
+use wgnorm::train::{EpochRecord, TrainConfig, Trainer};
+use wgnorm::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModelChoice {
@@ -92,7 +92,7 @@ pub struct RunArgs {
     /// Storage of the hidden activations on the device: f16 halves their memory where the
     /// adapter has shader-f16 (elsewhere, and on the CPU, the run uses f32 with a notice); the
     /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     dtype: Dtype,
     /// Skip each epoch's last batch when it is smaller than --batch-size (PyTorch's drop_last);
     /// by default it is kept, as Keras does.
@@ -120,7 +120,7 @@ pub struct TrainArgs {
     resume: bool,
     /// f16 also writes the finished model as model.f16.safetensors: half the size, values
     /// rounded to f16, loadable by PyTorch and `wgnorm eval`. Training is unchanged.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     export_dtype: Dtype,
 }
 
@@ -371,7 +371,7 @@ pub fn run_on<B: Compute>(
 /// Refuses, before allocating, a model whose `copies` of its parameters would not fit in the
 /// memory the OS says is available: an allocation failure would abort the process.
 fn check_host_memory(spec: &ModelSpec, copies: u64) -> Result<()> {
-    let Some(available) = crate::host_memory::available() else {
+    let Some(available) = wgnorm::host_memory::available() else {
         return Ok(());
     };
     let needed = spec.param_count() * std::mem::size_of::<f32>() as u64 * copies;
@@ -414,8 +414,8 @@ fn save_checkpoint<B: Compute>(trainer: &Trainer<B>, out: &Path) -> Result<()> {
     let state = TrainingState {
         epochs_done: trainer.epochs_done,
         optimizer_steps: trainer.optimizer.steps,
-        settings: trainer.config.settings_json(),
-        history: serde_json::to_string(&trainer.history).unwrap_or_default(),
+        settings: trainer.config.settings()?.to_string(),
+        history: serde_json::to_string(&trainer.history)?,
         optimizer: trainer.optimizer.download(backend)?,
     };
     let spec = &trainer.config.spec;
@@ -452,7 +452,7 @@ fn resume_trainer<'b, B: Compute>(
         )));
     }
     let settings = checkpoint::state_settings(&out.join(STATE_FILE))?;
-    if settings != config.settings_json() {
+    if serde_json::from_str::<serde_json::Value>(&settings).ok() != Some(config.settings()?) {
         return Err(Error::InvalidArgument(format!(
             "--resume: the run in {} was started with other settings ({settings}); pass the same \
              flags (only --epochs may change)",
@@ -513,14 +513,13 @@ impl MetricsFile<'_> {
             "adapter": self.adapter,
             "batch_size": self.config.batch_size,
             "seed": self.config.seed,
-            "settings": serde_json::from_str::<serde_json::Value>(&self.config.settings_json())
-                .unwrap_or_default(),
+            "settings": self.config.settings()?,
             "epochs": history,
             "test_loss": test.map(|t| t.mean_loss()),
             "test_acc": test.map(|t| t.accuracy()),
             "train_seconds": train_seconds,
         });
-        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&json)?;
         write_atomically(&out.join("metrics.json"), |file| {
             use std::io::Write;
             writeln!(file, "{text}")

@@ -1,7 +1,9 @@
 //! Reading and writing the data wgnorm works on.
 
+#[cfg(feature = "download")]
 pub mod download;
 pub mod mnist;
+#[cfg(feature = "cli")]
 pub mod npy;
 
 use std::fs::File;

@@ -1,7 +1,37 @@
 //! Helpers shared by the integration tests: the GPU under test, fresh random inputs and the
 //! error measure.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// One test body, two tests: `backend_test!(name, |backend, rng| body)` expands into
+/// `name::cpu` on the CPU backend and `name::gpu` on the GPU under test, each with its own
+/// seeded generator. The body is written once and type-checked for each backend.
+macro_rules! backend_test {
+    ($name:ident, |$backend:ident, $rng:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            #[allow(unused_variables)]
+            fn cpu() {
+                let $backend = &wgnorm::cpu::CpuBackend;
+                let $rng = &mut crate::common::rng(concat!(stringify!($name), "::cpu"));
+                $body
+            }
+
+            #[test]
+            #[allow(unused_variables)]
+            fn gpu() {
+                let Some($backend) = crate::common::gpu() else {
+                    return;
+                };
+                let $rng = &mut crate::common::rng(concat!(stringify!($name), "::gpu"));
+                $body
+            }
+        }
+    };
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,6 +62,39 @@ pub fn gpu() -> Option<&'static GpuBackend> {
         },
     )
     .as_ref()
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The GPU under test where it can store f16. Where it cannot, an f16 test cannot run: it says
+/// so, and checks that f16 is refused by name instead. Under CI=true that fails the test,
+/// unless WGNORM_TEST_NO_F16=1 declares that this run's adapter lacks shader-f16 (CI's
+/// SwiftShader run).
+pub fn gpu_with_f16() -> Option<&'static GpuBackend> {
+    let gpu = gpu()?;
+    let declared = std::env::var("WGNORM_TEST_NO_F16").is_ok_and(|v| v == "1");
+    if gpu.has_f16() {
+        assert!(
+            !declared,
+            "WGNORM_TEST_NO_F16=1, but {} offers shader-f16",
+            gpu.adapter()
+        );
+        return Some(gpu);
+    }
+    assert!(
+        declared || !ci(),
+        "CI=true: {} lacks shader-f16, so this f16 test cannot run (set WGNORM_TEST_NO_F16=1 \
+         where that is expected)",
+        gpu.adapter()
+    );
+    let err = wgnorm::Backend::upload_as(gpu, &[1.0], wgnorm::Dtype::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shader-f16"), "{err}");
+    eprintln!("cannot run: {} refuses f16 ({err})", gpu.adapter());
+    None
 }
 
 /// A generator seeded freshly each run; the seed is printed so that a failure can be replayed
@@ -189,4 +252,44 @@ pub fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
         Some(ours[0]),
         "the error is not the last line: {stderr}"
     );
+}
+
+/// The size of every figure wgnorm draws (the binary's `plot::WIDTH`/`HEIGHT`).
+pub const PLOT_SIZE: (u32, u32) = (1200, 800);
+
+/// A PNG the binary drew: the figure's size, and curves in it: at least `min_colored` pixels
+/// whose channels differ (the background, the grid, axes and text are all grey), at least
+/// one in each half of the figure where `panels` > 1.
+pub fn assert_png_shows_curves(path: &Path, panels: usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let (width, height) = (reader.info().width, reader.info().height);
+    assert_eq!((width, height), PLOT_SIZE, "{}", path.display());
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    assert!(channels >= 3, "{}: not an RGB image", path.display());
+    let colored: Vec<u32> = pixels[..frame.buffer_size()]
+        .chunks_exact(channels)
+        .enumerate()
+        .filter(|(_, p)| p[0].abs_diff(p[1]) > 40 || p[1].abs_diff(p[2]) > 40)
+        .map(|(i, _)| i as u32 % width)
+        .collect();
+    assert!(
+        colored.len() >= 500,
+        "{}: only {} colored pixels: no curve was drawn",
+        path.display(),
+        colored.len()
+    );
+    if panels > 1 {
+        for half in [0..width / 2, width / 2..width] {
+            assert!(
+                colored.iter().any(|x| half.contains(x)),
+                "{}: no curve in columns {half:?}",
+                path.display()
+            );
+        }
+    }
 }
