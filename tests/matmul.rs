@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{assert_close, gpu, normal, rng};
+use common::{assert_close, assert_close_to_terms, gpu, norm, normal, rng};
 use wgnorm::gpu::{AdapterRequest, GpuBackend, Kernel, MatmulSchedule};
 use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
 use wgnorm::reference::matmul as reference;
@@ -86,10 +86,22 @@ fn check_linear<B: MatmulOps>(
             b_layout,
             bias.map(|(_, host)| host.as_slice()),
         );
-        assert_close(
+        // Σ|a||b| + |bias|: where a sum of few products cancels (a 1×1×1 product beside its
+        // bias, say), no f32 result is relatively close to the tiny true value, only to these.
+        let abs = |v: &[f32]| -> Vec<f32> { v.iter().map(|x| x.abs()).collect() };
+        let abs_bias = bias.map(|(_, host)| abs(host));
+        let terms = reference::matmul(
+            &abs(a_host),
+            a_layout,
+            &abs(b_host),
+            b_layout,
+            abs_bias.as_deref(),
+        );
+        assert_close_to_terms(
             &format!("{label}: {what}"),
             &backend.download(&out).unwrap(),
             &expected,
+            norm(&terms),
             if dtype == Dtype::F16 { 2e-3 } else { 1e-5 },
         );
     }

@@ -1,7 +1,9 @@
 //! ReLU and dropout, forward and backward:
 //!
-//!   relu:    y = max(x, 0)                 dx = dy·[x > 0]
-//!   dropout: y = x·keep·1/(1 − p)          dx = dy·keep·1/(1 − p)
+//! ```text
+//! relu:    y = max(x, 0)                 dx = dy·[x > 0]
+//! dropout: y = x·keep·1/(1 − p)          dx = dy·keep·1/(1 − p)
+//! ```
 //!
 //! where keep is a pure function of (seed, layer, step, element), so backward recomputes the
 //! mask instead of storing it and both backends draw the same one. The WGSL is

@@ -1,11 +1,13 @@
 //! BatchNorm over x viewed as (N, C, S): forward in training and evaluation mode, and backward.
 //! Per channel c, over its m = N·S values:
 //!
-//!   mean = Σx/m, var = Σ(x − mean)²/m (biased), invstd = 1/sqrt(var + eps)
-//!   train:    y = γ·x̂ + β, x̂ = (x − mean)·invstd; running ← (1 − momentum)·running
-//!             + momentum·(mean, var·m/(m − 1)) (the biased var with `unbiased_running_var` off)
-//!   eval:     y = γ·(x − running_mean)/sqrt(running_var + eps) + β
-//!   backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
+//! ```text
+//! mean = Σx/m, var = Σ(x − mean)²/m (biased), invstd = 1/sqrt(var + eps)
+//! train:    y = γ·x̂ + β, x̂ = (x − mean)·invstd; running ← (1 − momentum)·running
+//!           + momentum·(mean, var·m/(m − 1)) (the biased var with `unbiased_running_var` off)
+//! eval:     y = γ·(x − running_mean)/sqrt(running_var + eps) + β
+//! backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
+//! ```
 //!
 //! `shaders/batchnorm.wgsl` spells out how the GPU computes it (the reductions run on x minus
 //! one sample of the channel, so the f32 sums stay at the scale of the spread); `cpu.rs` reduces

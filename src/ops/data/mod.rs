@@ -1,9 +1,11 @@
 //! A labelled image set kept on the device as bytes, and the gather that turns an index range
 //! into a batch of f32 rows and labels:
 //!
-//!   x[r, j] = byte_scale[images[index[first + r], j]],   labels[r] = all_labels[index[first + r]]
+//! ```text
+//! x[r, j] = byte_scale[images[index[first + r], j]],   labels[r] = all_labels[index[first + r]]
+//! ```
 //!
-//! with byte_scale[b] = b/255 as a 256-entry table, so both backends convert bytes identically.
+//! with `byte_scale[b] = b/255` as a 256-entry table, so both backends convert bytes identically.
 //! The WGSL is `shaders/data.wgsl`.
 
 mod cpu;

@@ -1,9 +1,11 @@
 //! Softmax cross-entropy on logits z (rows × classes) against integer labels, forward and
 //! backward fused, plus the count of correct predictions:
 //!
-//!   loss_r = log Σ_j exp(z_rj − max_r) + max_r − z_r,label     (log-sum-exp, shifted by the max)
-//!   dz_rj  = (softmax(z_r)_j − [j = label_r]) / rows           (the gradient of the mean loss)
-//!   correct_r = [argmax_j z_rj = label_r]                      (first maximum wins, as torch)
+//! ```text
+//! loss_r = log Σ_j exp(z_rj − max_r) + max_r − z_r,label     (log-sum-exp, shifted by the max)
+//! dz_rj  = (softmax(z_r)_j − [j = label_r]) / rows           (the gradient of the mean loss)
+//! correct_r = [argmax_j z_rj = label_r]                      (first maximum wins, as torch)
+//! ```
 //!
 //! The sums accumulate in a metrics buffer on the device over many steps, so the host reads
 //! them rarely. Labels live on the device too, so an out-of-range label cannot be refused when

@@ -1,6 +1,8 @@
 //! Matrix products on strided views:
 //!
-//!   out[i, j] = Σ_k a[i, k]·b[k, j] (+ bias[j]),   k summed in increasing order
+//! ```text
+//! out[i, j] = Σ_k a[i, k]·b[k, j] (+ bias[j]),   k summed in increasing order
+//! ```
 //!
 //! where a and b are views into flat buffers (element (i, j) at i·row_stride + j·col_stride),
 //! so a transpose is a view, not a copy: the Linear layer's X·Wᵀ, dX = dY·W and dW = dYᵀ·X are

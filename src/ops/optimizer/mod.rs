@@ -1,8 +1,10 @@
 //! In-place optimizer updates of one parameter tensor, as PyTorch writes them:
 //!
-//!   Adam: m += (1 − β1)(g − m);  v = β2·v + (1 − β2)·g²;
-//!         θ −= lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + eps)
-//!   SGD:  b = momentum·b + g;  θ −= lr·b
+//! ```text
+//! Adam: m += (1 − β1)(g − m);  v = β2·v + (1 − β2)·g²;
+//!       θ −= lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + eps)
+//! SGD:  b = momentum·b + g;  θ −= lr·b
+//! ```
 //!
 //! The WGSL is `shaders/optimizer.wgsl`; `src/optim.rs` keeps the state and the step count
 //! around these kernels.
