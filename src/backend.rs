@@ -85,6 +85,12 @@ pub trait Backend {
 
     /// Copies device data back to the host, waiting for all work recorded before.
     fn download(&self, buffer: &Self::Buffer) -> Result<Vec<f32>>;
+
+    /// Copies several buffers back at once: on the GPU one submission and one wait for all of
+    /// them (a checkpoint's tensors), not one round trip each.
+    fn download_many(&self, buffers: &[&Self::Buffer]) -> Result<Vec<Vec<f32>>> {
+        buffers.iter().map(|buffer| self.download(buffer)).collect()
+    }
 }
 
 fn unsupported<B: Backend + ?Sized>(backend: &B, dtype: Dtype) -> Error {

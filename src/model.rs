@@ -99,6 +99,79 @@ impl<B: Compute> Classifier<B> {
         checkpoint::save_model(path, self.spec(), &self.mlp.download(backend)?, 0, dtype)
     }
 
+    /// Saves the model and its training state into `dir`, as `wgnorm train` writes a run:
+    /// `model.safetensors` (PyTorch's `state_dict`) and `training_state.safetensors` (the
+    /// optimizer's state, its step count and settings, and the seed), read from the device in
+    /// one submission. `resume` continues from them exactly.
+    pub fn save_checkpoint(&self, backend: &B, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let settings = self.settings()?;
+        let progress = checkpoint::Progress {
+            epochs_done: 0,
+            settings: &settings,
+            history: "[]",
+        };
+        checkpoint::save_run(backend, dir, &self.mlp, &self.optimizer, progress)
+    }
+
+    /// Continues the model saved in `dir` by `save_checkpoint`: weights, running statistics,
+    /// optimizer state and step count, learning rate and seed, so that the next steps are the
+    /// ones an uninterrupted model would take (dropout masks follow the step count).
+    pub fn resume(backend: &B, dir: &Path) -> Result<Self> {
+        let model = checkpoint::load_model(&dir.join(checkpoint::MODEL_FILE))?;
+        let state_path = dir.join(checkpoint::STATE_FILE);
+        let saved = checkpoint::state_settings(&state_path)?;
+        let format_error = |message: String| Error::Format {
+            path: state_path.clone(),
+            message,
+        };
+        let settings: serde_json::Value = serde_json::from_str(&saved)
+            .map_err(|e| format_error(format!("settings metadata: {e}")))?;
+        let optimizer: OptimizerConfig = serde_json::from_value(settings["optimizer"].clone())
+            .map_err(|e| format_error(format!("the settings name no optimizer: {e}")))?;
+        let seed = settings["seed"]
+            .as_u64()
+            .ok_or_else(|| format_error("the settings hold no seed".to_string()))?;
+        let restored = checkpoint::load_run(dir, &model.spec, &settings)?;
+        let state = &restored.state;
+        Ok(Self {
+            mlp: Mlp::upload(backend, &model.spec, &restored.model.model)?,
+            optimizer: Optimizer::upload(
+                backend,
+                optimizer,
+                state.optimizer_steps,
+                &state.optimizer,
+            )?,
+            metrics: backend.filled(metric::LEN, 0.0)?,
+            seed,
+        })
+    }
+
+    /// What `save_checkpoint` records beside the tensors.
+    fn settings(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "optimizer": serde_json::to_value(self.optimizer.config)?,
+            "seed": self.seed,
+        }))
+    }
+
+    /// Changes the learning rate from the next step on (a schedule, or a resumed model trained
+    /// on with another rate); the optimizer's state is kept.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let config = self.optimizer.config.with_lr(lr);
+        config.validate()?;
+        self.optimizer.config = config;
+        Ok(())
+    }
+
+    /// The optimizer's settings in use.
+    pub fn optimizer(&self) -> OptimizerConfig {
+        self.optimizer.config
+    }
+
     /// The architecture.
     pub fn spec(&self) -> &ModelSpec {
         &self.mlp.spec

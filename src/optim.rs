@@ -1,5 +1,5 @@
 //! Optimizers: their settings, their per-parameter state on the device, and the step count.
-//! The update formulas are the kernels of `src/ops/optimizer.rs`.
+//! The update formulas are the kernels of `src/ops/optimizer/`.
 
 use crate::backend::Backend;
 use crate::graph::Compute;
@@ -7,7 +7,7 @@ use crate::ops::optimizer::OptimizerParams;
 use crate::{Error, Result};
 
 /// An optimizer's settings; the defaults are PyTorch's.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerConfig {
     /// Adam (Kingma and Ba) with PyTorch's defaults.
@@ -158,9 +158,20 @@ impl<B: Compute> Optimizer<B> {
 
     /// The state tensors, per parameter and per `state_names` entry.
     pub fn download(&self, backend: &B) -> Result<Vec<Vec<Vec<f32>>>> {
+        Ok(self.host_state(backend.download_many(&self.tensors())?))
+    }
+
+    /// Every state tensor, parameter by parameter, for one `download_many`.
+    pub fn tensors(&self) -> Vec<&B::Buffer> {
+        self.state.iter().flatten().collect()
+    }
+
+    /// state[parameter][state name index] from the values of `tensors`, in that order.
+    pub fn host_state(&self, values: Vec<Vec<f32>>) -> Vec<Vec<Vec<f32>>> {
+        let mut values = values.into_iter();
         self.state
             .iter()
-            .map(|per_param| per_param.iter().map(|b| backend.download(b)).collect())
+            .map(|per_param| values.by_ref().take(per_param.len()).collect())
             .collect()
     }
 

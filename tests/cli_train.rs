@@ -392,7 +392,7 @@ fn bad_flags_and_files_are_one_line_errors() {
         &with(&other),
         2,
         "holds nn.Sequential(nn.Linear(784, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.2), \
-         nn.Linear(128, 10)), but the flags describe nn.Sequential(nn.Linear(784, 64)",
+         nn.Linear(128, 10)), but nn.Sequential(nn.Linear(784, 64)",
     );
     assert_eq!(
         std::fs::read(&model).unwrap(),

@@ -130,3 +130,92 @@ fn a_saved_model_loads_with_identical_predictions() {
         .unwrap();
     assert_eq!(got, want);
 }
+
+/// Trains `steps` more steps from `first_step` on; the logits of an unseen batch after them.
+fn continue_training<B: Compute>(
+    backend: &B,
+    model: &mut Classifier<B>,
+    first_step: usize,
+    steps: usize,
+) -> Vec<f32> {
+    for step in first_step..first_step + steps {
+        let (x, labels) = batch(step);
+        model.train_batch_slices(backend, &x, &labels).unwrap();
+    }
+    let (x, _) = batch(500);
+    backend
+        .download(&model.logits(backend, backend.upload(&x).unwrap()).unwrap())
+        .unwrap()
+}
+
+/// A checkpoint holds the optimizer's state, step count, learning rate and seed: a resumed
+/// model takes exactly the steps the uninterrupted one takes (bit for bit on the CPU, whose
+/// ops run in a fixed order; within rounding on the GPU).
+fn resume_continues_exactly<B: Compute>(backend: &B, exact: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Classifier::new(
+        backend,
+        &spec(),
+        OptimizerConfig::adam(1e-2),
+        Init::Keras,
+        7,
+    )
+    .unwrap();
+    continue_training(backend, &mut model, 0, 10);
+    model.set_lr(3e-3).unwrap();
+    model.save_checkpoint(backend, dir.path()).unwrap();
+    let uninterrupted = continue_training(backend, &mut model, 10, 10);
+
+    let mut resumed = Classifier::resume(backend, dir.path()).unwrap();
+    assert_eq!(resumed.steps(), 10);
+    assert_eq!(resumed.optimizer(), OptimizerConfig::adam(3e-3));
+    let continued = continue_training(backend, &mut resumed, 10, 10);
+    if exact {
+        assert_eq!(continued, uninterrupted);
+    } else {
+        let worst = (continued.iter().zip(&uninterrupted))
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "resumed logits differ by {worst}");
+    }
+    // A fresh model with the same seed but without the saved state does not take those steps.
+    let mut fresh = Classifier::new(
+        backend,
+        &spec(),
+        OptimizerConfig::adam(3e-3),
+        Init::Keras,
+        7,
+    )
+    .unwrap();
+    assert_ne!(
+        continue_training(backend, &mut fresh, 10, 10),
+        uninterrupted
+    );
+}
+
+#[test]
+fn a_resumed_classifier_continues_exactly_on_the_cpu() {
+    resume_continues_exactly(&CpuBackend, true);
+}
+
+#[test]
+fn a_resumed_classifier_continues_on_the_gpu() {
+    let Some(gpu) = common::gpu() else { return };
+    resume_continues_exactly(gpu, false);
+}
+
+#[test]
+fn a_bad_learning_rate_is_refused_and_the_old_one_kept() {
+    let backend = CpuBackend;
+    let mut model = Classifier::new(
+        &backend,
+        &spec(),
+        OptimizerConfig::sgd(0.1, 0.9),
+        Init::Keras,
+        0,
+    )
+    .unwrap();
+    let err = model.set_lr(f64::NAN).unwrap_err().to_string();
+    assert!(err.contains("lr"), "{err}");
+    assert_eq!(model.optimizer(), OptimizerConfig::sgd(0.1, 0.9));
+}

@@ -103,15 +103,19 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
     }
 }
 
+/// The entry point of `kernel` in its shader.
+fn entry_point(kernel: Kernel) -> naga::EntryPoint {
+    parse(kernel.shader())
+        .entry_points
+        .into_iter()
+        .find(|e| e.name == kernel.entry_point())
+        .unwrap_or_else(|| panic!("{kernel:?}: no entry point {}", kernel.entry_point()))
+}
+
 #[test]
 fn every_kernel_is_a_compute_entry_point_of_its_shader() {
     for &kernel in Kernel::ALL {
-        let module = parse(kernel.shader());
-        let entry = module
-            .entry_points
-            .iter()
-            .find(|e| e.name == kernel.entry_point())
-            .unwrap_or_else(|| panic!("{kernel:?}: no entry point {}", kernel.entry_point()));
+        let entry = entry_point(kernel);
         assert_eq!(entry.stage, naga::ShaderStage::Compute, "{kernel:?}");
     }
 }
@@ -247,12 +251,7 @@ fn the_prelude_constants_match_rust_and_size_every_kernel() {
     // matmul tiles, or an override the launcher sets (matmul_vec4's V_GROUP).
     let side = MATMUL_SIDE as u32;
     for &kernel in Kernel::ALL {
-        let module = parse(kernel.shader());
-        let entry = module
-            .entry_points
-            .iter()
-            .find(|e| e.name == kernel.entry_point())
-            .unwrap_or_else(|| panic!("{} missing", kernel.entry_point()));
+        let entry = entry_point(kernel);
         let size = entry.workgroup_size;
         let allowed = match kernel {
             Kernel::Matmul | Kernel::MatmulTiled => vec![[side, side, 1]],

@@ -7,6 +7,7 @@ mod compare;
 mod devices;
 mod eval;
 mod experiment;
+mod metrics;
 mod sweep;
 mod train;
 

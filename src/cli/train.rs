@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use super::metrics::MetricsFile;
 use super::{DataArgs, DeviceArgs};
 use wgnorm::backend::Dtype;
-use wgnorm::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE, TrainingState};
+use wgnorm::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE};
 use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
-use wgnorm::data::write_atomically;
 use wgnorm::graph::{Compute, Init, ModelSpec};
 use wgnorm::ops::batchnorm::BatchNormConfig;
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::optim::{Optimizer, OptimizerConfig};
+use wgnorm::optim::OptimizerConfig;
 use wgnorm::train::{EpochRecord, TrainConfig, Trainer};
 use wgnorm::{Error, Result};
 
@@ -289,7 +289,12 @@ pub fn run_on<B: Compute>(
         source,
     })?;
     let mut trainer = if resume {
-        resume_trainer(backend, config, data, out)?
+        Trainer::resume(backend, config, data, out).map_err(|e| match e {
+            Error::InvalidArgument(message) => Error::InvalidArgument(format!(
+                "--resume: {message}; pass the flags the run was started with"
+            )),
+            other => other,
+        })?
     } else {
         Trainer::new(backend, config, data)?
     };
@@ -342,7 +347,7 @@ pub fn run_on<B: Compute>(
         };
         let record = record.map_err(lost_in_epoch)?;
         multi.suspend(|| println!("{}", epoch_line(&record, config.epochs)));
-        save_checkpoint(&trainer, out).map_err(lost_in_epoch)?;
+        trainer.save(out).map_err(lost_in_epoch)?;
         metrics.write(out, &trainer.history, None)?;
     }
     let test = trainer.test()?;
@@ -406,141 +411,4 @@ fn epoch_line(record: &EpochRecord, epochs: usize) -> String {
         "epoch {}/{epochs}  train loss {:.4} acc {:.4}{validation}  {:.1} s",
         record.epoch, record.train_loss, record.train_acc, record.seconds
     )
-}
-
-fn save_checkpoint<B: Compute>(trainer: &Trainer<B>, out: &Path) -> Result<()> {
-    let backend = trainer.backend();
-    let model = trainer.model.download(backend)?;
-    let state = TrainingState {
-        epochs_done: trainer.epochs_done,
-        optimizer_steps: trainer.optimizer.steps,
-        settings: trainer.config.settings()?.to_string(),
-        history: serde_json::to_string(&trainer.history)?,
-        optimizer: trainer.optimizer.download(backend)?,
-    };
-    let spec = &trainer.config.spec;
-    // The state goes first: a model file never claims more epochs than the state beside it.
-    checkpoint::save_state(
-        &out.join(STATE_FILE),
-        spec,
-        trainer.config.optimizer.state_names(),
-        &state,
-    )?;
-    checkpoint::save_model(
-        &out.join(MODEL_FILE),
-        spec,
-        &model,
-        trainer.epochs_done,
-        Dtype::F32,
-    )
-}
-
-fn resume_trainer<'b, B: Compute>(
-    backend: &'b B,
-    config: TrainConfig,
-    data: &Mnist,
-    out: &Path,
-) -> Result<Trainer<'b, B>> {
-    let model = checkpoint::load_model(&out.join(MODEL_FILE))?;
-    if model.spec != config.spec {
-        return Err(Error::InvalidArgument(format!(
-            "--resume: {} holds {}, but the flags describe {}; pass the run's --model, --hidden, \
-             --dropout and --bn-* flags",
-            out.join(MODEL_FILE).display(),
-            model.spec.torch_module(),
-            config.spec.torch_module()
-        )));
-    }
-    let settings = checkpoint::state_settings(&out.join(STATE_FILE))?;
-    if serde_json::from_str::<serde_json::Value>(&settings).ok() != Some(config.settings()?) {
-        return Err(Error::InvalidArgument(format!(
-            "--resume: the run in {} was started with other settings ({settings}); pass the same \
-             flags (only --epochs may change)",
-            out.display(),
-        )));
-    }
-    let state = checkpoint::load_state(
-        &out.join(STATE_FILE),
-        &model.spec,
-        config.optimizer.state_names(),
-    )?;
-    if state.epochs_done != model.epochs_done {
-        return Err(Error::Format {
-            path: out.join(MODEL_FILE),
-            message: format!(
-                "holds epoch {} but {STATE_FILE} holds epoch {}; the run was interrupted while \
-                 saving and cannot be resumed exactly",
-                model.epochs_done, state.epochs_done
-            ),
-        });
-    }
-    let history: Vec<EpochRecord> =
-        serde_json::from_str(&state.history).map_err(|e| Error::Format {
-            path: out.join(STATE_FILE),
-            message: format!("history metadata: {e}"),
-        })?;
-    let optimizer = Optimizer::upload(
-        backend,
-        config.optimizer,
-        state.optimizer_steps,
-        &state.optimizer,
-    )?;
-    Trainer::with_state(
-        backend,
-        config,
-        data,
-        &model.model,
-        optimizer,
-        state.epochs_done,
-        history,
-    )
-}
-
-/// `metrics.json` and `metrics.csv` of a run.
-struct MetricsFile<'a> {
-    device: &'a str,
-    adapter: &'a str,
-    config: &'a TrainConfig,
-}
-
-impl MetricsFile<'_> {
-    fn write(&self, out: &Path, history: &[EpochRecord], test: Option<LossTotals>) -> Result<()> {
-        let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
-        let json = serde_json::json!({
-            "model": if self.config.spec.batchnorm { "bn" } else { "nobn" },
-            "architecture": self.config.spec.torch_module(),
-            "device": self.device,
-            "adapter": self.adapter,
-            "batch_size": self.config.batch_size,
-            "seed": self.config.seed,
-            "settings": self.config.settings()?,
-            "epochs": history,
-            "test_loss": test.map(|t| t.mean_loss()),
-            "test_acc": test.map(|t| t.accuracy()),
-            "train_seconds": train_seconds,
-        });
-        let text = serde_json::to_string_pretty(&json)?;
-        write_atomically(&out.join("metrics.json"), |file| {
-            use std::io::Write;
-            writeln!(file, "{text}")
-        })?;
-        write_atomically(&out.join("metrics.csv"), |file| {
-            use std::io::Write;
-            writeln!(file, "epoch,train_loss,train_acc,val_loss,val_acc,seconds")?;
-            let optional = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-            for r in history {
-                writeln!(
-                    file,
-                    "{},{},{},{},{},{}",
-                    r.epoch,
-                    r.train_loss,
-                    r.train_acc,
-                    optional(r.val_loss),
-                    optional(r.val_acc),
-                    r.seconds
-                )?;
-            }
-            Ok(())
-        })
-    }
 }

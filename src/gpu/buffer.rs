@@ -174,6 +174,18 @@ pub(crate) fn words_bytes(len: usize, dtype: Dtype) -> u64 {
     ((len * dtype.size()) as u64).div_ceil(4) * 4
 }
 
+impl GpuBuffer {
+    /// Returns a buffer that no recorded work can still touch (a readback's staging buffer,
+    /// once the GPU has finished and it is unmapped) straight to the free list: quarantine is
+    /// for buffers that unsubmitted work may read. Without this, how many staging buffers the
+    /// pool holds would depend on how reads happen to fall between submissions.
+    pub(crate) fn recycle_idle(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.reuse(vec![self.raw.clone()]);
+        }
+    }
+}
+
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {

@@ -394,4 +394,9 @@ impl Backend for GpuBackend {
         let mut all = self.download_many(&[buffer])?;
         Ok(all.pop().unwrap_or_default())
     }
+
+    /// One staging buffer, one submission and one wait for all of `buffers`.
+    fn download_many(&self, buffers: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read(buffers))
+    }
 }

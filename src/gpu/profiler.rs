@@ -2,6 +2,7 @@
 //! dispatch's compute pass (adapters with `TIMESTAMP_QUERY`).
 
 use super::{GpuBackend, Kernel, lock};
+use crate::backend::Backend;
 use crate::{Error, Result};
 
 /// Dispatches one profiling window can time; later ones run untimed and are counted.

@@ -5,11 +5,6 @@ use super::{GpuBackend, GpuBuffer, READBACK};
 use crate::{Dtype, Error, Result};
 
 impl GpuBackend {
-    /// Copies several buffers back in one submission and waits for them.
-    pub fn download_many(&self, buffers: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
-        pollster::block_on(self.read(buffers))
-    }
-
     /// Starts copying `buffers` to the host; the future resolves once the GPU has finished and
     /// the data is mapped. Only this call's `device.poll` blocks, and only once all is recorded.
     pub async fn read(&self, buffers: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
@@ -72,6 +67,7 @@ impl GpuBackend {
                 .collect()
         };
         staging.raw().unmap();
+        staging.recycle_idle();
         Ok(values)
     }
 

@@ -6,6 +6,10 @@
 //! holds what `--resume` needs beyond the model: optimizer state, step counts, the settings the
 //! run was started with and the epochs so far. Both are written atomically.
 
+mod run;
+
+pub use run::{Progress, Restored, load_run, save_run};
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;

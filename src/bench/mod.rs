@@ -1,0 +1,175 @@
+//! The measurements behind `wgnorm bench` and `benches/`: BatchNorm kernels, training steps and
+//! a full epoch on a backend, each timed as the median of repetitions after warm-up, with the
+//! byte and FLOP models that turn times into rates.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::cpu::CpuBackend;
+use crate::gpu::GpuBackend;
+use crate::ops::Compute;
+use crate::{Backend, Result};
+
+mod kernels;
+mod training;
+
+pub use kernels::{BatchNormPass, BatchNormStep, KernelTiming, time_batchnorm};
+pub use training::{
+    EpochTiming, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, SyntheticStep, step_flops, time_epoch,
+    time_steps, time_to_first_step,
+};
+
+/// Median, fastest and slowest of repeated measurements, in seconds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Timing {
+    /// Median of the samples, in seconds.
+    pub median: f64,
+    /// Fastest sample.
+    pub min: f64,
+    /// Slowest sample.
+    pub max: f64,
+    /// Samples taken.
+    pub reps: usize,
+}
+
+impl Timing {
+    /// The summary of `samples` (seconds each).
+    pub fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => samples[n / 2],
+            _ => 0.5 * (samples[n / 2 - 1] + samples[n / 2]),
+        };
+        Self {
+            median,
+            min: samples.first().copied().unwrap_or(f64::NAN),
+            max: samples.last().copied().unwrap_or(f64::NAN),
+            reps: n,
+        }
+    }
+}
+
+/// How a benchmark waits for a backend's work and, where the device can say, reads the time the
+/// work took on the device itself.
+pub trait Clock: Compute {
+    /// Blocks until everything recorded so far has run.
+    fn finish(&self) -> Result<()>;
+
+    /// Runs `work`, waits for it, and returns its device time (the sum of its kernels' times),
+    /// or `None` where the device cannot time kernels.
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>>;
+
+    /// Copies `bytes` from one device buffer to another `reps` times (after one untimed copy)
+    /// and returns the wall seconds each took.
+    fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>>;
+}
+
+impl Clock for CpuBackend {
+    fn finish(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn device_seconds(&self, _work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        Ok(None)
+    }
+
+    fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
+        let source = vec![1.0f32; bytes / 4];
+        let mut target = vec![0.0f32; bytes / 4];
+        (0..=reps)
+            .map(|_| {
+                let started = Instant::now();
+                target.copy_from_slice(black_box(&source));
+                black_box(&mut target);
+                Ok(started.elapsed().as_secs_f64())
+            })
+            .skip(1)
+            .collect()
+    }
+}
+
+impl Clock for GpuBackend {
+    fn finish(&self) -> Result<()> {
+        self.wait()
+    }
+
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        if !self.has_timestamps() {
+            return Ok(None);
+        }
+        self.start_profiling()?;
+        let result = work();
+        let profile = self.finish_profiling()?;
+        result?;
+        Ok(Some(profile.device_seconds()))
+    }
+
+    fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
+        let len = bytes / 4;
+        let source = self.filled(len, 1.0)?;
+        let target = self.scratch(len)?;
+        let copy = || {
+            self.record(|encoder| {
+                encoder.copy_buffer_to_buffer(source.raw(), 0, target.raw(), 0, len as u64 * 4);
+                Ok(())
+            })?;
+            self.wait()
+        };
+        copy()?;
+        (0..reps)
+            .map(|_| {
+                let started = Instant::now();
+                copy()?;
+                Ok(started.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
+}
+
+/// Wall time of `work` followed by a wait, `reps` times after `warmup` untimed runs.
+fn wall_timing<B: Clock>(
+    backend: &B,
+    warmup: usize,
+    reps: usize,
+    work: &mut dyn FnMut() -> Result<()>,
+) -> Result<Timing> {
+    for _ in 0..warmup {
+        work()?;
+    }
+    backend.finish()?;
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let started = Instant::now();
+        work()?;
+        backend.finish()?;
+        samples.push(started.elapsed().as_secs_f64());
+    }
+    Ok(Timing::of(samples))
+}
+
+/// Device time of `work`, `reps` times, where the device can time kernels.
+fn device_timing<B: Clock>(
+    backend: &B,
+    reps: usize,
+    work: &mut dyn FnMut() -> Result<()>,
+) -> Result<Option<Timing>> {
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        match backend.device_seconds(work)? {
+            Some(seconds) => samples.push(seconds),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(Timing::of(samples)))
+}
+
+/// Copy bandwidth (bytes read plus bytes written per second) of `bytes`-sized device copies:
+/// the ceiling a kernel that streams memory can approach.
+pub fn copy_bandwidth<B: Clock>(backend: &B, bytes: usize, reps: usize) -> Result<f64> {
+    let samples = backend.copy_seconds(bytes, reps.max(1))?;
+    Ok(2.0 * bytes as f64 / Timing::of(samples).median)
+}

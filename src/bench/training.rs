@@ -1,0 +1,165 @@
+//! Training timed: one step on synthetic images, the first step of a fresh context, a whole
+//! epoch on MNIST, and the FLOP model of a step.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{Clock, Timing, wall_timing};
+use crate::Result;
+use crate::data::mnist::{CLASSES, Mnist, PIXELS};
+use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec};
+use crate::ops::data::{DeviceImages, IndexList};
+use crate::ops::loss::metric;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::train::{TrainConfig, Trainer, train_on_batch};
+
+/// One training step of an MLP on synthetic images: gather, forward, cross-entropy, backward
+/// and Adam, exactly as the trainer runs it (the speed does not depend on the pixel values).
+pub struct SyntheticStep<B: Compute> {
+    model: Mlp<B>,
+    optimizer: Optimizer<B>,
+    images: DeviceImages<B>,
+    index: IndexList<B>,
+    metrics: B::Buffer,
+    rows: usize,
+}
+
+/// Images held by a `SyntheticStep`; batches cycle through them.
+pub const SYNTHETIC_IMAGES: usize = 4096;
+
+impl<B: Compute> SyntheticStep<B> {
+    /// A model of `spec` on synthetic images, stepping through batches of `rows` (1 to `SYNTHETIC_IMAGES`).
+    pub fn new(backend: &B, spec: &ModelSpec, rows: usize) -> Result<Self> {
+        if !(1..=SYNTHETIC_IMAGES).contains(&rows) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a synthetic training step takes 1 to {SYNTHETIC_IMAGES} rows, got {rows}"
+            )));
+        }
+        let pixels: Vec<u8> = (0..SYNTHETIC_IMAGES * PIXELS)
+            .map(|i| (i * 7919 % 256) as u8)
+            .collect();
+        let labels: Vec<u8> = (0..SYNTHETIC_IMAGES).map(|i| (i % CLASSES) as u8).collect();
+        let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
+        let order: Vec<u32> = (0..SYNTHETIC_IMAGES as u32).collect();
+        Ok(Self {
+            model: Mlp::upload(backend, spec, &HostModel::initial(spec, Init::Keras, 0))?,
+            optimizer: Optimizer::new(backend, OptimizerConfig::adam(1e-3), &lens)?,
+            images: backend.upload_images(&pixels, PIXELS, &labels)?,
+            index: backend.upload_indices(&order)?,
+            metrics: backend.filled(metric::LEN, 0.0)?,
+            rows,
+        })
+    }
+
+    /// Records one step and submits it, without waiting.
+    pub fn run(&mut self, backend: &B) -> Result<()> {
+        let rows = self.rows;
+        let first = (self.optimizer.steps as usize * rows) % (SYNTHETIC_IMAGES - rows + 1);
+        let mut x = backend.scratch(rows * PIXELS)?;
+        let mut labels = backend.scratch(rows)?;
+        backend.gather(&self.images, &self.index, first, &mut x, &mut labels)?;
+        train_on_batch(
+            backend,
+            &mut self.model,
+            &mut self.optimizer,
+            0,
+            x,
+            &labels,
+            &mut self.metrics,
+        )
+    }
+
+    /// The loss and accuracy totals so far (waits for the device).
+    pub fn metrics(&self, backend: &B) -> Result<Vec<f32>> {
+        backend.download(&self.metrics)
+    }
+}
+
+/// Steps per timed sample of `time_steps`: the trainer does not wait between steps, so neither
+/// does the benchmark within a sample.
+pub const STEPS_PER_SAMPLE: usize = 5;
+
+/// Seconds per training step of `spec` at `batch` rows, as the median over `reps` samples of
+/// `STEPS_PER_SAMPLE` steps each, after `warmup` steps; wall time ending with a wait.
+pub fn time_steps<B: Clock>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    warmup: usize,
+    reps: usize,
+) -> Result<Timing> {
+    let mut step = SyntheticStep::new(backend, spec, batch)?;
+    let mut work = || {
+        for _ in 0..STEPS_PER_SAMPLE {
+            step.run(backend)?;
+        }
+        Ok(())
+    };
+    let timing = wall_timing(backend, warmup.div_ceil(STEPS_PER_SAMPLE), reps, &mut work)?;
+    let per_step = |t: f64| t / STEPS_PER_SAMPLE as f64;
+    Ok(Timing {
+        median: per_step(timing.median),
+        min: per_step(timing.min),
+        max: per_step(timing.max),
+        reps: timing.reps,
+    })
+}
+
+/// Seconds from nothing to a finished first training step: opening `backend` (the device, for
+/// a GPU), uploading the model and data, creating every pipeline the step uses, and the step.
+pub fn time_to_first_step<B: Clock>(
+    open: impl FnOnce() -> Result<B>,
+    spec: &ModelSpec,
+    batch: usize,
+) -> Result<f64> {
+    let started = Instant::now();
+    let backend = open()?;
+    let mut step = SyntheticStep::new(&backend, spec, batch)?;
+    step.run(&backend)?;
+    step.metrics(&backend)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// What one epoch of the reference experiment took.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EpochTiming {
+    /// Training steps and validation, as `wgnorm train` reports them.
+    pub seconds: f64,
+    /// Training steps in the epoch.
+    pub steps: usize,
+    /// Validation accuracy after it, if there was a validation set.
+    pub val_acc: Option<f64>,
+}
+
+/// Trains one epoch of `config` on `data`, from a fresh model.
+pub fn time_epoch<B: Compute>(
+    backend: &B,
+    config: TrainConfig,
+    data: &Mnist,
+) -> Result<EpochTiming> {
+    let mut trainer = Trainer::new(backend, config, data)?;
+    let steps = trainer.steps_per_epoch();
+    let record = trainer.train_epoch(&mut |_, _| Ok(()))?;
+    Ok(EpochTiming {
+        seconds: record.seconds,
+        steps,
+        val_acc: record.val_acc,
+    })
+}
+
+/// Multiply-adds ×2 of one training step of `spec` on `batch` rows: each Linear layer's forward
+/// (X·Wᵀ), its weight gradient (dYᵀ·X) and, except for the first, its input gradient (dY·W).
+pub fn step_flops(spec: &ModelSpec, batch: usize) -> f64 {
+    let mut widths = vec![spec.inputs];
+    widths.extend(&spec.hidden);
+    widths.push(spec.classes);
+    widths
+        .windows(2)
+        .enumerate()
+        .map(|(layer, pair)| {
+            let products = if layer == 0 { 2.0 } else { 3.0 };
+            products * 2.0 * (batch * pair[0] * pair[1]) as f64
+        })
+        .sum()
+}

@@ -1,0 +1,190 @@
+//! The two suites of `wgnorm bench`: the BatchNorm kernels on each shape and pass, and training
+//! steps (and optionally epochs) of each model and batch size, on every device asked for.
+
+use super::*;
+
+pub(super) fn kernels(
+    args: &BenchArgs,
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    report: &mut Report,
+) -> Result<()> {
+    println!();
+    println!("Copy bandwidth (bytes read + written per second, {COPY_BYTES} B buffers):");
+    let gpu_copy_bytes = gpu.map_or(COPY_BYTES, |g| {
+        COPY_BYTES.min(g.limits().max_buffer_size as usize / 2)
+    });
+    let ceilings = per_device(
+        gpu,
+        cpu,
+        |g| bench::copy_bandwidth(g, gpu_copy_bytes, args.reps),
+        |c| bench::copy_bandwidth(c, COPY_BYTES, args.reps),
+    )?;
+    for &(device, rate) in &ceilings {
+        println!("  {device} {:8.2} GB/s", rate / 1e9);
+        report.copy_bandwidth.push(CopyRow {
+            device,
+            bytes: if device == "gpu" {
+                gpu_copy_bytes
+            } else {
+                COPY_BYTES
+            },
+            bytes_per_second: rate,
+        });
+    }
+    println!();
+    println!(
+        "BatchNorm training step (median of {} after {} warm-up; GB/s from device time where \
+         measured, else wall; %copy = GB/s over the copy bandwidth)",
+        args.reps, args.warmup
+    );
+    for pass in BatchNormPass::ALL {
+        println!("  {:8} {}", pass.name(), pass.byte_model());
+        report.byte_models.push((pass, pass.byte_model()));
+    }
+    println!(
+        "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8} {:>6} {:>8}",
+        "shape", "pass", "dev", "wall ms", "(min – max)", "device ms", "GB/s", "%copy", "gpu/cpu"
+    );
+    for shape in &args.shapes {
+        for pass in BatchNormPass::ALL {
+            let bytes = pass.tensor_passes() * shape.shape.numel() * 4;
+            let (warmup, reps) = (args.warmup, args.reps);
+            let rows = per_device(
+                gpu,
+                cpu,
+                |g| bench::time_batchnorm(g, shape.shape, pass, warmup, reps),
+                |c| bench::time_batchnorm(c, shape.shape, pass, warmup, reps),
+            )?;
+            for &(device, timing) in &rows {
+                let seconds = timing.device.map_or(timing.wall.median, |d| d.median);
+                let rate = bytes as f64 / seconds;
+                let ceiling = ceilings.iter().find(|(d, _)| *d == device).map(|c| c.1);
+                let ratio = gpu_over_cpu(&rows, device, |t| t.wall.median);
+                println!(
+                    "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8.2} {:>6} {:>8}",
+                    shape.label,
+                    pass.name(),
+                    device,
+                    ms(timing.wall.median),
+                    format!("({} – {})", ms(timing.wall.min), ms(timing.wall.max)),
+                    timing.device.map_or("-".to_string(), |d| ms(d.median)),
+                    rate / 1e9,
+                    ceiling.map_or("-".to_string(), |c| format!("{:.0}%", 100.0 * rate / c)),
+                    ratio.map_or(String::new(), |r| format!("{r:.2}")),
+                );
+                report.kernels.push(KernelRow {
+                    shape: shape.label.clone(),
+                    pass,
+                    device,
+                    timing,
+                    bytes,
+                    bytes_per_second: rate,
+                    gpu_over_cpu: ratio,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) const MODELS: [(&str, bool); 2] = [("bn", true), ("nobn", false)];
+
+pub(super) fn train(
+    args: &BenchArgs,
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    report: &mut Report,
+) -> Result<()> {
+    println!();
+    println!(
+        "Training step of the reference MLP (784-128-10, Adam; gather, forward, loss, backward, \
+         update): median of {} samples of {STEPS_PER_SAMPLE} steps, wall time",
+        args.reps
+    );
+    println!(
+        "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10} {:>8} {:>8}",
+        "model", "batch", "dev", "ms/step", "(min – max)", "samples/s", "GFLOP/s", "gpu/cpu"
+    );
+    let (warmup, reps) = (args.warmup, args.reps);
+    for (model, batchnorm) in MODELS {
+        let spec = ModelSpec::reference_mlp(batchnorm);
+        for &batch in &args.batch_sizes {
+            let rows = per_device(
+                gpu,
+                cpu,
+                |g| bench::time_steps(g, &spec, batch, warmup, reps),
+                |c| bench::time_steps(c, &spec, batch, warmup, reps),
+            )?;
+            for &(device, timing) in &rows {
+                let row = StepRow {
+                    model,
+                    batch,
+                    device,
+                    seconds_per_step: timing,
+                    samples_per_second: batch as f64 / timing.median,
+                    flops_per_second: bench::step_flops(&spec, batch) / timing.median,
+                    gpu_over_cpu: gpu_over_cpu(&rows, device, |t| t.median),
+                };
+                println!(
+                    "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10.0} {:>8.2} {:>8}",
+                    model,
+                    batch,
+                    device,
+                    ms(timing.median),
+                    format!("({} – {})", ms(timing.min), ms(timing.max)),
+                    row.samples_per_second,
+                    row.flops_per_second / 1e9,
+                    row.gpu_over_cpu
+                        .map_or(String::new(), |r| format!("{r:.2}")),
+                );
+                report.train_steps.push(row);
+            }
+        }
+    }
+    println!();
+    let spec = ModelSpec::reference_mlp(true);
+    let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
+    let first_steps = per_device(
+        gpu,
+        cpu,
+        |_| bench::time_to_first_step(|| GpuBackend::new(&request), &spec, 32),
+        |_| bench::time_to_first_step(|| Ok(CpuBackend), &spec, 32),
+    )?;
+    for (device, seconds) in first_steps {
+        println!(
+            "time to the first bn step at batch 32, {device}: {} ms (from opening the backend to \
+             the finished step: upload, pipeline creation on a GPU, the step)",
+            ms(seconds)
+        );
+        report.first_step_seconds.push(OnceRow {
+            device,
+            result: seconds,
+        });
+    }
+    if args.no_epoch {
+        return Ok(());
+    }
+    let data = args.data.load()?;
+    let config = TrainConfig::reference(true, 32);
+    let epochs = per_device(
+        gpu,
+        cpu,
+        |g| bench::time_epoch(g, config.clone(), &data),
+        |c| bench::time_epoch(c, config.clone(), &data),
+    )?;
+    for (device, timing) in epochs {
+        println!(
+            "one epoch of the reference experiment (bn, batch 32, {} steps + validation), \
+             {device}: {:.2} s, validation accuracy {:.2}%",
+            timing.steps,
+            timing.seconds,
+            100.0 * timing.val_acc.unwrap_or(f64::NAN)
+        );
+        report.reference_epoch.push(OnceRow {
+            device,
+            result: timing,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Each layer's forward and backward side by side, with what the forward saves for the backward
+//! in a named struct.
+
+use super::Compute;
+use crate::backend::Backend;
+use crate::ops::activation::DropoutMask;
+use crate::ops::batchnorm::{
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
+};
+use crate::ops::matmul::MatrixLayout;
+use crate::{Dtype, Result};
+
+/// out = x·Wᵀ + b.
+pub struct Linear<B: Backend> {
+    /// [outputs, inputs], row-major as PyTorch stores it.
+    pub weight: B::Buffer,
+    /// One value per output.
+    pub bias: B::Buffer,
+    pub(super) inputs: usize,
+    pub(super) outputs: usize,
+}
+
+/// The input, for dW.
+pub struct LinearSaved<B: Backend> {
+    input: B::Buffer,
+}
+
+/// The gradients of a Linear layer's parameters.
+pub struct LinearGrads<B: Backend> {
+    /// dL/dW, [outputs, inputs].
+    pub weight: B::Buffer,
+    /// dL/db.
+    pub bias: B::Buffer,
+}
+
+impl<B: Compute> Linear<B> {
+    /// y = x·Wᵀ + b, stored as `output`.
+    pub(super) fn forward(
+        &self,
+        backend: &B,
+        x: B::Buffer,
+        rows: usize,
+        output: Dtype,
+    ) -> Result<(B::Buffer, LinearSaved<B>)> {
+        let mut y = backend.scratch_as(rows * self.outputs, output)?;
+        backend.matmul(
+            &x,
+            MatrixLayout::row_major(rows, self.inputs),
+            &self.weight,
+            MatrixLayout::row_major(self.outputs, self.inputs).transposed(),
+            Some(&self.bias),
+            &mut y,
+        )?;
+        Ok((y, LinearSaved { input: x }))
+    }
+
+    /// dW = dyᵀ·x, db = 1ᵀ·dy (the product with a row of ones sums the columns), and
+    /// dx = dy·W unless the input is the data.
+    pub(super) fn backward(
+        &self,
+        backend: &B,
+        saved: LinearSaved<B>,
+        dy: &B::Buffer,
+        rows: usize,
+        ones: &B::Buffer,
+        want_dx: bool,
+    ) -> Result<(LinearGrads<B>, Option<B::Buffer>)> {
+        let dy_layout = MatrixLayout::row_major(rows, self.outputs);
+        let mut grads = LinearGrads {
+            weight: backend.scratch(self.outputs * self.inputs)?,
+            bias: backend.scratch(self.outputs)?,
+        };
+        backend.matmul(
+            dy,
+            dy_layout.transposed(),
+            &saved.input,
+            MatrixLayout::row_major(rows, self.inputs),
+            None,
+            &mut grads.weight,
+        )?;
+        backend.matmul(
+            ones,
+            MatrixLayout::row_major(1, rows),
+            dy,
+            dy_layout,
+            None,
+            &mut grads.bias,
+        )?;
+        if !want_dx {
+            return Ok((grads, None));
+        }
+        let mut dx = backend.scratch(rows * self.inputs)?;
+        backend.matmul(
+            dy,
+            dy_layout,
+            &self.weight,
+            MatrixLayout::row_major(self.outputs, self.inputs),
+            None,
+            &mut dx,
+        )?;
+        Ok((grads, Some(dx)))
+    }
+}
+
+/// BatchNorm over the features of (rows, features) activations.
+pub struct BatchNorm<B: Backend> {
+    /// Its γ and β.
+    pub affine: Affine<B>,
+    /// Running mean and variance.
+    pub running: RunningStats<B>,
+    /// Training forwards so far (`num_batches_tracked` in PyTorch).
+    pub batches_tracked: u64,
+    pub(super) features: usize,
+    pub(super) config: BatchNormConfig,
+}
+
+/// The input and the batch statistics it was normalized with.
+pub struct BatchNormSaved<B: Backend> {
+    input: B::Buffer,
+    stats: B::Buffer,
+}
+
+impl<B: Compute> BatchNorm<B> {
+    fn shape(&self, rows: usize) -> BatchNormShape {
+        BatchNormShape {
+            n: rows,
+            c: self.features,
+            s: 1,
+        }
+    }
+
+    pub(super) fn forward(
+        &mut self,
+        backend: &B,
+        mode: Mode,
+        x: B::Buffer,
+        rows: usize,
+    ) -> Result<(B::Buffer, BatchNormSaved<B>)> {
+        let shape = self.shape(rows);
+        let mut out = BatchNormForward {
+            y: backend.scratch_as(shape.numel(), backend.dtype_of(&x))?,
+            stats: backend.scratch(shape.stats_len())?,
+        };
+        backend.batchnorm_forward(
+            mode,
+            &x,
+            shape,
+            &self.affine,
+            &mut self.running,
+            self.config,
+            &mut out,
+        )?;
+        if mode == Mode::Train {
+            self.batches_tracked += 1;
+        }
+        let saved = BatchNormSaved {
+            input: x,
+            stats: out.stats,
+        };
+        Ok((out.y, saved))
+    }
+
+    pub(super) fn backward(
+        &self,
+        backend: &B,
+        saved: BatchNormSaved<B>,
+        dy: &B::Buffer,
+        rows: usize,
+    ) -> Result<BatchNormGrads<B>> {
+        let shape = self.shape(rows);
+        let mut grads = BatchNormGrads {
+            dx: backend.scratch(shape.numel())?,
+            dgamma: backend.scratch(shape.c)?,
+            dbeta: backend.scratch(shape.c)?,
+        };
+        backend.batchnorm_backward(
+            &saved.input,
+            dy,
+            shape,
+            &self.affine.gamma,
+            &saved.stats,
+            &mut grads,
+        )?;
+        Ok(grads)
+    }
+}
+
+/// The input, whose sign gates dy.
+pub struct ReluSaved<B: Backend> {
+    input: B::Buffer,
+}
+
+pub(super) fn relu_forward<B: Compute>(
+    backend: &B,
+    x: B::Buffer,
+) -> Result<(B::Buffer, ReluSaved<B>)> {
+    let mut y = backend.scratch_as(backend.len_of(&x), backend.dtype_of(&x))?;
+    backend.relu_forward(&x, &mut y)?;
+    Ok((y, ReluSaved { input: x }))
+}
+
+pub(super) fn relu_backward<B: Compute>(
+    backend: &B,
+    saved: ReluSaved<B>,
+    dy: &B::Buffer,
+) -> Result<B::Buffer> {
+    let mut dx = backend.scratch(backend.len_of(dy))?;
+    backend.relu_backward(&saved.input, dy, &mut dx)?;
+    Ok(dx)
+}
+
+/// The mask's key (the mask itself is recomputed); `None` where dropout was the identity.
+pub struct DropoutSaved {
+    mask: Option<DropoutMask>,
+}
+
+pub(super) fn dropout_forward<B: Compute>(
+    backend: &B,
+    mask: Option<DropoutMask>,
+    x: B::Buffer,
+) -> Result<(B::Buffer, DropoutSaved)> {
+    let Some(mask) = mask else {
+        return Ok((x, DropoutSaved { mask: None }));
+    };
+    let mut y = backend.scratch_as(backend.len_of(&x), backend.dtype_of(&x))?;
+    backend.dropout_forward(&mask, &x, &mut y)?;
+    Ok((y, DropoutSaved { mask: Some(mask) }))
+}
+
+pub(super) fn dropout_backward<B: Compute>(
+    backend: &B,
+    saved: DropoutSaved,
+    dy: B::Buffer,
+) -> Result<B::Buffer> {
+    let Some(mask) = saved.mask else {
+        return Ok(dy);
+    };
+    let mut dx = backend.scratch(backend.len_of(&dy))?;
+    backend.dropout_backward(&mask, &dy, &mut dx)?;
+    Ok(dx)
+}

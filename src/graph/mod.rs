@@ -1,0 +1,331 @@
+//! The MLP as a sequence of layers, each with its forward and backward side by side and the
+//! state its backward needs saved in a named struct (`layers.rs`). Layer positions are those
+//! of the equivalent `torch.nn.Sequential`, so parameter names match PyTorch's `state_dict`;
+//! `spec.rs` describes the architecture and holds a model's tensors on the host.
+
+mod layers;
+mod spec;
+
+pub use layers::{
+    BatchNorm, BatchNormSaved, DropoutSaved, Linear, LinearGrads, LinearSaved, ReluSaved,
+};
+pub use spec::{HostModel, HostRunning, Init, LayerSpec, ModelSpec, ParamSpec};
+
+use crate::backend::Backend;
+pub use crate::ops::Compute;
+use crate::ops::activation::DropoutMask;
+use crate::ops::batchnorm::{Affine, Mode, RunningStats};
+use crate::{Dtype, Error, Result};
+use layers::{dropout_backward, dropout_forward, relu_backward, relu_forward};
+
+/// One layer with its parameters on a backend.
+pub enum Layer<B: Backend> {
+    /// y = x·Wᵀ + b.
+    Linear(Linear<B>),
+    /// BatchNorm over the features.
+    BatchNorm(BatchNorm<B>),
+    /// y = max(x, 0).
+    Relu,
+    /// Inverted dropout in training, the identity in eval mode.
+    Dropout {
+        /// Probability of dropping each value.
+        p: f32,
+    },
+}
+
+enum Saved<B: Backend> {
+    Linear(LinearSaved<B>),
+    BatchNorm(BatchNormSaved<B>),
+    Relu(ReluSaved<B>),
+    Dropout(DropoutSaved),
+}
+
+/// What a forward pass leaves for its backward: each layer's saved state, in layer order, and
+/// the mode it ran in (only a training forward saves what backward needs).
+pub struct Tape<B: Backend> {
+    mode: Mode,
+    rows: usize,
+    saved: Vec<Saved<B>>,
+}
+
+/// Which dropout masks a training forward draws: keyed by the run's seed and the global step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepKey {
+    /// The run's seed.
+    pub seed: u64,
+    /// The global training step.
+    pub step: u64,
+}
+
+/// Refuses an activation storage type the backend cannot hold.
+pub(crate) fn check_activations<B: Backend>(backend: &B, dtype: Dtype) -> Result<()> {
+    if backend.supports(dtype) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{} cannot store {dtype:?} activations",
+        backend.describe()
+    )))
+}
+
+/// The MLP on one backend.
+pub struct Mlp<B: Backend> {
+    /// The architecture.
+    pub spec: ModelSpec,
+    /// The layers in `Sequential` order.
+    pub layers: Vec<Layer<B>>,
+    /// How hidden activations are stored between layers (f16 needs `Backend::supports`). The
+    /// input, the logits, every gradient, the parameters and all arithmetic stay f32.
+    pub activations: Dtype,
+    /// A row of ones at least as long as the largest batch seen, for bias gradients.
+    ones: B::Buffer,
+}
+
+impl<B: Compute> Mlp<B> {
+    /// Uploads `host` (checked against `spec`) to the backend.
+    pub fn upload(backend: &B, spec: &ModelSpec, host: &HostModel) -> Result<Self> {
+        Self::upload_with_weights(backend, spec, host, Dtype::F32)
+    }
+
+    /// For inference in half precision: the Linear weights stored as `dtype` (each rounded
+    /// once) and the activations too; biases, BatchNorm's parameters and statistics and all
+    /// arithmetic stay f32. A model with f16 weights cannot be trained (the optimizer kernels
+    /// take f32 only and refuse it).
+    pub fn upload_for_inference(
+        backend: &B,
+        spec: &ModelSpec,
+        host: &HostModel,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        let mut model = Self::upload_with_weights(backend, spec, host, dtype)?;
+        model.activations = dtype;
+        Ok(model)
+    }
+
+    fn upload_with_weights(
+        backend: &B,
+        spec: &ModelSpec,
+        host: &HostModel,
+        weights: Dtype,
+    ) -> Result<Self> {
+        spec.validate()?;
+        host.check(spec)?;
+        let mut params = host.params.iter();
+        let mut running = host.running.iter();
+        let mut next_param = |dtype: Dtype| -> Result<B::Buffer> {
+            let values = params
+                .next()
+                .ok_or_else(|| Error::Shape("model is missing a parameter".to_string()))?;
+            backend.upload_as(values, dtype)
+        };
+        let mut layers = Vec::new();
+        for layer in spec.layers() {
+            layers.push(match layer {
+                LayerSpec::Linear { inputs, outputs } => Layer::Linear(Linear {
+                    weight: next_param(weights)?,
+                    bias: next_param(Dtype::F32)?,
+                    inputs,
+                    outputs,
+                }),
+                LayerSpec::BatchNorm { features } => {
+                    let affine = Affine {
+                        gamma: next_param(Dtype::F32)?,
+                        beta: next_param(Dtype::F32)?,
+                    };
+                    let stats = running.next().ok_or_else(|| {
+                        Error::Shape("model is missing running statistics".to_string())
+                    })?;
+                    Layer::BatchNorm(BatchNorm {
+                        affine,
+                        running: RunningStats {
+                            mean: backend.upload(&stats.mean)?,
+                            var: backend.upload(&stats.var)?,
+                        },
+                        batches_tracked: stats.batches_tracked,
+                        features,
+                        config: spec.batchnorm_config,
+                    })
+                }
+                LayerSpec::Relu => Layer::Relu,
+                LayerSpec::Dropout { p } => Layer::Dropout { p },
+            });
+        }
+        Ok(Self {
+            spec: spec.clone(),
+            layers,
+            activations: Dtype::F32,
+            ones: backend.filled(1, 1.0)?,
+        })
+    }
+
+    /// Copies every tensor of the `state_dict` back to the host.
+    pub fn download(&self, backend: &B) -> Result<HostModel> {
+        self.host_model(backend.download_many(&self.tensors())?)
+    }
+
+    /// Every tensor of the `state_dict` on the device: the parameters in `ModelSpec::params`
+    /// order, then each BatchNorm layer's running mean and variance, so that one
+    /// `download_many` reads them all.
+    pub fn tensors(&self) -> Vec<&B::Buffer> {
+        let mut tensors = Vec::new();
+        let mut running = Vec::new();
+        for layer in &self.layers {
+            match layer {
+                Layer::Linear(linear) => tensors.extend([&linear.weight, &linear.bias]),
+                Layer::BatchNorm(bn) => {
+                    tensors.extend([&bn.affine.gamma, &bn.affine.beta]);
+                    running.extend([&bn.running.mean, &bn.running.var]);
+                }
+                Layer::Relu | Layer::Dropout { .. } => {}
+            }
+        }
+        tensors.extend(running);
+        tensors
+    }
+
+    /// The host model from the values of `tensors`, in that order.
+    pub fn host_model(&self, values: Vec<Vec<f32>>) -> Result<HostModel> {
+        let params = self.spec.params().len();
+        let batchnorms: Vec<u64> = (self.layers.iter())
+            .filter_map(|layer| match layer {
+                Layer::BatchNorm(bn) => Some(bn.batches_tracked),
+                _ => None,
+            })
+            .collect();
+        if values.len() != params + 2 * batchnorms.len() {
+            return Err(Error::Shape(format!(
+                "{} tensors for a model of {params} parameters and {} BatchNorm layers",
+                values.len(),
+                batchnorms.len()
+            )));
+        }
+        let mut values = values.into_iter();
+        let params = values.by_ref().take(params).collect();
+        let running = batchnorms
+            .into_iter()
+            .map(|batches_tracked| HostRunning {
+                mean: values.next().unwrap_or_default(),
+                var: values.next().unwrap_or_default(),
+                batches_tracked,
+            })
+            .collect();
+        Ok(HostModel { params, running })
+    }
+
+    /// The parameters, in `ModelSpec::params` order, for the optimizer to update.
+    pub fn params_mut(&mut self) -> Vec<&mut B::Buffer> {
+        let mut params = Vec::new();
+        for layer in &mut self.layers {
+            match layer {
+                Layer::Linear(linear) => {
+                    params.push(&mut linear.weight);
+                    params.push(&mut linear.bias);
+                }
+                Layer::BatchNorm(bn) => {
+                    params.push(&mut bn.affine.gamma);
+                    params.push(&mut bn.affine.beta);
+                }
+                Layer::Relu | Layer::Dropout { .. } => {}
+            }
+        }
+        params
+    }
+
+    /// Logits of `x` (rows × inputs, consumed). `Mode::Train` uses batch statistics, updates
+    /// the running ones and draws dropout masks from `key`; `Mode::Eval` changes nothing.
+    pub fn forward(
+        &mut self,
+        backend: &B,
+        mode: Mode,
+        x: B::Buffer,
+        rows: usize,
+        key: StepKey,
+    ) -> Result<(B::Buffer, Tape<B>)> {
+        check_activations(backend, self.activations)?;
+        let mut saved = Vec::with_capacity(self.layers.len());
+        let mut h = x;
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter_mut().enumerate() {
+            let (out, state) = match layer {
+                Layer::Linear(linear) => {
+                    let output = if index == last {
+                        Dtype::F32
+                    } else {
+                        self.activations
+                    };
+                    let (y, s) = linear.forward(backend, h, rows, output)?;
+                    (y, Saved::Linear(s))
+                }
+                Layer::BatchNorm(bn) => {
+                    let (y, s) = bn.forward(backend, mode, h, rows)?;
+                    (y, Saved::BatchNorm(s))
+                }
+                Layer::Relu => {
+                    let (y, s) = relu_forward(backend, h)?;
+                    (y, Saved::Relu(s))
+                }
+                Layer::Dropout { p } => {
+                    let mask = (mode == Mode::Train && *p > 0.0)
+                        .then(|| DropoutMask::new(*p, key.seed, index as u32, key.step));
+                    let (y, s) = dropout_forward(backend, mask, h)?;
+                    (y, Saved::Dropout(s))
+                }
+            };
+            h = out;
+            saved.push(state);
+        }
+        Ok((h, Tape { mode, rows, saved }))
+    }
+
+    /// Gradients of every parameter, in `ModelSpec::params` order, from a training forward's
+    /// tape and the loss gradient with respect to the logits.
+    pub fn backward(
+        &mut self,
+        backend: &B,
+        tape: Tape<B>,
+        dlogits: B::Buffer,
+    ) -> Result<Vec<B::Buffer>> {
+        if tape.mode != Mode::Train {
+            return Err(Error::InvalidArgument(
+                "backward needs the tape of a training-mode forward; this one ran in eval mode, \
+                 which saves running statistics and no dropout mask"
+                    .to_string(),
+            ));
+        }
+        let rows = tape.rows;
+        if backend.len_of(&self.ones) < rows {
+            self.ones = backend.filled(rows, 1.0)?;
+        }
+        let mut grads_reversed = Vec::new();
+        let mut dy = dlogits;
+        for (index, (layer, saved)) in self.layers.iter().zip(tape.saved).enumerate().rev() {
+            dy = match (layer, saved) {
+                (Layer::Linear(linear), Saved::Linear(s)) => {
+                    let (grads, dx) =
+                        linear.backward(backend, s, &dy, rows, &self.ones, index > 0)?;
+                    grads_reversed.push(grads.bias);
+                    grads_reversed.push(grads.weight);
+                    match dx {
+                        Some(dx) => dx,
+                        None => break,
+                    }
+                }
+                (Layer::BatchNorm(bn), Saved::BatchNorm(s)) => {
+                    let grads = bn.backward(backend, s, &dy, rows)?;
+                    grads_reversed.push(grads.dbeta);
+                    grads_reversed.push(grads.dgamma);
+                    grads.dx
+                }
+                (Layer::Relu, Saved::Relu(s)) => relu_backward(backend, s, &dy)?,
+                (Layer::Dropout { .. }, Saved::Dropout(s)) => dropout_backward(backend, s, dy)?,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "the tape does not match layer {index}"
+                    )));
+                }
+            };
+        }
+        grads_reversed.reverse();
+        Ok(grads_reversed)
+    }
+}

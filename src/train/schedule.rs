@@ -1,0 +1,53 @@
+//! Which images each step sees: the validation cut, each epoch's shuffle, the batches.
+
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::TrainConfig;
+use crate::{Error, Result};
+
+/// Where the training images are cut: Keras' `int(n·(1 − validation_split))`.
+pub fn split_point(images: usize, val_split: f64) -> usize {
+    (images as f64 * (1.0 - val_split)) as usize
+}
+
+const SHUFFLE_STREAM: u64 = 0x7368_7566_666c_6500;
+
+/// The order in which epoch `epoch` (0-based) visits the first `rows` training images: a
+/// function of (seed, epoch) alone, so a resumed run shuffles as an uninterrupted one.
+pub fn epoch_order(seed: u64, epoch: usize, rows: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    let mut rng =
+        StdRng::seed_from_u64(crate::seed::derive_seed(seed, SHUFFLE_STREAM, epoch as u64));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// (first, rows) of each step's batch. The last partial batch is kept (Keras), or dropped with
+/// `drop_last` (PyTorch's `DataLoader(drop_last=True)`).
+pub fn batches(rows: usize, batch_size: usize, drop_last: bool) -> Vec<(usize, usize)> {
+    (0..rows)
+        .step_by(batch_size.max(1))
+        .map(|first| (first, batch_size.min(rows - first)))
+        .filter(|&(_, len)| !(drop_last && len < batch_size))
+        .collect()
+}
+
+/// Refuses a batch size the training set cannot fill, and a last batch of one row with
+/// BatchNorm (its batch statistics need two values per channel).
+pub(super) fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<()> {
+    let batch = config.batch_size;
+    if batch > train_rows {
+        return Err(Error::InvalidArgument(format!(
+            "batch size {batch} exceeds the {train_rows} training images"
+        )));
+    }
+    if config.spec.batchnorm && !config.drop_last && train_rows % batch == 1 {
+        return Err(Error::InvalidArgument(format!(
+            "the last batch of each epoch would hold 1 image ({train_rows} training images at \
+             batch size {batch}), and BatchNorm cannot normalize a batch of one; choose another \
+             --batch-size or pass --drop-last"
+        )));
+    }
+    Ok(())
+}
