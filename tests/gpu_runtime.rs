@@ -137,3 +137,51 @@ fn threads_sharing_a_backend_get_their_own_results() {
         }
     });
 }
+
+/// Once the first steps have run, a training step creates nothing on the device: every
+/// dispatch finds its bind group and writes its parameters into that group's uniform buffer.
+#[test]
+fn a_steady_state_training_step_creates_no_buffer_and_no_bind_group() {
+    use wgnorm::graph::{Init, ModelSpec};
+    use wgnorm::model::Classifier;
+    use wgnorm::optim::OptimizerConfig;
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: the shared one counts the work of the tests running beside this.
+    let gpu = &GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    let spec = ModelSpec {
+        inputs: 12,
+        hidden: vec![16],
+        classes: 4,
+        ..ModelSpec::reference_mlp(true)
+    };
+    let mut model =
+        Classifier::new(gpu, &spec, OptimizerConfig::adam(1e-3), Init::Keras, 1).unwrap();
+    let x: Vec<f32> = (0..8 * 12).map(|i| (i % 7) as f32 / 7.0).collect();
+    let labels: Vec<u32> = (0..8).map(|i| i % 4).collect();
+    let step = |model: &mut Classifier<_>| model.train_batch_slices(gpu, &x, &labels).unwrap();
+    // The pool settles on the same buffers for the same roles within a few steps.
+    for _ in 0..8 {
+        step(&mut model);
+    }
+    gpu.wait().unwrap();
+    let before = gpu.counters();
+    for _ in 0..5 {
+        step(&mut model);
+    }
+    gpu.wait().unwrap();
+    let after = gpu.counters();
+    eprintln!("5 steady-state steps: {before:?} -> {after:?}");
+    assert!(
+        after.dispatches > before.dispatches,
+        "the steps dispatched nothing"
+    );
+    assert_eq!(after.bind_groups, before.bind_groups, "bind groups created");
+    assert_eq!(after.buffers, before.buffers, "buffers created");
+    assert_eq!(
+        after.submissions - before.submissions,
+        5,
+        "one submission per step"
+    );
+}

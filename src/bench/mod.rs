@@ -17,8 +17,8 @@ mod training;
 
 pub use kernels::{BatchNormPass, BatchNormStep, KernelTiming, time_batchnorm};
 pub use training::{
-    EpochTiming, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, SyntheticStep, step_flops, time_epoch,
-    time_steps, time_to_first_step,
+    EpochTiming, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, StepObjects, StepTiming, SyntheticStep,
+    step_flops, time_epoch, time_steps, time_to_first_step,
 };
 
 /// Median, fastest and slowest of repeated measurements, in seconds.
@@ -66,6 +66,11 @@ pub trait Clock: Compute {
     /// Copies `bytes` from one device buffer to another `reps` times (after one untimed copy)
     /// and returns the wall seconds each took.
     fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>>;
+
+    /// What the device has created and done so far, where it keeps count (the GPU).
+    fn counters(&self) -> Option<crate::gpu::GpuCounters> {
+        None
+    }
 }
 
 impl Clock for CpuBackend {
@@ -95,6 +100,10 @@ impl Clock for CpuBackend {
 impl Clock for GpuBackend {
     fn finish(&self) -> Result<()> {
         self.wait()
+    }
+
+    fn counters(&self) -> Option<crate::gpu::GpuCounters> {
+        Some(GpuBackend::counters(self))
     }
 
     fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {

@@ -88,7 +88,7 @@ pub fn time_steps<B: Clock>(
     batch: usize,
     warmup: usize,
     reps: usize,
-) -> Result<Timing> {
+) -> Result<StepTiming> {
     let mut step = SyntheticStep::new(backend, spec, batch)?;
     let mut work = || {
         for _ in 0..STEPS_PER_SAMPLE {
@@ -98,12 +98,51 @@ pub fn time_steps<B: Clock>(
     };
     let timing = wall_timing(backend, warmup.div_ceil(STEPS_PER_SAMPLE), reps, &mut work)?;
     let per_step = |t: f64| t / STEPS_PER_SAMPLE as f64;
-    Ok(Timing {
-        median: per_step(timing.median),
-        min: per_step(timing.min),
-        max: per_step(timing.max),
-        reps: timing.reps,
+    // One more sample, counted: the warm-up and the timed samples have settled the pool.
+    let last_sample = match backend.counters() {
+        Some(start) => {
+            work()?;
+            backend.finish()?;
+            backend.counters().map(|end| (start, end))
+        }
+        None => None,
+    };
+    Ok(StepTiming {
+        seconds: Timing {
+            median: per_step(timing.median),
+            min: per_step(timing.min),
+            max: per_step(timing.max),
+            reps: timing.reps,
+        },
+        objects: last_sample.map(|(start, end)| StepObjects {
+            dispatches: (end.dispatches - start.dispatches) as f64 / STEPS_PER_SAMPLE as f64,
+            submissions: (end.submissions - start.submissions) as f64 / STEPS_PER_SAMPLE as f64,
+            bind_groups: (end.bind_groups - start.bind_groups) as f64 / STEPS_PER_SAMPLE as f64,
+            buffers: (end.buffers - start.buffers) as f64 / STEPS_PER_SAMPLE as f64,
+        }),
     })
+}
+
+/// A training step's wall time, and what each step dispatched and created once timed.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct StepTiming {
+    /// Wall seconds per step.
+    pub seconds: Timing,
+    /// Per step, after warm-up, where the device counts (the GPU).
+    pub objects: Option<StepObjects>,
+}
+
+/// Device work and objects per training step.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct StepObjects {
+    /// Compute dispatches.
+    pub dispatches: f64,
+    /// Queue submissions.
+    pub submissions: f64,
+    /// Bind groups created.
+    pub bind_groups: f64,
+    /// Device buffers created.
+    pub buffers: f64,
 }
 
 /// Seconds from nothing to a finished first training step: opening `backend` (the device, for

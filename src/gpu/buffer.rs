@@ -3,8 +3,12 @@
 //! A dropped buffer is not reused at once: work recorded but not yet submitted may still read
 //! it, and `Queue::write_buffer` runs before that work at the next submit. So released buffers
 //! wait in quarantine and become reusable when the next submission is made.
+//!
+//! A request takes the oldest free buffer that fits, not the last one freed: a training step
+//! then gets the same buffers for the same roles step after step, so the bind groups that
+//! bind them can be kept (`bindings.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{Dtype, Error, Result};
@@ -13,7 +17,9 @@ type PoolKey = (u64, wgpu::BufferUsages);
 
 pub(crate) struct BufferPool {
     device: wgpu::Device,
-    free: Mutex<HashMap<PoolKey, Vec<wgpu::Buffer>>>,
+    /// Free buffers by creation serial, per size and usage.
+    free: Mutex<HashMap<PoolKey, BTreeMap<u64, wgpu::Buffer>>>,
+    serials: Mutex<HashMap<wgpu::Buffer, u64>>,
     quarantine: Mutex<Vec<wgpu::Buffer>>,
     max_buffer_size: u64,
     /// Buffers created so far. The pool destroys none, so in a steady state this stops growing.
@@ -33,6 +39,7 @@ impl BufferPool {
         Self {
             device,
             free: Mutex::default(),
+            serials: Mutex::default(),
             quarantine: Mutex::default(),
             max_buffer_size,
             created: Default::default(),
@@ -44,7 +51,8 @@ impl BufferPool {
         let size = granular(bytes);
         let reused = lock(&self.free)
             .get_mut(&(size, usage))
-            .and_then(|list| list.pop());
+            .and_then(|free| free.pop_first())
+            .map(|(_, buffer)| buffer);
         match reused {
             Some(buffer) => Ok(buffer),
             None => self.create(bytes, usage),
@@ -72,8 +80,10 @@ impl BufferPool {
                 "could not allocate {size} bytes: {error}"
             )));
         }
-        self.created
+        let serial = self
+            .created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.serials).insert(buffer.clone(), serial as u64);
         Ok(buffer)
     }
 
@@ -89,11 +99,13 @@ impl BufferPool {
 
     /// Makes buffers reusable once the submission that last used them has been made.
     pub(crate) fn reuse(&self, released: Vec<wgpu::Buffer>) {
+        let serials = lock(&self.serials);
         let mut free = lock(&self.free);
         for buffer in released {
+            let serial = serials.get(&buffer).copied().unwrap_or(u64::MAX);
             free.entry((buffer.size(), buffer.usage()))
                 .or_default()
-                .push(buffer);
+                .insert(serial, buffer);
         }
     }
 
@@ -104,7 +116,7 @@ impl BufferPool {
 
     /// Buffers alive in the pool (free or quarantined), for leak checks.
     pub(crate) fn pooled_count(&self) -> usize {
-        lock(&self.free).values().map(Vec::len).sum::<usize>() + lock(&self.quarantine).len()
+        lock(&self.free).values().map(BTreeMap::len).sum::<usize>() + lock(&self.quarantine).len()
     }
 }
 
@@ -150,6 +162,11 @@ impl GpuBuffer {
     /// Whether it holds no values.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether the pool owns it (and will never destroy it).
+    pub(crate) fn is_pooled(&self) -> bool {
+        self.pool.is_some()
     }
 
     /// How the values are stored.

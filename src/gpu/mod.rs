@@ -5,6 +5,7 @@
 //! (`recording.rs`). wgpu errors and device loss are caught and returned as `Error`s instead of
 //! panicking (`faults.rs`).
 
+mod bindings;
 mod buffer;
 pub mod device;
 mod faults;
@@ -19,6 +20,7 @@ mod tuning;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+pub use bindings::GpuCounters;
 pub use buffer::GpuBuffer;
 pub use device::{AdapterRequest, AdapterSummary};
 // The kernel plumbing is public for the shader tests, not an API.
@@ -50,6 +52,7 @@ struct Shared {
     pipelines: PipelineCache,
     pool: Arc<BufferPool>,
     pending: recording::EncoderSlot,
+    bind_groups: bindings::BindGroupCache,
     faults: faults::SharedFaults,
     tuning: Tuning,
     matmul_schedule: Mutex<MatmulSchedule>,
@@ -133,6 +136,7 @@ impl GpuBackend {
                 device,
                 queue,
                 pending: Mutex::new(None),
+                bind_groups: Default::default(),
                 faults: Arc::default(),
                 tuning: Tuning::for_device(summary.device_type),
                 matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
@@ -350,7 +354,7 @@ impl Backend for GpuBackend {
     }
 
     fn device_buffers(&self) -> Option<usize> {
-        Some(self.shared.pool.created_count())
+        Some(self.counters().buffers as usize)
     }
 
     fn dtype_of(&self, buffer: &GpuBuffer) -> Dtype {

@@ -7,10 +7,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::buffer::words_bytes;
 use super::kernels::{Binding, Kernel, Storage};
 use super::pipeline::Constants;
-use super::{GpuBackend, UNIFORM, WORKGROUP, lock};
+use super::{GpuBackend, WORKGROUP, lock};
 use crate::{Error, Result};
 
 /// An encoder that ops record into until it is submitted.
@@ -77,6 +76,7 @@ impl GpuBackend {
         if let Some(encoder) = pending.take() {
             let released = self.shared.pool.take_released();
             self.shared.queue.submit([encoder.finish()]);
+            (self.shared.bind_groups.submissions).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.shared.pool.reuse(released);
             if self
                 .shared
@@ -123,33 +123,9 @@ impl GpuBackend {
         }
         let storage = Storage::of(kernel, bindings)?;
         let pipeline = self.shared.pipelines.get(kernel, storage, constants)?;
-        let bytes = bytemuck::bytes_of(params);
-        let uniform = self.alloc(bytes.len().div_ceil(4), UNIFORM)?;
-        self.shared.queue.write_buffer(uniform.raw(), 0, bytes);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: uniform.raw(),
-                offset: 0,
-                size: wgpu::BufferSize::new(bytes.len() as u64),
-            }),
-        }];
-        entries.extend(bindings.iter().map(|b| wgpu::BindGroupEntry {
-            binding: b.slot as u32,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: b.buffer.raw(),
-                offset: (b.offset * b.buffer.dtype().size()) as u64,
-                size: wgpu::BufferSize::new(words_bytes(b.len.max(1), b.buffer.dtype())),
-            }),
-        }));
-        let bind_group = self
-            .shared
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(kernel.entry_point()),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+        // The uniform, when the group does not own one, lives until the dispatch is recorded.
+        let (bind_group, _uniform) =
+            self.bind_group(kernel, &pipeline, bytemuck::bytes_of(params), bindings)?;
         let mut profile = lock(&self.shared.profile);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(kernel.entry_point()),

@@ -137,6 +137,8 @@ struct StepRow {
     batch: usize,
     device: &'static str,
     seconds_per_step: Timing,
+    /// Per step once warm (GPU): dispatches, submissions, bind groups and buffers created.
+    objects: Option<bench::StepObjects>,
     samples_per_second: f64,
     flops_per_second: f64,
     gpu_over_cpu: Option<f64>,

@@ -116,15 +116,17 @@ pub(super) fn train(
                 |g| bench::time_steps(g, &spec, batch, warmup, reps),
                 |c| bench::time_steps(c, &spec, batch, warmup, reps),
             )?;
-            for &(device, timing) in &rows {
+            for &(device, step_timing) in &rows {
+                let timing = step_timing.seconds;
                 let row = StepRow {
                     model,
                     batch,
                     device,
                     seconds_per_step: timing,
+                    objects: step_timing.objects,
                     samples_per_second: batch as f64 / timing.median,
                     flops_per_second: bench::step_flops(&spec, batch) / timing.median,
-                    gpu_over_cpu: gpu_over_cpu(&rows, device, |t| t.median),
+                    gpu_over_cpu: gpu_over_cpu(&rows, device, |t| t.seconds.median),
                 };
                 println!(
                     "{:>5} {:>6} {:>4} {:>9} {:>21} {:>10.0} {:>8.2} {:>8}",
