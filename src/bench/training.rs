@@ -101,9 +101,11 @@ pub fn time_steps<B: Clock>(
     // One more sample, counted: the warm-up and the timed samples have settled the pool.
     let last_sample = match backend.counters() {
         Some(start) => {
+            let started = Instant::now();
             work()?;
+            let host = started.elapsed().as_secs_f64();
             backend.finish()?;
-            backend.counters().map(|end| (start, end))
+            backend.counters().map(|end| (start, end, host))
         }
         None => None,
     };
@@ -114,7 +116,8 @@ pub fn time_steps<B: Clock>(
             max: per_step(timing.max),
             reps: timing.reps,
         },
-        objects: last_sample.map(|(start, end)| StepObjects {
+        objects: last_sample.map(|(start, end, host)| StepObjects {
+            host_seconds: per_step(host),
             dispatches: (end.dispatches - start.dispatches) as f64 / STEPS_PER_SAMPLE as f64,
             submissions: (end.submissions - start.submissions) as f64 / STEPS_PER_SAMPLE as f64,
             bind_groups: (end.bind_groups - start.bind_groups) as f64 / STEPS_PER_SAMPLE as f64,
@@ -135,6 +138,8 @@ pub struct StepTiming {
 /// Device work and objects per training step.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct StepObjects {
+    /// Host seconds spent recording and submitting (the wait for the device excluded).
+    pub host_seconds: f64,
     /// Compute dispatches.
     pub dispatches: f64,
     /// Queue submissions.
