@@ -121,27 +121,17 @@ impl<B: Compute> Classifier<B> {
     /// optimizer state and step count, learning rate and seed, so that the next steps are the
     /// ones an uninterrupted model would take (dropout masks follow the step count).
     pub fn resume(backend: &B, dir: &Path) -> Result<Self> {
-        let model = checkpoint::load_model(&dir.join(checkpoint::MODEL_FILE))?;
-        let state_path = dir.join(checkpoint::STATE_FILE);
-        let saved = checkpoint::state_settings(&state_path)?;
-        let format_error = |message: String| Error::Format {
-            path: state_path.clone(),
-            message,
-        };
-        let settings: serde_json::Value = serde_json::from_str(&saved)
-            .map_err(|e| format_error(format!("settings metadata: {e}")))?;
-        let optimizer: OptimizerConfig = serde_json::from_value(settings["optimizer"].clone())
-            .map_err(|e| format_error(format!("the settings name no optimizer: {e}")))?;
-        let seed = settings["seed"]
-            .as_u64()
-            .ok_or_else(|| format_error("the settings hold no seed".to_string()))?;
-        let restored = checkpoint::load_run(dir, &model.spec, &settings)?;
-        let state = &restored.state;
+        let run = checkpoint::read_run(dir)?;
+        let seed = run.settings["seed"].as_u64().ok_or_else(|| Error::Format {
+            path: dir.join(checkpoint::STATE_FILE),
+            message: "the settings hold no seed".to_string(),
+        })?;
+        let state = &run.state;
         Ok(Self {
-            mlp: Mlp::upload(backend, &model.spec, &restored.model.model)?,
+            mlp: Mlp::upload(backend, &run.model.spec, &run.model.model)?,
             optimizer: Optimizer::upload(
                 backend,
-                optimizer,
+                run.optimizer,
                 state.optimizer_steps,
                 &state.optimizer,
             )?,

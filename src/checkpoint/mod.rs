@@ -8,7 +8,7 @@
 
 mod run;
 
-pub use run::{Progress, Restored, load_run, save_run};
+pub use run::{Progress, Restored, load_run, read_run, save_run};
 
 use std::collections::HashMap;
 use std::io::Write;

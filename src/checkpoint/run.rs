@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{MODEL_FILE, ModelCheckpoint, STATE_FILE, TrainingState};
 use crate::backend::Dtype;
 use crate::graph::{Compute, Mlp, ModelSpec};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 
 /// How far a run has come, beside its tensors.
@@ -26,6 +26,10 @@ pub struct Restored {
     pub model: ModelCheckpoint,
     /// Optimizer state, step count, settings and history.
     pub state: TrainingState,
+    /// The settings the run was started with.
+    pub settings: serde_json::Value,
+    /// The optimizer they name.
+    pub optimizer: OptimizerConfig,
 }
 
 /// Writes `dir`'s model and training state. The model's tensors and the optimizer's state are
@@ -70,31 +74,46 @@ pub fn save_run<B: Compute>(
 /// settings are compared before any tensor is read, so another optimizer is refused by name
 /// rather than by its missing state; the two files must hold the same epoch.
 pub fn load_run(dir: &Path, spec: &ModelSpec, settings: &serde_json::Value) -> Result<Restored> {
+    read(dir, Some((spec, settings)))
+}
+
+/// Reads `dir`'s model and training state as they are, whatever run wrote them (the two files
+/// must still hold the same epoch).
+pub fn read_run(dir: &Path) -> Result<Restored> {
+    read(dir, None)
+}
+
+fn read(dir: &Path, expected: Option<(&ModelSpec, &serde_json::Value)>) -> Result<Restored> {
     let model_path = dir.join(MODEL_FILE);
     let state_path = dir.join(STATE_FILE);
     let model = super::load_model(&model_path)?;
-    if &model.spec != spec {
-        return Err(Error::InvalidArgument(format!(
-            "cannot resume: {} holds {}, but {} was asked for",
-            model_path.display(),
-            model.spec.torch_module(),
-            spec.torch_module()
-        )));
-    }
     let saved = super::state_settings(&state_path)?;
-    if serde_json::from_str::<serde_json::Value>(&saved)
-        .ok()
-        .as_ref()
-        != Some(settings)
-    {
-        return Err(Error::InvalidArgument(format!(
-            "cannot resume: the run in {} was started with other settings ({saved}); only the \
-             number of epochs may change",
-            dir.display(),
-        )));
+    let format_error = |message: String| Error::Format {
+        path: state_path.clone(),
+        message,
+    };
+    let settings: serde_json::Value = serde_json::from_str(&saved)
+        .map_err(|e| format_error(format!("settings metadata: {e}")))?;
+    if let Some((spec, wanted)) = expected {
+        if &model.spec != spec {
+            return Err(Error::InvalidArgument(format!(
+                "cannot resume: {} holds {}, but {} was asked for",
+                model_path.display(),
+                model.spec.torch_module(),
+                spec.torch_module()
+            )));
+        }
+        if &settings != wanted {
+            return Err(Error::InvalidArgument(format!(
+                "cannot resume: the run in {} was started with other settings ({saved}); only \
+                 the number of epochs may change",
+                dir.display(),
+            )));
+        }
     }
-    let state_names = state_names_of(settings, &state_path)?;
-    let state = super::load_state(&state_path, spec, state_names)?;
+    let optimizer: OptimizerConfig = serde_json::from_value(settings["optimizer"].clone())
+        .map_err(|e| format_error(format!("the settings name no optimizer: {e}")))?;
+    let state = super::load_state(&state_path, &model.spec, optimizer.state_names())?;
     if state.epochs_done != model.epochs_done {
         return Err(Error::Format {
             path: model_path,
@@ -105,15 +124,10 @@ pub fn load_run(dir: &Path, spec: &ModelSpec, settings: &serde_json::Value) -> R
             ),
         });
     }
-    Ok(Restored { model, state })
-}
-
-/// The optimizer state tensors the settings' optimizer keeps.
-fn state_names_of(settings: &serde_json::Value, path: &Path) -> Result<&'static [&'static str]> {
-    let optimizer: crate::optim::OptimizerConfig =
-        serde_json::from_value(settings["optimizer"].clone()).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            message: format!("the settings name no optimizer: {e}"),
-        })?;
-    Ok(optimizer.state_names())
+    Ok(Restored {
+        model,
+        state,
+        settings,
+        optimizer,
+    })
 }

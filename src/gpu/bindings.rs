@@ -22,11 +22,14 @@ use crate::Result;
 /// buffers, such as many batch sizes in one process, would otherwise grow without bound).
 const CAPACITY: usize = 4096;
 
+/// A binding in bytes: slot, buffer, offset, size.
+type Range = (u32, wgpu::Buffer, u64, u64);
+
 /// The pipeline and every storage range a bind group binds.
 #[derive(PartialEq, Eq, Hash)]
 struct GroupKey {
     pipeline: wgpu::ComputePipeline,
-    ranges: Vec<(u32, wgpu::Buffer, u64, u64)>,
+    ranges: Vec<Range>,
 }
 
 struct CachedGroup {
@@ -71,7 +74,7 @@ impl BindGroupCache {
     }
 }
 
-fn range(binding: &Binding) -> (u32, wgpu::Buffer, u64, u64) {
+fn range(binding: &Binding) -> Range {
     let dtype = binding.buffer.dtype();
     (
         binding.slot as u32,
@@ -98,19 +101,20 @@ impl GpuBackend {
         let placeholder = self.placeholder().raw();
         let cacheable = !self.records_for_host()
             && (bindings.iter()).all(|b| b.buffer.is_pooled() || b.buffer.raw() == placeholder);
+        let ranges: Vec<Range> = bindings.iter().map(range).collect();
         if !cacheable {
-            return self.fresh_bind_group(kernel, pipeline, params, bindings);
+            return self.fresh_bind_group(kernel, pipeline, params, &ranges);
         }
         let serial = cache.submissions.load(Ordering::SeqCst);
         let key = GroupKey {
             pipeline: pipeline.clone(),
-            ranges: bindings.iter().map(range).collect(),
+            ranges,
         };
         let mut groups = lock(&cache.groups);
         if let Some(cached) = groups.get_mut(&key) {
             if cached.used_in == serial {
                 drop(groups);
-                return self.fresh_bind_group(kernel, pipeline, params, bindings);
+                return self.fresh_bind_group(kernel, pipeline, params, &key.ranges);
             }
             cached.used_in = serial;
             self.shared.queue.write_buffer(&cached.uniform, 0, params);
@@ -127,7 +131,7 @@ impl GpuBackend {
         });
         cache.uniforms.fetch_add(1, Ordering::Relaxed);
         self.shared.queue.write_buffer(&uniform, 0, params);
-        let bind_group = self.create_bind_group(kernel, pipeline, &uniform, params, bindings);
+        let bind_group = self.create_bind_group(kernel, pipeline, &uniform, params, &key.ranges);
         groups.insert(
             key,
             CachedGroup {
@@ -145,11 +149,11 @@ impl GpuBackend {
         kernel: Kernel,
         pipeline: &wgpu::ComputePipeline,
         params: &[u8],
-        bindings: &[Binding],
+        ranges: &[Range],
     ) -> Result<(wgpu::BindGroup, Option<GpuBuffer>)> {
         let uniform = self.alloc(params.len().div_ceil(4), UNIFORM)?;
         self.shared.queue.write_buffer(uniform.raw(), 0, params);
-        let bind_group = self.create_bind_group(kernel, pipeline, uniform.raw(), params, bindings);
+        let bind_group = self.create_bind_group(kernel, pipeline, uniform.raw(), params, ranges);
         Ok((bind_group, Some(uniform)))
     }
 
@@ -159,7 +163,7 @@ impl GpuBackend {
         pipeline: &wgpu::ComputePipeline,
         uniform: &wgpu::Buffer,
         params: &[u8],
-        bindings: &[Binding],
+        ranges: &[Range],
     ) -> wgpu::BindGroup {
         self.shared
             .bind_groups
@@ -173,14 +177,18 @@ impl GpuBackend {
                 size: wgpu::BufferSize::new(params.len() as u64),
             }),
         }];
-        entries.extend(bindings.iter().map(|b| wgpu::BindGroupEntry {
-            binding: b.slot as u32,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: b.buffer.raw(),
-                offset: (b.offset * b.buffer.dtype().size()) as u64,
-                size: wgpu::BufferSize::new(words_bytes(b.len.max(1), b.buffer.dtype())),
-            }),
-        }));
+        entries.extend(
+            ranges
+                .iter()
+                .map(|(slot, buffer, offset, size)| wgpu::BindGroupEntry {
+                    binding: *slot,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: *offset,
+                        size: wgpu::BufferSize::new(*size),
+                    }),
+                }),
+        );
         self.shared
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {

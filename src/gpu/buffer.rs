@@ -4,11 +4,11 @@
 //! it, and `Queue::write_buffer` runs before that work at the next submit. So released buffers
 //! wait in quarantine and become reusable when the next submission is made.
 //!
-//! A request takes the oldest free buffer that fits, not the last one freed: a training step
-//! then gets the same buffers for the same roles step after step, so the bind groups that
-//! bind them can be kept (`bindings.rs`).
+//! A request takes the free buffer that sorts first (wgpu orders buffers by their ids), not the
+//! last one freed: a training step then gets the same buffers for the same roles step after
+//! step, so the bind groups that bind them can be kept (`bindings.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{Dtype, Error, Result};
@@ -17,9 +17,8 @@ type PoolKey = (u64, wgpu::BufferUsages);
 
 pub(crate) struct BufferPool {
     device: wgpu::Device,
-    /// Free buffers by creation serial, per size and usage.
-    free: Mutex<HashMap<PoolKey, BTreeMap<u64, wgpu::Buffer>>>,
-    serials: Mutex<HashMap<wgpu::Buffer, u64>>,
+    /// Free buffers per size and usage, in wgpu's order.
+    free: Mutex<HashMap<PoolKey, BTreeSet<wgpu::Buffer>>>,
     quarantine: Mutex<Vec<wgpu::Buffer>>,
     max_buffer_size: u64,
     /// Buffers created so far. The pool destroys none, so in a steady state this stops growing.
@@ -39,7 +38,6 @@ impl BufferPool {
         Self {
             device,
             free: Mutex::default(),
-            serials: Mutex::default(),
             quarantine: Mutex::default(),
             max_buffer_size,
             created: Default::default(),
@@ -51,8 +49,7 @@ impl BufferPool {
         let size = granular(bytes);
         let reused = lock(&self.free)
             .get_mut(&(size, usage))
-            .and_then(|free| free.pop_first())
-            .map(|(_, buffer)| buffer);
+            .and_then(|free| free.pop_first());
         match reused {
             Some(buffer) => Ok(buffer),
             None => self.create(bytes, usage),
@@ -80,10 +77,8 @@ impl BufferPool {
                 "could not allocate {size} bytes: {error}"
             )));
         }
-        let serial = self
-            .created
+        self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&self.serials).insert(buffer.clone(), serial as u64);
         Ok(buffer)
     }
 
@@ -99,13 +94,11 @@ impl BufferPool {
 
     /// Makes buffers reusable once the submission that last used them has been made.
     pub(crate) fn reuse(&self, released: Vec<wgpu::Buffer>) {
-        let serials = lock(&self.serials);
         let mut free = lock(&self.free);
         for buffer in released {
-            let serial = serials.get(&buffer).copied().unwrap_or(u64::MAX);
             free.entry((buffer.size(), buffer.usage()))
                 .or_default()
-                .insert(serial, buffer);
+                .insert(buffer);
         }
     }
 
@@ -116,7 +109,7 @@ impl BufferPool {
 
     /// Buffers alive in the pool (free or quarantined), for leak checks.
     pub(crate) fn pooled_count(&self) -> usize {
-        lock(&self.free).values().map(BTreeMap::len).sum::<usize>() + lock(&self.quarantine).len()
+        lock(&self.free).values().map(BTreeSet::len).sum::<usize>() + lock(&self.quarantine).len()
     }
 }
 

@@ -2,7 +2,6 @@
 //! here until the next call that checks returns them as `Error`s.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{GpuBackend, lock};
 use crate::{Error, Result};
@@ -19,7 +18,6 @@ pub(super) struct Faults {
 /// wgnorm opens itself read it.
 pub(super) struct DeviceLossFault {
     at_submit: u64,
-    submits: AtomicU64,
 }
 
 impl DeviceLossFault {
@@ -28,15 +26,12 @@ impl DeviceLossFault {
             .ok()?
             .parse()
             .ok()?;
-        Some(Self {
-            at_submit,
-            submits: AtomicU64::new(0),
-        })
+        Some(Self { at_submit })
     }
 
-    /// Counts a submission; true when it is the one after which the device is to be lost.
-    pub(super) fn strikes(&self) -> bool {
-        self.submits.fetch_add(1, Ordering::Relaxed) + 1 == self.at_submit
+    /// Whether the device is to be lost after wgnorm's `submissions`th submission.
+    pub(super) fn strikes(&self, submissions: u64) -> bool {
+        submissions == self.at_submit
     }
 }
 
@@ -67,7 +62,7 @@ impl GpuBackend {
 
     /// Returns the first error wgpu reported since the last check, if any.
     pub(super) fn check(&self) -> Result<()> {
-        let mut faults: std::sync::MutexGuard<'_, Faults> = lock(&self.shared.faults);
+        let mut faults = lock(&self.shared.faults);
         if let Some(lost) = &faults.lost {
             return Err(Error::DeviceLost(lost.clone()));
         }

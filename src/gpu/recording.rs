@@ -76,14 +76,11 @@ impl GpuBackend {
         if let Some(encoder) = pending.take() {
             let released = self.shared.pool.take_released();
             self.shared.queue.submit([encoder.finish()]);
-            (self.shared.bind_groups.submissions).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let submissions = (self.shared.bind_groups.submissions)
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
             self.shared.pool.reuse(released);
-            if self
-                .shared
-                .lose_device
-                .as_ref()
-                .is_some_and(super::faults::DeviceLossFault::strikes)
-            {
+            if (self.shared.lose_device.as_ref()).is_some_and(|fault| fault.strikes(submissions)) {
                 self.shared.device.destroy();
             }
         }

@@ -66,6 +66,17 @@ impl BatchNormConfig {
     pub fn unbiased_running_var(&self) -> bool {
         self.unbiased_running_var
     }
+
+    /// What the batch variance of `m` values per channel is multiplied by before it enters the
+    /// running variance: m/(m − 1) for the unbiased estimate, 1 for the biased one.
+    pub fn running_var_factor(&self, m: usize) -> f32 {
+        let m = m as f32;
+        if self.unbiased_running_var {
+            m / (m - 1.0)
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Default for BatchNormConfig {

@@ -97,7 +97,7 @@ pub fn update_running(
     running_var: &mut [f32],
 ) {
     let c = shape.c;
-    let factor = crate::ops::batchnorm::running_var_factor(shape, config);
+    let factor = config.running_var_factor(shape.per_channel());
     let keep = 1.0 - config.momentum();
     for channel in 0..c {
         let corrected = stats[stat::VAR * c + channel] * factor;

@@ -2,6 +2,8 @@
 //! workgroups (`*_partial`) and merges the splits (`*_finalize`), skipped when one split
 //! suffices; x is bound in chunks of rows where it exceeds what one binding may hold.
 
+use std::ops::Range;
+
 use super::chunks::{RowChunk, plan_row_chunks};
 use super::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
@@ -92,17 +94,6 @@ impl GpuBackend {
     }
 }
 
-/// What the batch variance is multiplied by before it enters the running variance:
-/// m/(m − 1) for the unbiased estimate, 1 for the biased one.
-pub fn running_var_factor(shape: BatchNormShape, config: BatchNormConfig) -> f32 {
-    let m = shape.per_channel() as f32;
-    if config.unbiased_running_var() {
-        m / (m - 1.0)
-    } else {
-        1.0
-    }
-}
-
 fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParams {
     BatchNormParams {
         rows: shape.n as u32,
@@ -115,8 +106,86 @@ fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParam
         count: shape.per_channel() as f32,
         eps: config.eps(),
         momentum: config.momentum(),
-        running_var_factor: running_var_factor(shape, config),
+        running_var_factor: config.running_var_factor(shape.per_channel()),
         ..Default::default()
+    }
+}
+
+/// Workgroups of the per-channel kernels: one thread per channel.
+fn per_channel_groups(shape: BatchNormShape) -> [u32; 3] {
+    [shape.c.div_ceil(FINALIZE_WORKGROUP as usize) as u32, 1, 1]
+}
+
+/// The values of x a chunk's rows span, with `row` values per row.
+fn values(chunk: &RowChunk, row: usize) -> Range<usize> {
+    chunk.first_row * row..(chunk.first_row + chunk.rows) * row
+}
+
+/// The bindings of one chunk, given the range of values its rows span.
+type ChunkBindings<'a> = dyn Fn(Range<usize>) -> Vec<Binding<'a>> + 'a;
+
+impl GpuBackend {
+    /// One reduction over every chunk of rows: `partial` per chunk (its splits write their
+    /// results into `partials`), then `finalize` over all splits when there is more than one.
+    #[allow(clippy::too_many_arguments)]
+    fn record_reduction<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &ReductionPlan,
+        params: &BatchNormParams,
+        shape: BatchNormShape,
+        [partial, finalize]: [Kernel; 2],
+        chunk_bindings: &ChunkBindings<'a>,
+        partials: &'a GpuBuffer,
+        per_channel: &[Binding<'a>],
+    ) -> Result<()> {
+        let mut shared = vec![Binding::whole(Slot::Partials, partials)];
+        shared.extend_from_slice(per_channel);
+        for (chunk, splits) in &plan.chunks {
+            let mut bindings = chunk_bindings(values(chunk, shape.c * shape.s));
+            bindings.extend_from_slice(&shared);
+            let chunk_params = BatchNormParams {
+                rows: chunk.rows as u32,
+                split_len: splits.split_len,
+                split_base: splits.split_base,
+                ..*params
+            };
+            let groups = [plan.channel_groups, splits.splits, 1];
+            self.dispatch(encoder, partial, &chunk_params, &bindings, groups)?;
+        }
+        if plan.total_splits > 1 {
+            self.dispatch(
+                encoder,
+                finalize,
+                params,
+                &shared,
+                per_channel_groups(shape),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One elementwise pass of `kernel` over every chunk of rows.
+    fn record_per_chunk<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &ReductionPlan,
+        params: &BatchNormParams,
+        shape: BatchNormShape,
+        kernel: Kernel,
+        chunk_bindings: &ChunkBindings<'a>,
+    ) -> Result<()> {
+        for (chunk, _) in &plan.chunks {
+            let rows = values(chunk, shape.c * shape.s);
+            let chunk_params = BatchNormParams {
+                rows: chunk.rows as u32,
+                ..*params
+            };
+            let elements = rows.len();
+            let bindings = chunk_bindings(rows);
+            self.dispatch_elementwise(encoder, kernel, &chunk_params, &bindings, elements)?;
+        }
+        Ok(())
     }
 }
 
@@ -137,81 +206,52 @@ impl BatchNormOps for GpuBackend {
             total_splits: plan.total_splits,
             ..base_params(shape, config)
         };
-        let row_floats = shape.c * shape.s;
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let per_channel = [
             Binding::whole(Slot::Stats, &out.stats),
             Binding::whole(Slot::RunningMean, &running.mean),
             Binding::whole(Slot::RunningVar, &running.var),
         ];
+        let y = &out.y;
         self.record(|encoder| {
             match mode {
-                Mode::Train => {
-                    for (chunk, splits) in &plan.chunks {
-                        let mut bindings = vec![
-                            Binding::rows(
-                                Slot::X,
-                                x,
-                                chunk.first_row * row_floats,
-                                chunk.rows * row_floats,
-                            ),
-                            Binding::whole(Slot::Partials, &partials),
-                        ];
-                        bindings.extend_from_slice(&per_channel);
-                        self.dispatch(
-                            encoder,
-                            Kernel::BatchNormStatsPartial,
-                            &BatchNormParams {
-                                rows: chunk.rows as u32,
-                                split_len: splits.split_len,
-                                split_base: splits.split_base,
-                                ..params
-                            },
-                            &bindings,
-                            [plan.channel_groups, splits.splits, 1],
-                        )?;
-                    }
-                    if plan.total_splits > 1 {
-                        let mut bindings = vec![Binding::whole(Slot::Partials, &partials)];
-                        bindings.extend_from_slice(&per_channel);
-                        self.dispatch(
-                            encoder,
-                            Kernel::BatchNormStatsFinalize,
-                            &params,
-                            &bindings,
-                            [shape.c.div_ceil(FINALIZE_WORKGROUP as usize) as u32, 1, 1],
-                        )?;
-                    }
-                }
+                Mode::Train => self.record_reduction(
+                    encoder,
+                    &plan,
+                    &params,
+                    shape,
+                    [
+                        Kernel::BatchNormStatsPartial,
+                        Kernel::BatchNormStatsFinalize,
+                    ],
+                    &|rows| vec![Binding::rows(Slot::X, x, rows.start, rows.len())],
+                    &partials,
+                    &per_channel,
+                )?,
                 Mode::Eval => self.dispatch(
                     encoder,
                     Kernel::BatchNormEvalStats,
                     &params,
                     &per_channel,
-                    [shape.c.div_ceil(FINALIZE_WORKGROUP as usize) as u32, 1, 1],
+                    per_channel_groups(shape),
                 )?,
             }
-            for (chunk, _) in &plan.chunks {
-                let rows =
-                    chunk.first_row * row_floats..(chunk.first_row + chunk.rows) * row_floats;
-                self.dispatch_elementwise(
-                    encoder,
-                    Kernel::BatchNormNormalize,
-                    &BatchNormParams {
-                        rows: chunk.rows as u32,
-                        ..params
-                    },
-                    &[
+            self.record_per_chunk(
+                encoder,
+                &plan,
+                &params,
+                shape,
+                Kernel::BatchNormNormalize,
+                &|rows| {
+                    vec![
                         Binding::rows(Slot::X, x, rows.start, rows.len()),
-                        Binding::rows(Slot::Out, &out.y, rows.start, rows.len()),
+                        Binding::rows(Slot::Out, y, rows.start, rows.len()),
                         Binding::whole(Slot::Stats, &out.stats),
                         Binding::whole(Slot::Gamma, &affine.gamma),
                         Binding::whole(Slot::Beta, &affine.beta),
-                    ],
-                    rows.len(),
-                )?;
-            }
-            Ok(())
+                    ]
+                },
+            )
         })
     }
 
@@ -230,69 +270,49 @@ impl BatchNormOps for GpuBackend {
             total_splits: plan.total_splits,
             ..base_params(shape, BatchNormConfig::default())
         };
-        let row_floats = shape.c * shape.s;
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let per_channel = [
             Binding::whole(Slot::Stats, stats),
             Binding::whole(Slot::Dgamma, &grads.dgamma),
             Binding::whole(Slot::Dbeta, &grads.dbeta),
         ];
+        let dx = &grads.dx;
         self.record(|encoder| {
-            for (chunk, splits) in &plan.chunks {
-                let rows =
-                    chunk.first_row * row_floats..(chunk.first_row + chunk.rows) * row_floats;
-                let mut bindings = vec![
-                    Binding::rows(Slot::X, x, rows.start, rows.len()),
-                    Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
-                    Binding::whole(Slot::Partials, &partials),
-                ];
-                bindings.extend_from_slice(&per_channel);
-                self.dispatch(
-                    encoder,
+            self.record_reduction(
+                encoder,
+                &plan,
+                &params,
+                shape,
+                [
                     Kernel::BatchNormBackwardPartial,
-                    &BatchNormParams {
-                        rows: chunk.rows as u32,
-                        split_len: splits.split_len,
-                        split_base: splits.split_base,
-                        ..params
-                    },
-                    &bindings,
-                    [plan.channel_groups, splits.splits, 1],
-                )?;
-            }
-            if plan.total_splits > 1 {
-                let mut bindings = vec![Binding::whole(Slot::Partials, &partials)];
-                bindings.extend_from_slice(&per_channel);
-                self.dispatch(
-                    encoder,
                     Kernel::BatchNormBackwardFinalize,
-                    &params,
-                    &bindings,
-                    [shape.c.div_ceil(FINALIZE_WORKGROUP as usize) as u32, 1, 1],
-                )?;
-            }
-            for (chunk, _) in &plan.chunks {
-                let rows =
-                    chunk.first_row * row_floats..(chunk.first_row + chunk.rows) * row_floats;
-                let mut bindings = vec![
-                    Binding::rows(Slot::X, x, rows.start, rows.len()),
-                    Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
-                    Binding::rows(Slot::Out, &grads.dx, rows.start, rows.len()),
-                    Binding::whole(Slot::Gamma, gamma),
-                ];
-                bindings.extend_from_slice(&per_channel);
-                self.dispatch_elementwise(
-                    encoder,
-                    Kernel::BatchNormBackwardDx,
-                    &BatchNormParams {
-                        rows: chunk.rows as u32,
-                        ..params
-                    },
-                    &bindings,
-                    rows.len(),
-                )?;
-            }
-            Ok(())
+                ],
+                &|rows| {
+                    vec![
+                        Binding::rows(Slot::X, x, rows.start, rows.len()),
+                        Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
+                    ]
+                },
+                &partials,
+                &per_channel,
+            )?;
+            self.record_per_chunk(
+                encoder,
+                &plan,
+                &params,
+                shape,
+                Kernel::BatchNormBackwardDx,
+                &|rows| {
+                    let mut bindings = vec![
+                        Binding::rows(Slot::X, x, rows.start, rows.len()),
+                        Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
+                        Binding::rows(Slot::Out, dx, rows.start, rows.len()),
+                        Binding::whole(Slot::Gamma, gamma),
+                    ];
+                    bindings.extend_from_slice(&per_channel);
+                    bindings
+                },
+            )
         })
     }
 }
