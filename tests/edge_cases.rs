@@ -1,4 +1,5 @@
-//! Holes a review found, each pinned by a test that failed before its fix.
+//! Edge cases where the two backends, or wgpu and wgnorm, could disagree: each ends in the same
+//! error (or the same empty result) everywhere.
 
 mod common;
 
