@@ -16,9 +16,19 @@
 // when the module is built); every value is widened to f32 when loaded, so all arithmetic and
 // accumulation is f32.
 //
-// A reduction runs in two passes because WGSL has no grid-wide barrier: `*_partial` reduces one
-// split of the m elements per workgroup row, `*_finalize` merges the splits. With a single split
-// the partial pass finalizes in place and the second pass is skipped.
+// How the kernels walk x: in vectors of VECTOR values (X_V, F_V: four where the layout allows,
+// else one). A vector holds either VECTOR neighbouring channels of one sample (S = 1,
+// `lanes_are_channels`) or VECTOR neighbouring positions of one channel. The channels one
+// vector spans form a channel group g; within the bound rows its values are rows × run_len
+// vectors, vector (n, s) at (n·groups + g)·run_len + s. A workgroup takes `lanes_c` neighbouring
+// groups and one split of their vectors, walked by WORKGROUP / lanes_c threads each, so every
+// thread keeps one group's per-channel values in registers and no element index is divided.
+//
+// Statistics: each thread sums d = x − K and d² from one shift K shared by its workgroup, turns
+// them into a mean and M2, and the threads and splits are merged by Chan's formula. WGSL has no
+// grid-wide barrier, so with several splits `*_partial` writes one result per split and
+// `*_finalize` merges them, and a third pass applies them. When one split covers the batch, the
+// partial pass finishes the channel and applies the result in the same dispatch.
 
 // Planes of the per-channel `stats` buffer: stats[plane·C + c]. Mirrored in src/ops/batchnorm/mod.rs.
 const STAT_MEAN: u32 = 0u;
@@ -35,10 +45,14 @@ struct Params {
     // Rows (samples) of x bound to this dispatch; large tensors are dispatched in row chunks.
     rows: u32,
     channels: u32,
-    spatial: u32,
-    // Channels handled side by side by one workgroup; WORKGROUP / lanes_c threads per channel.
+    // Channel groups per sample, and vectors of one group per sample (see above).
+    groups: u32,
+    run_len: u32,
+    // 1 when a vector's lanes are neighbouring channels, 0 when they are positions of one.
+    lanes_are_channels: u32,
+    // Channel groups handled side by side by one workgroup.
     lanes_c: u32,
-    // Elements of one channel handled by one split (workgroup row of the grid).
+    // Vectors of one channel group handled by one split (workgroup row of the grid).
     split_len: u32,
     // Slot of this dispatch's first split in `partials`, and the number of slots in all.
     split_base: u32,
@@ -49,20 +63,22 @@ struct Params {
     count: f32,
     eps: f32,
     momentum: f32,
-    // Keeps the struct a multiple of 16 bytes, as uniform buffers require.
+    // Keep the struct a multiple of 16 bytes, as uniform buffers require.
     _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<X_T>;
-@group(0) @binding(2) var<storage, read> dy: array<DY_T>;
+@group(0) @binding(1) var<storage, read> x: array<X_V>;
+@group(0) @binding(2) var<storage, read> dy: array<DY_V>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(6) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(7) var<storage, read> gamma: array<f32>;
 @group(0) @binding(8) var<storage, read> beta: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
+@group(0) @binding(9) var<storage, read_write> out: array<OUT_V>;
 @group(0) @binding(10) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbeta: array<f32>;
 
@@ -81,58 +97,131 @@ fn merge(a: Moments, b: Moments) -> Moments {
     return Moments(n, a.mean + delta * w, a.m2 + b.m2 + delta * delta * a.n * w);
 }
 
-fn element_index(j: u32, c: u32) -> u32 {
-    let n = j / p.spatial;
-    let s = j - n * p.spatial;
-    return (n * p.channels + c) * p.spatial + s;
+// The same merge for the lanes of two vectors of moments with equal counts per lane.
+fn merge_lanes(n_a: f32, mean_a: F_V, m2_a: F_V, n_b: f32, mean_b: F_V, m2_b: F_V) -> array<F_V, 2> {
+    let n = n_a + n_b;
+    let w = select(0.0, n_b / max(n, 1.0), n > 0.0);
+    let delta = mean_b - mean_a;
+    return array<F_V, 2>(mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w));
+}
+
+fn lane_value(v: F_V, i: u32) -> f32 {
+    return vec4<f32>(v)[i];
+}
+
+// Channels in one channel group.
+fn group_channels() -> u32 {
+    return select(1u, VECTOR, p.lanes_are_channels == 1u);
+}
+
+// The channel of lane i of group g (every lane is the group's one channel when lanes are positions).
+fn channel_of(g: u32, i: u32) -> u32 {
+    return select(g, g * VECTOR + i, p.lanes_are_channels == 1u);
+}
+
+// Per-channel values of group g as a vector, from the values of its lanes' channels.
+fn per_lane(a: f32, b: f32, c: f32, d: f32) -> F_V {
+    return select(F_V(a), from_lanes(vec4<f32>(a, b, c, d)), p.lanes_are_channels == 1u);
+}
+
+fn lane_channels(g: u32) -> vec4<u32> {
+    return vec4<u32>(channel_of(g, 0u), channel_of(g, 1u), channel_of(g, 2u), channel_of(g, 3u));
+}
+
+fn stat_of(plane: u32, g: u32) -> F_V {
+    let c = lane_channels(g) + vec4<u32>(plane * p.channels);
+    return per_lane(stats[c.x], stats[c.y], stats[c.z], stats[c.w]);
+}
+
+fn gamma_of(g: u32) -> F_V {
+    let c = lane_channels(g);
+    return per_lane(gamma[c.x], gamma[c.y], gamma[c.z], gamma[c.w]);
 }
 
 var<workgroup> tree_n: array<f32, WORKGROUP>;
-var<workgroup> tree_a: array<f32, WORKGROUP>;
-var<workgroup> tree_b: array<f32, WORKGROUP>;
+var<workgroup> tree_a: array<F_V, WORKGROUP>;
+var<workgroup> tree_b: array<F_V, WORKGROUP>;
 
 struct Lane {
-    channel: u32,
-    // Position among the threads that share this channel.
+    // The channel group, and its place among the workgroup's groups.
+    group: u32,
+    group_lane: u32,
+    // Position among the threads that share this group.
     row_lane: u32,
-    // This workgroup's range [begin, end) of the channel's elements within the bound rows.
+    // This workgroup's range [begin, end) of the group's vectors within the bound rows.
     begin: u32,
     end: u32,
 }
 
-fn lane_of(local: u32, group: vec3<u32>) -> Lane {
-    let lanes_c = p.lanes_c;
-    let chunk_len = p.rows * p.spatial;
-    let begin = min(group.y * p.split_len, chunk_len);
+fn lane_of(local: u32, workgroup: vec3<u32>) -> Lane {
+    let chunk_len = p.rows * p.run_len;
+    let begin = min(workgroup.y * p.split_len, chunk_len);
+    let group_lane = local % p.lanes_c;
     return Lane(
-        group.x * lanes_c + local % lanes_c,
-        local / lanes_c,
+        workgroup.x * p.lanes_c + group_lane,
+        group_lane,
+        local / p.lanes_c,
         begin,
         min(begin + p.split_len, chunk_len),
     );
 }
 
-// Threads per channel. Barrier loops are bounded by this uniform value alone.
+// Threads per channel group. Barrier loops are bounded by this uniform value alone.
 fn row_lanes() -> u32 {
     return WORKGROUP / p.lanes_c;
 }
 
-// Tree-reduces the Moments of the threads sharing a channel; thread row_lane 0 ends with the sum.
+// A thread's walk over the vectors j = first, first + row_lanes(), ... < end of its group,
+// tracking the sample n and position s of j without dividing per vector.
+struct Walk {
+    j: u32,
+    end: u32,
+    n: u32,
+    s: u32,
+    step_n: u32,
+    step_s: u32,
+}
+
+fn walk_start(lane: Lane) -> Walk {
+    let j = lane.begin + lane.row_lane;
+    let stride = row_lanes();
+    return Walk(j, lane.end, j / p.run_len, j % p.run_len, stride / p.run_len, stride % p.run_len);
+}
+
+fn walk_index(w: Walk, g: u32) -> u32 {
+    return (w.n * p.groups + g) * p.run_len + w.s;
+}
+
+fn walk_next(w: ptr<function, Walk>) {
+    (*w).j += row_lanes();
+    let s = (*w).s + (*w).step_s;
+    let wraps = s >= p.run_len;
+    (*w).s = select(s, s - p.run_len, wraps);
+    (*w).n += (*w).step_n + select(0u, 1u, wraps);
+}
+
+// Vectors in the thread's walk.
+fn walk_count(lane: Lane) -> f32 {
+    let first = lane.begin + lane.row_lane;
+    return f32(select(0u, (lane.end - first + row_lanes() - 1u) / row_lanes(), first < lane.end));
+}
+
+// Tree-merges the vector moments of the threads sharing a group; row_lane 0 ends with them.
 fn reduce_moments(local: u32, row_lane: u32) {
     for (var stride = row_lanes() / 2u; stride > 0u; stride = stride / 2u) {
         workgroupBarrier();
         if row_lane < stride {
             let other = local + stride * p.lanes_c;
-            let m = merge(Moments(tree_n[local], tree_a[local], tree_b[local]),
-                          Moments(tree_n[other], tree_a[other], tree_b[other]));
-            tree_n[local] = m.n;
-            tree_a[local] = m.mean;
-            tree_b[local] = m.m2;
+            let merged = merge_lanes(tree_n[local], tree_a[local], tree_b[local],
+                                     tree_n[other], tree_a[other], tree_b[other]);
+            tree_n[local] += tree_n[other];
+            tree_a[local] = merged[0];
+            tree_b[local] = merged[1];
         }
     }
 }
 
-// Tree-sums (tree_a, tree_b) over the threads sharing a channel.
+// Tree-sums (tree_a, tree_b) over the threads sharing a group.
 fn reduce_sums(local: u32, row_lane: u32) {
     for (var stride = row_lanes() / 2u; stride > 0u; stride = stride / 2u) {
         workgroupBarrier();
@@ -144,52 +233,109 @@ fn reduce_sums(local: u32, row_lane: u32) {
     }
 }
 
-fn finalize_stats(c: u32, shift: f32, total: Moments) {
-    let m = p.count;
-    let variance = total.m2 / m;
-    let mean = shift + total.mean;
+// The moments of channel lane i of a group: its lane, or all lanes merged when they are
+// positions of one channel (they share one shift).
+fn channel_moments(n: f32, mean: F_V, m2: F_V, i: u32) -> Moments {
+    if p.lanes_are_channels == 1u {
+        return Moments(n, lane_value(mean, i), lane_value(m2, i));
+    }
+    var total = Moments(0.0, 0.0, 0.0);
+    for (var l = 0u; l < VECTOR; l++) {
+        total = merge(total, Moments(n, lane_value(mean, l), lane_value(m2, l)));
+    }
+    return total;
+}
+
+// The sum for channel lane i of a group: its lane, or all lanes when they are one channel.
+fn channel_sum(v: F_V, i: u32) -> f32 {
+    if p.lanes_are_channels == 1u {
+        return lane_value(v, i);
+    }
+    var total = 0.0;
+    for (var l = 0u; l < VECTOR; l++) {
+        total += lane_value(v, l);
+    }
+    return total;
+}
+
+// Writes channel c's statistics and updates its running statistics; returns invstd.
+fn finalize_stats(c: u32, shift: f32, total: Moments) -> f32 {
+    let variance = max(total.m2, 0.0) / p.count;
+    let invstd = 1.0 / sqrt(variance + p.eps);
     let C = p.channels;
-    stats[STAT_MEAN * C + c] = mean;
+    stats[STAT_MEAN * C + c] = shift + total.mean;
     stats[STAT_VAR * C + c] = variance;
-    stats[STAT_INVSTD * C + c] = 1.0 / sqrt(variance + p.eps);
+    stats[STAT_INVSTD * C + c] = invstd;
     stats[STAT_SHIFT * C + c] = shift;
     stats[STAT_SHIFTED_MEAN * C + c] = total.mean;
     let keep = 1.0 - p.momentum;
-    running_mean[c] = keep * running_mean[c] + p.momentum * mean;
+    running_mean[c] = keep * running_mean[c] + p.momentum * (shift + total.mean);
     running_var[c] = keep * running_var[c] + p.momentum * variance * p.running_var_factor;
+    return invstd;
+}
+
+// y = γ·invstd·(x − K − μ_K) + β as scale·(x − K) + offset: x − K is exact where x is near K,
+// so the large mean never meets the scale.
+fn normalize_walk(lane: Lane, shift: F_V, scale: F_V, offset: F_V) {
+    for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
+        let i = walk_index(w, lane.group);
+        out[i] = OUT_V(scale * (F_V(x[i]) - shift) + offset);
+    }
 }
 
 @compute @workgroup_size(WORKGROUP)
 fn stats_partial(@builtin(local_invocation_index) local: u32,
-                 @builtin(workgroup_id) group: vec3<u32>) {
-    let lane = lane_of(local, group);
-    let c = lane.channel;
-    var acc = Moments(0.0, 0.0, 0.0);
-    var shift = 0.0;
-    if c < p.channels && lane.begin < lane.end {
-        shift = f32(x[element_index(lane.begin, c)]);
-        for (var j = lane.begin + lane.row_lane; j < lane.end; j += row_lanes()) {
-            let d = f32(x[element_index(j, c)]) - shift;
-            acc.n += 1.0;
-            let delta = d - acc.mean;
-            acc.mean += delta / acc.n;
-            acc.m2 += delta * (d - acc.mean);
+                 @builtin(workgroup_id) workgroup: vec3<u32>) {
+    let lane = lane_of(local, workgroup);
+    let g = lane.group;
+    let in_range = g < p.groups;
+    var shift = F_V(0.0);
+    var n = 0.0;
+    var mean = F_V(0.0);
+    var m2 = F_V(0.0);
+    if in_range && lane.begin < lane.end {
+        let first = F_V(x[walk_index(walk_start(Lane(g, 0u, 0u, lane.begin, lane.end)), g)]);
+        shift = select(F_V(lane_value(first, 0u)), first, p.lanes_are_channels == 1u);
+        var sum = F_V(0.0);
+        var squares = F_V(0.0);
+        for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
+            let d = F_V(x[walk_index(w, g)]) - shift;
+            sum += d;
+            squares += d * d;
         }
+        n = walk_count(lane);
+        mean = sum / max(n, 1.0);
+        m2 = max(squares - sum * mean, F_V(0.0));
     }
-    tree_n[local] = acc.n;
-    tree_a[local] = acc.mean;
-    tree_b[local] = acc.m2;
+    tree_n[local] = n;
+    tree_a[local] = mean;
+    tree_b[local] = m2;
     reduce_moments(local, lane.row_lane);
-    if lane.row_lane == 0u && c < p.channels {
-        let total = Moments(tree_n[local], tree_a[local], tree_b[local]);
-        if p.total_splits == 1u {
-            finalize_stats(c, shift, total);
-        } else {
-            let slot = ((p.split_base + group.y) * p.channels + c) * PARTIAL_STRIDE;
-            partials[slot] = shift;
-            partials[slot + 1u] = total.n;
-            partials[slot + 2u] = total.mean;
-            partials[slot + 3u] = total.m2;
+    if lane.row_lane == 0u && in_range {
+        var scale = vec4<f32>();
+        var offset = vec4<f32>();
+        for (var i = 0u; i < group_channels(); i++) {
+            let c = channel_of(g, i);
+            let total = channel_moments(tree_n[local], tree_a[local], tree_b[local], i);
+            if p.total_splits == 1u {
+                let invstd = finalize_stats(c, lane_value(shift, i), total);
+                scale[i] = gamma[c] * invstd;
+                offset[i] = beta[c] - scale[i] * total.mean;
+            } else {
+                let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
+                partials[slot] = lane_value(shift, i);
+                partials[slot + 1u] = total.n;
+                partials[slot + 2u] = total.mean;
+                partials[slot + 3u] = total.m2;
+            }
+        }
+        tree_a[local] = per_lane(scale.x, scale.y, scale.z, scale.w);
+        tree_b[local] = per_lane(offset.x, offset.y, offset.z, offset.w);
+    }
+    if p.total_splits == 1u {
+        workgroupBarrier();
+        if in_range {
+            normalize_walk(lane, shift, tree_a[lane.group_lane], tree_b[lane.group_lane]);
         }
     }
 }
@@ -234,48 +380,81 @@ fn eval_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     stats[STAT_SHIFTED_MEAN * C + c] = 0.0;
 }
 
-fn centered(value: f32, c: u32) -> f32 {
-    let C = p.channels;
-    return (value - stats[STAT_SHIFT * C + c]) - stats[STAT_SHIFTED_MEAN * C + c];
-}
-
+// Applies finished statistics, on the reduction's grid.
 @compute @workgroup_size(WORKGROUP)
-fn normalize(@builtin(global_invocation_id) id: vec3<u32>,
-             @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = thread_index(id, groups, WORKGROUP);
-    if i >= p.rows * p.channels * p.spatial {
+fn normalize(@builtin(local_invocation_index) local: u32,
+             @builtin(workgroup_id) workgroup: vec3<u32>) {
+    let lane = lane_of(local, workgroup);
+    let g = lane.group;
+    if g >= p.groups {
         return;
     }
-    let c = (i / p.spatial) % p.channels;
-    out[i] = OUT_T(gamma[c] * centered(f32(x[i]), c) * stats[STAT_INVSTD * p.channels + c] + beta[c]);
+    let c = lane_channels(g);
+    let beta_g = per_lane(beta[c.x], beta[c.y], beta[c.z], beta[c.w]);
+    let scale = gamma_of(g) * stat_of(STAT_INVSTD, g);
+    normalize_walk(lane, stat_of(STAT_SHIFT, g), scale, beta_g - scale * stat_of(STAT_SHIFTED_MEAN, g));
+}
+
+// dx = a·(dy − b − (x − K − μ_K)·k) with a = γ·invstd, b = Σdy/m, k = Σdy·x̂·invstd/m.
+fn backward_dx_walk(lane: Lane, a: F_V, b: F_V, k: F_V) {
+    let g = lane.group;
+    let shift = stat_of(STAT_SHIFT, g);
+    let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
+    for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
+        let i = walk_index(w, g);
+        let centered = (F_V(x[i]) - shift) - shifted_mean;
+        out[i] = OUT_V(a * (F_V(dy[i]) - b - centered * k));
+    }
 }
 
 @compute @workgroup_size(WORKGROUP)
 fn backward_partial(@builtin(local_invocation_index) local: u32,
-                    @builtin(workgroup_id) group: vec3<u32>) {
-    let lane = lane_of(local, group);
-    let c = lane.channel;
-    var sum_dy = 0.0;
-    var sum_dy_xc = 0.0;
-    if c < p.channels {
-        for (var j = lane.begin + lane.row_lane; j < lane.end; j += row_lanes()) {
-            let i = element_index(j, c);
-            let g = f32(dy[i]);
-            sum_dy += g;
-            sum_dy_xc += g * centered(f32(x[i]), c);
+                    @builtin(workgroup_id) workgroup: vec3<u32>) {
+    let lane = lane_of(local, workgroup);
+    let g = lane.group;
+    let in_range = g < p.groups;
+    var sum_dy = F_V(0.0);
+    var sum_dy_centered = F_V(0.0);
+    if in_range {
+        let shift = stat_of(STAT_SHIFT, g);
+        let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
+        for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
+            let i = walk_index(w, g);
+            let grad = F_V(dy[i]);
+            sum_dy += grad;
+            sum_dy_centered += grad * ((F_V(x[i]) - shift) - shifted_mean);
         }
     }
     tree_a[local] = sum_dy;
-    tree_b[local] = sum_dy_xc;
+    tree_b[local] = sum_dy_centered;
     reduce_sums(local, lane.row_lane);
-    if lane.row_lane == 0u && c < p.channels {
-        if p.total_splits == 1u {
-            dbeta[c] = tree_a[local];
-            dgamma[c] = tree_b[local] * stats[STAT_INVSTD * p.channels + c];
-        } else {
-            let slot = ((p.split_base + group.y) * p.channels + c) * PARTIAL_STRIDE;
-            partials[slot] = tree_a[local];
-            partials[slot + 1u] = tree_b[local];
+    if lane.row_lane == 0u && in_range {
+        var b = vec4<f32>();
+        var k = vec4<f32>();
+        for (var i = 0u; i < group_channels(); i++) {
+            let c = channel_of(g, i);
+            let dbeta_c = channel_sum(tree_a[local], i);
+            let dy_centered = channel_sum(tree_b[local], i);
+            if p.total_splits == 1u {
+                let invstd = stats[STAT_INVSTD * p.channels + c];
+                dbeta[c] = dbeta_c;
+                dgamma[c] = dy_centered * invstd;
+                b[i] = dbeta_c / p.count;
+                k[i] = dy_centered * invstd * invstd / p.count;
+            } else {
+                let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
+                partials[slot] = dbeta_c;
+                partials[slot + 1u] = dy_centered;
+            }
+        }
+        tree_a[local] = per_lane(b.x, b.y, b.z, b.w);
+        tree_b[local] = per_lane(k.x, k.y, k.z, k.w);
+    }
+    if p.total_splits == 1u {
+        workgroupBarrier();
+        if in_range {
+            let a = gamma_of(g) * stat_of(STAT_INVSTD, g);
+            backward_dx_walk(lane, a, tree_a[lane.group_lane], tree_b[lane.group_lane]);
         }
     }
 }
@@ -287,27 +466,29 @@ fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
         return;
     }
     var sum_dy = 0.0;
-    var sum_dy_xc = 0.0;
+    var sum_dy_centered = 0.0;
     for (var split = 0u; split < p.total_splits; split++) {
         let slot = (split * p.channels + c) * PARTIAL_STRIDE;
         sum_dy += partials[slot];
-        sum_dy_xc += partials[slot + 1u];
+        sum_dy_centered += partials[slot + 1u];
     }
     dbeta[c] = sum_dy;
-    dgamma[c] = sum_dy_xc * stats[STAT_INVSTD * p.channels + c];
+    dgamma[c] = sum_dy_centered * stats[STAT_INVSTD * p.channels + c];
 }
 
+// Applies finished sums, on the reduction's grid.
 @compute @workgroup_size(WORKGROUP)
-fn backward_dx(@builtin(global_invocation_id) id: vec3<u32>,
-               @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = thread_index(id, groups, WORKGROUP);
-    if i >= p.rows * p.channels * p.spatial {
+fn backward_dx(@builtin(local_invocation_index) local: u32,
+               @builtin(workgroup_id) workgroup: vec3<u32>) {
+    let lane = lane_of(local, workgroup);
+    let g = lane.group;
+    if g >= p.groups {
         return;
     }
-    let C = p.channels;
-    let c = (i / p.spatial) % C;
-    let invstd = stats[STAT_INVSTD * C + c];
-    let xhat = centered(f32(x[i]), c) * invstd;
+    let c = lane_channels(g);
+    let invstd = stat_of(STAT_INVSTD, g);
     let inv_m = 1.0 / p.count;
-    out[i] = OUT_T(gamma[c] * invstd * (f32(dy[i]) - dbeta[c] * inv_m - xhat * dgamma[c] * inv_m));
+    let dbeta_g = per_lane(dbeta[c.x], dbeta[c.y], dbeta[c.z], dbeta[c.w]);
+    let dgamma_g = per_lane(dgamma[c.x], dgamma[c.y], dgamma[c.z], dgamma[c.w]);
+    backward_dx_walk(lane, gamma_of(g) * invstd, dbeta_g * inv_m, dgamma_g * invstd * inv_m);
 }

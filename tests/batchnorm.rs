@@ -274,16 +274,23 @@ fn all_nchw<B: BatchNormOps>(backend: &B, test: &str) {
 }
 
 /// A constant channel (variance 0: y = β, dx finite) and a channel at mean 1e4 with spread 1e-2
-/// beside an ordinary one.
+/// beside ordinary ones: in scalars, and in vectors of four channels (4 channels, S = 1) or of
+/// four positions (S = 784) on the GPU.
 fn hard_channels<B: BatchNormOps>(backend: &B, test: &str) {
     let mut rng = rng(test);
-    for (n, s) in [(1000, 1), (65537, 1), (17, 49)] {
-        let mut case = Case::random(&mut rng, n, 3, s);
+    for (n, c, s) in [
+        (1000, 3, 1),
+        (1000, 4, 1),
+        (65537, 4, 1),
+        (17, 3, 49),
+        (17, 3, 784),
+    ] {
+        let mut case = Case::random(&mut rng, n, c, s);
         let spread = normal(&mut rng, n * s, 0.0, 1.0);
         for row in 0..n {
             for j in 0..s {
-                case.x[(row * 3) * s + j] = 2.5;
-                case.x[(row * 3 + 1) * s + j] = 1e4 + 1e-2 * spread[row * s + j];
+                case.x[(row * c) * s + j] = 2.5;
+                case.x[(row * c + 1) * s + j] = 1e4 + 1e-2 * spread[row * s + j];
             }
         }
         check(backend, &case).unwrap();
@@ -310,7 +317,7 @@ fn hard_channels<B: BatchNormOps>(backend: &B, test: &str) {
         for row in 0..n {
             for j in 0..s {
                 assert_eq!(
-                    y[(row * 3) * s + j],
+                    y[(row * c) * s + j],
                     case.beta[0],
                     "constant channel: y must equal beta"
                 );

@@ -76,9 +76,15 @@ fn kernel_suite_on_the_cpu_applies_the_byte_model_to_every_shape_and_pass() {
             "the CPU has no device clock"
         );
     }
-    let copy = &report["copy_bandwidth"][0];
-    assert_eq!(copy["device"], "cpu");
-    positive(&copy["bytes_per_second"], "copy bandwidth");
+    let ceiling = &report["ceilings"][0];
+    assert_eq!(ceiling["device"], "cpu");
+    let copy = positive(&ceiling["copy_bytes_per_second"], "copy bandwidth");
+    let stream = positive(&ceiling["stream_bytes_per_second"], "stream bandwidth");
+    for row in rows {
+        let rate = row["bytes_per_second"].as_f64().unwrap();
+        assert!((row["of_copy"].as_f64().unwrap() * copy / rate - 1.0).abs() < 1e-9);
+        assert!((row["of_stream"].as_f64().unwrap() * stream / rate - 1.0).abs() < 1e-9);
+    }
 }
 
 #[test]
@@ -114,7 +120,11 @@ fn kernel_suite_on_both_devices_gives_gpu_rows_device_time_and_the_ratio() {
             positive(&row["timing"]["device"]["median"], "device time");
         }
     }
-    assert_eq!(report["copy_bandwidth"].as_array().unwrap().len(), 2);
+    let ceilings = report["ceilings"].as_array().unwrap();
+    assert_eq!(ceilings.len(), 2);
+    for ceiling in ceilings {
+        positive(&ceiling["stream_bytes_per_second"], "stream bandwidth");
+    }
 }
 
 #[test]

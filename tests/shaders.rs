@@ -5,7 +5,10 @@ use std::mem::{offset_of, size_of};
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgnorm::Dtype;
-use wgnorm::gpu::{FINALIZE_WORKGROUP, Kernel, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP};
+use wgnorm::bench::{STREAM_VECTORS_PER_THREAD, StreamParams};
+use wgnorm::gpu::{
+    FINALIZE_WORKGROUP, Kernel, Shader, Slot, Storage, TYPED_SLOTS, VectorWidth, WORKGROUP,
+};
 use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
@@ -42,19 +45,29 @@ fn u32_constant(module: &naga::Module, name: &str) -> u32 {
     }
 }
 
+/// `dtype` everywhere, with vectors of each width.
+fn storages(dtype: Dtype) -> [Storage; 2] {
+    [VectorWidth::One, VectorWidth::Four].map(|vector| Storage {
+        vector,
+        ..Storage::all(dtype)
+    })
+}
+
 #[test]
 fn every_shader_validates() {
     for &shader in Shader::ALL {
-        let module = parse(shader);
-        Validator::new(ValidationFlags::all(), Capabilities::empty())
-            .validate(&module)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {}",
-                    shader.file_name(),
-                    e.emit_to_string(&shader.module_source(Storage::all(Dtype::F32)))
-                )
-            });
+        for storage in storages(Dtype::F32) {
+            let module = parse_as(shader, storage);
+            Validator::new(ValidationFlags::all(), Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} ({storage:?}): {}",
+                        shader.file_name(),
+                        e.emit_to_string(&shader.module_source(storage))
+                    )
+                });
+        }
     }
 }
 
@@ -69,15 +82,18 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
         with_f16,
         [Shader::BatchNorm, Shader::Matmul, Shader::Activation]
     );
-    for shader in with_f16 {
-        let module = parse_as(shader, Storage::all(Dtype::F16));
+    for (shader, storage) in with_f16
+        .into_iter()
+        .flat_map(|shader| storages(Dtype::F16).map(|storage| (shader, storage)))
+    {
+        let module = parse_as(shader, storage);
         Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16)
             .validate(&module)
             .unwrap_or_else(|e| {
                 panic!(
-                    "{} (f16): {}",
+                    "{} ({storage:?}): {}",
                     shader.file_name(),
-                    e.emit_to_string(&shader.module_source(Storage::all(Dtype::F16)))
+                    e.emit_to_string(&shader.module_source(storage))
                 )
             });
         // Its typed bindings really are f16 and every other binding 4 bytes wide.
@@ -179,7 +195,7 @@ macro_rules! rust_layout {
 fn uniform_layouts_match_rust() {
     assert_eq!(
         wgsl_struct(Shader::BatchNorm, "Params"),
-        rust_layout!(BatchNormParams: rows, channels, spatial, lanes_c, split_len, split_base, total_splits, running_var_factor, count, eps, momentum, _pad1)
+        rust_layout!(BatchNormParams: rows, channels, groups, run_len, lanes_are_channels, lanes_c, split_len, split_base, total_splits, running_var_factor, count, eps, momentum, _pad1, _pad2, _pad3)
     );
     assert_eq!(
         wgsl_struct(Shader::Matmul, "MatmulParams"),
@@ -200,6 +216,19 @@ fn uniform_layouts_match_rust() {
     assert_eq!(
         wgsl_struct(Shader::Data, "GatherParams"),
         rust_layout!(GatherParams: rows, row_len, first, _pad0)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::Bandwidth, "StreamParams"),
+        rust_layout!(StreamParams: len, a, b, _pad0)
+    );
+}
+
+#[test]
+fn stream_constants_match_rust() {
+    let module = parse(Shader::Bandwidth);
+    assert_eq!(
+        u32_constant(&module, "VECTORS_PER_THREAD") as usize,
+        STREAM_VECTORS_PER_THREAD
     );
 }
 

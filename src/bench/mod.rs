@@ -2,19 +2,20 @@
 //! a full epoch on a backend, each timed as the median of repetitions after warm-up, with the
 //! byte and FLOP models that turn times into rates.
 
-use std::hint::black_box;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::Result;
 use crate::cpu::CpuBackend;
 use crate::gpu::GpuBackend;
 use crate::ops::Compute;
-use crate::{Backend, Result};
 
+mod ceilings;
 mod kernels;
 mod training;
 
+pub use ceilings::{STREAM_VECTORS_PER_THREAD, StreamParams};
 pub use kernels::{BatchNormPass, BatchNormStep, KernelTiming, time_batchnorm};
 pub use training::{
     EpochTiming, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, StepObjects, StepTiming, SyntheticStep,
@@ -67,6 +68,11 @@ pub trait Clock: Compute {
     /// and returns the wall seconds each took.
     fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>>;
 
+    /// Streams `bytes` through y = a·x + b into another buffer `reps` times (after one untimed
+    /// run) and returns the seconds each took: on a GPU the device time where it can be
+    /// measured, else the wall time.
+    fn stream_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>>;
+
     /// What the device has created and done so far, where it keeps count (the GPU).
     fn counters(&self) -> Option<crate::gpu::GpuCounters> {
         None
@@ -83,17 +89,11 @@ impl Clock for CpuBackend {
     }
 
     fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
-        let source = vec![1.0f32; bytes / 4];
-        let mut target = vec![0.0f32; bytes / 4];
-        (0..=reps)
-            .map(|_| {
-                let started = Instant::now();
-                target.copy_from_slice(black_box(&source));
-                black_box(&mut target);
-                Ok(started.elapsed().as_secs_f64())
-            })
-            .skip(1)
-            .collect()
+        ceilings::cpu_copy_seconds(bytes, reps)
+    }
+
+    fn stream_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
+        ceilings::cpu_stream_seconds(bytes, reps)
     }
 }
 
@@ -118,24 +118,11 @@ impl Clock for GpuBackend {
     }
 
     fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
-        let len = bytes / 4;
-        let source = self.filled(len, 1.0)?;
-        let target = self.scratch(len)?;
-        let copy = || {
-            self.record(|encoder| {
-                encoder.copy_buffer_to_buffer(source.raw(), 0, target.raw(), 0, len as u64 * 4);
-                Ok(())
-            })?;
-            self.wait()
-        };
-        copy()?;
-        (0..reps)
-            .map(|_| {
-                let started = Instant::now();
-                copy()?;
-                Ok(started.elapsed().as_secs_f64())
-            })
-            .collect()
+        ceilings::gpu_copy_seconds(self, bytes, reps)
+    }
+
+    fn stream_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {
+        ceilings::gpu_stream_seconds(self, bytes, reps)
     }
 }
 
@@ -177,8 +164,15 @@ fn device_timing<B: Clock>(
 }
 
 /// Copy bandwidth (bytes read plus bytes written per second) of `bytes`-sized device copies:
-/// the ceiling a kernel that streams memory can approach.
+/// the ceiling of the memory system.
 pub fn copy_bandwidth<B: Clock>(backend: &B, bytes: usize, reps: usize) -> Result<f64> {
     let samples = backend.copy_seconds(bytes, reps.max(1))?;
+    Ok(2.0 * bytes as f64 / Timing::of(samples).median)
+}
+
+/// Streaming bandwidth (bytes read plus bytes written per second) of y = a·x + b over
+/// `bytes`-sized buffers: the most an elementwise kernel moves on the device.
+pub fn stream_bandwidth<B: Clock>(backend: &B, bytes: usize, reps: usize) -> Result<f64> {
+    let samples = backend.stream_seconds(bytes, reps.max(1))?;
     Ok(2.0 * bytes as f64 / Timing::of(samples).median)
 }

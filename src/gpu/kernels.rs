@@ -60,6 +60,7 @@ catalogue! {
     Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
     Optimizer => ("optimizer.wgsl", include_str!("../../shaders/optimizer.wgsl")),
     Data => ("data.wgsl", include_str!("../../shaders/data.wgsl")),
+    Bandwidth => ("bandwidth.wgsl", include_str!("../../shaders/bandwidth.wgsl")),
 }
 
 catalogue! {
@@ -83,6 +84,7 @@ catalogue! {
     Adam => (Shader::Optimizer, "adam"),
     Sgd => (Shader::Optimizer, "sgd"),
     Gather => (Shader::Data, "gather"),
+    Stream => (Shader::Bandwidth, "stream"),
 }
 
 catalogue! {
@@ -120,30 +122,80 @@ catalogue! {
 
 impl Shader {
     /// The module wgnorm compiles: the storage type of each typed binding (`X_T`, `DY_T`,
-    /// `OUT_T`, `A_T`, `B_T`) defined as f32 or f16, then the prelude, then the file. One
-    /// source serves every combination.
+    /// `OUT_T`, `A_T`, `B_T`) defined as f32 or f16, with their vectors (`X_V`, ... and `F_V`
+    /// for f32) of the pipeline's width, then the prelude, then the file. One source serves
+    /// every combination.
     pub fn module_source(self, storage: Storage) -> String {
         let mut header = String::new();
-        if storage.0.contains(&Dtype::F16) {
+        if storage.dtypes.contains(&Dtype::F16) {
             header.push_str("enable f16;\n");
         }
-        for ((_, alias), dtype) in TYPED_SLOTS.iter().zip(storage.0) {
+        let vector = |scalar: &str| match storage.vector {
+            VectorWidth::One => scalar.to_string(),
+            VectorWidth::Four => format!("vec4<{scalar}>"),
+        };
+        for ((_, alias), dtype) in TYPED_SLOTS.iter().zip(storage.dtypes) {
             let ty = match dtype {
                 Dtype::F32 => "f32",
                 Dtype::F16 => "f16",
             };
             header.push_str(&format!("alias {alias} = {ty};\n"));
+            header.push_str(&format!(
+                "alias {} = {};\n",
+                vector_alias(alias),
+                vector(alias)
+            ));
         }
+        header.push_str(&format!("alias F_V = {};\n", vector("f32")));
+        header.push_str(&format!(
+            "const VECTOR: u32 = {}u;\n",
+            storage.vector.lanes()
+        ));
+        // Builds an F_V from four lane values (a vector of one keeps the first), so a kernel can
+        // load per-channel values for either width.
+        header.push_str(&format!(
+            "fn from_lanes(v: vec4<f32>) -> F_V {{ return {}; }}\n",
+            match storage.vector {
+                VectorWidth::One => "v.x",
+                VectorWidth::Four => "v",
+            }
+        ));
         format!("{header}{PRELUDE}{}", self.source())
     }
 
-    /// Whether the file declares bindings with the aliases of `TYPED_SLOTS`, so that they can
-    /// hold f16; the others take f32 only. Read from the source, so it cannot drift from it.
+    /// Whether the file declares bindings with the aliases of `TYPED_SLOTS` (or their
+    /// vectors), so that they can hold f16; the others take f32 only. Read from the source, so
+    /// it cannot drift from it.
     pub fn has_f16_variant(self) -> bool {
         let source = self.source();
-        TYPED_SLOTS
-            .iter()
-            .any(|(_, alias)| source.contains(&format!("array<{alias}>")))
+        TYPED_SLOTS.iter().any(|(_, alias)| {
+            source.contains(&format!("array<{alias}>"))
+                || source.contains(&format!("array<{}>", vector_alias(alias)))
+        })
+    }
+}
+
+/// The alias of the vectors of a typed binding's scalar: `X_T` → `X_V`.
+fn vector_alias(alias: &str) -> String {
+    format!("{}_V", alias.trim_end_matches("_T"))
+}
+
+/// Lanes of the `*_V` vector types a pipeline is built with: kernels that stream memory load
+/// four values at a time where the tensor's layout allows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum VectorWidth {
+    #[default]
+    One,
+    Four,
+}
+
+impl VectorWidth {
+    /// Values per vector.
+    pub fn lanes(self) -> usize {
+        match self {
+            VectorWidth::One => 1,
+            VectorWidth::Four => 4,
+        }
     }
 }
 
@@ -189,27 +241,37 @@ pub const TYPED_SLOTS: [(&[Slot], &str); 5] = [
     (&[Slot::MatB, Slot::MatB4], "B_T"),
 ];
 
-/// The storage type of each of `TYPED_SLOTS`, as one pipeline is built for.
+/// The storage type of each of `TYPED_SLOTS` and the vector width, as one pipeline is built
+/// for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Storage(pub [Dtype; 5]);
+pub struct Storage {
+    pub dtypes: [Dtype; 5],
+    pub vector: VectorWidth,
+}
 
 impl Storage {
-    /// Every typed binding stored as `dtype`.
+    /// Every typed binding stored as `dtype`, scalar vectors.
     pub fn all(dtype: Dtype) -> Self {
-        Self([dtype; 5])
+        Self {
+            dtypes: [dtype; 5],
+            vector: VectorWidth::One,
+        }
     }
 
     /// The storage of the buffers in `bindings`, refusing an f16 buffer where `shader` has no
     /// f16 variant or in an untyped slot.
-    pub fn of(kernel: Kernel, bindings: &[Binding]) -> Result<Self> {
-        let mut storage = Self::default();
+    pub fn of(kernel: Kernel, bindings: &[Binding], vector: VectorWidth) -> Result<Self> {
+        let mut storage = Self {
+            vector,
+            ..Self::default()
+        };
         for binding in bindings {
             let dtype = binding.buffer.dtype();
             let typed = TYPED_SLOTS
                 .iter()
                 .position(|(slots, _)| slots.contains(&binding.slot));
             match typed {
-                Some(index) if kernel.shader().has_f16_variant() => storage.0[index] = dtype,
+                Some(index) if kernel.shader().has_f16_variant() => storage.dtypes[index] = dtype,
                 _ if dtype == Dtype::F32 => {}
                 _ => {
                     return Err(Error::InvalidArgument(format!(

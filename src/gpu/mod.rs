@@ -26,10 +26,11 @@ pub use device::{AdapterRequest, AdapterSummary};
 // The kernel plumbing is public for the shader tests, not an API.
 #[doc(hidden)]
 pub use kernels::{
-    Binding, FINALIZE_WORKGROUP, Kernel, PRELUDE, Shader, Slot, Storage, TYPED_SLOTS, WORKGROUP,
+    Binding, FINALIZE_WORKGROUP, Kernel, PRELUDE, Shader, Slot, Storage, TYPED_SLOTS, VectorWidth,
+    WORKGROUP,
 };
 #[doc(hidden)]
-pub use pipeline::Constants;
+pub use pipeline::{Constants, Variant};
 pub use profiler::{KernelTime, Profile};
 pub use tuning::{MatmulSchedule, Tuning};
 

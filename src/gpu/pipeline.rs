@@ -3,11 +3,20 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::kernels::{Kernel, Shader, Storage};
+use super::kernels::{Kernel, Shader, Storage, VectorWidth};
 use crate::{Error, Result};
 
 /// Values for a kernel's WGSL `override` constants, fixed when its pipeline is created.
 pub type Constants<'a> = &'a [(&'static str, f64)];
+
+/// What a dispatch specializes its kernel with beyond the dtypes of its buffers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Variant<'a> {
+    /// Values of `override` constants.
+    pub constants: Constants<'a>,
+    /// Width of the `*_V` vector types.
+    pub vector: VectorWidth,
+}
 
 /// A kernel with its activation storage and constants: each distinct one is its own pipeline.
 type PipelineKey = (Kernel, Storage, Vec<(&'static str, u64)>);

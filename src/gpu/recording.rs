@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::kernels::{Binding, Kernel, Storage};
-use super::pipeline::Constants;
+use super::pipeline::Variant;
 use super::{GpuBackend, WORKGROUP, lock};
 use crate::{Error, Result};
 
@@ -97,15 +97,22 @@ impl GpuBackend {
         bindings: &[Binding],
         groups: [u32; 3],
     ) -> Result<()> {
-        self.dispatch_specialized(encoder, kernel, &[], params, bindings, groups)
+        self.dispatch_specialized(
+            encoder,
+            kernel,
+            Variant::default(),
+            params,
+            bindings,
+            groups,
+        )
     }
 
-    /// `dispatch` of the pipeline of `kernel` specialized with `constants`.
+    /// `dispatch` of the pipeline of `kernel` specialized as `variant` says.
     pub(crate) fn dispatch_specialized(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: Kernel,
-        constants: Constants,
+        variant: Variant,
         params: &impl bytemuck::Pod,
         bindings: &[Binding],
         groups: [u32; 3],
@@ -118,8 +125,11 @@ impl GpuBackend {
                 kernel.entry_point()
             )));
         }
-        let storage = Storage::of(kernel, bindings)?;
-        let pipeline = self.shared.pipelines.get(kernel, storage, constants)?;
+        let storage = Storage::of(kernel, bindings, variant.vector)?;
+        let pipeline = self
+            .shared
+            .pipelines
+            .get(kernel, storage, variant.constants)?;
         // The uniform, when the group does not own one, lives until the dispatch is recorded.
         let (bind_group, _uniform) =
             self.bind_group(kernel, &pipeline, bytemuck::bytes_of(params), bindings)?;
@@ -144,7 +154,15 @@ impl GpuBackend {
         bindings: &[Binding],
         elements: usize,
     ) -> Result<()> {
-        self.dispatch_threads(encoder, kernel, &[], WORKGROUP, params, bindings, elements)
+        self.dispatch_threads(
+            encoder,
+            kernel,
+            Variant::default(),
+            WORKGROUP,
+            params,
+            bindings,
+            elements,
+        )
     }
 
     /// Dispatches `threads` threads in workgroups of `group`, folded into two dimensions when
@@ -155,7 +173,7 @@ impl GpuBackend {
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: Kernel,
-        constants: Constants,
+        variant: Variant,
         group: u32,
         params: &impl bytemuck::Pod,
         bindings: &[Binding],
@@ -168,7 +186,7 @@ impl GpuBackend {
         self.dispatch_specialized(
             encoder,
             kernel,
-            constants,
+            variant,
             params,
             bindings,
             [x as u32, y as u32, 1],

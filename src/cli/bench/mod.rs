@@ -111,11 +111,14 @@ struct Machine {
     cpu_backend_threads: usize,
 }
 
+/// The two bandwidths of a device that kernels are judged against, bytes read plus written
+/// per second over buffers of `bytes`.
 #[derive(Serialize)]
-struct CopyRow {
+struct CeilingRow {
     device: &'static str,
     bytes: usize,
-    bytes_per_second: f64,
+    copy_bytes_per_second: f64,
+    stream_bytes_per_second: f64,
 }
 
 #[derive(Serialize)]
@@ -127,6 +130,9 @@ struct KernelRow {
     bytes: usize,
     /// Bytes over the device time where measured, else over the wall time.
     bytes_per_second: f64,
+    /// That rate over the device's copy and streaming bandwidths.
+    of_copy: f64,
+    of_stream: f64,
     /// This row's wall time over the CPU's, on GPU rows.
     gpu_over_cpu: Option<f64>,
 }
@@ -153,7 +159,7 @@ struct OnceRow<T> {
 #[derive(Serialize, Default)]
 struct Report {
     machine: Option<Machine>,
-    copy_bandwidth: Vec<CopyRow>,
+    ceilings: Vec<CeilingRow>,
     kernels: Vec<KernelRow>,
     byte_models: Vec<(BatchNormPass, &'static str)>,
     train_steps: Vec<StepRow>,

@@ -10,32 +10,51 @@ pub(super) fn kernels(
     report: &mut Report,
 ) -> Result<()> {
     println!();
-    println!("Copy bandwidth (bytes read + written per second, {COPY_BYTES} B buffers):");
+    println!(
+        "Ceilings (bytes read + written per second over {COPY_BYTES} B buffers): a buffer copy, \
+         and a streaming kernel y = a·x + b (vec4 loads, {} vectors per thread on the GPU)",
+        bench::STREAM_VECTORS_PER_THREAD
+    );
     let gpu_copy_bytes = gpu.map_or(COPY_BYTES, |g| {
         COPY_BYTES.min(g.limits().max_buffer_size as usize / 2)
     });
     let ceilings = per_device(
         gpu,
         cpu,
-        |g| bench::copy_bandwidth(g, gpu_copy_bytes, args.reps),
-        |c| bench::copy_bandwidth(c, COPY_BYTES, args.reps),
+        |g| {
+            Ok((
+                bench::copy_bandwidth(g, gpu_copy_bytes, args.reps)?,
+                bench::stream_bandwidth(g, gpu_copy_bytes, args.reps)?,
+            ))
+        },
+        |c| {
+            Ok((
+                bench::copy_bandwidth(c, COPY_BYTES, args.reps)?,
+                bench::stream_bandwidth(c, COPY_BYTES, args.reps)?,
+            ))
+        },
     )?;
-    for &(device, rate) in &ceilings {
-        println!("  {device} {:8.2} GB/s", rate / 1e9);
-        report.copy_bandwidth.push(CopyRow {
+    for &(device, (copy, stream)) in &ceilings {
+        println!(
+            "  {device}  copy {:8.2} GB/s   stream {:8.2} GB/s",
+            copy / 1e9,
+            stream / 1e9
+        );
+        report.ceilings.push(CeilingRow {
             device,
             bytes: if device == "gpu" {
                 gpu_copy_bytes
             } else {
                 COPY_BYTES
             },
-            bytes_per_second: rate,
+            copy_bytes_per_second: copy,
+            stream_bytes_per_second: stream,
         });
     }
     println!();
     println!(
         "BatchNorm training step (median of {} after {} warm-up; GB/s from device time where \
-         measured, else wall; %copy = GB/s over the copy bandwidth)",
+         measured, else wall; %copy and %stream = GB/s over the ceilings above)",
         args.reps, args.warmup
     );
     for pass in BatchNormPass::ALL {
@@ -43,8 +62,17 @@ pub(super) fn kernels(
         report.byte_models.push((pass, pass.byte_model()));
     }
     println!(
-        "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8} {:>6} {:>8}",
-        "shape", "pass", "dev", "wall ms", "(min – max)", "device ms", "GB/s", "%copy", "gpu/cpu"
+        "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8} {:>6} {:>7} {:>8}",
+        "shape",
+        "pass",
+        "dev",
+        "wall ms",
+        "(min – max)",
+        "device ms",
+        "GB/s",
+        "%copy",
+        "%stream",
+        "gpu/cpu"
     );
     for shape in &args.shapes {
         for pass in BatchNormPass::ALL {
@@ -59,10 +87,13 @@ pub(super) fn kernels(
             for &(device, timing) in &rows {
                 let seconds = timing.device.map_or(timing.wall.median, |d| d.median);
                 let rate = bytes as f64 / seconds;
-                let ceiling = ceilings.iter().find(|(d, _)| *d == device).map(|c| c.1);
+                let (copy, stream) = ceilings
+                    .iter()
+                    .find(|(d, _)| *d == device)
+                    .map_or((f64::NAN, f64::NAN), |c| c.1);
                 let ratio = gpu_over_cpu(&rows, device, |t| t.wall.median);
                 println!(
-                    "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8.2} {:>6} {:>8}",
+                    "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8.2} {:>5.0}% {:>6.0}% {:>8}",
                     shape.label,
                     pass.name(),
                     device,
@@ -70,7 +101,8 @@ pub(super) fn kernels(
                     format!("({} – {})", ms(timing.wall.min), ms(timing.wall.max)),
                     timing.device.map_or("-".to_string(), |d| ms(d.median)),
                     rate / 1e9,
-                    ceiling.map_or("-".to_string(), |c| format!("{:.0}%", 100.0 * rate / c)),
+                    100.0 * rate / copy,
+                    100.0 * rate / stream,
                     ratio.map_or(String::new(), |r| format!("{r:.2}")),
                 );
                 report.kernels.push(KernelRow {
@@ -80,6 +112,8 @@ pub(super) fn kernels(
                     timing,
                     bytes,
                     bytes_per_second: rate,
+                    of_copy: rate / copy,
+                    of_stream: rate / stream,
                     gpu_over_cpu: ratio,
                 });
             }

@@ -1,6 +1,8 @@
 //! Launches `shaders/batchnorm.wgsl`. A reduction splits each channel's m values over
-//! workgroups (`*_partial`) and merges the splits (`*_finalize`), skipped when one split
-//! suffices; x is bound in chunks of rows where it exceeds what one binding may hold.
+//! workgroups (`*_partial`), merges the splits (`*_finalize`) and applies the result on the
+//! same grid; when one split covers the batch, the partial pass does all three in one dispatch.
+//! x is read in vectors of four where its layout allows, and bound in chunks of rows where it
+//! exceeds what one binding may hold.
 
 use std::ops::Range;
 
@@ -10,15 +12,59 @@ use super::{
     PARTIAL_STRIDE, RunningStats,
 };
 use crate::backend::Backend;
-use crate::gpu::{Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Slot, WORKGROUP};
+use crate::gpu::{
+    Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Slot, Variant, VectorWidth,
+    WORKGROUP,
+};
 use crate::{Dtype, Result};
 
 /// How a reduction is laid out on the GPU, per chunk of rows.
 struct ReductionPlan {
     chunks: Vec<(RowChunk, ChunkSplits)>,
     total_splits: u32,
+    layout: VectorLayout,
     lanes_c: u32,
-    channel_groups: u32,
+    workgroup_columns: u32,
+}
+
+/// How x is cut into vectors (see the layout comment of `shaders/batchnorm.wgsl`).
+#[derive(Clone, Copy)]
+struct VectorLayout {
+    vector: VectorWidth,
+    lanes_are_channels: bool,
+    /// Channel groups per sample and vectors of one group per sample.
+    groups: usize,
+    run_len: usize,
+}
+
+impl VectorLayout {
+    /// Four neighbouring channels per vector for (N, C) with C a multiple of 4, four positions
+    /// of one channel where S is a multiple of 4, else scalars.
+    fn of(shape: BatchNormShape) -> Self {
+        let four = VectorWidth::Four.lanes();
+        if shape.s == 1 && shape.c.is_multiple_of(four) {
+            Self {
+                vector: VectorWidth::Four,
+                lanes_are_channels: true,
+                groups: shape.c / four,
+                run_len: 1,
+            }
+        } else if shape.s.is_multiple_of(four) {
+            Self {
+                vector: VectorWidth::Four,
+                lanes_are_channels: false,
+                groups: shape.c,
+                run_len: shape.s / four,
+            }
+        } else {
+            Self {
+                vector: VectorWidth::One,
+                lanes_are_channels: false,
+                groups: shape.c,
+                run_len: shape.s,
+            }
+        }
+    }
 }
 
 struct ChunkSplits {
@@ -35,7 +81,9 @@ struct ChunkSplits {
 pub struct BatchNormParams {
     pub rows: u32,
     pub channels: u32,
-    pub spatial: u32,
+    pub groups: u32,
+    pub run_len: u32,
+    pub lanes_are_channels: u32,
     pub lanes_c: u32,
     pub split_len: u32,
     pub split_base: u32,
@@ -45,9 +93,11 @@ pub struct BatchNormParams {
     pub eps: f32,
     pub momentum: f32,
     pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 48);
+const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 64);
 
 impl GpuBackend {
     fn reduction_plan(&self, shape: BatchNormShape, dtype: Dtype) -> Result<ReductionPlan> {
@@ -58,20 +108,22 @@ impl GpuBackend {
             self.max_binding(),
             self.limits().min_storage_buffer_offset_alignment as u64,
         )?;
-        // (N, C): neighbouring threads take neighbouring channels so loads coalesce;
-        // (N, C, S): a whole workgroup walks the contiguous spatial run of one channel.
-        let lanes_c = if shape.s == 1 {
-            (shape.c.next_power_of_two() as u32).min(tuning.lanes_c_2d)
+        // Neighbouring threads take neighbouring channel groups where a group is one vector
+        // per sample, so their loads are contiguous; otherwise a whole workgroup walks the
+        // contiguous runs of one group.
+        let layout = VectorLayout::of(shape);
+        let lanes_c = if layout.run_len == 1 {
+            (layout.groups.next_power_of_two() as u32).min(tuning.lanes_c_2d)
         } else {
             1
         };
         let row_lanes = WORKGROUP / lanes_c;
-        let channel_groups = shape.c.div_ceil(lanes_c as usize) as u32;
-        let wanted_splits = tuning.target_workgroups.div_ceil(channel_groups).max(1);
+        let workgroup_columns = layout.groups.div_ceil(lanes_c as usize) as u32;
+        let wanted_splits = tuning.target_workgroups.div_ceil(workgroup_columns).max(1);
         let mut split_base = 0;
         let mut planned = Vec::with_capacity(chunks.len());
         for chunk in chunks {
-            let chunk_len = (chunk.rows * shape.s) as u32;
+            let chunk_len = (chunk.rows * layout.run_len) as u32;
             let useful_splits = chunk_len.div_ceil(row_lanes * tuning.min_elements_per_thread);
             let split_len = chunk_len.div_ceil(wanted_splits.min(useful_splits).max(1));
             let splits = chunk_len.div_ceil(split_len);
@@ -88,21 +140,28 @@ impl GpuBackend {
         Ok(ReductionPlan {
             chunks: planned,
             total_splits: split_base,
+            layout,
             lanes_c,
-            channel_groups,
+            workgroup_columns,
         })
     }
 }
 
-fn base_params(shape: BatchNormShape, config: BatchNormConfig) -> BatchNormParams {
+fn plan_params(
+    shape: BatchNormShape,
+    plan: &ReductionPlan,
+    config: BatchNormConfig,
+) -> BatchNormParams {
     BatchNormParams {
         rows: shape.n as u32,
         channels: shape.c as u32,
-        spatial: shape.s as u32,
-        lanes_c: 1,
+        groups: plan.layout.groups as u32,
+        run_len: plan.layout.run_len as u32,
+        lanes_are_channels: u32::from(plan.layout.lanes_are_channels),
+        lanes_c: plan.lanes_c,
         split_len: 0,
         split_base: 0,
-        total_splits: 1,
+        total_splits: plan.total_splits,
         count: shape.per_channel() as f32,
         eps: config.eps(),
         momentum: config.momentum(),
@@ -124,9 +183,18 @@ fn values(chunk: &RowChunk, row: usize) -> Range<usize> {
 /// The bindings of one chunk, given the range of values its rows span.
 type ChunkBindings<'a> = dyn Fn(Range<usize>) -> Vec<Binding<'a>> + 'a;
 
+/// The kernels of one reduction: per split, merging the splits, applying the result.
+struct ReductionKernels {
+    partial: Kernel,
+    finalize: Kernel,
+    apply: Kernel,
+}
+
 impl GpuBackend {
     /// One reduction over every chunk of rows: `partial` per chunk (its splits write their
-    /// results into `partials`), then `finalize` over all splits when there is more than one.
+    /// results into `partials`, or, with one split in all, finish and apply them), then
+    /// `finalize` over all splits and `apply` per chunk when there is more than one. The
+    /// partial kernel binds what both of the others bind, hence its own bindings.
     #[allow(clippy::too_many_arguments)]
     fn record_reduction<'a>(
         &self,
@@ -134,38 +202,44 @@ impl GpuBackend {
         plan: &ReductionPlan,
         params: &BatchNormParams,
         shape: BatchNormShape,
-        [partial, finalize]: [Kernel; 2],
-        chunk_bindings: &ChunkBindings<'a>,
+        kernels: ReductionKernels,
+        [partial_bindings, apply_bindings]: [&ChunkBindings<'a>; 2],
         partials: &'a GpuBuffer,
         per_channel: &[Binding<'a>],
     ) -> Result<()> {
-        let mut shared = vec![Binding::whole(Slot::Partials, partials)];
-        shared.extend_from_slice(per_channel);
-        for (chunk, splits) in &plan.chunks {
-            let mut bindings = chunk_bindings(values(chunk, shape.c * shape.s));
-            bindings.extend_from_slice(&shared);
-            let chunk_params = BatchNormParams {
-                rows: chunk.rows as u32,
-                split_len: splits.split_len,
-                split_base: splits.split_base,
-                ..*params
-            };
-            let groups = [plan.channel_groups, splits.splits, 1];
-            self.dispatch(encoder, partial, &chunk_params, &bindings, groups)?;
-        }
+        let reduce_bindings = |rows: Range<usize>| {
+            let mut bindings = partial_bindings(rows);
+            bindings.push(Binding::whole(Slot::Partials, partials));
+            bindings
+        };
+        self.record_per_chunk(
+            encoder,
+            plan,
+            params,
+            shape,
+            kernels.partial,
+            &reduce_bindings,
+        )?;
         if plan.total_splits > 1 {
+            let mut merge_bindings = vec![Binding::whole(Slot::Partials, partials)];
+            merge_bindings.extend(
+                per_channel
+                    .iter()
+                    .filter(|b| !matches!(b.slot, Slot::Gamma | Slot::Beta)),
+            );
             self.dispatch(
                 encoder,
-                finalize,
+                kernels.finalize,
                 params,
-                &shared,
+                &merge_bindings,
                 per_channel_groups(shape),
             )?;
+            self.record_per_chunk(encoder, plan, params, shape, kernels.apply, apply_bindings)?;
         }
         Ok(())
     }
 
-    /// One elementwise pass of `kernel` over every chunk of rows.
+    /// One dispatch of `kernel` per chunk of rows, on the reduction's grid.
     fn record_per_chunk<'a>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -175,15 +249,20 @@ impl GpuBackend {
         kernel: Kernel,
         chunk_bindings: &ChunkBindings<'a>,
     ) -> Result<()> {
-        for (chunk, _) in &plan.chunks {
-            let rows = values(chunk, shape.c * shape.s);
+        let variant = Variant {
+            vector: plan.layout.vector,
+            ..Variant::default()
+        };
+        for (chunk, splits) in &plan.chunks {
             let chunk_params = BatchNormParams {
                 rows: chunk.rows as u32,
+                split_len: splits.split_len,
+                split_base: splits.split_base,
                 ..*params
             };
-            let elements = rows.len();
-            let bindings = chunk_bindings(rows);
-            self.dispatch_elementwise(encoder, kernel, &chunk_params, &bindings, elements)?;
+            let bindings = chunk_bindings(values(chunk, shape.c * shape.s));
+            let groups = [plan.workgroup_columns, splits.splits, 1];
+            self.dispatch_specialized(encoder, kernel, variant, &chunk_params, &bindings, groups)?;
         }
         Ok(())
     }
@@ -201,57 +280,63 @@ impl BatchNormOps for GpuBackend {
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
         let plan = self.reduction_plan(shape, x.dtype())?;
-        let params = BatchNormParams {
-            lanes_c: plan.lanes_c,
-            total_splits: plan.total_splits,
-            ..base_params(shape, config)
-        };
+        let params = plan_params(shape, &plan, config);
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
-        let per_channel = [
+        let running_stats = [
             Binding::whole(Slot::Stats, &out.stats),
             Binding::whole(Slot::RunningMean, &running.mean),
             Binding::whole(Slot::RunningVar, &running.var),
         ];
+        let running_only = &running_stats[1..];
         let y = &out.y;
-        self.record(|encoder| {
-            match mode {
-                Mode::Train => self.record_reduction(
-                    encoder,
-                    &plan,
-                    &params,
-                    shape,
-                    [
-                        Kernel::BatchNormStatsPartial,
-                        Kernel::BatchNormStatsFinalize,
-                    ],
-                    &|rows| vec![Binding::rows(Slot::X, x, rows.start, rows.len())],
-                    &partials,
-                    &per_channel,
-                )?,
-                Mode::Eval => self.dispatch(
-                    encoder,
-                    Kernel::BatchNormEvalStats,
-                    &params,
-                    &per_channel,
-                    per_channel_groups(shape),
-                )?,
-            }
-            self.record_per_chunk(
+        let normalize_bindings = |rows: Range<usize>| {
+            vec![
+                Binding::rows(Slot::X, x, rows.start, rows.len()),
+                Binding::rows(Slot::Out, y, rows.start, rows.len()),
+                Binding::whole(Slot::Stats, &out.stats),
+                Binding::whole(Slot::Gamma, &affine.gamma),
+                Binding::whole(Slot::Beta, &affine.beta),
+            ]
+        };
+        self.record(|encoder| match mode {
+            Mode::Train => self.record_reduction(
                 encoder,
                 &plan,
                 &params,
                 shape,
-                Kernel::BatchNormNormalize,
-                &|rows| {
-                    vec![
-                        Binding::rows(Slot::X, x, rows.start, rows.len()),
-                        Binding::rows(Slot::Out, y, rows.start, rows.len()),
-                        Binding::whole(Slot::Stats, &out.stats),
-                        Binding::whole(Slot::Gamma, &affine.gamma),
-                        Binding::whole(Slot::Beta, &affine.beta),
-                    ]
+                ReductionKernels {
+                    partial: Kernel::BatchNormStatsPartial,
+                    finalize: Kernel::BatchNormStatsFinalize,
+                    apply: Kernel::BatchNormNormalize,
                 },
-            )
+                [
+                    &|rows| {
+                        let mut bindings = normalize_bindings(rows);
+                        bindings.extend_from_slice(running_only);
+                        bindings
+                    },
+                    &normalize_bindings,
+                ],
+                &partials,
+                &running_stats,
+            ),
+            Mode::Eval => {
+                self.dispatch(
+                    encoder,
+                    Kernel::BatchNormEvalStats,
+                    &params,
+                    &running_stats,
+                    per_channel_groups(shape),
+                )?;
+                self.record_per_chunk(
+                    encoder,
+                    &plan,
+                    &params,
+                    shape,
+                    Kernel::BatchNormNormalize,
+                    &normalize_bindings,
+                )
+            }
         })
     }
 
@@ -265,11 +350,7 @@ impl BatchNormOps for GpuBackend {
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
         let plan = self.reduction_plan(shape, x.dtype())?;
-        let params = BatchNormParams {
-            lanes_c: plan.lanes_c,
-            total_splits: plan.total_splits,
-            ..base_params(shape, BatchNormConfig::default())
-        };
+        let params = plan_params(shape, &plan, BatchNormConfig::default());
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let per_channel = [
             Binding::whole(Slot::Stats, stats),
@@ -277,41 +358,30 @@ impl BatchNormOps for GpuBackend {
             Binding::whole(Slot::Dbeta, &grads.dbeta),
         ];
         let dx = &grads.dx;
+        let dx_bindings = |rows: Range<usize>| {
+            let mut bindings = vec![
+                Binding::rows(Slot::X, x, rows.start, rows.len()),
+                Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
+                Binding::rows(Slot::Out, dx, rows.start, rows.len()),
+                Binding::whole(Slot::Gamma, gamma),
+            ];
+            bindings.extend_from_slice(&per_channel);
+            bindings
+        };
         self.record(|encoder| {
             self.record_reduction(
                 encoder,
                 &plan,
                 &params,
                 shape,
-                [
-                    Kernel::BatchNormBackwardPartial,
-                    Kernel::BatchNormBackwardFinalize,
-                ],
-                &|rows| {
-                    vec![
-                        Binding::rows(Slot::X, x, rows.start, rows.len()),
-                        Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
-                    ]
+                ReductionKernels {
+                    partial: Kernel::BatchNormBackwardPartial,
+                    finalize: Kernel::BatchNormBackwardFinalize,
+                    apply: Kernel::BatchNormBackwardDx,
                 },
+                [&dx_bindings, &dx_bindings],
                 &partials,
                 &per_channel,
-            )?;
-            self.record_per_chunk(
-                encoder,
-                &plan,
-                &params,
-                shape,
-                Kernel::BatchNormBackwardDx,
-                &|rows| {
-                    let mut bindings = vec![
-                        Binding::rows(Slot::X, x, rows.start, rows.len()),
-                        Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
-                        Binding::rows(Slot::Out, dx, rows.start, rows.len()),
-                        Binding::whole(Slot::Gamma, gamma),
-                    ];
-                    bindings.extend_from_slice(&per_channel);
-                    bindings
-                },
             )
         })
     }

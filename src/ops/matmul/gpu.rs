@@ -3,7 +3,7 @@
 
 use super::{MatmulOps, MatrixLayout};
 use crate::Result;
-use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot};
+use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot, Variant};
 
 /// Uniform parameters of `shaders/matmul.wgsl` (`struct MatmulParams` there).
 #[doc(hidden)]
@@ -175,7 +175,10 @@ impl GpuBackend {
             self.dispatch_threads(
                 encoder,
                 Kernel::MatmulVec4,
-                &constants,
+                Variant {
+                    constants: &constants,
+                    ..Variant::default()
+                },
                 group,
                 params,
                 &bindings,
