@@ -176,6 +176,25 @@ fn train_suite_times_every_model_batch_and_device_and_plots_them() {
         devices
     );
     assert!(report["reference_epoch"].as_array().unwrap().is_empty());
+    // Where the GPU can time kernels, each model's batch-32 step is broken down by kernel, and
+    // the shares cover the whole step.
+    let profiles = report["step_kernels"].as_array().unwrap();
+    match gpu() {
+        Some(gpu) if gpu.has_timestamps() => {
+            assert_eq!(profiles.len(), 2, "one per model");
+            for profile in profiles {
+                let kernels = profile["kernels"].as_array().unwrap();
+                let shares: f64 = kernels.iter().map(|k| k["share"].as_f64().unwrap()).sum();
+                assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+                assert!(
+                    kernels
+                        .iter()
+                        .any(|k| k["kernel"].as_str().unwrap().starts_with("matmul"))
+                );
+            }
+        }
+        _ => assert!(profiles.is_empty()),
+    }
     common::assert_png_shows_curves(&dir.path().join("t.png"), 1);
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::cpu::CpuBackend;
-use crate::gpu::GpuBackend;
+use crate::gpu::{GpuBackend, Profile};
 use crate::ops::Compute;
 
 mod ceilings;
@@ -18,8 +18,8 @@ mod training;
 pub use ceilings::{STREAM_VECTORS_PER_THREAD, StreamParams};
 pub use kernels::{BatchNormPass, BatchNormStep, KernelTiming, time_batchnorm};
 pub use training::{
-    EpochTiming, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, StepObjects, StepTiming, SyntheticStep,
-    step_flops, time_epoch, time_steps, time_to_first_step,
+    EpochTiming, KernelShare, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, StepObjects, StepTiming,
+    SyntheticStep, profile_step, step_flops, time_epoch, time_steps, time_to_first_step,
 };
 
 /// Median, fastest and slowest of repeated measurements, in seconds.
@@ -60,9 +60,15 @@ pub trait Clock: Compute {
     /// Blocks until everything recorded so far has run.
     fn finish(&self) -> Result<()>;
 
+    /// Runs `work`, waits for it, and returns the device time of each of its dispatches, or
+    /// `None` where the device cannot time kernels.
+    fn device_profile(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Profile>>;
+
     /// Runs `work`, waits for it, and returns its device time (the sum of its kernels' times),
     /// or `None` where the device cannot time kernels.
-    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>>;
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        Ok(self.device_profile(work)?.map(|p| p.device_seconds()))
+    }
 
     /// Copies `bytes` from one device buffer to another `reps` times (after one untimed copy)
     /// and returns the wall seconds each took.
@@ -84,7 +90,7 @@ impl Clock for CpuBackend {
         Ok(())
     }
 
-    fn device_seconds(&self, _work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+    fn device_profile(&self, _work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Profile>> {
         Ok(None)
     }
 
@@ -106,7 +112,7 @@ impl Clock for GpuBackend {
         Some(GpuBackend::counters(self))
     }
 
-    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+    fn device_profile(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Profile>> {
         if !self.has_timestamps() {
             return Ok(None);
         }
@@ -114,7 +120,7 @@ impl Clock for GpuBackend {
         let result = work();
         let profile = self.finish_profiling()?;
         result?;
-        Ok(Some(profile.device_seconds()))
+        Ok(Some(profile))
     }
 
     fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<Vec<f64>> {

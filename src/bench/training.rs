@@ -126,6 +126,61 @@ pub fn time_steps<B: Clock>(
     })
 }
 
+/// One kernel's part of a training step's device time.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelShare {
+    /// The kernel's entry point.
+    pub kernel: &'static str,
+    /// Its dispatches per step.
+    pub dispatches: f64,
+    /// Its device seconds per step.
+    pub seconds: f64,
+    /// Its fraction of the step's device time.
+    pub share: f64,
+}
+
+/// Device time of each kernel of a training step of `spec` at `batch` rows, averaged over
+/// `reps` profiled steps after `warmup`, largest first; `None` where the device cannot time
+/// kernels.
+pub fn profile_step<B: Clock>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    warmup: usize,
+    reps: usize,
+) -> Result<Option<Vec<KernelShare>>> {
+    let mut step = SyntheticStep::new(backend, spec, batch)?;
+    for _ in 0..warmup {
+        step.run(backend)?;
+    }
+    backend.finish()?;
+    let mut dispatches = Vec::new();
+    for _ in 0..reps {
+        match backend.device_profile(&mut || step.run(backend))? {
+            Some(profile) => dispatches.extend(profile.dispatches),
+            None => return Ok(None),
+        }
+    }
+    let profile = crate::gpu::Profile {
+        dispatches,
+        untimed: 0,
+    };
+    let total = profile.device_seconds();
+    let per_step = |v: f64| v / reps.max(1) as f64;
+    Ok(Some(
+        profile
+            .by_kernel()
+            .into_iter()
+            .map(|(kernel, count, seconds)| KernelShare {
+                kernel: kernel.entry_point(),
+                dispatches: per_step(count as f64),
+                seconds: per_step(seconds),
+                share: seconds / total,
+            })
+            .collect(),
+    ))
+}
+
 /// A training step's wall time, and what each step dispatched and created once timed.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct StepTiming {

@@ -9,6 +9,11 @@ pub struct Tuning {
     pub target_workgroups: u32,
     /// Fewer values than this per thread and a split is not worth its partial result.
     pub min_elements_per_thread: u32,
+    /// A BatchNorm input of at most this many bytes is reduced in one split per channel group,
+    /// so each pass is one dispatch: below it, the two dispatches a split adds cost more than
+    /// the parallelism it buys (about 44 µs each on a software rasterizer, where 1 MiB streams
+    /// in about 0.2 ms).
+    pub single_split_bytes: usize,
     /// For (N, C) inputs: channels side by side in one workgroup (a power of two ≤ 256).
     pub lanes_c_2d: u32,
     /// Threads per workgroup of `matmul_vec4`.
@@ -34,6 +39,7 @@ impl Default for Tuning {
         Self {
             target_workgroups: 256,
             min_elements_per_thread: 16,
+            single_split_bytes: 1 << 20,
             lanes_c_2d: 32,
             matmul_group: 64,
         }

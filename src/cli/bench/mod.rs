@@ -150,6 +150,14 @@ struct StepRow {
     gpu_over_cpu: Option<f64>,
 }
 
+/// Where a GPU step's device time goes, kernel by kernel.
+#[derive(Serialize)]
+struct StepKernelsRow {
+    model: &'static str,
+    batch: usize,
+    kernels: Vec<bench::KernelShare>,
+}
+
 #[derive(Serialize)]
 struct OnceRow<T> {
     device: &'static str,
@@ -164,6 +172,7 @@ struct Report {
     byte_models: Vec<(BatchNormPass, &'static str)>,
     train_steps: Vec<StepRow>,
     steps_per_sample: usize,
+    step_kernels: Vec<StepKernelsRow>,
     first_step_seconds: Vec<OnceRow<f64>>,
     reference_epoch: Vec<OnceRow<EpochTiming>>,
 }

@@ -178,6 +178,9 @@ pub(super) fn train(
             }
         }
     }
+    if let Some(gpu) = gpu {
+        step_kernels(args, gpu, report)?;
+    }
     println!();
     let spec = ModelSpec::reference_mlp(true);
     let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
@@ -220,6 +223,44 @@ pub(super) fn train(
         report.reference_epoch.push(OnceRow {
             device,
             result: timing,
+        });
+    }
+    Ok(())
+}
+
+/// Device time of each kernel of a GPU step at batch 32, where the adapter has timestamps.
+fn step_kernels(args: &BenchArgs, gpu: &GpuBackend, report: &mut Report) -> Result<()> {
+    const BATCH: usize = 32;
+    for (model, batchnorm) in MODELS {
+        let spec = ModelSpec::reference_mlp(batchnorm);
+        let Some(kernels) = bench::profile_step(gpu, &spec, BATCH, args.warmup, args.reps)? else {
+            return Ok(());
+        };
+        let total: f64 = kernels.iter().map(|k| k.seconds).sum();
+        println!();
+        println!(
+            "Device time per kernel of a {model} step at batch {BATCH} on the GPU (mean of {} \
+             profiled steps): {} ms in all",
+            args.reps,
+            ms(total)
+        );
+        println!(
+            "{:>24} {:>10} {:>10} {:>6}",
+            "kernel", "dispatches", "device ms", "share"
+        );
+        for kernel in &kernels {
+            println!(
+                "{:>24} {:>10.0} {:>10} {:>5.0}%",
+                kernel.kernel,
+                kernel.dispatches,
+                ms(kernel.seconds),
+                100.0 * kernel.share
+            );
+        }
+        report.step_kernels.push(StepKernelsRow {
+            model,
+            batch: BATCH,
+            kernels,
         });
     }
     Ok(())

@@ -119,7 +119,11 @@ impl GpuBackend {
         };
         let row_lanes = WORKGROUP / lanes_c;
         let workgroup_columns = layout.groups.div_ceil(lanes_c as usize) as u32;
-        let wanted_splits = tuning.target_workgroups.div_ceil(workgroup_columns).max(1);
+        let wanted_splits = if shape.numel() * dtype.size() <= tuning.single_split_bytes {
+            1
+        } else {
+            tuning.target_workgroups.div_ceil(workgroup_columns).max(1)
+        };
         let mut split_base = 0;
         let mut planned = Vec::with_capacity(chunks.len());
         for chunk in chunks {
