@@ -8,7 +8,12 @@
 - epoch: one epoch of the reference experiment in a lean eager loop (54,000 training images at
   batch 32, then the validation forward), as in tests/independent/torch_train.py.
 
+With --device cuda everything runs on the GPU (the images held there, as wgnorm holds them), each
+timing ending in a synchronize; the steps and the epoch are timed eager and again replaying a
+CUDA graph of the whole step (static batch tensors, capturable Adam), where capture works.
+
     python benches/torch_reference.py ../shared/data/mnist --threads 1 --json torch-1t.json
+    python benches/torch_reference.py ../shared/data/mnist --device cuda --json torch-cuda.json
 """
 
 import argparse
@@ -30,6 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "indep
 from torch_train import load  # noqa: E402  (the IDX reader the accuracy comparison uses)
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timing(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
             "reps": len(samples)}
@@ -38,10 +51,12 @@ def timing(samples):
 def timed(work, warmup, reps):
     for _ in range(warmup):
         work()
+    sync()
     samples = []
     for _ in range(reps):
         start = time.perf_counter()
         work()
+        sync()
         samples.append(time.perf_counter() - start)
     return timing(samples)
 
@@ -50,10 +65,11 @@ def kernels(warmup, reps):
     rows = []
     for shape in SHAPES:
         c = shape[1]
-        x = torch.rand(shape)
+        x = torch.rand(shape, device=DEVICE)
         dy = x - 0.5
-        weight, bias = torch.ones(c), torch.zeros(c)
-        running_mean, running_var = torch.zeros(c), torch.ones(c)
+        weight, bias = torch.ones(c, device=DEVICE), torch.zeros(c, device=DEVICE)
+        running_mean = torch.zeros(c, device=DEVICE)
+        running_var = torch.ones(c, device=DEVICE)
 
         def forward():
             return torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var,
@@ -90,55 +106,115 @@ def model(batchnorm):
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
-    return net
+    return net.to(DEVICE)
+
+
+def train_step(net, optimizer, x, y):
+    loss = nn.functional.cross_entropy(net(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def graphed_step(net, batch):
+    """A CUDA graph of one whole training step on static batch tensors, as PyTorch's CUDA graphs
+    documentation captures one: returns (run(x, y), None), or (None, why) where capture fails."""
+    try:
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True)
+        static_x = torch.zeros(batch, 784, device=DEVICE)
+        static_y = torch.zeros(batch, dtype=torch.int64, device=DEVICE)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                train_step(net, optimizer, static_x, static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss = nn.functional.cross_entropy(net(static_x), static_y)
+            loss.backward()
+            optimizer.step()
+
+        def run(x, y):
+            static_x.copy_(x)
+            static_y.copy_(y)
+            graph.replay()
+
+        return run, None
+    except Exception as error:  # noqa: BLE001  (report why capture failed, keep the eager rows)
+        return None, f"{type(error).__name__}: {error}"
+
+
+def step_modes():
+    """Eager always; a CUDA graph of the step too on the GPU."""
+    return ["eager", "graph"] if DEVICE.type == "cuda" else ["eager"]
+
+
+def stepper(net, batch, mode):
+    """A function running one step on (x, y), or None and why where the mode cannot run."""
+    if mode == "graph":
+        return graphed_step(net, batch)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    return (lambda x, y: train_step(net, optimizer, x, y)), None
 
 
 def steps(x_train, y_train, warmup, reps):
     rows = []
-    for name, batchnorm in [("bn", True), ("nobn", False)]:
-        for batch in BATCHES:
-            net = model(batchnorm)
-            net.train()
-            optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-            order = torch.randperm(len(x_train))
-            position = [0]
+    for mode in step_modes():
+        for name, batchnorm in [("bn", True), ("nobn", False)]:
+            for batch in BATCHES:
+                net = model(batchnorm)
+                net.train()
+                run, why = stepper(net, batch, mode)
+                if run is None:
+                    rows.append({"model": name, "batch": batch, "mode": mode, "error": why})
+                    print(f"{name:>5} {batch:>5} {mode}: {why}", flush=True)
+                    continue
+                order = torch.randperm(len(x_train), device=DEVICE)
+                position = [0]
 
-            def sample():
-                for _ in range(STEPS_PER_SAMPLE):
-                    first = position[0] % (len(x_train) - batch)
-                    position[0] += batch
-                    index = order[first : first + batch]
-                    loss = nn.functional.cross_entropy(net(x_train[index]), y_train[index])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+                def sample():
+                    for _ in range(STEPS_PER_SAMPLE):
+                        first = position[0] % (len(x_train) - batch)
+                        position[0] += batch
+                        index = order[first : first + batch]
+                        run(x_train[index], y_train[index])
 
-            t = timed(sample, max(1, warmup), reps)
-            per_step = {k: (v / STEPS_PER_SAMPLE if k != "reps" else v) for k, v in t.items()}
-            rows.append({"model": name, "batch": batch, "seconds_per_step": per_step})
-            print(f"{name:>5} {batch:>5} {per_step['median'] * 1e3:9.3f} ms/step", flush=True)
+                t = timed(sample, max(1, warmup), reps)
+                per_step = {k: (v / STEPS_PER_SAMPLE if k != "reps" else v) for k, v in t.items()}
+                rows.append({"model": name, "batch": batch, "mode": mode,
+                             "seconds_per_step": per_step})
+                print(f"{name:>5} {batch:>5} {mode:>5} {per_step['median'] * 1e3:9.3f} ms/step",
+                      flush=True)
     return rows
 
 
-def epoch(x_train, y_train, x_val, y_val):
+def epoch(x_train, y_train, x_val, y_val, mode):
     torch.manual_seed(0)
     net = model(True)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    run, why = stepper(net, 32, mode)
+    if run is None:
+        print(f"one epoch ({mode}): {why}")
+        return {"mode": mode, "error": why}
+    sync()
     start = time.perf_counter()
     net.train()
-    order = torch.randperm(len(x_train))
-    for first in range(0, len(x_train), 32):
+    order = torch.randperm(len(x_train), device=DEVICE)
+    # A CUDA graph replays one batch size, so the graphed epoch leaves out the last partial batch.
+    last = len(x_train) if mode == "eager" else len(x_train) - len(x_train) % 32
+    for first in range(0, last, 32):
         index = order[first : first + 32]
-        loss = nn.functional.cross_entropy(net(x_train[index]), y_train[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        run(x_train[index], y_train[index])
     net.eval()
     with torch.no_grad():
         accuracy = (net(x_val).argmax(1) == y_val).float().mean().item()
+    sync()
     seconds = time.perf_counter() - start
-    print(f"one epoch (bn, batch 32, + validation): {seconds:.2f} s, val acc {accuracy:.4f}")
-    return {"seconds": seconds, "val_acc": accuracy}
+    print(f"one epoch (bn, batch 32, + validation, {mode}): {seconds:.2f} s, "
+          f"val acc {accuracy:.4f}")
+    return {"mode": mode, "seconds": seconds, "val_acc": accuracy}
 
 
 def main() -> None:
@@ -148,21 +224,31 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the tensors live (cuda: a CUDA or ROCm GPU)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: this PyTorch build sees no CUDA or ROCm GPU")
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {where}")
 
     x = torch.from_numpy((load(args.data_dir, "train-images-idx3-ubyte").reshape(-1, 784) / 255.0).astype(np.float32))
     y = torch.from_numpy(load(args.data_dir, "train-labels-idx1-ubyte").astype(np.int64))
     split = int(len(x) * 0.9)
+    x, y = x.to(DEVICE), y.to(DEVICE)
     x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
 
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "device": where,
               "kernels": kernels(args.warmup, args.reps),
               "train_steps": steps(x_train, y_train, args.warmup, args.reps),
               "steps_per_sample": STEPS_PER_SAMPLE,
-              "reference_epoch": epoch(x_train, y_train, x_val, y_val)}
+              "reference_epoch": [epoch(x_train, y_train, x_val, y_val, mode)
+                                  for mode in step_modes()]}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

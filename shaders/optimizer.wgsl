@@ -1,5 +1,6 @@
-// Optimizer updates of one parameter tensor from its gradient g, one thread per element,
-// written as PyTorch writes them (torch.optim, single-tensor path):
+// Optimizer updates of one parameter tensor from its gradient g, one thread per vector of
+// VECTOR elements (four where the length allows), written as PyTorch writes them (torch.optim,
+// single-tensor path), element by element the same at either width:
 //
 //   adam: m ← m + (1 − β1)·(g − m)          v ← β2·v + (1 − β2)·g²
 //         θ ← θ − step_size·m / (sqrt(v)/bias_correction2_sqrt + eps)
@@ -9,6 +10,7 @@
 // 1 − β1 and 1 − β2 come from the host, computed in f64 as PyTorch does: in f32, 1 − β2 for
 // β2 = 0.999 would be off by 1.3e-5 relative.
 struct OptimizerParams {
+    // Vectors in each tensor.
     len: u32,
     step_size: f32,
     one_minus_beta1: f32,
@@ -20,10 +22,10 @@ struct OptimizerParams {
 }
 
 @group(0) @binding(0) var<uniform> p: OptimizerParams;
-@group(0) @binding(17) var<storage, read_write> param: array<f32>;
-@group(0) @binding(18) var<storage, read> grad: array<f32>;
-@group(0) @binding(19) var<storage, read_write> moment1: array<f32>;
-@group(0) @binding(20) var<storage, read_write> moment2: array<f32>;
+@group(0) @binding(17) var<storage, read_write> param: array<F_V>;
+@group(0) @binding(18) var<storage, read> grad: array<F_V>;
+@group(0) @binding(19) var<storage, read_write> moment1: array<F_V>;
+@group(0) @binding(20) var<storage, read_write> moment2: array<F_V>;
 
 @compute @workgroup_size(WORKGROUP)
 fn adam(@builtin(global_invocation_id) id: vec3<u32>,
@@ -37,7 +39,7 @@ fn adam(@builtin(global_invocation_id) id: vec3<u32>,
     let v = p.beta2 * moment2[i] + p.one_minus_beta2 * g * g;
     moment1[i] = m;
     moment2[i] = v;
-    param[i] -= p.step_size * m / (sqrt(v) / p.bias_correction2_sqrt + p.eps);
+    param[i] -= p.step_size * m / (sqrt(v) / p.bias_correction2_sqrt + F_V(p.eps));
 }
 
 @compute @workgroup_size(WORKGROUP)

@@ -11,7 +11,7 @@ pub(super) fn kernels(
 ) -> Result<()> {
     println!();
     println!(
-        "Ceilings (bytes read + written per second over {COPY_BYTES} B buffers): a buffer copy, \
+        "Ceilings (bytes read + written per second over {COPY_BYTES} B buffers, fastest of --reps): a buffer copy, \
          and a streaming kernel y = a·x + b (vec4 loads, {} vectors per thread on the GPU)",
         bench::STREAM_VECTORS_PER_THREAD
     );

@@ -1,8 +1,9 @@
-//! Launches `shaders/optimizer.wgsl`: one thread per parameter.
+//! Launches `shaders/optimizer.wgsl`: one thread per vector of four parameters where the
+//! tensor's length is a multiple of four, else per parameter.
 
 use super::{OptimizerOps, OptimizerParams};
 use crate::Result;
-use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
+use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot, Variant, VectorWidth, WORKGROUP};
 
 impl GpuBackend {
     /// Dispatches one update kernel over `tensors` (name, slot, buffer).
@@ -17,8 +18,29 @@ impl GpuBackend {
             self.check_bindable(name, buffer)?;
             bindings.push(Binding::whole(slot, buffer));
         }
+        let vector = if (p.len as usize).is_multiple_of(VectorWidth::Four.lanes()) {
+            VectorWidth::Four
+        } else {
+            VectorWidth::One
+        };
+        let vectors = p.len as usize / vector.lanes();
+        let params = OptimizerParams {
+            len: vectors as u32,
+            ..*p
+        };
         self.record(|encoder| {
-            self.dispatch_elementwise(encoder, kernel, p, &bindings, p.len as usize)
+            self.dispatch_threads(
+                encoder,
+                kernel,
+                Variant {
+                    vector,
+                    ..Variant::default()
+                },
+                WORKGROUP,
+                &params,
+                &bindings,
+                vectors,
+            )
         })
     }
 }
