@@ -49,7 +49,7 @@ started=$(date +%s)
 {
     echo "wgnorm GPU check, $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
     echo "binary: $binary ($("$binary" --version 2>&1))"
-    echo "adapter request: ${WGNORM_ADAPTER:-wgnorm's default}"
+    echo "adapter request: ${WGNORM_ADAPTER:-none (wgnorm picks)}"
 } >"$summary"
 
 # part NAME SECONDS COMMAND...: runs COMMAND with its output in NAME.txt, noting the outcome.

@@ -1,9 +1,11 @@
-// Elementwise activations, forward and backward, one thread per element:
+// Elementwise activations, forward and backward, one thread per element: ReLU, dropout, or
+// ReLU then dropout in one pass (a `Relu, Dropout` pair of layers in training), as flags:
 //
-//   relu:    y = max(x, 0)                 dx = dy·[x > 0]
-//   dropout: y = x·keep·scale              dx = dy·keep·scale,   scale = 1/(1 − p)
-//            keep = bits(element) ≥ threshold, threshold = round(p·2³²)
-//            bits(e) = lowbias32(key.x ^ lowbias32(key.y ^ e))
+//   forward:  y  = keep·scale·act(x)       act(x) = max(x, 0) with ReLU, else x
+//   backward: dx = keep·scale·dy·[x > 0 or no ReLU]
+//   dropout:  scale = 1/(1 − p), keep = bits(element) ≥ threshold, threshold = round(p·2³²)
+//             bits(e) = lowbias32(key.x ^ lowbias32(key.y ^ e))
+//   without dropout: threshold = 0 (every element kept) and scale = 1, so y is act(x) exactly.
 //
 // x, dy and out are stored as X_T, DY_T and OUT_T (f32 or f16, defined ahead of this file);
 // values are computed in f32.
@@ -19,7 +21,8 @@ struct ActivationParams {
     key_x: u32,
     key_y: u32,
     scale: f32,
-    _pad0: u32,
+    // 1: ReLU before the dropout; 0: dropout alone. Without ReLU the backward pass reads no x.
+    relu: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -41,41 +44,26 @@ fn lowbias32(value: u32) -> u32 {
 }
 
 fn keeps(element: u32) -> bool {
-    return lowbias32(p.key_x ^ lowbias32(p.key_y ^ element)) >= p.threshold;
+    return p.threshold == 0u || lowbias32(p.key_x ^ lowbias32(p.key_y ^ element)) >= p.threshold;
 }
 
 @compute @workgroup_size(WORKGROUP)
-fn relu_forward(@builtin(global_invocation_id) id: vec3<u32>,
-                @builtin(num_workgroups) groups: vec3<u32>) {
+fn forward(@builtin(global_invocation_id) id: vec3<u32>,
+           @builtin(num_workgroups) groups: vec3<u32>) {
     let i = thread_index(id, groups, WORKGROUP);
     if i < p.len {
-        out[i] = OUT_T(max(f32(x[i]), 0.0));
+        let value = f32(x[i]);
+        let activated = select(value, max(value, 0.0), p.relu == 1u);
+        out[i] = OUT_T(select(0.0, activated * p.scale, keeps(i)));
     }
 }
 
 @compute @workgroup_size(WORKGROUP)
-fn relu_backward(@builtin(global_invocation_id) id: vec3<u32>,
-                 @builtin(num_workgroups) groups: vec3<u32>) {
+fn backward(@builtin(global_invocation_id) id: vec3<u32>,
+            @builtin(num_workgroups) groups: vec3<u32>) {
     let i = thread_index(id, groups, WORKGROUP);
     if i < p.len {
-        out[i] = OUT_T(select(0.0, f32(dy[i]), f32(x[i]) > 0.0));
-    }
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn dropout_forward(@builtin(global_invocation_id) id: vec3<u32>,
-                   @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = thread_index(id, groups, WORKGROUP);
-    if i < p.len {
-        out[i] = OUT_T(select(0.0, f32(x[i]) * p.scale, keeps(i)));
-    }
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn dropout_backward(@builtin(global_invocation_id) id: vec3<u32>,
-                    @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = thread_index(id, groups, WORKGROUP);
-    if i < p.len {
-        out[i] = OUT_T(select(0.0, f32(dy[i]) * p.scale, keeps(i)));
+        let passes = keeps(i) && (p.relu == 0u || f32(x[i]) > 0.0);
+        out[i] = OUT_T(select(0.0, f32(dy[i]) * p.scale, passes));
     }
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use wgnorm::backend::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, Mlp, ModelSpec, StepKey};
-use wgnorm::ops::activation::{ActivationOps, DropoutMask};
+use wgnorm::ops::activation::{Activation, ActivationOps, DropoutMask};
 use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
 use wgnorm::ops::loss::{LossTotals, metric};
 use wgnorm::ops::matmul::MatrixLayout;
@@ -260,6 +260,38 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
         &backend.download(&out).unwrap(),
         &reference::activation::dropout(&dy, &keep, 0.2),
         1e-7,
+    );
+
+    // ReLU then dropout in one pass is bit for bit the two passes one after the other.
+    let fused = Activation {
+        relu: true,
+        dropout: Some(mask),
+    };
+    let mut relu_out = backend.filled(len, f32::NAN).unwrap();
+    let mut two_passes = backend.filled(len, f32::NAN).unwrap();
+    backend.relu_forward(&xb, &mut relu_out).unwrap();
+    backend
+        .dropout_forward(&mask, &relu_out, &mut two_passes)
+        .unwrap();
+    backend.activation_forward(fused, &xb, &mut out).unwrap();
+    assert_eq!(
+        backend.download(&out).unwrap(),
+        backend.download(&two_passes).unwrap(),
+        "relu+dropout"
+    );
+    backend
+        .dropout_backward(&mask, &dyb, &mut relu_out)
+        .unwrap();
+    backend
+        .relu_backward(&xb, &relu_out, &mut two_passes)
+        .unwrap();
+    backend
+        .activation_backward(fused, Some(&xb), &dyb, &mut out)
+        .unwrap();
+    assert_eq!(
+        backend.download(&out).unwrap(),
+        backend.download(&two_passes).unwrap(),
+        "relu+dropout dx"
     );
 
     let (rows, classes) = (300, 10);

@@ -129,8 +129,8 @@ pub fn time_steps<B: Clock>(
 /// One kernel's part of a training step's device time.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelShare {
-    /// The kernel's entry point.
-    pub kernel: &'static str,
+    /// The kernel as `shader.entry_point`, e.g. `batchnorm.stats_partial`.
+    pub kernel: String,
     /// Its dispatches per step.
     pub dispatches: f64,
     /// Its device seconds per step.
@@ -172,7 +172,11 @@ pub fn profile_step<B: Clock>(
             .by_kernel()
             .into_iter()
             .map(|(kernel, count, seconds)| KernelShare {
-                kernel: kernel.entry_point(),
+                kernel: format!(
+                    "{}.{}",
+                    kernel.shader().file_name().trim_end_matches(".wgsl"),
+                    kernel.entry_point()
+                ),
                 dispatches: per_step(count as f64),
                 seconds: per_step(seconds),
                 share: seconds / total,

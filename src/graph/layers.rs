@@ -3,7 +3,7 @@
 
 use super::Compute;
 use crate::backend::Backend;
-use crate::ops::activation::DropoutMask;
+use crate::ops::activation::{Activation, DropoutMask};
 use crate::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
@@ -185,18 +185,28 @@ impl<B: Compute> BatchNorm<B> {
     }
 }
 
-/// The input, whose sign gates dy.
+/// The input, whose sign gates dy, and the dropout run in the same pass, if any.
 pub struct ReluSaved<B: Backend> {
     input: B::Buffer,
+    dropout: Option<DropoutMask>,
 }
 
+/// ReLU, followed in the same pass by `dropout` when a dropout layer comes next in training.
 pub(super) fn relu_forward<B: Compute>(
     backend: &B,
     x: B::Buffer,
+    dropout: Option<DropoutMask>,
 ) -> Result<(B::Buffer, ReluSaved<B>)> {
     let mut y = backend.scratch_as(backend.len_of(&x), backend.dtype_of(&x))?;
-    backend.relu_forward(&x, &mut y)?;
-    Ok((y, ReluSaved { input: x }))
+    backend.activation_forward(
+        Activation {
+            relu: true,
+            dropout,
+        },
+        &x,
+        &mut y,
+    )?;
+    Ok((y, ReluSaved { input: x, dropout }))
 }
 
 pub(super) fn relu_backward<B: Compute>(
@@ -205,7 +215,11 @@ pub(super) fn relu_backward<B: Compute>(
     dy: &B::Buffer,
 ) -> Result<B::Buffer> {
     let mut dx = backend.scratch(backend.len_of(dy))?;
-    backend.relu_backward(&saved.input, dy, &mut dx)?;
+    let activation = Activation {
+        relu: true,
+        dropout: saved.dropout,
+    };
+    backend.activation_backward(activation, Some(&saved.input), dy, &mut dx)?;
     Ok(dx)
 }
 

@@ -38,6 +38,13 @@ enum Saved<B: Backend> {
     BatchNorm(BatchNormSaved<B>),
     Relu(ReluSaved<B>),
     Dropout(DropoutSaved),
+    /// A dropout that ran inside the ReLU before it (one pass over memory each way).
+    DropoutInRelu,
+}
+
+/// Whether the last layer saved is a ReLU (which then runs the dropout after it).
+fn saved_relu<B: Backend>(saved: &[Saved<B>]) -> bool {
+    matches!(saved.last(), Some(Saved::Relu(_)))
 }
 
 /// What a forward pass leaves for its backward: each layer's saved state, in layer order, and
@@ -231,6 +238,19 @@ impl<B: Compute> Mlp<B> {
         params
     }
 
+    /// The dropout mask each layer draws in this forward (`None` for other layers, in eval
+    /// mode and where p = 0).
+    fn dropout_masks(&self, mode: Mode, key: StepKey) -> Vec<Option<DropoutMask>> {
+        (self.layers.iter().enumerate())
+            .map(|(index, layer)| match layer {
+                Layer::Dropout { p } if mode == Mode::Train && *p > 0.0 => {
+                    Some(DropoutMask::new(*p, key.seed, index as u32, key.step))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Logits of `x` (rows × inputs, consumed). `Mode::Train` uses batch statistics, updates
     /// the running ones and draws dropout masks from `key`; `Mode::Eval` changes nothing.
     pub fn forward(
@@ -242,6 +262,7 @@ impl<B: Compute> Mlp<B> {
         key: StepKey,
     ) -> Result<(B::Buffer, Tape<B>)> {
         check_activations(backend, self.activations)?;
+        let masks = self.dropout_masks(mode, key);
         let mut saved = Vec::with_capacity(self.layers.len());
         let mut h = x;
         let last = self.layers.len().saturating_sub(1);
@@ -261,13 +282,15 @@ impl<B: Compute> Mlp<B> {
                     (y, Saved::BatchNorm(s))
                 }
                 Layer::Relu => {
-                    let (y, s) = relu_forward(backend, h)?;
+                    let fused = masks.get(index + 1).copied().flatten();
+                    let (y, s) = relu_forward(backend, h, fused)?;
                     (y, Saved::Relu(s))
                 }
-                Layer::Dropout { p } => {
-                    let mask = (mode == Mode::Train && *p > 0.0)
-                        .then(|| DropoutMask::new(*p, key.seed, index as u32, key.step));
-                    let (y, s) = dropout_forward(backend, mask, h)?;
+                Layer::Dropout { .. } if masks[index].is_some() && saved_relu(&saved) => {
+                    (h, Saved::DropoutInRelu)
+                }
+                Layer::Dropout { .. } => {
+                    let (y, s) = dropout_forward(backend, masks[index], h)?;
                     (y, Saved::Dropout(s))
                 }
             };
@@ -318,6 +341,7 @@ impl<B: Compute> Mlp<B> {
                 }
                 (Layer::Relu, Saved::Relu(s)) => relu_backward(backend, s, &dy)?,
                 (Layer::Dropout { .. }, Saved::Dropout(s)) => dropout_backward(backend, s, dy)?,
+                (Layer::Dropout { .. }, Saved::DropoutInRelu) => dy,
                 _ => {
                     return Err(Error::InvalidArgument(format!(
                         "the tape does not match layer {index}"

@@ -245,12 +245,12 @@ fn step_kernels(args: &BenchArgs, gpu: &GpuBackend, report: &mut Report) -> Resu
             ms(total)
         );
         println!(
-            "{:>24} {:>10} {:>10} {:>6}",
+            "{:>30} {:>10} {:>10} {:>6}",
             "kernel", "dispatches", "device ms", "share"
         );
         for kernel in &kernels {
             println!(
-                "{:>24} {:>10.0} {:>10} {:>5.0}%",
+                "{:>30} {:>10.0} {:>10} {:>5.0}%",
                 kernel.kernel,
                 kernel.dispatches,
                 ms(kernel.seconds),

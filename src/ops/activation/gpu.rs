@@ -1,6 +1,6 @@
 //! Launches `shaders/activation.wgsl`: one thread per element.
 
-use super::{ActivationOps, DropoutMask};
+use super::{Activation, ActivationOps};
 use crate::Result;
 use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
 
@@ -14,7 +14,7 @@ pub struct ActivationParams {
     pub key_x: u32,
     pub key_y: u32,
     pub scale: f32,
-    pub _pad0: u32,
+    pub relu: u32,
     pub _pad1: u32,
     pub _pad2: u32,
 }
@@ -22,20 +22,17 @@ pub struct ActivationParams {
 const _: () = assert!(std::mem::size_of::<ActivationParams>() == 32);
 
 impl ActivationParams {
-    fn plain(len: usize) -> Self {
+    fn of(len: usize, activation: Activation) -> Self {
+        let (threshold, key, scale) = activation.dropout.map_or((0, [0, 0], 1.0), |mask| {
+            (mask.threshold(), mask.key, mask.scale())
+        });
         Self {
             len: len as u32,
-            ..Self::default()
-        }
-    }
-
-    fn dropout(len: usize, mask: &DropoutMask) -> Self {
-        Self {
-            len: len as u32,
-            threshold: mask.threshold(),
-            key_x: mask.key[0],
-            key_y: mask.key[1],
-            scale: mask.scale(),
+            threshold,
+            key_x: key[0],
+            key_y: key[1],
+            scale,
+            relu: u32::from(activation.relu),
             ..Self::default()
         }
     }
@@ -61,42 +58,30 @@ impl GpuBackend {
 }
 
 impl ActivationOps for GpuBackend {
-    fn relu_forward_unchecked(&self, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {
-        let params = ActivationParams::plain(x.len());
-        let inputs = [Binding::whole(Slot::X, x)];
-        self.activation(Kernel::ReluForward, params, &inputs, y)
-    }
-
-    fn relu_backward_unchecked(
+    fn activation_forward_unchecked(
         &self,
-        x: &GpuBuffer,
-        dy: &GpuBuffer,
-        dx: &mut GpuBuffer,
-    ) -> Result<()> {
-        let params = ActivationParams::plain(x.len());
-        let inputs = [Binding::whole(Slot::X, x), Binding::whole(Slot::Dy, dy)];
-        self.activation(Kernel::ReluBackward, params, &inputs, dx)
-    }
-
-    fn dropout_forward_unchecked(
-        &self,
-        mask: &DropoutMask,
+        activation: Activation,
         x: &GpuBuffer,
         y: &mut GpuBuffer,
     ) -> Result<()> {
-        let params = ActivationParams::dropout(x.len(), mask);
+        let params = ActivationParams::of(x.len(), activation);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.activation(Kernel::DropoutForward, params, &inputs, y)
+        self.activation(Kernel::ActivationForward, params, &inputs, y)
     }
 
-    fn dropout_backward_unchecked(
+    fn activation_backward_unchecked(
         &self,
-        mask: &DropoutMask,
+        activation: Activation,
+        x: Option<&GpuBuffer>,
         dy: &GpuBuffer,
         dx: &mut GpuBuffer,
     ) -> Result<()> {
-        let params = ActivationParams::dropout(dy.len(), mask);
-        let inputs = [Binding::whole(Slot::Dy, dy)];
-        self.activation(Kernel::DropoutBackward, params, &inputs, dx)
+        let params = ActivationParams::of(dy.len(), activation);
+        // Without ReLU the kernel reads no x; dy stands in for the binding.
+        let inputs = [
+            Binding::whole(Slot::X, x.unwrap_or(dy)),
+            Binding::whole(Slot::Dy, dy),
+        ];
+        self.activation(Kernel::ActivationBackward, params, &inputs, dx)
     }
 }

@@ -1,4 +1,4 @@
-//! ReLU and dropout, forward and backward:
+//! ReLU and dropout, forward and backward, each alone or ReLU then dropout in one pass:
 //!
 //! ```text
 //! relu:    y = max(x, 0)                 dx = dy·[x > 0]
@@ -15,10 +15,10 @@ mod gpu;
 #[doc(hidden)]
 pub use gpu::ActivationParams;
 
-use crate::Result;
 use crate::backend::Backend;
 use crate::ops::{check_len, check_u32_indexable};
 use crate::seed::splitmix64;
+use crate::{Error, Result};
 
 /// Which elements one dropout layer keeps at one step: a pure function of
 /// (seed, layer, step, element), so backward recomputes the mask and both backends agree.
@@ -67,6 +67,42 @@ impl DropoutMask {
     }
 }
 
+/// One elementwise activation pass: ReLU, dropout, or ReLU then dropout (what a `Relu,
+/// Dropout` pair of layers runs in training, in one pass over memory).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Activation {
+    /// max(x, 0) first.
+    pub relu: bool,
+    /// Then inverted dropout with this mask.
+    pub dropout: Option<DropoutMask>,
+}
+
+impl Activation {
+    /// ReLU alone.
+    pub const RELU: Activation = Activation {
+        relu: true,
+        dropout: None,
+    };
+
+    /// Dropout alone.
+    pub fn dropout(mask: DropoutMask) -> Self {
+        Self {
+            relu: false,
+            dropout: Some(mask),
+        }
+    }
+
+    /// The name errors give it.
+    pub fn name(&self) -> &'static str {
+        match (self.relu, self.dropout.is_some()) {
+            (true, true) => "relu+dropout",
+            (true, false) => "relu",
+            (false, true) => "dropout",
+            (false, false) => "identity",
+        }
+    }
+}
+
 /// Checks an elementwise op: every input as long as the output, and indexable by a kernel.
 fn check_elementwise(op: &str, inputs: &[(&str, usize)], output: usize) -> Result<()> {
     for &(name, len) in inputs {
@@ -77,10 +113,44 @@ fn check_elementwise(op: &str, inputs: &[(&str, usize)], output: usize) -> Resul
 
 /// Elementwise activations. Outputs go into caller-owned buffers of the input's length.
 pub trait ActivationOps: Backend + Sized {
+    /// y = act(x) (see `Activation`); y has x's length.
+    fn activation_forward(
+        &self,
+        activation: Activation,
+        x: &Self::Buffer,
+        y: &mut Self::Buffer,
+    ) -> Result<()> {
+        check_elementwise(activation.name(), &[("x", self.len_of(x))], self.len_of(y))?;
+        self.activation_forward_unchecked(activation, x, y)
+    }
+
+    /// dx from dy and, with ReLU, the forward's input x (dropout alone reads none).
+    fn activation_backward(
+        &self,
+        activation: Activation,
+        x: Option<&Self::Buffer>,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()> {
+        let mut inputs = Vec::with_capacity(2);
+        match x {
+            Some(x) => inputs.push(("x", self.len_of(x))),
+            None if activation.relu => {
+                return Err(Error::InvalidArgument(
+                    "the ReLU backward pass needs the forward's input x".to_string(),
+                ));
+            }
+            None => {}
+        }
+        inputs.push(("dy", self.len_of(dy)));
+        let op = format!("{} backward", activation.name());
+        check_elementwise(&op, &inputs, self.len_of(dx))?;
+        self.activation_backward_unchecked(activation, x.filter(|_| activation.relu), dy, dx)
+    }
+
     /// y = max(x, 0); y has x's length.
     fn relu_forward(&self, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()> {
-        check_elementwise("relu", &[("x", self.len_of(x))], self.len_of(y))?;
-        self.relu_forward_unchecked(x, y)
+        self.activation_forward(Activation::RELU, x, y)
     }
 
     /// dx from the forward's input x.
@@ -90,9 +160,7 @@ pub trait ActivationOps: Backend + Sized {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     ) -> Result<()> {
-        let inputs = [("x", self.len_of(x)), ("dy", self.len_of(dy))];
-        check_elementwise("relu backward", &inputs, self.len_of(dx))?;
-        self.relu_backward_unchecked(x, dy, dx)
+        self.activation_backward(Activation::RELU, Some(x), dy, dx)
     }
 
     /// y = x·keep·scale with `mask`.
@@ -102,8 +170,7 @@ pub trait ActivationOps: Backend + Sized {
         x: &Self::Buffer,
         y: &mut Self::Buffer,
     ) -> Result<()> {
-        check_elementwise("dropout", &[("x", self.len_of(x))], self.len_of(y))?;
-        self.dropout_forward_unchecked(mask, x, y)
+        self.activation_forward(Activation::dropout(*mask), x, y)
     }
 
     /// dx = dy·keep·scale with the mask of the forward.
@@ -113,41 +180,24 @@ pub trait ActivationOps: Backend + Sized {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     ) -> Result<()> {
-        check_elementwise(
-            "dropout backward",
-            &[("dy", self.len_of(dy))],
-            self.len_of(dx),
-        )?;
-        self.dropout_backward_unchecked(mask, dy, dx)
+        self.activation_backward(Activation::dropout(*mask), None, dy, dx)
     }
 
-    /// `relu_forward` on checked arguments.
+    /// `activation_forward` on checked arguments.
     #[doc(hidden)]
-    fn relu_forward_unchecked(&self, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
-
-    /// `relu_backward` on checked arguments.
-    #[doc(hidden)]
-    fn relu_backward_unchecked(
+    fn activation_forward_unchecked(
         &self,
-        x: &Self::Buffer,
-        dy: &Self::Buffer,
-        dx: &mut Self::Buffer,
-    ) -> Result<()>;
-
-    /// `dropout_forward` on checked arguments.
-    #[doc(hidden)]
-    fn dropout_forward_unchecked(
-        &self,
-        mask: &DropoutMask,
+        activation: Activation,
         x: &Self::Buffer,
         y: &mut Self::Buffer,
     ) -> Result<()>;
 
-    /// `dropout_backward` on checked arguments.
+    /// `activation_backward` on checked arguments; x is given exactly when `activation.relu`.
     #[doc(hidden)]
-    fn dropout_backward_unchecked(
+    fn activation_backward_unchecked(
         &self,
-        mask: &DropoutMask,
+        activation: Activation,
+        x: Option<&Self::Buffer>,
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     ) -> Result<()>;
