@@ -172,24 +172,26 @@ fn row_lanes() -> u32 {
 }
 
 // A thread's walk over the vectors j = first, first + row_lanes(), ... < end of its group,
-// tracking the sample n and position s of j without dividing per vector.
+// tracking the sample n, the position s and the vector's index by addition alone.
 struct Walk {
     j: u32,
     end: u32,
-    n: u32,
     s: u32,
-    step_n: u32,
+    index: u32,
     step_s: u32,
+    // What the index grows by per step, and again when s wraps into the next sample.
+    step_index: u32,
+    wrap_index: u32,
 }
 
 fn walk_start(lane: Lane) -> Walk {
     let j = lane.begin + lane.row_lane;
     let stride = row_lanes();
-    return Walk(j, lane.end, j / p.run_len, j % p.run_len, stride / p.run_len, stride % p.run_len);
-}
-
-fn walk_index(w: Walk, g: u32) -> u32 {
-    return (w.n * p.groups + g) * p.run_len + w.s;
+    let L = p.run_len;
+    let sample = p.groups * L;
+    let s = j % L;
+    return Walk(j, lane.end, s, (j / L) * sample + lane.group * L + s, stride % L,
+                (stride / L) * sample + stride % L, sample - L);
 }
 
 fn walk_next(w: ptr<function, Walk>) {
@@ -197,7 +199,7 @@ fn walk_next(w: ptr<function, Walk>) {
     let s = (*w).s + (*w).step_s;
     let wraps = s >= p.run_len;
     (*w).s = select(s, s - p.run_len, wraps);
-    (*w).n += (*w).step_n + select(0u, 1u, wraps);
+    (*w).index += (*w).step_index + select(0u, (*w).wrap_index, wraps);
 }
 
 // Vectors in the thread's walk.
@@ -278,7 +280,7 @@ fn finalize_stats(c: u32, shift: f32, total: Moments) -> f32 {
 // so the large mean never meets the scale.
 fn normalize_walk(lane: Lane, shift: F_V, scale: F_V, offset: F_V) {
     for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
-        let i = walk_index(w, lane.group);
+        let i = w.index;
         out[i] = OUT_V(scale * (F_V(x[i]) - shift) + offset);
     }
 }
@@ -294,12 +296,12 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
     var mean = F_V(0.0);
     var m2 = F_V(0.0);
     if in_range && lane.begin < lane.end {
-        let first = F_V(x[walk_index(walk_start(Lane(g, 0u, 0u, lane.begin, lane.end)), g)]);
+        let first = F_V(x[walk_start(Lane(g, 0u, 0u, lane.begin, lane.end)).index]);
         shift = select(F_V(lane_value(first, 0u)), first, p.lanes_are_channels == 1u);
         var sum = F_V(0.0);
         var squares = F_V(0.0);
         for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
-            let d = F_V(x[walk_index(w, g)]) - shift;
+            let d = F_V(x[w.index]) - shift;
             sum += d;
             squares += d * d;
         }
@@ -401,7 +403,7 @@ fn backward_dx_walk(lane: Lane, a: F_V, b: F_V, k: F_V) {
     let shift = stat_of(STAT_SHIFT, g);
     let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
     for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
-        let i = walk_index(w, g);
+        let i = w.index;
         let centered = (F_V(x[i]) - shift) - shifted_mean;
         out[i] = OUT_V(a * (F_V(dy[i]) - b - centered * k));
     }
@@ -419,7 +421,7 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
         let shift = stat_of(STAT_SHIFT, g);
         let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
         for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
-            let i = walk_index(w, g);
+            let i = w.index;
             let grad = F_V(dy[i]);
             sum_dy += grad;
             sum_dy_centered += grad * ((F_V(x[i]) - shift) - shifted_mean);

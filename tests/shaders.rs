@@ -53,20 +53,26 @@ fn storages(dtype: Dtype) -> [Storage; 2] {
     })
 }
 
+/// `shader` built for `storage`, parsed and validated with `capabilities`.
+fn validated(shader: Shader, storage: Storage, capabilities: Capabilities) -> naga::Module {
+    let module = parse_as(shader, storage);
+    Validator::new(ValidationFlags::all(), capabilities)
+        .validate(&module)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} ({storage:?}): {}",
+                shader.file_name(),
+                e.emit_to_string(&shader.module_source(storage))
+            )
+        });
+    module
+}
+
 #[test]
 fn every_shader_validates() {
     for &shader in Shader::ALL {
         for storage in storages(Dtype::F32) {
-            let module = parse_as(shader, storage);
-            Validator::new(ValidationFlags::all(), Capabilities::empty())
-                .validate(&module)
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "{} ({storage:?}): {}",
-                        shader.file_name(),
-                        e.emit_to_string(&shader.module_source(storage))
-                    )
-                });
+            validated(shader, storage, Capabilities::empty());
         }
     }
 }
@@ -86,16 +92,7 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
         .into_iter()
         .flat_map(|shader| storages(Dtype::F16).map(|storage| (shader, storage)))
     {
-        let module = parse_as(shader, storage);
-        Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16)
-            .validate(&module)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} ({storage:?}): {}",
-                    shader.file_name(),
-                    e.emit_to_string(&shader.module_source(storage))
-                )
-            });
+        let module = validated(shader, storage, Capabilities::SHADER_FLOAT16);
         // Its typed bindings really are f16 and every other binding 4 bytes wide.
         let typed: Vec<&str> = TYPED_SLOTS
             .iter()
