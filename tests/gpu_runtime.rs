@@ -179,6 +179,13 @@ fn a_steady_state_training_step_creates_no_buffer_and_no_bind_group() {
     );
     assert_eq!(after.bind_groups, before.bind_groups, "bind groups created");
     assert_eq!(after.buffers, before.buffers, "buffers created");
+    // Only the parameters that change from step to step are written: Adam's step size and bias
+    // correction (one write per parameter tensor); the shapes stay.
+    let writes = after.uniform_writes - before.uniform_writes;
+    assert!(
+        writes > 0 && writes < after.dispatches - before.dispatches,
+        "{writes} uniform writes"
+    );
     assert_eq!(
         after.submissions - before.submissions,
         5,

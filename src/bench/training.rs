@@ -122,6 +122,8 @@ pub fn time_steps<B: Clock>(
             submissions: (end.submissions - start.submissions) as f64 / STEPS_PER_SAMPLE as f64,
             bind_groups: (end.bind_groups - start.bind_groups) as f64 / STEPS_PER_SAMPLE as f64,
             buffers: (end.buffers - start.buffers) as f64 / STEPS_PER_SAMPLE as f64,
+            uniform_writes: (end.uniform_writes - start.uniform_writes) as f64
+                / STEPS_PER_SAMPLE as f64,
         }),
     })
 }
@@ -207,6 +209,8 @@ pub struct StepObjects {
     pub bind_groups: f64,
     /// Device buffers created.
     pub buffers: f64,
+    /// Uniform parameter writes (dispatches whose parameters changed since the last step).
+    pub uniform_writes: f64,
 }
 
 /// Seconds from nothing to a finished first training step: opening `backend` (the device, for

@@ -1,7 +1,8 @@
 //! Bind groups, and the uniform buffer each one binds, kept from one step to the next. A
 //! training step dispatches the same kernels on the same pooled buffers every time, so once
 //! the first step has run, a dispatch creates nothing: it finds its bind group and writes its
-//! parameters into that group's own uniform buffer.
+//! parameters into that group's own uniform buffer, only where they differ from the last ones
+//! written there (most of a step's parameters are the same every step).
 //!
 //! A queue write lands before the whole submission it precedes, so a cached group serves at
 //! most one dispatch per submission; a second dispatch on the same buffers in the same
@@ -35,6 +36,8 @@ struct GroupKey {
 struct CachedGroup {
     bind_group: wgpu::BindGroup,
     uniform: wgpu::Buffer,
+    /// What the uniform holds.
+    params: Vec<u8>,
     /// The submission whose commands last used it.
     used_in: u64,
 }
@@ -51,6 +54,9 @@ pub struct GpuCounters {
     pub bind_groups: u64,
     /// Device buffers created (storage, uniform, staging), by the pool or for a bind group.
     pub buffers: u64,
+    /// Uniform parameters written to the queue (a cached group whose parameters did not change
+    /// writes none).
+    pub uniform_writes: u64,
 }
 
 #[derive(Default)]
@@ -61,6 +67,7 @@ pub(super) struct BindGroupCache {
     pub(super) dispatches: AtomicU64,
     bind_groups: AtomicU64,
     uniforms: AtomicU64,
+    uniform_writes: AtomicU64,
 }
 
 impl BindGroupCache {
@@ -117,7 +124,11 @@ impl GpuBackend {
                 return self.fresh_bind_group(kernel, pipeline, params, &key.ranges);
             }
             cached.used_in = serial;
-            self.shared.queue.write_buffer(&cached.uniform, 0, params);
+            if cached.params != params {
+                self.write_uniform(&cached.uniform, params);
+                cached.params.clear();
+                cached.params.extend_from_slice(params);
+            }
             return Ok((cached.bind_group.clone(), None));
         }
         if groups.len() >= CAPACITY {
@@ -130,13 +141,14 @@ impl GpuBackend {
             mapped_at_creation: false,
         });
         cache.uniforms.fetch_add(1, Ordering::Relaxed);
-        self.shared.queue.write_buffer(&uniform, 0, params);
+        self.write_uniform(&uniform, params);
         let bind_group = self.create_bind_group(kernel, pipeline, &uniform, params, &key.ranges);
         groups.insert(
             key,
             CachedGroup {
                 bind_group: bind_group.clone(),
                 uniform,
+                params: params.to_vec(),
                 used_in: serial,
             },
         );
@@ -152,7 +164,7 @@ impl GpuBackend {
         ranges: &[Range],
     ) -> Result<(wgpu::BindGroup, Option<GpuBuffer>)> {
         let uniform = self.alloc(params.len().div_ceil(4), UNIFORM)?;
-        self.shared.queue.write_buffer(uniform.raw(), 0, params);
+        self.write_uniform(uniform.raw(), params);
         let bind_group = self.create_bind_group(kernel, pipeline, uniform.raw(), params, ranges);
         Ok((bind_group, Some(uniform)))
     }
@@ -198,6 +210,12 @@ impl GpuBackend {
             })
     }
 
+    fn write_uniform(&self, uniform: &wgpu::Buffer, params: &[u8]) {
+        let cache = &self.shared.bind_groups;
+        cache.uniform_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.queue.write_buffer(uniform, 0, params);
+    }
+
     /// What this device has created and done so far.
     pub fn counters(&self) -> GpuCounters {
         let cache = &self.shared.bind_groups;
@@ -206,6 +224,7 @@ impl GpuBackend {
             submissions: cache.submissions.load(Ordering::Relaxed),
             bind_groups: cache.bind_groups_created(),
             buffers: self.shared.pool.created_count() as u64 + cache.uniforms_created(),
+            uniform_writes: cache.uniform_writes.load(Ordering::Relaxed),
         }
     }
 }
