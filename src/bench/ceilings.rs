@@ -71,8 +71,14 @@ pub(super) fn gpu_copy_seconds(gpu: &GpuBackend, bytes: usize, reps: usize) -> R
     let target = gpu.scratch(len)?;
     timed(reps, || {
         wall(|| {
-            gpu.record(|encoder| {
-                encoder.copy_buffer_to_buffer(source.raw(), 0, target.raw(), 0, len as u64 * 4);
+            gpu.record(|recording| {
+                recording.encoder().copy_buffer_to_buffer(
+                    source.raw(),
+                    0,
+                    target.raw(),
+                    0,
+                    len as u64 * 4,
+                );
                 Ok(())
             })?;
             gpu.wait()

@@ -32,6 +32,7 @@ pub use kernels::{
 #[doc(hidden)]
 pub use pipeline::{Constants, Variant};
 pub use profiler::{KernelTime, Profile};
+pub(crate) use recording::Recording;
 pub use tuning::{MatmulSchedule, Tuning};
 
 use crate::backend::Backend;

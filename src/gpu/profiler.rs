@@ -139,8 +139,10 @@ impl GpuBackend {
             2 * queries as usize,
             wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
         )?;
-        self.record(|encoder| {
-            encoder.resolve_query_set(&window.queries, 0..queries, resolved.raw(), 0);
+        self.record(|recording| {
+            recording
+                .encoder()
+                .resolve_query_set(&window.queries, 0..queries, resolved.raw(), 0);
             Ok(())
         })?;
         let words = self.download_many(&[&resolved])?;

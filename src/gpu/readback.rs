@@ -17,10 +17,10 @@ impl GpuBackend {
         }
         let total: u64 = buffers.iter().map(|b| b.byte_len()).sum();
         let staging = self.alloc(total.div_ceil(4) as usize, READBACK)?;
-        self.record(|encoder| {
+        self.record(|recording| {
             let mut offset = 0;
             for buffer in buffers {
-                encoder.copy_buffer_to_buffer(
+                recording.encoder().copy_buffer_to_buffer(
                     buffer.raw(),
                     0,
                     staging.raw(),

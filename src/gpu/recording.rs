@@ -4,6 +4,11 @@
 //! The encoder is wgnorm's own pending one, or, inside `record_into`, the host's: a view of the
 //! backend that owns the host's encoder records there, so that no other thread's work can land
 //! in it and none of theirs is lost to it.
+//!
+//! Consecutive dispatches share one compute pass (wgpu still orders them with barriers where
+//! one reads what another wrote): beginning and ending a pass per dispatch costs more than many
+//! small kernels do on a software rasterizer. The pass ends before anything else is recorded,
+//! and a dispatch timed by the profiler gets a pass of its own, which carries the timestamps.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,8 +17,50 @@ use super::pipeline::Variant;
 use super::{GpuBackend, WORKGROUP, lock};
 use crate::{Error, Result};
 
-/// An encoder that ops record into until it is submitted.
-pub(super) type EncoderSlot = Mutex<Option<wgpu::CommandEncoder>>;
+/// What ops record into until it is submitted: an encoder, and the compute pass that
+/// consecutive dispatches share.
+pub(crate) struct Recording {
+    encoder: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+}
+
+impl Recording {
+    fn new(encoder: wgpu::CommandEncoder) -> Self {
+        Self {
+            encoder,
+            pass: None,
+        }
+    }
+
+    /// The encoder, for work that is not a dispatch (copies, query resolves): the shared pass
+    /// ends first.
+    pub(crate) fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        &mut self.encoder
+    }
+
+    /// The shared pass, begun if none is open.
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        let Recording { encoder, pass } = self;
+        pass.get_or_insert_with(|| {
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("wgnorm"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime()
+        })
+    }
+
+    /// The encoder with the shared pass ended.
+    fn into_encoder(mut self) -> wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder
+    }
+}
+
+/// A recording that ops add to until it is submitted.
+pub(super) type EncoderSlot = Mutex<Option<Recording>>;
 
 impl GpuBackend {
     /// Runs `record` on a view of this backend that records into `encoder`, the host's: the
@@ -31,15 +78,17 @@ impl GpuBackend {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgnorm stand-in"),
             });
-        let host_slot = Arc::new(Mutex::new(Some(std::mem::replace(encoder, stand_in))));
+        let host_slot = Arc::new(Mutex::new(Some(Recording::new(std::mem::replace(
+            encoder, stand_in,
+        )))));
         let view = GpuBackend {
             shared: Arc::clone(&self.shared),
             host_encoder: Some(Arc::clone(&host_slot)),
         };
         let result = record(&view);
         drop(view);
-        if let Some(host_encoder) = lock(&host_slot).take() {
-            *encoder = host_encoder;
+        if let Some(host_recording) = lock(&host_slot).take() {
+            *encoder = host_recording.into_encoder();
         }
         result
     }
@@ -51,21 +100,18 @@ impl GpuBackend {
 
     /// Records into this handle's encoder: the host's inside `record_into`, else wgnorm's
     /// pending one, submitted by `flush`.
-    pub(crate) fn record<R>(
-        &self,
-        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<R>,
-    ) -> Result<R> {
+    pub(crate) fn record<R>(&self, f: impl FnOnce(&mut Recording) -> Result<R>) -> Result<R> {
         self.check()?;
         let slot = self.host_encoder.as_deref().unwrap_or(&self.shared.pending);
         let mut pending = lock(slot);
-        let encoder = pending.get_or_insert_with(|| {
-            self.shared
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let recording = pending.get_or_insert_with(|| {
+            Recording::new(self.shared.device.create_command_encoder(
+                &wgpu::CommandEncoderDescriptor {
                     label: Some("wgnorm"),
-                })
+                },
+            ))
         });
-        f(encoder)
+        f(recording)
     }
 
     /// Submits wgnorm's pending encoder (never a host's). The lock is held until the
@@ -73,9 +119,11 @@ impl GpuBackend {
     /// (recorded by anyone into the shared encoder) has really been submitted.
     pub(super) fn submit_pending(&self) -> Result<()> {
         let mut pending = lock(&self.shared.pending);
-        if let Some(encoder) = pending.take() {
+        if let Some(recording) = pending.take() {
             let released = self.shared.pool.take_released();
-            self.shared.queue.submit([encoder.finish()]);
+            self.shared
+                .queue
+                .submit([recording.into_encoder().finish()]);
             let submissions = (self.shared.bind_groups.submissions)
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                 + 1;
@@ -91,7 +139,7 @@ impl GpuBackend {
     /// Records one dispatch of `kernel` with `params` in slot 0.
     pub(crate) fn dispatch(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording,
         kernel: Kernel,
         params: &impl bytemuck::Pod,
         bindings: &[Binding],
@@ -110,7 +158,7 @@ impl GpuBackend {
     /// `dispatch` of the pipeline of `kernel` specialized as `variant` says.
     pub(crate) fn dispatch_specialized(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording,
         kernel: Kernel,
         variant: Variant,
         params: &impl bytemuck::Pod,
@@ -134,13 +182,25 @@ impl GpuBackend {
         let (bind_group, _uniform) =
             self.bind_group(kernel, &pipeline, bytemuck::bytes_of(params), bindings)?;
         let mut profile = lock(&self.shared.profile);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry_point()),
-            timestamp_writes: profile.as_mut().and_then(|window| window.next(kernel)),
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        match profile.as_mut().and_then(|window| window.next(kernel)) {
+            Some(timestamps) => {
+                let mut pass = encoder
+                    .encoder()
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(kernel.entry_point()),
+                        timestamp_writes: Some(timestamps),
+                    });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            }
+            None => {
+                let pass = encoder.pass();
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            }
+        }
         Ok(())
     }
 
@@ -148,7 +208,7 @@ impl GpuBackend {
     /// dimensions when one would exceed the workgroup-count limit.
     pub(crate) fn dispatch_elementwise(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording,
         kernel: Kernel,
         params: &impl bytemuck::Pod,
         bindings: &[Binding],
@@ -171,7 +231,7 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dispatch_threads(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording,
         kernel: Kernel,
         variant: Variant,
         group: u32,

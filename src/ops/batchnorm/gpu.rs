@@ -13,8 +13,8 @@ use super::{
 };
 use crate::backend::Backend;
 use crate::gpu::{
-    Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Slot, Variant, VectorWidth,
-    WORKGROUP,
+    Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Recording, Slot, Variant,
+    VectorWidth, WORKGROUP,
 };
 use crate::{Dtype, Result};
 
@@ -202,7 +202,7 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     fn record_reduction<'a>(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording,
         plan: &ReductionPlan,
         params: &BatchNormParams,
         shape: BatchNormShape,
@@ -246,7 +246,7 @@ impl GpuBackend {
     /// One dispatch of `kernel` per chunk of rows, on the reduction's grid.
     fn record_per_chunk<'a>(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording,
         plan: &ReductionPlan,
         params: &BatchNormParams,
         shape: BatchNormShape,
