@@ -172,7 +172,7 @@ fn row_lanes() -> u32 {
 }
 
 // A thread's walk over the vectors j = first, first + row_lanes(), ... < end of its group,
-// tracking the sample n, the position s and the vector's index by addition alone.
+// tracking the position s within a sample and the vector's index by addition alone.
 struct Walk {
     j: u32,
     end: u32,
@@ -438,11 +438,14 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
             let dbeta_c = channel_sum(tree_a[local], i);
             let dy_centered = channel_sum(tree_b[local], i);
             if p.total_splits == 1u {
+                // The same terms `backward_dx` forms from the finished sums.
                 let invstd = stats[STAT_INVSTD * p.channels + c];
+                let dgamma_c = dy_centered * invstd;
+                let inv_m = 1.0 / p.count;
                 dbeta[c] = dbeta_c;
-                dgamma[c] = dy_centered * invstd;
-                b[i] = dbeta_c / p.count;
-                k[i] = dy_centered * invstd * invstd / p.count;
+                dgamma[c] = dgamma_c;
+                b[i] = dbeta_c * inv_m;
+                k[i] = dgamma_c * invstd * inv_m;
             } else {
                 let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
                 partials[slot] = dbeta_c;

@@ -97,9 +97,9 @@ pub(super) fn gpu_stream_seconds(gpu: &GpuBackend, bytes: usize, reps: usize) ->
         _pad0: 0,
     };
     let mut run = || {
-        gpu.record(|encoder| {
+        gpu.record(|recording| {
             gpu.dispatch_threads(
-                encoder,
+                recording,
                 Kernel::Stream,
                 Variant::default(),
                 WORKGROUP,

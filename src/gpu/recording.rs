@@ -139,14 +139,14 @@ impl GpuBackend {
     /// Records one dispatch of `kernel` with `params` in slot 0.
     pub(crate) fn dispatch(
         &self,
-        encoder: &mut Recording,
+        recording: &mut Recording,
         kernel: Kernel,
         params: &impl bytemuck::Pod,
         bindings: &[Binding],
         groups: [u32; 3],
     ) -> Result<()> {
         self.dispatch_specialized(
-            encoder,
+            recording,
             kernel,
             Variant::default(),
             params,
@@ -158,7 +158,7 @@ impl GpuBackend {
     /// `dispatch` of the pipeline of `kernel` specialized as `variant` says.
     pub(crate) fn dispatch_specialized(
         &self,
-        encoder: &mut Recording,
+        recording: &mut Recording,
         kernel: Kernel,
         variant: Variant,
         params: &impl bytemuck::Pod,
@@ -184,22 +184,16 @@ impl GpuBackend {
         let mut profile = lock(&self.shared.profile);
         match profile.as_mut().and_then(|window| window.next(kernel)) {
             Some(timestamps) => {
-                let mut pass = encoder
-                    .encoder()
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(kernel.entry_point()),
-                        timestamp_writes: Some(timestamps),
-                    });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                let mut pass =
+                    recording
+                        .encoder()
+                        .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(kernel.entry_point()),
+                            timestamp_writes: Some(timestamps),
+                        });
+                record_dispatch(&mut pass, &pipeline, &bind_group, groups);
             }
-            None => {
-                let pass = encoder.pass();
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-            }
+            None => record_dispatch(recording.pass(), &pipeline, &bind_group, groups),
         }
         Ok(())
     }
@@ -208,14 +202,14 @@ impl GpuBackend {
     /// dimensions when one would exceed the workgroup-count limit.
     pub(crate) fn dispatch_elementwise(
         &self,
-        encoder: &mut Recording,
+        recording: &mut Recording,
         kernel: Kernel,
         params: &impl bytemuck::Pod,
         bindings: &[Binding],
         elements: usize,
     ) -> Result<()> {
         self.dispatch_threads(
-            encoder,
+            recording,
             kernel,
             Variant::default(),
             WORKGROUP,
@@ -231,7 +225,7 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dispatch_threads(
         &self,
-        encoder: &mut Recording,
+        recording: &mut Recording,
         kernel: Kernel,
         variant: Variant,
         group: u32,
@@ -244,7 +238,7 @@ impl GpuBackend {
         let x = workgroups.min(max);
         let y = workgroups.div_ceil(x);
         self.dispatch_specialized(
-            encoder,
+            recording,
             kernel,
             variant,
             params,
@@ -252,4 +246,15 @@ impl GpuBackend {
             [x as u32, y as u32, 1],
         )
     }
+}
+
+fn record_dispatch(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    bind_group: &wgpu::BindGroup,
+    groups: [u32; 3],
+) {
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, bind_group, &[]);
+    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
 }

@@ -113,12 +113,18 @@ struct Machine {
 
 /// The two bandwidths of a device that kernels are judged against, bytes read plus written
 /// per second over buffers of `bytes`.
-#[derive(Serialize)]
-struct CeilingRow {
-    device: &'static str,
+#[derive(Clone, Copy, Serialize)]
+struct Ceiling {
     bytes: usize,
     copy_bytes_per_second: f64,
     stream_bytes_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct CeilingRow {
+    device: &'static str,
+    #[serde(flatten)]
+    ceiling: Ceiling,
 }
 
 #[derive(Serialize)]

@@ -11,45 +11,27 @@ pub(super) fn kernels(
 ) -> Result<()> {
     println!();
     println!(
-        "Ceilings (bytes read + written per second over {COPY_BYTES} B buffers, fastest of --reps): a buffer copy, \
-         and a streaming kernel y = a·x + b (vec4 loads, {} vectors per thread on the GPU)",
+        "Ceilings (bytes read + written per second over {COPY_BYTES} B buffers, fastest of \
+         --reps): a buffer copy, and a streaming kernel y = a·x + b (vec4 loads, {} vectors per \
+         thread on the GPU)",
         bench::STREAM_VECTORS_PER_THREAD
     );
-    let gpu_copy_bytes = gpu.map_or(COPY_BYTES, |g| {
+    let gpu_bytes = gpu.map_or(COPY_BYTES, |g| {
         COPY_BYTES.min(g.limits().max_buffer_size as usize / 2)
     });
     let ceilings = per_device(
         gpu,
         cpu,
-        |g| {
-            Ok((
-                bench::copy_bandwidth(g, gpu_copy_bytes, args.reps)?,
-                bench::stream_bandwidth(g, gpu_copy_bytes, args.reps)?,
-            ))
-        },
-        |c| {
-            Ok((
-                bench::copy_bandwidth(c, COPY_BYTES, args.reps)?,
-                bench::stream_bandwidth(c, COPY_BYTES, args.reps)?,
-            ))
-        },
+        |g| ceiling(g, gpu_bytes, args.reps),
+        |c| ceiling(c, COPY_BYTES, args.reps),
     )?;
-    for &(device, (copy, stream)) in &ceilings {
+    for &(device, ceiling) in &ceilings {
         println!(
             "  {device}  copy {:8.2} GB/s   stream {:8.2} GB/s",
-            copy / 1e9,
-            stream / 1e9
+            ceiling.copy_bytes_per_second / 1e9,
+            ceiling.stream_bytes_per_second / 1e9
         );
-        report.ceilings.push(CeilingRow {
-            device,
-            bytes: if device == "gpu" {
-                gpu_copy_bytes
-            } else {
-                COPY_BYTES
-            },
-            copy_bytes_per_second: copy,
-            stream_bytes_per_second: stream,
-        });
+        report.ceilings.push(CeilingRow { device, ceiling });
     }
     println!();
     println!(
@@ -90,7 +72,9 @@ pub(super) fn kernels(
                 let (copy, stream) = ceilings
                     .iter()
                     .find(|(d, _)| *d == device)
-                    .map_or((f64::NAN, f64::NAN), |c| c.1);
+                    .map_or((f64::NAN, f64::NAN), |(_, c)| {
+                        (c.copy_bytes_per_second, c.stream_bytes_per_second)
+                    });
                 let ratio = gpu_over_cpu(&rows, device, |t| t.wall.median);
                 println!(
                     "{:>14} {:>8} {:>4} {:>10} {:>21} {:>10} {:>8.2} {:>5.0}% {:>6.0}% {:>8}",
@@ -120,6 +104,15 @@ pub(super) fn kernels(
         }
     }
     Ok(())
+}
+
+/// The two ceilings of one device over `bytes`-sized buffers.
+fn ceiling<B: bench::Clock>(backend: &B, bytes: usize, reps: usize) -> Result<Ceiling> {
+    Ok(Ceiling {
+        bytes,
+        copy_bytes_per_second: bench::copy_bandwidth(backend, bytes, reps)?,
+        stream_bytes_per_second: bench::stream_bandwidth(backend, bytes, reps)?,
+    })
 }
 
 pub(super) const MODELS: [(&str, bool); 2] = [("bn", true), ("nobn", false)];

@@ -51,8 +51,8 @@ impl GpuBackend {
         }
         let mut bindings = inputs.to_vec();
         bindings.push(Binding::whole(Slot::Out, out));
-        self.record(|encoder| {
-            self.dispatch_elementwise(encoder, kernel, &params, &bindings, params.len as usize)
+        self.record(|recording| {
+            self.dispatch_elementwise(recording, kernel, &params, &bindings, params.len as usize)
         })
     }
 }

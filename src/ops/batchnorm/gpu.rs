@@ -202,7 +202,7 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     fn record_reduction<'a>(
         &self,
-        encoder: &mut Recording,
+        recording: &mut Recording,
         plan: &ReductionPlan,
         params: &BatchNormParams,
         shape: BatchNormShape,
@@ -217,7 +217,7 @@ impl GpuBackend {
             bindings
         };
         self.record_per_chunk(
-            encoder,
+            recording,
             plan,
             params,
             shape,
@@ -226,19 +226,22 @@ impl GpuBackend {
         )?;
         if plan.total_splits > 1 {
             let mut merge_bindings = vec![Binding::whole(Slot::Partials, partials)];
-            merge_bindings.extend(
-                per_channel
-                    .iter()
-                    .filter(|b| !matches!(b.slot, Slot::Gamma | Slot::Beta)),
-            );
+            merge_bindings.extend_from_slice(per_channel);
             self.dispatch(
-                encoder,
+                recording,
                 kernels.finalize,
                 params,
                 &merge_bindings,
                 per_channel_groups(shape),
             )?;
-            self.record_per_chunk(encoder, plan, params, shape, kernels.apply, apply_bindings)?;
+            self.record_per_chunk(
+                recording,
+                plan,
+                params,
+                shape,
+                kernels.apply,
+                apply_bindings,
+            )?;
         }
         Ok(())
     }
@@ -246,7 +249,7 @@ impl GpuBackend {
     /// One dispatch of `kernel` per chunk of rows, on the reduction's grid.
     fn record_per_chunk<'a>(
         &self,
-        encoder: &mut Recording,
+        recording: &mut Recording,
         plan: &ReductionPlan,
         params: &BatchNormParams,
         shape: BatchNormShape,
@@ -266,7 +269,14 @@ impl GpuBackend {
             };
             let bindings = chunk_bindings(values(chunk, shape.c * shape.s));
             let groups = [plan.workgroup_columns, splits.splits, 1];
-            self.dispatch_specialized(encoder, kernel, variant, &chunk_params, &bindings, groups)?;
+            self.dispatch_specialized(
+                recording,
+                kernel,
+                variant,
+                &chunk_params,
+                &bindings,
+                groups,
+            )?;
         }
         Ok(())
     }
@@ -302,9 +312,9 @@ impl BatchNormOps for GpuBackend {
                 Binding::whole(Slot::Beta, &affine.beta),
             ]
         };
-        self.record(|encoder| match mode {
+        self.record(|recording| match mode {
             Mode::Train => self.record_reduction(
-                encoder,
+                recording,
                 &plan,
                 &params,
                 shape,
@@ -326,14 +336,14 @@ impl BatchNormOps for GpuBackend {
             ),
             Mode::Eval => {
                 self.dispatch(
-                    encoder,
+                    recording,
                     Kernel::BatchNormEvalStats,
                     &params,
                     &running_stats,
                     per_channel_groups(shape),
                 )?;
                 self.record_per_chunk(
-                    encoder,
+                    recording,
                     &plan,
                     &params,
                     shape,
@@ -372,9 +382,9 @@ impl BatchNormOps for GpuBackend {
             bindings.extend_from_slice(&per_channel);
             bindings
         };
-        self.record(|encoder| {
+        self.record(|recording| {
             self.record_reduction(
-                encoder,
+                recording,
                 &plan,
                 &params,
                 shape,

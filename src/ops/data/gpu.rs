@@ -64,8 +64,8 @@ impl DataOps for GpuBackend {
             Binding::whole(Slot::Out, x),
             Binding::whole(Slot::Labels, labels),
         ];
-        self.record(|encoder| {
-            self.dispatch_elementwise(encoder, Kernel::Gather, &params, &bindings, x.len())
+        self.record(|recording| {
+            self.dispatch_elementwise(recording, Kernel::Gather, &params, &bindings, x.len())
         })
     }
 }

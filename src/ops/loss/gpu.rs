@@ -46,9 +46,9 @@ impl LossOps for GpuBackend {
             Binding::whole(Slot::Out, out),
             Binding::whole(Slot::Metrics, metrics),
         ];
-        self.record(|encoder| {
+        self.record(|recording| {
             self.dispatch(
-                encoder,
+                recording,
                 Kernel::SoftmaxCrossEntropy,
                 &params,
                 &bindings,

@@ -140,7 +140,7 @@ impl MatmulOps for GpuBackend {
             Binding::whole(Slot::Bias, bias.unwrap_or(self.placeholder())),
             Binding::whole(Slot::Out, out),
         ];
-        self.record(|encoder| self.dispatch(encoder, kernel, &params, &bindings, groups))
+        self.record(|recording| self.dispatch(recording, kernel, &params, &bindings, groups))
     }
 }
 
@@ -171,9 +171,9 @@ impl GpuBackend {
             Binding::whole(Slot::Bias, bias.unwrap_or(self.placeholder())),
             Binding::whole(Slot::Out, out),
         ];
-        self.record(|encoder| {
+        self.record(|recording| {
             self.dispatch_threads(
-                encoder,
+                recording,
                 Kernel::MatmulVec4,
                 Variant {
                     constants: &constants,

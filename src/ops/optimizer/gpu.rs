@@ -28,9 +28,9 @@ impl GpuBackend {
             len: vectors as u32,
             ..*p
         };
-        self.record(|encoder| {
+        self.record(|recording| {
             self.dispatch_threads(
-                encoder,
+                recording,
                 kernel,
                 Variant {
                     vector,
