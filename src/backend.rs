@@ -48,6 +48,28 @@ pub trait Backend {
     /// A buffer of `len` values for an op to overwrite; its contents are unspecified.
     fn scratch(&self, len: usize) -> Result<Self::Buffer>;
 
+    /// Buffers of `lens` values laid out in one allocation where the backend has views (the
+    /// GPU), so that an op can later treat them as one (`arena_span`): a model's parameters,
+    /// their gradients and the optimizer's moments, updated in one dispatch. Contents
+    /// unspecified. Elsewhere, separate `scratch` buffers.
+    fn scratch_arena(&self, lens: &[usize]) -> Result<Vec<Self::Buffer>> {
+        lens.iter().map(|&len| self.scratch(len)).collect()
+    }
+
+    /// `scratch_arena` holding copies of `data`.
+    fn upload_arena(&self, data: &[&[f32]]) -> Result<Vec<Self::Buffer>> {
+        data.iter().map(|values| self.upload(values)).collect()
+    }
+
+    /// One buffer over `parts` when they are consecutive tensors of one arena, padding
+    /// included. Arenas of the same lengths are laid out alike, so the spans of corresponding
+    /// tensors of two arenas hold corresponding values at the same positions (the padding is
+    /// read by nothing but an op over such spans, whose results there nothing reads). `None`
+    /// where the backend has no arenas or `parts` are not such tensors.
+    fn arena_span(&self, _parts: &[&Self::Buffer]) -> Option<Self::Buffer> {
+        None
+    }
+
     /// Device buffers created so far, where the backend keeps count (a leak check: flat once
     /// every size a run needs has been allocated).
     fn device_buffers(&self) -> Option<usize> {

@@ -3,6 +3,7 @@
 
 use crate::backend::Backend;
 use crate::graph::Compute;
+use crate::ops::check_len;
 use crate::ops::optimizer::OptimizerParams;
 use crate::{Error, Result};
 
@@ -133,22 +134,21 @@ impl<B: Compute> Optimizer<B> {
         host: &[Vec<Vec<f32>>],
     ) -> Result<Self> {
         config.validate()?;
-        let state = host
-            .iter()
-            .map(|per_param| {
-                if per_param.len() != config.state_names().len() {
-                    return Err(Error::Shape(format!(
-                        "optimizer state has {} tensors per parameter, expected {}",
-                        per_param.len(),
-                        config.state_names().len()
-                    )));
-                }
-                per_param
-                    .iter()
-                    .map(|values| backend.upload(values))
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
+        let names = config.state_names().len();
+        if let Some(per_param) = host.iter().find(|per_param| per_param.len() != names) {
+            return Err(Error::Shape(format!(
+                "optimizer state has {} tensors per parameter, expected {names}",
+                per_param.len(),
+            )));
+        }
+        // One arena per state name, laid out as the parameters' arena.
+        let mut state: Vec<Vec<B::Buffer>> = host.iter().map(|_| Vec::new()).collect();
+        for name in 0..names {
+            let values: Vec<&[f32]> = host.iter().map(|per_param| &per_param[name][..]).collect();
+            for (per_param, buffer) in state.iter_mut().zip(backend.upload_arena(&values)?) {
+                per_param.push(buffer);
+            }
+        }
         Ok(Self {
             config,
             steps,
@@ -190,33 +190,76 @@ impl<B: Compute> Optimizer<B> {
                 grads.len()
             )));
         }
-        self.steps += 1;
-        for ((param, grad), state) in params.into_iter().zip(grads).zip(&mut self.state) {
+        for ((param, grad), state) in params.iter().zip(grads).zip(&self.state) {
             let len = backend.len_of(param);
-            match (self.config, state.as_mut_slice()) {
-                (
-                    OptimizerConfig::Adam {
-                        lr,
-                        beta1,
-                        beta2,
-                        eps,
-                    },
-                    [moment1, moment2],
-                ) => {
-                    let p = OptimizerParams::adam(len, lr, beta1, beta2, eps, self.steps);
-                    backend.adam_update(&p, param, grad, moment1, moment2)?;
-                }
-                (OptimizerConfig::Sgd { lr, momentum }, [buffer]) => {
-                    let p = OptimizerParams::sgd(len, lr, momentum);
-                    backend.sgd_update(&p, param, grad, buffer)?;
-                }
-                _ => {
-                    return Err(Error::Shape(
-                        "optimizer state does not match its kind".to_string(),
-                    ));
-                }
+            for tensor in std::iter::once(grad).chain(state) {
+                check_len("optimizer tensor", backend.len_of(tensor), len)?;
             }
         }
+        self.steps += 1;
+        // Where parameters, gradients and state each lie in one arena, one update covers them all.
+        let spans = (|| {
+            let span_of = |tensors: Vec<&B::Buffer>| backend.arena_span(&tensors);
+            let param = span_of(params.iter().map(|param| &**param).collect())?;
+            let grad = span_of(grads.iter().collect())?;
+            let state = (0..self.config.state_names().len())
+                .map(|name| {
+                    span_of(
+                        self.state
+                            .iter()
+                            .map(|per_param| &per_param[name])
+                            .collect(),
+                    )
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((param, grad, state))
+        })();
+        if let Some((mut param, grad, mut state)) = spans {
+            return update(
+                backend,
+                self.config,
+                self.steps,
+                &mut param,
+                &grad,
+                &mut state,
+            );
+        }
+        for ((param, grad), state) in params.into_iter().zip(grads).zip(&mut self.state) {
+            update(backend, self.config, self.steps, param, grad, state)?;
+        }
         Ok(())
+    }
+}
+
+/// The update of step `steps` of one parameter (or one span of them) from its gradient.
+fn update<B: Compute>(
+    backend: &B,
+    config: OptimizerConfig,
+    steps: u64,
+    param: &mut B::Buffer,
+    grad: &B::Buffer,
+    state: &mut [B::Buffer],
+) -> Result<()> {
+    let len = backend.len_of(param);
+    match (config, state) {
+        (
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            },
+            [moment1, moment2],
+        ) => {
+            let p = OptimizerParams::adam(len, lr, beta1, beta2, eps, steps);
+            backend.adam_update(&p, param, grad, moment1, moment2)
+        }
+        (OptimizerConfig::Sgd { lr, momentum }, [buffer]) => {
+            let p = OptimizerParams::sgd(len, lr, momentum);
+            backend.sgd_update(&p, param, grad, buffer)
+        }
+        _ => Err(Error::Shape(
+            "optimizer state does not match its kind".to_string(),
+        )),
     }
 }

@@ -86,7 +86,7 @@ fn range(binding: &Binding) -> Range {
     (
         binding.slot as u32,
         binding.buffer.raw().clone(),
-        (binding.offset * dtype.size()) as u64,
+        binding.buffer.byte_offset() + (binding.offset * dtype.size()) as u64,
         words_bytes(binding.len.max(1), dtype),
     )
 }

@@ -118,32 +118,76 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A run of values on the GPU, stored as f32 or f16 (`dtype`). A pooled buffer returns to its
-/// pool when dropped; an unpooled one (a host's buffer, or a temporary recorded into a host's
-/// encoder) is left to wgpu, which keeps it alive while recorded work still uses it.
+/// A pooled allocation, returned to its pool when the last tensor viewing it is dropped.
+struct Lease {
+    raw: wgpu::Buffer,
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.release(self.raw.clone());
+        }
+    }
+}
+
+/// A run of values on the GPU, stored as f32 or f16 (`dtype`), at `offset` values into its
+/// wgpu buffer (non-zero for the tensors of an arena, `GpuBackend::scratch_arena`). A pooled
+/// buffer returns to its pool when the last tensor on it is dropped; an unpooled one (a host's
+/// buffer, or a temporary recorded into a host's encoder) is left to wgpu, which keeps it alive
+/// while recorded work still uses it.
 pub struct GpuBuffer {
     raw: wgpu::Buffer,
+    offset: usize,
     len: usize,
     dtype: Dtype,
-    pool: Option<Arc<BufferPool>>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl GpuBuffer {
     pub(crate) fn new(raw: wgpu::Buffer, len: usize, dtype: Dtype, pool: Arc<BufferPool>) -> Self {
         Self {
+            lease: Some(Arc::new(Lease {
+                raw: raw.clone(),
+                pool: Some(pool),
+            })),
             raw,
+            offset: 0,
             len,
             dtype,
-            pool: Some(pool),
         }
     }
 
     pub(crate) fn unpooled(raw: wgpu::Buffer, len: usize, dtype: Dtype) -> Self {
         Self {
             raw,
+            offset: 0,
             len,
             dtype,
-            pool: None,
+            lease: None,
+        }
+    }
+
+    /// `len` values starting `offset` values into this tensor, sharing its allocation (the
+    /// byte offset must meet the adapter's storage offset alignment for the view to be bound).
+    pub(crate) fn view(&self, offset: usize, len: usize) -> Self {
+        debug_assert!(offset + len <= self.len);
+        Self {
+            raw: self.raw.clone(),
+            offset: self.offset + offset,
+            len,
+            dtype: self.dtype,
+            lease: self.lease.clone(),
+        }
+    }
+
+    /// `len` values of this tensor's allocation from where this tensor starts, which may run
+    /// past its end into the tensors after it (an arena's span).
+    pub(crate) fn run(&self, len: usize) -> Self {
+        Self {
+            len,
+            ..self.view(0, 0)
         }
     }
 
@@ -159,7 +203,7 @@ impl GpuBuffer {
 
     /// Whether the pool owns it (and will never destroy it).
     pub(crate) fn is_pooled(&self) -> bool {
-        self.pool.is_some()
+        self.lease.is_some()
     }
 
     /// How the values are stored.
@@ -167,9 +211,20 @@ impl GpuBuffer {
         self.dtype
     }
 
-    /// The underlying wgpu buffer (it may be larger than the values).
+    /// The underlying wgpu buffer (it may be larger than the values, which start at
+    /// `byte_offset`).
     pub fn raw(&self) -> &wgpu::Buffer {
         &self.raw
+    }
+
+    /// Where the values start in `raw`, in bytes.
+    pub fn byte_offset(&self) -> u64 {
+        (self.offset * self.dtype.size()) as u64
+    }
+
+    /// Where the values start in `raw`, in values.
+    pub(crate) fn offset(&self) -> usize {
+        self.offset
     }
 
     /// Bytes that hold the values, rounded up to whole 4-byte words (what a binding or a copy
@@ -190,16 +245,13 @@ impl GpuBuffer {
     /// for buffers that unsubmitted work may read. Without this, how many staging buffers the
     /// pool holds would depend on how reads happen to fall between submissions.
     pub(crate) fn recycle_idle(mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.reuse(vec![self.raw.clone()]);
-        }
-    }
-}
-
-impl Drop for GpuBuffer {
-    fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            pool.release(self.raw.clone());
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Ok(mut lease) = Arc::try_unwrap(lease)
+            && let Some(pool) = lease.pool.take()
+        {
+            pool.reuse(vec![lease.raw.clone()]);
         }
     }
 }

@@ -306,6 +306,22 @@ impl GpuBackend {
         ))
     }
 
+    /// Where each of `lens` f32 tensors starts in an arena, in values, and the arena's length:
+    /// one after another, each at the adapter's storage offset alignment so that it can be
+    /// bound alone, and the whole a multiple of that alignment.
+    fn arena_layout(&self, lens: &[usize]) -> (Vec<usize>, usize) {
+        let align = (self.limits().min_storage_buffer_offset_alignment as usize / 4).max(4);
+        let mut end = 0;
+        let offsets = (lens.iter())
+            .map(|&len| {
+                let offset = end;
+                end = (offset + len).div_ceil(align) * align;
+                offset
+            })
+            .collect();
+        (offsets, end)
+    }
+
     /// Copies u32 words (indices, packed bytes) to the device.
     pub fn upload_words(&self, data: &[u32]) -> Result<GpuBuffer> {
         self.upload_pod(data)
@@ -316,9 +332,11 @@ impl GpuBackend {
         const { assert!(std::mem::size_of::<T>() == 4) };
         let buffer = self.alloc(data.len(), STORAGE)?;
         if !data.is_empty() {
-            self.shared
-                .queue
-                .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(data));
+            self.shared.queue.write_buffer(
+                buffer.raw(),
+                buffer.byte_offset(),
+                bytemuck::cast_slice(data),
+            );
         }
         Ok(buffer)
     }
@@ -344,9 +362,11 @@ impl Backend for GpuBackend {
         let buffer = self.alloc(len, STORAGE)?;
         if len > 0 {
             let data = vec![value; len];
-            self.shared
-                .queue
-                .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&data));
+            self.shared.queue.write_buffer(
+                buffer.raw(),
+                buffer.byte_offset(),
+                bytemuck::cast_slice(&data),
+            );
         }
         Ok(buffer)
     }
@@ -357,6 +377,45 @@ impl Backend for GpuBackend {
 
     fn device_buffers(&self) -> Option<usize> {
         Some(self.counters().buffers as usize)
+    }
+
+    fn scratch_arena(&self, lens: &[usize]) -> Result<Vec<GpuBuffer>> {
+        let (offsets, total) = self.arena_layout(lens);
+        let arena = self.alloc(total, STORAGE)?;
+        Ok((offsets.iter().zip(lens))
+            .map(|(&offset, &len)| arena.view(offset, len))
+            .collect())
+    }
+
+    fn upload_arena(&self, data: &[&[f32]]) -> Result<Vec<GpuBuffer>> {
+        let lens: Vec<usize> = data.iter().map(|values| values.len()).collect();
+        let (offsets, total) = self.arena_layout(&lens);
+        let mut flat = Vec::with_capacity(total);
+        for (&offset, values) in offsets.iter().zip(data) {
+            flat.resize(offset, 0.0);
+            flat.extend_from_slice(values);
+        }
+        flat.resize(total, 0.0);
+        let arena = self.upload(&flat)?;
+        Ok((offsets.iter().zip(lens))
+            .map(|(&offset, len)| arena.view(offset, len))
+            .collect())
+    }
+
+    /// The span runs to the end of the last part's padding, so that its length is a multiple
+    /// of the alignment (and the update runs in vectors of four).
+    fn arena_span(&self, parts: &[&GpuBuffer]) -> Option<GpuBuffer> {
+        let first = parts.first()?;
+        let lens: Vec<usize> = parts.iter().map(|part| part.len()).collect();
+        let (offsets, total) = self.arena_layout(&lens);
+        let laid_out = (parts.iter().zip(offsets)).all(|(part, offset)| {
+            part.raw() == first.raw()
+                && part.dtype() == Dtype::F32
+                && part.offset() == first.offset() + offset
+        });
+        let span = first.run(total);
+        let fits = span.byte_offset() + span.byte_len() <= span.raw().size();
+        (laid_out && fits && span.byte_len() <= self.max_binding()).then_some(span)
     }
 
     fn dtype_of(&self, buffer: &GpuBuffer) -> Dtype {
@@ -377,9 +436,11 @@ impl Backend for GpuBackend {
                 // Queue writes are whole 4-byte words.
                 halves.resize(buffer.byte_len() as usize / 2, half::f16::ZERO);
                 if !halves.is_empty() {
-                    self.shared
-                        .queue
-                        .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&halves));
+                    self.shared.queue.write_buffer(
+                        buffer.raw(),
+                        buffer.byte_offset(),
+                        bytemuck::cast_slice(&halves),
+                    );
                 }
                 Ok(buffer)
             }

@@ -22,7 +22,7 @@ impl GpuBackend {
             for buffer in buffers {
                 recording.encoder().copy_buffer_to_buffer(
                     buffer.raw(),
-                    0,
+                    buffer.byte_offset(),
                     staging.raw(),
                     offset,
                     buffer.byte_len(),

@@ -54,8 +54,9 @@ impl<B: Compute> Linear<B> {
         Ok((y, LinearSaved { input: x }))
     }
 
-    /// dW = dyᵀ·x, db = 1ᵀ·dy (the product with a row of ones sums the columns), and
-    /// dx = dy·W unless the input is the data.
+    /// dW = dyᵀ·x, db = 1ᵀ·dy (the product with a row of ones sums the columns) into `grads`,
+    /// and dx = dy·W unless the input is the data.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &self,
         backend: &B,
@@ -63,13 +64,10 @@ impl<B: Compute> Linear<B> {
         dy: &B::Buffer,
         rows: usize,
         ones: &B::Buffer,
+        grads: &mut LinearGrads<B>,
         want_dx: bool,
-    ) -> Result<(LinearGrads<B>, Option<B::Buffer>)> {
+    ) -> Result<Option<B::Buffer>> {
         let dy_layout = MatrixLayout::row_major(rows, self.outputs);
-        let mut grads = LinearGrads {
-            weight: backend.scratch(self.outputs * self.inputs)?,
-            bias: backend.scratch(self.outputs)?,
-        };
         backend.matmul(
             dy,
             dy_layout.transposed(),
@@ -87,7 +85,7 @@ impl<B: Compute> Linear<B> {
             &mut grads.bias,
         )?;
         if !want_dx {
-            return Ok((grads, None));
+            return Ok(None);
         }
         let mut dx = backend.scratch(rows * self.inputs)?;
         backend.matmul(
@@ -98,7 +96,7 @@ impl<B: Compute> Linear<B> {
             None,
             &mut dx,
         )?;
-        Ok((grads, Some(dx)))
+        Ok(Some(dx))
     }
 }
 
@@ -166,12 +164,14 @@ impl<B: Compute> BatchNorm<B> {
         saved: BatchNormSaved<B>,
         dy: &B::Buffer,
         rows: usize,
+        dgamma: B::Buffer,
+        dbeta: B::Buffer,
     ) -> Result<BatchNormGrads<B>> {
         let shape = self.shape(rows);
         let mut grads = BatchNormGrads {
             dx: backend.scratch(shape.numel())?,
-            dgamma: backend.scratch(shape.c)?,
-            dbeta: backend.scratch(shape.c)?,
+            dgamma,
+            dbeta,
         };
         backend.batchnorm_backward(
             &saved.input,

@@ -117,27 +117,42 @@ impl<B: Compute> Mlp<B> {
     ) -> Result<Self> {
         spec.validate()?;
         host.check(spec)?;
-        let mut params = host.params.iter();
+        // Trainable f32 parameters share one arena, so the optimizer updates them in one pass.
+        let mut params = if weights == Dtype::F32 {
+            let values: Vec<&[f32]> = host.params.iter().map(Vec::as_slice).collect();
+            backend.upload_arena(&values)?
+        } else {
+            (host.params.iter().zip(spec.params()))
+                .map(|(values, param)| {
+                    let dtype = if param.is_matrix() {
+                        weights
+                    } else {
+                        Dtype::F32
+                    };
+                    backend.upload_as(values, dtype)
+                })
+                .collect::<Result<_>>()?
+        }
+        .into_iter();
         let mut running = host.running.iter();
-        let mut next_param = |dtype: Dtype| -> Result<B::Buffer> {
-            let values = params
+        let mut next_param = || -> Result<B::Buffer> {
+            params
                 .next()
-                .ok_or_else(|| Error::Shape("model is missing a parameter".to_string()))?;
-            backend.upload_as(values, dtype)
+                .ok_or_else(|| Error::Shape("model is missing a parameter".to_string()))
         };
         let mut layers = Vec::new();
         for layer in spec.layers() {
             layers.push(match layer {
                 LayerSpec::Linear { inputs, outputs } => Layer::Linear(Linear {
-                    weight: next_param(weights)?,
-                    bias: next_param(Dtype::F32)?,
+                    weight: next_param()?,
+                    bias: next_param()?,
                     inputs,
                     outputs,
                 }),
                 LayerSpec::BatchNorm { features } => {
                     let affine = Affine {
-                        gamma: next_param(Dtype::F32)?,
-                        beta: next_param(Dtype::F32)?,
+                        gamma: next_param()?,
+                        beta: next_param()?,
                     };
                     let stats = running.next().ok_or_else(|| {
                         Error::Shape("model is missing running statistics".to_string())
@@ -319,13 +334,34 @@ impl<B: Compute> Mlp<B> {
         if backend.len_of(&self.ones) < rows {
             self.ones = backend.filled(rows, 1.0)?;
         }
+        // The gradients share one arena laid out as the parameters', so the optimizer can
+        // update all parameters in one pass. Walking backwards, each layer takes its slots from
+        // the end.
+        let lens: Vec<usize> = self.spec.params().iter().map(ParamSpec::len).collect();
+        let mut slots = backend.scratch_arena(&lens)?;
+        let mut next_slot = move || {
+            slots
+                .pop()
+                .ok_or_else(|| Error::Shape("the model has more parameters than its spec".into()))
+        };
         let mut grads_reversed = Vec::new();
         let mut dy = dlogits;
         for (index, (layer, saved)) in self.layers.iter().zip(tape.saved).enumerate().rev() {
             dy = match (layer, saved) {
                 (Layer::Linear(linear), Saved::Linear(s)) => {
-                    let (grads, dx) =
-                        linear.backward(backend, s, &dy, rows, &self.ones, index > 0)?;
+                    let mut grads = LinearGrads {
+                        bias: next_slot()?,
+                        weight: next_slot()?,
+                    };
+                    let dx = linear.backward(
+                        backend,
+                        s,
+                        &dy,
+                        rows,
+                        &self.ones,
+                        &mut grads,
+                        index > 0,
+                    )?;
                     grads_reversed.push(grads.bias);
                     grads_reversed.push(grads.weight);
                     match dx {
@@ -334,7 +370,9 @@ impl<B: Compute> Mlp<B> {
                     }
                 }
                 (Layer::BatchNorm(bn), Saved::BatchNorm(s)) => {
-                    let grads = bn.backward(backend, s, &dy, rows)?;
+                    let dbeta = next_slot()?;
+                    let dgamma = next_slot()?;
+                    let grads = bn.backward(backend, s, &dy, rows, dgamma, dbeta)?;
                     grads_reversed.push(grads.dbeta);
                     grads_reversed.push(grads.dgamma);
                     grads.dx

@@ -65,6 +65,12 @@ impl ParamSpec {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether it is a Linear layer's weight matrix (the only parameter that inference in half
+    /// precision stores as f16).
+    pub fn is_matrix(&self) -> bool {
+        self.shape.len() == 2
+    }
 }
 
 impl ModelSpec {
