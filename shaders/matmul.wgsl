@@ -1,7 +1,11 @@
-// Matrix product with an optional bias row, on strided views:
+// Matrix product with an optional bias row, on strided views, and optionally the row sums of a:
 //
 //   c[i, j] = Σ_k a[i, k]·b[k, j] + bias[j],  i < m, j < n, k < K
+//   row_sums[i] = Σ_k a[i, k]
 //   a[i, k] = a_data[i·a_row_stride + k·a_col_stride], likewise b; c is row-major m×n.
+//
+// With a = dYᵀ, the row sums are a Linear layer's bias gradient, formed from the values of a the
+// weight gradient loads anyway: the threads of c's first column block add them up.
 //
 // a, b and c are stored as A_T, B_T and OUT_T (f32 or f16, defined ahead of this file); every
 // product and sum is f32.
@@ -34,15 +38,33 @@ struct MatmulParams {
     a_col_stride: u32,
     b_row_stride: u32,
     b_col_stride: u32,
-    // 1: add bias[j] to column j.
-    has_bias: u32,
+    // FLAG_BIAS: add bias[j] to column j; FLAG_ROW_SUMS: write row_sums.
+    flags: u32,
 }
+
+const FLAG_BIAS: u32 = 1u;
+const FLAG_ROW_SUMS: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(12) var<storage, read> a: array<A_T>;
 @group(0) @binding(13) var<storage, read> b: array<B_T>;
 @group(0) @binding(14) var<storage, read> bias: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
+@group(0) @binding(27) var<storage, read_write> row_sums: array<f32>;
+
+// Whether the thread whose block of c starts at column col0 sums a's rows.
+fn sums_rows(col0: u32) -> bool {
+    return (p.flags & FLAG_ROW_SUMS) != 0u && col0 == 0u;
+}
+
+// Stores the sums of rows row0.. (those inside c).
+fn store_row_sums(row0: u32, sums: array<f32, 8>, rows: u32) {
+    for (var r = 0u; r < rows; r++) {
+        if row0 + r < p.m {
+            row_sums[row0 + r] = sums[r];
+        }
+    }
+}
 
 @compute @workgroup_size(SIDE, SIDE)
 fn matmul(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -59,6 +81,8 @@ fn matmul(@builtin(global_invocation_id) id: vec3<u32>) {
         a_at[t] = min(row0 + t, p.m - 1u) * p.a_row_stride;
         b_at[t] = min(col0 + t, p.n - 1u) * p.b_col_stride;
     }
+    let sums_here = sums_rows(col0);
+    var sums: array<f32, 8>;
     for (var kk = 0u; kk < p.k; kk++) {
         var av: array<f32, TILE>;
         var bv: array<f32, TILE>;
@@ -71,8 +95,16 @@ fn matmul(@builtin(global_invocation_id) id: vec3<u32>) {
                 acc[i][j] = fma(av[i], bv[j], acc[i][j]);
             }
         }
+        if sums_here {
+            for (var t = 0u; t < TILE; t++) {
+                sums[t] += av[t];
+            }
+        }
     }
     store(row0, col0, acc);
+    if sums_here {
+        store_row_sums(row0, sums, TILE);
+    }
 }
 
 fn store(row0: u32, col0: u32, acc: array<array<f32, TILE>, TILE>) {
@@ -82,7 +114,7 @@ fn store(row0: u32, col0: u32, acc: array<array<f32, TILE>, TILE>) {
             let col = col0 + j;
             if row < p.m && col < p.n {
                 var value = acc[i][j];
-                if p.has_bias == 1u {
+                if (p.flags & FLAG_BIAS) != 0u {
                     value += bias[col];
                 }
                 out[row * p.n + col] = OUT_T(value);
@@ -100,6 +132,8 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
                 @builtin(local_invocation_index) t: u32) {
     let block_row = group.y * BLOCK;
     let block_col = group.x * BLOCK;
+    let sums_here = sums_rows(block_col + local.x * TILE);
+    var sums: array<f32, 8>;
     var acc: array<array<f32, TILE>, TILE>;
     for (var k0 = 0u; k0 < p.k; k0 += K_STEP) {
         // SIDE² threads stage BLOCK·K_STEP values of each operand; zeros past the edges.
@@ -129,10 +163,19 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
                     acc[i][j] = fma(av[i], bv[j], acc[i][j]);
                 }
             }
+            // Past the last k the staged values are zeros, which leave the sums as they are.
+            if sums_here {
+                for (var i = 0u; i < TILE; i++) {
+                    sums[i] += av[i];
+                }
+            }
         }
         workgroupBarrier();
     }
     store(block_row + local.y * TILE, block_col + local.x * TILE, acc);
+    if sums_here {
+        store_row_sums(block_row + local.y * TILE, sums, TILE);
+    }
 }
 
 const V_ROWS: u32 = 8u;
@@ -209,6 +252,10 @@ fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
     }
     // Four 4×4 blocks of c: (rows 0-3, 4-7) × (columns 0-3, 4-7).
     var acc = array<mat4x4<f32>, 4>();
+    let sums_here = sums_rows(col0);
+    // Sums of rows 0-3 and 4-7, k in increasing order.
+    var sums0 = vec4<f32>();
+    var sums1 = vec4<f32>();
     for (var k = 0u; k < p.k; k += 4u) {
         let a0 = a_block(row0, k);
         let a1 = a_block(row0 + 4u, k);
@@ -218,6 +265,15 @@ fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
         acc[1] = accumulate(acc[1], a0, b1);
         acc[2] = accumulate(acc[2], a1, b0);
         acc[3] = accumulate(acc[3], a1, b1);
+        if sums_here {
+            sums0 = (((sums0 + a0[0]) + a0[1]) + a0[2]) + a0[3];
+            sums1 = (((sums1 + a1[0]) + a1[1]) + a1[2]) + a1[3];
+        }
+    }
+    if sums_here {
+        let sums = array<f32, 8>(sums0.x, sums0.y, sums0.z, sums0.w,
+                                 sums1.x, sums1.y, sums1.z, sums1.w);
+        store_row_sums(row0, sums, V_ROWS);
     }
     for (var r = 0u; r < V_ROWS; r++) {
         let row = row0 + r;
@@ -225,7 +281,7 @@ fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
             let col = col0 + c;
             if row < p.m && col < p.n {
                 var value = acc[(r / 4u) * 2u + c / 4u][r % 4u][c % 4u];
-                if p.has_bias == 1u {
+                if (p.flags & FLAG_BIAS) != 0u {
                     value += bias[col];
                 }
                 out[row * p.n + col] = OUT_T(value);

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, assert_close_to_terms, gpu, norm, normal, rng};
+use wgnorm::cpu::CpuBackend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend, Kernel, MatmulSchedule};
 use wgnorm::ops::matmul::{MatmulOps, MatrixLayout};
 use wgnorm::reference::matmul as reference;
@@ -147,6 +148,18 @@ fn rejects_mismatched_shapes<B: MatmulOps>(backend: &B) {
         )
         .unwrap_err();
     assert!(err.to_string().contains("does not fit"), "{err}");
+    let mut sums = backend.filled(3, 0.0).unwrap();
+    let err = backend
+        .matmul_and_row_sums(
+            &a,
+            MatrixLayout::row_major(2, 3),
+            &b,
+            MatrixLayout::row_major(3, 2),
+            &mut out,
+            &mut sums,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("row sums"), "{err}");
 }
 
 #[test]
@@ -243,26 +256,61 @@ fn gpu_matmul_schedules_match_the_reference_and_each_other() {
                 "{case}"
             );
             assert_eq!(tiles.matmul_kernel(a_layout, b_layout), Kernel::MatmulTiled);
-            let product = |backend: &GpuBackend| {
-                let mut out = backend.filled(m * n, f32::NAN).unwrap();
-                backend
-                    .matmul(
-                        &backend.upload(&a_data).unwrap(),
-                        a_layout,
-                        &backend.upload(&b_data).unwrap(),
-                        b_layout,
-                        None,
-                        &mut out,
-                    )
-                    .unwrap();
-                backend.download(&out).unwrap()
-            };
-            let (r, t) = (product(&registers), product(&tiles));
+            let (r, r_sums) =
+                product_and_row_sums(&registers, &a_data, a_layout, &b_data, b_layout);
+            let (t, t_sums) = product_and_row_sums(&tiles, &a_data, a_layout, &b_data, b_layout);
+            let (c, c_sums) =
+                product_and_row_sums(&CpuBackend, &a_data, a_layout, &b_data, b_layout);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&r), bits(&t), "{case}");
             assert_close(&case, &r, &reference, 1e-5);
+            // The row sums add k in the same order on every schedule and on the CPU.
+            assert_eq!(bits(&r_sums), bits(&t_sums), "{case}: row sums");
+            assert_eq!(bits(&r_sums), bits(&c_sums), "{case}: row sums, CPU");
+            assert_close(&case, &c, &reference, 1e-5);
+            let sums_reference: Vec<f64> = (a.chunks(k))
+                .map(|row| row.iter().map(|&v| f64::from(v)).sum())
+                .collect();
+            let sums_terms: Vec<f64> = (a.chunks(k))
+                .map(|row| row.iter().map(|&v| f64::from(v).abs()).sum())
+                .collect();
+            assert_close_to_terms(
+                &format!("{case}: row sums"),
+                &r_sums,
+                &sums_reference,
+                norm(&sums_terms),
+                1e-5,
+            );
         }
     }
+}
+
+/// a·b and the row sums of a, in one `matmul_and_row_sums`.
+fn product_and_row_sums<B: MatmulOps>(
+    backend: &B,
+    a: &[f32],
+    a_layout: MatrixLayout,
+    b: &[f32],
+    b_layout: MatrixLayout,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut out = backend
+        .filled(a_layout.rows * b_layout.cols, f32::NAN)
+        .unwrap();
+    let mut sums = backend.filled(a_layout.rows, f32::NAN).unwrap();
+    backend
+        .matmul_and_row_sums(
+            &backend.upload(a).unwrap(),
+            a_layout,
+            &backend.upload(b).unwrap(),
+            b_layout,
+            &mut out,
+            &mut sums,
+        )
+        .unwrap();
+    (
+        backend.download(&out).unwrap(),
+        backend.download(&sums).unwrap(),
+    )
 }
 
 /// a (rows×cols, row-major) stored as is or as its transpose, with the layout that reads it as a.

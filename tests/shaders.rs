@@ -196,7 +196,7 @@ fn uniform_layouts_match_rust() {
     );
     assert_eq!(
         wgsl_struct(Shader::Matmul, "MatmulParams"),
-        rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, has_bias)
+        rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, flags)
     );
     assert_eq!(
         wgsl_struct(Shader::Activation, "ActivationParams"),

@@ -105,9 +105,8 @@ impl GpuBackend {
     ) -> Result<(wgpu::BindGroup, Option<GpuBuffer>)> {
         let cache = &self.shared.bind_groups;
         cache.dispatches.fetch_add(1, Ordering::Relaxed);
-        let placeholder = self.placeholder().raw();
         let cacheable = !self.records_for_host()
-            && (bindings.iter()).all(|b| b.buffer.is_pooled() || b.buffer.raw() == placeholder);
+            && (bindings.iter()).all(|b| b.buffer.is_pooled() || self.is_placeholder(b.buffer));
         let ranges: Vec<Range> = bindings.iter().map(range).collect();
         if !cacheable {
             return self.fresh_bind_group(kernel, pipeline, params, &ranges);

@@ -116,6 +116,7 @@ catalogue! {
     AllLabels = 24 => ("all_labels"),
     MatA4 = 25 => ("a4"),
     MatB4 = 26 => ("b4"),
+    RowSums = 27 => ("row_sums"),
 }
 
 impl Shader {

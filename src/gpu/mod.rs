@@ -61,7 +61,9 @@ struct Shared {
     profile: Mutex<Option<profiler::Window>>,
     /// One f32 bound where a kernel needs a buffer in a slot it will not read (a matmul
     /// without bias), so that the slot's type never depends on another operand's.
-    placeholder: GpuBuffer,
+    /// Bound to slots a kernel will not touch: one for read-only slots and one for writable
+    /// ones (a buffer bound both ways in one dispatch is a usage conflict).
+    placeholders: [GpuBuffer; 2],
     lose_device: Option<faults::DeviceLossFault>,
     /// What one binding may hold: the adapter's limit, or a lower one set for tests so that
     /// the chunked paths run on every adapter.
@@ -121,16 +123,19 @@ impl GpuBackend {
         lose_device: Option<faults::DeviceLossFault>,
     ) -> Self {
         let limits = device.limits();
-        let placeholder = GpuBuffer::unpooled(
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgnorm placeholder"),
-                size: 4,
-                usage: STORAGE,
-                mapped_at_creation: false,
-            }),
-            1,
-            Dtype::F32,
-        );
+        let placeholder = || {
+            GpuBuffer::unpooled(
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgnorm placeholder"),
+                    size: 4,
+                    usage: STORAGE,
+                    mapped_at_creation: false,
+                }),
+                1,
+                Dtype::F32,
+            )
+        };
+        let placeholders = [placeholder(), placeholder()];
         Self {
             shared: Arc::new(Shared {
                 pipelines: PipelineCache::new(device.clone()),
@@ -144,7 +149,7 @@ impl GpuBackend {
                 matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
                 summary,
                 profile: Mutex::new(None),
-                placeholder,
+                placeholders,
                 lose_device,
                 max_binding: limits.max_storage_buffer_binding_size.into(),
             }),
@@ -257,9 +262,19 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// A buffer for a slot the kernel will not read.
+    /// A buffer for a read-only slot the kernel will not read.
     pub(crate) fn placeholder(&self) -> &GpuBuffer {
-        &self.shared.placeholder
+        &self.shared.placeholders[0]
+    }
+
+    /// A buffer for a writable slot the kernel will not write.
+    pub(crate) fn writable_placeholder(&self) -> &GpuBuffer {
+        &self.shared.placeholders[1]
+    }
+
+    /// Whether `buffer` is one of the placeholders.
+    pub(crate) fn is_placeholder(&self, buffer: &GpuBuffer) -> bool {
+        (self.shared.placeholders.iter()).any(|placeholder| placeholder.raw() == buffer.raw())
     }
 
     /// Whether the device can run kernels on f16 storage (`Features::SHADER_F16`).

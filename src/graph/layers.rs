@@ -54,34 +54,24 @@ impl<B: Compute> Linear<B> {
         Ok((y, LinearSaved { input: x }))
     }
 
-    /// dW = dyᵀ·x, db = 1ᵀ·dy (the product with a row of ones sums the columns) into `grads`,
-    /// and dx = dy·W unless the input is the data.
-    #[allow(clippy::too_many_arguments)]
+    /// dW = dyᵀ·x and db = the column sums of dy (one pass) into `grads`, and dx = dy·W
+    /// unless the input is the data.
     pub(super) fn backward(
         &self,
         backend: &B,
         saved: LinearSaved<B>,
         dy: &B::Buffer,
         rows: usize,
-        ones: &B::Buffer,
         grads: &mut LinearGrads<B>,
         want_dx: bool,
     ) -> Result<Option<B::Buffer>> {
         let dy_layout = MatrixLayout::row_major(rows, self.outputs);
-        backend.matmul(
+        backend.matmul_and_row_sums(
             dy,
             dy_layout.transposed(),
             &saved.input,
             MatrixLayout::row_major(rows, self.inputs),
-            None,
             &mut grads.weight,
-        )?;
-        backend.matmul(
-            ones,
-            MatrixLayout::row_major(1, rows),
-            dy,
-            dy_layout,
-            None,
             &mut grads.bias,
         )?;
         if !want_dx {

@@ -84,8 +84,6 @@ pub struct Mlp<B: Backend> {
     /// How hidden activations are stored between layers (f16 needs `Backend::supports`). The
     /// input, the logits, every gradient, the parameters and all arithmetic stay f32.
     pub activations: Dtype,
-    /// A row of ones at least as long as the largest batch seen, for bias gradients.
-    ones: B::Buffer,
 }
 
 impl<B: Compute> Mlp<B> {
@@ -176,7 +174,6 @@ impl<B: Compute> Mlp<B> {
             spec: spec.clone(),
             layers,
             activations: Dtype::F32,
-            ones: backend.filled(1, 1.0)?,
         })
     }
 
@@ -318,7 +315,7 @@ impl<B: Compute> Mlp<B> {
     /// Gradients of every parameter, in `ModelSpec::params` order, from a training forward's
     /// tape and the loss gradient with respect to the logits.
     pub fn backward(
-        &mut self,
+        &self,
         backend: &B,
         tape: Tape<B>,
         dlogits: B::Buffer,
@@ -331,9 +328,6 @@ impl<B: Compute> Mlp<B> {
             ));
         }
         let rows = tape.rows;
-        if backend.len_of(&self.ones) < rows {
-            self.ones = backend.filled(rows, 1.0)?;
-        }
         // The gradients share one arena laid out as the parameters', so the optimizer can
         // update all parameters in one pass. Walking backwards, each layer takes its slots from
         // the end.
@@ -353,15 +347,7 @@ impl<B: Compute> Mlp<B> {
                         bias: next_slot()?,
                         weight: next_slot()?,
                     };
-                    let dx = linear.backward(
-                        backend,
-                        s,
-                        &dy,
-                        rows,
-                        &self.ones,
-                        &mut grads,
-                        index > 0,
-                    )?;
+                    let dx = linear.backward(backend, s, &dy, rows, &mut grads, index > 0)?;
                     grads_reversed.push(grads.bias);
                     grads_reversed.push(grads.weight);
                     match dx {

@@ -14,9 +14,23 @@ impl MatmulOps for CpuBackend {
         b_layout: MatrixLayout,
         bias: Option<&Vec<f32>>,
         out: &mut Vec<f32>,
+        a_row_sums: Option<&mut Vec<f32>>,
     ) -> Result<()> {
         matmul(a, a_layout, b, b_layout, bias.map(Vec::as_slice), out);
+        if let Some(sums) = a_row_sums {
+            row_sums(a, a_layout, sums);
+        }
         Ok(())
+    }
+}
+
+/// sums[i] = Σ_k a[i, k], k in increasing order as the WGSL adds them.
+fn row_sums(a: &[f32], layout: MatrixLayout, sums: &mut [f32]) {
+    for (i, sum) in sums.iter_mut().enumerate().take(layout.rows) {
+        let row = &a[i * layout.row_stride..];
+        *sum = (0..layout.cols)
+            .map(|k| row[k * layout.col_stride])
+            .fold(0.0, |total, value| total + value);
     }
 }
 

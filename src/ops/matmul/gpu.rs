@@ -17,8 +17,14 @@ pub struct MatmulParams {
     pub a_col_stride: u32,
     pub b_row_stride: u32,
     pub b_col_stride: u32,
-    pub has_bias: u32,
+    /// `MATMUL_BIAS` and `MATMUL_ROW_SUMS` (`FLAG_*` in WGSL).
+    pub flags: u32,
 }
+
+/// `MatmulParams::flags`: add the bias row.
+pub const MATMUL_BIAS: u32 = 1;
+/// `MatmulParams::flags`: write the row sums of a.
+pub const MATMUL_ROW_SUMS: u32 = 2;
 
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
 
@@ -103,6 +109,7 @@ impl MatmulOps for GpuBackend {
         b_layout: MatrixLayout,
         bias: Option<&GpuBuffer>,
         out: &mut GpuBuffer,
+        a_row_sums: Option<&mut GpuBuffer>,
     ) -> Result<()> {
         self.check_bindable("matmul operand a", a)?;
         self.check_bindable("matmul operand b", b)?;
@@ -119,12 +126,20 @@ impl MatmulOps for GpuBackend {
             a_col_stride: a_layout.col_stride as u32,
             b_row_stride: b_layout.row_stride as u32,
             b_col_stride: b_layout.col_stride as u32,
-            has_bias: bias.is_some() as u32,
+            flags: if bias.is_some() { MATMUL_BIAS } else { 0 }
+                | if a_row_sums.is_some() {
+                    MATMUL_ROW_SUMS
+                } else {
+                    0
+                },
         };
+        // Slots a kernel will not touch still need buffers: the placeholders.
+        let bias = bias.unwrap_or(self.placeholder());
+        let row_sums = a_row_sums.map_or(self.writable_placeholder(), |sums| &*sums);
         let kernel = match self.matmul_plan(a_layout, b_layout) {
             MatmulPlan::Blocks(kernel) => kernel,
             MatmulPlan::Vec4(vec4) => {
-                return self.matmul_vec4(vec4, &params, a, b, bias, out);
+                return self.matmul_vec4(vec4, &params, [a, b, bias, row_sums], out);
             }
         };
         let per_group = MATMUL_TILE * MATMUL_SIDE;
@@ -133,11 +148,11 @@ impl MatmulOps for GpuBackend {
             m.div_ceil(per_group) as u32,
             1,
         ];
-        // Without a bias the slot still needs a buffer, which is never read.
         let bindings = [
             Binding::whole(Slot::MatA, a),
             Binding::whole(Slot::MatB, b),
-            Binding::whole(Slot::Bias, bias.unwrap_or(self.placeholder())),
+            Binding::whole(Slot::Bias, bias),
+            Binding::whole(Slot::RowSums, row_sums),
             Binding::whole(Slot::Out, out),
         ];
         self.record(|recording| self.dispatch(recording, kernel, &params, &bindings, groups))
@@ -150,9 +165,7 @@ impl GpuBackend {
         &self,
         vec4: Vec4Layout,
         params: &MatmulParams,
-        a: &GpuBuffer,
-        b: &GpuBuffer,
-        bias: Option<&GpuBuffer>,
+        [a, b, bias, row_sums]: [&GpuBuffer; 4],
         out: &mut GpuBuffer,
     ) -> Result<()> {
         let (m, n) = (params.m as usize, params.n as usize);
@@ -168,7 +181,8 @@ impl GpuBackend {
         let bindings = [
             Binding::rows(Slot::MatA4, a, 0, a.len() / 4 * 4),
             Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
-            Binding::whole(Slot::Bias, bias.unwrap_or(self.placeholder())),
+            Binding::whole(Slot::Bias, bias),
+            Binding::whole(Slot::RowSums, row_sums),
             Binding::whole(Slot::Out, out),
         ];
         self.record(|recording| {

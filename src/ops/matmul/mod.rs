@@ -2,17 +2,22 @@
 //!
 //! ```text
 //! out[i, j] = Σ_k a[i, k]·b[k, j] (+ bias[j]),   k summed in increasing order
+//! row_sums[i] = Σ_k a[i, k]                       (optional; k in increasing order)
 //! ```
 //!
 //! where a and b are views into flat buffers (element (i, j) at i·row_stride + j·col_stride),
 //! so a transpose is a view, not a copy: the Linear layer's X·Wᵀ, dX = dY·W and dW = dYᵀ·X are
-//! all this one op. The WGSL is `shaders/matmul.wgsl`.
+//! all this one op, and with a = dYᵀ the row sums are the bias gradient dB, formed in the same
+//! pass as dW. The WGSL is `shaders/matmul.wgsl`.
 
 mod cpu;
 mod gpu;
 
 #[doc(hidden)]
-pub use gpu::{MATMUL_K_STEP, MATMUL_SIDE, MATMUL_TILE, MATMUL_VEC4_BLOCK, MatmulParams};
+pub use gpu::{
+    MATMUL_BIAS, MATMUL_K_STEP, MATMUL_ROW_SUMS, MATMUL_SIDE, MATMUL_TILE, MATMUL_VEC4_BLOCK,
+    MatmulParams,
+};
 
 use crate::backend::Backend;
 use crate::ops::check_u32_indexable;
@@ -80,11 +85,35 @@ pub trait MatmulOps: Backend + Sized {
             bias.map(|bias| self.len_of(bias)),
             self.len_of(out),
         )?;
-        self.matmul_unchecked(a, a_layout, b, b_layout, bias, out)
+        self.matmul_unchecked(a, a_layout, b, b_layout, bias, out, None)
     }
 
-    /// `matmul` on checked arguments.
+    /// out = a·b as `matmul` (no bias), and the sum of each row of a in `a_row_sums`, in the
+    /// same pass: with a = dYᵀ, a Linear layer's weight and bias gradients.
+    fn matmul_and_row_sums(
+        &self,
+        a: &Self::Buffer,
+        a_layout: MatrixLayout,
+        b: &Self::Buffer,
+        b_layout: MatrixLayout,
+        out: &mut Self::Buffer,
+        a_row_sums: &mut Self::Buffer,
+    ) -> Result<()> {
+        check(
+            self.len_of(a),
+            a_layout,
+            self.len_of(b),
+            b_layout,
+            None,
+            self.len_of(out),
+        )?;
+        crate::ops::check_len("matmul row sums", self.len_of(a_row_sums), a_layout.rows)?;
+        self.matmul_unchecked(a, a_layout, b, b_layout, None, out, Some(a_row_sums))
+    }
+
+    /// `matmul` (and the row sums of a, where asked) on checked arguments.
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
     fn matmul_unchecked(
         &self,
         a: &Self::Buffer,
@@ -93,6 +122,7 @@ pub trait MatmulOps: Backend + Sized {
         b_layout: MatrixLayout,
         bias: Option<&Self::Buffer>,
         out: &mut Self::Buffer,
+        a_row_sums: Option<&mut Self::Buffer>,
     ) -> Result<()>;
 }
 
