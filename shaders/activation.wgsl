@@ -4,7 +4,7 @@
 //   forward:  y  = keep·scale·act(x)       act(x) = max(x, 0) with ReLU, else x
 //   backward: dx = keep·scale·dy·[x > 0 or no ReLU]
 //   dropout:  scale = 1/(1 − p), keep = bits(element) ≥ threshold, threshold = round(p·2³²)
-//             bits(e) = lowbias32(key.x ^ lowbias32(key.y ^ e))
+//             bits(e) = lowbias32(key.x ^ lowbias32(key.y ^ e))   (shaders/prelude.wgsl)
 //   without dropout: threshold = 0 (every element kept) and scale = 1, so y is act(x) exactly.
 //
 // x, dy and out are stored as X_T, DY_T and OUT_T (f32 or f16, defined ahead of this file);
@@ -32,19 +32,8 @@ struct ActivationParams {
 @group(0) @binding(2) var<storage, read> dy: array<DY_T>;
 @group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
 
-// A 32-bit integer hash with good avalanche (Chris Wellons' "lowbias32"); a bijection on u32.
-fn lowbias32(value: u32) -> u32 {
-    var h = value;
-    h ^= h >> 16u;
-    h *= 0x7feb352du;
-    h ^= h >> 15u;
-    h *= 0x846ca68bu;
-    h ^= h >> 16u;
-    return h;
-}
-
 fn keeps(element: u32) -> bool {
-    return p.threshold == 0u || lowbias32(p.key_x ^ lowbias32(p.key_y ^ element)) >= p.threshold;
+    return dropout_keeps(vec2<u32>(p.key_x, p.key_y), p.threshold, element);
 }
 
 @compute @workgroup_size(WORKGROUP)

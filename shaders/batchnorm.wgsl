@@ -8,6 +8,11 @@
 //             r_var  ← (1 − momentum)·r_var  + momentum·var·m/(m − 1)   (·1: biased, as Keras)
 //   backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
 //
+// Optionally a ReLU, then dropout, in the same pass (`relu`): the forward writes
+// a = keep·scale·max(y, 0) as shaders/activation.wgsl would, and the backward takes the gradient
+// of a and the saved a, forming dy = dA·scale where a > 0 and 0 elsewhere (a > 0 exactly where
+// the element was kept and y > 0), as PyTorch's ReLU backward gates by its output.
+//
 // Why the shift K: reducing x − K instead of x keeps the f32 sums at the scale of the spread, not
 // of the mean, and keeping K and μ_K apart means x − mean is never formed from a mean rounded to
 // f32 (at mean 1e4 that rounding alone is 5% of a 1e-2 spread).
@@ -63,10 +68,17 @@ struct Params {
     count: f32,
     eps: f32,
     momentum: f32,
+    // Values of x ahead of the bound rows: dropout draws by element of the whole tensor.
+    first_value: u32,
+    // 1: a ReLU, then dropout with this threshold, key and scale (threshold 0 and scale 1 for
+    // none), follow the normalization.
+    relu: u32,
+    dropout_threshold: u32,
+    key_x: u32,
+    key_y: u32,
+    dropout_scale: f32,
     // Keep the struct a multiple of 16 bytes, as uniform buffers require.
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -81,6 +93,28 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> out: array<OUT_V>;
 @group(0) @binding(10) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(28) var<storage, read> activated: array<X_V>;
+
+// The fused activation of the normalized vector at `index`.
+fn activate(y: F_V, index: u32) -> F_V {
+    if p.relu == 0u {
+        return y;
+    }
+    let first = p.first_value + index * VECTOR;
+    var kept = vec4<f32>();
+    for (var l = 0u; l < VECTOR; l++) {
+        kept[l] = select(0.0, 1.0, dropout_keeps(vec2<u32>(p.key_x, p.key_y), p.dropout_threshold, first + l));
+    }
+    return select(F_V(0.0), max(y, F_V(0.0)) * p.dropout_scale, from_lanes(kept) != F_V(0.0));
+}
+
+// dy from the gradient of the fused activation's output.
+fn gated(grad: F_V, index: u32) -> F_V {
+    if p.relu == 0u {
+        return grad;
+    }
+    return select(F_V(0.0), grad * p.dropout_scale, F_V(activated[index]) > F_V(0.0));
+}
 
 // Count, mean and sum of squared deviations of a set of values, all relative to one shift.
 struct Moments {
@@ -281,7 +315,7 @@ fn finalize_stats(c: u32, shift: f32, total: Moments) -> f32 {
 fn normalize_walk(lane: Lane, shift: F_V, scale: F_V, offset: F_V) {
     for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
         let i = w.index;
-        out[i] = OUT_V(scale * (F_V(x[i]) - shift) + offset);
+        out[i] = OUT_V(activate(scale * (F_V(x[i]) - shift) + offset, i));
     }
 }
 
@@ -405,7 +439,7 @@ fn backward_dx_walk(lane: Lane, a: F_V, b: F_V, k: F_V) {
     for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
         let i = w.index;
         let centered = (F_V(x[i]) - shift) - shifted_mean;
-        out[i] = OUT_V(a * (F_V(dy[i]) - b - centered * k));
+        out[i] = OUT_V(a * (gated(F_V(dy[i]), i) - b - centered * k));
     }
 }
 
@@ -422,7 +456,7 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
         let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
         for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
             let i = w.index;
-            let grad = F_V(dy[i]);
+            let grad = gated(F_V(dy[i]), i);
             sum_dy += grad;
             sum_dy_centered += grad * ((F_V(x[i]) - shift) - shifted_mean);
         }

@@ -13,3 +13,20 @@ const FINALIZE_WORKGROUP: u32 = 64u;
 fn thread_index(id: vec3<u32>, groups: vec3<u32>, group: u32) -> u32 {
     return id.x + id.y * groups.x * group;
 }
+
+// A 32-bit integer hash with good avalanche (Chris Wellons' "lowbias32"); a bijection on u32.
+fn lowbias32(value: u32) -> u32 {
+    var h = value;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+// Whether dropout keeps `element` of a tensor under the mask keyed by `key` (see
+// shaders/activation.wgsl); threshold 0 keeps every element.
+fn dropout_keeps(key: vec2<u32>, threshold: u32, element: u32) -> bool {
+    return threshold == 0u || lowbias32(key.x ^ lowbias32(key.y ^ element)) >= threshold;
+}

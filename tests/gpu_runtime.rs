@@ -177,6 +177,11 @@ fn a_steady_state_training_step_creates_no_buffer_and_no_bind_group() {
         after.dispatches > before.dispatches,
         "the steps dispatched nothing"
     );
+    // gather, two matmuls forward, BatchNorm+ReLU+dropout each way, the loss, two matmuls
+    // for the output layer's gradients (its bias gradient inside), one for the hidden layer's,
+    // one Adam update over the parameter arena.
+    let per_step = (after.dispatches - before.dispatches) / 5;
+    assert!(per_step <= 10, "{per_step} dispatches per step");
     assert_eq!(after.bind_groups, before.bind_groups, "bind groups created");
     assert_eq!(after.buffers, before.buffers, "buffers created");
     // Only the parameters that change from step to step are written: Adam's step size and bias

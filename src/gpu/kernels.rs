@@ -117,6 +117,7 @@ catalogue! {
     MatA4 = 25 => ("a4"),
     MatB4 = 26 => ("b4"),
     RowSums = 27 => ("row_sums"),
+    Activated = 28 => ("activated"),
 }
 
 impl Shader {
@@ -230,10 +231,11 @@ impl<'a> Binding<'a> {
 }
 
 /// Bindings whose storage type each pipeline chooses, with the WGSL alias that names it: the
-/// activations and gradients (x, dy, out) and the matmul operands (a, b and their vec4 views).
-/// Every other binding is f32.
+/// activations and gradients (x and the activated output saved beside it, dy, out) and the
+/// matmul operands (a, b and their vec4 views). Slots that share an alias take buffers of one
+/// dtype. Every other binding is f32.
 pub const TYPED_SLOTS: [(&[Slot], &str); 5] = [
-    (&[Slot::X], "X_T"),
+    (&[Slot::X, Slot::Activated], "X_T"),
     (&[Slot::Dy], "DY_T"),
     (&[Slot::Out], "OUT_T"),
     (&[Slot::MatA, Slot::MatA4], "A_T"),
@@ -264,13 +266,25 @@ impl Storage {
             vector,
             ..Self::default()
         };
+        let mut bound: [Option<Dtype>; 5] = [None; 5];
         for binding in bindings {
             let dtype = binding.buffer.dtype();
             let typed = TYPED_SLOTS
                 .iter()
                 .position(|(slots, _)| slots.contains(&binding.slot));
             match typed {
-                Some(index) if kernel.shader().has_f16_variant() => storage.dtypes[index] = dtype,
+                Some(index) if bound[index].is_some_and(|other| other != dtype) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} takes one dtype for {}, got {:?} and {dtype:?}",
+                        kernel.entry_point(),
+                        TYPED_SLOTS[index].1,
+                        bound[index].unwrap_or(dtype),
+                    )));
+                }
+                Some(index) if kernel.shader().has_f16_variant() => {
+                    storage.dtypes[index] = dtype;
+                    bound[index] = Some(dtype);
+                }
                 _ if dtype == Dtype::F32 => {}
                 _ => {
                     return Err(Error::InvalidArgument(format!(

@@ -8,7 +8,7 @@ use crate::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
 use crate::ops::matmul::MatrixLayout;
-use crate::{Dtype, Result};
+use crate::{Dtype, Error, Result};
 
 /// out = x·Wᵀ + b.
 pub struct Linear<B: Backend> {
@@ -55,7 +55,8 @@ impl<B: Compute> Linear<B> {
     }
 
     /// dW = dyᵀ·x and db = the column sums of dy (one pass) into `grads`, and dx = dy·W
-    /// unless the input is the data.
+    /// unless the input is the data; hands back the saved input (the layer before may need its
+    /// own output).
     pub(super) fn backward(
         &self,
         backend: &B,
@@ -64,7 +65,7 @@ impl<B: Compute> Linear<B> {
         rows: usize,
         grads: &mut LinearGrads<B>,
         want_dx: bool,
-    ) -> Result<Option<B::Buffer>> {
+    ) -> Result<(Option<B::Buffer>, B::Buffer)> {
         let dy_layout = MatrixLayout::row_major(rows, self.outputs);
         backend.matmul_and_row_sums(
             dy,
@@ -75,7 +76,7 @@ impl<B: Compute> Linear<B> {
             &mut grads.bias,
         )?;
         if !want_dx {
-            return Ok(None);
+            return Ok((None, saved.input));
         }
         let mut dx = backend.scratch(rows * self.inputs)?;
         backend.matmul(
@@ -86,7 +87,7 @@ impl<B: Compute> Linear<B> {
             None,
             &mut dx,
         )?;
-        Ok(Some(dx))
+        Ok((Some(dx), saved.input))
     }
 }
 
@@ -102,10 +103,19 @@ pub struct BatchNorm<B: Backend> {
     pub(super) config: BatchNormConfig,
 }
 
-/// The input and the batch statistics it was normalized with.
+/// The input, the batch statistics it was normalized with, and the ReLU (and dropout) run in
+/// the same pass, if any.
 pub struct BatchNormSaved<B: Backend> {
     input: B::Buffer,
     stats: B::Buffer,
+    activation: Option<Activation>,
+}
+
+impl<B: Backend> BatchNormSaved<B> {
+    /// The activation that ran in the BatchNorm's pass.
+    pub(super) fn activation(&self) -> Option<Activation> {
+        self.activation
+    }
 }
 
 impl<B: Compute> BatchNorm<B> {
@@ -117,41 +127,48 @@ impl<B: Compute> BatchNorm<B> {
         }
     }
 
+    /// The normalized x, or with `activation` (a ReLU, then dropout) the activated one.
     pub(super) fn forward(
         &mut self,
         backend: &B,
         mode: Mode,
         x: B::Buffer,
         rows: usize,
+        activation: Option<Activation>,
     ) -> Result<(B::Buffer, BatchNormSaved<B>)> {
         let shape = self.shape(rows);
         let mut out = BatchNormForward {
             y: backend.scratch_as(shape.numel(), backend.dtype_of(&x))?,
             stats: backend.scratch(shape.stats_len())?,
         };
-        backend.batchnorm_forward(
-            mode,
-            &x,
-            shape,
-            &self.affine,
-            &mut self.running,
-            self.config,
-            &mut out,
-        )?;
+        let (affine, running, config) = (&self.affine, &mut self.running, self.config);
+        match activation {
+            Some(activation) => backend.batchnorm_activation_forward(
+                mode, &x, shape, affine, running, config, activation, &mut out,
+            )?,
+            None => {
+                backend.batchnorm_forward(mode, &x, shape, affine, running, config, &mut out)?
+            }
+        }
         if mode == Mode::Train {
             self.batches_tracked += 1;
         }
         let saved = BatchNormSaved {
             input: x,
             stats: out.stats,
+            activation,
         };
         Ok((out.y, saved))
     }
 
+    /// With an activation in the forward's pass, `dy` is the gradient of its output, and
+    /// `activated` that output.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &self,
         backend: &B,
         saved: BatchNormSaved<B>,
+        activated: Option<&B::Buffer>,
         dy: &B::Buffer,
         rows: usize,
         dgamma: B::Buffer,
@@ -163,14 +180,33 @@ impl<B: Compute> BatchNorm<B> {
             dgamma,
             dbeta,
         };
-        backend.batchnorm_backward(
-            &saved.input,
-            dy,
-            shape,
-            &self.affine.gamma,
-            &saved.stats,
-            &mut grads,
-        )?;
+        let gamma = &self.affine.gamma;
+        match (saved.activation, activated) {
+            (Some(activation), Some(activated)) => backend.batchnorm_activation_backward(
+                &saved.input,
+                activated,
+                activation,
+                dy,
+                shape,
+                gamma,
+                &saved.stats,
+                &mut grads,
+            )?,
+            (None, _) => backend.batchnorm_backward(
+                &saved.input,
+                dy,
+                shape,
+                gamma,
+                &saved.stats,
+                &mut grads,
+            )?,
+            (Some(_), None) => {
+                return Err(Error::InvalidArgument(
+                    "the BatchNorm backward pass needs the output of the activation run in its                      forward pass"
+                        .to_string(),
+                ));
+            }
+        }
         Ok(grads)
     }
 }
@@ -216,6 +252,13 @@ pub(super) fn relu_backward<B: Compute>(
 /// The mask's key (the mask itself is recomputed); `None` where dropout was the identity.
 pub struct DropoutSaved {
     mask: Option<DropoutMask>,
+}
+
+impl DropoutSaved {
+    /// Whether the dropout passed its input on unchanged (eval mode, or p = 0).
+    pub(super) fn is_identity(&self) -> bool {
+        self.mask.is_none()
+    }
 }
 
 pub(super) fn dropout_forward<B: Compute>(

@@ -13,7 +13,7 @@ pub use spec::{HostModel, HostRunning, Init, LayerSpec, ModelSpec, ParamSpec};
 
 use crate::backend::Backend;
 pub use crate::ops::Compute;
-use crate::ops::activation::DropoutMask;
+use crate::ops::activation::{Activation, DropoutMask};
 use crate::ops::batchnorm::{Affine, Mode, RunningStats};
 use crate::{Dtype, Error, Result};
 use layers::{dropout_backward, dropout_forward, relu_backward, relu_forward};
@@ -38,13 +38,20 @@ enum Saved<B: Backend> {
     BatchNorm(BatchNormSaved<B>),
     Relu(ReluSaved<B>),
     Dropout(DropoutSaved),
+    /// A ReLU that ran inside the BatchNorm before it.
+    ReluInBatchNorm,
     /// A dropout that ran inside the ReLU before it (one pass over memory each way).
     DropoutInRelu,
 }
 
 /// Whether the last layer saved is a ReLU (which then runs the dropout after it).
 fn saved_relu<B: Backend>(saved: &[Saved<B>]) -> bool {
-    matches!(saved.last(), Some(Saved::Relu(_)))
+    matches!(saved.last(), Some(Saved::Relu(_) | Saved::ReluInBatchNorm))
+}
+
+/// Whether the last layer saved is a BatchNorm that ran the ReLU after it.
+fn saved_batchnorm_activation<B: Backend>(saved: &[Saved<B>]) -> bool {
+    matches!(saved.last(), Some(Saved::BatchNorm(s)) if s.activation().is_some())
 }
 
 /// What a forward pass leaves for its backward: each layer's saved state, in layer order, and
@@ -275,6 +282,9 @@ impl<B: Compute> Mlp<B> {
     ) -> Result<(B::Buffer, Tape<B>)> {
         check_activations(backend, self.activations)?;
         let masks = self.dropout_masks(mode, key);
+        let relu_next: Vec<bool> = (1..=self.layers.len())
+            .map(|next| matches!(self.layers.get(next), Some(Layer::Relu)))
+            .collect();
         let mut saved = Vec::with_capacity(self.layers.len());
         let mut h = x;
         let last = self.layers.len().saturating_sub(1);
@@ -290,9 +300,15 @@ impl<B: Compute> Mlp<B> {
                     (y, Saved::Linear(s))
                 }
                 Layer::BatchNorm(bn) => {
-                    let (y, s) = bn.forward(backend, mode, h, rows)?;
+                    // A ReLU right after runs in the BatchNorm's pass, with the dropout after it.
+                    let activation = relu_next[index].then(|| Activation {
+                        relu: true,
+                        dropout: masks.get(index + 2).copied().flatten(),
+                    });
+                    let (y, s) = bn.forward(backend, mode, h, rows, activation)?;
                     (y, Saved::BatchNorm(s))
                 }
+                Layer::Relu if saved_batchnorm_activation(&saved) => (h, Saved::ReluInBatchNorm),
                 Layer::Relu => {
                     let fused = masks.get(index + 1).copied().flatten();
                     let (y, s) = relu_forward(backend, h, fused)?;
@@ -340,6 +356,9 @@ impl<B: Compute> Mlp<B> {
         };
         let mut grads_reversed = Vec::new();
         let mut dy = dlogits;
+        // The input saved by the layer after the current one: the current layer's output,
+        // where the layers between passed it on unchanged.
+        let mut following_input = None;
         for (index, (layer, saved)) in self.layers.iter().zip(tape.saved).enumerate().rev() {
             dy = match (layer, saved) {
                 (Layer::Linear(linear), Saved::Linear(s)) => {
@@ -347,7 +366,9 @@ impl<B: Compute> Mlp<B> {
                         bias: next_slot()?,
                         weight: next_slot()?,
                     };
-                    let dx = linear.backward(backend, s, &dy, rows, &mut grads, index > 0)?;
+                    let (dx, input) =
+                        linear.backward(backend, s, &dy, rows, &mut grads, index > 0)?;
+                    following_input = Some(input);
                     grads_reversed.push(grads.bias);
                     grads_reversed.push(grads.weight);
                     match dx {
@@ -358,14 +379,25 @@ impl<B: Compute> Mlp<B> {
                 (Layer::BatchNorm(bn), Saved::BatchNorm(s)) => {
                     let dbeta = next_slot()?;
                     let dgamma = next_slot()?;
-                    let grads = bn.backward(backend, s, &dy, rows, dgamma, dbeta)?;
+                    let activated = following_input.take();
+                    let grads =
+                        bn.backward(backend, s, activated.as_ref(), &dy, rows, dgamma, dbeta)?;
                     grads_reversed.push(grads.dbeta);
                     grads_reversed.push(grads.dgamma);
                     grads.dx
                 }
-                (Layer::Relu, Saved::Relu(s)) => relu_backward(backend, s, &dy)?,
-                (Layer::Dropout { .. }, Saved::Dropout(s)) => dropout_backward(backend, s, dy)?,
-                (Layer::Dropout { .. }, Saved::DropoutInRelu) => dy,
+                (Layer::Relu, Saved::Relu(s)) => {
+                    following_input = None;
+                    relu_backward(backend, s, &dy)?
+                }
+                (Layer::Dropout { .. }, Saved::Dropout(s)) => {
+                    if !s.is_identity() {
+                        following_input = None;
+                    }
+                    dropout_backward(backend, s, dy)?
+                }
+                (Layer::Relu, Saved::ReluInBatchNorm)
+                | (Layer::Dropout { .. }, Saved::DropoutInRelu) => dy,
                 _ => {
                     return Err(Error::InvalidArgument(format!(
                         "the tape does not match layer {index}"

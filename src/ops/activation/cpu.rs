@@ -11,6 +11,32 @@ fn dropout_of(activation: Activation) -> (impl Fn(usize) -> bool, f32) {
     (keeps, mask.map_or(1.0, |m| m.scale()))
 }
 
+/// y = act(x) for every element; `values` holds x and receives y.
+pub(crate) fn activate_in_place(activation: Activation, values: &mut [f32]) {
+    let (keeps, scale) = dropout_of(activation);
+    for (i, value) in values.iter_mut().enumerate() {
+        let activated = if activation.relu {
+            value.max(0.0)
+        } else {
+            *value
+        };
+        *value = if keeps(i) { activated * scale } else { 0.0 };
+    }
+}
+
+/// The gradient of what ReLU (then dropout) received, from the gradient `dy` of its output
+/// `activated`: dy·scale where the output is positive (kept, and positive before), else 0.
+pub(crate) fn relu_gradient_from_output(
+    activation: Activation,
+    activated: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let scale = activation.dropout.map_or(1.0, |mask| mask.scale());
+    (activated.iter().zip(dy))
+        .map(|(&a, &d)| if a > 0.0 { d * scale } else { 0.0 })
+        .collect()
+}
+
 impl ActivationOps for CpuBackend {
     fn activation_forward_unchecked(
         &self,
@@ -18,11 +44,8 @@ impl ActivationOps for CpuBackend {
         x: &Vec<f32>,
         y: &mut Vec<f32>,
     ) -> Result<()> {
-        let (keeps, scale) = dropout_of(activation);
-        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            let activated = if activation.relu { x.max(0.0) } else { x };
-            *y = if keeps(i) { activated * scale } else { 0.0 };
-        }
+        y.copy_from_slice(x);
+        activate_in_place(activation, y);
         Ok(())
     }
 

@@ -24,7 +24,7 @@ const _: () = assert!(std::mem::size_of::<ActivationParams>() == 32);
 impl ActivationParams {
     fn of(len: usize, activation: Activation) -> Self {
         let (threshold, key, scale) = activation.dropout.map_or((0, [0, 0], 1.0), |mask| {
-            (mask.threshold(), mask.key, mask.scale())
+            (mask.threshold(), mask.key(), mask.scale())
         });
         Self {
             len: len as u32,

@@ -9,7 +9,7 @@
 //! mask instead of storing it and both backends draw the same one. The WGSL is
 //! `shaders/activation.wgsl`.
 
-mod cpu;
+pub(crate) mod cpu;
 mod gpu;
 
 #[doc(hidden)]
@@ -47,6 +47,11 @@ impl DropoutMask {
             p,
             key: [key as u32, (key >> 32) as u32],
         }
+    }
+
+    /// The hash key the kernels draw the mask with.
+    pub(crate) fn key(&self) -> [u32; 2] {
+        self.key
     }
 
     /// Elements whose hash is below this are dropped: round(p·2³²).

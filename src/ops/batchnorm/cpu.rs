@@ -11,6 +11,8 @@ use super::{
 };
 use crate::Result;
 use crate::cpu::CpuBackend;
+use crate::ops::activation::Activation;
+use crate::ops::activation::cpu::{activate_in_place, relu_gradient_from_output};
 
 impl BatchNormOps for CpuBackend {
     fn batchnorm_forward_unchecked(
@@ -21,6 +23,7 @@ impl BatchNormOps for CpuBackend {
         affine: &Affine<Self>,
         running: &mut RunningStats<Self>,
         config: BatchNormConfig,
+        activation: Option<Activation>,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
         match mode {
@@ -44,19 +47,29 @@ impl BatchNormOps for CpuBackend {
             &affine.beta,
             &mut out.y,
         );
+        if let Some(activation) = activation {
+            activate_in_place(activation, &mut out.y);
+        }
         Ok(())
     }
 
     fn batchnorm_backward_unchecked(
         &self,
         x: &Vec<f32>,
+        activated: Option<(&Vec<f32>, Activation)>,
         dy: &Vec<f32>,
         shape: BatchNormShape,
         gamma: &Vec<f32>,
         stats: &Vec<f32>,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        backward(x, dy, shape, gamma, stats, grads);
+        match activated {
+            Some((activated, activation)) => {
+                let dy = relu_gradient_from_output(activation, activated, dy);
+                backward(x, &dy, shape, gamma, stats, grads);
+            }
+            None => backward(x, dy, shape, gamma, stats, grads),
+        }
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ use crate::gpu::{
     Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Recording, Slot, Variant,
     VectorWidth, WORKGROUP,
 };
+use crate::ops::activation::Activation;
 use crate::{Dtype, Result};
 
 /// How a reduction is laid out on the GPU, per chunk of rows.
@@ -92,12 +93,16 @@ pub struct BatchNormParams {
     pub count: f32,
     pub eps: f32,
     pub momentum: f32,
-    pub _pad1: u32,
-    pub _pad2: u32,
-    pub _pad3: u32,
+    pub first_value: u32,
+    pub relu: u32,
+    pub dropout_threshold: u32,
+    pub key_x: u32,
+    pub key_y: u32,
+    pub dropout_scale: f32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 64);
+const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 80);
 
 impl GpuBackend {
     fn reduction_plan(&self, shape: BatchNormShape, dtype: Dtype) -> Result<ReductionPlan> {
@@ -155,8 +160,16 @@ fn plan_params(
     shape: BatchNormShape,
     plan: &ReductionPlan,
     config: BatchNormConfig,
+    activation: Option<Activation>,
 ) -> BatchNormParams {
+    let dropout = activation.and_then(|activation| activation.dropout);
+    let key = dropout.map_or([0; 2], |mask| mask.key());
     BatchNormParams {
+        relu: u32::from(activation.is_some()),
+        dropout_threshold: dropout.map_or(0, |mask| mask.threshold()),
+        key_x: key[0],
+        key_y: key[1],
+        dropout_scale: dropout.map_or(1.0, |mask| mask.scale()),
         rows: shape.n as u32,
         channels: shape.c as u32,
         groups: plan.layout.groups as u32,
@@ -263,6 +276,7 @@ impl GpuBackend {
         for (chunk, splits) in &plan.chunks {
             let chunk_params = BatchNormParams {
                 rows: chunk.rows as u32,
+                first_value: values(chunk, shape.c * shape.s).start as u32,
                 split_len: splits.split_len,
                 split_base: splits.split_base,
                 ..*params
@@ -291,10 +305,11 @@ impl BatchNormOps for GpuBackend {
         affine: &Affine<Self>,
         running: &mut RunningStats<Self>,
         config: BatchNormConfig,
+        activation: Option<Activation>,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
         let plan = self.reduction_plan(shape, x.dtype())?;
-        let params = plan_params(shape, &plan, config);
+        let params = plan_params(shape, &plan, config, activation);
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let running_stats = [
             Binding::whole(Slot::Stats, &out.stats),
@@ -357,6 +372,7 @@ impl BatchNormOps for GpuBackend {
     fn batchnorm_backward_unchecked(
         &self,
         x: &GpuBuffer,
+        activated: Option<(&GpuBuffer, Activation)>,
         dy: &GpuBuffer,
         shape: BatchNormShape,
         gamma: &GpuBuffer,
@@ -364,7 +380,10 @@ impl BatchNormOps for GpuBackend {
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
         let plan = self.reduction_plan(shape, x.dtype())?;
-        let params = plan_params(shape, &plan, BatchNormConfig::default());
+        let activation = activated.map(|(_, activation)| activation);
+        let params = plan_params(shape, &plan, BatchNormConfig::default(), activation);
+        // Without an activation the slot binds x, which the kernels then never read there.
+        let activated = activated.map_or(x, |(buffer, _)| buffer);
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let per_channel = [
             Binding::whole(Slot::Stats, stats),
@@ -376,6 +395,7 @@ impl BatchNormOps for GpuBackend {
             let mut bindings = vec![
                 Binding::rows(Slot::X, x, rows.start, rows.len()),
                 Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
+                Binding::rows(Slot::Activated, activated, rows.start, rows.len()),
                 Binding::rows(Slot::Out, dx, rows.start, rows.len()),
                 Binding::whole(Slot::Gamma, gamma),
             ];

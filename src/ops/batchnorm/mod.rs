@@ -9,6 +9,9 @@
 //! backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
 //! ```
 //!
+//! A ReLU after the BatchNorm (and a dropout after that) can run in the same passes
+//! (`batchnorm_activation_forward`/`_backward`): one pass over memory fewer each way.
+//!
 //! `shaders/batchnorm.wgsl` spells out how the GPU computes it (the reductions run on x minus
 //! one sample of the channel, so the f32 sums stay at the scale of the spread); `cpu.rs` reduces
 //! the same shifted values in blocks merged by Chan's formula, in another order; `gpu.rs`
@@ -31,6 +34,7 @@ pub use gpu::BatchNormParams;
 pub use host::{HostBatchNormBackward, HostBatchNormForward};
 
 use crate::backend::Backend;
+use crate::ops::activation::Activation;
 use crate::ops::{check_len, check_u32_indexable};
 use crate::{Error, Result};
 
@@ -177,7 +181,40 @@ pub trait BatchNormOps: Backend + Sized {
                 self.len_of(&out.stats),
             ],
         )?;
-        self.batchnorm_forward_unchecked(mode, x, shape, affine, running, config, out)
+        self.batchnorm_forward_unchecked(mode, x, shape, affine, running, config, None, out)
+    }
+
+    /// `batchnorm_forward` followed by `activation`, a ReLU (then dropout, if it has a mask),
+    /// in the same pass: `out.y` is the activated output. Its backward is
+    /// `batchnorm_activation_backward`, which needs that output.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_activation_forward(
+        &self,
+        mode: Mode,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        activation: Activation,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        check_activation(activation)?;
+        check_forward(
+            mode,
+            shape,
+            [
+                self.len_of(x),
+                self.len_of(&affine.gamma),
+                self.len_of(&affine.beta),
+                self.len_of(&running.mean),
+                self.len_of(&running.var),
+                self.len_of(&out.y),
+                self.len_of(&out.stats),
+            ],
+        )?;
+        let activation = Some(activation);
+        self.batchnorm_forward_unchecked(mode, x, shape, affine, running, config, activation, out)
     }
 
     /// Gradients of a training-mode forward, from the `stats` that forward saved.
@@ -202,7 +239,39 @@ pub trait BatchNormOps: Backend + Sized {
                 self.len_of(&grads.dbeta),
             ],
         )?;
-        self.batchnorm_backward_unchecked(x, dy, shape, gamma, stats, grads)
+        self.batchnorm_backward_unchecked(x, None, dy, shape, gamma, stats, grads)
+    }
+
+    /// Gradients of a `batchnorm_activation_forward` in training mode: `activated` is its
+    /// output and `dy` the gradient of that output.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_activation_backward(
+        &self,
+        x: &Self::Buffer,
+        activated: &Self::Buffer,
+        activation: Activation,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        check_activation(activation)?;
+        check_backward(
+            shape,
+            [
+                self.len_of(x),
+                self.len_of(dy),
+                self.len_of(gamma),
+                self.len_of(stats),
+                self.len_of(&grads.dx),
+                self.len_of(&grads.dgamma),
+                self.len_of(&grads.dbeta),
+            ],
+        )?;
+        check_len("activated output", self.len_of(activated), shape.numel())?;
+        let activated = Some((activated, activation));
+        self.batchnorm_backward_unchecked(x, activated, dy, shape, gamma, stats, grads)
     }
 
     /// Forward into freshly allocated outputs.
@@ -241,7 +310,7 @@ pub trait BatchNormOps: Backend + Sized {
         Ok(grads)
     }
 
-    /// `batchnorm_forward` on checked arguments.
+    /// `batchnorm_forward` (with the activation, where given) on checked arguments.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_forward_unchecked(
@@ -252,20 +321,35 @@ pub trait BatchNormOps: Backend + Sized {
         affine: &Affine<Self>,
         running: &mut RunningStats<Self>,
         config: BatchNormConfig,
+        activation: Option<Activation>,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()>;
 
-    /// `batchnorm_backward` on checked arguments.
+    /// `batchnorm_backward` (behind the activation whose output is given, if any) on checked
+    /// arguments.
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
     fn batchnorm_backward_unchecked(
         &self,
         x: &Self::Buffer,
+        activated: Option<(&Self::Buffer, Activation)>,
         dy: &Self::Buffer,
         shape: BatchNormShape,
         gamma: &Self::Buffer,
         stats: &Self::Buffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()>;
+}
+
+/// The backward pass gates by the activated output, which only a ReLU's output allows.
+fn check_activation(activation: Activation) -> Result<()> {
+    if activation.relu {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "BatchNorm runs a ReLU (and a dropout after it) in its own pass, not {}",
+        activation.name()
+    )))
 }
 
 fn check_not_empty(shape: BatchNormShape) -> Result<()> {
