@@ -4,6 +4,15 @@ use super::{OptimizerOps, OptimizerParams};
 use crate::Result;
 use crate::cpu::CpuBackend;
 
+/// 0 for a subnormal moment, as `flushed` in the WGSL (why is written there).
+fn flushed(value: f32) -> f32 {
+    if value.abs() < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        value
+    }
+}
+
 impl OptimizerOps for CpuBackend {
     fn adam_update_unchecked(
         &self,
@@ -14,8 +23,8 @@ impl OptimizerOps for CpuBackend {
         moment2: &mut Vec<f32>,
     ) -> Result<()> {
         for (((theta, &g), m), v) in param.iter_mut().zip(grad).zip(moment1).zip(moment2) {
-            *m += p.one_minus_beta1 * (g - *m);
-            *v = p.beta2 * *v + p.one_minus_beta2 * g * g;
+            *m = flushed(*m + p.one_minus_beta1 * (g - *m));
+            *v = flushed(p.beta2 * *v + p.one_minus_beta2 * g * g);
             *theta -= p.step_size * *m / (v.sqrt() / p.bias_correction2_sqrt + p.eps);
         }
         Ok(())
@@ -29,7 +38,7 @@ impl OptimizerOps for CpuBackend {
         momentum: &mut Vec<f32>,
     ) -> Result<()> {
         for ((theta, &g), b) in param.iter_mut().zip(grad).zip(momentum) {
-            *b = p.momentum * *b + g;
+            *b = flushed(p.momentum * *b + g);
             *theta -= p.step_size * *b;
         }
         Ok(())

@@ -6,6 +6,8 @@
 //! SGD:  b = momentum·b + g;  θ −= lr·b
 //! ```
 //!
+//! with moments below the smallest normal f32 stored as 0 (see `shaders/optimizer.wgsl`).
+//!
 //! The WGSL is `shaders/optimizer.wgsl`; `src/optim.rs` keeps the state and the step count
 //! around these kernels.
 
