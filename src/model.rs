@@ -209,7 +209,8 @@ impl<B: Compute> Classifier<B> {
             x,
             labels,
             &mut self.metrics,
-        )
+        )?;
+        backend.flush()
     }
 
     /// `train_batch` from host slices: `x` row-major rows × inputs, one label per row.

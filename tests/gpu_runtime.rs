@@ -138,6 +138,61 @@ fn threads_sharing_a_backend_get_their_own_results() {
     });
 }
 
+/// The trainer records `STEPS_PER_SUBMISSION` steps into one submission; once warm, those
+/// steps create nothing either: each kernel whose parameters change from step to step keeps one
+/// copy of its bind group per step of a submission.
+#[test]
+fn several_steps_per_submission_create_nothing_once_warm() {
+    use wgnorm::graph::{HostModel, Init, Mlp, ModelSpec};
+    use wgnorm::ops::loss::metric;
+    use wgnorm::optim::{Optimizer, OptimizerConfig};
+    use wgnorm::train::{STEPS_PER_SUBMISSION, train_on_batch};
+    if gpu().is_none() {
+        return;
+    }
+    let gpu = &GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    let spec = ModelSpec {
+        inputs: 12,
+        hidden: vec![16],
+        classes: 4,
+        ..ModelSpec::reference_mlp(true)
+    };
+    let mut model = Mlp::upload(gpu, &spec, &HostModel::initial(&spec, Init::Keras, 3)).unwrap();
+    let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
+    let mut optimizer = Optimizer::new(gpu, OptimizerConfig::adam(1e-3), &lens).unwrap();
+    let mut metrics = gpu.filled(metric::LEN, 0.0).unwrap();
+    let x: Vec<f32> = (0..8 * 12).map(|i| (i % 5) as f32 / 5.0).collect();
+    let labels = gpu
+        .upload(&[0.0, 1.0, 2.0, 3.0, 3.0, 2.0, 1.0, 0.0])
+        .unwrap();
+    let mut steps = |count: u64| {
+        for _ in 0..count {
+            let batch = gpu.upload(&x).unwrap();
+            train_on_batch(
+                gpu,
+                &mut model,
+                &mut optimizer,
+                5,
+                batch,
+                &labels,
+                &mut metrics,
+            )
+            .unwrap();
+        }
+    };
+    steps(4 * STEPS_PER_SUBMISSION);
+    gpu.wait().unwrap();
+    let before = gpu.counters();
+    steps(2 * STEPS_PER_SUBMISSION);
+    let after = gpu.counters();
+    eprintln!("{before:?} -> {after:?}");
+    assert_eq!(after.submissions - before.submissions, 2, "submissions");
+    assert_eq!(after.bind_groups, before.bind_groups, "bind groups created");
+    assert_eq!(after.buffers, before.buffers, "buffers created");
+    let per_step = (after.dispatches - before.dispatches) / (2 * STEPS_PER_SUBMISSION);
+    assert!(per_step <= 10, "{per_step} dispatches per step");
+}
+
 /// Once the first steps have run, a training step creates nothing on the device: every
 /// dispatch finds its bind group and writes its parameters into that group's uniform buffer.
 #[test]

@@ -52,7 +52,7 @@ impl<B: Compute> SyntheticStep<B> {
         })
     }
 
-    /// Records one step and submits it, without waiting.
+    /// Records one step, submitted as the trainer submits its steps (`train_on_batch`).
     pub fn run(&mut self, backend: &B) -> Result<()> {
         let rows = self.rows;
         let first = (self.optimizer.steps as usize * rows) % (SYNTHETIC_IMAGES - rows + 1);

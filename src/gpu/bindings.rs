@@ -4,11 +4,15 @@
 //! parameters into that group's own uniform buffer, only where they differ from the last ones
 //! written there (most of a step's parameters are the same every step).
 //!
-//! A queue write lands before the whole submission it precedes, so a cached group serves at
-//! most one dispatch per submission; a second dispatch on the same buffers in the same
-//! submission gets a bind group and a uniform of its own, as does work recorded for a host
-//! (wgnorm cannot know when the host submits) and work on buffers the pool does not own (a
-//! cached group would keep them alive).
+//! A queue write lands before the whole submission it precedes, so a cached group can serve
+//! several dispatches of one submission only with the same parameters. The cache keeps a few
+//! copies of each group, each with its own uniform: a dispatch takes the copy that already holds
+//! its parameters, else one that this submission has not used, else a new copy. Several
+//! training steps recorded into one submission thus settle on one copy per step for the
+//! kernels whose parameters change from step to step (the batch's offset, the dropout keys,
+//! Adam's step size) and share one for all the others. Work recorded for a host (wgnorm cannot
+//! know when the host submits) and work on buffers the pool does not own (a cached group would
+//! keep them alive) get a bind group and a uniform of their own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +26,9 @@ use crate::Result;
 /// Cached bind groups past this many are dropped all at once (a run that keeps binding new
 /// buffers, such as many batch sizes in one process, would otherwise grow without bound).
 const CAPACITY: usize = 4096;
+
+/// Copies of one bind group at most; past them a dispatch gets a group of its own.
+const COPIES: usize = 64;
 
 /// A binding in bytes: slot, buffer, offset, size.
 type Range = (u32, wgpu::Buffer, u64, u64);
@@ -61,7 +68,7 @@ pub struct GpuCounters {
 
 #[derive(Default)]
 pub(super) struct BindGroupCache {
-    groups: Mutex<HashMap<GroupKey, CachedGroup>>,
+    groups: Mutex<HashMap<GroupKey, Vec<CachedGroup>>>,
     /// Submissions made so far: the serial of the one being recorded.
     pub(super) submissions: AtomicU64,
     pub(super) dispatches: AtomicU64,
@@ -117,21 +124,26 @@ impl GpuBackend {
             ranges,
         };
         let mut groups = lock(&cache.groups);
-        if let Some(cached) = groups.get_mut(&key) {
-            if cached.used_in == serial {
-                drop(groups);
-                return self.fresh_bind_group(kernel, pipeline, params, &key.ranges);
-            }
-            cached.used_in = serial;
-            if cached.params != params {
-                self.write_uniform(&cached.uniform, params);
-                cached.params.clear();
-                cached.params.extend_from_slice(params);
-            }
-            return Ok((cached.bind_group.clone(), None));
-        }
-        if groups.len() >= CAPACITY {
+        if !groups.contains_key(&key) && groups.len() >= CAPACITY {
             groups.clear();
+        }
+        let copies = groups.entry(key).or_default();
+        let holding = copies.iter().position(|copy| copy.params == params);
+        let free = || copies.iter().position(|copy| copy.used_in != serial);
+        if let Some(index) = holding.or_else(free) {
+            let copy = &mut copies[index];
+            copy.used_in = serial;
+            if copy.params != params {
+                self.write_uniform(&copy.uniform, params);
+                copy.params.clear();
+                copy.params.extend_from_slice(params);
+            }
+            return Ok((copy.bind_group.clone(), None));
+        }
+        if copies.len() >= COPIES {
+            let ranges: Vec<Range> = bindings.iter().map(range).collect();
+            drop(groups);
+            return self.fresh_bind_group(kernel, pipeline, params, &ranges);
         }
         let uniform = self.shared.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(kernel.entry_point()),
@@ -141,16 +153,14 @@ impl GpuBackend {
         });
         cache.uniforms.fetch_add(1, Ordering::Relaxed);
         self.write_uniform(&uniform, params);
-        let bind_group = self.create_bind_group(kernel, pipeline, &uniform, params, &key.ranges);
-        groups.insert(
-            key,
-            CachedGroup {
-                bind_group: bind_group.clone(),
-                uniform,
-                params: params.to_vec(),
-                used_in: serial,
-            },
-        );
+        let ranges: Vec<Range> = bindings.iter().map(range).collect();
+        let bind_group = self.create_bind_group(kernel, pipeline, &uniform, params, &ranges);
+        copies.push(CachedGroup {
+            bind_group: bind_group.clone(),
+            uniform,
+            params: params.to_vec(),
+            used_in: serial,
+        });
         Ok((bind_group, None))
     }
 
