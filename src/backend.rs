@@ -105,6 +105,12 @@ pub trait Backend {
     /// Sends the work recorded so far to the device (a no-op where work runs at once).
     fn flush(&self) -> Result<()>;
 
+    /// Training steps to record before submitting them (`train::train_on_batch`): one where
+    /// each submission runs at once.
+    fn steps_per_submission(&self) -> u64 {
+        1
+    }
+
     /// Copies device data back to the host, waiting for all work recorded before.
     fn download(&self, buffer: &Self::Buffer) -> Result<Vec<f32>>;
 

@@ -753,7 +753,7 @@ fn device_buffers_and_resident_memory_stay_flat_after_the_first_epoch() {
     );
 }
 
-/// A GPU lost mid-run (the test-only fault destroys the device after wgnorm's 18th submission,
+/// A GPU lost mid-run (the test-only fault destroys the device after wgnorm's 45th submission,
 /// in the second of three epochs here): one line naming the epoch and what was kept, exit 1,
 /// the saved epoch loads whole, and `--resume` on a working device finishes the run.
 #[test]
@@ -777,7 +777,7 @@ fn a_device_lost_mid_run_keeps_the_finished_epochs_for_resume() {
         "run",
     ];
     let output = wgnorm_command(&args, dir.path())
-        .env("WGNORM_FAULT_LOSE_DEVICE_AT_SUBMIT", "18")
+        .env("WGNORM_FAULT_LOSE_DEVICE_AT_SUBMIT", "45")
         .output()
         .unwrap();
     assert_one_line_error(&output, 1, "GPU device lost");

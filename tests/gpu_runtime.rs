@@ -138,19 +138,21 @@ fn threads_sharing_a_backend_get_their_own_results() {
     });
 }
 
-/// The trainer records `STEPS_PER_SUBMISSION` steps into one submission; once warm, those
-/// steps create nothing either: each kernel whose parameters change from step to step keeps one
-/// copy of its bind group per step of a submission.
+/// Several training steps recorded into one submission (hardware GPUs record 8; set here, as
+/// lavapipe records 1) create nothing either once warm: each step of a submission gets buffers
+/// and bind groups of its own, the same ones submission after submission.
 #[test]
 fn several_steps_per_submission_create_nothing_once_warm() {
     use wgnorm::graph::{HostModel, Init, Mlp, ModelSpec};
     use wgnorm::ops::loss::metric;
     use wgnorm::optim::{Optimizer, OptimizerConfig};
-    use wgnorm::train::{STEPS_PER_SUBMISSION, train_on_batch};
+    use wgnorm::train::train_on_batch;
+    const STEPS_PER_SUBMISSION: u64 = 8;
     if gpu().is_none() {
         return;
     }
     let gpu = &GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    gpu.set_steps_per_submission(STEPS_PER_SUBMISSION);
     let spec = ModelSpec {
         inputs: 12,
         hidden: vec![16],

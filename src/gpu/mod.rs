@@ -58,6 +58,7 @@ struct Shared {
     faults: faults::SharedFaults,
     tuning: Tuning,
     matmul_schedule: Mutex<MatmulSchedule>,
+    steps_per_submission: std::sync::atomic::AtomicU64,
     profile: Mutex<Option<profiler::Window>>,
     /// One f32 bound where a kernel needs a buffer in a slot it will not read (a matmul
     /// without bias), so that the slot's type never depends on another operand's.
@@ -147,6 +148,9 @@ impl GpuBackend {
                 faults: Arc::default(),
                 tuning: Tuning::for_device(summary.device_type),
                 matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
+                steps_per_submission: Tuning::for_device(summary.device_type)
+                    .steps_per_submission
+                    .into(),
                 summary,
                 profile: Mutex::new(None),
                 placeholders,
@@ -226,6 +230,14 @@ impl GpuBackend {
     /// Chooses the matmul kernel for this device (every clone of this backend included).
     pub fn set_matmul_schedule(&self, schedule: MatmulSchedule) {
         *lock(&self.shared.matmul_schedule) = schedule;
+    }
+
+    /// Records `steps` training steps per submission from now on (every clone of this backend
+    /// included), in place of the adapter class's `Tuning::steps_per_submission`; at least 1.
+    pub fn set_steps_per_submission(&self, steps: u64) {
+        self.shared
+            .steps_per_submission
+            .store(steps.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The device wgnorm records on (the host's, for `from_device`).
@@ -470,6 +482,12 @@ impl Backend for GpuBackend {
     /// host's to submit).
     fn flush(&self) -> Result<()> {
         self.submit_pending()
+    }
+
+    fn steps_per_submission(&self) -> u64 {
+        self.shared
+            .steps_per_submission
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {

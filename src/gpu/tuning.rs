@@ -18,6 +18,11 @@ pub struct Tuning {
     pub lanes_c_2d: u32,
     /// Threads per workgroup of `matmul_vec4`.
     pub matmul_group: u32,
+    /// Training steps recorded into one submission. A software rasterizer runs a submission's
+    /// work as it is submitted, so there batching steps only grows the working set (the reference
+    /// epoch on lavapipe took about a fifth longer at 8); a hardware GPU runs one submission while
+    /// the host records the next.
+    pub steps_per_submission: u64,
 }
 
 impl Tuning {
@@ -27,6 +32,7 @@ impl Tuning {
         match device_type {
             wgpu::DeviceType::Cpu => Self {
                 matmul_group: 16,
+                steps_per_submission: 1,
                 ..Self::default()
             },
             _ => Self::default(),
@@ -42,6 +48,7 @@ impl Default for Tuning {
             single_split_bytes: 1 << 20,
             lanes_c_2d: 32,
             matmul_group: 64,
+            steps_per_submission: 8,
         }
     }
 }

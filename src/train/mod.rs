@@ -2,7 +2,7 @@
 //!
 //! Everything an epoch touches lives on the device: the image sets (as bytes), the shuffled
 //! index list, parameters, gradients and optimizer state. A step is gather → forward → loss →
-//! backward → update, and `STEPS_PER_SUBMISSION` steps are recorded into one submission. Loss and accuracy are summed on the device;
+//! backward → update; `Backend::steps_per_submission` steps are recorded into one submission. Loss and accuracy are summed on the device;
 //! the host reads them only for progress reports (at most `REPORT_INTERVAL` apart) and at the
 //! end of an epoch.
 
@@ -28,10 +28,6 @@ pub use schedule::{batches, epoch_order, split_point};
 pub const EVAL_BATCH: usize = 1000;
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
-/// Training steps recorded into one submission (a read, such as a progress report, submits
-/// what is recorded first): fewer submissions where each costs the host and the driver more
-/// than a small step's kernels take.
-pub const STEPS_PER_SUBMISSION: u64 = 8;
 
 /// Everything that defines a run; two runs with equal configs compute the same thing.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -141,8 +137,8 @@ pub struct EpochRecord {
 /// One training step on a batch already on the device (`x` rows × inputs, consumed; one class
 /// index per row in `labels`): forward in training mode with dropout keyed by `seed` and the
 /// optimizer's step count, softmax cross-entropy added to `metrics`, backward, the optimizer's
-/// update. Recorded, and submitted without waiting every `STEPS_PER_SUBMISSION`-th step;
-/// `Backend::flush` or any read submits the steps recorded since.
+/// update. Recorded, and submitted without waiting every `Backend::steps_per_submission`-th
+/// step; `Backend::flush` or any read (a progress report) submits the steps recorded since.
 pub fn train_on_batch<B: Compute>(
     backend: &B,
     model: &mut Mlp<B>,
@@ -167,7 +163,10 @@ pub fn train_on_batch<B: Compute>(
         let grads = model.backward(backend, tape, dlogits)?;
         optimizer.step(backend, model.params_mut(), &grads)?;
     }
-    if optimizer.steps.is_multiple_of(STEPS_PER_SUBMISSION) {
+    if optimizer
+        .steps
+        .is_multiple_of(backend.steps_per_submission().max(1))
+    {
         backend.flush()?;
     }
     Ok(())
