@@ -62,36 +62,30 @@ backend_test!(an_update_over_arenas_equals_updates, |backend, rng| {
     arena_steps_equal_separate_steps(backend, rng)
 });
 
-/// A weight whose gradient is always 0 has moments that decay geometrically; below the
-/// smallest normal f32 they are stored as 0, and the parameter does not move.
+/// Whether every value is 0 or a normal f32.
+fn none_subnormal(values: &[f32]) -> bool {
+    values.iter().all(|&v| v == 0.0 || v.is_normal())
+}
+
+/// A weight whose gradient is always 0 has moments that decay geometrically; none is ever
+/// stored subnormal: below the smallest normal f32 a moment is stored as 0 (a GPU that flushes
+/// subnormals may instead leave it where its decrement underflows, a normal value), and the
+/// parameter does not move.
 fn subnormal_moments_become_zero<B: OptimizerOps>(backend: &B) {
     let tiny = f32::MIN_POSITIVE * 1.05;
     let len = 8;
     let mut param = backend.filled(len, 0.25).unwrap();
     let grad = backend.filled(len, 0.0).unwrap();
     let mut m = backend.filled(len, tiny).unwrap();
-    let mut v = backend.filled(len, tiny).unwrap();
-    let p = OptimizerParams::adam(len, 1e-3, 0.9, 0.999, 1e-8, 2000);
-    backend
-        .adam_update(&p, &mut param, &grad, &mut m, &mut v)
-        .unwrap();
-    assert_eq!(
-        backend.download(&m).unwrap(),
-        vec![0.0; len],
-        "first moment"
-    );
-    // β2·v stays at 0.999·1.05 of the smallest normal: still normal, kept.
-    let kept = backend.download(&v).unwrap();
-    assert!(kept.iter().all(|v| v.is_normal()), "{kept:?}");
     let mut v = backend.filled(len, f32::MIN_POSITIVE).unwrap();
-    backend
-        .adam_update(&p, &mut param, &grad, &mut m, &mut v)
-        .unwrap();
-    assert_eq!(
-        backend.download(&v).unwrap(),
-        vec![0.0; len],
-        "second moment"
-    );
+    let p = OptimizerParams::adam(len, 1e-3, 0.9, 0.999, 1e-8, 2000);
+    for _ in 0..3 {
+        backend
+            .adam_update(&p, &mut param, &grad, &mut m, &mut v)
+            .unwrap();
+        let moments = [backend.download(&m).unwrap(), backend.download(&v).unwrap()];
+        assert!(moments.iter().all(|m| none_subnormal(m)), "{moments:?}");
+    }
     assert_eq!(backend.download(&param).unwrap(), vec![0.25; len]);
 
     let mut momentum = backend.filled(len, tiny).unwrap();
@@ -99,11 +93,8 @@ fn subnormal_moments_become_zero<B: OptimizerOps>(backend: &B) {
     backend
         .sgd_update(&p, &mut param, &grad, &mut momentum)
         .unwrap();
-    assert_eq!(
-        backend.download(&momentum).unwrap(),
-        vec![0.0; len],
-        "momentum"
-    );
+    let momentum = backend.download(&momentum).unwrap();
+    assert!(none_subnormal(&momentum), "{momentum:?}");
 }
 
 backend_test!(subnormal_moments_are_stored_as_zero, |backend, rng| {
