@@ -32,8 +32,9 @@
 // Statistics: each thread sums d = x − K and d² from one shift K shared by its workgroup, turns
 // them into a mean and M2, and the threads and splits are merged by Chan's formula. WGSL has no
 // grid-wide barrier, so with several splits `*_partial` writes one result per split and
-// `*_finalize` merges them, and a third pass applies them. When one split covers the batch, the
-// partial pass finishes the channel and applies the result in the same dispatch.
+// `*_finalize` merges them, and a third pass applies them. When one split covers the batch, one
+// dispatch finishes the channel and applies the result: `stats_partial` itself, and
+// `backward_fused` for the backward pass.
 
 // Planes of the per-channel `stats` buffer: stats[plane·C + c]. Mirrored in src/ops/batchnorm/mod.rs.
 const STAT_MEAN: u32 = 0u;
@@ -443,15 +444,13 @@ fn backward_dx_walk(lane: Lane, a: F_V, b: F_V, k: F_V) {
     }
 }
 
-@compute @workgroup_size(WORKGROUP)
-fn backward_partial(@builtin(local_invocation_index) local: u32,
-                    @builtin(workgroup_id) workgroup: vec3<u32>) {
-    let lane = lane_of(local, workgroup);
+// Each thread's Σdy and Σdy·(x − mean) over its walk, tree-summed: row_lane 0 of each group
+// ends with its split's sums in tree_a and tree_b.
+fn backward_sums(local: u32, lane: Lane) {
     let g = lane.group;
-    let in_range = g < p.groups;
     var sum_dy = F_V(0.0);
     var sum_dy_centered = F_V(0.0);
-    if in_range {
+    if g < p.groups {
         let shift = stat_of(STAT_SHIFT, g);
         let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
         for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
@@ -464,37 +463,56 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
     tree_a[local] = sum_dy;
     tree_b[local] = sum_dy_centered;
     reduce_sums(local, lane.row_lane);
+}
+
+// With several splits: each split's sums into `partials`, for `backward_finalize`.
+@compute @workgroup_size(WORKGROUP)
+fn backward_partial(@builtin(local_invocation_index) local: u32,
+                    @builtin(workgroup_id) workgroup: vec3<u32>) {
+    let lane = lane_of(local, workgroup);
+    backward_sums(local, lane);
+    let g = lane.group;
+    if lane.row_lane == 0u && g < p.groups {
+        for (var i = 0u; i < group_channels(); i++) {
+            let c = channel_of(g, i);
+            let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
+            partials[slot] = channel_sum(tree_a[local], i);
+            partials[slot + 1u] = channel_sum(tree_b[local], i);
+        }
+    }
+}
+
+// With one split covering the batch: the sums, dβ and dγ, and dx in one dispatch (a kernel of
+// its own, so that neither it nor `backward_partial` binds more than 8 storage buffers).
+@compute @workgroup_size(WORKGROUP)
+fn backward_fused(@builtin(local_invocation_index) local: u32,
+                  @builtin(workgroup_id) workgroup: vec3<u32>) {
+    let lane = lane_of(local, workgroup);
+    backward_sums(local, lane);
+    let g = lane.group;
+    let in_range = g < p.groups;
     if lane.row_lane == 0u && in_range {
         var b = vec4<f32>();
         var k = vec4<f32>();
         for (var i = 0u; i < group_channels(); i++) {
             let c = channel_of(g, i);
+            // The same terms `backward_dx` forms from the finished sums.
             let dbeta_c = channel_sum(tree_a[local], i);
-            let dy_centered = channel_sum(tree_b[local], i);
-            if p.total_splits == 1u {
-                // The same terms `backward_dx` forms from the finished sums.
-                let invstd = stats[STAT_INVSTD * p.channels + c];
-                let dgamma_c = dy_centered * invstd;
-                let inv_m = 1.0 / p.count;
-                dbeta[c] = dbeta_c;
-                dgamma[c] = dgamma_c;
-                b[i] = dbeta_c * inv_m;
-                k[i] = dgamma_c * invstd * inv_m;
-            } else {
-                let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
-                partials[slot] = dbeta_c;
-                partials[slot + 1u] = dy_centered;
-            }
+            let invstd = stats[STAT_INVSTD * p.channels + c];
+            let dgamma_c = channel_sum(tree_b[local], i) * invstd;
+            let inv_m = 1.0 / p.count;
+            dbeta[c] = dbeta_c;
+            dgamma[c] = dgamma_c;
+            b[i] = dbeta_c * inv_m;
+            k[i] = dgamma_c * invstd * inv_m;
         }
         tree_a[local] = per_lane(b.x, b.y, b.z, b.w);
         tree_b[local] = per_lane(k.x, k.y, k.z, k.w);
     }
-    if p.total_splits == 1u {
-        workgroupBarrier();
-        if in_range {
-            let a = gamma_of(g) * stat_of(STAT_INVSTD, g);
-            backward_dx_walk(lane, a, tree_a[lane.group_lane], tree_b[lane.group_lane]);
-        }
+    workgroupBarrier();
+    if in_range {
+        let a = gamma_of(g) * stat_of(STAT_INVSTD, g);
+        backward_dx_walk(lane, a, tree_a[lane.group_lane], tree_b[lane.group_lane]);
     }
 }
 

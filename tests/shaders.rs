@@ -133,6 +133,35 @@ fn every_kernel_is_a_compute_entry_point_of_its_shader() {
     }
 }
 
+/// WebGPU's default `max_storage_buffers_per_shader_stage`: a device a host creates with
+/// `wgpu::Limits::default()` (as `examples/embed_bn.rs` does) allows no more.
+const DEFAULT_STORAGE_BUFFERS: usize = 8;
+
+#[test]
+fn every_kernel_fits_the_default_storage_buffer_limit() {
+    for &shader in Shader::ALL {
+        let module = parse(shader);
+        let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+            .validate(&module)
+            .unwrap();
+        for (index, entry) in module.entry_points.iter().enumerate() {
+            let uses = info.get_entry_point(index);
+            let storage_buffers = (module.global_variables.iter())
+                .filter(|(handle, global)| {
+                    matches!(global.space, naga::AddressSpace::Storage { .. })
+                        && !uses[*handle].is_empty()
+                })
+                .count();
+            assert!(
+                storage_buffers <= DEFAULT_STORAGE_BUFFERS,
+                "{}: {} binds {storage_buffers} storage buffers",
+                shader.file_name(),
+                entry.name
+            );
+        }
+    }
+}
+
 #[test]
 fn binding_slots_match_the_rust_names() {
     for &shader in Shader::ALL {

@@ -71,6 +71,7 @@ catalogue! {
     BatchNormEvalStats => (Shader::BatchNorm, "eval_stats"),
     BatchNormNormalize => (Shader::BatchNorm, "normalize"),
     BatchNormBackwardPartial => (Shader::BatchNorm, "backward_partial"),
+    BatchNormBackwardFused => (Shader::BatchNorm, "backward_fused"),
     BatchNormBackwardFinalize => (Shader::BatchNorm, "backward_finalize"),
     BatchNormBackwardDx => (Shader::BatchNorm, "backward_dx"),
     Matmul => (Shader::Matmul, "matmul"),

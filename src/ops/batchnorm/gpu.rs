@@ -200,11 +200,14 @@ fn values(chunk: &RowChunk, row: usize) -> Range<usize> {
 /// The bindings of one chunk, given the range of values its rows span.
 type ChunkBindings<'a> = dyn Fn(Range<usize>) -> Vec<Binding<'a>> + 'a;
 
-/// The kernels of one reduction: per split, merging the splits, applying the result.
+/// The kernels of one reduction: per split, merging the splits, applying the result, and, where
+/// the partial kernel does not do all three itself when one split covers the batch, the kernel
+/// that does (with the apply kernel's bindings).
 struct ReductionKernels {
     partial: Kernel,
     finalize: Kernel,
     apply: Kernel,
+    fused: Option<Kernel>,
 }
 
 impl GpuBackend {
@@ -229,6 +232,9 @@ impl GpuBackend {
             bindings.push(Binding::whole(Slot::Partials, partials));
             bindings
         };
+        if let (1, Some(fused)) = (plan.total_splits, kernels.fused) {
+            return self.record_per_chunk(recording, plan, params, shape, fused, apply_bindings);
+        }
         self.record_per_chunk(
             recording,
             plan,
@@ -337,6 +343,7 @@ impl BatchNormOps for GpuBackend {
                     partial: Kernel::BatchNormStatsPartial,
                     finalize: Kernel::BatchNormStatsFinalize,
                     apply: Kernel::BatchNormNormalize,
+                    fused: None,
                 },
                 [
                     &|rows| {
@@ -391,14 +398,25 @@ impl BatchNormOps for GpuBackend {
             Binding::whole(Slot::Dbeta, &grads.dbeta),
         ];
         let dx = &grads.dx;
-        let dx_bindings = |rows: Range<usize>| {
-            let mut bindings = vec![
+        let inputs = |rows: &Range<usize>| {
+            vec![
                 Binding::rows(Slot::X, x, rows.start, rows.len()),
                 Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
                 Binding::rows(Slot::Activated, activated, rows.start, rows.len()),
+            ]
+        };
+        // The partial sums read the inputs and the statistics only.
+        let sums_bindings = |rows: Range<usize>| {
+            let mut bindings = inputs(&rows);
+            bindings.push(Binding::whole(Slot::Stats, stats));
+            bindings
+        };
+        let dx_bindings = |rows: Range<usize>| {
+            let mut bindings = inputs(&rows);
+            bindings.extend([
                 Binding::rows(Slot::Out, dx, rows.start, rows.len()),
                 Binding::whole(Slot::Gamma, gamma),
-            ];
+            ]);
             bindings.extend_from_slice(&per_channel);
             bindings
         };
@@ -412,8 +430,9 @@ impl BatchNormOps for GpuBackend {
                     partial: Kernel::BatchNormBackwardPartial,
                     finalize: Kernel::BatchNormBackwardFinalize,
                     apply: Kernel::BatchNormBackwardDx,
+                    fused: Some(Kernel::BatchNormBackwardFused),
                 },
-                [&dx_bindings, &dx_bindings],
+                [&sums_bindings, &dx_bindings],
                 &partials,
                 &per_channel,
             )
