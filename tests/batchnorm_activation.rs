@@ -27,6 +27,21 @@ fn bits<B: Backend>(backend: &B, buffer: &B::Buffer) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
 
+/// Asserts that each pair of buffers holds the same bits.
+fn assert_same_bits<B: Backend>(backend: &B, case: &str, pairs: &[(&str, &B::Buffer, &B::Buffer)]) {
+    for &(name, got, want) in pairs {
+        assert_eq!(bits(backend, got), bits(backend, want), "{case}: {name}");
+    }
+}
+
+/// Running statistics at PyTorch's initial values (mean 0, variance 1).
+fn initial_running<B: Backend>(backend: &B, c: usize) -> RunningStats<B> {
+    RunningStats {
+        mean: backend.filled(c, 0.0).unwrap(),
+        var: backend.filled(c, 1.0).unwrap(),
+    }
+}
+
 fn forward_output<B: Backend>(backend: &B, shape: BatchNormShape) -> BatchNormForward<B> {
     BatchNormForward {
         y: backend.filled(shape.numel(), f32::NAN).unwrap(),
@@ -60,10 +75,6 @@ fn fused_equals_separate<B: Compute>(
         gamma: backend.upload(&normal(rng, c, 1.0, 0.2)).unwrap(),
         beta: backend.upload(&normal(rng, c, 0.0, 0.2)).unwrap(),
     };
-    let running = |backend: &B| RunningStats {
-        mean: backend.filled(c, 0.1).unwrap(),
-        var: backend.filled(c, 0.9).unwrap(),
-    };
     let config = BatchNormConfig::default();
     let masks = [
         None,
@@ -78,7 +89,8 @@ fn fused_equals_separate<B: Compute>(
             relu: true,
             dropout,
         };
-        let (mut running_separate, mut running_fused) = (running(backend), running(backend));
+        let (mut running_separate, mut running_fused) =
+            (initial_running(backend, c), initial_running(backend, c));
         let mut normalized = forward_output(backend, shape);
         let mut separate = backend.filled(shape.numel(), f32::NAN).unwrap();
         backend
@@ -108,20 +120,14 @@ fn fused_equals_separate<B: Compute>(
                 &mut fused,
             )
             .unwrap();
-        assert_eq!(
-            bits(backend, &fused.y),
-            bits(backend, &separate),
-            "{case}: y"
-        );
-        assert_eq!(
-            bits(backend, &fused.stats),
-            bits(backend, &normalized.stats),
-            "{case}: stats"
-        );
-        assert_eq!(
-            bits(backend, &running_fused.var),
-            bits(backend, &running_separate.var),
-            "{case}: running var"
+        assert_same_bits(
+            backend,
+            &case,
+            &[
+                ("y", &fused.y, &separate),
+                ("stats", &fused.stats, &normalized.stats),
+                ("running var", &running_fused.var, &running_separate.var),
+            ],
         );
         if mode == Mode::Eval {
             continue;
@@ -154,20 +160,14 @@ fn fused_equals_separate<B: Compute>(
                 &mut got,
             )
             .unwrap();
-        assert_eq!(
-            bits(backend, &got.dx),
-            bits(backend, &want.dx),
-            "{case}: dx"
-        );
-        assert_eq!(
-            bits(backend, &got.dgamma),
-            bits(backend, &want.dgamma),
-            "{case}: dgamma"
-        );
-        assert_eq!(
-            bits(backend, &got.dbeta),
-            bits(backend, &want.dbeta),
-            "{case}: dbeta"
+        assert_same_bits(
+            backend,
+            &case,
+            &[
+                ("dx", &got.dx, &want.dx),
+                ("dgamma", &got.dgamma, &want.dgamma),
+                ("dbeta", &got.dbeta, &want.dbeta),
+            ],
         );
     }
 }
@@ -189,10 +189,7 @@ fn fused_on(backend: &GpuBackend, shape: BatchNormShape, [x, dy]: [&[f32]; 2]) -
         gamma: backend.filled(c, 1.5).unwrap(),
         beta: backend.filled(c, 0.25).unwrap(),
     };
-    let mut running = RunningStats {
-        mean: backend.filled(c, 0.0).unwrap(),
-        var: backend.filled(c, 1.0).unwrap(),
-    };
+    let mut running = initial_running(backend, c);
     let activation = Activation {
         relu: true,
         dropout: Some(DropoutMask::new(0.3, 11, 2, 5)),
@@ -255,10 +252,7 @@ backend_test!(fusing_anything_but_a_relu_is_refused, |backend, rng| {
         gamma: backend.filled(4, 1.0).unwrap(),
         beta: backend.filled(4, 0.0).unwrap(),
     };
-    let mut running = RunningStats {
-        mean: backend.filled(4, 0.0).unwrap(),
-        var: backend.filled(4, 1.0).unwrap(),
-    };
+    let mut running = initial_running(backend, 4);
     let mut out = forward_output(backend, shape);
     let dropout_alone = Activation::dropout(DropoutMask::new(0.5, 1, 2, 3));
     let err = backend

@@ -138,6 +138,7 @@ impl GpuBackend {
             )
         };
         let placeholders = [placeholder(), placeholder()];
+        let tuning = Tuning::for_device(summary.device_type);
         Self {
             shared: Arc::new(Shared {
                 pipelines: PipelineCache::new(device.clone()),
@@ -147,11 +148,9 @@ impl GpuBackend {
                 pending: Mutex::new(None),
                 bind_groups: Default::default(),
                 faults: Arc::default(),
-                tuning: Tuning::for_device(summary.device_type),
+                tuning,
                 matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
-                steps_per_submission: Tuning::for_device(summary.device_type)
-                    .steps_per_submission
-                    .into(),
+                steps_per_submission: tuning.steps_per_submission.into(),
                 summary,
                 profile: Mutex::new(None),
                 placeholders,

@@ -18,7 +18,8 @@ pub struct Tuning {
     pub lanes_c_2d: u32,
     /// Threads per workgroup of `matmul_vec4`.
     pub matmul_group: u32,
-    /// Training steps recorded into one submission. A software rasterizer runs a submission's
+    /// Training steps recorded into one submission, by default
+    /// (`GpuBackend::set_steps_per_submission` overrides it). A software rasterizer runs a submission's
     /// work as it is submitted, so there batching steps only grows the working set (the reference
     /// epoch on lavapipe took about a fifth longer at 8); a hardware GPU runs one submission while
     /// the host records the next.

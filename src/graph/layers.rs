@@ -180,29 +180,16 @@ impl<B: Compute> BatchNorm<B> {
             dgamma,
             dbeta,
         };
-        let gamma = &self.affine.gamma;
+        let (x, gamma, stats) = (&saved.input, &self.affine.gamma, &saved.stats);
         match (saved.activation, activated) {
-            (Some(activation), Some(activated)) => backend.batchnorm_activation_backward(
-                &saved.input,
-                activated,
-                activation,
-                dy,
-                shape,
-                gamma,
-                &saved.stats,
-                &mut grads,
-            )?,
-            (None, _) => backend.batchnorm_backward(
-                &saved.input,
-                dy,
-                shape,
-                gamma,
-                &saved.stats,
-                &mut grads,
+            (None, _) => backend.batchnorm_backward(x, dy, shape, gamma, stats, &mut grads)?,
+            (Some(activation), Some(out)) => backend.batchnorm_activation_backward(
+                x, out, activation, dy, shape, gamma, stats, &mut grads,
             )?,
             (Some(_), None) => {
                 return Err(Error::InvalidArgument(
-                    "the BatchNorm backward pass needs the output of the activation run in its                      forward pass"
+                    "the BatchNorm backward pass needs the output of the activation run in its \
+                     forward pass"
                         .to_string(),
                 ));
             }

@@ -168,19 +168,7 @@ pub trait BatchNormOps: Backend + Sized {
         config: BatchNormConfig,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
-        check_forward(
-            mode,
-            shape,
-            [
-                self.len_of(x),
-                self.len_of(&affine.gamma),
-                self.len_of(&affine.beta),
-                self.len_of(&running.mean),
-                self.len_of(&running.var),
-                self.len_of(&out.y),
-                self.len_of(&out.stats),
-            ],
-        )?;
+        check_forward(mode, shape, forward_lens(self, x, affine, running, out))?;
         self.batchnorm_forward_unchecked(mode, x, shape, affine, running, config, None, out)
     }
 
@@ -200,19 +188,7 @@ pub trait BatchNormOps: Backend + Sized {
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
         check_activation(activation)?;
-        check_forward(
-            mode,
-            shape,
-            [
-                self.len_of(x),
-                self.len_of(&affine.gamma),
-                self.len_of(&affine.beta),
-                self.len_of(&running.mean),
-                self.len_of(&running.var),
-                self.len_of(&out.y),
-                self.len_of(&out.stats),
-            ],
-        )?;
+        check_forward(mode, shape, forward_lens(self, x, affine, running, out))?;
         let activation = Some(activation);
         self.batchnorm_forward_unchecked(mode, x, shape, affine, running, config, activation, out)
     }
@@ -227,18 +203,7 @@ pub trait BatchNormOps: Backend + Sized {
         stats: &Self::Buffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        check_backward(
-            shape,
-            [
-                self.len_of(x),
-                self.len_of(dy),
-                self.len_of(gamma),
-                self.len_of(stats),
-                self.len_of(&grads.dx),
-                self.len_of(&grads.dgamma),
-                self.len_of(&grads.dbeta),
-            ],
-        )?;
+        check_backward(shape, backward_lens(self, [x, dy, gamma, stats], grads))?;
         self.batchnorm_backward_unchecked(x, None, dy, shape, gamma, stats, grads)
     }
 
@@ -257,18 +222,7 @@ pub trait BatchNormOps: Backend + Sized {
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
         check_activation(activation)?;
-        check_backward(
-            shape,
-            [
-                self.len_of(x),
-                self.len_of(dy),
-                self.len_of(gamma),
-                self.len_of(stats),
-                self.len_of(&grads.dx),
-                self.len_of(&grads.dgamma),
-                self.len_of(&grads.dbeta),
-            ],
-        )?;
+        check_backward(shape, backward_lens(self, [x, dy, gamma, stats], grads))?;
         check_len("activated output", self.len_of(activated), shape.numel())?;
         let activated = Some((activated, activation));
         self.batchnorm_backward_unchecked(x, activated, dy, shape, gamma, stats, grads)
@@ -374,6 +328,37 @@ pub fn check_mode(mode: Mode, shape: BatchNormShape) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The lengths `check_forward` checks: x, γ, β, the running mean and variance, y, stats.
+fn forward_lens<B: Backend>(
+    backend: &B,
+    x: &B::Buffer,
+    affine: &Affine<B>,
+    running: &RunningStats<B>,
+    out: &BatchNormForward<B>,
+) -> [usize; 7] {
+    [
+        x,
+        &affine.gamma,
+        &affine.beta,
+        &running.mean,
+        &running.var,
+        &out.y,
+        &out.stats,
+    ]
+    .map(|buffer| backend.len_of(buffer))
+}
+
+/// The lengths `check_backward` checks: x, dy, γ, stats, then dx, dγ, dβ.
+fn backward_lens<B: Backend>(
+    backend: &B,
+    inputs: [&B::Buffer; 4],
+    grads: &BatchNormGrads<B>,
+) -> [usize; 7] {
+    let [x, dy, gamma, stats] = inputs;
+    [x, dy, gamma, stats, &grads.dx, &grads.dgamma, &grads.dbeta]
+        .map(|buffer| backend.len_of(buffer))
 }
 
 fn check_forward(mode: Mode, shape: BatchNormShape, lens: [usize; 7]) -> Result<()> {

@@ -77,13 +77,11 @@ pub trait MatmulOps: Backend + Sized {
         bias: Option<&Self::Buffer>,
         out: &mut Self::Buffer,
     ) -> Result<()> {
+        let lens = [a, b, out].map(|buffer| self.len_of(buffer));
         check(
-            self.len_of(a),
-            a_layout,
-            self.len_of(b),
-            b_layout,
+            lens,
+            [a_layout, b_layout],
             bias.map(|bias| self.len_of(bias)),
-            self.len_of(out),
         )?;
         self.matmul_unchecked(a, a_layout, b, b_layout, bias, out, None)
     }
@@ -99,14 +97,8 @@ pub trait MatmulOps: Backend + Sized {
         out: &mut Self::Buffer,
         a_row_sums: &mut Self::Buffer,
     ) -> Result<()> {
-        check(
-            self.len_of(a),
-            a_layout,
-            self.len_of(b),
-            b_layout,
-            None,
-            self.len_of(out),
-        )?;
+        let lens = [a, b, out].map(|buffer| self.len_of(buffer));
+        check(lens, [a_layout, b_layout], None)?;
         crate::ops::check_len("matmul row sums", self.len_of(a_row_sums), a_layout.rows)?;
         self.matmul_unchecked(a, a_layout, b, b_layout, None, out, Some(a_row_sums))
     }
@@ -126,13 +118,11 @@ pub trait MatmulOps: Backend + Sized {
     ) -> Result<()>;
 }
 
+/// Checks the operands' layouts against their lengths (a, b, out) and the bias's length.
 fn check(
-    a_len: usize,
-    a: MatrixLayout,
-    b_len: usize,
-    b: MatrixLayout,
+    [a_len, b_len, out_len]: [usize; 3],
+    [a, b]: [MatrixLayout; 2],
     bias_len: Option<usize>,
-    out_len: usize,
 ) -> Result<()> {
     if a.cols != b.rows {
         return Err(Error::Shape(format!(
