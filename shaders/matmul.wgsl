@@ -14,11 +14,12 @@
 // both backward products (dY·W, dYᵀ·X). Three schedules of the same sum, in the same k order
 // (so all give identical results):
 //
-// - `matmul_vec4`: each thread computes a V_ROWS×V_COLS block of c from vec4 loads, taken along
+// - `matmul_vec4`: each thread computes a 16×16 block of c from vec4 loads, taken along
 //   whichever dimension of each operand is contiguous in memory (fixed per pipeline by the
 //   override constants A_K_CONTIGUOUS and B_K_CONTIGUOUS), four k values per round. Needs
-//   4-aligned strides and sizes (`ops/matmul.rs` checks); fastest where storage loads are cached
-//   and barriers are dear (lavapipe runs a workgroup on one CPU core).
+//   4-aligned strides and sizes (`ops/matmul.rs` checks); the schedule for software rasterizers,
+//   where every storage access is a per-lane load and a barrier is dear (lavapipe runs a
+//   workgroup on one CPU core): a large block per thread loads each value for many products.
 // - `matmul`: the same from scalar loads in TILE×TILE blocks, for any strides.
 // - `matmul_tiled`: a workgroup stages BLOCK×K_STEP tiles of a and b in workgroup memory, so
 //   each value is loaded from storage once per workgroup instead of once per thread; each thread
@@ -178,8 +179,11 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
     }
 }
 
-const V_ROWS: u32 = 8u;
-const V_COLS: u32 = 8u;
+// c's block per thread: 4×4 blocks of 4×4. Every block below is named by a constant index: an
+// array indexed by a variable (even in a loop of constant length) is kept in memory by lavapipe,
+// which made the whole kernel twice as slow.
+const V_ROWS: u32 = 16u;
+const V_COLS: u32 = 16u;
 // true: a[i, k..k+4] is one vec4 (a_col_stride = 1); false: a[i..i+4, k] is (a_row_stride = 1).
 override A_K_CONTIGUOUS: bool = true;
 // true: b[k..k+4, j] is one vec4 (b_row_stride = 1); false: b[k, j..j+4] is (b_col_stride = 1).
@@ -226,18 +230,35 @@ fn b_block(col0: u32, k: u32) -> mat4x4<f32> {
         vec4<f32>(b4[((k + 3u) * p.b_row_stride + col) / 4u]));
 }
 
+// Four column blocks of b at col0, col0 + 4, col0 + 8, col0 + 12.
+fn b_blocks(col0: u32, k: u32) -> array<mat4x4<f32>, 4> {
+    return array(b_block(col0, k), b_block(col0 + 4u, k), b_block(col0 + 8u, k),
+                 b_block(col0 + 12u, k));
+}
+
 // acc[r] (row r of c's 4×4 block) += a(r, k + kk)·b(k + kk, ·), kk = 0..4 in order.
 fn accumulate(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
-    var out = acc;
-    for (var r = 0u; r < 4u; r++) {
-        var row = out[r];
-        row = fma(vec4(a[0][r]), b[0], row);
-        row = fma(vec4(a[1][r]), b[1], row);
-        row = fma(vec4(a[2][r]), b[2], row);
-        row = fma(vec4(a[3][r]), b[3], row);
-        out[r] = row;
-    }
-    return out;
+    return mat4x4(
+        fma(vec4(a[3].x), b[3], fma(vec4(a[2].x), b[2], fma(vec4(a[1].x), b[1],
+            fma(vec4(a[0].x), b[0], acc[0])))),
+        fma(vec4(a[3].y), b[3], fma(vec4(a[2].y), b[2], fma(vec4(a[1].y), b[1],
+            fma(vec4(a[0].y), b[0], acc[1])))),
+        fma(vec4(a[3].z), b[3], fma(vec4(a[2].z), b[2], fma(vec4(a[1].z), b[1],
+            fma(vec4(a[0].z), b[0], acc[2])))),
+        fma(vec4(a[3].w), b[3], fma(vec4(a[2].w), b[2], fma(vec4(a[1].w), b[1],
+            fma(vec4(a[0].w), b[0], acc[3])))));
+}
+
+// One row of four blocks of c: acc[c] += a·b[c].
+fn accumulate_row(acc: array<mat4x4<f32>, 4>, a: mat4x4<f32>, b: array<mat4x4<f32>, 4>)
+    -> array<mat4x4<f32>, 4> {
+    return array(accumulate(acc[0], a, b[0]), accumulate(acc[1], a, b[1]),
+                 accumulate(acc[2], a, b[2]), accumulate(acc[3], a, b[3]));
+}
+
+// The sums of a 4-row block of a, advanced by its four k values in order.
+fn add_rows(sums: vec4<f32>, a: mat4x4<f32>) -> vec4<f32> {
+    return (((sums + a[0]) + a[1]) + a[2]) + a[3];
 }
 
 @compute @workgroup_size(V_GROUP)
@@ -250,42 +271,85 @@ fn matmul_vec4(@builtin(global_invocation_id) id: vec3<u32>,
     if row0 >= p.m {
         return;
     }
-    // Four 4×4 blocks of c: (rows 0-3, 4-7) × (columns 0-3, 4-7).
-    var acc = array<mat4x4<f32>, 4>();
+    // acc_r[c]: the 4×4 block of c at rows row0 + 4r, columns col0 + 4c.
+    var acc0: array<mat4x4<f32>, 4>;
+    var acc1: array<mat4x4<f32>, 4>;
+    var acc2: array<mat4x4<f32>, 4>;
+    var acc3: array<mat4x4<f32>, 4>;
     let sums_here = sums_rows(col0);
-    // Sums of rows 0-3 and 4-7, k in increasing order.
-    var sums0 = vec4<f32>();
-    var sums1 = vec4<f32>();
+    // Sums of rows 0-3, 4-7, 8-11 and 12-15, k in increasing order.
+    var sums = array<vec4<f32>, 4>();
     for (var k = 0u; k < p.k; k += 4u) {
         let a0 = a_block(row0, k);
         let a1 = a_block(row0 + 4u, k);
-        let b0 = b_block(col0, k);
-        let b1 = b_block(col0 + 4u, k);
-        acc[0] = accumulate(acc[0], a0, b0);
-        acc[1] = accumulate(acc[1], a0, b1);
-        acc[2] = accumulate(acc[2], a1, b0);
-        acc[3] = accumulate(acc[3], a1, b1);
+        let a2 = a_block(row0 + 8u, k);
+        let a3 = a_block(row0 + 12u, k);
+        let b = b_blocks(col0, k);
+        acc0 = accumulate_row(acc0, a0, b);
+        acc1 = accumulate_row(acc1, a1, b);
+        acc2 = accumulate_row(acc2, a2, b);
+        acc3 = accumulate_row(acc3, a3, b);
         if sums_here {
-            sums0 = (((sums0 + a0[0]) + a0[1]) + a0[2]) + a0[3];
-            sums1 = (((sums1 + a1[0]) + a1[1]) + a1[2]) + a1[3];
+            sums = array(add_rows(sums[0], a0), add_rows(sums[1], a1), add_rows(sums[2], a2),
+                         add_rows(sums[3], a3));
         }
     }
     if sums_here {
-        let sums = array<f32, 8>(sums0.x, sums0.y, sums0.z, sums0.w,
-                                 sums1.x, sums1.y, sums1.z, sums1.w);
-        store_row_sums(row0, sums, V_ROWS);
+        store_sums(row0, sums[0]);
+        store_sums(row0 + 4u, sums[1]);
+        store_sums(row0 + 8u, sums[2]);
+        store_sums(row0 + 12u, sums[3]);
     }
-    for (var r = 0u; r < V_ROWS; r++) {
-        let row = row0 + r;
-        for (var c = 0u; c < V_COLS; c++) {
-            let col = col0 + c;
-            if row < p.m && col < p.n {
-                var value = acc[(r / 4u) * 2u + c / 4u][r % 4u][c % 4u];
-                if (p.flags & FLAG_BIAS) != 0u {
-                    value += bias[col];
-                }
-                out[row * p.n + col] = OUT_T(value);
-            }
+    store_block_row(row0, col0, acc0);
+    store_block_row(row0 + 4u, col0, acc1);
+    store_block_row(row0 + 8u, col0, acc2);
+    store_block_row(row0 + 12u, col0, acc3);
+}
+
+fn store_sums(row0: u32, sums: vec4<f32>) {
+    store_row_sum(row0, sums.x);
+    store_row_sum(row0 + 1u, sums.y);
+    store_row_sum(row0 + 2u, sums.z);
+    store_row_sum(row0 + 3u, sums.w);
+}
+
+fn store_row_sum(row: u32, sum: f32) {
+    if row < p.m {
+        row_sums[row] = sum;
+    }
+}
+
+// Stores four 4×4 blocks of c side by side at (row0, col0), the parts inside c.
+fn store_block_row(row0: u32, col0: u32, blocks: array<mat4x4<f32>, 4>) {
+    store_block(row0, col0, blocks[0]);
+    store_block(row0, col0 + 4u, blocks[1]);
+    store_block(row0, col0 + 8u, blocks[2]);
+    store_block(row0, col0 + 12u, blocks[3]);
+}
+
+fn store_block(row0: u32, col0: u32, block: mat4x4<f32>) {
+    store_quad(row0, col0, block[0]);
+    store_quad(row0 + 1u, col0, block[1]);
+    store_quad(row0 + 2u, col0, block[2]);
+    store_quad(row0 + 3u, col0, block[3]);
+}
+
+fn store_quad(row: u32, col0: u32, values: vec4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    store_value(row, col0, values.x);
+    store_value(row, col0 + 1u, values.y);
+    store_value(row, col0 + 2u, values.z);
+    store_value(row, col0 + 3u, values.w);
+}
+
+fn store_value(row: u32, col: u32, value: f32) {
+    if col < p.n {
+        var biased = value;
+        if (p.flags & FLAG_BIAS) != 0u {
+            biased += bias[col];
         }
+        out[row * p.n + col] = OUT_T(biased);
     }
 }

@@ -215,10 +215,11 @@ fn gpu_matmul_schedules_match_the_reference_and_each_other() {
     all_sizes(&registers, "gpu_matmul_registers");
     all_sizes(&tiles, "gpu_matmul_tiles");
     let mut rng = rng("gpu_matmul_schedules_agree");
-    // Sizes on and off the 32×32 blocks, the 16-value k steps and the 4-wide vectors.
+    // Sizes on and off the 32×32 and 16×16 blocks, the 16-value k steps and the 4-wide vectors.
     for (m, k, n) in [
         (32, 784, 128),
         (33, 17, 65),
+        (52, 12, 40),
         (128, 32, 784),
         (1, 15, 10),
         (36, 8, 12),

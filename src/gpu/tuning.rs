@@ -28,11 +28,12 @@ pub struct Tuning {
 
 impl Tuning {
     /// The defaults, with small matmul workgroups on software rasterizers: one workgroup runs
-    /// on one CPU core there, so a 32×128 product (64 threads) needs groups of 16 to use 4.
+    /// on one CPU core there, so a 32×128 product (16 threads of 16×16 outputs) needs groups
+    /// of 8 to use 2.
     pub fn for_device(device_type: wgpu::DeviceType) -> Self {
         match device_type {
             wgpu::DeviceType::Cpu => Self {
-                matmul_group: 16,
+                matmul_group: 8,
                 steps_per_submission: 1,
                 ..Self::default()
             },

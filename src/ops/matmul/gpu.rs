@@ -36,7 +36,7 @@ pub const MATMUL_SIDE: usize = 8;
 /// k values staged per round of `matmul_tiled`.
 pub const MATMUL_K_STEP: usize = 16;
 /// Rows and columns of c per thread of `matmul_vec4` (`V_ROWS`, `V_COLS`).
-pub const MATMUL_VEC4_BLOCK: usize = 8;
+pub const MATMUL_VEC4_BLOCK: usize = 16;
 
 /// Which dimension of each operand `matmul_vec4` loads as vec4, when the layouts allow it:
 /// one contiguous dimension per operand, 4-aligned strides, k a multiple of 4, and rows (or
@@ -160,7 +160,7 @@ impl MatmulOps for GpuBackend {
 }
 
 impl GpuBackend {
-    /// `matmul_vec4`: 8×8 blocks of c per thread, one thread per block.
+    /// `matmul_vec4`: 16×16 blocks of c per thread, one thread per block.
     fn matmul_vec4(
         &self,
         vec4: Vec4Layout,
