@@ -58,13 +58,14 @@ fn sums_rows(col0: u32) -> bool {
     return (p.flags & FLAG_ROW_SUMS) != 0u && col0 == 0u;
 }
 
-// Stores the sums of rows row0.. (those inside c).
-fn store_row_sums(row0: u32, sums: array<f32, 8>, rows: u32) {
-    for (var r = 0u; r < rows; r++) {
-        if row0 + r < p.m {
-            row_sums[row0 + r] = sums[r];
-        }
-    }
+// Threads' blocks of c are 4×4 (TILE): `mat4x4` values whose rows and columns are named by
+// constant indices. lavapipe keeps an array indexed by a variable in memory, even inside a loop
+// of constant length, and that made `matmul_vec4` twice as slow.
+
+// row r of block += a_col[r]·b_row: one k step of a block.
+fn add_outer(block: mat4x4<f32>, a_col: vec4<f32>, b_row: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(fma(vec4(a_col.x), b_row, block[0]), fma(vec4(a_col.y), b_row, block[1]),
+                  fma(vec4(a_col.z), b_row, block[2]), fma(vec4(a_col.w), b_row, block[3]));
 }
 
 @compute @workgroup_size(SIDE, SIDE)
@@ -74,53 +75,26 @@ fn matmul(@builtin(global_invocation_id) id: vec3<u32>) {
     if row0 >= p.m || col0 >= p.n {
         return;
     }
-    var acc: array<array<f32, TILE>, TILE>;
-    var a_at: array<u32, TILE>;
-    var b_at: array<u32, TILE>;
     // Rows and columns past the edge repeat the last one; their results are not stored.
-    for (var t = 0u; t < TILE; t++) {
-        a_at[t] = min(row0 + t, p.m - 1u) * p.a_row_stride;
-        b_at[t] = min(col0 + t, p.n - 1u) * p.b_col_stride;
-    }
+    let quad = vec4(0u, 1u, 2u, 3u);
+    let a_at = min(vec4(row0) + quad, vec4(p.m - 1u)) * p.a_row_stride;
+    let b_at = min(vec4(col0) + quad, vec4(p.n - 1u)) * p.b_col_stride;
+    var acc = mat4x4<f32>();
     let sums_here = sums_rows(col0);
-    var sums: array<f32, 8>;
+    var sums = vec4<f32>();
     for (var kk = 0u; kk < p.k; kk++) {
-        var av: array<f32, TILE>;
-        var bv: array<f32, TILE>;
-        for (var t = 0u; t < TILE; t++) {
-            av[t] = f32(a[a_at[t] + kk * p.a_col_stride]);
-            bv[t] = f32(b[kk * p.b_row_stride + b_at[t]]);
-        }
-        for (var i = 0u; i < TILE; i++) {
-            for (var j = 0u; j < TILE; j++) {
-                acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-            }
-        }
+        let a_k = a_at + kk * p.a_col_stride;
+        let b_k = b_at + kk * p.b_row_stride;
+        let a_col = vec4(f32(a[a_k.x]), f32(a[a_k.y]), f32(a[a_k.z]), f32(a[a_k.w]));
+        let b_row = vec4(f32(b[b_k.x]), f32(b[b_k.y]), f32(b[b_k.z]), f32(b[b_k.w]));
+        acc = add_outer(acc, a_col, b_row);
         if sums_here {
-            for (var t = 0u; t < TILE; t++) {
-                sums[t] += av[t];
-            }
+            sums += a_col;
         }
     }
-    store(row0, col0, acc);
+    store_block(row0, col0, acc);
     if sums_here {
-        store_row_sums(row0, sums, TILE);
-    }
-}
-
-fn store(row0: u32, col0: u32, acc: array<array<f32, TILE>, TILE>) {
-    for (var i = 0u; i < TILE; i++) {
-        let row = row0 + i;
-        for (var j = 0u; j < TILE; j++) {
-            let col = col0 + j;
-            if row < p.m && col < p.n {
-                var value = acc[i][j];
-                if (p.flags & FLAG_BIAS) != 0u {
-                    value += bias[col];
-                }
-                out[row * p.n + col] = OUT_T(value);
-            }
-        }
+        store_sums(row0, sums);
     }
 }
 
@@ -133,9 +107,11 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
                 @builtin(local_invocation_index) t: u32) {
     let block_row = group.y * BLOCK;
     let block_col = group.x * BLOCK;
-    let sums_here = sums_rows(block_col + local.x * TILE);
-    var sums: array<f32, 8>;
-    var acc: array<array<f32, TILE>, TILE>;
+    let row0 = block_row + local.y * TILE;
+    let col0 = block_col + local.x * TILE;
+    let sums_here = sums_rows(col0);
+    var sums = vec4<f32>();
+    var acc = mat4x4<f32>();
     for (var k0 = 0u; k0 < p.k; k0 += K_STEP) {
         // SIDE² threads stage BLOCK·K_STEP values of each operand; zeros past the edges.
         for (var e = t; e < BLOCK * K_STEP; e += SIDE * SIDE) {
@@ -152,36 +128,28 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
                                col < p.n && k0 + bk < p.k);
         }
         workgroupBarrier();
+        let a_at = (local.y * TILE) * K_STEP;
+        let b_at = local.x * TILE;
         for (var kk = 0u; kk < K_STEP; kk++) {
-            var av: array<f32, TILE>;
-            var bv: array<f32, TILE>;
-            for (var i = 0u; i < TILE; i++) {
-                av[i] = a_tile[(local.y * TILE + i) * K_STEP + kk];
-                bv[i] = b_tile[kk * BLOCK + local.x * TILE + i];
-            }
-            for (var i = 0u; i < TILE; i++) {
-                for (var j = 0u; j < TILE; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
-            }
+            let a_col = vec4(a_tile[a_at + kk], a_tile[a_at + K_STEP + kk],
+                             a_tile[a_at + 2u * K_STEP + kk], a_tile[a_at + 3u * K_STEP + kk]);
+            let b_k = kk * BLOCK + b_at;
+            let b_row = vec4(b_tile[b_k], b_tile[b_k + 1u], b_tile[b_k + 2u], b_tile[b_k + 3u]);
+            acc = add_outer(acc, a_col, b_row);
             // Past the last k the staged values are zeros, which leave the sums as they are.
             if sums_here {
-                for (var i = 0u; i < TILE; i++) {
-                    sums[i] += av[i];
-                }
+                sums += a_col;
             }
         }
         workgroupBarrier();
     }
-    store(block_row + local.y * TILE, block_col + local.x * TILE, acc);
+    store_block(row0, col0, acc);
     if sums_here {
-        store_row_sums(block_row + local.y * TILE, sums, TILE);
+        store_sums(row0, sums);
     }
 }
 
-// c's block per thread: 4×4 blocks of 4×4. Every block below is named by a constant index: an
-// array indexed by a variable (even in a loop of constant length) is kept in memory by lavapipe,
-// which made the whole kernel twice as slow.
+// c's block per thread of `matmul_vec4`: 4×4 blocks of 4×4.
 const V_ROWS: u32 = 16u;
 const V_COLS: u32 = 16u;
 // true: a[i, k..k+4] is one vec4 (a_col_stride = 1); false: a[i..i+4, k] is (a_row_stride = 1).
@@ -236,17 +204,10 @@ fn b_blocks(col0: u32, k: u32) -> array<mat4x4<f32>, 4> {
                  b_block(col0 + 12u, k));
 }
 
-// acc[r] (row r of c's 4×4 block) += a(r, k + kk)·b(k + kk, ·), kk = 0..4 in order.
+// acc += a(·, k + kk)·b(k + kk, ·), kk = 0..4 in order.
 fn accumulate(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
-    return mat4x4(
-        fma(vec4(a[3].x), b[3], fma(vec4(a[2].x), b[2], fma(vec4(a[1].x), b[1],
-            fma(vec4(a[0].x), b[0], acc[0])))),
-        fma(vec4(a[3].y), b[3], fma(vec4(a[2].y), b[2], fma(vec4(a[1].y), b[1],
-            fma(vec4(a[0].y), b[0], acc[1])))),
-        fma(vec4(a[3].z), b[3], fma(vec4(a[2].z), b[2], fma(vec4(a[1].z), b[1],
-            fma(vec4(a[0].z), b[0], acc[2])))),
-        fma(vec4(a[3].w), b[3], fma(vec4(a[2].w), b[2], fma(vec4(a[1].w), b[1],
-            fma(vec4(a[0].w), b[0], acc[3])))));
+    return add_outer(add_outer(add_outer(add_outer(acc, a[0], b[0]), a[1], b[1]), a[2], b[2]),
+                     a[3], b[3]);
 }
 
 // One row of four blocks of c: acc[c] += a·b[c].
