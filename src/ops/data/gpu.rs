@@ -1,8 +1,9 @@
-//! Launches `shaders/data.wgsl`: one thread per gathered value.
+//! Launches `shaders/data.wgsl`: one thread per gathered word where rows are whole words, else
+//! per value.
 
 use super::{DataOps, DeviceImages};
 use crate::Result;
-use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
+use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot, Variant, WORKGROUP};
 
 /// Uniform parameters of `shaders/data.wgsl` (`struct GatherParams` there).
 #[doc(hidden)]
@@ -64,8 +65,22 @@ impl DataOps for GpuBackend {
             Binding::whole(Slot::Out, x),
             Binding::whole(Slot::Labels, labels),
         ];
+        let whole_words = images.row_len.is_multiple_of(4);
+        let constants = [("WHOLE_WORDS", f64::from(u8::from(whole_words)))];
+        let per_thread = if whole_words { 4 } else { 1 };
         self.record(|recording| {
-            self.dispatch_elementwise(recording, Kernel::Gather, &params, &bindings, x.len())
+            self.dispatch_threads(
+                recording,
+                Kernel::Gather,
+                Variant {
+                    constants: &constants,
+                    ..Variant::default()
+                },
+                WORKGROUP,
+                &params,
+                &bindings,
+                x.len().div_ceil(per_thread),
+            )
         })
     }
 }
