@@ -45,8 +45,11 @@ fn adam(@builtin(global_invocation_id) id: vec3<u32>,
     if i >= p.len {
         return;
     }
+    // Each value loaded once, rather than trusting the compiler to merge two loads of a
+    // read-write buffer.
     let g = grad[i];
-    let m = flushed(moment1[i] + p.one_minus_beta1 * (g - moment1[i]));
+    let m_old = moment1[i];
+    let m = flushed(m_old + p.one_minus_beta1 * (g - m_old));
     let v = flushed(p.beta2 * moment2[i] + p.one_minus_beta2 * g * g);
     moment1[i] = m;
     moment2[i] = v;
