@@ -198,30 +198,15 @@ impl<B: Compute> Optimizer<B> {
         }
         self.steps += 1;
         // Where parameters, gradients and state each lie in one arena, one update covers them all.
-        let spans = (|| {
-            let span_of = |tensors: Vec<&B::Buffer>| backend.arena_span(&tensors);
-            let param = span_of(params.iter().map(|param| &**param).collect())?;
-            let grad = span_of(grads.iter().collect())?;
-            let state = (0..self.config.state_names().len())
-                .map(|name| {
-                    span_of(
-                        self.state
-                            .iter()
-                            .map(|per_param| &per_param[name])
-                            .collect(),
-                    )
-                })
-                .collect::<Option<Vec<_>>>()?;
-            Some((param, grad, state))
-        })();
-        if let Some((mut param, grad, mut state)) = spans {
+        let spans = self.arena_spans(backend, &params, grads);
+        if let Some(mut spans) = spans {
             return update(
                 backend,
                 self.config,
                 self.steps,
-                &mut param,
-                &grad,
-                &mut state,
+                &mut spans.param,
+                &spans.grad,
+                &mut spans.state,
             );
         }
         for ((param, grad), state) in params.into_iter().zip(grads).zip(&mut self.state) {
@@ -229,6 +214,37 @@ impl<B: Compute> Optimizer<B> {
         }
         Ok(())
     }
+
+    /// Views spanning all parameters, all gradients and all of each state tensor, where each
+    /// set lies in one arena laid out alike; else None.
+    fn arena_spans(
+        &self,
+        backend: &B,
+        params: &[&mut B::Buffer],
+        grads: &[B::Buffer],
+    ) -> Option<ArenaSpans<B>> {
+        let param = backend.arena_span(&params.iter().map(|param| &**param).collect::<Vec<_>>())?;
+        let grad = backend.arena_span(&grads.iter().collect::<Vec<_>>())?;
+        let state = (0..self.config.state_names().len())
+            .map(|name| {
+                let tensors: Vec<&B::Buffer> = self
+                    .state
+                    .iter()
+                    .map(|per_param| &per_param[name])
+                    .collect();
+                backend.arena_span(&tensors)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(ArenaSpans { param, grad, state })
+    }
+}
+
+/// One view over each arena an optimizer step touches.
+struct ArenaSpans<B: Backend> {
+    param: B::Buffer,
+    grad: B::Buffer,
+    /// In `state_names` order.
+    state: Vec<B::Buffer>,
 }
 
 /// The update of step `steps` of one parameter (or one span of them) from its gradient.

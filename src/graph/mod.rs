@@ -91,6 +91,8 @@ pub struct Mlp<B: Backend> {
     /// How hidden activations are stored between layers (f16 needs `Backend::supports`). The
     /// input, the logits, every gradient, the parameters and all arithmetic stay f32.
     pub activations: Dtype,
+    /// Values in each parameter, in `ModelSpec::params` order: the gradient arena's layout.
+    param_lens: Vec<usize>,
 }
 
 impl<B: Compute> Mlp<B> {
@@ -181,6 +183,7 @@ impl<B: Compute> Mlp<B> {
             spec: spec.clone(),
             layers,
             activations: Dtype::F32,
+            param_lens: spec.params().iter().map(ParamSpec::len).collect(),
         })
     }
 
@@ -347,8 +350,7 @@ impl<B: Compute> Mlp<B> {
         // The gradients share one arena laid out as the parameters', so the optimizer can
         // update all parameters in one pass. Walking backwards, each layer takes its slots from
         // the end.
-        let lens: Vec<usize> = self.spec.params().iter().map(ParamSpec::len).collect();
-        let mut slots = backend.scratch_arena(&lens)?;
+        let mut slots = backend.scratch_arena(&self.param_lens)?;
         let mut next_slot = move || {
             slots
                 .pop()
