@@ -41,6 +41,13 @@ struct MatmulParams {
     b_col_stride: u32,
     // FLAG_BIAS: add bias[j] to column j; FLAG_ROW_SUMS: write row_sums.
     flags: u32,
+    // matmul_tiled's split of k: `splits` ranges of k_split values (a multiple of K_STEP), one
+    // per workgroup layer. With more than one, each layer stores its partial block and row sums
+    // in `partials` and `matmul_reduce_splits` adds them up in split order.
+    k_split: u32,
+    splits: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -52,6 +59,11 @@ const FLAG_ROW_SUMS: u32 = 2u;
 @group(0) @binding(14) var<storage, read> bias: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
 @group(0) @binding(27) var<storage, read_write> row_sums: array<f32>;
+// Split s's block at [s·m·n + i·n + j], then its row sums at [splits·m·n + s·m + i].
+@group(0) @binding(3) var<storage, read_write> partials: array<f32>;
+
+// The split of k this thread sums (0 outside matmul_tiled).
+var<private> split: u32;
 
 // Whether the thread whose block of c starts at column col0 sums a's rows.
 fn sums_rows(col0: u32) -> bool {
@@ -109,10 +121,12 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
     let block_col = group.x * BLOCK;
     let row0 = block_row + local.y * TILE;
     let col0 = block_col + local.x * TILE;
+    split = group.z;
+    let k_end = min((split + 1u) * p.k_split, p.k);
     let sums_here = sums_rows(col0);
     var sums = vec4<f32>();
     var acc = mat4x4<f32>();
-    for (var k0 = 0u; k0 < p.k; k0 += K_STEP) {
+    for (var k0 = split * p.k_split; k0 < k_end; k0 += K_STEP) {
         // SIDE² threads stage BLOCK·K_STEP values of each operand; zeros past the edges.
         for (var e = t; e < BLOCK * K_STEP; e += SIDE * SIDE) {
             let r = e / K_STEP;
@@ -120,12 +134,12 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
             let row = block_row + r;
             let k = k0 + kk;
             a_tile[e] = select(0.0, f32(a[row * p.a_row_stride + k * p.a_col_stride]),
-                               row < p.m && k < p.k);
+                               row < p.m && k < k_end);
             let bk = e / BLOCK;
             let bc = e % BLOCK;
             let col = block_col + bc;
             b_tile[e] = select(0.0, f32(b[(k0 + bk) * p.b_row_stride + col * p.b_col_stride]),
-                               col < p.n && k0 + bk < p.k);
+                               col < p.n && k0 + bk < k_end);
         }
         workgroupBarrier();
         let a_at = (local.y * TILE) * K_STEP;
@@ -275,7 +289,12 @@ fn store_sums(row0: u32, sums: vec4<f32>) {
 }
 
 fn store_row_sum(row: u32, sum: f32) {
-    if row < p.m {
+    if row >= p.m {
+        return;
+    }
+    if p.splits > 1u {
+        partials[p.splits * p.m * p.n + split * p.m + row] = sum;
+    } else {
         row_sums[row] = sum;
     }
 }
@@ -306,11 +325,43 @@ fn store_quad(row: u32, col0: u32, values: vec4<f32>) {
 }
 
 fn store_value(row: u32, col: u32, value: f32) {
-    if col < p.n {
+    if col >= p.n {
+        return;
+    }
+    if p.splits > 1u {
+        partials[(split * p.m + row) * p.n + col] = value;
+    } else {
         var biased = value;
         if (p.flags & FLAG_BIAS) != 0u {
             biased += bias[col];
         }
         out[row * p.n + col] = OUT_T(biased);
+    }
+}
+
+// c (with the bias) and the row sums from matmul_tiled's partial results, the splits added in
+// order: one thread per value of c, then one per row.
+@compute @workgroup_size(WORKGROUP)
+fn matmul_reduce_splits(@builtin(global_invocation_id) id: vec3<u32>,
+                        @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    let values = p.m * p.n;
+    if i < values {
+        var total = partials[i];
+        for (var s = 1u; s < p.splits; s++) {
+            total += partials[s * values + i];
+        }
+        if (p.flags & FLAG_BIAS) != 0u {
+            total += bias[i % p.n];
+        }
+        out[i] = OUT_T(total);
+    } else if i < values + p.m && (p.flags & FLAG_ROW_SUMS) != 0u {
+        let row = i - values;
+        let sums_at = p.splits * values;
+        var total = partials[sums_at + row];
+        for (var s = 1u; s < p.splits; s++) {
+            total += partials[sums_at + s * p.m + row];
+        }
+        row_sums[row] = total;
     }
 }

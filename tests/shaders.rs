@@ -225,7 +225,7 @@ fn uniform_layouts_match_rust() {
     );
     assert_eq!(
         wgsl_struct(Shader::Matmul, "MatmulParams"),
-        rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, flags)
+        rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, flags, k_split, splits, _pad0, _pad1)
     );
     assert_eq!(
         wgsl_struct(Shader::Activation, "ActivationParams"),

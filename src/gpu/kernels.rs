@@ -77,6 +77,7 @@ catalogue! {
     Matmul => (Shader::Matmul, "matmul"),
     MatmulVec4 => (Shader::Matmul, "matmul_vec4"),
     MatmulTiled => (Shader::Matmul, "matmul_tiled"),
+    MatmulReduceSplits => (Shader::Matmul, "matmul_reduce_splits"),
     ActivationForward => (Shader::Activation, "forward"),
     ActivationBackward => (Shader::Activation, "backward"),
     SoftmaxCrossEntropy => (Shader::Loss, "softmax_cross_entropy"),

@@ -1,9 +1,10 @@
 //! Launches `shaders/matmul.wgsl`: one of three kernels that sum in the same order, chosen by
-//! the backend's schedule and the operands' layouts.
+//! the backend's schedule and the operands' layouts, with `matmul_tiled` splitting a long k
+//! over more workgroups where a product has too few blocks to fill the GPU.
 
 use super::{MatmulOps, MatrixLayout};
-use crate::Result;
 use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot, Variant};
+use crate::{Backend, Result};
 
 /// Uniform parameters of `shaders/matmul.wgsl` (`struct MatmulParams` there).
 #[doc(hidden)]
@@ -19,6 +20,12 @@ pub struct MatmulParams {
     pub b_col_stride: u32,
     /// `MATMUL_BIAS` and `MATMUL_ROW_SUMS` (`FLAG_*` in WGSL).
     pub flags: u32,
+    /// k values per split of `matmul_tiled` (a multiple of `MATMUL_K_STEP`; k when unsplit).
+    pub k_split: u32,
+    /// Splits of k (1: none).
+    pub splits: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 /// `MatmulParams::flags`: add the bias row.
@@ -26,7 +33,7 @@ pub const MATMUL_BIAS: u32 = 1;
 /// `MatmulParams::flags`: write the row sums of a.
 pub const MATMUL_ROW_SUMS: u32 = 2;
 
-const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
+const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
 
 /// Outputs per thread along each dimension (`TILE` in WGSL), threads per workgroup side
 /// (`SIDE`), and the k values staged per round by the tiled kernel (`K_STEP`).
@@ -98,7 +105,37 @@ impl GpuBackend {
             MatmulPlan::Blocks(kernel) => kernel,
         }
     }
+
+    /// How many ranges of k `matmul_tiled` splits a product of these layouts into (1: none),
+    /// and the k values in each. A product of few 32×32 blocks with a long k (a batch-32
+    /// Linear forward: 4 blocks, k = 784) would leave a large GPU idle while a few workgroups
+    /// walk all of k; split, its blocks fill about `Tuning::target_workgroups` workgroups, at
+    /// the cost of a second dispatch that adds the splits up, in order. Split products are
+    /// deterministic but sum k in another order than the unsplit kernels.
+    #[doc(hidden)]
+    pub fn matmul_splits(&self, a: MatrixLayout, b: MatrixLayout) -> (usize, usize) {
+        let k = a.cols;
+        if self.matmul_kernel(a, b) != Kernel::MatmulTiled {
+            return (1, k);
+        }
+        let per_group = MATMUL_TILE * MATMUL_SIDE;
+        let blocks = a.rows.div_ceil(per_group) * b.cols.div_ceil(per_group);
+        let target = self.tuning().target_workgroups as usize;
+        let wanted = (target / blocks).min(k / MIN_K_PER_SPLIT);
+        if wanted < MIN_SPLITS {
+            return (1, k);
+        }
+        let k_split = k.div_ceil(wanted).next_multiple_of(MATMUL_K_STEP);
+        (k.div_ceil(k_split), k_split)
+    }
 }
+
+/// k values a split of `matmul_tiled` sums at least: below it a split's partial block costs
+/// more to store and add up than its share of k.
+const MIN_K_PER_SPLIT: usize = 64;
+
+/// Splits worth the second dispatch: fewer would not shorten the walk over k enough.
+const MIN_SPLITS: usize = 4;
 
 impl MatmulOps for GpuBackend {
     fn matmul_unchecked(
@@ -132,6 +169,10 @@ impl MatmulOps for GpuBackend {
                 } else {
                     0
                 },
+            k_split: a_layout.cols as u32,
+            splits: 1,
+            _pad0: 0,
+            _pad1: 0,
         };
         // Slots a kernel will not touch still need buffers: the placeholders.
         let bias = bias.unwrap_or(self.placeholder());
@@ -142,20 +183,57 @@ impl MatmulOps for GpuBackend {
                 return self.matmul_vec4(vec4, &params, [a, b, bias, row_sums], out);
             }
         };
+        let (splits, k_split) = self.matmul_splits(a_layout, b_layout);
+        let params = MatmulParams {
+            k_split: k_split as u32,
+            splits: splits as u32,
+            ..params
+        };
         let per_group = MATMUL_TILE * MATMUL_SIDE;
         let groups = [
             n.div_ceil(per_group) as u32,
             m.div_ceil(per_group) as u32,
-            1,
+            splits as u32,
         ];
-        let bindings = [
+        if splits == 1 {
+            let bindings = [
+                Binding::whole(Slot::MatA, a),
+                Binding::whole(Slot::MatB, b),
+                Binding::whole(Slot::Bias, bias),
+                Binding::whole(Slot::RowSums, row_sums),
+                Binding::whole(Slot::Partials, self.writable_placeholder()),
+                Binding::whole(Slot::Out, out),
+            ];
+            return self
+                .record(|recording| self.dispatch(recording, kernel, &params, &bindings, groups));
+        }
+        let partials = self.scratch(splits * (m * n + m))?;
+        self.check_bindable("matmul partial results", &partials)?;
+        // The tiled pass writes only partials; out and row_sums are bound for the layout.
+        let tiled = [
             Binding::whole(Slot::MatA, a),
             Binding::whole(Slot::MatB, b),
             Binding::whole(Slot::Bias, bias),
+            Binding::whole(Slot::RowSums, self.writable_placeholder()),
+            Binding::whole(Slot::Partials, &partials),
+            Binding::whole(Slot::Out, self.writable_placeholder()),
+        ];
+        let reduce = [
+            Binding::whole(Slot::Bias, bias),
             Binding::whole(Slot::RowSums, row_sums),
+            Binding::whole(Slot::Partials, &partials),
             Binding::whole(Slot::Out, out),
         ];
-        self.record(|recording| self.dispatch(recording, kernel, &params, &bindings, groups))
+        self.record(|recording| {
+            self.dispatch(recording, kernel, &params, &tiled, groups)?;
+            self.dispatch_elementwise(
+                recording,
+                Kernel::MatmulReduceSplits,
+                &params,
+                &reduce,
+                m * n + m,
+            )
+        })
     }
 }
 
@@ -183,6 +261,7 @@ impl GpuBackend {
             Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
             Binding::whole(Slot::Bias, bias),
             Binding::whole(Slot::RowSums, row_sums),
+            Binding::whole(Slot::Partials, self.writable_placeholder()),
             Binding::whole(Slot::Out, out),
         ];
         self.record(|recording| {
