@@ -62,9 +62,6 @@ const FLAG_ROW_SUMS: u32 = 2u;
 // Split s's block at [s·m·n + i·n + j], then its row sums at [splits·m·n + s·m + i].
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 
-// The split of k this thread sums (0 outside matmul_tiled).
-var<private> split: u32;
-
 // Whether the thread whose block of c starts at column col0 sums a's rows.
 fn sums_rows(col0: u32) -> bool {
     return (p.flags & FLAG_ROW_SUMS) != 0u && col0 == 0u;
@@ -121,7 +118,7 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
     let block_col = group.x * BLOCK;
     let row0 = block_row + local.y * TILE;
     let col0 = block_col + local.x * TILE;
-    split = group.z;
+    let split = group.z;
     let k_end = min((split + 1u) * p.k_split, p.k);
     let sums_here = sums_rows(col0);
     var sums = vec4<f32>();
@@ -157,9 +154,37 @@ fn matmul_tiled(@builtin(workgroup_id) group: vec3<u32>,
         }
         workgroupBarrier();
     }
+    if p.splits > 1u {
+        store_partial_block(split, row0, col0, acc);
+        if sums_here {
+            store_partial_sums(split, row0, sums);
+        }
+        return;
+    }
     store_block(row0, col0, acc);
     if sums_here {
         store_sums(row0, sums);
+    }
+}
+
+// A split's block of c (no bias) in `partials`, the parts inside c. Kept apart from
+// `store_block`: a branch to it there made lavapipe run `matmul_vec4` ten times slower.
+fn store_partial_block(split: u32, row0: u32, col0: u32, block: mat4x4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        let row = row0 + r;
+        for (var c = 0u; c < 4u; c++) {
+            if row < p.m && col0 + c < p.n {
+                partials[(split * p.m + row) * p.n + col0 + c] = block[r][c];
+            }
+        }
+    }
+}
+
+fn store_partial_sums(split: u32, row0: u32, sums: vec4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        if row0 + r < p.m {
+            partials[p.splits * p.m * p.n + split * p.m + row0 + r] = sums[r];
+        }
     }
 }
 
@@ -289,12 +314,7 @@ fn store_sums(row0: u32, sums: vec4<f32>) {
 }
 
 fn store_row_sum(row: u32, sum: f32) {
-    if row >= p.m {
-        return;
-    }
-    if p.splits > 1u {
-        partials[p.splits * p.m * p.n + split * p.m + row] = sum;
-    } else {
+    if row < p.m {
         row_sums[row] = sum;
     }
 }
@@ -325,12 +345,7 @@ fn store_quad(row: u32, col0: u32, values: vec4<f32>) {
 }
 
 fn store_value(row: u32, col: u32, value: f32) {
-    if col >= p.n {
-        return;
-    }
-    if p.splits > 1u {
-        partials[(split * p.m + row) * p.n + col] = value;
-    } else {
+    if col < p.n {
         var biased = value;
         if (p.flags & FLAG_BIAS) != 0u {
             biased += bias[col];

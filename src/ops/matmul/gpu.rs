@@ -196,14 +196,17 @@ impl MatmulOps for GpuBackend {
             splits as u32,
         ];
         if splits == 1 {
-            let bindings = [
+            let mut bindings = vec![
                 Binding::whole(Slot::MatA, a),
                 Binding::whole(Slot::MatB, b),
                 Binding::whole(Slot::Bias, bias),
                 Binding::whole(Slot::RowSums, row_sums),
-                Binding::whole(Slot::Partials, self.writable_placeholder()),
                 Binding::whole(Slot::Out, out),
             ];
+            // Only the tiled kernel has partial results to store.
+            if kernel == Kernel::MatmulTiled {
+                bindings.push(Binding::whole(Slot::Partials, self.writable_placeholder()));
+            }
             return self
                 .record(|recording| self.dispatch(recording, kernel, &params, &bindings, groups));
         }
@@ -261,7 +264,6 @@ impl GpuBackend {
             Binding::rows(Slot::MatB4, b, 0, b.len() / 4 * 4),
             Binding::whole(Slot::Bias, bias),
             Binding::whole(Slot::RowSums, row_sums),
-            Binding::whole(Slot::Partials, self.writable_placeholder()),
             Binding::whole(Slot::Out, out),
         ];
         self.record(|recording| {
