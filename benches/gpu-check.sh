@@ -89,6 +89,9 @@ fi
     echo
     echo "== training steps, kernels of a step, reference epoch"
     grep -E "^ +(bn|nobn) +[0-9]+ +(gpu|cpu)|in all$|one epoch|first bn step" "$out/train.txt"
+    echo
+    echo "== matrix products of a bn step at batch 32, each alone"
+    grep -E " (Forward|WeightGrad|InputGrad) " "$out/train.txt"
     if [ -s "$out/torch-cuda.txt" ]; then
         echo
         echo "== PyTorch on the GPU"

@@ -195,6 +195,32 @@ fn train_suite_times_every_model_batch_and_device_and_plots_them() {
         }
         _ => assert!(profiles.is_empty()),
     }
+    // The bn step's five products (two per layer, and the second layer's input gradient), each
+    // on every device, checked against the CPU and rated by 2·m·k·n FLOPs.
+    let products = report["matmul_products"].as_array().unwrap();
+    assert_eq!(products.len(), 5 * devices);
+    for row in products {
+        let shape: Vec<f64> = (row["shape"].as_str().unwrap().split('x'))
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(
+            row["flops"].as_f64().unwrap(),
+            2.0 * shape.iter().product::<f64>()
+        );
+        positive(&row["flops_per_second"], "FLOP/s");
+        let difference = row["timing"]["difference_from_cpu"].as_f64().unwrap();
+        assert!(difference <= 1e-4, "{row}");
+        assert_eq!(row["kernel"].is_string(), row["device"] == "gpu", "{row}");
+    }
+    let first_layer: Vec<&str> = (products.iter())
+        .filter(|row| row["layer"] == 0 && row["device"] == products[0]["device"])
+        .map(|row| row["product"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first_layer,
+        ["forward", "weight_grad"],
+        "no input gradient for the data"
+    );
     common::assert_png_shows_curves(&dir.path().join("t.png"), 1);
 }
 

@@ -1,6 +1,6 @@
-//! The measurements behind `wgnorm bench` and `benches/`: BatchNorm kernels, training steps and
-//! a full epoch on a backend, each timed as the median of repetitions after warm-up, with the
-//! byte and FLOP models that turn times into rates.
+//! The measurements behind `wgnorm bench` and `benches/`: BatchNorm kernels, the matrix
+//! products of a step, training steps and a full epoch on a backend, each timed as the median of
+//! repetitions after warm-up, with the byte and FLOP models that turn times into rates.
 
 use std::time::Instant;
 
@@ -13,10 +13,12 @@ use crate::ops::Compute;
 
 mod ceilings;
 mod kernels;
+mod matmul;
 mod training;
 
 pub use ceilings::{STREAM_VECTORS_PER_THREAD, StreamParams};
 pub use kernels::{BatchNormPass, BatchNormStep, KernelTiming, time_batchnorm};
+pub use matmul::{LinearProduct, ProductTiming, StepProduct, step_products, time_product};
 pub use training::{
     EpochTiming, KernelShare, STEPS_PER_SAMPLE, SYNTHETIC_IMAGES, StepObjects, StepTiming,
     SyntheticStep, profile_step, step_flops, time_epoch, time_steps, time_to_first_step,

@@ -174,11 +174,7 @@ pub fn profile_step<B: Clock>(
             .by_kernel()
             .into_iter()
             .map(|(kernel, count, seconds)| KernelShare {
-                kernel: format!(
-                    "{}.{}",
-                    kernel.shader().file_name().trim_end_matches(".wgsl"),
-                    kernel.entry_point()
-                ),
+                kernel: kernel.qualified_name(),
                 dispatches: per_step(count as f64),
                 seconds: per_step(seconds),
                 share: seconds / total,

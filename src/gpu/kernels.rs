@@ -122,6 +122,14 @@ catalogue! {
     Activated = 28 => ("activated"),
 }
 
+impl Kernel {
+    /// `file.entry_point`, as profiles name it: `matmul.matmul_vec4`.
+    pub fn qualified_name(self) -> String {
+        let file = self.shader().file_name();
+        format!("{}.{}", file.trim_end_matches(".wgsl"), self.entry_point())
+    }
+}
+
 impl Shader {
     /// The module wgnorm compiles: the storage type of each typed binding (`X_T`, `DY_T`,
     /// `OUT_T`, `A_T`, `B_T`) defined as f32 or f16, with their vectors (`X_V`, ... and `F_V`

@@ -156,6 +156,24 @@ struct StepRow {
     gpu_over_cpu: Option<f64>,
 }
 
+/// One matrix product of a step, timed alone.
+#[derive(Serialize)]
+struct ProductRow {
+    model: &'static str,
+    batch: usize,
+    #[serde(flatten)]
+    product: bench::StepProduct,
+    /// m×k×n.
+    shape: String,
+    device: &'static str,
+    /// The GPU kernel that ran it (`matmul.matmul_vec4`; with `+ reduce` where k was split).
+    kernel: Option<String>,
+    timing: bench::ProductTiming,
+    flops: f64,
+    /// FLOPs over the device time where measured, else over the wall time.
+    flops_per_second: f64,
+}
+
 /// Where a GPU step's device time goes, kernel by kernel.
 #[derive(Serialize)]
 struct StepKernelsRow {
@@ -179,6 +197,7 @@ struct Report {
     train_steps: Vec<StepRow>,
     steps_per_sample: usize,
     step_kernels: Vec<StepKernelsRow>,
+    matmul_products: Vec<ProductRow>,
     first_step_seconds: Vec<OnceRow<f64>>,
     reference_epoch: Vec<OnceRow<EpochTiming>>,
 }

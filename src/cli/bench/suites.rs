@@ -174,6 +174,7 @@ pub(super) fn train(
     if let Some(gpu) = gpu {
         step_kernels(args, gpu, report)?;
     }
+    step_products(args, gpu, cpu, report)?;
     println!();
     let spec = ModelSpec::reference_mlp(true);
     let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
@@ -255,6 +256,72 @@ fn step_kernels(args: &BenchArgs, gpu: &GpuBackend, report: &mut Report) -> Resu
             batch: BATCH,
             kernels,
         });
+    }
+    Ok(())
+}
+
+/// Each matrix product of a `bn` step at batch 32 alone, on every device: time and FLOP rate,
+/// each GPU product first checked against the CPU backend.
+fn step_products(
+    args: &BenchArgs,
+    gpu: Option<&GpuBackend>,
+    cpu: Option<&CpuBackend>,
+    report: &mut Report,
+) -> Result<()> {
+    const BATCH: usize = 32;
+    const MODEL: &str = "bn";
+    println!();
+    println!(
+        "Matrix products of a {MODEL} step at batch {BATCH}, each alone (median of {}; GFLOP/s \
+         from device time where measured, else wall; GPU results checked against the CPU \
+         backend first)",
+        args.reps
+    );
+    println!(
+        "{:>6} {:>12} {:>13} {:>4} {:>28} {:>9} {:>10} {:>8}",
+        "layer", "product", "m×k×n", "dev", "kernel", "wall ms", "device ms", "GFLOP/s"
+    );
+    let (warmup, reps) = (args.warmup, args.reps);
+    for product in bench::step_products(&ModelSpec::reference_mlp(true), BATCH) {
+        let rows = per_device(
+            gpu,
+            cpu,
+            |g| bench::time_product(g, product, warmup, reps),
+            |c| bench::time_product(c, product, warmup, reps),
+        )?;
+        for (device, timing) in rows {
+            let kernel = gpu.filter(|_| device == "gpu").map(|g| {
+                let name = g.matmul_kernel(product.a, product.b).qualified_name();
+                match g.matmul_splits(product.a, product.b).0 {
+                    1 => name,
+                    splits => format!("{name} ×{splits} + reduce"),
+                }
+            });
+            let seconds = timing.device.map_or(timing.wall.median, |d| d.median);
+            let row = ProductRow {
+                model: MODEL,
+                batch: BATCH,
+                product,
+                shape: product.label(),
+                device,
+                kernel,
+                timing,
+                flops: product.flops(),
+                flops_per_second: product.flops() / seconds,
+            };
+            println!(
+                "{:>6} {:>12} {:>13} {:>4} {:>28} {:>9} {:>10} {:>8.2}",
+                product.layer,
+                format!("{:?}", product.product),
+                row.shape,
+                device,
+                row.kernel.as_deref().unwrap_or("-"),
+                ms(timing.wall.median),
+                timing.device.map_or("-".to_string(), |d| ms(d.median)),
+                row.flops_per_second / 1e9,
+            );
+            report.matmul_products.push(row);
+        }
     }
     Ok(())
 }
