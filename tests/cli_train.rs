@@ -65,14 +65,23 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
         "val_loss",
         "val_acc",
         "seconds",
+        "training_seconds",
     ] {
         assert!(epochs[1][key].is_number(), "{key} missing: {}", epochs[1]);
     }
+    // The training steps are a part of the epoch, validation the rest.
+    let (all, training) = (
+        epochs[1]["seconds"].as_f64(),
+        epochs[1]["training_seconds"].as_f64(),
+    );
+    assert!(0.0 < training.unwrap() && training < all, "{}", epochs[1]);
     let test_acc = metrics["test_acc"].as_f64().unwrap();
     assert!(test_acc > 0.8, "test accuracy {test_acc}");
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
-    assert!(csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n"));
+    assert!(
+        csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,seconds,training_seconds\n")
+    );
 
     // The state_dict of the equivalent torch.nn.Sequential.
     let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();

@@ -42,18 +42,22 @@ impl MetricsFile<'_> {
         })?;
         write_atomically(&out.join("metrics.csv"), |file| {
             use std::io::Write;
-            writeln!(file, "epoch,train_loss,train_acc,val_loss,val_acc,seconds")?;
+            writeln!(
+                file,
+                "epoch,train_loss,train_acc,val_loss,val_acc,seconds,training_seconds"
+            )?;
             let optional = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
             for r in history {
                 writeln!(
                     file,
-                    "{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{}",
                     r.epoch,
                     r.train_loss,
                     r.train_acc,
                     optional(r.val_loss),
                     optional(r.val_acc),
-                    r.seconds
+                    r.seconds,
+                    r.training_seconds
                 )?;
             }
             Ok(())

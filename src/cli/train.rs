@@ -408,7 +408,7 @@ fn epoch_line(record: &EpochRecord, epochs: usize) -> String {
         _ => String::new(),
     };
     format!(
-        "epoch {}/{epochs}  train loss {:.4} acc {:.4}{validation}  {:.1} s",
-        record.epoch, record.train_loss, record.train_acc, record.seconds
+        "epoch {}/{epochs}  train loss {:.4} acc {:.4}{validation}  {:.1} s (training {:.1} s)",
+        record.epoch, record.train_loss, record.train_acc, record.seconds, record.training_seconds
     )
 }

@@ -132,6 +132,10 @@ pub struct EpochRecord {
     pub device_buffers: Option<usize>,
     /// Wall time of the epoch, its validation pass included.
     pub seconds: f64,
+    /// Wall time of the epoch's training steps alone, up to reading their totals back (what
+    /// frameworks that time training without validation report).
+    #[serde(default)]
+    pub training_seconds: f64,
 }
 
 /// One training step on a batch already on the device (`x` rows × inputs, consumed; one class
@@ -325,6 +329,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             report(step + 1, totals)?;
         }
         let train = self.read_totals(&metrics, epoch)?;
+        let training_seconds = started.elapsed().as_secs_f64();
         let validation = match &self.validation {
             Some((index, rows)) => Some(evaluate(
                 self.backend,
@@ -349,6 +354,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             val_loss: validation.map(|v| v.mean_loss()),
             val_acc: validation.map(|v| v.accuracy()),
             seconds: started.elapsed().as_secs_f64(),
+            training_seconds,
             resident_bytes: crate::host_memory::resident(),
             device_buffers: self.backend.device_buffers(),
         };
