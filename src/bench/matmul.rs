@@ -156,13 +156,12 @@ pub fn time_product<B: MatmulOps + Clock>(
     let mut reference = ProductRun::new(&CpuBackend, product)?;
     run.run(backend)?;
     reference.run(&CpuBackend)?;
-    // Only the weight gradient writes row sums.
-    let sums = product.product == LinearProduct::WeightGrad;
     let mut got = vec![backend.download(&run.out)?];
-    let mut expected = vec![reference.out.clone()];
-    if sums {
+    let mut expected = vec![reference.out];
+    // Only the weight gradient writes row sums.
+    if product.product == LinearProduct::WeightGrad {
         got.push(backend.download(&run.row_sums)?);
-        expected.push(reference.row_sums.clone());
+        expected.push(reference.row_sums);
     }
     let difference = relative_difference(&got, &expected);
     if difference.is_nan() || difference > CPU_AGREEMENT {

@@ -2,9 +2,9 @@
 //!
 //! Everything an epoch touches lives on the device: the image sets (as bytes), the shuffled
 //! index list, parameters, gradients and optimizer state. A step is gather → forward → loss →
-//! backward → update; `Backend::steps_per_submission` steps are recorded into one submission. Loss and accuracy are summed on the device;
-//! the host reads them only for progress reports (at most `REPORT_INTERVAL` apart) and at the
-//! end of an epoch.
+//! backward → update; `Backend::steps_per_submission` steps are recorded into one submission.
+//! Loss and accuracy are summed on the device; the host reads them only for progress reports (at
+//! most `REPORT_INTERVAL` apart) and at the end of an epoch.
 
 use std::time::{Duration, Instant};
 

@@ -196,19 +196,22 @@ impl MatmulOps for GpuBackend {
             splits as u32,
         ];
         if splits == 1 {
-            let mut bindings = vec![
+            let bindings = [
                 Binding::whole(Slot::MatA, a),
                 Binding::whole(Slot::MatB, b),
                 Binding::whole(Slot::Bias, bias),
                 Binding::whole(Slot::RowSums, row_sums),
                 Binding::whole(Slot::Out, out),
+                Binding::whole(Slot::Partials, self.writable_placeholder()),
             ];
             // Only the tiled kernel has partial results to store.
-            if kernel == Kernel::MatmulTiled {
-                bindings.push(Binding::whole(Slot::Partials, self.writable_placeholder()));
-            }
+            let bound = if kernel == Kernel::MatmulTiled {
+                &bindings[..]
+            } else {
+                &bindings[..5]
+            };
             return self
-                .record(|recording| self.dispatch(recording, kernel, &params, &bindings, groups));
+                .record(|recording| self.dispatch(recording, kernel, &params, bound, groups));
         }
         let partials = self.scratch(splits * (m * n + m))?;
         self.check_bindable("matmul partial results", &partials)?;
