@@ -8,7 +8,7 @@
 //             r_var  ← (1 − momentum)·r_var  + momentum·var·m/(m − 1)   (·1: biased, as Keras)
 //   backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
 //
-// Optionally a ReLU, then dropout, in the same pass (`relu`): the forward writes
+// Optionally a ReLU, then dropout, in the same pass (`ACTIVATION`): the forward writes
 // a = keep·scale·max(y, 0) as shaders/activation.wgsl would, and the backward takes the gradient
 // of a and the saved a, forming dy = dA·scale where a > 0 and 0 elsewhere (a > 0 exactly where
 // the element was kept and y > 0), as PyTorch's ReLU backward gates by its output.
@@ -28,6 +28,7 @@
 // vectors, vector (n, s) at (n·groups + g)·run_len + s. A workgroup takes `lanes_c` neighbouring
 // groups and one split of their vectors, walked by WORKGROUP / lanes_c threads each, so every
 // thread keeps one group's per-channel values in registers and no element index is divided.
+// Those threads share the split in one of two orders (`CONTIGUOUS_WALK`).
 //
 // Statistics: each thread sums d = x − K and d² from one shift K shared by its workgroup, turns
 // them into a mean and M2, and the threads and splits are merged by Chan's formula. WGSL has no
@@ -46,6 +47,19 @@ const STAT_SHIFTED_MEAN: u32 = 4u;
 // Floats per (split, channel) slot of `partials`: shift, count, shifted mean, M2 for the
 // statistics; Σdy, Σdy·(x − mean) for the backward pass.
 const PARTIAL_STRIDE: u32 = 4u;
+
+// How the threads of a group share their split. False: interleaved, thread r taking vectors
+// r, r + row_lanes(), ..., so neighbouring threads read neighbouring memory at the same time,
+// which a hardware GPU coalesces. True: a contiguous block per thread, so each thread reads
+// memory in order, which is what a CPU rasterizer needs: it runs a workgroup's threads one SIMD
+// batch after another, and the interleaved order makes every batch's reads strided, one short
+// run per row, which the CPU's prefetchers do not follow.
+override CONTIGUOUS_WALK: bool = false;
+
+// Whether a ReLU and dropout follow the normalization (see above). A constant of the pipeline,
+// not a parameter, so that kernels without them do not carry their code: a CPU rasterizer runs
+// the code of a branch no thread takes, under an empty mask.
+override ACTIVATION: bool = false;
 
 struct Params {
     // Rows (samples) of x bound to this dispatch; large tensors are dispatched in row chunks.
@@ -71,15 +85,14 @@ struct Params {
     momentum: f32,
     // Values of x ahead of the bound rows: dropout draws by element of the whole tensor.
     first_value: u32,
-    // 1: a ReLU, then dropout with this threshold, key and scale (threshold 0 and scale 1 for
-    // none), follow the normalization.
-    relu: u32,
+    // With ACTIVATION: dropout's threshold, key and scale (threshold 0 and scale 1 for none).
     dropout_threshold: u32,
     key_x: u32,
     key_y: u32,
     dropout_scale: f32,
     // Keep the struct a multiple of 16 bytes, as uniform buffers require.
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -98,7 +111,7 @@ struct Params {
 
 // The fused activation of the normalized vector at `index`.
 fn activate(y: F_V, index: u32) -> F_V {
-    if p.relu == 0u {
+    if !ACTIVATION {
         return y;
     }
     let first = p.first_value + index * VECTOR;
@@ -111,7 +124,7 @@ fn activate(y: F_V, index: u32) -> F_V {
 
 // dy from the gradient of the fused activation's output.
 fn gated(grad: F_V, index: u32) -> F_V {
-    if p.relu == 0u {
+    if !ACTIVATION {
         return grad;
     }
     return select(F_V(0.0), grad * p.dropout_scale, F_V(activated[index]) > F_V(0.0));
@@ -206,11 +219,28 @@ fn row_lanes() -> u32 {
     return WORKGROUP / p.lanes_c;
 }
 
-// A thread's walk over the vectors j = first, first + row_lanes(), ... < end of its group,
-// tracking the position s within a sample and the vector's index by addition alone.
+// The vectors [first, end) of the group's split that a thread walks, every `step`-th one.
+struct Span {
+    first: u32,
+    end: u32,
+    step: u32,
+}
+
+fn span_of(lane: Lane) -> Span {
+    if CONTIGUOUS_WALK {
+        let block = (lane.end - lane.begin + row_lanes() - 1u) / row_lanes();
+        let first = min(lane.begin + lane.row_lane * block, lane.end);
+        return Span(first, min(first + block, lane.end), 1u);
+    }
+    return Span(lane.begin + lane.row_lane, lane.end, row_lanes());
+}
+
+// A thread's walk over its span, tracking the position s within a sample and the vector's index
+// by addition alone.
 struct Walk {
     j: u32,
     end: u32,
+    step: u32,
     s: u32,
     index: u32,
     step_s: u32,
@@ -220,17 +250,18 @@ struct Walk {
 }
 
 fn walk_start(lane: Lane) -> Walk {
-    let j = lane.begin + lane.row_lane;
-    let stride = row_lanes();
+    let span = span_of(lane);
+    let j = span.first;
+    let step = span.step;
     let L = p.run_len;
     let sample = p.groups * L;
     let s = j % L;
-    return Walk(j, lane.end, s, (j / L) * sample + lane.group * L + s, stride % L,
-                (stride / L) * sample + stride % L, sample - L);
+    return Walk(j, span.end, step, s, (j / L) * sample + lane.group * L + s, step % L,
+                (step / L) * sample + step % L, sample - L);
 }
 
 fn walk_next(w: ptr<function, Walk>) {
-    (*w).j += row_lanes();
+    (*w).j += (*w).step;
     let s = (*w).s + (*w).step_s;
     let wraps = s >= p.run_len;
     (*w).s = select(s, s - p.run_len, wraps);
@@ -239,8 +270,8 @@ fn walk_next(w: ptr<function, Walk>) {
 
 // Vectors in the thread's walk.
 fn walk_count(lane: Lane) -> f32 {
-    let first = lane.begin + lane.row_lane;
-    return f32(select(0u, (lane.end - first + row_lanes() - 1u) / row_lanes(), first < lane.end));
+    let span = span_of(lane);
+    return f32(select(0u, (span.end - span.first + span.step - 1u) / span.step, span.first < span.end));
 }
 
 // Tree-merges the vector moments of the threads sharing a group; row_lane 0 ends with them.

@@ -34,7 +34,7 @@ pub use kernels::{
 pub use pipeline::{Constants, Variant};
 pub use profiler::{KernelTime, Profile};
 pub(crate) use recording::Recording;
-pub use tuning::{MatmulSchedule, Tuning};
+pub use tuning::{MatmulSchedule, ReductionWalk, Tuning};
 
 use crate::backend::Backend;
 use crate::{Dtype, Error, Result};
@@ -59,6 +59,7 @@ struct Shared {
     faults: faults::SharedFaults,
     tuning: Tuning,
     matmul_schedule: Mutex<MatmulSchedule>,
+    reduction_walk: Mutex<ReductionWalk>,
     steps_per_submission: std::sync::atomic::AtomicU64,
     profile: Mutex<Option<profiler::Window>>,
     /// One f32 bound where a kernel needs a buffer in a slot it will not read (a matmul
@@ -150,6 +151,7 @@ impl GpuBackend {
                 faults: Arc::default(),
                 tuning,
                 matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
+                reduction_walk: Mutex::new(ReductionWalk::for_device(summary.device_type)),
                 steps_per_submission: tuning.steps_per_submission.into(),
                 summary,
                 profile: Mutex::new(None),
@@ -230,6 +232,17 @@ impl GpuBackend {
     /// Chooses the matmul kernel for this device (every clone of this backend included).
     pub fn set_matmul_schedule(&self, schedule: MatmulSchedule) {
         *lock(&self.shared.matmul_schedule) = schedule;
+    }
+
+    /// How BatchNorm's reductions walk x.
+    pub fn reduction_walk(&self) -> ReductionWalk {
+        *lock(&self.shared.reduction_walk)
+    }
+
+    /// Chooses how BatchNorm's reductions walk x on this device (every clone of this backend
+    /// included).
+    pub fn set_reduction_walk(&self, walk: ReductionWalk) {
+        *lock(&self.shared.reduction_walk) = walk;
     }
 
     /// Records `steps` training steps per submission from now on (every clone of this backend

@@ -27,12 +27,14 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// The defaults, with small matmul workgroups on software rasterizers: one workgroup runs
-    /// on one CPU core there, so a 32×128 product (16 threads of 16×16 outputs) needs groups
-    /// of 8 to use 2.
+    /// The defaults, adjusted for software rasterizers, where one workgroup runs on one CPU
+    /// core: small matmul workgroups, so that a 32×128 product (16 threads of 16×16 outputs)
+    /// uses 2 cores with groups of 8; and longer BatchNorm splits, since there a workgroup's
+    /// fixed cost (its barriers and tree merge) is about that of reading 200 KB.
     pub fn for_device(device_type: wgpu::DeviceType) -> Self {
         match device_type {
             wgpu::DeviceType::Cpu => Self {
+                min_elements_per_thread: 64,
                 matmul_group: 8,
                 steps_per_submission: 1,
                 ..Self::default()
@@ -72,6 +74,29 @@ impl MatmulSchedule {
         match device_type {
             wgpu::DeviceType::Cpu => MatmulSchedule::Registers,
             _ => MatmulSchedule::WorkgroupTiles,
+        }
+    }
+}
+
+/// How the threads of a BatchNorm reduction share their workgroup's split of a channel group
+/// (`CONTIGUOUS_WALK` in `shaders/batchnorm.wgsl`; both sum in a fixed order, not the same one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReductionWalk {
+    /// Thread r takes every n-th vector from r on: neighbouring threads read neighbouring
+    /// memory at the same time, which hardware GPUs coalesce.
+    Interleaved,
+    /// Each thread takes one contiguous block and reads it in order: software rasterizers run
+    /// a workgroup's threads one SIMD batch after another, and the interleaved order gives each
+    /// batch short strided runs the CPU does not prefetch.
+    Contiguous,
+}
+
+impl ReductionWalk {
+    /// The walk measured fastest for a kind of adapter.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => ReductionWalk::Contiguous,
+            _ => ReductionWalk::Interleaved,
         }
     }
 }

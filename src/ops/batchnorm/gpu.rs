@@ -13,8 +13,8 @@ use super::{
 };
 use crate::backend::Backend;
 use crate::gpu::{
-    Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Recording, Slot, Variant,
-    VectorWidth, WORKGROUP,
+    Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Recording, ReductionWalk, Slot,
+    Variant, VectorWidth, WORKGROUP,
 };
 use crate::ops::activation::Activation;
 use crate::{Dtype, Result};
@@ -26,6 +26,8 @@ struct ReductionPlan {
     layout: VectorLayout,
     lanes_c: u32,
     workgroup_columns: u32,
+    /// The override constants of the kernels that walk x.
+    constants: [(&'static str, f64); 2],
 }
 
 /// How x is cut into vectors (see the layout comment of `shaders/batchnorm.wgsl`).
@@ -94,18 +96,23 @@ pub struct BatchNormParams {
     pub eps: f32,
     pub momentum: f32,
     pub first_value: u32,
-    pub relu: u32,
     pub dropout_threshold: u32,
     pub key_x: u32,
     pub key_y: u32,
     pub dropout_scale: f32,
-    pub _pad: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 80);
 
 impl GpuBackend {
-    fn reduction_plan(&self, shape: BatchNormShape, dtype: Dtype) -> Result<ReductionPlan> {
+    fn reduction_plan(
+        &self,
+        shape: BatchNormShape,
+        dtype: Dtype,
+        activation: Option<Activation>,
+    ) -> Result<ReductionPlan> {
         let tuning = self.tuning();
         let chunks = plan_row_chunks(
             shape,
@@ -152,6 +159,13 @@ impl GpuBackend {
             layout,
             lanes_c,
             workgroup_columns,
+            constants: [
+                (
+                    "CONTIGUOUS_WALK",
+                    f64::from(u8::from(self.reduction_walk() == ReductionWalk::Contiguous)),
+                ),
+                ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
+            ],
         })
     }
 }
@@ -165,7 +179,6 @@ fn plan_params(
     let dropout = activation.and_then(|activation| activation.dropout);
     let key = dropout.map_or([0; 2], |mask| mask.key());
     BatchNormParams {
-        relu: u32::from(activation.is_some()),
         dropout_threshold: dropout.map_or(0, |mask| mask.threshold()),
         key_x: key[0],
         key_y: key[1],
@@ -276,8 +289,8 @@ impl GpuBackend {
         chunk_bindings: &ChunkBindings<'a>,
     ) -> Result<()> {
         let variant = Variant {
+            constants: &plan.constants,
             vector: plan.layout.vector,
-            ..Variant::default()
         };
         for (chunk, splits) in &plan.chunks {
             let chunk_params = BatchNormParams {
@@ -314,7 +327,7 @@ impl BatchNormOps for GpuBackend {
         activation: Option<Activation>,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
-        let plan = self.reduction_plan(shape, x.dtype())?;
+        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
         let params = plan_params(shape, &plan, config, activation);
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let running_stats = [
@@ -386,8 +399,8 @@ impl BatchNormOps for GpuBackend {
         stats: &GpuBuffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        let plan = self.reduction_plan(shape, x.dtype())?;
         let activation = activated.map(|(_, activation)| activation);
+        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
         let params = plan_params(shape, &plan, BatchNormConfig::default(), activation);
         // Without an activation the slot binds x, which the kernels then never read there.
         let activated = activated.map_or(x, |(buffer, _)| buffer);
