@@ -10,7 +10,7 @@ use common::{
 };
 use rand::RngExt;
 use wgnorm::cpu::CpuBackend;
-use wgnorm::gpu::{AdapterRequest, GpuBackend, ReductionWalk};
+use wgnorm::gpu::{AdapterRequest, GpuBackend, ReductionWalk, Tuning};
 use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
     RunningStats, plan_row_chunks, stat,
@@ -434,31 +434,38 @@ fn gpu_chunks_inputs_beyond_the_binding_limit() {
     );
 }
 
-/// Both orders in which a reduction's threads can walk x, whichever the adapter uses by default:
-/// a backend of its own runs each on 2-D and NCHW shapes, one and several splits per channel,
-/// and the hard channels.
+/// Grids of either adapter class on whichever adapter runs the tests: a backend of its own
+/// walks x in both orders, with one and with eight channels per workgroup where samples have
+/// positions, on 2-D and NCHW shapes, one and several splits per channel, and the hard channels.
 #[test]
-fn gpu_both_reduction_walks_match_the_reference() {
+fn gpu_grids_of_every_adapter_class_match_the_reference() {
     if gpu().is_none() {
         return;
     }
     let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
-    for walk in [ReductionWalk::Interleaved, ReductionWalk::Contiguous] {
-        backend.set_reduction_walk(walk);
-        let test = format!("gpu_both_reduction_walks_match_the_reference::{walk:?}");
-        let mut rng = rng(&test);
-        for (n, c, s) in [
-            (3, 7, 1),
-            (256, 128, 1),
-            (4099, 64, 1),
-            (65537, 4, 1),
-            (17, 3, 784),
-            (256, 7, 49),
-            (1000, 2, 784),
-        ] {
-            check(&backend, &Case::random(&mut rng, n, c, s)).unwrap();
+    for reduction_walk in [ReductionWalk::Interleaved, ReductionWalk::Contiguous] {
+        for lanes_c_spatial in [1, 8] {
+            backend.set_tuning(Tuning {
+                reduction_walk,
+                lanes_c_spatial,
+                ..backend.tuning()
+            });
+            let test = format!("{reduction_walk:?} walk, {lanes_c_spatial} spatial channels");
+            let mut rng = rng(&test);
+            for (n, c, s) in [
+                (3, 7, 1),
+                (256, 128, 1),
+                (4099, 64, 1),
+                (65537, 4, 1),
+                (17, 3, 784),
+                (256, 7, 49),
+                (1000, 2, 784),
+            ] {
+                check(&backend, &Case::random(&mut rng, n, c, s))
+                    .unwrap_or_else(|e| panic!("{test}: {e}"));
+            }
+            hard_channels(&backend, &test);
         }
-        hard_channels(&backend, &test);
     }
 }
 

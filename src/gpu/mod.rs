@@ -57,9 +57,8 @@ struct Shared {
     pending: recording::EncoderSlot,
     bind_groups: bindings::BindGroupCache,
     faults: faults::SharedFaults,
-    tuning: Tuning,
+    tuning: Mutex<Tuning>,
     matmul_schedule: Mutex<MatmulSchedule>,
-    reduction_walk: Mutex<ReductionWalk>,
     steps_per_submission: std::sync::atomic::AtomicU64,
     profile: Mutex<Option<profiler::Window>>,
     /// One f32 bound where a kernel needs a buffer in a slot it will not read (a matmul
@@ -149,9 +148,8 @@ impl GpuBackend {
                 pending: Mutex::new(None),
                 bind_groups: Default::default(),
                 faults: Arc::default(),
-                tuning,
+                tuning: Mutex::new(tuning),
                 matmul_schedule: Mutex::new(MatmulSchedule::for_device(summary.device_type)),
-                reduction_walk: Mutex::new(ReductionWalk::for_device(summary.device_type)),
                 steps_per_submission: tuning.steps_per_submission.into(),
                 summary,
                 profile: Mutex::new(None),
@@ -221,7 +219,14 @@ impl GpuBackend {
 
     /// The grid sizes in use.
     pub fn tuning(&self) -> Tuning {
-        self.shared.tuning
+        *lock(&self.shared.tuning)
+    }
+
+    /// Replaces the grid sizes for work recorded from now on (every clone of this backend
+    /// included), to tune for an adapter or to test another class's grids; steps per
+    /// submission follow `set_steps_per_submission` alone once the backend exists.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        *lock(&self.shared.tuning) = tuning;
     }
 
     /// The matmul kernel in use.
@@ -232,17 +237,6 @@ impl GpuBackend {
     /// Chooses the matmul kernel for this device (every clone of this backend included).
     pub fn set_matmul_schedule(&self, schedule: MatmulSchedule) {
         *lock(&self.shared.matmul_schedule) = schedule;
-    }
-
-    /// How BatchNorm's reductions walk x.
-    pub fn reduction_walk(&self) -> ReductionWalk {
-        *lock(&self.shared.reduction_walk)
-    }
-
-    /// Chooses how BatchNorm's reductions walk x on this device (every clone of this backend
-    /// included).
-    pub fn set_reduction_walk(&self, walk: ReductionWalk) {
-        *lock(&self.shared.reduction_walk) = walk;
     }
 
     /// Records `steps` training steps per submission from now on (every clone of this backend

@@ -16,6 +16,12 @@ pub struct Tuning {
     pub single_split_bytes: usize,
     /// For (N, C) inputs: channels side by side in one workgroup (a power of two ≤ 256).
     pub lanes_c_2d: u32,
+    /// For inputs with positions (S > 1): channels side by side in one workgroup (a power of
+    /// two ≤ 256). 1 on hardware GPUs, whose threads then read one channel's runs together; more
+    /// on software rasterizers, where fewer threads per channel shorten the tree merge.
+    pub lanes_c_spatial: u32,
+    /// How the threads of a BatchNorm reduction share their split.
+    pub reduction_walk: ReductionWalk,
     /// Threads per workgroup of `matmul_vec4`.
     pub matmul_group: u32,
     /// Training steps recorded into one submission, by default
@@ -29,12 +35,15 @@ pub struct Tuning {
 impl Tuning {
     /// The defaults, adjusted for software rasterizers, where one workgroup runs on one CPU
     /// core: small matmul workgroups, so that a 32×128 product (16 threads of 16×16 outputs)
-    /// uses 2 cores with groups of 8; and longer BatchNorm splits, since there a workgroup's
-    /// fixed cost (its barriers and tree merge) is about that of reading 200 KB.
+    /// uses 2 cores with groups of 8; and BatchNorm workgroups of fewer, longer walks, since
+    /// there a workgroup's fixed cost (its barriers and tree merge) is about that of reading
+    /// 200 KB.
     pub fn for_device(device_type: wgpu::DeviceType) -> Self {
         match device_type {
             wgpu::DeviceType::Cpu => Self {
                 min_elements_per_thread: 64,
+                lanes_c_spatial: 8,
+                reduction_walk: ReductionWalk::Contiguous,
                 matmul_group: 8,
                 steps_per_submission: 1,
                 ..Self::default()
@@ -51,6 +60,8 @@ impl Default for Tuning {
             min_elements_per_thread: 16,
             single_split_bytes: 1 << 20,
             lanes_c_2d: 32,
+            lanes_c_spatial: 1,
+            reduction_walk: ReductionWalk::Interleaved,
             matmul_group: 64,
             steps_per_submission: 8,
         }
@@ -89,14 +100,4 @@ pub enum ReductionWalk {
     /// a workgroup's threads one SIMD batch after another, and the interleaved order gives each
     /// batch short strided runs the CPU does not prefetch.
     Contiguous,
-}
-
-impl ReductionWalk {
-    /// The walk measured fastest for a kind of adapter.
-    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
-        match device_type {
-            wgpu::DeviceType::Cpu => ReductionWalk::Contiguous,
-            _ => ReductionWalk::Interleaved,
-        }
-    }
 }

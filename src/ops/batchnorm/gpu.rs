@@ -121,14 +121,14 @@ impl GpuBackend {
             self.limits().min_storage_buffer_offset_alignment as u64,
         )?;
         // Neighbouring threads take neighbouring channel groups where a group is one vector
-        // per sample, so their loads are contiguous; otherwise a whole workgroup walks the
-        // contiguous runs of one group.
+        // per sample, so their loads are contiguous; otherwise the workgroup's threads share
+        // the contiguous runs of as few groups as the adapter class does best with.
         let layout = VectorLayout::of(shape);
-        let lanes_c = if layout.run_len == 1 {
-            (layout.groups.next_power_of_two() as u32).min(tuning.lanes_c_2d)
+        let lanes_c = (layout.groups.next_power_of_two() as u32).min(if layout.run_len == 1 {
+            tuning.lanes_c_2d
         } else {
-            1
-        };
+            tuning.lanes_c_spatial
+        });
         let row_lanes = WORKGROUP / lanes_c;
         let workgroup_columns = layout.groups.div_ceil(lanes_c as usize) as u32;
         let wanted_splits = if shape.numel() * dtype.size() <= tuning.single_split_bytes {
@@ -162,7 +162,7 @@ impl GpuBackend {
             constants: [
                 (
                     "CONTIGUOUS_WALK",
-                    f64::from(u8::from(self.reduction_walk() == ReductionWalk::Contiguous)),
+                    f64::from(u8::from(tuning.reduction_walk == ReductionWalk::Contiguous)),
                 ),
                 ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
             ],
