@@ -1,4 +1,5 @@
-//! `wgnorm devices`: every adapter, best first, as `wgnorm` would rank them.
+//! `wgnorm devices`: every adapter, best first, as `wgnorm` would rank them, and what
+//! `--device auto` would run on.
 
 use wgnorm::gpu::device;
 use wgnorm::{Error, Result};
@@ -11,10 +12,19 @@ pub fn run() -> Result<()> {
     for (rank, adapter) in adapters.iter().enumerate() {
         let summary = device::AdapterSummary::of(adapter);
         let limits = adapter.limits();
+        let software = if device::is_software(summary.device_type) {
+            "; software, runs on the CPU"
+        } else {
+            ""
+        };
         println!(
-            "{rank}: {summary}; max storage binding {} MiB",
+            "{rank}: {summary}; max storage binding {} MiB{software}",
             limits.max_storage_buffer_binding_size >> 20
         );
+    }
+    match device::auto_choice(&adapters) {
+        device::AutoChoice::Gpu => println!("--device auto: 0, the best hardware GPU"),
+        device::AutoChoice::Cpu(why) => println!("--device auto: cpu ({why})"),
     }
     Ok(())
 }

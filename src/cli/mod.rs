@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use wgnorm::Error;
 use wgnorm::cpu::CpuBackend;
-use wgnorm::gpu::{AdapterRequest, GpuBackend};
+use wgnorm::gpu::{AdapterRequest, GpuBackend, device};
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List every GPU adapter wgpu can see, best first.
+    /// List every GPU adapter wgpu can see, best first, and what --device auto runs on.
     Devices,
     /// Run BatchNorm (training-mode forward, and backward with --dy) on .npy tensors.
     Bn(Box<bn::BnArgs>),
@@ -80,7 +80,8 @@ fn check_interrupt(what_is_kept: &str) -> wgnorm::Result<()> {
 /// Where a command runs.
 #[derive(Args)]
 pub struct DeviceArgs {
-    /// auto: the best GPU adapter, else the CPU with a notice.
+    /// auto: a hardware GPU if there is one, else the CPU (software GPU adapters such as
+    /// lavapipe only with --device gpu or --adapter).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// Pick the adapter whose name contains this (case-insensitive); also WGNORM_ADAPTER.
@@ -123,7 +124,9 @@ impl DataArgs {
     }
 }
 
-/// Where work runs. `auto` takes the best GPU adapter and falls back to the CPU with a notice.
+/// Where work runs. `auto` takes a hardware GPU, else the CPU: a software GPU adapter (lavapipe,
+/// SwiftShader, WARP) runs on the same CPU cores through a shader compiler, many times slower
+/// than the CPU backend, so it is used only when asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceChoice {
     Auto,
@@ -138,20 +141,45 @@ pub enum Device {
 }
 
 impl Device {
+    /// Opens the device `choice` names and prints the run's first line: which device, and why.
     pub fn open(choice: DeviceChoice, adapter: Option<String>) -> wgnorm::Result<Self> {
         let request = AdapterRequest::from_flag_or_env(adapter);
-        match choice {
-            DeviceChoice::Cpu => Ok(Device::Cpu(CpuBackend)),
-            DeviceChoice::Gpu => Ok(Device::Gpu(GpuBackend::new(&request)?)),
-            DeviceChoice::Auto => match GpuBackend::new(&request) {
-                Ok(gpu) => Ok(Device::Gpu(gpu)),
-                Err(Error::NoAdapter(reason)) if request.name.is_none() => {
-                    eprintln!("notice: {reason}; running on the CPU");
-                    Ok(Device::Cpu(CpuBackend))
-                }
-                Err(e) => Err(e),
-            },
+        let (device, why) = match choice {
+            DeviceChoice::Cpu => (Device::Cpu(CpuBackend), "--device cpu".to_string()),
+            DeviceChoice::Gpu => (
+                Device::Gpu(GpuBackend::new(&request)?),
+                match &request.name {
+                    Some(name) => format!("--device gpu, the adapter matching '{name}'"),
+                    None => "--device gpu, the best adapter".to_string(),
+                },
+            ),
+            DeviceChoice::Auto => auto(&request)?,
+        };
+        eprintln!("device: {} ({why})", device.name());
+        Ok(device)
+    }
+
+    /// The adapter's name, or "cpu".
+    pub fn name(&self) -> String {
+        match self {
+            Device::Gpu(gpu) => gpu.adapter().name.clone(),
+            Device::Cpu(_) => "cpu".to_string(),
         }
+    }
+}
+
+/// What `--device auto` runs on, and why.
+fn auto(request: &AdapterRequest) -> wgnorm::Result<(Device, String)> {
+    if let Some(name) = &request.name {
+        let gpu = GpuBackend::new(request)?;
+        return Ok((Device::Gpu(gpu), format!("the adapter matching '{name}'")));
+    }
+    match device::auto_choice(&device::adapters(&device::instance())) {
+        device::AutoChoice::Gpu => Ok((
+            Device::Gpu(GpuBackend::new(request)?),
+            "auto: the best hardware GPU".to_string(),
+        )),
+        device::AutoChoice::Cpu(why) => Ok((Device::Cpu(CpuBackend), format!("auto: {why}"))),
     }
 }
 

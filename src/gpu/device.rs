@@ -87,6 +87,54 @@ fn preference(device_type: wgpu::DeviceType) -> u8 {
     }
 }
 
+/// Whether an adapter of this type is a software rasterizer (lavapipe, SwiftShader, WARP): it
+/// runs shaders on the host's CPU cores.
+pub fn is_software(device_type: wgpu::DeviceType) -> bool {
+    device_type == wgpu::DeviceType::Cpu
+}
+
+/// What the command line's `--device auto` takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AutoChoice {
+    /// The best adapter, a hardware GPU.
+    Gpu,
+    /// The CPU backend, and why.
+    Cpu(String),
+}
+
+/// A hardware GPU if there is one, else the CPU backend: a software adapter runs on the same
+/// cores as the CPU backend, through a shader compiler, and trains many times slower.
+pub fn auto_choice(adapters: &[wgpu::Adapter]) -> AutoChoice {
+    let kinds: Vec<(String, wgpu::DeviceType)> = adapters
+        .iter()
+        .map(|adapter| {
+            let info = adapter.get_info();
+            (info.name, info.device_type)
+        })
+        .collect();
+    auto_choice_among(&kinds)
+}
+
+/// `auto_choice` on the adapters' names and types.
+pub fn auto_choice_among(adapters: &[(String, wgpu::DeviceType)]) -> AutoChoice {
+    if adapters.iter().any(|(_, kind)| !is_software(*kind)) {
+        return AutoChoice::Gpu;
+    }
+    if adapters.is_empty() {
+        return AutoChoice::Cpu("no GPU adapter found".to_string());
+    }
+    let names: Vec<&str> = adapters.iter().map(|(name, _)| name.as_str()).collect();
+    let (noun, verb, which) = match names.len() {
+        1 => ("adapter", "runs", "it"),
+        _ => ("adapters", "run", "the first"),
+    };
+    AutoChoice::Cpu(format!(
+        "no hardware GPU, only the software {noun} {}, which {verb} on the CPU's own cores \
+         slower than the CPU backend; --device gpu uses {which}",
+        names.join(", ")
+    ))
+}
+
 /// The one-line error for a machine without an adapter, with how to get one.
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found: install a Vulkan, Metal or DX12 driver \
      (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1 for the lavapipe \
@@ -114,4 +162,45 @@ pub fn choose(instance: &wgpu::Instance, request: &AdapterRequest) -> Result<wgp
                 names.join(", ")
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::DeviceType;
+
+    fn kinds(list: &[(&str, DeviceType)]) -> Vec<(String, DeviceType)> {
+        list.iter().map(|(n, k)| (n.to_string(), *k)).collect()
+    }
+
+    #[test]
+    fn auto_takes_a_hardware_gpu_else_the_cpu() {
+        let hardware = kinds(&[
+            ("NVIDIA H200", DeviceType::DiscreteGpu),
+            ("llvmpipe", DeviceType::Cpu),
+        ]);
+        assert_eq!(auto_choice_among(&hardware), AutoChoice::Gpu);
+        let integrated = kinds(&[("Intel UHD", DeviceType::IntegratedGpu)]);
+        assert_eq!(auto_choice_among(&integrated), AutoChoice::Gpu);
+        let AutoChoice::Cpu(why) = auto_choice_among(&kinds(&[("llvmpipe", DeviceType::Cpu)]))
+        else {
+            panic!("a software adapter alone must not be chosen");
+        };
+        assert!(why.contains("only the software adapter llvmpipe"), "{why}");
+        assert!(why.contains("--device gpu uses it"), "{why}");
+        let AutoChoice::Cpu(why) = auto_choice_among(&kinds(&[
+            ("llvmpipe", DeviceType::Cpu),
+            ("SwiftShader Device", DeviceType::Cpu),
+        ])) else {
+            panic!("software adapters alone must not be chosen");
+        };
+        assert!(
+            why.contains("adapters llvmpipe, SwiftShader Device"),
+            "{why}"
+        );
+        assert_eq!(
+            auto_choice_among(&[]),
+            AutoChoice::Cpu("no GPU adapter found".to_string())
+        );
+    }
 }
