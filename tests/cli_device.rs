@@ -85,3 +85,34 @@ fn auto_takes_a_hardware_gpu_else_the_cpu_and_the_first_line_says_why() {
     let cpu = first_line(&train(&["--device", "cpu"], "cpu"));
     assert_eq!(cpu, "device: cpu (--device cpu)");
 }
+
+/// Without XDG_RUNTIME_DIR, Mesa's drivers print an "error:" line at every start; wgnorm gives
+/// them a private directory first, so a run that works prints no error.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_without_xdg_runtime_dir_prints_no_error() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for unset in [None, Some("")] {
+        let mut command = common::wgnorm_command(&["devices"], dir.path());
+        command.env("TMPDIR", dir.path());
+        match unset {
+            None => command.env_remove("XDG_RUNTIME_DIR"),
+            Some(empty) => command.env("XDG_RUNTIME_DIR", empty),
+        };
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    }
+    let made = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().contains("wgnorm-runtime-"))
+        .expect("wgnorm made its runtime directory under TMPDIR");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", made.display());
+}
