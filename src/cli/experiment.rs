@@ -11,7 +11,7 @@ use super::train::{ModelChoice, RunArgs, RunOutcome, RunPlace, run_on};
 use crate::report::RunResult;
 use wgnorm::data::mnist::Mnist;
 use wgnorm::graph::Compute;
-use wgnorm::train::{TrainConfig, split_point};
+use wgnorm::train::TrainConfig;
 use wgnorm::{Error, Result};
 
 /// One run of an experiment, with the directory its own metrics and checkpoints go to.
@@ -29,10 +29,13 @@ pub fn check_fresh(out: &Path, results_file: &str) -> Result<()> {
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })
+    if out.exists() && !out.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} is a file, not a folder",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 pub fn model_name(model: ModelChoice) -> &'static str {
@@ -52,6 +55,9 @@ pub fn run_all(
         run.config.validate()?;
     }
     let data = args.data.load()?;
+    for run in &plan {
+        super::train::refuse_unreachable_train_limit(&run.config, &data)?;
+    }
     match args.device.open()? {
         Device::Gpu(gpu) => {
             let adapter = gpu.adapter().name.clone();
@@ -84,11 +90,7 @@ fn run_planned<B: Compute>(
             run.config.optimizer.lr(),
             run.config.seed
         ));
-        let train_rows = run
-            .config
-            .train_limit
-            .unwrap_or(usize::MAX)
-            .min(split_point(data.train.len(), run.config.val_split));
+        let train_rows = run.config.training_images(data.train.len())?;
         let place = RunPlace::new(adapter, &run.dir, false);
         let outcome = run_on(backend, device, &place, run.config.clone(), data, &multi);
         let result = match outcome {

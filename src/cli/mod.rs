@@ -98,9 +98,10 @@ impl DeviceArgs {
 /// Where the MNIST files are, and where to fetch them from when they are not.
 #[derive(Args)]
 pub struct DataArgs {
-    /// Directory of the four MNIST IDX files (.gz or raw); downloaded there if missing.
-    #[arg(long, default_value = "data/mnist")]
-    data_dir: PathBuf,
+    /// Directory of the four MNIST IDX files (.gz or raw); downloaded there if missing
+    /// [default: data/mnist].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Base URL to download the MNIST .gz files from (repeatable) [default: public mirrors; also
     /// WGNORM_MNIST_MIRROR].
     #[arg(long)]
@@ -109,6 +110,10 @@ pub struct DataArgs {
 
 impl DataArgs {
     fn load(&self) -> wgnorm::Result<wgnorm::data::mnist::Mnist> {
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/mnist"));
         let mirrors: Vec<String> = if !self.mirror.is_empty() {
             self.mirror.clone()
         } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
@@ -119,8 +124,8 @@ impl DataArgs {
                 .map(|m| m.to_string())
                 .collect()
         };
-        wgnorm::data::download::ensure_mnist(&self.data_dir, &mirrors)?;
-        wgnorm::data::mnist::load(&self.data_dir)
+        wgnorm::data::download::ensure_mnist(&dir, &mirrors)?;
+        wgnorm::data::mnist::load(&dir)
     }
 }
 

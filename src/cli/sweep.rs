@@ -14,12 +14,12 @@ use wgnorm::{Error, Result};
 pub struct SweepArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Batch sizes to train with (replaces --batch-size).
+    /// Batch sizes to train with (in place of --batch-size).
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     batch_sizes: Vec<usize>,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "bn,nobn")]
     models: Vec<ModelChoice>,
-    /// Learning rates to sweep as well (replaces --lr); plots a heat map.
+    /// Learning rates to sweep as well (in place of --lr); plots a heat map.
     #[arg(long, value_delimiter = ',')]
     lrs: Vec<f64>,
     /// Directory for sweep.json, sweep.md, sweep.png and each run's files.
@@ -33,6 +33,20 @@ pub fn run(args: SweepArgs) -> Result<()> {
             "--batch-sizes and --models need at least one value".to_string(),
         ));
     }
+    if args.run.batch_size.is_some() {
+        return Err(Error::InvalidArgument(
+            "sweep takes --batch-sizes (a comma-separated list), not --batch-size".to_string(),
+        ));
+    }
+    if args.run.lr.is_some() && !args.lrs.is_empty() {
+        return Err(Error::InvalidArgument(
+            "--lr has no effect beside --lrs, which sweeps the learning rate (put every rate \
+             in --lrs)"
+                .to_string(),
+        ));
+    }
+    args.run
+        .refuse_unused_batchnorm_flags(&args.models, "--models")?;
     check_fresh(&args.out, "sweep.json")?;
     let lrs: Vec<Option<f64>> = if args.lrs.is_empty() {
         vec![args.run.lr]

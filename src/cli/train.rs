@@ -48,16 +48,17 @@ pub struct RunArgs {
     hidden: Vec<usize>,
     #[arg(long, default_value_t = 5)]
     epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
+    /// Samples per step [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[arg(long, value_enum, default_value_t = OptimizerChoice::Adam)]
     optimizer: OptimizerChoice,
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    momentum: f64,
+    /// SGD momentum (with --optimizer sgd only) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
     /// Dropout probability after each hidden layer.
     #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     dropout: f32,
@@ -79,16 +80,17 @@ pub struct RunArgs {
     /// Train on the first N training images only (quick trials).
     #[arg(long)]
     train_limit: Option<usize>,
-    /// BatchNorm eps (PyTorch 1e-5; Keras 1e-3).
-    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
-    bn_eps: f32,
+    /// BatchNorm eps (PyTorch 1e-5; Keras 1e-3) [default: 1e-5].
+    #[arg(long, allow_negative_numbers = true)]
+    bn_eps: Option<f32>,
     /// Weight of the new batch value in BatchNorm's running statistics (PyTorch 0.1; Keras'
-    /// momentum=0.99 is 0.01 here).
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
-    bn_momentum: f32,
-    /// Batch variance entering the running variance: unbiased (PyTorch) or biased (Keras).
-    #[arg(long, value_enum, default_value_t = RunningVar::Unbiased)]
-    bn_running_var: RunningVar,
+    /// momentum=0.99 is 0.01 here) [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    bn_momentum: Option<f32>,
+    /// Batch variance entering the running variance: unbiased (PyTorch) or biased (Keras)
+    /// [default: unbiased].
+    #[arg(long, value_enum)]
+    bn_running_var: Option<RunningVar>,
     /// Storage of the hidden activations on the device: f16 halves their memory where the
     /// adapter has shader-f16 (elsewhere, and on the CPU, the run uses f32 with a notice); the
     /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
@@ -140,8 +142,17 @@ impl RunArgs {
             )));
         };
         let optimizer = match self.optimizer {
+            OptimizerChoice::Adam if self.momentum.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "--momentum is SGD's: Adam would ignore it (use --optimizer sgd, or drop \
+                     --momentum)"
+                        .to_string(),
+                ));
+            }
             OptimizerChoice::Adam => OptimizerConfig::adam(self.lr.unwrap_or(1e-3)),
-            OptimizerChoice::Sgd => OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum),
+            OptimizerChoice::Sgd => {
+                OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum.unwrap_or(0.0))
+            }
         };
         Ok(TrainConfig {
             spec: ModelSpec {
@@ -150,11 +161,7 @@ impl RunArgs {
                 classes: CLASSES,
                 batchnorm: model == ModelChoice::Bn,
                 dropout: self.dropout,
-                batchnorm_config: BatchNormConfig::new(
-                    self.bn_eps,
-                    self.bn_momentum,
-                    self.bn_running_var == RunningVar::Unbiased,
-                )?,
+                batchnorm_config: self.batchnorm_config()?,
             },
             init: match self.init {
                 InitChoice::Keras => Init::Keras,
@@ -162,13 +169,66 @@ impl RunArgs {
             },
             optimizer,
             epochs: self.epochs,
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(32),
             val_split,
             seed: self.seed,
             train_limit: self.train_limit,
             activations: self.dtype,
             drop_last: self.drop_last,
         })
+    }
+}
+
+impl RunArgs {
+    /// BatchNorm's settings: PyTorch's, with any --bn-* flag applied.
+    fn batchnorm_config(&self) -> Result<BatchNormConfig> {
+        let default = BatchNormConfig::default();
+        BatchNormConfig::new(
+            self.bn_eps.unwrap_or(default.eps()),
+            self.bn_momentum.unwrap_or(default.momentum()),
+            self.bn_running_var
+                .map_or(default.unbiased_running_var(), |v| {
+                    v == RunningVar::Unbiased
+                }),
+        )
+    }
+
+    /// Refuses --bn-* flags when none of `models` (given by `models_flag`) has a BatchNorm
+    /// layer: they would change nothing.
+    pub fn refuse_unused_batchnorm_flags(
+        &self,
+        models: &[ModelChoice],
+        models_flag: &str,
+    ) -> Result<()> {
+        if models.contains(&ModelChoice::Bn) {
+            return Ok(());
+        }
+        let given = [
+            ("--bn-eps", self.bn_eps.is_some()),
+            ("--bn-momentum", self.bn_momentum.is_some()),
+            ("--bn-running-var", self.bn_running_var.is_some()),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(Error::InvalidArgument(format!(
+                "{flag} has no effect: no model of this run has a BatchNorm layer (put bn in \
+                 {models_flag}, or drop {flag})"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Refuses a --train-limit larger than the training set that `data` and --val-split leave: it
+/// would train on fewer images than asked.
+pub fn refuse_unreachable_train_limit(config: &TrainConfig, data: &Mnist) -> Result<()> {
+    if config.train_limit.is_none() {
+        return Ok(());
+    }
+    match config.training_images(data.train.len()) {
+        Err(Error::InvalidArgument(message)) => {
+            Err(Error::InvalidArgument(format!("--train-limit: {message}")))
+        }
+        other => other.map(|_| ()),
     }
 }
 
@@ -197,6 +257,8 @@ fn default_out_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    args.run
+        .refuse_unused_batchnorm_flags(&[args.model], "--model")?;
     let config = args.run.config(args.model)?;
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
@@ -214,6 +276,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )));
     }
     let data = args.run.data.load()?;
+    refuse_unreachable_train_limit(&config, &data)?;
     match args.run.device.open()? {
         super::Device::Gpu(gpu) => {
             let adapter = gpu.adapter().name.clone();

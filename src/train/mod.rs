@@ -101,6 +101,25 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// How many of `available` training images a run trains on: those the validation split
+    /// leaves, or the first `train_limit` of them. A limit beyond them is refused, not cut.
+    pub fn training_images(&self, available: usize) -> Result<usize> {
+        let split_at = split_point(available, self.val_split);
+        if split_at == 0 {
+            return Err(Error::InvalidArgument(
+                "the validation split leaves no training images".to_string(),
+            ));
+        }
+        match self.train_limit {
+            Some(limit) if limit > split_at => Err(Error::InvalidArgument(format!(
+                "a limit of {limit} images is more than the {split_at} training images the \
+                 validation split leaves of {available}"
+            ))),
+            Some(limit) => Ok(limit),
+            None => Ok(split_at),
+        }
+    }
+
     /// The settings a resumed run must share with the run it continues (all but `epochs`).
     pub fn settings(&self) -> Result<serde_json::Value> {
         let mut value = serde_json::to_value(self)?;
@@ -223,13 +242,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
                 config.spec.inputs
             )));
         }
+        let train_rows = config.training_images(data.train.len())?;
         let split_at = split_point(data.train.len(), config.val_split);
-        let train_rows = config.train_limit.map_or(split_at, |n| n.min(split_at));
-        if train_rows == 0 {
-            return Err(Error::InvalidArgument(
-                "the validation split leaves no training images".to_string(),
-            ));
-        }
         check_batches(&config, train_rows)?;
         let upload = |split: &Split| backend.upload_images(&split.images, PIXELS, &split.labels);
         let validation = if split_at < data.train.len() {

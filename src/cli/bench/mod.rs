@@ -29,6 +29,16 @@ enum Suite {
     All,
 }
 
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Kernels => "kernels",
+            Suite::Train => "train",
+            Suite::All => "all",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BenchDevices {
     /// The GPU (if an adapter exists; else a notice) and the CPU.
@@ -77,17 +87,13 @@ pub struct BenchArgs {
     /// Untimed runs before each measurement.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// BatchNorm input shapes for the kernel suite, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_parser = parse_shape,
-        default_value = "32x128,256x128,4096x256,65536x256,32x64x28x28"
-    )]
-    shapes: Vec<ShapeArg>,
-    /// Batch sizes for the training-step suite, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
-    batch_sizes: Vec<usize>,
+    /// BatchNorm input shapes for the kernel suite, comma-separated
+    /// [default: 32x128,256x128,4096x256,65536x256,32x64x28x28].
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Option<Vec<ShapeArg>>,
+    /// Batch sizes for the training-step suite, comma-separated [default: 16,32,64,128,256].
+    #[arg(long, value_delimiter = ',')]
+    batch_sizes: Option<Vec<usize>>,
     /// Leave out the full epoch of the reference experiment (which needs MNIST).
     #[arg(long)]
     no_epoch: bool,
@@ -228,14 +234,87 @@ fn ms(seconds: f64) -> String {
     format!("{:.3}", seconds * 1e3)
 }
 
+impl BenchArgs {
+    /// The kernel suite's shapes.
+    fn shapes(&self) -> Vec<ShapeArg> {
+        self.shapes.clone().unwrap_or_else(|| {
+            ["32x128", "256x128", "4096x256", "65536x256", "32x64x28x28"]
+                .into_iter()
+                .filter_map(|text| parse_shape(text).ok())
+                .collect()
+        })
+    }
+
+    /// The train suite's batch sizes.
+    fn batch_sizes(&self) -> Vec<usize> {
+        self.batch_sizes
+            .clone()
+            .unwrap_or_else(|| vec![16, 32, 64, 128, 256])
+    }
+
+    /// Refuses a flag that the chosen suites would not read, naming what would.
+    fn refuse_unused_flags(&self) -> Result<()> {
+        let kernels = self.suite != Suite::Train;
+        let train = self.suite != Suite::Kernels;
+        let epoch = train && !self.no_epoch;
+        let suite = self.suite.name();
+        let unused = [
+            (
+                "--shapes",
+                self.shapes.is_some() && !kernels,
+                "the kernels suite",
+                suite,
+            ),
+            (
+                "--batch-sizes",
+                self.batch_sizes.is_some() && !train,
+                "the train suite",
+                suite,
+            ),
+            (
+                "--no-epoch",
+                self.no_epoch && !train,
+                "the train suite",
+                suite,
+            ),
+            (
+                "--plot",
+                self.plot.is_some() && !train,
+                "the train suite",
+                suite,
+            ),
+            (
+                "--data-dir",
+                self.data.data_dir.is_some() && !epoch,
+                "the train suite's reference epoch",
+                if train { "all with --no-epoch" } else { suite },
+            ),
+            (
+                "--mirror",
+                !self.data.mirror.is_empty() && !epoch,
+                "the train suite's reference epoch",
+                if train { "all with --no-epoch" } else { suite },
+            ),
+        ];
+        match unused.iter().find(|(_, unused, _, _)| *unused) {
+            Some((flag, _, reader, running)) => Err(Error::InvalidArgument(format!(
+                "{flag} has no effect here: only {reader} reads it, and --suite {running} runs \
+                 none"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
+    args.refuse_unused_flags()?;
     if args.reps == 0 {
         return Err(Error::InvalidArgument(
             "--reps must be at least 1".to_string(),
         ));
     }
     if let Some(&bad) = args
-        .batch_sizes
+        .batch_sizes()
         .iter()
         .find(|&&b| !(2..=bench::SYNTHETIC_IMAGES).contains(&b))
     {

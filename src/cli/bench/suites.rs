@@ -56,7 +56,7 @@ pub(super) fn kernels(
         "%stream",
         "gpu/cpu"
     );
-    for shape in &args.shapes {
+    for shape in &args.shapes() {
         for pass in BatchNormPass::ALL {
             let bytes = pass.tensor_passes() * shape.shape.numel() * 4;
             let (warmup, reps) = (args.warmup, args.reps);
@@ -136,7 +136,7 @@ pub(super) fn train(
     let (warmup, reps) = (args.warmup, args.reps);
     for (model, batchnorm) in MODELS {
         let spec = ModelSpec::reference_mlp(batchnorm);
-        for &batch in &args.batch_sizes {
+        for &batch in &args.batch_sizes() {
             let rows = per_device(
                 gpu,
                 cpu,
