@@ -79,6 +79,14 @@ fn flags_that_would_have_no_effect_are_one_line_errors() {
             ],
             "--mirror has no effect here",
         ),
+        (
+            &["bench", "--device", "cpu", "--adapter", "llvmpipe"],
+            "--adapter picks a GPU adapter; with --device cpu it has no effect",
+        ),
+        (
+            &["eval", "--checkpoint", "model.safetensors", "--adapter", "llvmpipe"],
+            "--adapter picks a GPU adapter; with --device cpu it has no effect",
+        ),
     ];
     for (args, needle) in cases {
         let mut args = args.to_vec();

@@ -29,6 +29,7 @@ pub struct CompareArgs {
 const MODELS: [ModelChoice; 2] = [ModelChoice::Nobn, ModelChoice::Bn];
 
 pub fn run(args: CompareArgs) -> Result<()> {
+    args.run.device.check()?;
     if args.repeats == 0 {
         return Err(wgnorm::Error::InvalidArgument(
             "--repeats must be at least 1".to_string(),

@@ -31,6 +31,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    args.device.check()?;
     let saved = checkpoint::load_model(&args.checkpoint)?;
     if saved.spec.inputs != PIXELS {
         return Err(Error::Format {

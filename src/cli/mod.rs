@@ -89,7 +89,23 @@ pub struct DeviceArgs {
     adapter: Option<String>,
 }
 
+/// Refuses `--adapter` beside `--device cpu`, where it would pick nothing.
+fn refuse_adapter_on_cpu(cpu: bool, adapter: bool) -> wgnorm::Result<()> {
+    if cpu && adapter {
+        return Err(Error::InvalidArgument(
+            "--adapter picks a GPU adapter; with --device cpu it has no effect (drop one of them)"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
 impl DeviceArgs {
+    /// Checks the flags before a command starts its work.
+    fn check(&self) -> wgnorm::Result<()> {
+        refuse_adapter_on_cpu(self.device == DeviceChoice::Cpu, self.adapter.is_some())
+    }
+
     fn open(&self) -> wgnorm::Result<Device> {
         Device::open(self.device, self.adapter.clone())
     }
@@ -148,6 +164,7 @@ pub enum Device {
 impl Device {
     /// Opens the device `choice` names and prints the run's first line: which device, and why.
     pub fn open(choice: DeviceChoice, adapter: Option<String>) -> wgnorm::Result<Self> {
+        refuse_adapter_on_cpu(choice == DeviceChoice::Cpu, adapter.is_some())?;
         let request = AdapterRequest::from_flag_or_env(adapter);
         let (device, why) = match choice {
             DeviceChoice::Cpu => (Device::Cpu(CpuBackend), "--device cpu".to_string()),

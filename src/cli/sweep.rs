@@ -28,6 +28,7 @@ pub struct SweepArgs {
 }
 
 pub fn run(args: SweepArgs) -> Result<()> {
+    args.run.device.check()?;
     if args.batch_sizes.is_empty() || args.models.is_empty() {
         return Err(Error::InvalidArgument(
             "--batch-sizes and --models need at least one value".to_string(),

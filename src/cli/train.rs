@@ -257,6 +257,7 @@ fn default_out_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    args.run.device.check()?;
     args.run
         .refuse_unused_batchnorm_flags(&[args.model], "--model")?;
     let config = args.run.config(args.model)?;

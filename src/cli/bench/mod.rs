@@ -257,6 +257,7 @@ impl BenchArgs {
         let kernels = self.suite != Suite::Train;
         let train = self.suite != Suite::Kernels;
         let epoch = train && !self.no_epoch;
+        super::refuse_adapter_on_cpu(self.device == BenchDevices::Cpu, self.adapter.is_some())?;
         let suite = self.suite.name();
         let unused = [
             (
