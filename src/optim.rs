@@ -69,31 +69,33 @@ impl OptimizerConfig {
         }
     }
 
-    /// Refuses a learning rate or moment setting that is not finite and in range.
+    /// Refuses a learning rate or moment setting that is not finite and in range, naming the
+    /// setting: "lr must be a positive finite number, got 0".
     pub fn validate(&self) -> Result<()> {
-        let ok = match *self {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        let fraction = |x: f64| (0.0..1.0).contains(&x);
+        let checks = match *self {
             Self::Adam {
                 lr,
                 beta1,
                 beta2,
                 eps,
-            } => {
-                lr > 0.0
-                    && lr.is_finite()
-                    && (0.0..1.0).contains(&beta1)
-                    && (0.0..1.0).contains(&beta2)
-                    && eps > 0.0
-            }
-            Self::Sgd { lr, momentum } => {
-                lr > 0.0 && lr.is_finite() && (0.0..1.0).contains(&momentum)
-            }
+            } => vec![
+                ("lr", lr, positive(lr), "a positive finite number"),
+                ("beta1", beta1, fraction(beta1), "in [0, 1)"),
+                ("beta2", beta2, fraction(beta2), "in [0, 1)"),
+                ("eps", eps, positive(eps), "a positive finite number"),
+            ],
+            Self::Sgd { lr, momentum } => vec![
+                ("lr", lr, positive(lr), "a positive finite number"),
+                ("momentum", momentum, fraction(momentum), "in [0, 1)"),
+            ],
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(format!(
-                "optimizer settings out of range: {self:?} (lr > 0, betas and momentum in [0, 1))"
-            )))
+        match checks.into_iter().find(|(_, _, ok, _)| !ok) {
+            Some((name, value, _, rule)) => Err(Error::InvalidArgument(format!(
+                "{name} must be {rule}, got {value}"
+            ))),
+            None => Ok(()),
         }
     }
 

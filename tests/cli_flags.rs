@@ -84,7 +84,13 @@ fn flags_that_would_have_no_effect_are_one_line_errors() {
             "--adapter picks a GPU adapter; with --device cpu it has no effect",
         ),
         (
-            &["eval", "--checkpoint", "model.safetensors", "--adapter", "llvmpipe"],
+            &[
+                "eval",
+                "--checkpoint",
+                "model.safetensors",
+                "--adapter",
+                "llvmpipe",
+            ],
             "--adapter picks a GPU adapter; with --device cpu it has no effect",
         ),
     ];

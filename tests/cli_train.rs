@@ -265,9 +265,21 @@ fn bad_flags_and_files_are_one_line_errors() {
     );
     assert_one_line_error(&with(&["--resume"]), 2, "no run to continue");
     assert_one_line_error(&with(&["--epochs", "0"]), 2, "epochs must be at least 1");
-    assert_one_line_error(&with(&["--lr", "0"]), 2, "lr > 0");
-    assert_one_line_error(&with(&["--lr", "NaN"]), 2, "lr > 0");
-    assert_one_line_error(&with(&["--lr", "inf"]), 2, "lr > 0");
+    assert_one_line_error(
+        &with(&["--lr", "0"]),
+        2,
+        "--lr must be a positive finite number",
+    );
+    assert_one_line_error(
+        &with(&["--lr", "NaN"]),
+        2,
+        "--lr must be a positive finite number",
+    );
+    assert_one_line_error(
+        &with(&["--lr", "inf"]),
+        2,
+        "--lr must be a positive finite number",
+    );
     assert_one_line_error(&with(&["--dropout", "-0.1"]), 2, "dropout");
     assert_one_line_error(
         &with(&["--val-split", "-0.5"]),
@@ -391,7 +403,11 @@ fn bad_flags_and_files_are_one_line_errors() {
     assert_one_line_error(&with(&run_args), 2, "already holds a run");
     let mut other = run_args.to_vec();
     other.extend_from_slice(&["--lr", "0.01", "--resume"]);
-    assert_one_line_error(&with(&other), 2, "other settings");
+    assert_one_line_error(
+        &with(&other),
+        2,
+        "other settings (optimizer.adam.lr: 0.001 in the run, 0.01 now)",
+    );
     let mut other = run_args.to_vec();
     other.extend_from_slice(&["--optimizer", "sgd", "--resume"]);
     assert_one_line_error(&with(&other), 2, "other settings");

@@ -80,6 +80,7 @@ fn load_spoiled(spoil: impl FnOnce(&Path)) -> (String, std::process::Output) {
             dir.path().to_str().unwrap(),
             "--out",
             "run",
+            "--download",
             "--mirror",
             "http://127.0.0.1:9/",
         ],
@@ -264,7 +265,15 @@ fn train_downloads_missing_files_from_the_mirror_it_is_given() {
             "1",
         ];
         let mut args = args.to_vec();
-        args.extend_from_slice(&["--data-dir", data_dir, "--out", out, "--mirror", mirror]);
+        args.extend_from_slice(&[
+            "--data-dir",
+            data_dir,
+            "--download",
+            "--out",
+            out,
+            "--mirror",
+            mirror,
+        ]);
         wgnorm(&args, dir.path())
     };
     let output = train("mnist", "run", &base);
@@ -289,4 +298,65 @@ fn train_downloads_missing_files_from_the_mirror_it_is_given() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "partial files left: {left:?}");
+}
+
+/// The common variant names (`train-images.idx3-ubyte`, as some archives ship MNIST), gzipped
+/// or not, load like the standard ones.
+#[test]
+fn variant_file_names_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    for (images, labels) in [
+        (MnistFile::TrainImages, MnistFile::TrainLabels),
+        (MnistFile::TestImages, MnistFile::TestLabels),
+    ] {
+        let dotted = |file: MnistFile| file.stem().replacen("-idx", ".idx", 1);
+        std::fs::write(
+            dir.path().join(dotted(images)),
+            idx_images(2, 28, 28, 2 * PIXELS),
+        )
+        .unwrap();
+        let gz = dir.path().join(format!("{}.gz", dotted(labels)));
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, &idx_labels(&[3, 9])).unwrap();
+        std::fs::write(gz, encoder.finish().unwrap()).unwrap();
+    }
+    let data = mnist::load(dir.path()).expect("variant names load");
+    assert_eq!((data.train.len(), data.test.len()), (2, 2));
+    assert_eq!(data.train.labels, vec![3, 9]);
+}
+
+/// A --data-dir the user typed must hold MNIST: a missing folder is an error listing the files,
+/// and is neither created nor downloaded into; a file is named as one; --download fetches.
+#[test]
+fn a_data_dir_that_was_typed_is_read_not_downloaded_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--device", "cpu", "--out", "run"];
+        args.extend_from_slice(extra);
+        wgnorm(&args, dir.path())
+    };
+    let output = train(&["--data-dir", "typo"]);
+    assert_one_line_error(
+        &output,
+        2,
+        "--data-dir typo lacks train-images-idx3-ubyte, train-labels-idx1-ubyte, \
+         t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("pass --download to fetch them there")
+    );
+    assert!(!dir.path().join("typo").exists());
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    assert_one_line_error(
+        &train(&["--data-dir", "afile"]),
+        2,
+        "--data-dir afile is a file, not a folder",
+    );
+    assert_one_line_error(
+        &train(&["--data-dir", "typo", "--mirror", "http://127.0.0.1:9"]),
+        2,
+        "--mirror has no effect: nothing is downloaded into --data-dir typo without --download",
+    );
+    assert_one_line_error(&train(&["--download"]), 2, "--data-dir");
+    assert!(!dir.path().join("run").exists());
 }

@@ -104,10 +104,13 @@ fn read(dir: &Path, expected: Option<(&ModelSpec, &serde_json::Value)>) -> Resul
             )));
         }
         if &settings != wanted {
+            let mut differences = Vec::new();
+            setting_differences("", &settings, wanted, &mut differences);
             return Err(Error::InvalidArgument(format!(
-                "cannot resume: the run in {} was started with other settings ({saved}); only \
-                 the number of epochs may change",
+                "cannot resume: the run in {} was started with other settings ({}); only the \
+                 number of epochs may change",
                 dir.display(),
+                differences.join("; ")
             )));
         }
     }
@@ -130,4 +133,29 @@ fn read(dir: &Path, expected: Option<(&ModelSpec, &serde_json::Value)>) -> Resul
         settings,
         optimizer,
     })
+}
+
+/// Each setting that differs between a run's saved settings and the asked ones, as
+/// "path: saved in the run, asked now" ("optimizer.adam.lr: 0.001 in the run, 0.01 now").
+fn setting_differences(
+    path: &str,
+    saved: &serde_json::Value,
+    asked: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (saved, asked) {
+        (Value::Object(a), Value::Object(b)) if a.keys().eq(b.keys()) => {
+            for (key, value) in a {
+                let inner = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                setting_differences(&inner, value, &b[key], out);
+            }
+        }
+        _ if saved != asked => out.push(format!("{path}: {saved} in the run, {asked} now")),
+        _ => {}
+    }
 }

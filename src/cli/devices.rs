@@ -1,13 +1,13 @@
 //! `wgnorm devices`: every adapter, best first, as `wgnorm` would rank them, and what
 //! `--device auto` would run on.
 
+use wgnorm::Result;
 use wgnorm::gpu::device;
-use wgnorm::{Error, Result};
 
 pub fn run() -> Result<()> {
     let adapters = device::adapters(&device::instance());
     if adapters.is_empty() {
-        return Err(Error::NoAdapter(device::NO_ADAPTER_HELP.to_string()));
+        return Err(device::no_adapter());
     }
     for (rank, adapter) in adapters.iter().enumerate() {
         let summary = device::AdapterSummary::of(adapter);

@@ -32,6 +32,22 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     args.device.check()?;
+    if args.checkpoint.is_dir() {
+        let inside = args.checkpoint.join(checkpoint::MODEL_FILE);
+        return Err(Error::InvalidArgument(if inside.is_file() {
+            format!(
+                "--checkpoint {} is a folder; pass the model in it: {}",
+                args.checkpoint.display(),
+                inside.display()
+            )
+        } else {
+            format!(
+                "--checkpoint {} is a folder, and holds no {}; pass a model file",
+                args.checkpoint.display(),
+                checkpoint::MODEL_FILE
+            )
+        }));
+    }
     let saved = checkpoint::load_model(&args.checkpoint)?;
     if saved.spec.inputs != PIXELS {
         return Err(Error::Format {

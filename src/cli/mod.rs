@@ -24,7 +24,8 @@ use wgnorm::gpu::{AdapterRequest, GpuBackend, device};
 #[command(
     name = "wgnorm",
     version,
-    about = "BatchNorm and MLP training on any GPU through wgpu compute shaders"
+    about = "BatchNorm and MLP training on any GPU through wgpu compute shaders",
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -114,33 +115,70 @@ impl DeviceArgs {
 /// Where the MNIST files are, and where to fetch them from when they are not.
 #[derive(Args)]
 pub struct DataArgs {
-    /// Directory of the four MNIST IDX files (.gz or raw); downloaded there if missing
-    /// [default: data/mnist].
+    /// Folder of the four MNIST IDX files (.gz or raw) [default: data/mnist, downloaded into
+    /// when files are missing]. A folder named here must hold them, unless --download.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Download missing MNIST files into --data-dir (the default folder is downloaded into
+    /// without it).
+    #[arg(long, requires = "data_dir")]
+    download: bool,
     /// Base URL to download the MNIST .gz files from (repeatable) [default: public mirrors; also
     /// WGNORM_MNIST_MIRROR].
     #[arg(long)]
     mirror: Vec<String>,
 }
 
+/// Where MNIST goes when no --data-dir is given.
+const DEFAULT_DATA_DIR: &str = "data/mnist";
+
 impl DataArgs {
     fn load(&self) -> wgnorm::Result<wgnorm::data::mnist::Mnist> {
+        use wgnorm::data::mnist::MnistFile;
         let dir = self
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("data/mnist"));
-        let mirrors: Vec<String> = if !self.mirror.is_empty() {
-            self.mirror.clone()
-        } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
-            vec![mirror]
-        } else {
-            wgnorm::data::download::MIRRORS
-                .iter()
-                .map(|m| m.to_string())
-                .collect()
-        };
-        wgnorm::data::download::ensure_mnist(&dir, &mirrors)?;
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "--data-dir {} is a file, not a folder",
+                dir.display()
+            )));
+        }
+        let downloads = self.data_dir.is_none() || self.download;
+        if !downloads && !self.mirror.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "--mirror has no effect: nothing is downloaded into --data-dir {} without \
+                 --download",
+                dir.display()
+            )));
+        }
+        let missing: Vec<MnistFile> = MnistFile::ALL
+            .into_iter()
+            .filter(|file| file.find(&dir).is_none())
+            .collect();
+        if !missing.is_empty() && !downloads {
+            let names: Vec<&str> = missing.iter().map(|file| file.stem()).collect();
+            return Err(Error::InvalidArgument(format!(
+                "--data-dir {} lacks {} (each also found as .gz, or named like \
+                 train-images.idx3-ubyte); pass --download to fetch them there",
+                dir.display(),
+                names.join(", ")
+            )));
+        }
+        if !missing.is_empty() {
+            let mirrors: Vec<String> = if !self.mirror.is_empty() {
+                self.mirror.clone()
+            } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
+                vec![mirror]
+            } else {
+                wgnorm::data::download::MIRRORS
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect()
+            };
+            wgnorm::data::download::ensure_mnist(&dir, &mirrors)?;
+        }
         wgnorm::data::mnist::load(&dir)
     }
 }
@@ -196,7 +234,16 @@ fn auto(request: &AdapterRequest) -> wgnorm::Result<(Device, String)> {
         let gpu = GpuBackend::new(request)?;
         return Ok((Device::Gpu(gpu), format!("the adapter matching '{name}'")));
     }
-    match device::auto_choice(&device::adapters(&device::instance())) {
+    let adapters = device::adapters(&device::instance());
+    // A WGPU_BACKEND that names no backend is the user's mistake to hear of, not a reason to
+    // fall back to the CPU.
+    if adapters.is_empty()
+        && let Error::NoAdapter(message) = device::no_adapter()
+        && message.starts_with("WGPU_BACKEND=")
+    {
+        return Err(Error::NoAdapter(message));
+    }
+    match device::auto_choice(&adapters) {
         device::AutoChoice::Gpu => Ok((
             Device::Gpu(GpuBackend::new(request)?),
             "auto: the best hardware GPU".to_string(),
@@ -230,20 +277,33 @@ pub fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // Bare `wgnorm`: the whole help, which lists the commands.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            // clap's message is its first paragraph; "missing" lists go on indented lines.
+            // clap's message is its first paragraph ("missing" lists go on indented lines),
+            // followed by its suggestions ("tip: a similar argument exists: '--epochs'").
             let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
+            let mut message: Vec<&str> = rendered
                 .lines()
                 .skip_while(|l| l.trim().is_empty())
                 .take_while(|l| !l.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            let message = if message.is_empty() {
-                "bad arguments".to_string()
-            } else {
-                message.join(" ")
-            };
+            if message.is_empty() {
+                message.push("bad arguments");
+            }
+            let tips: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("tip:"))
+                .collect();
+            let message = std::iter::once(message.join(" "))
+                .chain(tips.iter().map(|tip| tip.to_string()))
+                .collect::<Vec<_>>()
+                .join("; ");
             eprintln!("{message} (see --help)");
             return ExitCode::from(2);
         }

@@ -154,6 +154,11 @@ impl RunArgs {
                 OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum.unwrap_or(0.0))
             }
         };
+        // The optimizer's settings that can be wrong are --lr and --momentum, named alike.
+        optimizer.validate().map_err(|e| match e {
+            Error::InvalidArgument(message) => Error::InvalidArgument(format!("--{message}")),
+            other => other,
+        })?;
         Ok(TrainConfig {
             spec: ModelSpec {
                 inputs: PIXELS,
@@ -348,10 +353,12 @@ pub fn run_on<B: Compute>(
         _ => 1,
     };
     check_host_memory(&config.spec, host_copies)?;
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} is a file, not a folder",
+            out.display()
+        )));
+    }
     let mut trainer = if resume {
         Trainer::resume(backend, config, data, out).map_err(|e| match e {
             Error::InvalidArgument(message) => Error::InvalidArgument(format!(
@@ -362,6 +369,11 @@ pub fn run_on<B: Compute>(
     } else {
         Trainer::new(backend, config, data)?
     };
+    // Made once the run is known to start, so that a refused run leaves no folder behind.
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let config = trainer.config.clone();
     multi.suspend(|| {
         eprintln!(

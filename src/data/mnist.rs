@@ -76,10 +76,25 @@ impl MnistFile {
         }
     }
 
-    /// The file present in `dir`: the `.gz` form first, else the raw one.
+    /// The names the file goes by: the standard one (`train-images-idx3-ubyte`) and the
+    /// common variant with a dot (`train-images.idx3-ubyte`, as some archives ship it), each
+    /// gzipped or not; gzipped first.
+    pub fn names(self) -> [String; 4] {
+        let stem = self.stem();
+        let dotted = stem.replacen("-idx", ".idx", 1);
+        [
+            format!("{stem}.gz"),
+            stem.to_string(),
+            format!("{dotted}.gz"),
+            dotted,
+        ]
+    }
+
+    /// The file present in `dir` under any of its `names`.
     pub fn find(self, dir: &Path) -> Option<PathBuf> {
-        [dir.join(self.gz_name()), dir.join(self.stem())]
+        self.names()
             .into_iter()
+            .map(|name| dir.join(name))
             .find(|p| p.is_file())
     }
 }

@@ -140,17 +140,31 @@ pub const NO_ADAPTER_HELP: &str = "no GPU adapter found: install a Vulkan, Metal
      (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1 for the lavapipe \
      software adapter), or use --device cpu";
 
+/// The error for an instance that found no adapter: what `WGPU_BACKEND` did wrong where it is
+/// set, else how to install a driver.
+pub fn no_adapter() -> Error {
+    match std::env::var("WGPU_BACKEND") {
+        Ok(value) if wgpu::Backends::from_comma_list(&value).is_empty() => {
+            Error::NoAdapter(format!(
+                "WGPU_BACKEND={value} names no backend: use vulkan, metal, dx12 or gl \
+                 (comma-separated), or unset it"
+            ))
+        }
+        Ok(value) => Error::NoAdapter(format!(
+            "{NO_ADAPTER_HELP}; WGPU_BACKEND={value} limits the search to those backends"
+        )),
+        Err(_) => Error::NoAdapter(NO_ADAPTER_HELP.to_string()),
+    }
+}
+
 /// The best adapter matching the request.
 pub fn choose(instance: &wgpu::Instance, request: &AdapterRequest) -> Result<wgpu::Adapter> {
     let all = adapters(instance);
     let Some(wanted) = &request.name else {
-        return all
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NoAdapter(NO_ADAPTER_HELP.to_string()));
+        return all.into_iter().next().ok_or_else(no_adapter);
     };
     if all.is_empty() {
-        return Err(Error::NoAdapter(NO_ADAPTER_HELP.to_string()));
+        return Err(no_adapter());
     }
     let needle = wanted.to_lowercase();
     let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();

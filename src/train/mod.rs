@@ -87,6 +87,13 @@ impl TrainConfig {
                 "batch size must be at least 1".to_string(),
             ));
         }
+        if self.spec.batchnorm && self.batch_size < 2 {
+            return Err(Error::InvalidArgument(
+                "batch size 1 is too small with BatchNorm: its statistics need at least 2 \
+                 samples per batch in training"
+                    .to_string(),
+            ));
+        }
         if !(0.0..1.0).contains(&self.val_split) {
             return Err(Error::InvalidArgument(format!(
                 "validation split must be in [0, 1), got {}",
