@@ -401,12 +401,7 @@ pub fn run_on<B: Compute>(
                 out.display()
             ),
         };
-        // Under `multi`, so an experiment's overall bar and this epoch's bar draw together.
-        let bar = multi.add(progress_bar(
-            trainer.steps_per_epoch(),
-            epoch,
-            config.epochs,
-        ));
+        let bar = progress_bar(multi, trainer.steps_per_epoch(), epoch, config.epochs);
         let record = trainer.train_epoch(&mut |done, totals| {
             bar.set_position(done as u64);
             if let Some(t) = totals {
@@ -469,8 +464,11 @@ fn check_host_memory(spec: &ModelSpec, copies: u64) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
-    let bar = ProgressBar::new(steps as u64);
+/// An epoch's bar under `multi`, so that an experiment's overall bar and this epoch's bar draw
+/// together. It joins `multi` before it is styled: styling draws, and a bar drawn before it
+/// joins draws straight to the terminal, a line that nothing clears.
+fn progress_bar(multi: &MultiProgress, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = multi.add(ProgressBar::new(steps as u64));
     let style = ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
