@@ -32,32 +32,7 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     args.device.check()?;
-    if args.checkpoint.is_dir() {
-        let inside = args.checkpoint.join(checkpoint::MODEL_FILE);
-        return Err(Error::InvalidArgument(if inside.is_file() {
-            format!(
-                "--checkpoint {} is a folder; pass the model in it: {}",
-                args.checkpoint.display(),
-                inside.display()
-            )
-        } else {
-            format!(
-                "--checkpoint {} is a folder, and holds no {}; pass a model file",
-                args.checkpoint.display(),
-                checkpoint::MODEL_FILE
-            )
-        }));
-    }
-    let saved = checkpoint::load_model(&args.checkpoint)?;
-    if saved.spec.inputs != PIXELS {
-        return Err(Error::Format {
-            path: args.checkpoint.clone(),
-            message: format!(
-                "the model takes {} inputs, MNIST images have {PIXELS}",
-                saved.spec.inputs
-            ),
-        });
-    }
+    let saved = load_mnist_model(&args.checkpoint)?;
     let data = args.data.load()?;
     let (totals, adapter) = match args.device.open()? {
         Device::Gpu(gpu) => (
@@ -99,4 +74,36 @@ fn test_on<B: Compute>(
     let index: Vec<u32> = (0..data.test.len() as u32).collect();
     let index = backend.upload_indices(&index)?;
     evaluate(backend, &mut model, &images, &index, data.test.len())
+}
+
+/// The model file at `path`, refused unless it takes MNIST images; a folder is pointed at the
+/// model inside it.
+pub fn load_mnist_model(path: &std::path::Path) -> Result<checkpoint::ModelCheckpoint> {
+    if path.is_dir() {
+        let inside = path.join(checkpoint::MODEL_FILE);
+        return Err(Error::InvalidArgument(if inside.is_file() {
+            format!(
+                "--checkpoint {} is a folder; pass the model in it: {}",
+                path.display(),
+                inside.display()
+            )
+        } else {
+            format!(
+                "--checkpoint {} is a folder, and holds no {}; pass a model file",
+                path.display(),
+                checkpoint::MODEL_FILE
+            )
+        }));
+    }
+    let saved = checkpoint::load_model(path)?;
+    if saved.spec.inputs != PIXELS {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "the model takes {} inputs, MNIST images have {PIXELS}",
+                saved.spec.inputs
+            ),
+        });
+    }
+    Ok(saved)
 }

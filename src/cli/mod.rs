@@ -8,6 +8,7 @@ mod devices;
 mod eval;
 mod experiment;
 mod metrics;
+mod predict;
 mod sweep;
 mod train;
 
@@ -42,6 +43,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Test loss and accuracy of a saved model.
     Eval(Box<eval::EvalArgs>),
+    /// Classify your own images (PNG, .npy) with a saved model.
+    Predict(Box<predict::PredictArgs>),
     /// Train without and with BatchNorm under the same protocol and compare them.
     Compare(Box<compare::CompareArgs>),
     /// Train over batch sizes (and learning rates) for each model and tabulate the results.
@@ -315,6 +318,7 @@ pub fn main() -> ExitCode {
         Command::Bn(args) => bn::run(*args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(*args),
+        Command::Predict(args) => predict::run(*args),
         Command::Compare(args) => compare::run(*args),
         Command::Sweep(args) => sweep::run(*args),
         Command::Bench(args) => bench::run(*args),

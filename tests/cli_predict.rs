@@ -1,0 +1,164 @@
+//! `wgnorm predict` on a user's own files: PNGs of MNIST's size and of another size and colour,
+//! `.npy` arrays, and files it cannot read, which are named while the others are classified.
+
+mod common;
+
+use std::path::Path;
+
+use common::{shared_mnist, wgnorm};
+use wgnorm::cpu::CpuBackend;
+use wgnorm::data::mnist::{self, PIXELS, SIDE};
+use wgnorm::model::Classifier;
+use wgnorm::optim::OptimizerConfig;
+
+fn write_png(path: &Path, width: u32, height: u32, color: png::ColorType, data: &[u8]) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut encoder = png::Encoder::new(file, width, height);
+    encoder.set_color(color);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(data)
+        .unwrap();
+}
+
+#[test]
+fn predict_classifies_pngs_and_arrays_and_names_what_it_cannot_read() {
+    let Some(data_dir) = shared_mnist() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_arg = data_dir.to_str().unwrap();
+    let trained = wgnorm(
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--data-dir",
+            data_arg,
+            "--out",
+            "m",
+        ],
+        dir.path(),
+    );
+    assert!(trained.status.success());
+    let test = mnist::load(&data_dir).unwrap().test;
+    let image = |i: usize| &test.images[i * PIXELS..(i + 1) * PIXELS];
+
+    // Two test images as 28×28 grey PNGs, three as one (3, 28, 28) array.
+    for i in 0..2 {
+        write_png(
+            &dir.path().join(format!("{i}.png")),
+            28,
+            28,
+            png::ColorType::Grayscale,
+            image(i),
+        );
+    }
+    let three: Vec<f32> = (2..5)
+        .flat_map(|i| image(i).iter().map(|&p| f32::from(p) / 255.0))
+        .collect();
+    wgnorm::data::npy::write(&dir.path().join("three.npy"), &[3, SIDE, SIDE], &three).unwrap();
+    // Test image 5 drawn as a user would: black on white, in colour, 3× larger.
+    let big: Vec<u8> = (0..84 * 84)
+        .flat_map(|k| {
+            let (x, y) = (k % 84 / 3, k / 84 / 3);
+            [255 - image(5)[y * SIDE + x]; 3]
+        })
+        .collect();
+    write_png(
+        &dir.path().join("drawn.png"),
+        84,
+        84,
+        png::ColorType::Rgb,
+        &big,
+    );
+    std::fs::write(dir.path().join("broken.png"), b"not a png").unwrap();
+    wgnorm::data::npy::write(&dir.path().join("wide.npy"), &[2, 3], &[0.5; 6]).unwrap();
+
+    let files = [
+        "0.png",
+        "broken.png",
+        "1.png",
+        "three.npy",
+        "wide.npy",
+        "drawn.png",
+    ];
+    let mut args = vec![
+        "predict",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        "m/model.safetensors",
+        "--json",
+    ];
+    args.extend_from_slice(&files);
+    let output = wgnorm(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: invalid argument: broken.png: not a readable image"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wide.npy: an array of shape [2, 3]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("2 of 6 files could not be read"),
+        "{stderr}"
+    );
+
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "0.png",
+            "1.png",
+            "three.npy[0]",
+            "three.npy[1]",
+            "three.npy[2]",
+            "drawn.png"
+        ]
+    );
+    // The same classes as the library gives for the same pixels.
+    let cpu = CpuBackend;
+    let mut model = Classifier::load(
+        &cpu,
+        &dir.path().join("m/model.safetensors"),
+        OptimizerConfig::adam(1e-3),
+        0,
+    )
+    .unwrap();
+    let pixels: Vec<f32> = (0..5)
+        .flat_map(|i| image(i).iter().map(|&p| f32::from(p) / 255.0))
+        .collect();
+    let expected = model.predict(&cpu, &pixels).unwrap();
+    for (row, class) in rows.iter().zip(&expected) {
+        assert_eq!(row["class"], *class, "{row}");
+        let top = row["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["class"], row["class"]);
+        let p: Vec<f64> = top
+            .iter()
+            .map(|t| t["probability"].as_f64().unwrap())
+            .collect();
+        assert!(
+            p[0] >= p[1] && p[1] >= p[2] && p[0] <= 1.0 && p[2] >= 0.0,
+            "{row}"
+        );
+    }
+    // The drawn digit, inverted, cropped and centred, is read as the digit it is.
+    assert_eq!(rows[5]["class"], u64::from(test.labels[5]), "{}", rows[5]);
+}
