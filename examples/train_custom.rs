@@ -139,11 +139,11 @@ fn main() -> anyhow::Result<()> {
         println!("{USAGE}");
         return Ok(());
     };
-    let mirrors: Vec<String> = wgnorm::data::download::MIRRORS
+    let mirrors: Vec<String> = wgnorm::data::download::mirrors(mnist::Dataset::Mnist)
         .iter()
         .map(|m| m.to_string())
         .collect();
-    wgnorm::data::download::ensure_mnist(&options.dir, &mirrors)?;
+    wgnorm::data::download::ensure(mnist::Dataset::Mnist, &options.dir, &mirrors)?;
     let data = mnist::load(&options.dir)?;
     let train_images = options.train_images;
     anyhow::ensure!(

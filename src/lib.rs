@@ -93,7 +93,7 @@
 //! safetensors files that PyTorch reads (its module docs have a runnable example, and
 //! `examples/train_custom.rs` trains 784-256-BN-128-BN-10 on MNIST).
 //!
-//! **Data**: [`data::mnist::load`] reads the IDX files; `data::download::ensure_mnist` (feature
+//! **Data**: [`data::mnist::load`] reads the IDX files; `data::download::ensure` (feature
 //! `download`) fetches them once, verifying SHA-256.
 //!
 //! # Features

@@ -8,8 +8,8 @@ use std::path::Path;
 mod common;
 
 use common::{assert_one_line_error, shared_mnist, wgnorm};
-use wgnorm::data::download::{ensure_mnist, fetch_verified};
-use wgnorm::data::mnist::{self, MnistFile, PIXELS};
+use wgnorm::data::download::{ensure, fetch_verified};
+use wgnorm::data::mnist::{self, Dataset, MnistFile, PIXELS};
 
 #[test]
 fn the_real_files_load_with_the_standard_counts() {
@@ -215,34 +215,75 @@ fn download_fetches_and_verifies_every_missing_file() {
     let (base, server) = serve(real_files(&shared), 4);
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("mnist");
-    ensure_mnist(&target, &[base]).unwrap();
+    ensure(Dataset::Mnist, &target, &[base]).unwrap();
     server.join().unwrap();
     let data = mnist::load(&target).unwrap();
     assert_eq!((data.train.len(), data.test.len()), (60_000, 10_000));
     // Present files are not fetched again: no server is running now.
-    ensure_mnist(&target, &["http://127.0.0.1:9".to_string()]).unwrap();
+    ensure(Dataset::Mnist, &target, &["http://127.0.0.1:9".to_string()]).unwrap();
+}
+
+/// Fashion-MNIST downloads the same way, checked against its own sums of the uncompressed data
+/// (the copies in ../shared were recompressed, so only those sums can match them), and loads
+/// with its class names.
+#[test]
+fn fashion_mnist_downloads_verifies_and_loads() {
+    let Some(shared) = shared_mnist() else { return };
+    let fashion = shared.join("../fashion-mnist");
+    let (base, server) = serve(real_files(&fashion), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("fashion-mnist");
+    ensure(Dataset::FashionMnist, &target, &[base]).unwrap();
+    server.join().unwrap();
+    let data = mnist::load_dataset(Dataset::FashionMnist, &target).unwrap();
+    assert_eq!((data.train.len(), data.test.len()), (60_000, 10_000));
+    assert_eq!(data.dataset, Dataset::FashionMnist);
+    assert_eq!(data.dataset.class_names()[9], "Ankle boot");
+    // MNIST's sums refuse Fashion-MNIST's files.
+    let (base, server) = serve(real_files(&fashion)[..1].to_vec(), 1);
+    let err = ensure(Dataset::Mnist, &dir.path().join("wrong"), &[base])
+        .unwrap_err()
+        .to_string();
+    server.join().unwrap();
+    assert!(err.contains("does not match"), "{err}");
 }
 
 #[test]
 fn a_corrupt_or_missing_download_is_reported_and_deleted() {
     let Some(shared) = shared_mnist() else { return };
     let file = MnistFile::TestLabels;
-    let mut corrupt = std::fs::read(shared.join(file.gz_name())).unwrap();
-    corrupt[100] ^= 0xff;
-    let (base, server) = serve(vec![(file.gz_name(), corrupt)], 2);
+    let sha256 = Dataset::Mnist.idx_sha256(file);
+    // A well-formed gzip of other data, and a gzip stream with a flipped byte.
+    let mut data = mnist::gunzip(
+        &shared.join(file.gz_name()),
+        &std::fs::read(shared.join(file.gz_name())).unwrap(),
+    )
+    .unwrap();
+    data[100] ^= 0xff;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&data).unwrap();
+    let other = encoder.finish().unwrap();
+    let mut broken = std::fs::read(shared.join(file.gz_name())).unwrap();
+    broken[100] ^= 0xff;
+    let (base, server) = serve(
+        vec![
+            ("other.gz".to_string(), other),
+            ("broken.gz".to_string(), broken),
+        ],
+        3,
+    );
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join(file.gz_name());
-    let err = fetch_verified(
-        &format!("{base}/{}", file.gz_name()),
-        &target,
-        file.sha256(),
-    )
-    .unwrap_err()
-    .to_string();
+    let fetch = |name: &str| {
+        fetch_verified(&format!("{base}/{name}"), &target, sha256)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = fetch("other.gz");
     assert!(err.contains("does not match"), "{err}");
-    let err = fetch_verified(&format!("{base}/missing.gz"), &target, file.sha256())
-        .unwrap_err()
-        .to_string();
+    let err = fetch("broken.gz");
+    assert!(err.contains("gzip"), "{err}");
+    let err = fetch("missing.gz");
     assert!(err.contains("404"), "{err}");
     server.join().unwrap();
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{DataArgs, Device, DeviceArgs};
 use wgnorm::checkpoint;
-use wgnorm::data::mnist::{Mnist, PIXELS};
+use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, Mlp};
 use wgnorm::ops::loss::LossTotals;
 use wgnorm::train::evaluate;
@@ -96,12 +96,13 @@ pub fn load_mnist_model(path: &std::path::Path) -> Result<checkpoint::ModelCheck
         }));
     }
     let saved = checkpoint::load_model(path)?;
-    if saved.spec.inputs != PIXELS {
+    if saved.spec.inputs != PIXELS || saved.spec.classes != CLASSES {
         return Err(Error::Format {
             path: path.to_path_buf(),
             message: format!(
-                "the model takes {} inputs, MNIST images have {PIXELS}",
-                saved.spec.inputs
+                "the model takes {} inputs into {} classes, MNIST's images have {PIXELS} pixels \
+                 in {CLASSES} classes",
+                saved.spec.inputs, saved.spec.classes
             ),
         });
     }

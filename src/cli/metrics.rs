@@ -9,6 +9,7 @@ use wgnorm::train::{EpochRecord, TrainConfig};
 
 /// `metrics.json` and `metrics.csv` of a run.
 pub struct MetricsFile<'a> {
+    pub dataset: &'a str,
     pub device: &'a str,
     pub adapter: &'a str,
     pub config: &'a TrainConfig,
@@ -23,6 +24,7 @@ impl MetricsFile<'_> {
     ) -> Result<()> {
         let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
         let json = serde_json::json!({
+            "dataset": self.dataset,
             "model": if self.config.spec.batchnorm { "bn" } else { "nobn" },
             "architecture": self.config.spec.torch_module(),
             "device": self.device,

@@ -115,33 +115,56 @@ impl DeviceArgs {
     }
 }
 
-/// Where the MNIST files are, and where to fetch them from when they are not.
+/// Which dataset, where its files are, and where to fetch them from when they are not.
 #[derive(Args)]
 pub struct DataArgs {
-    /// Folder of the four MNIST IDX files (.gz or raw) [default: data/mnist, downloaded into
-    /// when files are missing]. A folder named here must hold them, unless --download.
+    /// The images: handwritten digits, or Zalando's clothing in 10 classes.
+    #[arg(long, value_enum, default_value_t = DatasetChoice::Mnist)]
+    dataset: DatasetChoice,
+    /// Folder of the dataset's four IDX files (.gz or raw) [default: data/mnist or
+    /// data/fashion-mnist, downloaded into when files are missing]. A folder named here must
+    /// hold them, unless --download.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Download missing MNIST files into --data-dir (the default folder is downloaded into
-    /// without it).
+    /// Download missing files into --data-dir (the default folder is downloaded into without
+    /// it).
     #[arg(long, requires = "data_dir")]
     download: bool,
-    /// Base URL to download the MNIST .gz files from (repeatable) [default: public mirrors; also
-    /// WGNORM_MNIST_MIRROR].
+    /// Base URL to download the dataset's .gz files from (repeatable) [default: public
+    /// mirrors; also WGNORM_MNIST_MIRROR].
     #[arg(long)]
     mirror: Vec<String>,
 }
 
-/// Where MNIST goes when no --data-dir is given.
-const DEFAULT_DATA_DIR: &str = "data/mnist";
+/// `--dataset`: the library's `Dataset` carries no command-line derive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetChoice {
+    Mnist,
+    FashionMnist,
+}
+
+impl DatasetChoice {
+    fn dataset(self) -> wgnorm::data::mnist::Dataset {
+        match self {
+            DatasetChoice::Mnist => wgnorm::data::mnist::Dataset::Mnist,
+            DatasetChoice::FashionMnist => wgnorm::data::mnist::Dataset::FashionMnist,
+        }
+    }
+}
 
 impl DataArgs {
+    /// The dataset chosen.
+    fn dataset(&self) -> wgnorm::data::mnist::Dataset {
+        self.dataset.dataset()
+    }
+
     fn load(&self) -> wgnorm::Result<wgnorm::data::mnist::Mnist> {
         use wgnorm::data::mnist::MnistFile;
+        let dataset = self.dataset();
         let dir = self
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            .unwrap_or_else(|| PathBuf::from("data").join(dataset.name()));
         if dir.exists() && !dir.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "--data-dir {} is a file, not a folder",
@@ -175,14 +198,14 @@ impl DataArgs {
             } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
                 vec![mirror]
             } else {
-                wgnorm::data::download::MIRRORS
+                wgnorm::data::download::mirrors(dataset)
                     .iter()
                     .map(|m| m.to_string())
                     .collect()
             };
-            wgnorm::data::download::ensure_mnist(&dir, &mirrors)?;
+            wgnorm::data::download::ensure(dataset, &dir, &mirrors)?;
         }
-        wgnorm::data::mnist::load(&dir)
+        wgnorm::data::mnist::load_dataset(dataset, &dir)
     }
 }
 

@@ -27,6 +27,9 @@ pub struct PredictArgs {
     /// Print one JSON object per image instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// The dataset the model was trained on, which names its classes.
+    #[arg(long, value_enum, default_value_t = super::DatasetChoice::Mnist)]
+    dataset: super::DatasetChoice,
     /// PNG images (any size, grey or colour) and .npy arrays of pixels in [0, 1].
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -60,6 +63,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             Device::Gpu(gpu) => classify(&gpu, &saved, &images)?,
             Device::Cpu(cpu) => classify(&cpu, &saved, &images)?,
         };
+        let names = args.dataset.dataset().class_names();
         for (image, p) in images.iter().zip(&probabilities) {
             let mut ranked: Vec<usize> = (0..p.len()).collect();
             ranked.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
@@ -67,21 +71,27 @@ pub fn run(args: PredictArgs) -> Result<()> {
             if args.json {
                 let top: Vec<_> = ranked
                     .iter()
-                    .map(|&c| serde_json::json!({ "class": c, "probability": p[c] }))
+                    .map(|&c| {
+                        serde_json::json!({ "class": c, "label": names[c], "probability": p[c] })
+                    })
                     .collect();
                 let line = serde_json::json!({
                     "file": image.name,
                     "class": ranked[0],
+                    "label": names[ranked[0]],
                     "probability": p[ranked[0]],
                     "top": top,
                 });
                 println!("{line}");
             } else {
-                let top: Vec<String> = ranked.iter().map(|&c| format!("{c} {:.3}", p[c])).collect();
+                let top: Vec<String> = ranked
+                    .iter()
+                    .map(|&c| format!("{} {:.3}", names[c], p[c]))
+                    .collect();
                 println!(
                     "{}: {} (p {:.3}); top {TOP}: {}",
                     image.name,
-                    ranked[0],
+                    names[ranked[0]],
                     p[ranked[0]],
                     top.join(", ")
                 );

@@ -385,6 +385,7 @@ pub fn run_on<B: Compute>(
         )
     });
     let metrics = MetricsFile {
+        dataset: data.dataset.name(),
         device,
         adapter,
         config: &config,

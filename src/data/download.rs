@@ -1,4 +1,5 @@
-//! Fetches the MNIST files once, from a public mirror, verifying SHA-256. A failed or corrupt
+//! Fetches a dataset's IDX files once, from a public mirror, verifying the SHA-256 of their
+//! uncompressed data (the same whichever way a mirror compressed them). A failed or corrupt
 //! download never stays on disk: data streams into a temporary file that is renamed into place
 //! only after its digest matches.
 
@@ -7,17 +8,25 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::mnist::MnistFile;
+use super::mnist::{Dataset, MnistFile};
 use crate::{Error, Result};
 
-/// Public mirrors of LeCun's original `.gz` files, tried in order.
-pub const MIRRORS: &[&str] = &[
-    "https://ossci-datasets.s3.amazonaws.com/mnist",
-    "https://storage.googleapis.com/cvdf-datasets/mnist",
-];
+/// Public mirrors of a dataset's `.gz` files, tried in order.
+pub fn mirrors(dataset: Dataset) -> &'static [&'static str] {
+    match dataset {
+        Dataset::Mnist => &[
+            "https://ossci-datasets.s3.amazonaws.com/mnist",
+            "https://storage.googleapis.com/cvdf-datasets/mnist",
+        ],
+        Dataset::FashionMnist => &[
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+        ],
+    }
+}
 
-/// Downloads every MNIST file missing from `dir` (neither `.gz` nor raw present).
-pub fn ensure_mnist(dir: &Path, mirrors: &[String]) -> Result<()> {
+/// Downloads every file of `dataset` missing from `dir` (under none of its names).
+pub fn ensure(dataset: Dataset, dir: &Path, mirrors: &[String]) -> Result<()> {
     let missing: Vec<MnistFile> = MnistFile::ALL
         .into_iter()
         .filter(|f| f.find(dir).is_none())
@@ -33,7 +42,8 @@ pub fn ensure_mnist(dir: &Path, mirrors: &[String]) -> Result<()> {
         let mut reasons = Vec::new();
         let fetched = mirrors.iter().any(|mirror| {
             let url = format!("{}/{}", mirror.trim_end_matches('/'), file.gz_name());
-            match fetch_verified(&url, &dir.join(file.gz_name()), file.sha256()) {
+            let sha256 = dataset.idx_sha256(file);
+            match fetch_verified(&url, &dir.join(file.gz_name()), sha256) {
                 Ok(()) => true,
                 Err(e) => {
                     reasons.push(e.to_string());
@@ -43,9 +53,10 @@ pub fn ensure_mnist(dir: &Path, mirrors: &[String]) -> Result<()> {
         });
         if !fetched {
             return Err(Error::Download(format!(
-                "{} could not be fetched ({}); put the four MNIST files in {} by hand",
+                "{} could not be fetched ({}); put the four {} files in {} by hand",
                 file.gz_name(),
                 reasons.join("; "),
+                dataset.name(),
                 dir.display()
             )));
         }
@@ -53,7 +64,8 @@ pub fn ensure_mnist(dir: &Path, mirrors: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Streams `url` into `target` through a SHA-256 check, with a progress bar.
+/// Streams the gzipped file at `url` into `target`, checking the SHA-256 of the data it
+/// decompresses to, with a progress bar.
 pub fn fetch_verified(url: &str, target: &Path, sha256: &str) -> Result<()> {
     let partial = target.with_extension("gz.part");
     let result = fetch_into(url, &partial, sha256).and_then(|()| {
@@ -87,19 +99,25 @@ fn fetch_into(url: &str, partial: &Path, sha256: &str) -> Result<()> {
         source,
     };
     let mut out = std::fs::File::create(partial).map_err(io)?;
-    let mut hasher = Sha256::new();
+    let mut unzipped = flate2::write::GzDecoder::new(HashWriter(Sha256::new()));
     let mut chunk = vec![0u8; 1 << 16];
     loop {
         let n = reader.read(&mut chunk).map_err(|e| failed(e.to_string()))?;
         if n == 0 {
             break;
         }
-        hasher.update(&chunk[..n]);
+        unzipped
+            .write_all(&chunk[..n])
+            .map_err(|e| failed(format!("not a gzip file: {e}; the file was deleted")))?;
         out.write_all(&chunk[..n]).map_err(io)?;
         bar.inc(n as u64);
     }
     out.sync_all().map_err(io)?;
     bar.finish_and_clear();
+    let hasher = unzipped
+        .finish()
+        .map_err(|e| failed(format!("not a whole gzip file: {e}; the file was deleted")))?
+        .0;
     let digest: String = hasher
         .finalize()
         .iter()
@@ -107,8 +125,23 @@ fn fetch_into(url: &str, partial: &Path, sha256: &str) -> Result<()> {
         .collect();
     if digest != sha256 {
         return Err(failed(format!(
-            "SHA-256 {digest} does not match the expected {sha256}; the file was deleted"
+            "SHA-256 of the data {digest} does not match the expected {sha256}; the file was \
+             deleted"
         )));
     }
     Ok(())
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

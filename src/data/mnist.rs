@@ -1,4 +1,4 @@
-//! MNIST from the four standard IDX files, gzip-compressed or raw.
+//! MNIST and Fashion-MNIST from the four standard IDX files, gzip-compressed or raw.
 //!
 //! The `mnist` crate panics on malformed files and reads raw files only, so wgnorm parses IDX
 //! itself: every header is checked against the file's real length before anything is allocated
@@ -21,7 +21,79 @@ const LABELS_MAGIC: u32 = 2049;
 /// Larger than any MNIST file uncompressed (train images: 47,040,016 bytes): a cap on gunzip.
 const MAX_UNCOMPRESSED: u64 = 64 << 20;
 
-/// The four files, with the SHA-256 of their `.gz` form (from LeCun's originals).
+/// The datasets of 28×28 grey images in 10 classes that come as four IDX files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Dataset {
+    /// Handwritten digits, by Yann LeCun, Corinna Cortes and Christopher J. C. Burges
+    /// (CC BY-SA 3.0).
+    #[default]
+    Mnist,
+    /// Zalando's clothing images ("Fashion-MNIST: a Novel Image Dataset for Benchmarking
+    /// Machine Learning Algorithms", Xiao, Rasul, Vollgraf, 2017; MIT licence).
+    FashionMnist,
+}
+
+impl Dataset {
+    /// The name used on the command line and for its default folder: `mnist`, `fashion-mnist`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// What each class index stands for.
+    pub fn class_names(self) -> [&'static str; CLASSES] {
+        match self {
+            Dataset::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            Dataset::FashionMnist => [
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ],
+        }
+    }
+
+    /// SHA-256 of a file's IDX data, uncompressed: the same however a mirror compressed it.
+    pub fn idx_sha256(self, file: MnistFile) -> &'static str {
+        use MnistFile::*;
+        match (self, file) {
+            (Dataset::Mnist, TrainImages) => {
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+            }
+            (Dataset::Mnist, TrainLabels) => {
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+            }
+            (Dataset::Mnist, TestImages) => {
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+            }
+            (Dataset::Mnist, TestLabels) => {
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+            }
+            (Dataset::FashionMnist, TrainImages) => {
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+            }
+            (Dataset::FashionMnist, TrainLabels) => {
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+            }
+            (Dataset::FashionMnist, TestImages) => {
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+            }
+            (Dataset::FashionMnist, TestLabels) => {
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+            }
+        }
+    }
+}
+
+/// The four files of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MnistFile {
     /// train-images-idx3-ubyte: 60,000 images.
@@ -56,24 +128,6 @@ impl MnistFile {
     /// The compressed file's name.
     pub fn gz_name(self) -> String {
         format!("{}.gz", self.stem())
-    }
-
-    /// SHA-256 of the compressed file, as published.
-    pub fn sha256(self) -> &'static str {
-        match self {
-            MnistFile::TrainImages => {
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
-            }
-            MnistFile::TrainLabels => {
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
-            }
-            MnistFile::TestImages => {
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
-            }
-            MnistFile::TestLabels => {
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
-            }
-        }
     }
 
     /// The names the file goes by: the standard one (`train-images-idx3-ubyte`) and the
@@ -120,9 +174,11 @@ impl Split {
     }
 }
 
-/// Both splits of MNIST.
+/// Both splits of MNIST or Fashion-MNIST.
 #[derive(Clone, Debug, Default)]
 pub struct Mnist {
+    /// Which dataset the images are (names its classes).
+    pub dataset: Dataset,
     /// The 60,000 training images.
     pub train: Split,
     /// The 10,000 test images.
@@ -273,9 +329,15 @@ fn load_split(dir: &Path, images: MnistFile, labels: MnistFile) -> Result<Split>
     Ok(Split { images, labels })
 }
 
-/// Loads all four files from `dir`.
+/// Loads all four MNIST files from `dir`.
 pub fn load(dir: &Path) -> Result<Mnist> {
+    load_dataset(Dataset::Mnist, dir)
+}
+
+/// Loads all four files of `dataset` from `dir`.
+pub fn load_dataset(dataset: Dataset, dir: &Path) -> Result<Mnist> {
     Ok(Mnist {
+        dataset,
         train: load_split(dir, MnistFile::TrainImages, MnistFile::TrainLabels)?,
         test: load_split(dir, MnistFile::TestImages, MnistFile::TestLabels)?,
     })
