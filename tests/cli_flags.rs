@@ -80,6 +80,26 @@ fn flags_that_would_have_no_effect_are_one_line_errors() {
             "--mirror has no effect here",
         ),
         (
+            &["train", "--lr-gamma", "0.5"],
+            "--lr-gamma has no effect without --lr-schedule step",
+        ),
+        (
+            &["train", "--lr-schedule", "cosine", "--lr-step-every", "2"],
+            "--lr-step-every has no effect without --lr-schedule step",
+        ),
+        (
+            &["train", "--lr-schedule", "onecycle", "--warmup-epochs", "1"],
+            "--warmup-epochs has no effect with --lr-schedule onecycle",
+        ),
+        (
+            &["train", "--lr-schedule", "step"],
+            "--lr-schedule step needs --lr-step-every N",
+        ),
+        (
+            &["train", "--lr-schedule", "cosine", "--warmup-epochs", "5"],
+            "a warm-up of 5 epochs leaves none of the 5 epochs to the schedule",
+        ),
+        (
             &["bench", "--device", "cpu", "--adapter", "llvmpipe"],
             "--adapter picks a GPU adapter; with --device cpu it has no effect",
         ),

@@ -80,7 +80,9 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
     assert!(
-        csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,seconds,training_seconds\n")
+        csv.starts_with(
+            "epoch,train_loss,train_acc,val_loss,val_acc,seconds,training_seconds,lr\n"
+        )
     );
 
     // The state_dict of the equivalent torch.nn.Sequential.
@@ -218,6 +220,84 @@ fn resuming_ends_with_the_weights_of_an_uninterrupted_run() {
     assert_eq!(b["epochs"].as_array().unwrap().len(), 3);
     assert_eq!(a["test_acc"], b["test_acc"]);
     for epoch in 0..3 {
+        assert_eq!(
+            a["epochs"][epoch]["train_loss"],
+            b["epochs"][epoch]["train_loss"]
+        );
+    }
+}
+
+/// A learning-rate schedule: the rate of every epoch in metrics.json as PyTorch's scheduler
+/// gives it; a resumed step schedule ends as an uninterrupted one; a cosine schedule, spread over
+/// the run's length, refuses to resume into another length.
+#[test]
+fn schedules_record_their_rates_and_resume_exactly() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(&train(
+        dir.path(),
+        "cosine",
+        &["--epochs", "3", "--lr-schedule", "cosine", "--lr", "0.002"],
+    ));
+    let rates: Vec<f64> = json(&dir.path().join("cosine/metrics.json"))["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["lr"].as_f64().unwrap())
+        .collect();
+    let pi = std::f64::consts::PI;
+    let expected = [
+        0.002,
+        0.001 * (1.0 + (pi / 3.0).cos()),
+        0.001 * (1.0 + (2.0 * pi / 3.0).cos()),
+    ];
+    for (rate, want) in rates.iter().zip(expected) {
+        assert!((rate - want).abs() < 1e-12, "{rates:?}");
+    }
+    let cosine_more = train(
+        dir.path(),
+        "cosine",
+        &[
+            "--epochs",
+            "4",
+            "--lr-schedule",
+            "cosine",
+            "--lr",
+            "0.002",
+            "--resume",
+        ],
+    );
+    assert_one_line_error(&cosine_more, 2, "epochs: 3 in the run, 4 now");
+
+    let step = [
+        "--lr-schedule",
+        "step",
+        "--lr-step-every",
+        "1",
+        "--lr-gamma",
+        "0.5",
+    ];
+    let with = |epochs: &'static str, resume: bool| {
+        let mut args = vec!["--epochs", epochs, "--seed", "4"];
+        args.extend_from_slice(&step);
+        if resume {
+            args.push("--resume");
+        }
+        args
+    };
+    assert_success(&train(dir.path(), "whole", &with("3", false)));
+    assert_success(&train(dir.path(), "parts", &with("1", false)));
+    assert_success(&train(dir.path(), "parts", &with("3", true)));
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    same_tensors(&whole, &parts);
+    let (a, b) = (
+        json(&whole.join("metrics.json")),
+        json(&parts.join("metrics.json")),
+    );
+    for epoch in 0..3 {
+        assert_eq!(a["epochs"][epoch]["lr"], 1e-3 * 0.5f64.powi(epoch as i32));
         assert_eq!(
             a["epochs"][epoch]["train_loss"],
             b["epochs"][epoch]["train_loss"]

@@ -146,6 +146,8 @@ fn short_run<B: Compute>(
         train_limit: Some(2048),
         activations,
         drop_last: false,
+        lr_schedule: wgnorm::train::LrSchedule::Constant,
+        warmup_epochs: 0,
     };
     let mut trainer = Trainer::new(backend, config, data).unwrap();
     let mut reports = 0;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
-use super::train::{ModelChoice, RunArgs};
+use super::run_args::{ModelChoice, RunArgs};
 use crate::plot::{self, Line, Panel};
 use crate::report::{RunResult, first_epoch_reaching, read_difference, summarize};
 use wgnorm::Result;

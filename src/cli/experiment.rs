@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::Device;
-use super::train::{ModelChoice, RunArgs, RunOutcome, RunPlace, run_on};
+use super::run_args::{ModelChoice, RunArgs, refuse_unreachable_train_limit};
+use super::train::{RunOutcome, RunPlace, run_on};
 use crate::report::RunResult;
 use wgnorm::data::mnist::Mnist;
 use wgnorm::graph::Compute;
@@ -56,7 +57,7 @@ pub fn run_all(
     }
     let data = args.data.load()?;
     for run in &plan {
-        super::train::refuse_unreachable_train_limit(&run.config, &data)?;
+        refuse_unreachable_train_limit(&run.config, &data)?;
     }
     match args.device.open()? {
         Device::Gpu(gpu) => {

@@ -46,20 +46,21 @@ impl MetricsFile<'_> {
             use std::io::Write;
             writeln!(
                 file,
-                "epoch,train_loss,train_acc,val_loss,val_acc,seconds,training_seconds"
+                "epoch,train_loss,train_acc,val_loss,val_acc,seconds,training_seconds,lr"
             )?;
             let optional = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
             for r in history {
                 writeln!(
                     file,
-                    "{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{}",
                     r.epoch,
                     r.train_loss,
                     r.train_acc,
                     optional(r.val_loss),
                     optional(r.val_acc),
                     r.seconds,
-                    r.training_seconds
+                    r.training_seconds,
+                    r.lr
                 )?;
             }
             Ok(())

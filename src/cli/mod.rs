@@ -9,6 +9,7 @@ mod eval;
 mod experiment;
 mod metrics;
 mod predict;
+mod run_args;
 mod sweep;
 mod train;
 

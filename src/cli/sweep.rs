@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::experiment::{PlannedRun, check_fresh, model_name, run_all, write_text};
-use super::train::{ModelChoice, RunArgs};
+use super::run_args::{ModelChoice, RunArgs};
 use crate::plot::{self, Line, Panel};
 use crate::report::RunResult;
 use wgnorm::{Error, Result};

@@ -3,110 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::metrics::MetricsFile;
-use super::{DataArgs, DeviceArgs};
+use super::run_args::{ModelChoice, RunArgs, refuse_unreachable_train_limit};
 use wgnorm::backend::Dtype;
 use wgnorm::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE};
-use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
-use wgnorm::graph::{Compute, Init, ModelSpec};
-use wgnorm::ops::batchnorm::BatchNormConfig;
+use wgnorm::data::mnist::Mnist;
+use wgnorm::graph::{Compute, ModelSpec};
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::optim::OptimizerConfig;
 use wgnorm::train::{EpochRecord, TrainConfig, Trainer};
 use wgnorm::{Error, Result};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModelChoice {
-    /// Linear → BatchNorm → ReLU → Dropout per hidden layer.
-    Bn,
-    /// Linear → ReLU → Dropout per hidden layer.
-    Nobn,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OptimizerChoice {
-    Adam,
-    Sgd,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum InitChoice {
-    /// glorot_uniform weights, zero biases.
-    Keras,
-    /// nn.Linear's default: U(±1/sqrt(fan_in)) weights and biases.
-    Torch,
-}
-
-/// The settings of one training run, shared by `train`, `compare` and `sweep`.
-#[derive(Args)]
-pub struct RunArgs {
-    /// Hidden layer widths, comma-separated (e.g. 256,128).
-    #[arg(long, value_delimiter = ',', default_value = "128")]
-    hidden: Vec<usize>,
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
-    /// Samples per step [default: 32].
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long, value_enum, default_value_t = OptimizerChoice::Adam)]
-    optimizer: OptimizerChoice,
-    /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
-    #[arg(long, allow_negative_numbers = true)]
-    pub lr: Option<f64>,
-    /// SGD momentum (with --optimizer sgd only) [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
-    momentum: Option<f64>,
-    /// Dropout probability after each hidden layer.
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
-    dropout: f32,
-    /// Fraction of the training images held out for validation, from the end; in (0, 1).
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
-    val_split: f64,
-    /// Train on every training image and skip validation (Keras' `validation_split=0`).
-    #[arg(long, conflicts_with = "val_split")]
-    no_validation: bool,
-    #[arg(long, value_enum, default_value_t = InitChoice::Keras)]
-    init: InitChoice,
-    /// Seeds the initial weights, the shuffling and the dropout masks.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    #[command(flatten)]
-    pub data: DataArgs,
-    /// Train on the first N training images only (quick trials).
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// BatchNorm eps (PyTorch 1e-5; Keras 1e-3) [default: 1e-5].
-    #[arg(long, allow_negative_numbers = true)]
-    bn_eps: Option<f32>,
-    /// Weight of the new batch value in BatchNorm's running statistics (PyTorch 0.1; Keras'
-    /// momentum=0.99 is 0.01 here) [default: 0.1].
-    #[arg(long, allow_negative_numbers = true)]
-    bn_momentum: Option<f32>,
-    /// Batch variance entering the running variance: unbiased (PyTorch) or biased (Keras)
-    /// [default: unbiased].
-    #[arg(long, value_enum)]
-    bn_running_var: Option<RunningVar>,
-    /// Storage of the hidden activations on the device: f16 halves their memory where the
-    /// adapter has shader-f16 (elsewhere, and on the CPU, the run uses f32 with a notice); the
-    /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
-    #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
-    dtype: Dtype,
-    /// Skip each epoch's last batch when it is smaller than --batch-size (PyTorch's drop_last);
-    /// by default it is kept, as Keras does.
-    #[arg(long)]
-    drop_last: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RunningVar {
-    Unbiased,
-    Biased,
-}
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -124,117 +32,6 @@ pub struct TrainArgs {
     /// rounded to f16, loadable by PyTorch and `wgnorm eval`. Training is unchanged.
     #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     export_dtype: Dtype,
-}
-
-impl RunArgs {
-    /// The run's configuration for `model`. A `--val-split` of 0 is refused rather than read
-    /// as "no validation", which `--no-validation` says explicitly.
-    pub fn config(&self, model: ModelChoice) -> Result<TrainConfig> {
-        let val_split = if self.no_validation {
-            0.0
-        } else if self.val_split > 0.0 && self.val_split < 1.0 {
-            self.val_split
-        } else {
-            return Err(Error::InvalidArgument(format!(
-                "--val-split must be in (0, 1), got {}; pass --no-validation to train on every \
-                 training image",
-                self.val_split
-            )));
-        };
-        let optimizer = match self.optimizer {
-            OptimizerChoice::Adam if self.momentum.is_some() => {
-                return Err(Error::InvalidArgument(
-                    "--momentum is SGD's: Adam would ignore it (use --optimizer sgd, or drop \
-                     --momentum)"
-                        .to_string(),
-                ));
-            }
-            OptimizerChoice::Adam => OptimizerConfig::adam(self.lr.unwrap_or(1e-3)),
-            OptimizerChoice::Sgd => {
-                OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum.unwrap_or(0.0))
-            }
-        };
-        // The optimizer's settings that can be wrong are --lr and --momentum, named alike.
-        optimizer.validate().map_err(|e| match e {
-            Error::InvalidArgument(message) => Error::InvalidArgument(format!("--{message}")),
-            other => other,
-        })?;
-        Ok(TrainConfig {
-            spec: ModelSpec {
-                inputs: PIXELS,
-                hidden: self.hidden.clone(),
-                classes: CLASSES,
-                batchnorm: model == ModelChoice::Bn,
-                dropout: self.dropout,
-                batchnorm_config: self.batchnorm_config()?,
-            },
-            init: match self.init {
-                InitChoice::Keras => Init::Keras,
-                InitChoice::Torch => Init::Torch,
-            },
-            optimizer,
-            epochs: self.epochs,
-            batch_size: self.batch_size.unwrap_or(32),
-            val_split,
-            seed: self.seed,
-            train_limit: self.train_limit,
-            activations: self.dtype,
-            drop_last: self.drop_last,
-        })
-    }
-}
-
-impl RunArgs {
-    /// BatchNorm's settings: PyTorch's, with any --bn-* flag applied.
-    fn batchnorm_config(&self) -> Result<BatchNormConfig> {
-        let default = BatchNormConfig::default();
-        BatchNormConfig::new(
-            self.bn_eps.unwrap_or(default.eps()),
-            self.bn_momentum.unwrap_or(default.momentum()),
-            self.bn_running_var
-                .map_or(default.unbiased_running_var(), |v| {
-                    v == RunningVar::Unbiased
-                }),
-        )
-    }
-
-    /// Refuses --bn-* flags when none of `models` (given by `models_flag`) has a BatchNorm
-    /// layer: they would change nothing.
-    pub fn refuse_unused_batchnorm_flags(
-        &self,
-        models: &[ModelChoice],
-        models_flag: &str,
-    ) -> Result<()> {
-        if models.contains(&ModelChoice::Bn) {
-            return Ok(());
-        }
-        let given = [
-            ("--bn-eps", self.bn_eps.is_some()),
-            ("--bn-momentum", self.bn_momentum.is_some()),
-            ("--bn-running-var", self.bn_running_var.is_some()),
-        ];
-        match given.iter().find(|(_, set)| *set) {
-            Some((flag, _)) => Err(Error::InvalidArgument(format!(
-                "{flag} has no effect: no model of this run has a BatchNorm layer (put bn in \
-                 {models_flag}, or drop {flag})"
-            ))),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Refuses a --train-limit larger than the training set that `data` and --val-split leave: it
-/// would train on fewer images than asked.
-pub fn refuse_unreachable_train_limit(config: &TrainConfig, data: &Mnist) -> Result<()> {
-    if config.train_limit.is_none() {
-        return Ok(());
-    }
-    match config.training_images(data.train.len()) {
-        Err(Error::InvalidArgument(message)) => {
-            Err(Error::InvalidArgument(format!("--train-limit: {message}")))
-        }
-        other => other.map(|_| ()),
-    }
 }
 
 /// `runs/<UTC time>`, e.g. runs/20261122-063012.

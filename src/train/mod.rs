@@ -18,8 +18,11 @@ use crate::ops::loss::{LossTotals, metric};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::{Dtype, Error, Result};
 
+mod lr;
 mod resume;
 mod schedule;
+
+pub use lr::{LrPlan, LrSchedule};
 
 use schedule::check_batches;
 pub use schedule::{batches, epoch_order, split_point};
@@ -53,6 +56,21 @@ pub struct TrainConfig {
     pub activations: Dtype,
     /// Skip each epoch's last batch when it is smaller than `batch_size`.
     pub drop_last: bool,
+    /// How the learning rate moves over the run (left out of the settings while constant, so
+    /// runs saved before schedules existed resume).
+    #[serde(skip_serializing_if = "is_constant")]
+    pub lr_schedule: LrSchedule,
+    /// Epochs of linear learning-rate warm-up (left out of the settings while 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmup_epochs: usize,
+}
+
+fn is_constant(schedule: &LrSchedule) -> bool {
+    *schedule == LrSchedule::Constant
+}
+
+fn is_zero(epochs: &usize) -> bool {
+    *epochs == 0
 }
 
 impl TrainConfig {
@@ -70,6 +88,19 @@ impl TrainConfig {
             train_limit: None,
             activations: Dtype::F32,
             drop_last: false,
+            lr_schedule: LrSchedule::Constant,
+            warmup_epochs: 0,
+        }
+    }
+
+    /// The learning rates of the run, given its steps per epoch.
+    pub fn lr_plan(&self, steps_per_epoch: usize) -> LrPlan {
+        LrPlan {
+            base: self.optimizer.lr(),
+            schedule: self.lr_schedule,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+            steps_per_epoch,
         }
     }
 
@@ -77,6 +108,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;
+        self.lr_plan(1).validate()?;
         if self.epochs == 0 {
             return Err(Error::InvalidArgument(
                 "epochs must be at least 1".to_string(),
@@ -127,10 +159,15 @@ impl TrainConfig {
         }
     }
 
-    /// The settings a resumed run must share with the run it continues (all but `epochs`).
+    /// The settings a resumed run must share with the run it continues: all but `epochs`, which
+    /// may grow, unless the learning-rate schedule spreads itself over the run's length (cosine,
+    /// one-cycle), where another length would change the rates of the epochs already trained.
     pub fn settings(&self) -> Result<serde_json::Value> {
         let mut value = serde_json::to_value(self)?;
-        if let Some(map) = value.as_object_mut() {
+        let spread = matches!(self.lr_schedule, LrSchedule::Cosine | LrSchedule::OneCycle);
+        if let Some(map) = value.as_object_mut()
+            && !spread
+        {
             map.remove("epochs");
         }
         Ok(value)
@@ -162,6 +199,9 @@ pub struct EpochRecord {
     /// frameworks that time training without validation report).
     #[serde(default)]
     pub training_seconds: f64,
+    /// The learning rate of the epoch's last step.
+    #[serde(default)]
+    pub lr: f64,
 }
 
 /// One training step on a batch already on the device (`x` rows × inputs, consumed; one class
@@ -338,8 +378,12 @@ impl<'b, B: Compute> Trainer<'b, B> {
             self.config.batch_size,
             self.config.drop_last,
         );
+        let rates = self.config.lr_plan(plan.len());
+        let mut lr = self.optimizer.config.lr();
         let mut last_read = Instant::now();
         for (step, &(first, rows)) in plan.iter().enumerate() {
+            lr = rates.lr(epoch, step);
+            self.optimizer.config = self.optimizer.config.with_lr(lr);
             self.train_step(&index, first, rows, &mut metrics)?;
             let totals = if last_read.elapsed() >= REPORT_INTERVAL {
                 last_read = Instant::now();
@@ -376,6 +420,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             val_acc: validation.map(|v| v.accuracy()),
             seconds: started.elapsed().as_secs_f64(),
             training_seconds,
+            lr,
             resident_bytes: crate::host_memory::resident(),
             device_buffers: self.backend.device_buffers(),
         };

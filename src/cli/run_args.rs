@@ -1,0 +1,278 @@
+//! The settings of one training run as flags, shared by `train`, `compare` and `sweep`, and
+//! their checks: a flag that would change nothing is refused, naming it.
+
+use clap::{Args, ValueEnum};
+
+use super::{DataArgs, DeviceArgs};
+use wgnorm::backend::Dtype;
+use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
+use wgnorm::graph::{Init, ModelSpec};
+use wgnorm::ops::batchnorm::BatchNormConfig;
+use wgnorm::optim::OptimizerConfig;
+use wgnorm::train::{LrSchedule, TrainConfig};
+use wgnorm::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModelChoice {
+    /// Linear → BatchNorm → ReLU → Dropout per hidden layer.
+    Bn,
+    /// Linear → ReLU → Dropout per hidden layer.
+    Nobn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerChoice {
+    Adam,
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitChoice {
+    /// glorot_uniform weights, zero biases.
+    Keras,
+    /// nn.Linear's default: U(±1/sqrt(fan_in)) weights and biases.
+    Torch,
+}
+
+/// The settings of one training run, shared by `train`, `compare` and `sweep`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Hidden layer widths, comma-separated (e.g. 256,128).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    hidden: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Samples per step [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Adam)]
+    optimizer: OptimizerChoice,
+    /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// SGD momentum (with --optimizer sgd only) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Dropout probability after each hidden layer.
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    dropout: f32,
+    /// Fraction of the training images held out for validation, from the end; in (0, 1).
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    val_split: f64,
+    /// Train on every training image and skip validation (Keras' `validation_split=0`).
+    #[arg(long, conflicts_with = "val_split")]
+    no_validation: bool,
+    #[arg(long, value_enum, default_value_t = InitChoice::Keras)]
+    init: InitChoice,
+    /// Seeds the initial weights, the shuffling and the dropout masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Train on the first N training images only (quick trials).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// BatchNorm eps (PyTorch 1e-5; Keras 1e-3) [default: 1e-5].
+    #[arg(long, allow_negative_numbers = true)]
+    bn_eps: Option<f32>,
+    /// Weight of the new batch value in BatchNorm's running statistics (PyTorch 0.1; Keras'
+    /// momentum=0.99 is 0.01 here) [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    bn_momentum: Option<f32>,
+    /// Batch variance entering the running variance: unbiased (PyTorch) or biased (Keras)
+    /// [default: unbiased].
+    #[arg(long, value_enum)]
+    bn_running_var: Option<RunningVar>,
+    /// Storage of the hidden activations on the device: f16 halves their memory where the
+    /// adapter has shader-f16 (elsewhere, and on the CPU, the run uses f32 with a notice); the
+    /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
+    #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
+    dtype: Dtype,
+    /// Skip each epoch's last batch when it is smaller than --batch-size (PyTorch's drop_last);
+    /// by default it is kept, as Keras does.
+    #[arg(long)]
+    drop_last: bool,
+    /// How the learning rate moves, as PyTorch's schedulers move it: step (StepLR, with
+    /// --lr-step-every and --lr-gamma), cosine (CosineAnnealingLR to 0 by the last epoch) or
+    /// onecycle (OneCycleLR, per batch, peaking at --lr).
+    #[arg(long, value_enum, default_value_t = ScheduleChoice::Constant)]
+    lr_schedule: ScheduleChoice,
+    /// Epochs of linear warm-up to --lr before the schedule (not with onecycle) [default: 0].
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// With --lr-schedule step: epochs between two decays.
+    #[arg(long)]
+    lr_step_every: Option<usize>,
+    /// With --lr-schedule step: the factor of each decay [default: 0.1].
+    #[arg(long)]
+    lr_gamma: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleChoice {
+    Constant,
+    Step,
+    Cosine,
+    Onecycle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunningVar {
+    Unbiased,
+    Biased,
+}
+
+impl RunArgs {
+    /// The run's configuration for `model`. A `--val-split` of 0 is refused rather than read
+    /// as "no validation", which `--no-validation` says explicitly.
+    pub fn config(&self, model: ModelChoice) -> Result<TrainConfig> {
+        let val_split = if self.no_validation {
+            0.0
+        } else if self.val_split > 0.0 && self.val_split < 1.0 {
+            self.val_split
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "--val-split must be in (0, 1), got {}; pass --no-validation to train on every \
+                 training image",
+                self.val_split
+            )));
+        };
+        let optimizer = match self.optimizer {
+            OptimizerChoice::Adam if self.momentum.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "--momentum is SGD's: Adam would ignore it (use --optimizer sgd, or drop \
+                     --momentum)"
+                        .to_string(),
+                ));
+            }
+            OptimizerChoice::Adam => OptimizerConfig::adam(self.lr.unwrap_or(1e-3)),
+            OptimizerChoice::Sgd => {
+                OptimizerConfig::sgd(self.lr.unwrap_or(1e-2), self.momentum.unwrap_or(0.0))
+            }
+        };
+        let lr_schedule = self.lr_schedule()?;
+        // The optimizer's settings that can be wrong are --lr and --momentum, named alike.
+        optimizer.validate().map_err(|e| match e {
+            Error::InvalidArgument(message) => Error::InvalidArgument(format!("--{message}")),
+            other => other,
+        })?;
+        Ok(TrainConfig {
+            spec: ModelSpec {
+                inputs: PIXELS,
+                hidden: self.hidden.clone(),
+                classes: CLASSES,
+                batchnorm: model == ModelChoice::Bn,
+                dropout: self.dropout,
+                batchnorm_config: self.batchnorm_config()?,
+            },
+            init: match self.init {
+                InitChoice::Keras => Init::Keras,
+                InitChoice::Torch => Init::Torch,
+            },
+            optimizer,
+            epochs: self.epochs,
+            batch_size: self.batch_size.unwrap_or(32),
+            val_split,
+            seed: self.seed,
+            train_limit: self.train_limit,
+            activations: self.dtype,
+            drop_last: self.drop_last,
+            lr_schedule,
+            warmup_epochs: self.warmup_epochs.unwrap_or(0),
+        })
+    }
+}
+
+impl RunArgs {
+    /// The schedule --lr-schedule names, with the step schedule's flags, which no other takes.
+    fn lr_schedule(&self) -> Result<LrSchedule> {
+        let step = self.lr_schedule == ScheduleChoice::Step;
+        if !step
+            && let Some(flag) = [
+                ("--lr-step-every", self.lr_step_every.is_some()),
+                ("--lr-gamma", self.lr_gamma.is_some()),
+            ]
+            .iter()
+            .find(|(_, given)| *given)
+            .map(|(flag, _)| flag)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{flag} has no effect without --lr-schedule step"
+            )));
+        }
+        if self.lr_schedule == ScheduleChoice::Onecycle && self.warmup_epochs.is_some() {
+            return Err(Error::InvalidArgument(
+                "--warmup-epochs has no effect with --lr-schedule onecycle, which warms up by \
+                 itself"
+                    .to_string(),
+            ));
+        }
+        Ok(match self.lr_schedule {
+            ScheduleChoice::Constant => LrSchedule::Constant,
+            ScheduleChoice::Cosine => LrSchedule::Cosine,
+            ScheduleChoice::Onecycle => LrSchedule::OneCycle,
+            ScheduleChoice::Step => LrSchedule::Step {
+                every: self.lr_step_every.ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "--lr-schedule step needs --lr-step-every N (epochs between two decays)"
+                            .to_string(),
+                    )
+                })?,
+                gamma: self.lr_gamma.unwrap_or(0.1),
+            },
+        })
+    }
+
+    /// BatchNorm's settings: PyTorch's, with any --bn-* flag applied.
+    fn batchnorm_config(&self) -> Result<BatchNormConfig> {
+        let default = BatchNormConfig::default();
+        BatchNormConfig::new(
+            self.bn_eps.unwrap_or(default.eps()),
+            self.bn_momentum.unwrap_or(default.momentum()),
+            self.bn_running_var
+                .map_or(default.unbiased_running_var(), |v| {
+                    v == RunningVar::Unbiased
+                }),
+        )
+    }
+
+    /// Refuses --bn-* flags when none of `models` (given by `models_flag`) has a BatchNorm
+    /// layer: they would change nothing.
+    pub fn refuse_unused_batchnorm_flags(
+        &self,
+        models: &[ModelChoice],
+        models_flag: &str,
+    ) -> Result<()> {
+        if models.contains(&ModelChoice::Bn) {
+            return Ok(());
+        }
+        let given = [
+            ("--bn-eps", self.bn_eps.is_some()),
+            ("--bn-momentum", self.bn_momentum.is_some()),
+            ("--bn-running-var", self.bn_running_var.is_some()),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(Error::InvalidArgument(format!(
+                "{flag} has no effect: no model of this run has a BatchNorm layer (put bn in \
+                 {models_flag}, or drop {flag})"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Refuses a --train-limit larger than the training set that `data` and --val-split leave: it
+/// would train on fewer images than asked.
+pub fn refuse_unreachable_train_limit(config: &TrainConfig, data: &Mnist) -> Result<()> {
+    if config.train_limit.is_none() {
+        return Ok(());
+    }
+    match config.training_images(data.train.len()) {
+        Err(Error::InvalidArgument(message)) => {
+            Err(Error::InvalidArgument(format!("--train-limit: {message}")))
+        }
+        other => other.map(|_| ()),
+    }
+}
