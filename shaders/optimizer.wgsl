@@ -3,9 +3,11 @@
 // single-tensor path), element by element the same at either width:
 //
 //   adam: m ← m + (1 − β1)·(g − m)          v ← β2·v + (1 − β2)·g²
-//         θ ← θ − step_size·m / (sqrt(v)/bias_correction2_sqrt + eps)
-//         step_size = lr/(1 − β1^t), bias_correction2_sqrt = sqrt(1 − β2^t)   (from the host)
-//   sgd:  b ← momentum·b + g                θ ← θ − lr·b      (b starts at 0, so b₁ = g)
+//         θ ← θ·param_scale − step_size·m / (sqrt(v)/bias_correction2_sqrt + eps)
+//         step_size = lr/(1 − β1^t), bias_correction2_sqrt = sqrt(1 − β2^t),
+//         param_scale = 1 − lr·weight_decay (AdamW's decoupled decay; 1 without)  (from the host)
+//   sgd:  g ← g + weight_decay·θ (L2)
+//         b ← momentum·b + g                θ ← θ − lr·b      (b starts at 0, so b₁ = g)
 //
 // Moments below the smallest normal f32 are stored as 0. A weight whose input is always zero
 // (MNIST's border pixels) sees g = 0 at every step, so its moments decay into the subnormal range
@@ -30,6 +32,10 @@ struct OptimizerParams {
     eps: f32,
     bias_correction2_sqrt: f32,
     momentum: f32,
+    param_scale: f32,
+    weight_decay: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: OptimizerParams;
@@ -53,7 +59,8 @@ fn adam(@builtin(global_invocation_id) id: vec3<u32>,
     let v = flushed(p.beta2 * moment2[i] + p.one_minus_beta2 * g * g);
     moment1[i] = m;
     moment2[i] = v;
-    param[i] -= p.step_size * m / (sqrt(v) / p.bias_correction2_sqrt + F_V(p.eps));
+    param[i] = param[i] * p.param_scale
+        - p.step_size * m / (sqrt(v) / p.bias_correction2_sqrt + F_V(p.eps));
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -63,7 +70,8 @@ fn sgd(@builtin(global_invocation_id) id: vec3<u32>,
     if i >= p.len {
         return;
     }
-    let b = flushed(p.momentum * moment1[i] + grad[i]);
+    let theta = param[i];
+    let b = flushed(p.momentum * moment1[i] + (grad[i] + p.weight_decay * theta));
     moment1[i] = b;
-    param[i] -= p.step_size * b;
+    param[i] = theta - p.step_size * b;
 }

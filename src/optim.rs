@@ -11,7 +11,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerConfig {
-    /// Adam (Kingma and Ba) with PyTorch's defaults.
+    /// Adam (Kingma and Ba) with PyTorch's defaults; with a weight decay, AdamW (Loshchilov and
+    /// Hutter: the decay decoupled from the gradient, as `torch.optim.AdamW`).
     Adam {
         /// Learning rate.
         lr: f64,
@@ -21,6 +22,9 @@ pub enum OptimizerConfig {
         beta2: f64,
         /// Added to the root of the second moment.
         eps: f64,
+        /// AdamW's decoupled weight decay (0: plain Adam; left out of saved settings when 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        weight_decay: f64,
     },
     /// Stochastic gradient descent, with optional heavy-ball momentum.
     Sgd {
@@ -28,7 +32,15 @@ pub enum OptimizerConfig {
         lr: f64,
         /// Weight of the previous update (0: plain SGD).
         momentum: f64,
+        /// L2 weight decay added to the gradient, as `torch.optim.SGD` (left out of saved
+        /// settings when 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        weight_decay: f64,
     },
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 impl OptimizerConfig {
@@ -39,26 +51,46 @@ impl OptimizerConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay: 0.0,
         }
     }
 
     /// SGD at `lr` with `momentum` (0 for none).
     pub fn sgd(lr: f64, momentum: f64) -> Self {
-        Self::Sgd { lr, momentum }
+        Self::Sgd {
+            lr,
+            momentum,
+            weight_decay: 0.0,
+        }
     }
 
     /// The same optimizer with another learning rate.
-    pub fn with_lr(self, lr: f64) -> Self {
-        match self {
+    pub fn with_lr(mut self, lr: f64) -> Self {
+        match &mut self {
+            Self::Adam { lr: rate, .. } | Self::Sgd { lr: rate, .. } => *rate = lr,
+        }
+        self
+    }
+
+    /// The same optimizer with a weight decay: AdamW's decoupled one for Adam, L2 for SGD.
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        match &mut self {
             Self::Adam {
-                beta1, beta2, eps, ..
-            } => Self::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
-            },
-            Self::Sgd { momentum, .. } => Self::Sgd { lr, momentum },
+                weight_decay: decay,
+                ..
+            }
+            | Self::Sgd {
+                weight_decay: decay,
+                ..
+            } => *decay = weight_decay,
+        }
+        self
+    }
+
+    /// The weight decay (0 for none).
+    pub fn weight_decay(&self) -> f64 {
+        match *self {
+            Self::Adam { weight_decay, .. } | Self::Sgd { weight_decay, .. } => weight_decay,
         }
     }
 
@@ -80,15 +112,32 @@ impl OptimizerConfig {
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             } => vec![
                 ("lr", lr, positive(lr), "a positive finite number"),
                 ("beta1", beta1, fraction(beta1), "in [0, 1)"),
                 ("beta2", beta2, fraction(beta2), "in [0, 1)"),
                 ("eps", eps, positive(eps), "a positive finite number"),
+                (
+                    "weight-decay",
+                    weight_decay,
+                    fraction(weight_decay * lr),
+                    "at least 0, and below 1/lr",
+                ),
             ],
-            Self::Sgd { lr, momentum } => vec![
+            Self::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => vec![
                 ("lr", lr, positive(lr), "a positive finite number"),
                 ("momentum", momentum, fraction(momentum), "in [0, 1)"),
+                (
+                    "weight-decay",
+                    weight_decay,
+                    weight_decay >= 0.0 && weight_decay.is_finite(),
+                    "a finite number, at least 0",
+                ),
             ],
         };
         match checks.into_iter().find(|(_, _, ok, _)| !ok) {
@@ -266,14 +315,23 @@ fn update<B: Compute>(
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             },
             [moment1, moment2],
         ) => {
-            let p = OptimizerParams::adam(len, lr, beta1, beta2, eps, steps);
+            let p = OptimizerParams::adam(len, lr, beta1, beta2, eps, steps)
+                .with_decoupled_decay(lr, weight_decay);
             backend.adam_update(&p, param, grad, moment1, moment2)
         }
-        (OptimizerConfig::Sgd { lr, momentum }, [buffer]) => {
-            let p = OptimizerParams::sgd(len, lr, momentum);
+        (
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            },
+            [buffer],
+        ) => {
+            let p = OptimizerParams::sgd(len, lr, momentum).with_l2_decay(weight_decay);
             backend.sgd_update(&p, param, grad, buffer)
         }
         _ => Err(Error::Shape(

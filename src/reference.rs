@@ -263,7 +263,8 @@ pub mod loss {
 pub mod optimizer {
     use super::{Real, f64_of};
 
-    /// (θ, m, v) after Adam step t (1-based).
+    /// (θ, m, v) after Adam step t (1-based); with `weight_decay`, AdamW's step (θ shrinks by
+    /// lr·weight_decay first).
     #[allow(clippy::too_many_arguments)]
     pub fn adam(
         param: &[impl Real],
@@ -273,6 +274,7 @@ pub mod optimizer {
         lr: f64,
         (beta1, beta2): (f64, f64),
         eps: f64,
+        weight_decay: f64,
         t: u64,
     ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let bias1 = 1.0 - beta1.powf(t as f64);
@@ -282,26 +284,29 @@ pub mod optimizer {
             let g = f64_of(grad[i]);
             let m = beta1 * f64_of(m[i]) + (1.0 - beta1) * g;
             let v = beta2 * f64_of(v[i]) + (1.0 - beta2) * g * g;
+            let decayed = f64_of(param[i]) * (1.0 - lr * weight_decay);
             out.0
-                .push(f64_of(param[i]) - lr / bias1 * m / ((v / bias2).sqrt() + eps));
+                .push(decayed - lr / bias1 * m / ((v / bias2).sqrt() + eps));
             out.1.push(m);
             out.2.push(v);
         }
         out
     }
 
-    /// (θ, momentum buffer) after one SGD step.
+    /// (θ, momentum buffer) after one SGD step, with L2 `weight_decay` added to the gradient.
     pub fn sgd(
         param: &[impl Real],
         grad: &[impl Real],
         buffer: &[impl Real],
         lr: f64,
         momentum: f64,
+        weight_decay: f64,
     ) -> (Vec<f64>, Vec<f64>) {
         let buffer: Vec<f64> = buffer
             .iter()
             .zip(grad)
-            .map(|(&b, &g)| momentum * f64_of(b) + f64_of(g))
+            .zip(param)
+            .map(|((&b, &g), &p)| momentum * f64_of(b) + (f64_of(g) + weight_decay * f64_of(p)))
             .collect();
         let param = param
             .iter()

@@ -33,6 +33,16 @@ fn bad_settings_paths_and_typos_are_named() {
         2,
         "--momentum must be in [0, 1), got 1.5",
     );
+    assert_one_line_error(
+        &train(&["--weight-decay", "-1"]),
+        2,
+        "--weight-decay must be at least 0, and below 1/lr, got -1",
+    );
+    assert_one_line_error(
+        &train(&["--optimizer", "sgd", "--weight-decay", "inf"]),
+        2,
+        "--weight-decay must be a finite number, at least 0, got inf",
+    );
     let output = train(&["--batch-size", "1"]);
     assert_one_line_error(
         &output,

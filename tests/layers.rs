@@ -329,37 +329,51 @@ fn elementwise_ops_match_references<B: Compute>(backend: &B, rng: &mut StdRng) {
     let grad = normal(rng, len, 0.0, 1e-2);
     let m = normal(rng, len, 0.0, 1e-2);
     let v: Vec<f32> = normal(rng, len, 0.0, 1e-3).iter().map(|v| v * v).collect();
-    let mut param_b = backend.upload(&param).unwrap();
     let grad_b = backend.upload(&grad).unwrap();
-    let mut m_b = backend.upload(&m).unwrap();
-    let mut v_b = backend.upload(&v).unwrap();
     let t = 7;
-    let p = OptimizerParams::adam(len, 1e-3, 0.9, 0.999, 1e-8, t);
-    backend
-        .adam_update(&p, &mut param_b, &grad_b, &mut m_b, &mut v_b)
-        .unwrap();
-    let (param_ref, m_ref, v_ref) =
-        reference::optimizer::adam(&param, &grad, &m, &v, 1e-3, (0.9, 0.999), 1e-8, t);
-    let updated = backend.download(&param_b).unwrap();
-    assert_step_close("adam step", &updated, &param, &param_ref);
-    assert_close("adam m", &backend.download(&m_b).unwrap(), &m_ref, 1e-6);
-    assert_close("adam v", &backend.download(&v_b).unwrap(), &v_ref, 1e-6);
+    // Without weight decay, and with AdamW's decoupled decay / SGD's L2 decay.
+    for weight_decay in [0.0, 0.1] {
+        let mut param_b = backend.upload(&param).unwrap();
+        let mut m_b = backend.upload(&m).unwrap();
+        let mut v_b = backend.upload(&v).unwrap();
+        let p = OptimizerParams::adam(len, 1e-3, 0.9, 0.999, 1e-8, t)
+            .with_decoupled_decay(1e-3, weight_decay);
+        backend
+            .adam_update(&p, &mut param_b, &grad_b, &mut m_b, &mut v_b)
+            .unwrap();
+        let (param_ref, m_ref, v_ref) = reference::optimizer::adam(
+            &param,
+            &grad,
+            &m,
+            &v,
+            1e-3,
+            (0.9, 0.999),
+            1e-8,
+            weight_decay,
+            t,
+        );
+        let updated = backend.download(&param_b).unwrap();
+        assert_step_close("adam step", &updated, &param, &param_ref);
+        assert_close("adam m", &backend.download(&m_b).unwrap(), &m_ref, 1e-6);
+        assert_close("adam v", &backend.download(&v_b).unwrap(), &v_ref, 1e-6);
 
-    let mut param_b = backend.upload(&param).unwrap();
-    let mut buffer_b = backend.upload(&m).unwrap();
-    let p = OptimizerParams::sgd(len, 0.05, 0.9);
-    backend
-        .sgd_update(&p, &mut param_b, &grad_b, &mut buffer_b)
-        .unwrap();
-    let (param_ref, buffer_ref) = reference::optimizer::sgd(&param, &grad, &m, 0.05, 0.9);
-    let updated = backend.download(&param_b).unwrap();
-    assert_step_close("sgd step", &updated, &param, &param_ref);
-    assert_close(
-        "sgd buffer",
-        &backend.download(&buffer_b).unwrap(),
-        &buffer_ref,
-        1e-6,
-    );
+        let mut param_b = backend.upload(&param).unwrap();
+        let mut buffer_b = backend.upload(&m).unwrap();
+        let p = OptimizerParams::sgd(len, 0.05, 0.9).with_l2_decay(weight_decay);
+        backend
+            .sgd_update(&p, &mut param_b, &grad_b, &mut buffer_b)
+            .unwrap();
+        let (param_ref, buffer_ref) =
+            reference::optimizer::sgd(&param, &grad, &m, 0.05, 0.9, weight_decay);
+        let updated = backend.download(&param_b).unwrap();
+        assert_step_close("sgd step", &updated, &param, &param_ref);
+        assert_close(
+            "sgd buffer",
+            &backend.download(&buffer_b).unwrap(),
+            &buffer_ref,
+            1e-6,
+        );
+    }
 }
 
 backend_test!(elementwise_ops_match_references, |backend, rng| {

@@ -237,7 +237,7 @@ fn uniform_layouts_match_rust() {
     );
     assert_eq!(
         wgsl_struct(Shader::Optimizer, "OptimizerParams"),
-        rust_layout!(OptimizerParams: len, step_size, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2_sqrt, momentum)
+        rust_layout!(OptimizerParams: len, step_size, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2_sqrt, momentum, param_scale, weight_decay, _pad0, _pad1)
     );
     assert_eq!(
         wgsl_struct(Shader::Data, "GatherParams"),

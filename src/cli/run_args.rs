@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
+    /// Weight decay: decoupled (AdamW) with adam, L2 with sgd, as torch.optim's AdamW and SGD
+    /// [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
     /// SGD momentum (with --optimizer sgd only) [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
@@ -153,7 +157,9 @@ impl RunArgs {
             }
         };
         let lr_schedule = self.lr_schedule()?;
-        // The optimizer's settings that can be wrong are --lr and --momentum, named alike.
+        let optimizer = optimizer.with_weight_decay(self.weight_decay.unwrap_or(0.0));
+        // The optimizer's settings that can be wrong are --lr, --momentum and --weight-decay,
+        // named alike.
         optimizer.validate().map_err(|e| match e {
             Error::InvalidArgument(message) => Error::InvalidArgument(format!("--{message}")),
             other => other,

@@ -25,7 +25,8 @@ impl OptimizerOps for CpuBackend {
         for (((theta, &g), m), v) in param.iter_mut().zip(grad).zip(moment1).zip(moment2) {
             *m = flushed(*m + p.one_minus_beta1 * (g - *m));
             *v = flushed(p.beta2 * *v + p.one_minus_beta2 * g * g);
-            *theta -= p.step_size * *m / (v.sqrt() / p.bias_correction2_sqrt + p.eps);
+            *theta = *theta * p.param_scale
+                - p.step_size * *m / (v.sqrt() / p.bias_correction2_sqrt + p.eps);
         }
         Ok(())
     }
@@ -38,7 +39,7 @@ impl OptimizerOps for CpuBackend {
         momentum: &mut Vec<f32>,
     ) -> Result<()> {
         for ((theta, &g), b) in param.iter_mut().zip(grad).zip(momentum) {
-            *b = flushed(p.momentum * *b + g);
+            *b = flushed(p.momentum * *b + (g + p.weight_decay * *theta));
             *theta -= p.step_size * *b;
         }
         Ok(())

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! Adam: m += (1 − β1)(g − m);  v = β2·v + (1 − β2)·g²;
-//!       θ −= lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + eps)
-//! SGD:  b = momentum·b + g;  θ −= lr·b
+//!       θ = θ·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + eps)   (AdamW's decay)
+//! SGD:  b = momentum·b + (g + wd·θ);  θ −= lr·b                            (L2 decay)
 //! ```
 //!
 //! with moments below the smallest normal f32 stored as 0 (see `shaders/optimizer.wgsl`).
@@ -32,9 +32,13 @@ pub struct OptimizerParams {
     pub eps: f32,
     pub bias_correction2_sqrt: f32,
     pub momentum: f32,
+    pub param_scale: f32,
+    pub weight_decay: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<OptimizerParams>() == 32);
+const _: () = assert!(std::mem::size_of::<OptimizerParams>() == 48);
 
 impl OptimizerParams {
     /// Adam at step `t` (1-based). The bias corrections and 1 − β are computed in f64 and
@@ -49,7 +53,25 @@ impl OptimizerParams {
             one_minus_beta2: (1.0 - beta2) as f32,
             eps: eps as f32,
             bias_correction2_sqrt: (1.0 - beta2.powf(t)).sqrt() as f32,
+            param_scale: 1.0,
             ..Self::default()
+        }
+    }
+
+    /// AdamW's decoupled weight decay at learning rate `lr`: θ shrinks by lr·`weight_decay`
+    /// before the step (the factor computed in f64, as PyTorch's `param.mul_(1 - lr * wd)`).
+    pub fn with_decoupled_decay(self, lr: f64, weight_decay: f64) -> Self {
+        Self {
+            param_scale: (1.0 - lr * weight_decay) as f32,
+            ..self
+        }
+    }
+
+    /// SGD's L2 weight decay: `weight_decay`·θ added to the gradient.
+    pub fn with_l2_decay(self, weight_decay: f64) -> Self {
+        Self {
+            weight_decay: weight_decay as f32,
+            ..self
         }
     }
 
