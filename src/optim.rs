@@ -87,13 +87,6 @@ impl OptimizerConfig {
         self
     }
 
-    /// The weight decay (0 for none).
-    pub fn weight_decay(&self) -> f64 {
-        match *self {
-            Self::Adam { weight_decay, .. } | Self::Sgd { weight_decay, .. } => weight_decay,
-        }
-    }
-
     /// The learning rate.
     pub fn lr(&self) -> f64 {
         match *self {

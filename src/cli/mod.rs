@@ -180,20 +180,22 @@ impl DataArgs {
                 dir.display()
             )));
         }
-        let missing: Vec<MnistFile> = MnistFile::ALL
-            .into_iter()
-            .filter(|file| file.find(&dir).is_none())
-            .collect();
-        if !missing.is_empty() && !downloads {
-            let names: Vec<&str> = missing.iter().map(|file| file.stem()).collect();
-            return Err(Error::InvalidArgument(format!(
-                "--data-dir {} lacks {} (each also found as .gz, or named like \
-                 train-images.idx3-ubyte); pass --download to fetch them there",
-                dir.display(),
-                names.join(", ")
-            )));
-        }
-        if !missing.is_empty() {
+        if !downloads {
+            let missing: Vec<&str> = MnistFile::ALL
+                .into_iter()
+                .filter(|file| file.find(&dir).is_none())
+                .map(MnistFile::stem)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "--data-dir {} lacks {} (each also found as .gz, or named like \
+                     train-images.idx3-ubyte); pass --download to fetch them there",
+                    dir.display(),
+                    missing.join(", ")
+                )));
+            }
+        } else {
+            // `ensure` fetches only what is missing.
             let mirrors: Vec<String> = if !self.mirror.is_empty() {
                 self.mirror.clone()
             } else if let Ok(mirror) = std::env::var("WGNORM_MNIST_MIRROR") {
@@ -261,16 +263,12 @@ fn auto(request: &AdapterRequest) -> wgnorm::Result<(Device, String)> {
         let gpu = GpuBackend::new(request)?;
         return Ok((Device::Gpu(gpu), format!("the adapter matching '{name}'")));
     }
-    let adapters = device::adapters(&device::instance());
     // A WGPU_BACKEND that names no backend is the user's mistake to hear of, not a reason to
     // fall back to the CPU.
-    if adapters.is_empty()
-        && let Error::NoAdapter(message) = device::no_adapter()
-        && message.starts_with("WGPU_BACKEND=")
-    {
-        return Err(Error::NoAdapter(message));
+    if let Some(error) = device::unknown_backend_env() {
+        return Err(error);
     }
-    match device::auto_choice(&adapters) {
+    match device::auto_choice(&device::adapters(&device::instance())) {
         device::AutoChoice::Gpu => Ok((
             Device::Gpu(GpuBackend::new(request)?),
             "auto: the best hardware GPU".to_string(),

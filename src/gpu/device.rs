@@ -140,16 +140,25 @@ pub const NO_ADAPTER_HELP: &str = "no GPU adapter found: install a Vulkan, Metal
      (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1 for the lavapipe \
      software adapter), or use --device cpu";
 
+/// The error for a `WGPU_BACKEND` that names no backend wgpu knows (wgpu then finds no adapter
+/// and says nothing of why).
+pub fn unknown_backend_env() -> Option<Error> {
+    let value = std::env::var("WGPU_BACKEND").ok()?;
+    wgpu::Backends::from_comma_list(&value).is_empty().then(|| {
+        Error::NoAdapter(format!(
+            "WGPU_BACKEND={value} names no backend: use vulkan, metal, dx12 or gl \
+             (comma-separated), or unset it"
+        ))
+    })
+}
+
 /// The error for an instance that found no adapter: what `WGPU_BACKEND` did wrong where it is
 /// set, else how to install a driver.
 pub fn no_adapter() -> Error {
+    if let Some(error) = unknown_backend_env() {
+        return error;
+    }
     match std::env::var("WGPU_BACKEND") {
-        Ok(value) if wgpu::Backends::from_comma_list(&value).is_empty() => {
-            Error::NoAdapter(format!(
-                "WGPU_BACKEND={value} names no backend: use vulkan, metal, dx12 or gl \
-                 (comma-separated), or unset it"
-            ))
-        }
         Ok(value) => Error::NoAdapter(format!(
             "{NO_ADAPTER_HELP}; WGPU_BACKEND={value} limits the search to those backends"
         )),
