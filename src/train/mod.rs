@@ -11,17 +11,19 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::data::mnist::{Mnist, PIXELS, Split};
-use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use crate::graph::{Compute, HostModel, Mlp, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::{LossTotals, metric};
-use crate::optim::{Optimizer, OptimizerConfig};
-use crate::{Dtype, Error, Result};
+use crate::optim::Optimizer;
+use crate::{Error, Result};
 
+mod config;
 mod lr;
 mod resume;
 mod schedule;
 
+pub use config::TrainConfig;
 pub use lr::{LrPlan, LrSchedule};
 
 use schedule::check_batches;
@@ -31,148 +33,6 @@ pub use schedule::{batches, epoch_order, split_point};
 pub const EVAL_BATCH: usize = 1000;
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Everything that defines a run; two runs with equal configs compute the same thing.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TrainConfig {
-    /// The architecture.
-    pub spec: ModelSpec,
-    /// How the weights start.
-    pub init: Init,
-    /// Optimizer and learning rate.
-    pub optimizer: OptimizerConfig,
-    /// Epochs to train.
-    pub epochs: usize,
-    /// Rows per training step.
-    pub batch_size: usize,
-    /// Fraction of the training images held out for validation, taken from the end (Keras'
-    /// `validation_split`).
-    pub val_split: f64,
-    /// Seed of the weights, the shuffles and the dropout masks.
-    pub seed: u64,
-    /// Train on the first N images of the training part only.
-    pub train_limit: Option<usize>,
-    /// How hidden activations are stored (`Mlp::activations`).
-    pub activations: Dtype,
-    /// Skip each epoch's last batch when it is smaller than `batch_size`.
-    pub drop_last: bool,
-    /// How the learning rate moves over the run (left out of the settings while constant, so
-    /// runs saved before schedules existed resume).
-    #[serde(skip_serializing_if = "is_constant")]
-    pub lr_schedule: LrSchedule,
-    /// Epochs of linear learning-rate warm-up (left out of the settings while 0).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub warmup_epochs: usize,
-}
-
-fn is_constant(schedule: &LrSchedule) -> bool {
-    *schedule == LrSchedule::Constant
-}
-
-fn is_zero(epochs: &usize) -> bool {
-    *epochs == 0
-}
-
-impl TrainConfig {
-    /// The reference experiment: the 784-128-10 MLP (with or without BatchNorm), Keras
-    /// initialization, Adam at 1e-3, 5 epochs, the last 10% held out for validation, seed 0.
-    pub fn reference(batchnorm: bool, batch_size: usize) -> Self {
-        Self {
-            spec: ModelSpec::reference_mlp(batchnorm),
-            init: Init::Keras,
-            optimizer: OptimizerConfig::adam(1e-3),
-            epochs: 5,
-            batch_size,
-            val_split: 0.1,
-            seed: 0,
-            train_limit: None,
-            activations: Dtype::F32,
-            drop_last: false,
-            lr_schedule: LrSchedule::Constant,
-            warmup_epochs: 0,
-        }
-    }
-
-    /// The learning rates of the run, given its steps per epoch.
-    pub fn lr_plan(&self, steps_per_epoch: usize) -> LrPlan {
-        LrPlan {
-            base: self.optimizer.lr(),
-            schedule: self.lr_schedule,
-            warmup_epochs: self.warmup_epochs,
-            epochs: self.epochs,
-            steps_per_epoch,
-        }
-    }
-
-    /// Refuses settings that cannot run (zero batch, split outside [0, 1), …).
-    pub fn validate(&self) -> Result<()> {
-        self.spec.validate()?;
-        self.optimizer.validate()?;
-        self.lr_plan(1).validate()?;
-        if self.epochs == 0 {
-            return Err(Error::InvalidArgument(
-                "epochs must be at least 1".to_string(),
-            ));
-        }
-        if self.batch_size == 0 {
-            return Err(Error::InvalidArgument(
-                "batch size must be at least 1".to_string(),
-            ));
-        }
-        if self.spec.batchnorm && self.batch_size < 2 {
-            return Err(Error::InvalidArgument(
-                "batch size 1 is too small with BatchNorm: its statistics need at least 2 \
-                 samples per batch in training"
-                    .to_string(),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.val_split) {
-            return Err(Error::InvalidArgument(format!(
-                "validation split must be in [0, 1), got {}",
-                self.val_split
-            )));
-        }
-        if self.train_limit == Some(0) {
-            return Err(Error::InvalidArgument(
-                "train limit must be at least 1".to_string(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// How many of `available` training images a run trains on: those the validation split
-    /// leaves, or the first `train_limit` of them. A limit beyond them is refused, not cut.
-    pub fn training_images(&self, available: usize) -> Result<usize> {
-        let split_at = split_point(available, self.val_split);
-        if split_at == 0 {
-            return Err(Error::InvalidArgument(
-                "the validation split leaves no training images".to_string(),
-            ));
-        }
-        match self.train_limit {
-            Some(limit) if limit > split_at => Err(Error::InvalidArgument(format!(
-                "a limit of {limit} images is more than the {split_at} training images the \
-                 validation split leaves of {available}"
-            ))),
-            Some(limit) => Ok(limit),
-            None => Ok(split_at),
-        }
-    }
-
-    /// The settings a resumed run must share with the run it continues: all but `epochs`, which
-    /// may grow, unless the learning-rate schedule spreads itself over the run's length (cosine,
-    /// one-cycle), where another length would change the rates of the epochs already trained.
-    pub fn settings(&self) -> Result<serde_json::Value> {
-        let mut value = serde_json::to_value(self)?;
-        let spread = matches!(self.lr_schedule, LrSchedule::Cosine | LrSchedule::OneCycle);
-        if let Some(map) = value.as_object_mut()
-            && !spread
-        {
-            map.remove("epochs");
-        }
-        Ok(value)
-    }
-}
 
 /// One finished epoch, as reported and as written to `metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -480,23 +340,4 @@ pub fn evaluate<B: Compute>(
         backend.flush()?;
     }
     LossTotals::from_metrics(&backend.download(&metrics)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The JSON written for a run's settings used to fall back to an empty value if serializing
-    /// failed. It cannot fail for these types (string keys only; a non-finite float is written
-    /// as null), so the fallback never fired; errors now propagate instead of being swallowed.
-    #[test]
-    fn settings_serialize_even_with_non_finite_values() -> Result<()> {
-        let mut config = TrainConfig::reference(true, 32);
-        config.val_split = f64::NAN;
-        let settings = config.settings()?;
-        assert!(settings["val_split"].is_null());
-        assert!(settings.get("epochs").is_none());
-        assert_eq!(settings["batch_size"], 32);
-        Ok(())
-    }
 }

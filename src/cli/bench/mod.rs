@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::DataArgs;
-
+mod args;
 mod suites;
+
+pub use args::BenchArgs;
+use args::{BenchDevices, Suite};
 
 use crate::plot::{self, Line, Panel};
 use suites::{MODELS, kernels, train};
@@ -16,96 +17,8 @@ use wgnorm::bench::{self, BatchNormPass, EpochTiming, KernelTiming, STEPS_PER_SA
 use wgnorm::cpu::CpuBackend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
 use wgnorm::graph::ModelSpec;
-use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::train::TrainConfig;
 use wgnorm::{Error, Result};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Suite {
-    /// BatchNorm forward, backward and both, per shape.
-    Kernels,
-    /// Training steps per batch size, time to the first step, one reference epoch.
-    Train,
-    All,
-}
-
-impl Suite {
-    fn name(self) -> &'static str {
-        match self {
-            Suite::Kernels => "kernels",
-            Suite::Train => "train",
-            Suite::All => "all",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BenchDevices {
-    /// The GPU (if an adapter exists; else a notice) and the CPU.
-    Both,
-    Gpu,
-    Cpu,
-}
-
-/// A BatchNorm input shape as typed: NxC or NxCxHxW.
-#[derive(Clone, Debug)]
-struct ShapeArg {
-    label: String,
-    shape: BatchNormShape,
-}
-
-fn parse_shape(text: &str) -> std::result::Result<ShapeArg, String> {
-    let dims = text
-        .split('x')
-        .map(|d| d.trim().parse::<usize>())
-        .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| format!("'{text}' is not a shape like 4096x256 or 32x64x28x28"))?;
-    let shape = BatchNormShape::from_dims(&dims).map_err(|e| e.to_string())?;
-    if shape.per_channel() < 2 {
-        return Err(format!(
-            "'{text}' has one value per channel; training-mode BatchNorm needs at least 2"
-        ));
-    }
-    Ok(ShapeArg {
-        label: text.to_string(),
-        shape,
-    })
-}
-
-#[derive(Args)]
-pub struct BenchArgs {
-    #[arg(long, value_enum, default_value_t = Suite::All)]
-    suite: Suite,
-    #[arg(long, value_enum, default_value_t = BenchDevices::Both)]
-    device: BenchDevices,
-    /// Pick the adapter whose name contains this (case-insensitive); also WGNORM_ADAPTER.
-    #[arg(long)]
-    adapter: Option<String>,
-    /// Timed repetitions per measurement.
-    #[arg(long, default_value_t = 20)]
-    reps: usize,
-    /// Untimed runs before each measurement.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// BatchNorm input shapes for the kernel suite, comma-separated
-    /// [default: 32x128,256x128,4096x256,65536x256,32x64x28x28].
-    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
-    shapes: Option<Vec<ShapeArg>>,
-    /// Batch sizes for the training-step suite, comma-separated [default: 16,32,64,128,256].
-    #[arg(long, value_delimiter = ',')]
-    batch_sizes: Option<Vec<usize>>,
-    /// Leave out the full epoch of the reference experiment (which needs MNIST).
-    #[arg(long)]
-    no_epoch: bool,
-    #[command(flatten)]
-    data: DataArgs,
-    /// Write every measurement as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Draw time per training step against batch size (PNG) here.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-}
 
 /// What the measurements ran on.
 #[derive(Serialize)]
@@ -232,79 +145,6 @@ fn refuse_existing(path: &Option<PathBuf>) -> Result<()> {
 
 fn ms(seconds: f64) -> String {
     format!("{:.3}", seconds * 1e3)
-}
-
-impl BenchArgs {
-    /// The kernel suite's shapes.
-    fn shapes(&self) -> Vec<ShapeArg> {
-        self.shapes.clone().unwrap_or_else(|| {
-            ["32x128", "256x128", "4096x256", "65536x256", "32x64x28x28"]
-                .into_iter()
-                .filter_map(|text| parse_shape(text).ok())
-                .collect()
-        })
-    }
-
-    /// The train suite's batch sizes.
-    fn batch_sizes(&self) -> Vec<usize> {
-        self.batch_sizes
-            .clone()
-            .unwrap_or_else(|| vec![16, 32, 64, 128, 256])
-    }
-
-    /// Refuses a flag that the chosen suites would not read, naming what would.
-    fn refuse_unused_flags(&self) -> Result<()> {
-        let kernels = self.suite != Suite::Train;
-        let train = self.suite != Suite::Kernels;
-        let epoch = train && !self.no_epoch;
-        super::refuse_adapter_on_cpu(self.device == BenchDevices::Cpu, self.adapter.is_some())?;
-        let suite = self.suite.name();
-        let unused = [
-            (
-                "--shapes",
-                self.shapes.is_some() && !kernels,
-                "the kernels suite",
-                suite,
-            ),
-            (
-                "--batch-sizes",
-                self.batch_sizes.is_some() && !train,
-                "the train suite",
-                suite,
-            ),
-            (
-                "--no-epoch",
-                self.no_epoch && !train,
-                "the train suite",
-                suite,
-            ),
-            (
-                "--plot",
-                self.plot.is_some() && !train,
-                "the train suite",
-                suite,
-            ),
-            (
-                "--data-dir",
-                self.data.data_dir.is_some() && !epoch,
-                "the train suite's reference epoch",
-                if train { "all with --no-epoch" } else { suite },
-            ),
-            (
-                "--mirror",
-                !self.data.mirror.is_empty() && !epoch,
-                "the train suite's reference epoch",
-                if train { "all with --no-epoch" } else { suite },
-            ),
-        ];
-        match unused.iter().find(|(_, unused, _, _)| *unused) {
-            Some((flag, _, reader, running)) => Err(Error::InvalidArgument(format!(
-                "{flag} has no effect here: only {reader} reads it, and --suite {running} runs \
-                 none"
-            ))),
-            None => Ok(()),
-        }
-    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {

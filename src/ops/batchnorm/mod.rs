@@ -24,14 +24,15 @@ mod cpu;
 mod cpu_reduce;
 mod gpu;
 mod host;
+mod plan;
 
 pub use config::BatchNormConfig;
 
 #[doc(hidden)]
 pub use chunks::{RowChunk, plan_row_chunks};
-#[doc(hidden)]
-pub use gpu::BatchNormParams;
 pub use host::{HostBatchNormBackward, HostBatchNormForward};
+#[doc(hidden)]
+pub use plan::BatchNormParams;
 
 use crate::backend::Backend;
 use crate::ops::activation::Activation;

@@ -1,0 +1,190 @@
+//! How a BatchNorm reduction is laid out on the GPU: x cut into vectors, channel groups side by
+//! side in a workgroup, each chunk of rows split over workgroups, and the uniform parameters and
+//! pipeline constants that tell `shaders/batchnorm.wgsl` so. The launcher is `gpu.rs`.
+
+use super::chunks::{RowChunk, plan_row_chunks};
+use super::{BatchNormConfig, BatchNormShape};
+use crate::gpu::{GpuBackend, ReductionWalk, VectorWidth, WORKGROUP};
+use crate::ops::activation::Activation;
+use crate::{Dtype, Result};
+
+/// How a reduction is laid out on the GPU, per chunk of rows.
+pub(super) struct ReductionPlan {
+    pub(super) chunks: Vec<(RowChunk, ChunkSplits)>,
+    pub(super) total_splits: u32,
+    pub(super) layout: VectorLayout,
+    pub(super) lanes_c: u32,
+    pub(super) workgroup_columns: u32,
+    /// The override constants of the kernels that walk x.
+    pub(super) constants: [(&'static str, f64); 2],
+}
+
+/// How x is cut into vectors (see the layout comment of `shaders/batchnorm.wgsl`).
+#[derive(Clone, Copy)]
+pub(super) struct VectorLayout {
+    pub(super) vector: VectorWidth,
+    pub(super) lanes_are_channels: bool,
+    /// Channel groups per sample and vectors of one group per sample.
+    pub(super) groups: usize,
+    pub(super) run_len: usize,
+}
+
+impl VectorLayout {
+    /// Four neighbouring channels per vector for (N, C) with C a multiple of 4, four positions
+    /// of one channel where S is a multiple of 4, else scalars.
+    fn of(shape: BatchNormShape) -> Self {
+        let four = VectorWidth::Four.lanes();
+        if shape.s == 1 && shape.c.is_multiple_of(four) {
+            Self {
+                vector: VectorWidth::Four,
+                lanes_are_channels: true,
+                groups: shape.c / four,
+                run_len: 1,
+            }
+        } else if shape.s.is_multiple_of(four) {
+            Self {
+                vector: VectorWidth::Four,
+                lanes_are_channels: false,
+                groups: shape.c,
+                run_len: shape.s / four,
+            }
+        } else {
+            Self {
+                vector: VectorWidth::One,
+                lanes_are_channels: false,
+                groups: shape.c,
+                run_len: shape.s,
+            }
+        }
+    }
+}
+
+pub(super) struct ChunkSplits {
+    pub(super) split_len: u32,
+    pub(super) splits: u32,
+    pub(super) split_base: u32,
+}
+
+/// Uniform parameters of `shaders/batchnorm.wgsl` (`struct Params` there; a test compares
+/// the layouts).
+#[doc(hidden)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BatchNormParams {
+    pub rows: u32,
+    pub channels: u32,
+    pub groups: u32,
+    pub run_len: u32,
+    pub lanes_are_channels: u32,
+    pub lanes_c: u32,
+    pub split_len: u32,
+    pub split_base: u32,
+    pub total_splits: u32,
+    pub running_var_factor: f32,
+    pub count: f32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub first_value: u32,
+    pub dropout_threshold: u32,
+    pub key_x: u32,
+    pub key_y: u32,
+    pub dropout_scale: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 80);
+
+impl GpuBackend {
+    pub(super) fn reduction_plan(
+        &self,
+        shape: BatchNormShape,
+        dtype: Dtype,
+        activation: Option<Activation>,
+    ) -> Result<ReductionPlan> {
+        let tuning = self.tuning();
+        let chunks = plan_row_chunks(
+            shape,
+            dtype,
+            self.max_binding(),
+            self.limits().min_storage_buffer_offset_alignment as u64,
+        )?;
+        // Neighbouring threads take neighbouring channel groups where a group is one vector
+        // per sample, so their loads are contiguous; otherwise the workgroup's threads share
+        // the contiguous runs of as few groups as the adapter class does best with.
+        let layout = VectorLayout::of(shape);
+        let lanes_c = (layout.groups.next_power_of_two() as u32).min(if layout.run_len == 1 {
+            tuning.lanes_c_2d
+        } else {
+            tuning.lanes_c_spatial
+        });
+        let row_lanes = WORKGROUP / lanes_c;
+        let workgroup_columns = layout.groups.div_ceil(lanes_c as usize) as u32;
+        let wanted_splits = if shape.numel() * dtype.size() <= tuning.single_split_bytes {
+            1
+        } else {
+            tuning.target_workgroups.div_ceil(workgroup_columns).max(1)
+        };
+        let mut split_base = 0;
+        let mut planned = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let chunk_len = (chunk.rows * layout.run_len) as u32;
+            let useful_splits = chunk_len.div_ceil(row_lanes * tuning.min_elements_per_thread);
+            let split_len = chunk_len.div_ceil(wanted_splits.min(useful_splits).max(1));
+            let splits = chunk_len.div_ceil(split_len);
+            planned.push((
+                chunk,
+                ChunkSplits {
+                    split_len,
+                    splits,
+                    split_base,
+                },
+            ));
+            split_base += splits;
+        }
+        Ok(ReductionPlan {
+            chunks: planned,
+            total_splits: split_base,
+            layout,
+            lanes_c,
+            workgroup_columns,
+            constants: [
+                (
+                    "CONTIGUOUS_WALK",
+                    f64::from(u8::from(tuning.reduction_walk == ReductionWalk::Contiguous)),
+                ),
+                ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
+            ],
+        })
+    }
+}
+
+pub(super) fn plan_params(
+    shape: BatchNormShape,
+    plan: &ReductionPlan,
+    config: BatchNormConfig,
+    activation: Option<Activation>,
+) -> BatchNormParams {
+    let dropout = activation.and_then(|activation| activation.dropout);
+    let key = dropout.map_or([0; 2], |mask| mask.key());
+    BatchNormParams {
+        dropout_threshold: dropout.map_or(0, |mask| mask.threshold()),
+        key_x: key[0],
+        key_y: key[1],
+        dropout_scale: dropout.map_or(1.0, |mask| mask.scale()),
+        rows: shape.n as u32,
+        channels: shape.c as u32,
+        groups: plan.layout.groups as u32,
+        run_len: plan.layout.run_len as u32,
+        lanes_are_channels: u32::from(plan.layout.lanes_are_channels),
+        lanes_c: plan.lanes_c,
+        split_len: 0,
+        split_base: 0,
+        total_splits: plan.total_splits,
+        count: shape.per_channel() as f32,
+        eps: config.eps(),
+        momentum: config.momentum(),
+        running_var_factor: config.running_var_factor(shape.per_channel()),
+        ..Default::default()
+    }
+}
