@@ -10,6 +10,8 @@ fn f64_of(value: impl Real) -> f64 {
     value.into()
 }
 
+pub mod spatial;
+
 /// BatchNorm in f64.
 pub mod batchnorm {
     use super::{Real, f64_of};

@@ -17,6 +17,7 @@ use wgnorm::ops::matmul::{
     MATMUL_K_STEP, MATMUL_SIDE, MATMUL_TILE, MATMUL_VEC4_BLOCK, MatmulParams,
 };
 use wgnorm::ops::optimizer::OptimizerParams;
+use wgnorm::ops::spatial::SpatialParams;
 
 fn parse_as(shader: Shader, storage: Storage) -> naga::Module {
     let source = shader.module_source(storage);
@@ -86,7 +87,12 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
         .collect();
     assert_eq!(
         with_f16,
-        [Shader::BatchNorm, Shader::Matmul, Shader::Activation]
+        [
+            Shader::BatchNorm,
+            Shader::Matmul,
+            Shader::Activation,
+            Shader::Spatial
+        ]
     );
     for (shader, storage) in with_f16
         .into_iter()
@@ -242,6 +248,10 @@ fn uniform_layouts_match_rust() {
     assert_eq!(
         wgsl_struct(Shader::Data, "GatherParams"),
         rust_layout!(GatherParams: rows, row_len, first, _pad0)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::Spatial, "SpatialParams"),
+        rust_layout!(SpatialParams: len, channels, height, width, out_height, out_width, kernel, stride, padding, _pad0, _pad1, _pad2)
     );
     assert_eq!(
         wgsl_struct(Shader::Bandwidth, "StreamParams"),

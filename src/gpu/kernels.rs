@@ -60,6 +60,7 @@ catalogue! {
     Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
     Optimizer => ("optimizer.wgsl", include_str!("../../shaders/optimizer.wgsl")),
     Data => ("data.wgsl", include_str!("../../shaders/data.wgsl")),
+    Spatial => ("spatial.wgsl", include_str!("../../shaders/spatial.wgsl")),
     Bandwidth => ("bandwidth.wgsl", include_str!("../../shaders/bandwidth.wgsl")),
 }
 
@@ -84,6 +85,13 @@ catalogue! {
     Adam => (Shader::Optimizer, "adam"),
     Sgd => (Shader::Optimizer, "sgd"),
     Gather => (Shader::Data, "gather"),
+    Im2col => (Shader::Spatial, "im2col"),
+    Col2im => (Shader::Spatial, "col2im"),
+    MaxPool => (Shader::Spatial, "max_pool"),
+    MaxPoolBackward => (Shader::Spatial, "max_pool_backward"),
+    AvgPool => (Shader::Spatial, "avg_pool"),
+    AvgPoolBackward => (Shader::Spatial, "avg_pool_backward"),
+    Transpose => (Shader::Spatial, "transpose"),
     Stream => (Shader::Bandwidth, "stream"),
 }
 

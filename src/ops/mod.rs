@@ -12,6 +12,7 @@ pub mod data;
 pub mod loss;
 pub mod matmul;
 pub mod optimizer;
+pub mod spatial;
 
 use crate::backend::Backend;
 use crate::{Error, Result};
@@ -25,6 +26,7 @@ pub trait Compute:
     + loss::LossOps
     + optimizer::OptimizerOps
     + data::DataOps
+    + spatial::SpatialOps
 {
 }
 
@@ -36,6 +38,7 @@ impl<T> Compute for T where
         + loss::LossOps
         + optimizer::OptimizerOps
         + data::DataOps
+        + spatial::SpatialOps
 {
 }
 

@@ -1,0 +1,201 @@
+// What moves values across image positions, one thread per output value, every output a
+// gather (no atomics, so each sum adds its terms in one fixed order):
+//
+//   im2col:    out[(n, oy, ox), (c, ky, kx)] = x[n, oy·s + ky − p, ox·s + kx − p, c], 0 outside
+//   col2im:    out[n, y, x, c] = Σ dy[(n, oy, ox), (c, ky, kx)] over the patches holding (y, x)
+//   max_pool:  out[n, oy, ox, c] = max of the window (its first maximum in row-major order)
+//   max_pool_backward: out[n, y, x, c] = Σ dy[n, oy, ox, c] over windows whose first maximum
+//              is (y, x)
+//   avg_pool:  out[n, c] = mean of x[n, ·, ·, c];  avg_pool_backward: out[n, y, x, c] = dy[n, c]/(h·w)
+//   transpose: out[b, j, i] = x[b, i, j] for row-major `height`×`width` matrices
+//
+// Images are channels-last (n, h, w, c). Sums run over (oy, ox) in increasing order, the order
+// in which the CPU twin (src/ops/spatial/cpu.rs) scatters the same terms, so the backends
+// agree exactly. x, dy and out are stored as X_T, DY_T and OUT_T; values are computed in f32.
+
+struct SpatialParams {
+    // Output values (threads that write).
+    len: u32,
+    channels: u32,
+    // The input image's; the matrix's rows and columns for `transpose`.
+    height: u32,
+    width: u32,
+    out_height: u32,
+    out_width: u32,
+    kernel: u32,
+    stride: u32,
+    padding: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: SpatialParams;
+@group(0) @binding(1) var<storage, read> x: array<X_T>;
+@group(0) @binding(2) var<storage, read> dy: array<DY_T>;
+@group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
+
+// (n, row, column, channel) of value `i` of a channels-last batch of rows×columns images.
+fn image_coordinates(i: u32, rows: u32, columns: u32) -> vec4<u32> {
+    let c = i % p.channels;
+    let position = i / p.channels;
+    let column = position % columns;
+    let row = (position / columns) % rows;
+    return vec4<u32>(position / (columns * rows), row, column, c);
+}
+
+fn input_index(n: u32, row: u32, column: u32, c: u32) -> u32 {
+    return ((n * p.height + row) * p.width + column) * p.channels + c;
+}
+
+// The first and last output rows (or columns) whose window holds padded position `padded`,
+// over an output of `extent`: oy·s ≤ padded < oy·s + k. Empty (first > last) if none.
+fn windows_over(padded: u32, extent: u32) -> vec2<u32> {
+    let first = select(0u, (padded + p.stride - p.kernel) / p.stride, padded + 1u >= p.kernel);
+    let last = min(padded / p.stride, extent - 1u);
+    return vec2<u32>(first, last);
+}
+
+// The input index of the first maximum of window (n, oy, ox) in channel c.
+fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> u32 {
+    var best = input_index(n, oy * p.stride, ox * p.stride, c);
+    var best_value = f32(x[best]);
+    for (var ky = 0u; ky < p.kernel; ky++) {
+        for (var kx = 0u; kx < p.kernel; kx++) {
+            let at = input_index(n, oy * p.stride + ky, ox * p.stride + kx, c);
+            let value = f32(x[at]);
+            if value > best_value {
+                best = at;
+                best_value = value;
+            }
+        }
+    }
+    return best;
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn im2col(@builtin(global_invocation_id) id: vec3<u32>,
+          @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let area = p.kernel * p.kernel;
+    let patch_len = p.channels * area;
+    let column = i % patch_len;
+    let row = i / patch_len;
+    let c = column / area;
+    let ky = (column % area) / p.kernel;
+    let kx = column % p.kernel;
+    let ox = row % p.out_width;
+    let oy = (row / p.out_width) % p.out_height;
+    let n = row / (p.out_width * p.out_height);
+    // Unsigned, so a position in the top or left padding wraps past the image and fails too.
+    let iy = oy * p.stride + ky - p.padding;
+    let ix = ox * p.stride + kx - p.padding;
+    var value = 0.0;
+    if oy * p.stride + ky >= p.padding && ox * p.stride + kx >= p.padding
+        && iy < p.height && ix < p.width {
+        value = f32(x[input_index(n, iy, ix, c)]);
+    }
+    out[i] = OUT_T(value);
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn col2im(@builtin(global_invocation_id) id: vec3<u32>,
+          @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let at = image_coordinates(i, p.height, p.width);
+    let padded = at.yz + vec2<u32>(p.padding);
+    let rows = windows_over(padded.x, p.out_height);
+    let columns = windows_over(padded.y, p.out_width);
+    let patch_len = p.channels * p.kernel * p.kernel;
+    var sum = 0.0;
+    for (var oy = rows.x; oy <= rows.y; oy++) {
+        let ky = padded.x - oy * p.stride;
+        for (var ox = columns.x; ox <= columns.y; ox++) {
+            let kx = padded.y - ox * p.stride;
+            let row = (at.x * p.out_height + oy) * p.out_width + ox;
+            sum += f32(dy[row * patch_len + (at.w * p.kernel + ky) * p.kernel + kx]);
+        }
+    }
+    out[i] = OUT_T(sum);
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn max_pool(@builtin(global_invocation_id) id: vec3<u32>,
+            @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let at = image_coordinates(i, p.out_height, p.out_width);
+    out[i] = OUT_T(f32(x[window_max(at.x, at.y, at.z, at.w)]));
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn max_pool_backward(@builtin(global_invocation_id) id: vec3<u32>,
+                     @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let at = image_coordinates(i, p.height, p.width);
+    let rows = windows_over(at.y, p.out_height);
+    let columns = windows_over(at.z, p.out_width);
+    var sum = 0.0;
+    for (var oy = rows.x; oy <= rows.y; oy++) {
+        for (var ox = columns.x; ox <= columns.y; ox++) {
+            if window_max(at.x, oy, ox, at.w) == i {
+                sum += f32(dy[((at.x * p.out_height + oy) * p.out_width + ox) * p.channels + at.w]);
+            }
+        }
+    }
+    out[i] = OUT_T(sum);
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn avg_pool(@builtin(global_invocation_id) id: vec3<u32>,
+            @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let positions = p.height * p.width;
+    let n = i / p.channels;
+    let c = i % p.channels;
+    var sum = 0.0;
+    for (var s = 0u; s < positions; s++) {
+        sum += f32(x[(n * positions + s) * p.channels + c]);
+    }
+    out[i] = OUT_T(sum / f32(positions));
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn avg_pool_backward(@builtin(global_invocation_id) id: vec3<u32>,
+                     @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let positions = p.height * p.width;
+    let n = i / (positions * p.channels);
+    out[i] = OUT_T(f32(dy[n * p.channels + i % p.channels]) / f32(positions));
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn transpose(@builtin(global_invocation_id) id: vec3<u32>,
+             @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = thread_index(id, groups, WORKGROUP);
+    if i >= p.len {
+        return;
+    }
+    let matrix = p.height * p.width;
+    let b = i / matrix;
+    let j = (i % matrix) / p.height;
+    let row = i % p.height;
+    out[i] = OUT_T(f32(x[b * matrix + row * p.width + j]));
+}
