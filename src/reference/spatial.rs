@@ -34,7 +34,7 @@ fn taps(window: Window) -> impl Iterator<Item = (usize, usize)> {
     (0..k).flat_map(move |ky| (0..k).map(move |kx| (ky, kx)))
 }
 
-/// y[n, oy, ox, o] = b[o] + Σ_{c, ky, kx} w[o, c, ky, kx]·x[n, oy·s + ky − p, ox·s + kx − p, c].
+/// `y[n, oy, ox, o] = b[o] + Σ_{c, ky, kx} w[o, c, ky, kx]·x[n, oy·s + ky − p, ox·s + kx − p, c]`.
 pub fn conv2d(
     x: &[impl Real],
     shape: ImageShape,
@@ -131,7 +131,7 @@ pub fn max_pool_backward(
     dx
 }
 
-/// y[n, c] = the mean of channel c over every position of image n.
+/// `y[n, c]` = the mean of channel c over every position of image n.
 pub fn avg_pool(x: &[impl Real], shape: ImageShape) -> Vec<f64> {
     let positions = shape.positions();
     let mut y = vec![0.0; shape.images * shape.channels];
@@ -142,7 +142,7 @@ pub fn avg_pool(x: &[impl Real], shape: ImageShape) -> Vec<f64> {
     y
 }
 
-/// dx[n, y, x, c] = dy[n, c] / positions.
+/// `dx[n, y, x, c] = dy[n, c] / positions`.
 pub fn avg_pool_backward(dy: &[impl Real], shape: ImageShape) -> Vec<f64> {
     let positions = shape.positions();
     (0..shape.numel())
