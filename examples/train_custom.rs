@@ -32,10 +32,7 @@ fn labels(split: &mnist::Split, rows: std::ops::Range<usize>) -> Vec<u32> {
 
 /// Trains, evaluates, saves and reloads. Nothing here depends on the backend.
 fn train<B: Compute>(backend: &B, data: &Mnist, train_images: usize) -> anyhow::Result<()> {
-    let spec = ModelSpec {
-        hidden: vec![256, 128],
-        ..ModelSpec::reference_mlp(true)
-    };
+    let spec = ModelSpec::mlp(PIXELS, &[256, 128], 10, true, 0.2)?;
     let mut model = Classifier::new(backend, &spec, OptimizerConfig::adam(1e-3), Init::Keras, 7)?;
     // Whole batches only: a last batch of one row cannot be batch-normalized.
     let steps = train_images / BATCH;

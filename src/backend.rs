@@ -70,6 +70,12 @@ pub trait Backend {
         None
     }
 
+    /// The most bytes one buffer may hold in a kernel's binding, where the backend has such a
+    /// limit (an adapter's `max_storage_buffer_binding_size`).
+    fn max_binding_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Device buffers created so far, where the backend keeps count (a leak check: flat once
     /// every size a run needs has been allocated).
     fn device_buffers(&self) -> Option<usize> {

@@ -1,4 +1,4 @@
-//! The model-level API: an MLP classifier with its optimizer, trained on tensors the caller
+//! The model-level API: a classifier of any architecture with its optimizer, trained on tensors the caller
 //! provides (on the device, or as host slices), for any backend.
 //!
 //! ```
@@ -9,7 +9,7 @@
 //!
 //! # fn main() -> wgnorm::Result<()> {
 //! let backend = CpuBackend::default();
-//! let spec = ModelSpec { inputs: 2, hidden: vec![16], classes: 2, ..ModelSpec::reference_mlp(true) };
+//! let spec = ModelSpec::mlp(2, &[16], 2, true, 0.2)?;
 //! let mut model = Classifier::new(&backend, &spec, OptimizerConfig::adam(1e-2), Init::Keras, 0)?;
 //! // Class 1 where x0 > x1.
 //! let x = [0.9, 0.1, 0.2, 0.8, 0.7, 0.3, 0.1, 0.6];
@@ -26,7 +26,7 @@ use std::path::Path;
 
 use crate::backend::Dtype;
 use crate::checkpoint;
-use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use crate::graph::{Compute, HostModel, Init, ModelSpec, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::loss::{LossTotals, metric};
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -36,7 +36,7 @@ use crate::{Error, Result};
 /// recorded and submitted without waiting; the loss and accuracy are summed on the device until
 /// `take_totals` reads them.
 pub struct Classifier<B: Compute> {
-    mlp: Mlp<B>,
+    mlp: Sequential<B>,
     optimizer: Optimizer<B>,
     metrics: B::Buffer,
     seed: u64,
@@ -51,7 +51,6 @@ impl<B: Compute> Classifier<B> {
         init: Init,
         seed: u64,
     ) -> Result<Self> {
-        spec.validate()?;
         Self::from_host(
             backend,
             spec,
@@ -73,7 +72,7 @@ impl<B: Compute> Classifier<B> {
         optimizer.validate()?;
         let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
         Ok(Self {
-            mlp: Mlp::upload(backend, spec, host)?,
+            mlp: Sequential::upload(backend, spec, host)?,
             optimizer: Optimizer::new(backend, optimizer, &lens)?,
             metrics: backend.filled(metric::LEN, 0.0)?,
             seed,
@@ -128,7 +127,7 @@ impl<B: Compute> Classifier<B> {
         })?;
         let state = &run.state;
         Ok(Self {
-            mlp: Mlp::upload(backend, &run.model.spec, &run.model.model)?,
+            mlp: Sequential::upload(backend, &run.model.spec, &run.model.model)?,
             optimizer: Optimizer::upload(
                 backend,
                 run.optimizer,
@@ -167,8 +166,8 @@ impl<B: Compute> Classifier<B> {
         &self.mlp.spec
     }
 
-    /// The layers, for callers that drive `Mlp::forward`/`backward` themselves.
-    pub fn mlp(&mut self) -> &mut Mlp<B> {
+    /// The layers, for callers that drive `Sequential::forward`/`backward` themselves.
+    pub fn mlp(&mut self) -> &mut Sequential<B> {
         &mut self.mlp
     }
 
@@ -186,9 +185,20 @@ impl<B: Compute> Classifier<B> {
         self.optimizer.steps
     }
 
+    /// The rows of `x` values, refusing none or a partial row.
+    fn whole_rows(&self, x: usize) -> Result<usize> {
+        let inputs = self.spec().inputs();
+        if x == 0 || !x.is_multiple_of(inputs) {
+            return Err(Error::Shape(format!(
+                "x has {x} values, expected a positive multiple of {inputs} inputs"
+            )));
+        }
+        Ok(x / inputs)
+    }
+
     /// Rows of `x` (rows × inputs values) given `labels` (one class index per row, as f32).
     fn rows_of(&self, x: usize, labels: usize) -> Result<usize> {
-        let inputs = self.spec().inputs;
+        let inputs = self.spec().inputs();
         if labels == 0 || x != labels * inputs {
             return Err(Error::Shape(format!(
                 "x has {x} values, expected rows × {inputs} inputs for {labels} labels"
@@ -229,63 +239,76 @@ impl<B: Compute> Classifier<B> {
     /// Logits (rows × classes) of a batch on the device, in eval mode: running statistics, no
     /// dropout, nothing updated.
     pub fn logits(&mut self, backend: &B, x: B::Buffer) -> Result<B::Buffer> {
-        let inputs = self.spec().inputs;
-        let len = backend.len_of(&x);
-        if len == 0 || len % inputs != 0 {
-            return Err(Error::Shape(format!(
-                "x has {len} values, expected a positive multiple of {inputs} inputs"
-            )));
-        }
+        let rows = self.whole_rows(backend.len_of(&x))?;
         let key = StepKey {
             seed: self.seed,
             step: self.optimizer.steps,
         };
-        let (logits, _) = self
-            .mlp
-            .forward(backend, Mode::Eval, x, len / inputs, key)?;
+        let (logits, _) = self.mlp.forward(backend, Mode::Eval, x, rows, key)?;
         Ok(logits)
     }
 
-    /// The predicted class of each row of `x` (host slice, rows × inputs).
+    /// The predicted class of each row of `x` (host slice, rows × inputs), in passes of as
+    /// many rows as the device binds at once.
     pub fn predict(&mut self, backend: &B, x: &[f32]) -> Result<Vec<usize>> {
-        let logits = self.logits(backend, backend.upload(x)?)?;
-        let classes = self.spec().classes;
-        Ok(backend
-            .download(&logits)?
-            .chunks_exact(classes)
-            .map(|row| {
+        self.whole_rows(x.len())?;
+        let classes = self.spec().classes();
+        let mut predicted = Vec::new();
+        for rows in x.chunks(self.values_per_pass(backend)?) {
+            let logits = self.logits(backend, backend.upload(rows)?)?;
+            predicted.extend(backend.download(&logits)?.chunks_exact(classes).map(|row| {
                 (0..classes)
                     .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
                     .unwrap_or(0)
-            })
-            .collect())
+            }));
+        }
+        Ok(predicted)
     }
 
     /// Mean loss and accuracy of `x` against `labels` in eval mode.
     pub fn evaluate(&mut self, backend: &B, x: &[f32], labels: &[u32]) -> Result<LossTotals> {
-        let label_buffer = self.label_buffer(backend, x.len(), labels)?;
-        let logits = self.logits(backend, backend.upload(x)?)?;
+        self.check_labels(x.len(), labels)?;
+        let per_pass = self.values_per_pass(backend)?;
         let mut metrics = backend.filled(metric::LEN, 0.0)?;
-        backend.softmax_cross_entropy(
-            &logits,
-            &label_buffer,
-            self.spec().classes,
-            None,
-            &mut metrics,
-        )?;
+        for (rows, labels) in x
+            .chunks(per_pass)
+            .zip(labels.chunks(per_pass / self.spec().inputs()))
+        {
+            let label_buffer = self.label_buffer(backend, rows.len(), labels)?;
+            let logits = self.logits(backend, backend.upload(rows)?)?;
+            backend.softmax_cross_entropy(
+                &logits,
+                &label_buffer,
+                self.spec().classes(),
+                None,
+                &mut metrics,
+            )?;
+        }
         LossTotals::from_metrics(&backend.download(&metrics)?)
+    }
+
+    /// Input values of the most rows one inference pass takes on `backend`.
+    fn values_per_pass(&self, backend: &B) -> Result<usize> {
+        let rows = crate::train::EVAL_BATCH.min(self.spec().max_rows(backend.max_binding_bytes())?);
+        Ok(rows * self.spec().inputs())
     }
 
     /// Labels checked against the classes and the rows of x, uploaded as f32.
     fn label_buffer(&self, backend: &B, x_len: usize, labels: &[u32]) -> Result<B::Buffer> {
-        self.rows_of(x_len, labels.len())?;
-        let classes = self.spec().classes;
-        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
-            return Err(Error::InvalidArgument(format!(
-                "label {bad} is outside 0..{classes}"
-            )));
-        }
+        self.check_labels(x_len, labels)?;
         let as_f32: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
         backend.upload(&as_f32)
+    }
+
+    /// Refuses labels outside the classes, or not one per row of x.
+    fn check_labels(&self, x_len: usize, labels: &[u32]) -> Result<()> {
+        self.rows_of(x_len, labels.len())?;
+        let classes = self.spec().classes();
+        match labels.iter().find(|&&l| l as usize >= classes) {
+            Some(bad) => Err(Error::InvalidArgument(format!(
+                "label {bad} is outside 0..{classes}"
+            ))),
+            None => Ok(()),
+        }
     }
 }

@@ -62,10 +62,10 @@ fn compare_writes_a_table_curves_and_one_row_per_run() {
     assert_eq!(
         seen,
         [
-            ("bn".into(), 0),
-            ("bn".into(), 1),
-            ("nobn".into(), 0),
-            ("nobn".into(), 1)
+            ("mlp".into(), 0),
+            ("mlp".into(), 1),
+            ("mlp-bn".into(), 0),
+            ("mlp-bn".into(), 1)
         ]
     );
     for r in runs {
@@ -78,7 +78,7 @@ fn compare_writes_a_table_curves_and_one_row_per_run() {
     assert!(md.contains("| first epoch with val accuracy ≥ 97% (per seed) | never, never |"));
     assert!(String::from_utf8_lossy(&output.stdout).contains("## Reading"));
     common::assert_png_shows_curves(&out.join("curves.png"), 2);
-    for run in ["bn-seed0", "nobn-seed1"] {
+    for run in ["mlp-bn-seed0", "mlp-seed1"] {
         assert!(out.join(run).join("model.safetensors").is_file(), "{run}");
     }
     // The results are never overwritten.
@@ -155,7 +155,7 @@ fn sweep_writes_one_row_per_run_and_reports_divergence() {
     assert_eq!(diverged, [1000.0]);
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert!(
-        md.contains("| bn | 32 | 1000 | diverged | diverged |"),
+        md.contains("| mlp-bn | 32 | 1000 | diverged | diverged |"),
         "{md}"
     );
     // A heat map: its cells are colored.
@@ -202,7 +202,7 @@ fn ctrl_c_stops_a_sweep_and_keeps_the_finished_rows() {
     let md = std::fs::read_to_string(dir.path().join("sweep/sweep.md")).unwrap();
     assert_eq!(
         md.lines()
-            .filter(|l| l.starts_with("| bn |") || l.starts_with("| nobn |"))
+            .filter(|l| l.starts_with("| mlp-bn |") || l.starts_with("| mlp |"))
             .count(),
         runs
     );

@@ -52,7 +52,8 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
     let run = dir.path().join("run");
 
     let metrics = json(&run.join("metrics.json"));
-    assert_eq!(metrics["model"], "bn");
+    assert_eq!(metrics["model"], "mlp-bn");
+    assert_eq!(metrics["arch"], "fc128,bn,relu,dropout0.2,fc10");
     assert_eq!(metrics["device"], "cpu");
     assert_eq!(metrics["batch_size"], 32);
     assert_eq!(metrics["seed"], 4);

@@ -5,7 +5,7 @@ mod common;
 
 use wgnorm::Backend;
 use wgnorm::cpu::CpuBackend;
-use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use wgnorm::graph::{Compute, HostModel, Init, ModelSpec, Sequential, StepKey};
 use wgnorm::ops::batchnorm::Mode;
 use wgnorm::ops::loss::{LossTotals, metric};
 
@@ -42,14 +42,9 @@ fn scratch_of_no_values_has_no_values_on_both_backends() {
 }
 
 fn backward_from_an_eval_tape<B: Compute>(backend: &B) -> String {
-    let spec = ModelSpec {
-        inputs: 4,
-        hidden: vec![6],
-        classes: 3,
-        ..ModelSpec::reference_mlp(true)
-    };
+    let spec = ModelSpec::mlp(4, &[6], 3, true, 0.2).unwrap();
     let host = HostModel::initial(&spec, Init::Keras, 1);
-    let mut mlp = Mlp::upload(backend, &spec, &host).unwrap();
+    let mut mlp = Sequential::upload(backend, &spec, &host).unwrap();
     let key = StepKey { seed: 1, step: 1 };
     let x = backend.upload(&[0.25; 8]).unwrap();
     let (_, tape) = mlp.forward(backend, Mode::Eval, x, 2, key).unwrap();

@@ -143,7 +143,7 @@ fn threads_sharing_a_backend_get_their_own_results() {
 /// and bind groups of its own, the same ones submission after submission.
 #[test]
 fn several_steps_per_submission_create_nothing_once_warm() {
-    use wgnorm::graph::{HostModel, Init, Mlp, ModelSpec};
+    use wgnorm::graph::{HostModel, Init, ModelSpec, Sequential};
     use wgnorm::ops::loss::metric;
     use wgnorm::optim::{Optimizer, OptimizerConfig};
     use wgnorm::train::train_on_batch;
@@ -153,13 +153,9 @@ fn several_steps_per_submission_create_nothing_once_warm() {
     }
     let gpu = &GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
     gpu.set_steps_per_submission(STEPS_PER_SUBMISSION);
-    let spec = ModelSpec {
-        inputs: 12,
-        hidden: vec![16],
-        classes: 4,
-        ..ModelSpec::reference_mlp(true)
-    };
-    let mut model = Mlp::upload(gpu, &spec, &HostModel::initial(&spec, Init::Keras, 3)).unwrap();
+    let spec = ModelSpec::mlp(12, &[16], 4, true, 0.2).unwrap();
+    let mut model =
+        Sequential::upload(gpu, &spec, &HostModel::initial(&spec, Init::Keras, 3)).unwrap();
     let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
     let mut optimizer = Optimizer::new(gpu, OptimizerConfig::adam(1e-3), &lens).unwrap();
     let mut metrics = gpu.filled(metric::LEN, 0.0).unwrap();
@@ -207,12 +203,7 @@ fn a_steady_state_training_step_creates_no_buffer_and_no_bind_group() {
     }
     // A device of its own: the shared one counts the work of the tests running beside this.
     let gpu = &GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
-    let spec = ModelSpec {
-        inputs: 12,
-        hidden: vec![16],
-        classes: 4,
-        ..ModelSpec::reference_mlp(true)
-    };
+    let spec = ModelSpec::mlp(12, &[16], 4, true, 0.2).unwrap();
     let mut model =
         Classifier::new(gpu, &spec, OptimizerConfig::adam(1e-3), Init::Keras, 1).unwrap();
     let x: Vec<f32> = (0..8 * 12).map(|i| (i % 7) as f32 / 7.0).collect();

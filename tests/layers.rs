@@ -1,20 +1,19 @@
-//! Every layer's gradient, three ways: the float64 reference formulas against central finite
-//! differences of the float64 forward; both backends' kernels against those references; and the
-//! whole graph's backward (Mlp) against the references chained layer by layer.
+//! Every layer's gradient two ways: the float64 reference formulas against central finite
+//! differences of the float64 forward, and both backends' kernels against those references.
+//! `tests/graph.rs` chains the same references through whole models.
 
 #[macro_use]
 mod common;
 
-use common::{assert_close, assert_close_to_terms, gpu, norm, normal, rng};
+use common::{assert_close, gpu, keeps, linear_backward, linear_forward, normal, rng};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use wgnorm::backend::Backend;
 use wgnorm::cpu::CpuBackend;
-use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, Mlp, ModelSpec, StepKey};
+use wgnorm::graph::Compute;
 use wgnorm::ops::activation::{Activation, ActivationOps, DropoutMask};
-use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
+use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::ops::loss::{LossTotals, metric};
-use wgnorm::ops::matmul::MatrixLayout;
 use wgnorm::ops::optimizer::OptimizerParams;
 use wgnorm::reference;
 
@@ -43,63 +42,12 @@ fn check_gradient(what: &str, f: &dyn Fn(&[f64]) -> f64, x: &[f64], analytic: &[
     }
 }
 
-/// Which of the first `len` elements `mask` keeps.
-fn keeps(mask: &DropoutMask, len: usize) -> Vec<bool> {
-    (0..len as u32).map(|i| mask.keeps(i)).collect()
-}
-
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn f64s(values: &[f32]) -> Vec<f64> {
-    values.iter().map(|&v| f64::from(v)).collect()
-}
-
 fn uniform(rng: &mut StdRng, len: usize) -> Vec<f64> {
     (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-fn linear_forward(x: &[f64], w: &[f64], b: &[f64], rows: usize, inputs: usize) -> Vec<f64> {
-    let outputs = b.len();
-    reference::matmul::matmul(
-        x,
-        MatrixLayout::row_major(rows, inputs),
-        w,
-        MatrixLayout::row_major(outputs, inputs).transposed(),
-        Some(b),
-    )
-}
-
-/// (dx, dW, db) of y = x·Wᵀ + b for upstream dy.
-fn linear_backward(
-    x: &[f64],
-    w: &[f64],
-    dy: &[f64],
-    rows: usize,
-    inputs: usize,
-    outputs: usize,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let dy_layout = MatrixLayout::row_major(rows, outputs);
-    let none: Option<&[f64]> = None;
-    let dx = reference::matmul::matmul(
-        dy,
-        dy_layout,
-        w,
-        MatrixLayout::row_major(outputs, inputs),
-        none,
-    );
-    let dw = reference::matmul::matmul(
-        dy,
-        dy_layout.transposed(),
-        x,
-        MatrixLayout::row_major(rows, inputs),
-        none,
-    );
-    let db = (0..outputs)
-        .map(|j| (0..rows).map(|r| dy[r * outputs + j]).sum())
-        .collect();
-    (dx, dw, db)
 }
 
 #[test]
@@ -418,148 +366,3 @@ fn dropout_masks_are_the_same_on_both_backends_and_differ_by_key() {
         );
     }
 }
-
-/// The reference MLP step, chained from the float64 layer formulas: logits, and per parameter
-/// (in `ModelSpec::params` order) its gradient and the size of the terms summed into it.
-/// A Linear bias feeding BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift),
-/// which f32 can only meet to within the size of the dy values it sums.
-fn reference_step(
-    spec: &ModelSpec,
-    host: &HostModel,
-    x: &[f32],
-    labels: &[usize],
-    key: StepKey,
-) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
-    let rows = labels.len();
-    let params: Vec<Vec<f64>> = host.params.iter().map(|p| f64s(p)).collect();
-    let layers = spec.layers();
-    let mut inputs = Vec::new();
-    let mut h = f64s(x);
-    let mut next = 0;
-    let mut param_at = Vec::new();
-    for (index, layer) in layers.iter().enumerate() {
-        inputs.push(h.clone());
-        param_at.push(next);
-        h = match *layer {
-            LayerSpec::Linear { inputs, .. } => {
-                next += 2;
-                linear_forward(&h, &params[next - 2], &params[next - 1], rows, inputs)
-            }
-            LayerSpec::BatchNorm { features } => {
-                next += 2;
-                let shape = BatchNormShape {
-                    n: rows,
-                    c: features,
-                    s: 1,
-                };
-                let (zeros, ones) = (vec![0.0f64; features], vec![1.0f64; features]);
-                let (gamma, beta) = (&params[next - 2], &params[next - 1]);
-                reference::batchnorm::forward_train(
-                    &h, shape, gamma, beta, &zeros, &ones, EPS, MOMENTUM,
-                )
-                .y
-            }
-            LayerSpec::Relu => reference::activation::relu(&h),
-            LayerSpec::Dropout { p } => {
-                let keep = keeps(
-                    &DropoutMask::new(p, key.seed, index as u32, key.step),
-                    h.len(),
-                );
-                reference::activation::dropout(&h, &keep, f64::from(p))
-            }
-        };
-    }
-    let logits = h;
-    let (_, mut dy, _) = reference::loss::softmax_cross_entropy(&logits, labels, spec.classes);
-    let mut grads = vec![(Vec::new(), 0.0); params.len()];
-    for (index, layer) in layers.iter().enumerate().rev() {
-        let input = &inputs[index];
-        let at = param_at[index];
-        dy = match *layer {
-            LayerSpec::Linear { inputs, outputs } => {
-                let (dx, dw, db) = linear_backward(input, &params[at], &dy, rows, inputs, outputs);
-                grads[at] = (dw, 0.0);
-                grads[at + 1] = (db, norm(&dy));
-                dx
-            }
-            LayerSpec::BatchNorm { features } => {
-                let shape = BatchNormShape {
-                    n: rows,
-                    c: features,
-                    s: 1,
-                };
-                let g = reference::batchnorm::backward(input, &dy, shape, &params[at], EPS);
-                grads[at] = (g.dgamma, 0.0);
-                grads[at + 1] = (g.dbeta, 0.0);
-                g.dx
-            }
-            LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
-            LayerSpec::Dropout { p } => {
-                let keep = keeps(
-                    &DropoutMask::new(p, key.seed, index as u32, key.step),
-                    dy.len(),
-                );
-                reference::activation::dropout(&dy, &keep, f64::from(p))
-            }
-        };
-    }
-    (logits, grads)
-}
-
-fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut StdRng) {
-    for (batchnorm, hidden) in [(true, vec![16]), (false, vec![16]), (true, vec![12, 9])] {
-        let spec = ModelSpec {
-            inputs: 20,
-            hidden,
-            classes: 5,
-            batchnorm,
-            dropout: 0.3,
-            batchnorm_config: BatchNormConfig::default(),
-        };
-        let host = HostModel::initial(&spec, Init::Torch, rng.random());
-        let rows = 7;
-        let x = normal(rng, rows * spec.inputs, 0.5, 1.0);
-        let labels: Vec<usize> = (0..rows)
-            .map(|_| rng.random_range(0..spec.classes))
-            .collect();
-        let key = StepKey {
-            seed: rng.random(),
-            step: rng.random_range(0..1000),
-        };
-        let (logits_ref, grads_ref) = reference_step(&spec, &host, &x, &labels, key);
-
-        let mut model = Mlp::upload(backend, &spec, &host).unwrap();
-        let xb = backend.upload(&x).unwrap();
-        let (logits, tape) = model.forward(backend, Mode::Train, xb, rows, key).unwrap();
-        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-        let mut dlogits = backend.scratch(rows * spec.classes).unwrap();
-        let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
-        backend
-            .softmax_cross_entropy(
-                &logits,
-                &backend.upload(&label_values).unwrap(),
-                spec.classes,
-                Some(&mut dlogits),
-                &mut metrics,
-            )
-            .unwrap();
-        assert_close(
-            "logits",
-            &backend.download(&logits).unwrap(),
-            &logits_ref,
-            1e-5,
-        );
-        let grads = model.backward(backend, tape, dlogits).unwrap();
-        assert_eq!(grads.len(), grads_ref.len());
-        for ((param, grad), (reference, terms)) in spec.params().iter().zip(&grads).zip(&grads_ref)
-        {
-            let what = format!("{} grad (bn {batchnorm}, {:?})", param.name, spec.hidden);
-            let out = backend.download(grad).unwrap();
-            assert_close_to_terms(&what, &out, reference, *terms, 1e-4);
-        }
-    }
-}
-
-backend_test!(graph_backward_matches_chained_references, |backend, rng| {
-    graph_backward_matches_chained_references(backend, rng)
-});

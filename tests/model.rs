@@ -11,12 +11,7 @@ use wgnorm::model::Classifier;
 use wgnorm::optim::OptimizerConfig;
 
 fn spec() -> ModelSpec {
-    ModelSpec {
-        inputs: 6,
-        hidden: vec![12, 8],
-        classes: 3,
-        ..ModelSpec::reference_mlp(true)
-    }
+    ModelSpec::mlp(6, &[12, 8], 3, true, 0.2).unwrap()
 }
 
 /// Rows whose class is the index of the largest of their first three values.

@@ -7,7 +7,7 @@ use common::{assert_close, gpu, norm, shared_mnist};
 use wgnorm::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
-use wgnorm::graph::{Compute, HostModel, Init, Mlp, ModelSpec, StepKey};
+use wgnorm::graph::{Compute, HostModel, Init, ModelSpec, Sequential, StepKey};
 use wgnorm::ops::batchnorm::Mode;
 use wgnorm::ops::loss::{LossTotals, metric};
 use wgnorm::optim::{Optimizer, OptimizerConfig};
@@ -39,7 +39,7 @@ fn run_steps<B: Compute>(
     steps: usize,
 ) -> Vec<StepResult> {
     let host = HostModel::initial(spec, Init::Keras, 5);
-    let mut model = Mlp::upload(backend, spec, &host).unwrap();
+    let mut model = Sequential::upload(backend, spec, &host).unwrap();
     let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
     let mut opt = Optimizer::new(backend, optimizer, &lens).unwrap();
     let images = backend
@@ -148,6 +148,7 @@ fn short_run<B: Compute>(
         drop_last: false,
         lr_schedule: wgnorm::train::LrSchedule::Constant,
         warmup_epochs: 0,
+        patience: None,
     };
     let mut trainer = Trainer::new(backend, config, data).unwrap();
     let mut reports = 0;
@@ -216,7 +217,7 @@ fn f16_activations_train_within_half_a_point_of_f32() {
     );
     // The CPU has no f16 storage: the model refuses instead of silently using f32.
     let spec = ModelSpec::reference_mlp(true);
-    let mut model = Mlp::upload(
+    let mut model = Sequential::upload(
         &CpuBackend,
         &spec,
         &HostModel::initial(&spec, Init::Keras, 0),

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{Clock, device_timing, wall_timing};
 use crate::cpu::CpuBackend;
-use crate::graph::{LayerSpec, ModelSpec};
+use crate::graph::{LayerSpec, ModelSpec, SampleShape};
 use crate::ops::matmul::{MatmulOps, MatrixLayout};
 use crate::{Error, Result};
 
@@ -51,14 +51,25 @@ impl StepProduct {
 /// The products a training step of `spec` at `batch` rows runs, layer by layer.
 pub fn step_products(spec: &ModelSpec, batch: usize) -> Vec<StepProduct> {
     let mut products = Vec::new();
-    let mut first = true;
-    for (layer, spec) in spec.layers().into_iter().enumerate() {
-        let LayerSpec::Linear { inputs, outputs } = spec else {
-            continue;
+    for (layer, (spec_layer, &input)) in spec.layers().iter().zip(spec.shapes()).enumerate() {
+        // A convolution is the product of its patches (one row per output position) and W.
+        let (rows, inputs, outputs) = match (*spec_layer, input) {
+            (LayerSpec::Linear { outputs }, _) => (batch, input.len(), outputs),
+            (LayerSpec::Conv2d { outputs, window }, SampleShape::Image(image)) => {
+                let Ok((height, width)) = window.output(image.height, image.width) else {
+                    continue;
+                };
+                (
+                    batch * height * width,
+                    window.patch_len(image.channels),
+                    outputs,
+                )
+            }
+            _ => continue,
         };
-        let x = MatrixLayout::row_major(batch, inputs);
+        let x = MatrixLayout::row_major(rows, inputs);
         let w = MatrixLayout::row_major(outputs, inputs);
-        let dy = MatrixLayout::row_major(batch, outputs);
+        let dy = MatrixLayout::row_major(rows, outputs);
         let mut add = |product, a, b| {
             products.push(StepProduct {
                 layer,
@@ -69,10 +80,9 @@ pub fn step_products(spec: &ModelSpec, batch: usize) -> Vec<StepProduct> {
         };
         add(LinearProduct::Forward, x, w.transposed());
         add(LinearProduct::WeightGrad, dy.transposed(), x);
-        if !first {
+        if layer > 0 {
             add(LinearProduct::InputGrad, dy, w);
         }
-        first = false;
     }
     products
 }

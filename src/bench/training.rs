@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Clock, Timing, wall_timing};
 use crate::Result;
 use crate::data::mnist::{CLASSES, Mnist, PIXELS};
-use crate::graph::{Compute, HostModel, Init, Mlp, ModelSpec};
+use crate::graph::{Compute, HostModel, Init, ModelSpec, Sequential};
 use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::metric;
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -17,7 +17,7 @@ use crate::train::{TrainConfig, Trainer, train_on_batch};
 /// One training step of an MLP on synthetic images: gather, forward, cross-entropy, backward
 /// and Adam, exactly as the trainer runs it (the speed does not depend on the pixel values).
 pub struct SyntheticStep<B: Compute> {
-    model: Mlp<B>,
+    model: Sequential<B>,
     optimizer: Optimizer<B>,
     images: DeviceImages<B>,
     index: IndexList<B>,
@@ -43,7 +43,7 @@ impl<B: Compute> SyntheticStep<B> {
         let lens: Vec<usize> = spec.params().iter().map(|p| p.len()).collect();
         let order: Vec<u32> = (0..SYNTHETIC_IMAGES as u32).collect();
         Ok(Self {
-            model: Mlp::upload(backend, spec, &HostModel::initial(spec, Init::Keras, 0))?,
+            model: Sequential::upload(backend, spec, &HostModel::initial(spec, Init::Keras, 0))?,
             optimizer: Optimizer::new(backend, OptimizerConfig::adam(1e-3), &lens)?,
             images: backend.upload_images(&pixels, PIXELS, &labels)?,
             index: backend.upload_indices(&order)?,
@@ -251,18 +251,10 @@ pub fn time_epoch<B: Compute>(
     })
 }
 
-/// Multiply-adds ×2 of one training step of `spec` on `batch` rows: each Linear layer's forward
-/// (X·Wᵀ), its weight gradient (dYᵀ·X) and, except for the first, its input gradient (dY·W).
+/// Multiply-adds ×2 of one training step of `spec` on `batch` rows: the products of
+/// `step_products`.
 pub fn step_flops(spec: &ModelSpec, batch: usize) -> f64 {
-    let mut widths = vec![spec.inputs];
-    widths.extend(&spec.hidden);
-    widths.push(spec.classes);
-    widths
-        .windows(2)
-        .enumerate()
-        .map(|(layer, pair)| {
-            let products = if layer == 0 { 2.0 } else { 3.0 };
-            products * 2.0 * (batch * pair[0] * pair[1]) as f64
-        })
+    (super::step_products(spec, batch).iter())
+        .map(|product| product.flops())
         .sum()
 }

@@ -17,11 +17,9 @@ use std::path::Path;
 use safetensors::tensor::{Dtype as TensorDtype, SafeTensors, TensorView};
 
 use crate::backend::Dtype;
-use serde::{Deserialize, Serialize};
 
 use crate::data::write_atomically;
 use crate::graph::{HostModel, HostRunning, ModelSpec};
-use crate::ops::batchnorm::BatchNormConfig;
 use crate::{Error, Result};
 
 /// The model file of a run's directory.
@@ -30,6 +28,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "training_state.safetensors";
 /// The f16 copy of a finished run's model (`wgnorm train --export-dtype f16`).
 pub const F16_MODEL_FILE: &str = "model.f16.safetensors";
+/// With early stopping, the model of the epoch with the lowest validation loss, beside the last.
+pub const BEST_MODEL_FILE: &str = "best.safetensors";
 
 const MODEL_FORMAT: &str = "wgnorm-mlp-1";
 const STATE_FORMAT: &str = "wgnorm-training-state-1";
@@ -56,17 +56,6 @@ pub struct TrainingState {
     pub history: String,
     /// state[parameter][state name index], in `ModelSpec::params` order.
     pub optimizer: Vec<Vec<Vec<f32>>>,
-}
-
-/// The architecture as stored in the metadata.
-#[derive(Serialize, Deserialize)]
-struct Architecture {
-    inputs: usize,
-    hidden: Vec<usize>,
-    classes: usize,
-    batchnorm: bool,
-    dropout: f32,
-    batchnorm_config: BatchNormConfig,
 }
 
 fn format_error(path: &Path, message: impl Into<String>) -> Error {
@@ -244,7 +233,8 @@ pub fn save_model(
             dtype,
         ));
     }
-    for ((index, features), running) in spec.batchnorm_layers().into_iter().zip(&model.running) {
+    for (layer, running) in spec.batchnorm_layers().into_iter().zip(&model.running) {
+        let (index, features) = (layer.index, layer.features);
         tensors.push(float_entry(
             format!("{index}.running_mean"),
             vec![features],
@@ -266,20 +256,9 @@ pub fn save_model(
             count.to_le_bytes().to_vec(),
         ));
     }
-    let architecture = Architecture {
-        inputs: spec.inputs,
-        hidden: spec.hidden.clone(),
-        classes: spec.classes,
-        batchnorm: spec.batchnorm,
-        dropout: spec.dropout,
-        batchnorm_config: spec.batchnorm_config,
-    };
     let metadata = HashMap::from([
         ("format".to_string(), MODEL_FORMAT.to_string()),
-        (
-            "architecture".to_string(),
-            serde_json::to_string(&architecture)?,
-        ),
+        ("architecture".to_string(), serde_json::to_string(spec)?),
         ("torch_module".to_string(), spec.torch_module()),
         ("epochs_done".to_string(), epochs_done.to_string()),
     ]);
@@ -294,17 +273,9 @@ pub fn load_model(path: &Path) -> Result<ModelCheckpoint> {
 /// `load_model` on bytes already read; `path` is the name errors give them.
 pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<ModelCheckpoint> {
     let reader = Reader::new(path, bytes, MODEL_FORMAT)?;
-    let architecture: Architecture = serde_json::from_str(reader.meta("architecture")?)
-        .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;
-    let spec = ModelSpec {
-        inputs: architecture.inputs,
-        hidden: architecture.hidden,
-        classes: architecture.classes,
-        batchnorm: architecture.batchnorm,
-        dropout: architecture.dropout,
-        batchnorm_config: architecture.batchnorm_config,
-    };
-    spec.validate()
+    // An MLP's architecture is written as every version has written it; other stacks as
+    // their input and `--arch` layers (`ModelSpec`'s serde form). Reading checks it.
+    let spec: ModelSpec = serde_json::from_str(reader.meta("architecture")?)
         .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;
     let params = spec
         .params()
@@ -314,7 +285,8 @@ pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<ModelCheckpoint> {
     let running = spec
         .batchnorm_layers()
         .into_iter()
-        .map(|(index, features)| {
+        .map(|layer| {
+            let (index, features) = (layer.index, layer.features);
             Ok(HostRunning {
                 mean: reader.floats(&format!("{index}.running_mean"), &[features])?,
                 var: reader.floats(&format!("{index}.running_var"), &[features])?,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{MODEL_FILE, ModelCheckpoint, STATE_FILE, TrainingState};
 use crate::backend::Dtype;
-use crate::graph::{Compute, Mlp, ModelSpec};
+use crate::graph::{Compute, ModelSpec, Sequential};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 
@@ -37,7 +37,7 @@ pub struct Restored {
 pub fn save_run<B: Compute>(
     backend: &B,
     dir: &Path,
-    mlp: &Mlp<B>,
+    mlp: &Sequential<B>,
     optimizer: &Optimizer<B>,
     progress: Progress<'_>,
 ) -> Result<()> {

@@ -1,9 +1,10 @@
-//! `wgnorm compare`: `nobn` and `bn` under the same protocol, seeds and data, side by side,
-//! with mean ± standard deviation over `--repeats` seeds and learning curves.
+//! `wgnorm compare`: a model family without and with BatchNorm (`mlp` and `mlp-bn`, or `cnn`
+//! and `cnn-bn`) under the same protocol, seeds and data, side by side, with mean ± standard
+//! deviation over `--repeats` seeds and learning curves.
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
 use super::run_args::{ModelChoice, RunArgs};
@@ -16,6 +17,9 @@ pub const TARGET_VAL_ACC: f64 = 0.97;
 
 #[derive(Args)]
 pub struct CompareArgs {
+    /// The models compared: mlp and mlp-bn, or cnn and cnn-bn.
+    #[arg(long, value_enum, default_value_t = Family::Mlp)]
+    family: Family,
     #[command(flatten)]
     run: RunArgs,
     /// Seeds per model: --seed, --seed + 1, ...
@@ -26,7 +30,21 @@ pub struct CompareArgs {
     out: PathBuf,
 }
 
-const MODELS: [ModelChoice; 2] = [ModelChoice::Nobn, ModelChoice::Bn];
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Family {
+    Mlp,
+    Cnn,
+}
+
+impl Family {
+    /// The model without BatchNorm, then the model with it.
+    fn models(self) -> [ModelChoice; 2] {
+        match self {
+            Family::Mlp => [ModelChoice::Mlp, ModelChoice::MlpBn],
+            Family::Cnn => [ModelChoice::Cnn, ModelChoice::CnnBn],
+        }
+    }
+}
 
 pub fn run(args: CompareArgs) -> Result<()> {
     args.run.device.check()?;
@@ -38,18 +56,18 @@ pub fn run(args: CompareArgs) -> Result<()> {
     check_fresh(&args.out, "compare.json")?;
     let mut plan = Vec::new();
     for repeat in 0..args.repeats {
-        for model in MODELS {
+        for model in args.family.models() {
             let mut config = args.run.config(model)?;
             config.seed = args.run.seed + repeat;
-            let dir = args.out.join(format!(
-                "{}-seed{}",
-                super::experiment::model_name(model),
-                config.seed
-            ));
+            let dir = args
+                .out
+                .join(format!("{}-seed{}", model.name(), config.seed));
             plan.push(PlannedRun { model, config, dir });
         }
     }
-    let settings = args.run.config(ModelChoice::Bn)?.settings()?;
+    let [without, with] = args.family.models();
+    let settings = args.run.config(with)?.settings()?;
+    let names = [without.name(), with.name()];
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({
@@ -58,11 +76,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
             "runs": runs,
         });
         write_text(&out, "compare.json", &serde_json::to_string_pretty(&json)?)?;
-        write_text(&out, "compare.md", &markdown(runs))?;
-        curves(&out.join("curves.png"), runs)
+        write_text(&out, "compare.md", &markdown(runs, names))?;
+        curves(&out.join("curves.png"), runs, names)
     };
     let runs = run_all(&args.run, plan, &mut save)?;
-    println!("{}", markdown(&runs));
+    println!("{}", markdown(&runs, names));
     Ok(())
 }
 
@@ -100,10 +118,10 @@ const MEASURES: [Measure; 7] = [
 ];
 
 /// The side-by-side table and a reading that states only what the numbers show.
-pub fn markdown(runs: &[RunResult]) -> String {
-    let names = ["nobn", "bn"];
-    let mut md = String::from(
-        "# BatchNorm comparison\n\n| measure (final epoch) | nobn | bn |\n| --- | --- | --- |\n",
+pub fn markdown(runs: &[RunResult], names: [&str; 2]) -> String {
+    let mut md = format!(
+        "# BatchNorm comparison\n\n| measure (final epoch) | {} | {} |\n| --- | --- | --- |\n",
+        names[0], names[1]
     );
     for (label, scale, decimals, measure) in MEASURES {
         let cells: Vec<String> = names
@@ -136,16 +154,21 @@ pub fn markdown(runs: &[RunResult]) -> String {
         reach[0],
         reach[1]
     );
-    let seeds: Vec<String> = runs_of(runs, "bn").map(|r| r.seed.to_string()).collect();
+    let seeds: Vec<String> = (runs_of(runs, names[1]))
+        .map(|r| r.seed.to_string())
+        .collect();
     md += &format!(
         "\nSeeds: {}. Values are mean ± sample standard deviation over seeds.\n\n## Reading\n\n",
         seeds.join(", ")
     );
     for (label, scale, decimals, measure) in MEASURES {
-        let (a, b) = (values(runs, "nobn", &measure), values(runs, "bn", &measure));
+        let (a, b) = (
+            values(runs, names[0], &measure),
+            values(runs, names[1], &measure),
+        );
         if let Some(reading) = read_difference(&a, &b) {
             let unit = if scale == 100.0 { " points" } else { "" };
-            let sentence = reading.sentence(label, ("nobn", "bn"), scale, unit, decimals + 1);
+            let sentence = reading.sentence(label, (names[0], names[1]), scale, unit, decimals + 1);
             md += &format!("- {sentence}\n");
         }
     }
@@ -156,7 +179,7 @@ pub fn markdown(runs: &[RunResult]) -> String {
 }
 
 /// Train and validation loss and accuracy per epoch, each model's mean over its seeds.
-fn curves(path: &std::path::Path, runs: &[RunResult]) -> Result<()> {
+fn curves(path: &std::path::Path, runs: &[RunResult], names: [&str; 2]) -> Result<()> {
     type Pick = fn(&wgnorm::train::EpochRecord) -> Option<f64>;
     let panels: [(&str, &str, Pick); 4] = [
         ("training loss", "loss", |e| Some(e.train_loss)),
@@ -172,7 +195,7 @@ fn curves(path: &std::path::Path, runs: &[RunResult]) -> Result<()> {
             y_label: y_label.to_string(),
             log2_x: false,
             log10_y: false,
-            lines: ["nobn", "bn"]
+            lines: names
                 .iter()
                 .map(|model| {
                     let finished: Vec<&RunResult> = runs_of(runs, model)
@@ -194,5 +217,6 @@ fn curves(path: &std::path::Path, runs: &[RunResult]) -> Result<()> {
                 .collect(),
         })
         .collect();
-    plot::panels(path, "MNIST MLP with and without BatchNorm", &panels, 2)
+    let title = format!("{} and {}", names[0], names[1]);
+    plot::panels(path, &title, &panels, 2)
 }

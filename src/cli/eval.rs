@@ -7,7 +7,7 @@ use clap::Args;
 use super::{DataArgs, Device, DeviceArgs};
 use wgnorm::checkpoint;
 use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
-use wgnorm::graph::{Compute, Mlp};
+use wgnorm::graph::{Compute, Sequential};
 use wgnorm::ops::loss::LossTotals;
 use wgnorm::train::evaluate;
 use wgnorm::{Dtype, Error, Result};
@@ -69,7 +69,7 @@ fn test_on<B: Compute>(
     dtype: Dtype,
 ) -> Result<LossTotals> {
     let dtype = super::storage_or_f32(backend, dtype, "evaluating");
-    let mut model = Mlp::upload_for_inference(backend, &saved.spec, &saved.model, dtype)?;
+    let mut model = Sequential::upload_for_inference(backend, &saved.spec, &saved.model, dtype)?;
     let images = backend.upload_images(&data.test.images, PIXELS, &data.test.labels)?;
     let index: Vec<u32> = (0..data.test.len() as u32).collect();
     let index = backend.upload_indices(&index)?;
@@ -96,13 +96,14 @@ pub fn load_mnist_model(path: &std::path::Path) -> Result<checkpoint::ModelCheck
         }));
     }
     let saved = checkpoint::load_model(path)?;
-    if saved.spec.inputs != PIXELS || saved.spec.classes != CLASSES {
+    if saved.spec.inputs() != PIXELS || saved.spec.classes() != CLASSES {
         return Err(Error::Format {
             path: path.to_path_buf(),
             message: format!(
                 "the model takes {} inputs into {} classes, MNIST's images have {PIXELS} pixels \
                  in {CLASSES} classes",
-                saved.spec.inputs, saved.spec.classes
+                saved.spec.inputs(),
+                saved.spec.classes()
             ),
         });
     }

@@ -39,13 +39,6 @@ pub fn check_fresh(out: &Path, results_file: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn model_name(model: ModelChoice) -> &'static str {
-    match model {
-        ModelChoice::Bn => "bn",
-        ModelChoice::Nobn => "nobn",
-    }
-}
-
 /// Runs `plan` in order; `save` gets every result so far after each run.
 pub fn run_all(
     args: &RunArgs,
@@ -84,7 +77,7 @@ fn run_planned<B: Compute>(
     );
     let mut results = Vec::new();
     for run in plan {
-        let name = model_name(run.model).to_string();
+        let name = run.model.name().to_string();
         overall.set_message(format!(
             "{name}, batch {}, lr {}, seed {}",
             run.config.batch_size,

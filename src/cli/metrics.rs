@@ -5,7 +5,7 @@ use std::path::Path;
 use wgnorm::Result;
 use wgnorm::data::write_atomically;
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::{EpochRecord, TrainConfig};
+use wgnorm::train::{EarlyStop, EpochRecord, TrainConfig};
 
 /// `metrics.json` and `metrics.csv` of a run.
 pub struct MetricsFile<'a> {
@@ -25,7 +25,8 @@ impl MetricsFile<'_> {
         let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
         let json = serde_json::json!({
             "dataset": self.dataset,
-            "model": if self.config.spec.batchnorm { "bn" } else { "nobn" },
+            "model": self.config.spec.preset().map_or("custom", |preset| preset.name()),
+            "arch": self.config.spec.arch(),
             "architecture": self.config.spec.torch_module(),
             "device": self.device,
             "adapter": self.adapter,
@@ -35,6 +36,9 @@ impl MetricsFile<'_> {
             "epochs": history,
             "test_loss": test.map(|t| t.mean_loss()),
             "test_acc": test.map(|t| t.accuracy()),
+            "best_epoch": (self.config.patience)
+                .and_then(|patience| EarlyStop::of(history, patience).best)
+                .map(|(epoch, _)| epoch),
             "train_seconds": train_seconds,
         });
         let text = serde_json::to_string_pretty(&json)?;

@@ -128,7 +128,7 @@ fn classify<B: Compute>(
     let logits = model.logits(backend, backend.upload(&pixels)?)?;
     let logits = backend.download(&logits)?;
     Ok(logits
-        .chunks_exact(saved.spec.classes)
+        .chunks_exact(saved.spec.classes())
         .map(|row| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let exp: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();

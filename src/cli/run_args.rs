@@ -5,8 +5,8 @@ use clap::{Args, ValueEnum};
 
 use super::{DataArgs, DeviceArgs};
 use wgnorm::backend::Dtype;
-use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
-use wgnorm::graph::{Init, ModelSpec};
+use wgnorm::data::mnist::{CLASSES, Mnist};
+use wgnorm::graph::{Init, MNIST_IMAGE, ModelSpec, Preset};
 use wgnorm::ops::batchnorm::BatchNormConfig;
 use wgnorm::optim::OptimizerConfig;
 use wgnorm::train::{LrSchedule, TrainConfig};
@@ -14,10 +14,33 @@ use wgnorm::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModelChoice {
-    /// Linear → BatchNorm → ReLU → Dropout per hidden layer.
-    Bn,
-    /// Linear → ReLU → Dropout per hidden layer.
-    Nobn,
+    /// Linear → ReLU → Dropout per hidden width → Linear.
+    #[value(alias = "nobn")]
+    Mlp,
+    /// Linear → BatchNorm1d → ReLU → Dropout per hidden width → Linear.
+    #[value(alias = "bn")]
+    MlpBn,
+    /// [Conv 3×3 → ReLU → MaxPool 2] with 32, then 64 channels → Flatten → the MLP's head.
+    Cnn,
+    /// The CNN with BatchNorm2d after each convolution and BatchNorm1d in the head.
+    CnnBn,
+}
+
+impl ModelChoice {
+    /// The preset it names.
+    pub fn preset(self) -> Preset {
+        match self {
+            ModelChoice::Mlp => Preset::Mlp,
+            ModelChoice::MlpBn => Preset::MlpBn,
+            ModelChoice::Cnn => Preset::Cnn,
+            ModelChoice::CnnBn => Preset::CnnBn,
+        }
+    }
+
+    /// Its name in reports and run folders.
+    pub fn name(self) -> &'static str {
+        self.preset().name()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -37,9 +60,10 @@ pub enum InitChoice {
 /// The settings of one training run, shared by `train`, `compare` and `sweep`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Hidden layer widths, comma-separated (e.g. 256,128).
-    #[arg(long, value_delimiter = ',', default_value = "128")]
-    hidden: Vec<usize>,
+    /// Hidden widths of the model's fully connected head, comma-separated (e.g. 256,128)
+    /// [default: 128].
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
     #[arg(long, default_value_t = 5)]
     epochs: usize,
     /// Samples per step [default: 32].
@@ -57,9 +81,9 @@ pub struct RunArgs {
     /// SGD momentum (with --optimizer sgd only) [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
-    /// Dropout probability after each hidden layer.
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
-    dropout: f32,
+    /// Dropout probability after each hidden layer of the head [default: 0.2].
+    #[arg(long, allow_negative_numbers = true)]
+    dropout: Option<f32>,
     /// Fraction of the training images held out for validation, from the end; in (0, 1).
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     val_split: f64,
@@ -112,6 +136,10 @@ pub struct RunArgs {
     /// With --lr-schedule step: the factor of each decay [default: 0.1].
     #[arg(long)]
     lr_gamma: Option<f64>,
+    /// Stop once N epochs pass without a lower validation loss (Keras' EarlyStopping); the
+    /// best epoch's model is kept as best.safetensors beside the last one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    patience: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,10 +157,63 @@ pub enum RunningVar {
 }
 
 impl RunArgs {
-    /// The run's configuration for `model`. A `--val-split` of 0 is refused rather than read
-    /// as "no validation", which `--no-validation` says explicitly.
+    /// The run's configuration for the preset `model`, with --hidden and --dropout in its head.
     pub fn config(&self, model: ModelChoice) -> Result<TrainConfig> {
+        let hidden = self.hidden.clone().unwrap_or_else(|| vec![128]);
+        let dropout = self.dropout.unwrap_or(0.2);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(Error::InvalidArgument(format!(
+                "--dropout must be in [0, 1), got {dropout}"
+            )));
+        }
+        if hidden.contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "--hidden widths must be positive, got {hidden:?}"
+            )));
+        }
+        let config = self.batchnorm_config()?;
+        let spec = (model.preset()).spec(MNIST_IMAGE, &hidden, CLASSES, dropout, config)?;
+        self.config_for(spec)
+    }
+
+    /// The run's configuration for the stack `arch` (the `--arch` grammar), which fixes the
+    /// widths and dropout itself.
+    pub fn config_for_arch(&self, arch: &str) -> Result<TrainConfig> {
+        for (flag, given) in [
+            ("--hidden", self.hidden.is_some()),
+            ("--dropout", self.dropout.is_some()),
+        ] {
+            if given {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} has no effect with --arch, which gives every layer (write the \
+                     widths and dropout into --arch)"
+                )));
+            }
+        }
+        let spec = ModelSpec::from_arch(arch, MNIST_IMAGE, self.batchnorm_config()?)?;
+        if spec.classes() != CLASSES {
+            return Err(Error::InvalidArgument(format!(
+                "--arch ends in {} outputs; the dataset has {CLASSES} classes (end with fc{CLASSES})",
+                spec.classes()
+            )));
+        }
+        if !spec.has_batchnorm() {
+            self.refuse_unused_batchnorm_flags(&[], "--arch")?;
+        }
+        self.config_for(spec)
+    }
+
+    /// The run's configuration for `spec`. A `--val-split` of 0 is refused rather than read
+    /// as "no validation", which `--no-validation` says explicitly.
+    fn config_for(&self, spec: ModelSpec) -> Result<TrainConfig> {
         let val_split = if self.no_validation {
+            if self.patience.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--patience has no effect with --no-validation: early stopping watches the \
+                     validation loss"
+                        .to_string(),
+                ));
+            }
             0.0
         } else if self.val_split > 0.0 && self.val_split < 1.0 {
             self.val_split
@@ -165,14 +246,7 @@ impl RunArgs {
             other => other,
         })?;
         Ok(TrainConfig {
-            spec: ModelSpec {
-                inputs: PIXELS,
-                hidden: self.hidden.clone(),
-                classes: CLASSES,
-                batchnorm: model == ModelChoice::Bn,
-                dropout: self.dropout,
-                batchnorm_config: self.batchnorm_config()?,
-            },
+            spec,
             init: match self.init {
                 InitChoice::Keras => Init::Keras,
                 InitChoice::Torch => Init::Torch,
@@ -187,6 +261,7 @@ impl RunArgs {
             drop_last: self.drop_last,
             lr_schedule,
             warmup_epochs: self.warmup_epochs.unwrap_or(0),
+            patience: self.patience.map(|p| p as usize),
         })
     }
 }
@@ -251,7 +326,7 @@ impl RunArgs {
         models: &[ModelChoice],
         models_flag: &str,
     ) -> Result<()> {
-        if models.contains(&ModelChoice::Bn) {
+        if models.iter().any(|model| model.preset().batchnorm()) {
             return Ok(());
         }
         let given = [

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::experiment::{PlannedRun, check_fresh, model_name, run_all, write_text};
+use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
 use super::run_args::{ModelChoice, RunArgs};
 use crate::plot::{self, Line, Panel};
 use crate::report::RunResult;
@@ -17,7 +17,7 @@ pub struct SweepArgs {
     /// Batch sizes to train with (in place of --batch-size).
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     batch_sizes: Vec<usize>,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "bn,nobn")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "mlp-bn,mlp")]
     models: Vec<ModelChoice>,
     /// Learning rates to sweep as well (in place of --lr); plots a heat map.
     #[arg(long, value_delimiter = ',')]
@@ -65,7 +65,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
                 }
                 let dir = args.out.join(format!(
                     "{}-batch{batch_size}-lr{}-seed{}",
-                    model_name(model),
+                    model.name(),
                     config.optimizer.lr(),
                     config.seed
                 ));
@@ -74,11 +74,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         }
     }
     let heat = !args.lrs.is_empty();
-    let models: Vec<String> = args
-        .models
-        .iter()
-        .map(|&m| model_name(m).to_string())
-        .collect();
+    let models: Vec<String> = args.models.iter().map(|&m| m.name().to_string()).collect();
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({ "runs": runs });

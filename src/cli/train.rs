@@ -1,5 +1,6 @@
-//! `wgnorm train`: the MNIST MLP, trained as Keras' `fit` would, with a progress bar, a line per
-//! epoch, metrics files and a checkpoint after every epoch.
+//! `wgnorm train`: a preset or `--arch` model on MNIST or Fashion-MNIST, trained as Keras' `fit`
+//! would, with a progress bar, a line per epoch, metrics files, a checkpoint after every epoch
+//! and optional early stopping.
 
 use std::path::{Path, PathBuf};
 
@@ -9,17 +10,24 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::metrics::MetricsFile;
 use super::run_args::{ModelChoice, RunArgs, refuse_unreachable_train_limit};
 use wgnorm::backend::Dtype;
-use wgnorm::checkpoint::{self, F16_MODEL_FILE, MODEL_FILE, STATE_FILE};
+use wgnorm::checkpoint::{self, BEST_MODEL_FILE, F16_MODEL_FILE, MODEL_FILE, STATE_FILE};
 use wgnorm::data::mnist::Mnist;
+use wgnorm::data::write_atomically;
 use wgnorm::graph::{Compute, ModelSpec};
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::{EpochRecord, TrainConfig, Trainer};
+use wgnorm::train::{EarlyStop, EpochRecord, TrainConfig, Trainer};
 use wgnorm::{Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    #[arg(long, value_enum, default_value_t = ModelChoice::Bn)]
+    /// A preset architecture; bn and nobn name mlp-bn and mlp.
+    #[arg(long, value_enum, default_value_t = ModelChoice::MlpBn)]
     model: ModelChoice,
+    /// Any other stack, one comma-separated token per layer, in place of --model: fc<N>,
+    /// conv<C>k<K>[s<S>][p<P>], bn, relu, dropout<P>, maxpool<K>[s<S>], avgpool, flatten
+    /// (e.g. conv16k3p1,bn,relu,maxpool2,flatten,fc10).
+    #[arg(long, conflicts_with = "model")]
+    arch: Option<String>,
     #[command(flatten)]
     run: RunArgs,
     /// Directory for metrics and checkpoints [default: runs/YYYYMMDD-HHMMSS, in UTC].
@@ -60,9 +68,13 @@ fn default_out_dir() -> PathBuf {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     args.run.device.check()?;
-    args.run
-        .refuse_unused_batchnorm_flags(&[args.model], "--model")?;
-    let config = args.run.config(args.model)?;
+    let config = match &args.arch {
+        Some(arch) => args.run.config_for_arch(arch)?,
+        None => {
+            (args.run).refuse_unused_batchnorm_flags(&[args.model], "--model")?;
+            args.run.config(args.model)?
+        }
+    };
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     let saved = out.join(MODEL_FILE).exists() || out.join(STATE_FILE).exists();
@@ -191,6 +203,22 @@ pub fn run_on<B: Compute>(
         multi.suspend(|| eprintln!("resuming after epoch {}", trainer.epochs_done));
     }
     while trainer.epochs_done < config.epochs {
+        if let Some(patience) = config.patience
+            && let EarlyStop {
+                best: Some((best, _)),
+                stop: true,
+            } = EarlyStop::of(&trainer.history, patience)
+        {
+            multi.suspend(|| {
+                println!(
+                    "early stop after epoch {}: no lower validation loss in {patience} epochs \
+                     since epoch {best}, whose model is {}",
+                    trainer.epochs_done,
+                    out.join(BEST_MODEL_FILE).display()
+                )
+            });
+            break;
+        }
         let epoch = trainer.epochs_done + 1;
         let kept = match trainer.epochs_done {
             0 => "no epoch had finished, so nothing was saved".to_string(),
@@ -217,6 +245,14 @@ pub fn run_on<B: Compute>(
         let record = record.map_err(lost_in_epoch)?;
         multi.suspend(|| println!("{}", epoch_line(&record, config.epochs)));
         trainer.save(out).map_err(lost_in_epoch)?;
+        if let Some(patience) = config.patience
+            && EarlyStop::of(&trainer.history, patience)
+                .best
+                .map(|(e, _)| e)
+                == Some(epoch)
+        {
+            keep_as_best(out)?;
+        }
         metrics.write(out, &trainer.history, None)?;
     }
     let test = trainer.test()?;
@@ -239,6 +275,14 @@ pub fn run_on<B: Compute>(
     Ok(RunOutcome {
         history: trainer.history,
         test,
+    })
+}
+
+/// Copies the model just saved to `best.safetensors`, whole or not at all.
+fn keep_as_best(out: &Path) -> Result<()> {
+    let (model, best) = (out.join(MODEL_FILE), out.join(BEST_MODEL_FILE));
+    write_atomically(&best, |file| {
+        std::io::copy(&mut std::fs::File::open(&model)?, file).map(|_| ())
     })
 }
 

@@ -87,6 +87,10 @@ impl Backend for GpuBackend {
         self.shared.summary.to_string()
     }
 
+    fn max_binding_bytes(&self) -> Option<u64> {
+        Some(self.max_binding())
+    }
+
     fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
         self.upload_pod(data)
     }

@@ -25,7 +25,7 @@ pub struct LinearSaved<B: Backend> {
     input: B::Buffer,
 }
 
-/// The gradients of a Linear layer's parameters.
+/// The gradients of a Linear or convolution layer's parameters.
 pub struct LinearGrads<B: Backend> {
     /// dL/dW, [outputs, inputs].
     pub weight: B::Buffer,
@@ -91,7 +91,8 @@ impl<B: Compute> Linear<B> {
     }
 }
 
-/// BatchNorm over the features of (rows, features) activations.
+/// BatchNorm over the features of (rows, features) activations, or over each channel of
+/// channels-last images (BatchNorm2d: every position of every image is a row).
 pub struct BatchNorm<B: Backend> {
     /// Its γ and β.
     pub affine: Affine<B>,
@@ -100,6 +101,8 @@ pub struct BatchNorm<B: Backend> {
     /// Training forwards so far (`num_batches_tracked` in PyTorch).
     pub batches_tracked: u64,
     pub(super) features: usize,
+    /// Rows each sample contributes: height·width for BatchNorm2d, else 1.
+    pub(super) positions: usize,
     pub(super) config: BatchNormConfig,
 }
 
@@ -121,7 +124,7 @@ impl<B: Backend> BatchNormSaved<B> {
 impl<B: Compute> BatchNorm<B> {
     fn shape(&self, rows: usize) -> BatchNormShape {
         BatchNormShape {
-            n: rows,
+            n: rows * self.positions,
             c: self.features,
             s: 1,
         }

@@ -1,28 +1,38 @@
-//! The MLP as a sequence of layers, each with its forward and backward side by side and the
-//! state its backward needs saved in a named struct (`layers.rs`). Layer positions are those
-//! of the equivalent `torch.nn.Sequential`, so parameter names match PyTorch's `state_dict`;
-//! `spec.rs` describes the architecture and holds a model's tensors on the host.
+//! A model as a sequence of layers, each with its forward and backward side by side and the
+//! state its backward needs saved in a named struct (`layers.rs`, `image_layers.rs`). Layer
+//! positions are those of the equivalent `torch.nn.Sequential`, so parameter names match
+//! PyTorch's `state_dict`; `spec.rs` describes the architecture, `arch.rs` names and parses
+//! it, and `host.rs` holds a model's tensors on the host.
 
+mod arch;
+mod host;
+mod image_layers;
 mod layers;
 mod spec;
 
+pub use arch::{ARCH_GRAMMAR, MNIST_IMAGE, Preset, parse_layers};
+pub use host::{HostModel, HostRunning, Init};
+pub use image_layers::{Conv2d, Conv2dSaved, MaxPool2d, MaxPoolSaved};
 pub use layers::{
     BatchNorm, BatchNormSaved, DropoutSaved, Linear, LinearGrads, LinearSaved, ReluSaved,
 };
-pub use spec::{HostModel, HostRunning, Init, LayerSpec, ModelSpec, ParamSpec};
+pub use spec::{BatchNormLayer, Image, LayerSpec, ModelSpec, ParamSpec, SampleShape};
 
 use crate::backend::Backend;
 pub use crate::ops::Compute;
 use crate::ops::activation::{Activation, DropoutMask};
 use crate::ops::batchnorm::{Affine, Mode, RunningStats};
 use crate::{Dtype, Error, Result};
+use image_layers::{avg_pool_backward, avg_pool_forward, flatten, flatten_is_identity};
 use layers::{dropout_backward, dropout_forward, relu_backward, relu_forward};
 
 /// One layer with its parameters on a backend.
 pub enum Layer<B: Backend> {
     /// y = x·Wᵀ + b.
     Linear(Linear<B>),
-    /// BatchNorm over the features.
+    /// A 2-D convolution.
+    Conv2d(Conv2d<B>),
+    /// BatchNorm over the features, or over each channel's positions.
     BatchNorm(BatchNorm<B>),
     /// y = max(x, 0).
     Relu,
@@ -31,13 +41,23 @@ pub enum Layer<B: Backend> {
         /// Probability of dropping each value.
         p: f32,
     },
+    /// The maximum of each window.
+    MaxPool2d(MaxPool2d),
+    /// The mean of each channel over images of this shape.
+    AvgPool(Image),
+    /// Images of this shape to flat features in PyTorch's order.
+    Flatten(Image),
 }
 
 enum Saved<B: Backend> {
     Linear(LinearSaved<B>),
+    Conv2d(Conv2dSaved<B>),
     BatchNorm(BatchNormSaved<B>),
     Relu(ReluSaved<B>),
     Dropout(DropoutSaved),
+    MaxPool2d(MaxPoolSaved<B>),
+    /// Pooling and flattening save nothing.
+    Reshaped,
     /// A ReLU that ran inside the BatchNorm before it.
     ReluInBatchNorm,
     /// A dropout that ran inside the ReLU before it (one pass over memory each way).
@@ -47,6 +67,17 @@ enum Saved<B: Backend> {
 /// Whether the last layer saved is a ReLU (which then runs the dropout after it).
 fn saved_relu<B: Backend>(saved: &[Saved<B>]) -> bool {
     matches!(saved.last(), Some(Saved::Relu(_) | Saved::ReluInBatchNorm))
+}
+
+/// Whether the layer at `at` keeps its input for its backward, where the BatchNorm before a
+/// ReLU finds the ReLU's output (dropout and a flatten that moves nothing pass it on).
+fn keeps_input<B: Backend>(layers: &[Layer<B>], at: usize) -> bool {
+    match layers.get(at) {
+        Some(Layer::Linear(_) | Layer::Conv2d(_) | Layer::MaxPool2d(_)) => true,
+        Some(Layer::Dropout { .. }) => keeps_input(layers, at + 1),
+        Some(Layer::Flatten(image)) if flatten_is_identity(*image) => keeps_input(layers, at + 1),
+        _ => false,
+    }
 }
 
 /// Whether the last layer saved is a BatchNorm that ran the ReLU after it.
@@ -82,8 +113,8 @@ pub(crate) fn check_activations<B: Backend>(backend: &B, dtype: Dtype) -> Result
     )))
 }
 
-/// The MLP on one backend.
-pub struct Mlp<B: Backend> {
+/// A model on one backend.
+pub struct Sequential<B: Backend> {
     /// The architecture.
     pub spec: ModelSpec,
     /// The layers in `Sequential` order.
@@ -95,7 +126,7 @@ pub struct Mlp<B: Backend> {
     param_lens: Vec<usize>,
 }
 
-impl<B: Compute> Mlp<B> {
+impl<B: Compute> Sequential<B> {
     /// Uploads `host` (checked against `spec`) to the backend.
     pub fn upload(backend: &B, spec: &ModelSpec, host: &HostModel) -> Result<Self> {
         Self::upload_with_weights(backend, spec, host, Dtype::F32)
@@ -122,7 +153,6 @@ impl<B: Compute> Mlp<B> {
         host: &HostModel,
         weights: Dtype,
     ) -> Result<Self> {
-        spec.validate()?;
         host.check(spec)?;
         // Trainable f32 parameters share one arena, so the optimizer updates them in one pass.
         let mut params = if weights == Dtype::F32 {
@@ -148,15 +178,26 @@ impl<B: Compute> Mlp<B> {
                 .ok_or_else(|| Error::Shape("model is missing a parameter".to_string()))
         };
         let mut layers = Vec::new();
-        for layer in spec.layers() {
+        let image = |shape: SampleShape| match shape {
+            SampleShape::Image(image) => Ok(image),
+            SampleShape::Flat(_) => Err(Error::Shape(format!("{shape:?} is not an image"))),
+        };
+        for (&layer, &input) in spec.layers().iter().zip(spec.shapes()) {
             layers.push(match layer {
-                LayerSpec::Linear { inputs, outputs } => Layer::Linear(Linear {
+                LayerSpec::Linear { outputs } => Layer::Linear(Linear {
                     weight: next_param()?,
                     bias: next_param()?,
-                    inputs,
+                    inputs: input.len(),
                     outputs,
                 }),
-                LayerSpec::BatchNorm { features } => {
+                LayerSpec::Conv2d { outputs, window } => Layer::Conv2d(Conv2d {
+                    weight: next_param()?,
+                    bias: next_param()?,
+                    input: image(input)?,
+                    outputs,
+                    window,
+                }),
+                LayerSpec::BatchNorm => {
                     let affine = Affine {
                         gamma: next_param()?,
                         beta: next_param()?,
@@ -164,6 +205,10 @@ impl<B: Compute> Mlp<B> {
                     let stats = running.next().ok_or_else(|| {
                         Error::Shape("model is missing running statistics".to_string())
                     })?;
+                    let (features, positions) = match input {
+                        SampleShape::Flat(features) => (features, 1),
+                        SampleShape::Image(image) => (image.channels, image.positions()),
+                    };
                     Layer::BatchNorm(BatchNorm {
                         affine,
                         running: RunningStats {
@@ -172,11 +217,18 @@ impl<B: Compute> Mlp<B> {
                         },
                         batches_tracked: stats.batches_tracked,
                         features,
-                        config: spec.batchnorm_config,
+                        positions,
+                        config: spec.batchnorm_config(),
                     })
                 }
                 LayerSpec::Relu => Layer::Relu,
                 LayerSpec::Dropout { p } => Layer::Dropout { p },
+                LayerSpec::MaxPool2d { window } => Layer::MaxPool2d(MaxPool2d {
+                    input: image(input)?,
+                    window,
+                }),
+                LayerSpec::AvgPool => Layer::AvgPool(image(input)?),
+                LayerSpec::Flatten => Layer::Flatten(image(input)?),
             });
         }
         Ok(Self {
@@ -201,11 +253,12 @@ impl<B: Compute> Mlp<B> {
         for layer in &self.layers {
             match layer {
                 Layer::Linear(linear) => tensors.extend([&linear.weight, &linear.bias]),
+                Layer::Conv2d(conv) => tensors.extend([&conv.weight, &conv.bias]),
                 Layer::BatchNorm(bn) => {
                     tensors.extend([&bn.affine.gamma, &bn.affine.beta]);
                     running.extend([&bn.running.mean, &bn.running.var]);
                 }
-                Layer::Relu | Layer::Dropout { .. } => {}
+                _ => {}
             }
         }
         tensors.extend(running);
@@ -250,11 +303,15 @@ impl<B: Compute> Mlp<B> {
                     params.push(&mut linear.weight);
                     params.push(&mut linear.bias);
                 }
+                Layer::Conv2d(conv) => {
+                    params.push(&mut conv.weight);
+                    params.push(&mut conv.bias);
+                }
                 Layer::BatchNorm(bn) => {
                     params.push(&mut bn.affine.gamma);
                     params.push(&mut bn.affine.beta);
                 }
-                Layer::Relu | Layer::Dropout { .. } => {}
+                _ => {}
             }
         }
         params
@@ -285,8 +342,12 @@ impl<B: Compute> Mlp<B> {
     ) -> Result<(B::Buffer, Tape<B>)> {
         check_activations(backend, self.activations)?;
         let masks = self.dropout_masks(mode, key);
-        let relu_next: Vec<bool> = (1..=self.layers.len())
-            .map(|next| matches!(self.layers.get(next), Some(Layer::Relu)))
+        // A ReLU runs in the BatchNorm's pass where its backward can find the ReLU's output.
+        let fuse_relu: Vec<bool> = (1..=self.layers.len())
+            .map(|next| {
+                matches!(self.layers.get(next), Some(Layer::Relu))
+                    && keeps_input(&self.layers, next + 1)
+            })
             .collect();
         let mut saved = Vec::with_capacity(self.layers.len());
         let mut h = x;
@@ -302,9 +363,13 @@ impl<B: Compute> Mlp<B> {
                     let (y, s) = linear.forward(backend, h, rows, output)?;
                     (y, Saved::Linear(s))
                 }
+                Layer::Conv2d(conv) => {
+                    let (y, s) = conv.forward(backend, h, rows, self.activations)?;
+                    (y, Saved::Conv2d(s))
+                }
                 Layer::BatchNorm(bn) => {
                     // A ReLU right after runs in the BatchNorm's pass, with the dropout after it.
-                    let activation = relu_next[index].then(|| Activation {
+                    let activation = fuse_relu[index].then(|| Activation {
                         relu: true,
                         dropout: masks.get(index + 2).copied().flatten(),
                     });
@@ -323,6 +388,17 @@ impl<B: Compute> Mlp<B> {
                 Layer::Dropout { .. } => {
                     let (y, s) = dropout_forward(backend, masks[index], h)?;
                     (y, Saved::Dropout(s))
+                }
+                Layer::MaxPool2d(pool) => {
+                    let (y, s) = pool.forward(backend, h, rows)?;
+                    (y, Saved::MaxPool2d(s))
+                }
+                Layer::AvgPool(image) => (
+                    avg_pool_forward(backend, *image, &h, rows)?,
+                    Saved::Reshaped,
+                ),
+                Layer::Flatten(image) => {
+                    (flatten(backend, *image, h, rows, false)?, Saved::Reshaped)
                 }
             };
             h = out;
@@ -377,6 +453,36 @@ impl<B: Compute> Mlp<B> {
                         Some(dx) => dx,
                         None => break,
                     }
+                }
+                (Layer::Conv2d(conv), Saved::Conv2d(s)) => {
+                    let mut grads = LinearGrads {
+                        bias: next_slot()?,
+                        weight: next_slot()?,
+                    };
+                    let (dx, input) =
+                        conv.backward(backend, s, &dy, rows, &mut grads, index > 0)?;
+                    following_input = Some(input);
+                    grads_reversed.push(grads.bias);
+                    grads_reversed.push(grads.weight);
+                    match dx {
+                        Some(dx) => dx,
+                        None => break,
+                    }
+                }
+                (Layer::MaxPool2d(pool), Saved::MaxPool2d(s)) => {
+                    let (dx, input) = pool.backward(backend, s, &dy, rows)?;
+                    following_input = Some(input);
+                    dx
+                }
+                (Layer::AvgPool(image), Saved::Reshaped) => {
+                    following_input = None;
+                    avg_pool_backward(backend, *image, &dy, rows)?
+                }
+                (Layer::Flatten(image), Saved::Reshaped) => {
+                    if !flatten_is_identity(*image) {
+                        following_input = None;
+                    }
+                    flatten(backend, *image, dy, rows, true)?
                 }
                 (Layer::BatchNorm(bn), Saved::BatchNorm(s)) => {
                     let dbeta = next_slot()?;

@@ -1,42 +1,91 @@
-//! The architecture, and a model's tensors on the host: what `Mlp` is built from and saved as.
-
-use rand::{RngExt, SeedableRng, rngs::StdRng};
+//! The architecture: the layers of a `Sequential`, the shape of what flows between them, and
+//! the tensors each layer learns. A `ModelSpec` is checked when it is made, so every model
+//! built from one can run.
 
 use crate::ops::batchnorm::BatchNormConfig;
+use crate::ops::spatial::{ImageShape, Window};
 use crate::{Error, Result};
 
-/// The architecture: inputs → [Linear → (BatchNorm) → ReLU → Dropout] per hidden width → Linear.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ModelSpec {
-    /// Features per input row (784 for MNIST).
-    pub inputs: usize,
-    /// Width of each hidden layer, in order.
-    pub hidden: Vec<usize>,
-    /// Output classes.
-    pub classes: usize,
-    /// Whether each hidden Linear is followed by BatchNorm.
-    pub batchnorm: bool,
-    /// Dropout probability after each hidden ReLU, in [0, 1).
-    pub dropout: f32,
-    /// eps, momentum and running-variance convention of every BatchNorm layer.
-    pub batchnorm_config: BatchNormConfig,
+/// One image, stored channels-last (height, width, channels); with one channel that is also
+/// PyTorch's (channels, height, width) order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Image {
+    /// Channels at each position.
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
 }
 
-/// One layer of the architecture, at its `Sequential` index.
+impl Image {
+    /// `images` of these.
+    pub fn batch(self, images: usize) -> ImageShape {
+        ImageShape {
+            images,
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+        }
+    }
+
+    /// Positions of the image (height·width).
+    pub fn positions(self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// What one sample is as it enters a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleShape {
+    /// A vector of features.
+    Flat(usize),
+    /// An image.
+    Image(Image),
+}
+
+impl SampleShape {
+    /// Values per sample.
+    pub fn len(self) -> usize {
+        match self {
+            SampleShape::Flat(features) => features,
+            SampleShape::Image(image) => image.channels * image.positions(),
+        }
+    }
+
+    /// Whether a sample holds no values.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// How errors name it.
+    fn describe(self) -> String {
+        match self {
+            SampleShape::Flat(features) => format!("{features} features"),
+            SampleShape::Image(i) => format!("{}×{}×{} images", i.channels, i.height, i.width),
+        }
+    }
+}
+
+/// One layer of a `Sequential`. Its input's shape comes from the layers before it
+/// (`ModelSpec::shapes`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LayerSpec {
-    /// A fully connected layer.
+    /// A fully connected layer on flat features.
     Linear {
-        /// Input features.
-        inputs: usize,
         /// Output features.
         outputs: usize,
     },
-    /// BatchNorm1d over `features`.
-    BatchNorm {
-        /// Features normalized.
-        features: usize,
+    /// A 2-D convolution with bias.
+    Conv2d {
+        /// Output channels.
+        outputs: usize,
+        /// Its kernel, stride and zero padding.
+        window: Window,
     },
+    /// BatchNorm1d on flat features, BatchNorm2d (per channel over every position) on images.
+    BatchNorm,
     /// max(x, 0).
     Relu,
     /// Inverted dropout.
@@ -44,6 +93,138 @@ pub enum LayerSpec {
         /// Probability of dropping each value.
         p: f32,
     },
+    /// The maximum of each window, per channel (no padding).
+    MaxPool2d {
+        /// Its kernel and stride.
+        window: Window,
+    },
+    /// The mean of each channel over the whole image, giving a 1×1 image
+    /// (`nn.AdaptiveAvgPool2d(1)`).
+    AvgPool,
+    /// An image to flat features in PyTorch's (channels, height, width) order.
+    Flatten,
+}
+
+impl LayerSpec {
+    /// What the layer gives for `input`, or why it cannot take it.
+    pub fn output(&self, input: SampleShape) -> Result<SampleShape> {
+        let image = |what: &str| match input {
+            SampleShape::Image(image) => Ok(image),
+            SampleShape::Flat(_) => Err(Error::Shape(format!(
+                "{what} needs images, but receives {} (no convolution or pooling after a \
+                 flatten or a Linear)",
+                input.describe()
+            ))),
+        };
+        Ok(match *self {
+            LayerSpec::Linear { outputs } => match input {
+                SampleShape::Flat(_) => SampleShape::Flat(outputs),
+                SampleShape::Image(_) => {
+                    return Err(Error::Shape(format!(
+                        "a Linear layer needs flat features, but receives {}: put flatten \
+                         before it",
+                        input.describe()
+                    )));
+                }
+            },
+            LayerSpec::Conv2d { outputs, window } => {
+                let image = image("a convolution")?;
+                let (height, width) = window.output(image.height, image.width)?;
+                SampleShape::Image(Image {
+                    channels: outputs,
+                    height,
+                    width,
+                })
+            }
+            LayerSpec::MaxPool2d { window } => {
+                let image = image("max pooling")?;
+                let (height, width) = window.output(image.height, image.width)?;
+                SampleShape::Image(Image {
+                    height,
+                    width,
+                    ..image
+                })
+            }
+            LayerSpec::AvgPool => SampleShape::Image(Image {
+                height: 1,
+                width: 1,
+                ..image("average pooling")?
+            }),
+            LayerSpec::Flatten => {
+                let image = image("flatten")?;
+                SampleShape::Flat(image.channels * image.positions())
+            }
+            LayerSpec::BatchNorm | LayerSpec::Relu | LayerSpec::Dropout { .. } => input,
+        })
+    }
+
+    /// The shapes of its weight and bias for `input`, PyTorch's, if it learns any.
+    fn param_shapes(&self, input: SampleShape) -> Option<[Vec<usize>; 2]> {
+        match (*self, input) {
+            (LayerSpec::Linear { outputs }, _) => Some([vec![outputs, input.len()], vec![outputs]]),
+            (LayerSpec::Conv2d { outputs, window }, SampleShape::Image(image)) => Some([
+                vec![outputs, image.channels, window.kernel, window.kernel],
+                vec![outputs],
+            ]),
+            (LayerSpec::BatchNorm, _) => {
+                let features = batchnorm_features(input);
+                Some([vec![features], vec![features]])
+            }
+            _ => None,
+        }
+    }
+
+    /// The PyTorch module of this layer for `input`.
+    fn torch(&self, input: SampleShape, config: BatchNormConfig) -> String {
+        match *self {
+            LayerSpec::Linear { outputs } => format!("nn.Linear({}, {outputs})", input.len()),
+            LayerSpec::Conv2d { outputs, window } => {
+                let channels = match input {
+                    SampleShape::Image(image) => image.channels,
+                    SampleShape::Flat(_) => 0,
+                };
+                let mut text = format!("nn.Conv2d({channels}, {outputs}, {}", window.kernel);
+                if window.stride != 1 {
+                    text.push_str(&format!(", stride={}", window.stride));
+                }
+                if window.padding != 0 {
+                    text.push_str(&format!(", padding={}", window.padding));
+                }
+                text + ")"
+            }
+            LayerSpec::BatchNorm => {
+                let dims = match input {
+                    SampleShape::Flat(_) => "1d",
+                    SampleShape::Image(_) => "2d",
+                };
+                let features = batchnorm_features(input);
+                if config == BatchNormConfig::default() {
+                    format!("nn.BatchNorm{dims}({features})")
+                } else {
+                    format!(
+                        "nn.BatchNorm{dims}({features}, eps={}, momentum={})",
+                        config.eps(),
+                        config.momentum()
+                    )
+                }
+            }
+            LayerSpec::Relu => "nn.ReLU()".to_string(),
+            LayerSpec::Dropout { p } => format!("nn.Dropout({p})"),
+            LayerSpec::MaxPool2d { window } => {
+                format!("nn.MaxPool2d({}, stride={})", window.kernel, window.stride)
+            }
+            LayerSpec::AvgPool => "nn.AdaptiveAvgPool2d(1)".to_string(),
+            LayerSpec::Flatten => "nn.Flatten()".to_string(),
+        }
+    }
+}
+
+/// Features a BatchNorm normalizes: each flat feature, or each channel of an image.
+fn batchnorm_features(input: SampleShape) -> usize {
+    match input {
+        SampleShape::Flat(features) => features,
+        SampleShape::Image(image) => image.channels,
+    }
 }
 
 /// A learned tensor: its `state_dict` name and shape.
@@ -66,43 +247,87 @@ impl ParamSpec {
         self.len() == 0
     }
 
-    /// Whether it is a Linear layer's weight matrix (the only parameter that inference in half
-    /// precision stores as f16).
+    /// Whether it is the weight of a Linear or convolution, the operand of a matrix product
+    /// (the only parameters that inference in half precision stores as f16).
     pub fn is_matrix(&self) -> bool {
-        self.shape.len() == 2
+        self.shape.len() >= 2
     }
 }
 
-impl ModelSpec {
-    /// The course material's MNIST MLP: 784 → Linear 128 → (BatchNorm) → ReLU → Dropout 0.2 →
-    /// Linear 10, with PyTorch's BatchNorm settings.
-    pub fn reference_mlp(batchnorm: bool) -> Self {
-        Self {
-            inputs: crate::data::mnist::PIXELS,
-            hidden: vec![128],
-            classes: crate::data::mnist::CLASSES,
-            batchnorm,
-            dropout: 0.2,
-            batchnorm_config: BatchNormConfig::default(),
-        }
-    }
+/// A BatchNorm layer: its `Sequential` index, the features it normalizes, and the positions
+/// each feature has per sample (1 for BatchNorm1d).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchNormLayer {
+    /// Index in the `Sequential`.
+    pub index: usize,
+    /// Features (channels) normalized.
+    pub features: usize,
+    /// Values of each feature per sample: height·width for BatchNorm2d, else 1.
+    pub positions: usize,
+}
 
-    /// Refuses architectures that cannot be built.
-    pub fn validate(&self) -> Result<()> {
-        if self.inputs == 0 || self.classes == 0 || self.hidden.contains(&0) {
+/// The architecture: a checked stack of layers on samples of one shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    input: SampleShape,
+    layers: Vec<LayerSpec>,
+    /// The input of each layer, then the model's output.
+    shapes: Vec<SampleShape>,
+    batchnorm_config: BatchNormConfig,
+}
+
+impl ModelSpec {
+    /// The stack `layers` on samples of `input`, with BatchNorm settings `batchnorm_config`;
+    /// refuses a stack that cannot run, naming the layer and why.
+    pub fn new(
+        input: SampleShape,
+        layers: Vec<LayerSpec>,
+        batchnorm_config: BatchNormConfig,
+    ) -> Result<Self> {
+        if input.is_empty() {
             return Err(Error::InvalidArgument(format!(
-                "layer widths must be positive, got inputs {}, hidden {:?}, classes {}",
-                self.inputs, self.hidden, self.classes
+                "the model's input must hold values, got {}",
+                input.describe()
             )));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::InvalidArgument(format!(
-                "dropout must be in [0, 1), got {}",
-                self.dropout
-            )));
+        let mut shapes = vec![input];
+        for (index, layer) in layers.iter().enumerate() {
+            let invalid = |message: String| {
+                Error::InvalidArgument(format!("layer {index} ({layer:?}): {message}"))
+            };
+            match *layer {
+                LayerSpec::Linear { outputs: 0 } | LayerSpec::Conv2d { outputs: 0, .. } => {
+                    return Err(invalid("needs at least one output".to_string()));
+                }
+                LayerSpec::Dropout { p } if !(0.0..1.0).contains(&p) => {
+                    return Err(invalid(format!("dropout must be in [0, 1), got {p}")));
+                }
+                LayerSpec::MaxPool2d { window } if window.padding != 0 => {
+                    return Err(invalid("max pooling takes no padding".to_string()));
+                }
+                _ => {}
+            }
+            let input = shapes[index];
+            let output = layer.output(input).map_err(|e| invalid(e.to_string()))?;
+            shapes.push(output);
+        }
+        let spec = Self {
+            input,
+            layers,
+            shapes,
+            batchnorm_config,
+        };
+        match spec.output() {
+            SampleShape::Flat(_) if !spec.layers.is_empty() => {}
+            output => {
+                return Err(Error::InvalidArgument(format!(
+                    "the model must end in flat class scores (a Linear layer last), but gives {}",
+                    output.describe()
+                )));
+            }
         }
         // Kernels index with u32; beyond that, shape arithmetic could also overflow.
-        for param in self.params() {
+        for param in spec.params() {
             let elements = (param.shape.iter())
                 .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
                 .filter(|&n| n <= u64::from(u32::MAX));
@@ -113,197 +338,134 @@ impl ModelSpec {
                 )));
             }
         }
-        Ok(())
+        Ok(spec)
     }
 
-    /// Learned values in all parameters (after `validate`, this cannot overflow).
+    /// What one sample is.
+    pub fn input(&self) -> SampleShape {
+        self.input
+    }
+
+    /// Values per input sample (784 for MNIST).
+    pub fn inputs(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Output classes: the last layer's features.
+    pub fn classes(&self) -> usize {
+        self.output().len()
+    }
+
+    fn output(&self) -> SampleShape {
+        self.shapes[self.layers.len()]
+    }
+
+    /// The layers in `Sequential` order.
+    pub fn layers(&self) -> &[LayerSpec] {
+        &self.layers
+    }
+
+    /// The input of each layer, then the model's output.
+    pub fn shapes(&self) -> &[SampleShape] {
+        &self.shapes
+    }
+
+    /// eps, momentum and running-variance convention of every BatchNorm layer.
+    pub fn batchnorm_config(&self) -> BatchNormConfig {
+        self.batchnorm_config
+    }
+
+    /// The same architecture with other BatchNorm settings.
+    pub fn with_batchnorm_config(mut self, config: BatchNormConfig) -> Self {
+        self.batchnorm_config = config;
+        self
+    }
+
+    /// Whether any layer is a BatchNorm.
+    pub fn has_batchnorm(&self) -> bool {
+        self.layers.contains(&LayerSpec::BatchNorm)
+    }
+
+    /// The most values one tensor of a pass holds per sample: an activation, or a
+    /// convolution's im2col patches. A device binds at most its binding limit over this many
+    /// samples' worth at once.
+    pub fn largest_tensor_per_sample(&self) -> usize {
+        let patches = self.layers.iter().enumerate().map(|(index, layer)| {
+            match (layer, self.shapes[index], self.shapes[index + 1]) {
+                (
+                    LayerSpec::Conv2d { window, .. },
+                    SampleShape::Image(input),
+                    SampleShape::Image(output),
+                ) => output.positions() * window.patch_len(input.channels),
+                _ => 0,
+            }
+        });
+        let activations = self.shapes.iter().map(|shape| shape.len());
+        patches.chain(activations).max().unwrap_or(0)
+    }
+
+    /// The most samples one pass can take on a device whose bindings hold at most
+    /// `max_binding_bytes` (unbounded without a limit), each value taking 4 bytes; an error where
+    /// not even one fits.
+    pub fn max_rows(&self, max_binding_bytes: Option<u64>) -> Result<usize> {
+        let Some(limit) = max_binding_bytes else {
+            return Ok(usize::MAX);
+        };
+        let per_sample = 4 * self.largest_tensor_per_sample() as u64;
+        match usize::try_from(limit / per_sample.max(1)) {
+            Ok(0) => Err(Error::Limit(format!(
+                "one sample needs a tensor of {per_sample} bytes, more than the adapter's \
+                 max_storage_buffer_binding_size of {limit} bytes"
+            ))),
+            Ok(rows) => Ok(rows),
+            Err(_) => Ok(usize::MAX),
+        }
+    }
+
+    /// Learned values in all parameters (checked at construction not to overflow).
     pub fn param_count(&self) -> u64 {
         self.params().iter().map(|p| p.len() as u64).sum()
     }
 
-    /// The layers in `Sequential` order.
-    pub fn layers(&self) -> Vec<LayerSpec> {
-        let mut layers = Vec::new();
-        let mut width = self.inputs;
-        for &outputs in &self.hidden {
-            layers.push(LayerSpec::Linear {
-                inputs: width,
-                outputs,
-            });
-            if self.batchnorm {
-                layers.push(LayerSpec::BatchNorm { features: outputs });
-            }
-            layers.push(LayerSpec::Relu);
-            layers.push(LayerSpec::Dropout { p: self.dropout });
-            width = outputs;
-        }
-        layers.push(LayerSpec::Linear {
-            inputs: width,
-            outputs: self.classes,
-        });
-        layers
-    }
-
-    /// The learned tensors in order: per Linear weight [out, in] and bias, per BatchNorm
+    /// The learned tensors in order: per Linear and convolution weight and bias, per BatchNorm
     /// weight (γ) and bias (β).
     pub fn params(&self) -> Vec<ParamSpec> {
         let mut params = Vec::new();
-        for (index, layer) in self.layers().into_iter().enumerate() {
-            let (weight, bias) = match layer {
-                LayerSpec::Linear { inputs, outputs } => (vec![outputs, inputs], vec![outputs]),
-                LayerSpec::BatchNorm { features } => (vec![features], vec![features]),
-                LayerSpec::Relu | LayerSpec::Dropout { .. } => continue,
-            };
-            params.push(ParamSpec {
-                name: format!("{index}.weight"),
-                shape: weight,
-            });
-            params.push(ParamSpec {
-                name: format!("{index}.bias"),
-                shape: bias,
-            });
+        for (index, (layer, &input)) in self.layers.iter().zip(&self.shapes).enumerate() {
+            if let Some([weight, bias]) = layer.param_shapes(input) {
+                params.push(ParamSpec {
+                    name: format!("{index}.weight"),
+                    shape: weight,
+                });
+                params.push(ParamSpec {
+                    name: format!("{index}.bias"),
+                    shape: bias,
+                });
+            }
         }
         params
     }
 
-    /// `Sequential` indices of the BatchNorm layers, with their widths.
-    pub fn batchnorm_layers(&self) -> Vec<(usize, usize)> {
-        self.layers()
-            .into_iter()
-            .enumerate()
-            .filter_map(|(index, layer)| match layer {
-                LayerSpec::BatchNorm { features } => Some((index, features)),
-                _ => None,
+    /// The BatchNorm layers, in order.
+    pub fn batchnorm_layers(&self) -> Vec<BatchNormLayer> {
+        (self.layers.iter().zip(&self.shapes).enumerate())
+            .filter(|(_, (layer, _))| **layer == LayerSpec::BatchNorm)
+            .map(|(index, (_, &input))| BatchNormLayer {
+                index,
+                features: batchnorm_features(input),
+                positions: match input {
+                    SampleShape::Flat(_) => 1,
+                    SampleShape::Image(image) => image.positions(),
+                },
             })
             .collect()
     }
 
     /// The PyTorch module this model's `state_dict` loads into.
     pub fn torch_module(&self) -> String {
-        let layers: Vec<String> = self
-            .layers()
-            .into_iter()
-            .map(|layer| match layer {
-                LayerSpec::Linear { inputs, outputs } => format!("nn.Linear({inputs}, {outputs})"),
-                LayerSpec::BatchNorm { features } => {
-                    let config = self.batchnorm_config;
-                    if config == BatchNormConfig::default() {
-                        format!("nn.BatchNorm1d({features})")
-                    } else {
-                        format!(
-                            "nn.BatchNorm1d({features}, eps={}, momentum={})",
-                            config.eps(),
-                            config.momentum()
-                        )
-                    }
-                }
-                LayerSpec::Relu => "nn.ReLU()".to_string(),
-                LayerSpec::Dropout { p } => format!("nn.Dropout({p})"),
-            })
+        let layers: Vec<String> = (self.layers.iter().zip(&self.shapes))
+            .map(|(layer, &input)| layer.torch(input, self.batchnorm_config))
             .collect();
         format!("nn.Sequential({})", layers.join(", "))
-    }
-}
-
-/// How weights start: Keras' `glorot_uniform` (weights U(±sqrt(6/(in + out))), zero biases) or
-/// PyTorch's `nn.Linear` default (weights and biases U(±1/sqrt(in))). BatchNorm starts at γ = 1,
-/// β = 0, running mean 0, running variance 1 in both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Init {
-    /// Keras' `glorot_uniform` weights and zero biases.
-    Keras,
-    /// PyTorch's `nn.Linear` default: U(±1/sqrt(in)) for both.
-    Torch,
-}
-
-/// Running statistics of one BatchNorm layer, on the host.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostRunning {
-    /// Running mean per feature.
-    pub mean: Vec<f32>,
-    /// Running variance per feature.
-    pub var: Vec<f32>,
-    /// Training forwards seen (`num_batches_tracked`).
-    pub batches_tracked: u64,
-}
-
-/// Every tensor of a model's `state_dict`, on the host: parameters in `ModelSpec::params`
-/// order, running statistics in `ModelSpec::batchnorm_layers` order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostModel {
-    /// Every parameter in `ModelSpec::params` order.
-    pub params: Vec<Vec<f32>>,
-    /// Each BatchNorm layer's running statistics, in layer order.
-    pub running: Vec<HostRunning>,
-}
-
-impl HostModel {
-    /// Initial weights drawn on the host from `seed`, so every backend starts from the same ones.
-    pub fn initial(spec: &ModelSpec, init: Init, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = Vec::new();
-        for layer in spec.layers() {
-            match layer {
-                LayerSpec::Linear { inputs, outputs } => {
-                    let (weight_limit, bias_limit) = match init {
-                        Init::Keras => ((6.0 / (inputs + outputs) as f64).sqrt(), 0.0),
-                        Init::Torch => {
-                            let bound = 1.0 / (inputs as f64).sqrt();
-                            (bound, bound)
-                        }
-                    };
-                    let mut uniform = |len: usize, limit: f64| -> Vec<f32> {
-                        (0..len)
-                            .map(|_| (limit * (2.0 * rng.random::<f64>() - 1.0)) as f32)
-                            .collect()
-                    };
-                    params.push(uniform(inputs * outputs, weight_limit));
-                    params.push(uniform(outputs, bias_limit));
-                }
-                LayerSpec::BatchNorm { features } => {
-                    params.push(vec![1.0; features]);
-                    params.push(vec![0.0; features]);
-                }
-                LayerSpec::Relu | LayerSpec::Dropout { .. } => {}
-            }
-        }
-        let running = spec
-            .batchnorm_layers()
-            .into_iter()
-            .map(|(_, features)| HostRunning {
-                mean: vec![0.0; features],
-                var: vec![1.0; features],
-                batches_tracked: 0,
-            })
-            .collect();
-        Self { params, running }
-    }
-
-    /// Refuses tensors whose sizes do not match `spec`.
-    pub fn check(&self, spec: &ModelSpec) -> Result<()> {
-        let params = spec.params();
-        let layers = spec.batchnorm_layers();
-        if self.params.len() != params.len() || self.running.len() != layers.len() {
-            return Err(Error::Shape(format!(
-                "model has {} parameters and {} BatchNorm layers, the architecture {} and {}",
-                self.params.len(),
-                self.running.len(),
-                params.len(),
-                layers.len()
-            )));
-        }
-        for (values, param) in self.params.iter().zip(&params) {
-            crate::ops::check_len(&param.name, values.len(), param.len())?;
-        }
-        for (running, (index, features)) in self.running.iter().zip(layers) {
-            crate::ops::check_len(
-                &format!("{index}.running_mean"),
-                running.mean.len(),
-                features,
-            )?;
-            crate::ops::check_len(&format!("{index}.running_var"), running.var.len(), features)?;
-        }
-        Ok(())
     }
 }

@@ -27,7 +27,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on the first N images of the training part only.
     pub train_limit: Option<usize>,
-    /// How hidden activations are stored (`Mlp::activations`).
+    /// How hidden activations are stored (`Sequential::activations`).
     pub activations: Dtype,
     /// Skip each epoch's last batch when it is smaller than `batch_size`.
     pub drop_last: bool,
@@ -38,6 +38,10 @@ pub struct TrainConfig {
     /// Epochs of linear learning-rate warm-up (left out of the settings while 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub warmup_epochs: usize,
+    /// Stop once this many epochs pass without a lower validation loss (`EarlyStop`); left out
+    /// of the settings when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
 }
 
 fn is_constant(schedule: &LrSchedule) -> bool {
@@ -65,6 +69,7 @@ impl TrainConfig {
             drop_last: false,
             lr_schedule: LrSchedule::Constant,
             warmup_epochs: 0,
+            patience: None,
         }
     }
 
@@ -81,7 +86,6 @@ impl TrainConfig {
 
     /// Refuses settings that cannot run (zero batch, split outside [0, 1), …).
     pub fn validate(&self) -> Result<()> {
-        self.spec.validate()?;
         self.optimizer.validate()?;
         self.lr_plan(1).validate()?;
         if self.epochs == 0 {
@@ -94,7 +98,7 @@ impl TrainConfig {
                 "batch size must be at least 1".to_string(),
             ));
         }
-        if self.spec.batchnorm && self.batch_size < 2 {
+        if self.spec.has_batchnorm() && self.batch_size < 2 {
             return Err(Error::InvalidArgument(
                 "batch size 1 is too small with BatchNorm: its statistics need at least 2 \
                  samples per batch in training"
@@ -106,6 +110,17 @@ impl TrainConfig {
                 "validation split must be in [0, 1), got {}",
                 self.val_split
             )));
+        }
+        if self.patience == Some(0) {
+            return Err(Error::InvalidArgument(
+                "patience must be at least 1 epoch".to_string(),
+            ));
+        }
+        if self.patience.is_some() && self.val_split == 0.0 {
+            return Err(Error::InvalidArgument(
+                "early stopping watches the validation loss, but the validation split is 0"
+                    .to_string(),
+            ));
         }
         if self.train_limit == Some(0) {
             return Err(Error::InvalidArgument(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::data::mnist::{Mnist, PIXELS, Split};
-use crate::graph::{Compute, HostModel, Mlp, StepKey};
+use crate::graph::{Compute, HostModel, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::{LossTotals, metric};
@@ -19,11 +19,13 @@ use crate::optim::Optimizer;
 use crate::{Error, Result};
 
 mod config;
+mod early_stop;
 mod lr;
 mod resume;
 mod schedule;
 
 pub use config::TrainConfig;
+pub use early_stop::EarlyStop;
 pub use lr::{LrPlan, LrSchedule};
 
 use schedule::check_batches;
@@ -71,7 +73,7 @@ pub struct EpochRecord {
 /// step; `Backend::flush` or any read (a progress report) submits the steps recorded since.
 pub fn train_on_batch<B: Compute>(
     backend: &B,
-    model: &mut Mlp<B>,
+    model: &mut Sequential<B>,
     optimizer: &mut Optimizer<B>,
     seed: u64,
     x: B::Buffer,
@@ -79,7 +81,7 @@ pub fn train_on_batch<B: Compute>(
     metrics: &mut B::Buffer,
 ) -> Result<()> {
     let rows = backend.len_of(labels);
-    let classes = model.spec.classes;
+    let classes = model.spec.classes();
     let key = StepKey {
         seed,
         step: optimizer.steps,
@@ -108,7 +110,7 @@ pub struct Trainer<'b, B: Compute> {
     /// The run's settings.
     pub config: TrainConfig,
     /// The model being trained.
-    pub model: Mlp<B>,
+    pub model: Sequential<B>,
     /// Its optimizer and state.
     pub optimizer: Optimizer<B>,
     train_set: DeviceImages<B>,
@@ -143,13 +145,25 @@ impl<'b, B: Compute> Trainer<'b, B> {
         history: Vec<EpochRecord>,
     ) -> Result<Self> {
         config.validate()?;
-        if config.spec.inputs != PIXELS {
+        if config.spec.inputs() != PIXELS {
             return Err(Error::Shape(format!(
                 "the model takes {} inputs, the images have {PIXELS} pixels",
-                config.spec.inputs
+                config.spec.inputs()
             )));
         }
         let train_rows = config.training_images(data.train.len())?;
+        let max_rows = config.spec.max_rows(backend.max_binding_bytes())?;
+        if config.batch_size > max_rows {
+            return Err(Error::Limit(format!(
+                "a batch of {} needs a tensor of {} bytes ({} values per sample), more than the \
+                 adapter's max_storage_buffer_binding_size of {} bytes; use --batch-size {max_rows} \
+                 or less",
+                config.batch_size,
+                4 * config.batch_size * config.spec.largest_tensor_per_sample(),
+                config.spec.largest_tensor_per_sample(),
+                backend.max_binding_bytes().unwrap_or(0),
+            )));
+        }
         let split_at = split_point(data.train.len(), config.val_split);
         check_batches(&config, train_rows)?;
         let upload = |split: &Split| backend.upload_images(&split.images, PIXELS, &split.labels);
@@ -160,7 +174,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             None
         };
         let test_index: Vec<u32> = (0..data.test.len() as u32).collect();
-        let mut model = Mlp::upload(backend, &config.spec, host)?;
+        let mut model = Sequential::upload(backend, &config.spec, host)?;
         model.activations = config.activations;
         Ok(Self {
             backend,
@@ -322,16 +336,18 @@ impl<'b, B: Compute> Trainer<'b, B> {
 /// Loss and accuracy of `model` in inference mode on rows `0..rows` of `index` into `images`.
 pub fn evaluate<B: Compute>(
     backend: &B,
-    model: &mut Mlp<B>,
+    model: &mut Sequential<B>,
     images: &DeviceImages<B>,
     index: &IndexList<B>,
     rows: usize,
 ) -> Result<LossTotals> {
-    let classes = model.spec.classes;
+    let classes = model.spec.classes();
     let mut metrics = backend.filled(metric::LEN, 0.0)?;
     let no_dropout = StepKey { seed: 0, step: 0 };
-    for first in (0..rows).step_by(EVAL_BATCH) {
-        let len = EVAL_BATCH.min(rows - first);
+    // Any number of rows per pass gives the same results; the binding limit caps it.
+    let per_pass = EVAL_BATCH.min(model.spec.max_rows(backend.max_binding_bytes())?);
+    for first in (0..rows).step_by(per_pass) {
+        let len = per_pass.min(rows - first);
         let mut x = backend.scratch(len * images.row_len)?;
         let mut labels = backend.scratch(len)?;
         backend.gather(images, index, first, &mut x, &mut labels)?;

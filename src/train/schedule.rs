@@ -42,7 +42,7 @@ pub(super) fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<(
             "batch size {batch} exceeds the {train_rows} training images"
         )));
     }
-    if config.spec.batchnorm && !config.drop_last && train_rows % batch == 1 {
+    if config.spec.has_batchnorm() && !config.drop_last && train_rows % batch == 1 {
         return Err(Error::InvalidArgument(format!(
             "the last batch of each epoch would hold 1 image ({train_rows} training images at \
              batch size {batch}), and BatchNorm cannot normalize a batch of one; choose another \

@@ -41,6 +41,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
+use wgnorm::ops::activation::DropoutMask;
+use wgnorm::ops::matmul::MatrixLayout;
+use wgnorm::reference;
 
 /// The GPU backend shared by every test of a binary, or None (with the reason printed) when no
 /// adapter exists. Under CI=true a missing adapter fails the test instead.
@@ -292,4 +295,56 @@ pub fn assert_png_shows_curves(path: &Path, panels: usize) {
             );
         }
     }
+}
+
+/// Which of the first `len` elements `mask` keeps.
+pub fn keeps(mask: &DropoutMask, len: usize) -> Vec<bool> {
+    (0..len as u32).map(|i| mask.keeps(i)).collect()
+}
+
+pub fn f64s(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// y = x·Wᵀ + b for `rows` rows of `inputs` features.
+pub fn linear_forward(x: &[f64], w: &[f64], b: &[f64], rows: usize, inputs: usize) -> Vec<f64> {
+    let outputs = b.len();
+    reference::matmul::matmul(
+        x,
+        MatrixLayout::row_major(rows, inputs),
+        w,
+        MatrixLayout::row_major(outputs, inputs).transposed(),
+        Some(b),
+    )
+}
+
+/// (dx, dW, db) of y = x·Wᵀ + b for upstream dy.
+pub fn linear_backward(
+    x: &[f64],
+    w: &[f64],
+    dy: &[f64],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let dy_layout = MatrixLayout::row_major(rows, outputs);
+    let none: Option<&[f64]> = None;
+    let dx = reference::matmul::matmul(
+        dy,
+        dy_layout,
+        w,
+        MatrixLayout::row_major(outputs, inputs),
+        none,
+    );
+    let dw = reference::matmul::matmul(
+        dy,
+        dy_layout.transposed(),
+        x,
+        MatrixLayout::row_major(rows, inputs),
+        none,
+    );
+    let db = (0..outputs)
+        .map(|j| (0..rows).map(|r| dy[r * outputs + j]).sum())
+        .collect();
+    (dx, dw, db)
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::super::DataArgs;
+use super::super::run_args::ModelChoice;
 use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::{Error, Result};
 
@@ -79,6 +80,10 @@ pub struct BenchArgs {
     /// [default: 32x128,256x128,4096x256,65536x256,32x64x28x28].
     #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
     pub(super) shapes: Option<Vec<ShapeArg>>,
+    /// Models for the train suite, comma-separated presets on MNIST [default: mlp-bn,mlp]; the
+    /// first is also the one whose products and first step are timed.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(super) models: Option<Vec<ModelChoice>>,
     /// Batch sizes for the training-step suite, comma-separated [default: 16,32,64,128,256].
     #[arg(long, value_delimiter = ',')]
     pub(super) batch_sizes: Option<Vec<usize>>,
@@ -106,6 +111,13 @@ impl BenchArgs {
         })
     }
 
+    /// The train suite's models.
+    pub(super) fn models(&self) -> Vec<ModelChoice> {
+        self.models
+            .clone()
+            .unwrap_or_else(|| vec![ModelChoice::MlpBn, ModelChoice::Mlp])
+    }
+
     /// The train suite's batch sizes.
     pub(super) fn batch_sizes(&self) -> Vec<usize> {
         self.batch_sizes
@@ -128,6 +140,12 @@ impl BenchArgs {
                 "--shapes",
                 self.shapes.is_some() && !kernels,
                 "the kernels suite",
+                suite,
+            ),
+            (
+                "--models",
+                self.models.is_some() && !train,
+                "the train suite",
                 suite,
             ),
             (

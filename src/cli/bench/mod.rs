@@ -11,8 +11,9 @@ mod suites;
 pub use args::BenchArgs;
 use args::{BenchDevices, Suite};
 
+use super::run_args::ModelChoice;
 use crate::plot::{self, Line, Panel};
-use suites::{MODELS, kernels, train};
+use suites::{kernels, train};
 use wgnorm::bench::{self, BatchNormPass, EpochTiming, KernelTiming, STEPS_PER_SAMPLE, Timing};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
@@ -103,6 +104,7 @@ struct StepKernelsRow {
 
 #[derive(Serialize)]
 struct OnceRow<T> {
+    model: &'static str,
     device: &'static str,
     result: T,
 }
@@ -224,7 +226,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.plot
         && !report.train_steps.is_empty()
     {
-        draw(path, &report)?;
+        draw(path, &args.models(), &report)?;
         println!("wrote {}", path.display());
     }
     result
@@ -281,10 +283,10 @@ fn gpu_over_cpu<T>(rows: &[(&str, T)], device: &str, seconds: impl Fn(&T) -> f64
     }
 }
 
-fn draw(path: &Path, report: &Report) -> Result<()> {
+fn draw(path: &Path, models: &[ModelChoice], report: &Report) -> Result<()> {
     let mut lines = Vec::new();
     for device in ["gpu", "cpu"] {
-        for (model, _) in MODELS {
+        for model in models.iter().map(|m| m.name()) {
             let points: Vec<(f64, f64)> = report
                 .train_steps
                 .iter()
@@ -310,7 +312,7 @@ fn draw(path: &Path, report: &Report) -> Result<()> {
         path,
         &title,
         &[Panel {
-            title: "reference MLP, Adam".to_string(),
+            title: "MNIST, Adam".to_string(),
             x_label: "batch size".to_string(),
             y_label: "ms per step (log scale)".to_string(),
             lines,

@@ -115,8 +115,6 @@ fn ceiling<B: bench::Clock>(backend: &B, bytes: usize, reps: usize) -> Result<Ce
     })
 }
 
-pub(super) const MODELS: [(&str, bool); 2] = [("bn", true), ("nobn", false)];
-
 pub(super) fn train(
     args: &BenchArgs,
     gpu: Option<&GpuBackend>,
@@ -125,8 +123,7 @@ pub(super) fn train(
 ) -> Result<()> {
     println!();
     println!(
-        "Training step of the reference MLP (784-128-10, Adam; gather, forward, loss, backward, \
-         update): median of {} samples of {STEPS_PER_SAMPLE} steps, wall time",
+        "Training step of each model on MNIST (Adam; gather, forward, loss, backward, update): median of {} samples of {STEPS_PER_SAMPLE} steps, wall time",
         args.reps
     );
     println!(
@@ -134,8 +131,8 @@ pub(super) fn train(
         "model", "batch", "dev", "ms/step", "(min – max)", "samples/s", "GFLOP/s", "gpu/cpu"
     );
     let (warmup, reps) = (args.warmup, args.reps);
-    for (model, batchnorm) in MODELS {
-        let spec = ModelSpec::reference_mlp(batchnorm);
+    for choice in args.models() {
+        let (model, spec) = (choice.name(), ModelSpec::reference(choice.preset()));
         for &batch in &args.batch_sizes() {
             let rows = per_device(
                 gpu,
@@ -176,7 +173,8 @@ pub(super) fn train(
     }
     step_products(args, gpu, cpu, report)?;
     println!();
-    let spec = ModelSpec::reference_mlp(true);
+    let first = args.models()[0];
+    let (model, spec) = (first.name(), ModelSpec::reference(first.preset()));
     let request = AdapterRequest::from_flag_or_env(args.adapter.clone());
     let first_steps = per_device(
         gpu,
@@ -186,11 +184,12 @@ pub(super) fn train(
     )?;
     for (device, seconds) in first_steps {
         println!(
-            "time to the first bn step at batch 32, {device}: {} ms (from opening the backend to \
+            "time to the first {model} step at batch 32, {device}: {} ms (from opening the backend to \
              the finished step: upload, pipeline creation on a GPU, the step)",
             ms(seconds)
         );
         report.first_step_seconds.push(OnceRow {
+            model,
             device,
             result: seconds,
         });
@@ -199,25 +198,32 @@ pub(super) fn train(
         return Ok(());
     }
     let data = args.data.load()?;
-    let config = TrainConfig::reference(true, 32);
-    let epochs = per_device(
-        gpu,
-        cpu,
-        |g| bench::time_epoch(g, config.clone(), &data),
-        |c| bench::time_epoch(c, config.clone(), &data),
-    )?;
-    for (device, timing) in epochs {
-        println!(
-            "one epoch of the reference experiment (bn, batch 32, {} steps + validation), \
-             {device}: {:.2} s, validation accuracy {:.2}%",
-            timing.steps,
-            timing.seconds,
-            100.0 * timing.val_acc.unwrap_or(f64::NAN)
-        );
-        report.reference_epoch.push(OnceRow {
-            device,
-            result: timing,
-        });
+    for choice in args.models() {
+        let model = choice.name();
+        let config = TrainConfig {
+            spec: ModelSpec::reference(choice.preset()),
+            ..TrainConfig::reference(true, 32)
+        };
+        let epochs = per_device(
+            gpu,
+            cpu,
+            |g| bench::time_epoch(g, config.clone(), &data),
+            |c| bench::time_epoch(c, config.clone(), &data),
+        )?;
+        for (device, timing) in epochs {
+            println!(
+                "one epoch of the reference experiment ({model}, batch 32, {} steps + \
+                 validation), {device}: {:.2} s, validation accuracy {:.2}%",
+                timing.steps,
+                timing.seconds,
+                100.0 * timing.val_acc.unwrap_or(f64::NAN)
+            );
+            report.reference_epoch.push(OnceRow {
+                model,
+                device,
+                result: timing,
+            });
+        }
     }
     Ok(())
 }
@@ -225,8 +231,8 @@ pub(super) fn train(
 /// Device time of each kernel of a GPU step at batch 32, where the adapter has timestamps.
 fn step_kernels(args: &BenchArgs, gpu: &GpuBackend, report: &mut Report) -> Result<()> {
     const BATCH: usize = 32;
-    for (model, batchnorm) in MODELS {
-        let spec = ModelSpec::reference_mlp(batchnorm);
+    for choice in args.models() {
+        let (model, spec) = (choice.name(), ModelSpec::reference(choice.preset()));
         let Some(kernels) = bench::profile_step(gpu, &spec, BATCH, args.warmup, args.reps)? else {
             return Ok(());
         };
@@ -260,7 +266,7 @@ fn step_kernels(args: &BenchArgs, gpu: &GpuBackend, report: &mut Report) -> Resu
     Ok(())
 }
 
-/// Each matrix product of a `bn` step at batch 32 alone, on every device: time and FLOP rate,
+/// Each matrix product of the first model's step at batch 32 alone, on every device: time and FLOP rate,
 /// each GPU product first checked against the CPU backend.
 fn step_products(
     args: &BenchArgs,
@@ -269,10 +275,11 @@ fn step_products(
     report: &mut Report,
 ) -> Result<()> {
     const BATCH: usize = 32;
-    const MODEL: &str = "bn";
+    let first = args.models()[0];
+    let (model, spec) = (first.name(), ModelSpec::reference(first.preset()));
     println!();
     println!(
-        "Matrix products of a {MODEL} step at batch {BATCH}, each alone (median of {}; GFLOP/s \
+        "Matrix products of a {model} step at batch {BATCH}, each alone (median of {}; GFLOP/s \
          from device time where measured, else wall; GPU results checked against the CPU \
          backend first)",
         args.reps
@@ -282,7 +289,7 @@ fn step_products(
         "layer", "product", "m×k×n", "dev", "kernel", "wall ms", "device ms", "GFLOP/s"
     );
     let (warmup, reps) = (args.warmup, args.reps);
-    for product in bench::step_products(&ModelSpec::reference_mlp(true), BATCH) {
+    for product in bench::step_products(&spec, BATCH) {
         let rows = per_device(
             gpu,
             cpu,
@@ -299,7 +306,7 @@ fn step_products(
             });
             let seconds = timing.device.map_or(timing.wall.median, |d| d.median);
             let row = ProductRow {
-                model: MODEL,
+                model,
                 batch: BATCH,
                 product,
                 shape: product.label(),

@@ -1,0 +1,220 @@
+//! Convolutional models and early stopping from the command line: the CNN presets and `--arch`
+//! stacks train on both backends and `eval` scores their checkpoints as `train` did; a
+//! malformed stack is one line naming the token; `--patience` keeps the best epoch's model.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_one_line_error, gpu, shared_mnist, wgnorm};
+use wgnorm::checkpoint::{self, BEST_MODEL_FILE, MODEL_FILE};
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `wgnorm train` on the first `images` training images on `device`, into `out`.
+fn train(
+    dir: &Path,
+    device: &str,
+    images: &str,
+    out: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let data = shared_mnist().unwrap();
+    let mut args = vec![
+        "train",
+        "--device",
+        device,
+        "--train-limit",
+        images,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    let output = wgnorm(&args, dir);
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `wgnorm eval --json` of `checkpoint` on `device`.
+fn eval(dir: &Path, device: &str, checkpoint: &Path) -> serde_json::Value {
+    let data = shared_mnist().unwrap();
+    let output = wgnorm(
+        &[
+            "eval",
+            "--device",
+            device,
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Trains `model_args` for one epoch of 64 steps on `device`, checks what metrics.json and the
+/// checkpoint say about the architecture `arch`, and that `eval` scores it as `train` did.
+fn trains_and_eval_reproduces_its_test_accuracy(
+    device: &str,
+    model_args: &[&str],
+    name: &str,
+    arch: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = vec!["--epochs", "1", "--no-validation"];
+    extra.extend_from_slice(model_args);
+    train(dir.path(), device, "2048", "run", &extra);
+    let run = dir.path().join("run");
+    let metrics = json(&run.join("metrics.json"));
+    assert_eq!(metrics["model"], name);
+    assert_eq!(metrics["arch"], arch);
+    let test_acc = metrics["test_acc"].as_f64().unwrap();
+    // 64 steps: far from trained, far from chance.
+    assert!(test_acc > 0.5, "test accuracy {test_acc}");
+    let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();
+    assert_eq!(saved.spec.arch(), arch);
+    assert_eq!(saved.spec.batchnorm_layers().len(), 3);
+    let scored = eval(dir.path(), device, &run.join(MODEL_FILE));
+    let eval_acc = scored["test_acc"].as_f64().unwrap();
+    assert!(
+        (eval_acc - test_acc).abs() < 1e-9,
+        "eval {eval_acc} vs train's test {test_acc}"
+    );
+}
+
+#[test]
+fn cnn_bn_trains_on_the_cpu_and_eval_reproduces_it() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    trains_and_eval_reproduces_its_test_accuracy(
+        "cpu",
+        &["--model", "cnn-bn"],
+        "cnn-bn",
+        "conv32k3p1,bn,relu,maxpool2,conv64k3p1,bn,relu,maxpool2,flatten,fc128,bn,relu,\
+         dropout0.2,fc10",
+    );
+}
+
+/// The preset's shape at a quarter of its width: lavapipe runs convolutions at a small fraction
+/// of the CPU backend's speed, and the layers are the same.
+#[test]
+fn a_batchnorm_cnn_trains_on_the_gpu_and_eval_reproduces_it() {
+    if shared_mnist().is_none() || gpu().is_none() {
+        return;
+    }
+    let arch = "conv8k3p1,bn,relu,maxpool2,conv16k3p1,bn,relu,maxpool2,flatten,fc32,bn,relu,\
+                dropout0.2,fc10";
+    trains_and_eval_reproduces_its_test_accuracy("gpu", &["--arch", arch], "custom", arch);
+}
+
+#[test]
+fn an_arch_stack_trains_with_global_average_pooling() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let arch = "conv8k3s2p1,bn,relu,conv16k3p1,bn,relu,avgpool,flatten,fc10";
+    train(
+        dir.path(),
+        "cpu",
+        "1024",
+        "run",
+        &["--arch", arch, "--epochs", "1", "--no-validation"],
+    );
+    let metrics = json(&dir.path().join("run/metrics.json"));
+    assert_eq!(metrics["model"], "custom");
+    assert_eq!(metrics["arch"], arch);
+    assert!(metrics["test_acc"].as_f64().unwrap() > 0.15, "{metrics}");
+}
+
+#[test]
+fn a_malformed_arch_is_one_line_naming_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, needle) in [
+        ("conv32k3p1,bn,relu,pool2,flatten,fc10", "`pool2`"),
+        ("conv32x3,flatten,fc10", "`conv32x3`"),
+        ("fc128,dropout1.5,fc10", "dropout"),
+        ("fc128,relu,fc7", "fc10"),
+        ("conv8k3,relu,fc10", "flatten"),
+        ("flatten,conv8k3,fc10", "needs images"),
+        ("", "--arch is empty"),
+    ] {
+        let output = wgnorm(&["train", "--arch", arch, "--out", "never"], dir.path());
+        assert_one_line_error(&output, 2, needle);
+        assert!(!dir.path().join("never").exists());
+    }
+    let output = wgnorm(
+        &["train", "--arch", "fc64,relu,fc10", "--hidden", "32"],
+        dir.path(),
+    );
+    assert_one_line_error(&output, 2, "--hidden");
+}
+
+#[test]
+fn patience_keeps_the_best_epoch_and_stops_by_the_rule() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A high rate on few images: the validation loss soon stops falling.
+    let output = train(
+        dir.path(),
+        "cpu",
+        "1024",
+        "run",
+        &["--patience", "1", "--epochs", "6", "--lr", "0.02"],
+    );
+    let run = dir.path().join("run");
+    let metrics = json(&run.join("metrics.json"));
+    let losses: Vec<f64> = metrics["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect();
+    let best = (0..losses.len())
+        .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+        .unwrap()
+        + 1;
+    assert_eq!(metrics["best_epoch"], best, "{losses:?}");
+    assert_eq!(metrics["settings"]["patience"], 1);
+    // Trained on while the loss fell, and not an epoch past the first rise.
+    let ran = losses.len();
+    assert!(ran == 6 || ran == best + 1, "ran {ran} epochs, best {best}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.contains("early stop after epoch"),
+        ran < 6,
+        "{stdout}"
+    );
+    let kept = checkpoint::load_model(&run.join(BEST_MODEL_FILE)).unwrap();
+    assert_eq!(kept.epochs_done, best);
+    assert_eq!(
+        checkpoint::load_model(&run.join(MODEL_FILE))
+            .unwrap()
+            .epochs_done,
+        ran
+    );
+    let scored = eval(dir.path(), "cpu", &run.join(BEST_MODEL_FILE));
+    assert_eq!(scored["epochs_done"], best);
+
+    let refused = wgnorm(
+        &["train", "--patience", "2", "--no-validation", "--out", "x"],
+        dir.path(),
+    );
+    assert_one_line_error(&refused, 2, "--patience has no effect with --no-validation");
+    let zero = wgnorm(&["train", "--patience", "0"], dir.path());
+    assert_one_line_error(&zero, 2, "--patience");
+}

@@ -1,0 +1,226 @@
+//! The whole graph's forward and backward (`Sequential`) against the float64 layer references
+//! chained layer by layer, for MLPs and convolutional stacks, on both backends.
+
+#[macro_use]
+mod common;
+
+use common::{
+    assert_close, assert_close_to_terms, f64s, keeps, linear_backward, linear_forward, norm, normal,
+};
+use rand::RngExt;
+use rand::rngs::StdRng;
+use wgnorm::graph::{
+    Compute, HostModel, Image, Init, LayerSpec, ModelSpec, SampleShape, Sequential, StepKey,
+};
+use wgnorm::ops::activation::DropoutMask;
+use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
+use wgnorm::ops::loss::metric;
+use wgnorm::ops::spatial::ImageShape;
+use wgnorm::reference;
+use wgnorm::reference::spatial;
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+/// The images of a layer's input, for `rows` samples.
+fn images(shape: SampleShape, rows: usize) -> ImageShape {
+    match shape {
+        SampleShape::Image(image) => image.batch(rows),
+        SampleShape::Flat(_) => panic!("the spec gives a spatial layer flat input"),
+    }
+}
+
+/// BatchNorm's view of its input: channels-last images are (rows·positions, channels).
+fn batchnorm_shape(shape: SampleShape, rows: usize) -> BatchNormShape {
+    let (n, c) = match shape {
+        SampleShape::Flat(features) => (rows, features),
+        SampleShape::Image(image) => (rows * image.positions(), image.channels),
+    };
+    BatchNormShape { n, c, s: 1 }
+}
+
+/// The gradient of `spatial::flatten`: each value back to its channels-last place.
+fn unflatten(dy: &[f64], shape: ImageShape) -> Vec<f64> {
+    let (positions, channels) = (shape.positions(), shape.channels);
+    let mut dx = vec![0.0; dy.len()];
+    for (i, &g) in dy.iter().enumerate() {
+        let (n, rest) = (i / (positions * channels), i % (positions * channels));
+        let (c, s) = (rest / positions, rest % positions);
+        dx[(n * positions + s) * channels + c] = g;
+    }
+    dx
+}
+
+/// One training step, chained from the float64 layer formulas: logits, and per parameter (in
+/// `ModelSpec::params` order) its gradient and the size of the terms summed into it. A bias
+/// feeding BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift), which f32 can
+/// only meet to within the size of the dy values it sums.
+fn reference_step(
+    spec: &ModelSpec,
+    host: &HostModel,
+    x: &[f32],
+    labels: &[usize],
+    key: StepKey,
+) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
+    let rows = labels.len();
+    let params: Vec<Vec<f64>> = host.params.iter().map(|p| f64s(p)).collect();
+    let (layers, shapes) = (spec.layers(), spec.shapes());
+    let dropout = |index: usize, p: f32, h: &[f64]| {
+        let keep = keeps(
+            &DropoutMask::new(p, key.seed, index as u32, key.step),
+            h.len(),
+        );
+        reference::activation::dropout(h, &keep, f64::from(p))
+    };
+    let mut inputs = Vec::new();
+    let mut h = f64s(x);
+    let mut next = 0;
+    let mut param_at = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let shape = shapes[index];
+        inputs.push(h.clone());
+        param_at.push(next);
+        h = match *layer {
+            LayerSpec::Linear { .. } => {
+                next += 2;
+                let (w, b) = (&params[next - 2], &params[next - 1]);
+                linear_forward(&h, w, b, rows, shape.len())
+            }
+            LayerSpec::Conv2d { window, .. } => {
+                next += 2;
+                let (w, b) = (&params[next - 2], &params[next - 1]);
+                spatial::conv2d(&h, images(shape, rows), w, b, window)
+            }
+            LayerSpec::BatchNorm => {
+                next += 2;
+                let bn = batchnorm_shape(shape, rows);
+                let (zeros, ones) = (vec![0.0f64; bn.c], vec![1.0f64; bn.c]);
+                let (gamma, beta) = (&params[next - 2], &params[next - 1]);
+                reference::batchnorm::forward_train(
+                    &h, bn, gamma, beta, &zeros, &ones, EPS, MOMENTUM,
+                )
+                .y
+            }
+            LayerSpec::Relu => reference::activation::relu(&h),
+            LayerSpec::Dropout { p } => dropout(index, p, &h),
+            LayerSpec::MaxPool2d { window } => spatial::max_pool(&h, images(shape, rows), window),
+            LayerSpec::AvgPool => spatial::avg_pool(&h, images(shape, rows)),
+            LayerSpec::Flatten => spatial::flatten(&h, images(shape, rows)),
+        };
+    }
+    let logits = h;
+    let (_, mut dy, _) = reference::loss::softmax_cross_entropy(&logits, labels, spec.classes());
+    let mut grads = vec![(Vec::new(), 0.0); params.len()];
+    for (index, layer) in layers.iter().enumerate().rev() {
+        let (input, shape, at) = (&inputs[index], shapes[index], param_at[index]);
+        dy = match *layer {
+            LayerSpec::Linear { outputs } => {
+                let (dx, dw, db) =
+                    linear_backward(input, &params[at], &dy, rows, shape.len(), outputs);
+                grads[at] = (dw, 0.0);
+                grads[at + 1] = (db, norm(&dy));
+                dx
+            }
+            LayerSpec::Conv2d { outputs, window } => {
+                let images = images(shape, rows);
+                let (dx, dw, db) =
+                    spatial::conv2d_backward(input, images, &params[at], outputs, window, &dy);
+                grads[at] = (dw, 0.0);
+                grads[at + 1] = (db, norm(&dy));
+                dx
+            }
+            LayerSpec::BatchNorm => {
+                let bn = batchnorm_shape(shape, rows);
+                let g = reference::batchnorm::backward(input, &dy, bn, &params[at], EPS);
+                grads[at] = (g.dgamma, 0.0);
+                grads[at + 1] = (g.dbeta, 0.0);
+                g.dx
+            }
+            LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
+            LayerSpec::Dropout { p } => dropout(index, p, &dy),
+            LayerSpec::MaxPool2d { window } => {
+                spatial::max_pool_backward(input, images(shape, rows), window, &dy)
+            }
+            LayerSpec::AvgPool => spatial::avg_pool_backward(&dy, images(shape, rows)),
+            LayerSpec::Flatten => unflatten(&dy, images(shape, rows)),
+        };
+    }
+    (logits, grads)
+}
+
+/// The stacks checked: MLPs with and without BatchNorm, a two-hidden-layer MLP, and two
+/// convolutional nets that between them use every layer (BatchNorm2d, strided and padded
+/// convolutions, max and average pooling, dropout on images, a transposing flatten, BatchNorm1d).
+fn specs() -> Vec<ModelSpec> {
+    let mlp = |hidden: &[usize], batchnorm| ModelSpec::mlp(20, hidden, 5, batchnorm, 0.3).unwrap();
+    let cnn = |image, arch| ModelSpec::from_arch(arch, image, BatchNormConfig::default()).unwrap();
+    let image = |channels, height, width| Image {
+        channels,
+        height,
+        width,
+    };
+    vec![
+        mlp(&[16], true),
+        mlp(&[16], false),
+        mlp(&[12, 9], true),
+        cnn(
+            image(1, 6, 6),
+            "conv4k3p1,bn,relu,maxpool2,conv3k3s2p1,relu,avgpool,flatten,fc5",
+        ),
+        cnn(
+            image(2, 5, 5),
+            "conv3k3,bn,relu,dropout0.3,flatten,fc4,bn,relu,fc3",
+        ),
+    ]
+}
+
+fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut StdRng) {
+    for spec in specs() {
+        let host = HostModel::initial(&spec, Init::Torch, rng.random());
+        let rows = 7;
+        let x = normal(rng, rows * spec.inputs(), 0.5, 1.0);
+        let labels: Vec<usize> = (0..rows)
+            .map(|_| rng.random_range(0..spec.classes()))
+            .collect();
+        let key = StepKey {
+            seed: rng.random(),
+            step: rng.random_range(0..1000),
+        };
+        let (logits_ref, grads_ref) = reference_step(&spec, &host, &x, &labels, key);
+
+        let mut model = Sequential::upload(backend, &spec, &host).unwrap();
+        let xb = backend.upload(&x).unwrap();
+        let (logits, tape) = model.forward(backend, Mode::Train, xb, rows, key).unwrap();
+        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        let mut dlogits = backend.scratch(rows * spec.classes()).unwrap();
+        let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
+        backend
+            .softmax_cross_entropy(
+                &logits,
+                &backend.upload(&label_values).unwrap(),
+                spec.classes(),
+                Some(&mut dlogits),
+                &mut metrics,
+            )
+            .unwrap();
+        let arch = spec.arch();
+        assert_close(
+            &format!("{arch} logits"),
+            &backend.download(&logits).unwrap(),
+            &logits_ref,
+            1e-5,
+        );
+        let grads = model.backward(backend, tape, dlogits).unwrap();
+        assert_eq!(grads.len(), grads_ref.len());
+        for ((param, grad), (reference, terms)) in spec.params().iter().zip(&grads).zip(&grads_ref)
+        {
+            let what = format!("{} grad ({arch})", param.name);
+            let out = backend.download(grad).unwrap();
+            assert_close_to_terms(&what, &out, reference, *terms, 1e-4);
+        }
+    }
+}
+
+backend_test!(graph_backward_matches_chained_references, |backend, rng| {
+    graph_backward_matches_chained_references(backend, rng)
+});
