@@ -218,3 +218,34 @@ fn patience_keeps_the_best_epoch_and_stops_by_the_rule() {
     let zero = wgnorm(&["train", "--patience", "0"], dir.path());
     assert_one_line_error(&zero, 2, "--patience");
 }
+
+#[test]
+fn a_batch_over_the_binding_limit_is_refused_naming_the_batch_that_fits() {
+    if shared_mnist().is_none() || gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = shared_mnist().unwrap();
+    // 4096 channels at 28×28: 12.8 MB a sample, so 1024 samples pass any 4 GiB binding.
+    let output = wgnorm(
+        &[
+            "train",
+            "--device",
+            "gpu",
+            "--arch",
+            "conv4096k3p1,flatten,fc10",
+            "--batch-size",
+            "1024",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            "run",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&output, 2, "max_storage_buffer_binding_size");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a batch of 1024"), "{stderr}");
+    assert!(stderr.contains("or less"), "{stderr}");
+    assert!(!dir.path().join("run").exists());
+}

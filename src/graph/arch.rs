@@ -14,7 +14,8 @@
 
 use std::fmt;
 
-use super::spec::{Image, LayerSpec, ModelSpec, SampleShape};
+use super::layer_spec::{Image, LayerSpec, SampleShape};
+use super::spec::ModelSpec;
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::ops::spatial::Window;
 use crate::{Error, Result};

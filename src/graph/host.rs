@@ -2,7 +2,8 @@
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use super::spec::{LayerSpec, ModelSpec, SampleShape};
+use super::layer_spec::{LayerSpec, SampleShape};
+use super::spec::ModelSpec;
 use crate::{Error, Result};
 
 /// How weights start, for Linear and convolution layers alike with fan-in = inputs·k² and

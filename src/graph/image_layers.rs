@@ -2,8 +2,8 @@
 //! Linear's product), max and global average pooling, and the flatten to PyTorch's order.
 
 use super::Compute;
+use super::layer_spec::Image;
 use super::layers::LinearGrads;
-use super::spec::Image;
 use crate::backend::Backend;
 use crate::ops::matmul::MatrixLayout;
 use crate::ops::spatial::{ImageShape, Window};

@@ -1,231 +1,9 @@
-//! The architecture: the layers of a `Sequential`, the shape of what flows between them, and
-//! the tensors each layer learns. A `ModelSpec` is checked when it is made, so every model
-//! built from one can run.
+//! The architecture: a checked stack of layers (`layer_spec.rs`) and the tensors it learns. A
+//! `ModelSpec` is checked when it is made, so every model built from one can run.
 
+use super::layer_spec::{LayerSpec, SampleShape, batchnorm_features};
 use crate::ops::batchnorm::BatchNormConfig;
-use crate::ops::spatial::{ImageShape, Window};
 use crate::{Error, Result};
-
-/// One image, stored channels-last (height, width, channels); with one channel that is also
-/// PyTorch's (channels, height, width) order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Image {
-    /// Channels at each position.
-    pub channels: usize,
-    /// Rows.
-    pub height: usize,
-    /// Columns.
-    pub width: usize,
-}
-
-impl Image {
-    /// `images` of these.
-    pub fn batch(self, images: usize) -> ImageShape {
-        ImageShape {
-            images,
-            height: self.height,
-            width: self.width,
-            channels: self.channels,
-        }
-    }
-
-    /// Positions of the image (height·width).
-    pub fn positions(self) -> usize {
-        self.height * self.width
-    }
-}
-
-/// What one sample is as it enters a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SampleShape {
-    /// A vector of features.
-    Flat(usize),
-    /// An image.
-    Image(Image),
-}
-
-impl SampleShape {
-    /// Values per sample.
-    pub fn len(self) -> usize {
-        match self {
-            SampleShape::Flat(features) => features,
-            SampleShape::Image(image) => image.channels * image.positions(),
-        }
-    }
-
-    /// Whether a sample holds no values.
-    pub fn is_empty(self) -> bool {
-        self.len() == 0
-    }
-
-    /// How errors name it.
-    fn describe(self) -> String {
-        match self {
-            SampleShape::Flat(features) => format!("{features} features"),
-            SampleShape::Image(i) => format!("{}×{}×{} images", i.channels, i.height, i.width),
-        }
-    }
-}
-
-/// One layer of a `Sequential`. Its input's shape comes from the layers before it
-/// (`ModelSpec::shapes`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LayerSpec {
-    /// A fully connected layer on flat features.
-    Linear {
-        /// Output features.
-        outputs: usize,
-    },
-    /// A 2-D convolution with bias.
-    Conv2d {
-        /// Output channels.
-        outputs: usize,
-        /// Its kernel, stride and zero padding.
-        window: Window,
-    },
-    /// BatchNorm1d on flat features, BatchNorm2d (per channel over every position) on images.
-    BatchNorm,
-    /// max(x, 0).
-    Relu,
-    /// Inverted dropout.
-    Dropout {
-        /// Probability of dropping each value.
-        p: f32,
-    },
-    /// The maximum of each window, per channel (no padding).
-    MaxPool2d {
-        /// Its kernel and stride.
-        window: Window,
-    },
-    /// The mean of each channel over the whole image, giving a 1×1 image
-    /// (`nn.AdaptiveAvgPool2d(1)`).
-    AvgPool,
-    /// An image to flat features in PyTorch's (channels, height, width) order.
-    Flatten,
-}
-
-impl LayerSpec {
-    /// What the layer gives for `input`, or why it cannot take it.
-    pub fn output(&self, input: SampleShape) -> Result<SampleShape> {
-        let image = |what: &str| match input {
-            SampleShape::Image(image) => Ok(image),
-            SampleShape::Flat(_) => Err(Error::Shape(format!(
-                "{what} needs images, but receives {} (no convolution or pooling after a \
-                 flatten or a Linear)",
-                input.describe()
-            ))),
-        };
-        Ok(match *self {
-            LayerSpec::Linear { outputs } => match input {
-                SampleShape::Flat(_) => SampleShape::Flat(outputs),
-                SampleShape::Image(_) => {
-                    return Err(Error::Shape(format!(
-                        "a Linear layer needs flat features, but receives {}: put flatten \
-                         before it",
-                        input.describe()
-                    )));
-                }
-            },
-            LayerSpec::Conv2d { outputs, window } => {
-                let image = image("a convolution")?;
-                let (height, width) = window.output(image.height, image.width)?;
-                SampleShape::Image(Image {
-                    channels: outputs,
-                    height,
-                    width,
-                })
-            }
-            LayerSpec::MaxPool2d { window } => {
-                let image = image("max pooling")?;
-                let (height, width) = window.output(image.height, image.width)?;
-                SampleShape::Image(Image {
-                    height,
-                    width,
-                    ..image
-                })
-            }
-            LayerSpec::AvgPool => SampleShape::Image(Image {
-                height: 1,
-                width: 1,
-                ..image("average pooling")?
-            }),
-            LayerSpec::Flatten => {
-                let image = image("flatten")?;
-                SampleShape::Flat(image.channels * image.positions())
-            }
-            LayerSpec::BatchNorm | LayerSpec::Relu | LayerSpec::Dropout { .. } => input,
-        })
-    }
-
-    /// The shapes of its weight and bias for `input`, PyTorch's, if it learns any.
-    fn param_shapes(&self, input: SampleShape) -> Option<[Vec<usize>; 2]> {
-        match (*self, input) {
-            (LayerSpec::Linear { outputs }, _) => Some([vec![outputs, input.len()], vec![outputs]]),
-            (LayerSpec::Conv2d { outputs, window }, SampleShape::Image(image)) => Some([
-                vec![outputs, image.channels, window.kernel, window.kernel],
-                vec![outputs],
-            ]),
-            (LayerSpec::BatchNorm, _) => {
-                let features = batchnorm_features(input);
-                Some([vec![features], vec![features]])
-            }
-            _ => None,
-        }
-    }
-
-    /// The PyTorch module of this layer for `input`.
-    fn torch(&self, input: SampleShape, config: BatchNormConfig) -> String {
-        match *self {
-            LayerSpec::Linear { outputs } => format!("nn.Linear({}, {outputs})", input.len()),
-            LayerSpec::Conv2d { outputs, window } => {
-                let channels = match input {
-                    SampleShape::Image(image) => image.channels,
-                    SampleShape::Flat(_) => 0,
-                };
-                let mut text = format!("nn.Conv2d({channels}, {outputs}, {}", window.kernel);
-                if window.stride != 1 {
-                    text.push_str(&format!(", stride={}", window.stride));
-                }
-                if window.padding != 0 {
-                    text.push_str(&format!(", padding={}", window.padding));
-                }
-                text + ")"
-            }
-            LayerSpec::BatchNorm => {
-                let dims = match input {
-                    SampleShape::Flat(_) => "1d",
-                    SampleShape::Image(_) => "2d",
-                };
-                let features = batchnorm_features(input);
-                if config == BatchNormConfig::default() {
-                    format!("nn.BatchNorm{dims}({features})")
-                } else {
-                    format!(
-                        "nn.BatchNorm{dims}({features}, eps={}, momentum={})",
-                        config.eps(),
-                        config.momentum()
-                    )
-                }
-            }
-            LayerSpec::Relu => "nn.ReLU()".to_string(),
-            LayerSpec::Dropout { p } => format!("nn.Dropout({p})"),
-            LayerSpec::MaxPool2d { window } => {
-                format!("nn.MaxPool2d({}, stride={})", window.kernel, window.stride)
-            }
-            LayerSpec::AvgPool => "nn.AdaptiveAvgPool2d(1)".to_string(),
-            LayerSpec::Flatten => "nn.Flatten()".to_string(),
-        }
-    }
-}
-
-/// Features a BatchNorm normalizes: each flat feature, or each channel of an image.
-fn batchnorm_features(input: SampleShape) -> usize {
-    match input {
-        SampleShape::Flat(features) => features,
-        SampleShape::Image(image) => image.channels,
-    }
-}
 
 /// A learned tensor: its `state_dict` name and shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,7 +71,7 @@ impl ModelSpec {
         let mut shapes = vec![input];
         for (index, layer) in layers.iter().enumerate() {
             let invalid = |message: String| {
-                Error::InvalidArgument(format!("layer {index} ({layer:?}): {message}"))
+                Error::InvalidArgument(format!("layer {index} (`{layer}`): {message}"))
             };
             match *layer {
                 LayerSpec::Linear { outputs: 0 } | LayerSpec::Conv2d { outputs: 0, .. } => {
@@ -308,7 +86,10 @@ impl ModelSpec {
                 _ => {}
             }
             let input = shapes[index];
-            let output = layer.output(input).map_err(|e| invalid(e.to_string()))?;
+            let output = layer.output(input).map_err(|e| match e {
+                Error::Shape(message) | Error::InvalidArgument(message) => invalid(message),
+                other => other,
+            })?;
             shapes.push(output);
         }
         let spec = Self {
