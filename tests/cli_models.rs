@@ -43,7 +43,8 @@ fn train(
     output
 }
 
-/// `wgnorm eval --json` of `checkpoint` on `device`.
+/// `wgnorm eval --json --per-class` of `checkpoint` on `device`, its classes checked against
+/// its total.
 fn eval(dir: &Path, device: &str, checkpoint: &Path) -> serde_json::Value {
     let data = shared_mnist().unwrap();
     let output = wgnorm(
@@ -52,6 +53,7 @@ fn eval(dir: &Path, device: &str, checkpoint: &Path) -> serde_json::Value {
             "--device",
             device,
             "--json",
+            "--per-class",
             "--data-dir",
             data.to_str().unwrap(),
             "--checkpoint",
@@ -60,7 +62,27 @@ fn eval(dir: &Path, device: &str, checkpoint: &Path) -> serde_json::Value {
         dir,
     );
     assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
+    let scored: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let classes = scored["per_class"].as_array().unwrap();
+    let names: Vec<&str> = classes
+        .iter()
+        .map(|c| c["class"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    let sum = |field: &str| {
+        classes
+            .iter()
+            .map(|c| c[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum("images"), 10_000);
+    let accuracy = scored["test_acc"].as_f64().unwrap();
+    assert_eq!(
+        sum("correct"),
+        (accuracy * 10_000.0).round() as u64,
+        "{scored}"
+    );
+    scored
 }
 
 /// Trains `model_args` for one epoch of 64 steps on `device`, checks what metrics.json and the

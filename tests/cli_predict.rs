@@ -235,4 +235,29 @@ fn fashion_mnist_trains_and_predict_names_its_classes() {
     let names = mnist::Dataset::FashionMnist.class_names();
     let class = row["class"].as_u64().unwrap() as usize;
     assert_eq!(row["label"], names[class], "{row}");
+
+    // eval --per-class names the clothing classes, each with its 1,000 test images.
+    let output = wgnorm(
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            fashion.to_str().unwrap(),
+            "--checkpoint",
+            "f/model.safetensors",
+            "--per-class",
+        ],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + names.len(), "{text}");
+    for (line, name) in lines[1..].iter().zip(names) {
+        assert!(line.trim_start().starts_with(name), "{line}");
+        assert!(line.ends_with(" of 1000)"), "{line}");
+    }
 }

@@ -7,9 +7,10 @@ use clap::Args;
 use super::{DataArgs, Device, DeviceArgs};
 use wgnorm::checkpoint;
 use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
-use wgnorm::graph::{Compute, Sequential};
+use wgnorm::graph::{Compute, Sequential, StepKey};
+use wgnorm::ops::batchnorm::Mode;
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::evaluate;
+use wgnorm::train::{EVAL_BATCH, evaluate};
 use wgnorm::{Dtype, Error, Result};
 
 #[derive(Args)]
@@ -28,21 +29,36 @@ pub struct EvalArgs {
     /// has shader-f16; elsewhere f32 with a notice); arithmetic stays f32.
     #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     dtype: Dtype,
+    /// Also the accuracy on each class, named as the dataset names it.
+    #[arg(long)]
+    per_class: bool,
+}
+
+/// Correct predictions and images of one class of the test set.
+#[derive(Clone, Copy, Default)]
+struct ClassCount {
+    correct: usize,
+    images: usize,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     args.device.check()?;
     let saved = load_mnist_model(&args.checkpoint)?;
     let data = args.data.load()?;
-    let (totals, adapter) = match args.device.open()? {
-        Device::Gpu(gpu) => (
-            test_on(&gpu, &saved, &data, args.dtype)?,
-            gpu.adapter().name.clone(),
-        ),
-        Device::Cpu(cpu) => (test_on(&cpu, &saved, &data, args.dtype)?, "cpu".to_string()),
+    let (totals, per_class, adapter) = match args.device.open()? {
+        Device::Gpu(gpu) => {
+            let (totals, per_class) = test_on(&gpu, &saved, &data, args.dtype, args.per_class)?;
+            (totals, per_class, gpu.adapter().name.clone())
+        }
+        Device::Cpu(cpu) => {
+            let (totals, per_class) = test_on(&cpu, &saved, &data, args.dtype, args.per_class)?;
+            (totals, per_class, "cpu".to_string())
+        }
     };
+    let names = args.data.dataset().class_names();
+    let accuracy = |count: &ClassCount| count.correct as f64 / count.images.max(1) as f64;
     if args.json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "checkpoint": args.checkpoint.display().to_string(),
             "adapter": adapter,
             "epochs_done": saved.epochs_done,
@@ -50,6 +66,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "test_acc": totals.accuracy(),
             "images": totals.samples,
         });
+        if let Some(counts) = &per_class {
+            json["per_class"] = (names.iter().zip(counts))
+                .map(|(name, count)| {
+                    serde_json::json!({
+                        "class": name,
+                        "acc": accuracy(count),
+                        "correct": count.correct,
+                        "images": count.images,
+                    })
+                })
+                .collect();
+        }
         println!("{json}");
     } else {
         println!(
@@ -58,22 +86,64 @@ pub fn run(args: EvalArgs) -> Result<()> {
             totals.accuracy(),
             totals.samples
         );
+        for (name, count) in names.iter().zip(per_class.iter().flatten()) {
+            println!(
+                "  {name:<12} acc {:.4} ({} of {})",
+                accuracy(count),
+                count.correct,
+                count.images
+            );
+        }
     }
     Ok(())
 }
 
+/// The test set's loss totals, and with `per_class` each class's counts.
 fn test_on<B: Compute>(
     backend: &B,
     saved: &checkpoint::ModelCheckpoint,
     data: &Mnist,
     dtype: Dtype,
-) -> Result<LossTotals> {
+    per_class: bool,
+) -> Result<(LossTotals, Option<Vec<ClassCount>>)> {
     let dtype = super::storage_or_f32(backend, dtype, "evaluating");
     let mut model = Sequential::upload_for_inference(backend, &saved.spec, &saved.model, dtype)?;
     let images = backend.upload_images(&data.test.images, PIXELS, &data.test.labels)?;
     let index: Vec<u32> = (0..data.test.len() as u32).collect();
     let index = backend.upload_indices(&index)?;
-    evaluate(backend, &mut model, &images, &index, data.test.len())
+    let totals = evaluate(backend, &mut model, &images, &index, data.test.len())?;
+    let counts = match per_class {
+        true => Some(class_counts(backend, &mut model, data)?),
+        false => None,
+    };
+    Ok((totals, counts))
+}
+
+/// Each class's correct predictions (the first maximum of the logits, as the loss kernel and
+/// `torch.argmax` take it) over the test set, in passes that fit the binding limit.
+fn class_counts<B: Compute>(
+    backend: &B,
+    model: &mut Sequential<B>,
+    data: &Mnist,
+) -> Result<Vec<ClassCount>> {
+    let rows = EVAL_BATCH.min(model.spec.max_rows(backend.max_binding_bytes())?);
+    let no_dropout = StepKey { seed: 0, step: 0 };
+    let mut counts = vec![ClassCount::default(); CLASSES];
+    for (pixels, labels) in
+        (data.test.images.chunks(rows * PIXELS)).zip(data.test.labels.chunks(rows))
+    {
+        let x: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
+        let x = backend.upload(&x)?;
+        let (logits, _) = model.forward(backend, Mode::Eval, x, labels.len(), no_dropout)?;
+        for (row, &label) in backend.download(&logits)?.chunks_exact(CLASSES).zip(labels) {
+            let predicted =
+                (0..CLASSES).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+            let count = &mut counts[usize::from(label)];
+            count.images += 1;
+            count.correct += usize::from(predicted == usize::from(label));
+        }
+    }
+    Ok(counts)
 }
 
 /// The model file at `path`, refused unless it takes MNIST images; a folder is pointed at the
