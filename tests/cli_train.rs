@@ -156,9 +156,14 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
 }
 
 fn same_tensors(a: &Path, b: &Path) {
+    same_tensors_in(a, b, MODEL_FILE);
+}
+
+/// The model files `file` of runs `a` and `b` hold the same tensors, bit for bit.
+fn same_tensors_in(a: &Path, b: &Path, file: &str) {
     let (a, b) = (
-        checkpoint::load_model(&a.join(MODEL_FILE)).unwrap(),
-        checkpoint::load_model(&b.join(MODEL_FILE)).unwrap(),
+        checkpoint::load_model(&a.join(file)).unwrap(),
+        checkpoint::load_model(&b.join(file)).unwrap(),
     );
     assert_eq!(a.epochs_done, b.epochs_done);
     let bits = |m: &wgnorm::graph::HostModel| -> Vec<Vec<u32>> {
@@ -187,29 +192,48 @@ fn resuming_ends_with_the_weights_of_an_uninterrupted_run() {
     if shared_mnist().is_none() {
         return;
     }
+    resumes_exactly(&[]);
+    // A convolutional stack, with early stopping watching (and keeping its best epoch).
+    resumes_exactly(&[
+        "--arch",
+        "conv4k3p1,bn,relu,maxpool2,flatten,fc16,bn,relu,dropout0.2,fc10",
+        "--patience",
+        "5",
+    ]);
+}
+
+/// Three epochs at once, and one then two more by --resume, with `extra` flags: the same
+/// tensors, optimizer state and metrics, bit for bit.
+fn resumes_exactly(extra: &[&str]) {
+    let with = |flags: &[&'static str]| -> Vec<&str> { [flags, extra].concat() };
     let dir = tempfile::tempdir().unwrap();
     assert_success(&train(
         dir.path(),
         "whole",
-        &["--epochs", "3", "--seed", "8"],
+        &with(&["--epochs", "3", "--seed", "8"]),
     ));
     assert_success(&train(
         dir.path(),
         "parts",
-        &["--epochs", "1", "--seed", "8"],
+        &with(&["--epochs", "1", "--seed", "8"]),
     ));
     // Stopped after epoch 1, continued to 2, then to 3.
     for epochs in ["2", "3"] {
         let output = train(
             dir.path(),
             "parts",
-            &["--epochs", epochs, "--seed", "8", "--resume"],
+            &[&["--epochs", epochs, "--seed", "8", "--resume"], extra].concat(),
         );
         assert_success(&output);
         assert!(String::from_utf8_lossy(&output.stderr).contains("resuming after epoch"));
     }
     let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
     same_tensors(&whole, &parts);
+    let kept_best = whole.join(checkpoint::BEST_MODEL_FILE).exists();
+    assert_eq!(kept_best, extra.contains(&"--patience"));
+    if kept_best {
+        same_tensors_in(&whole, &parts, checkpoint::BEST_MODEL_FILE);
+    }
     let spec = checkpoint::load_model(&whole.join(MODEL_FILE))
         .unwrap()
         .spec;
@@ -221,10 +245,9 @@ fn resuming_ends_with_the_weights_of_an_uninterrupted_run() {
     assert_eq!(b["epochs"].as_array().unwrap().len(), 3);
     assert_eq!(a["test_acc"], b["test_acc"]);
     for epoch in 0..3 {
-        assert_eq!(
-            a["epochs"][epoch]["train_loss"],
-            b["epochs"][epoch]["train_loss"]
-        );
+        for measure in ["train_loss", "val_loss", "val_acc"] {
+            assert_eq!(a["epochs"][epoch][measure], b["epochs"][epoch][measure]);
+        }
     }
 }
 
