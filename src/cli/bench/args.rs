@@ -135,6 +135,8 @@ impl BenchArgs {
             self.adapter.is_some(),
         )?;
         let suite = self.suite.name();
+        let without_epoch = format!("{suite} with --no-epoch");
+        let epochless = if train { without_epoch.as_str() } else { suite };
         let unused = [
             (
                 "--shapes",
@@ -170,13 +172,13 @@ impl BenchArgs {
                 "--data-dir",
                 self.data.data_dir.is_some() && !epoch,
                 "the train suite's reference epoch",
-                if train { "all with --no-epoch" } else { suite },
+                epochless,
             ),
             (
                 "--mirror",
                 !self.data.mirror.is_empty() && !epoch,
                 "the train suite's reference epoch",
-                if train { "all with --no-epoch" } else { suite },
+                epochless,
             ),
         ];
         match unused.iter().find(|(_, unused, _, _)| *unused) {
