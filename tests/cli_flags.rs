@@ -70,7 +70,14 @@ fn flags_that_would_have_no_effect_are_one_line_errors() {
              and --suite all with --no-epoch runs none",
         ),
         (
-            &["bench", "--suite", "train", "--no-epoch", "--data-dir", "mnist"],
+            &[
+                "bench",
+                "--suite",
+                "train",
+                "--no-epoch",
+                "--data-dir",
+                "mnist",
+            ],
             "and --suite train with --no-epoch runs none",
         ),
         (
