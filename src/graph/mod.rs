@@ -253,28 +253,23 @@ impl<B: Compute> Sequential<B> {
         let mut following_input = None;
         for (index, (layer, saved)) in self.layers.iter().zip(tape.saved).enumerate().rev() {
             dy = match (layer, saved) {
-                (Layer::Linear(linear), Saved::Linear(s)) => {
+                // A Linear and a convolution (a Linear over im2col's rows) take the same slots.
+                weighted @ ((Layer::Linear(_), Saved::Linear(_))
+                | (Layer::Conv2d(_), Saved::Conv2d(_))) => {
                     let mut grads = LinearGrads {
                         bias: next_slot()?,
                         weight: next_slot()?,
                     };
-                    let (dx, input) =
-                        linear.backward(backend, s, &dy, rows, &mut grads, index > 0)?;
-                    following_input = Some(input);
-                    grads_reversed.push(grads.bias);
-                    grads_reversed.push(grads.weight);
-                    match dx {
-                        Some(dx) => dx,
-                        None => break,
-                    }
-                }
-                (Layer::Conv2d(conv), Saved::Conv2d(s)) => {
-                    let mut grads = LinearGrads {
-                        bias: next_slot()?,
-                        weight: next_slot()?,
+                    let needs_dx = index > 0;
+                    let (dx, input) = match weighted {
+                        (Layer::Linear(linear), Saved::Linear(s)) => {
+                            linear.backward(backend, s, &dy, rows, &mut grads, needs_dx)?
+                        }
+                        (Layer::Conv2d(conv), Saved::Conv2d(s)) => {
+                            conv.backward(backend, s, &dy, rows, &mut grads, needs_dx)?
+                        }
+                        _ => unreachable!("matched as a Linear or a convolution above"),
                     };
-                    let (dx, input) =
-                        conv.backward(backend, s, &dy, rows, &mut grads, index > 0)?;
                     following_input = Some(input);
                     grads_reversed.push(grads.bias);
                     grads_reversed.push(grads.weight);
