@@ -289,8 +289,7 @@ impl<B: Compute> Classifier<B> {
 
     /// Input values of the most rows one inference pass takes on `backend`.
     fn values_per_pass(&self, backend: &B) -> Result<usize> {
-        let rows = crate::train::EVAL_BATCH.min(self.spec().max_rows(backend.max_binding_bytes())?);
-        Ok(rows * self.spec().inputs())
+        Ok(crate::train::inference_rows(backend, self.spec())? * self.spec().inputs())
     }
 
     /// Labels checked against the classes and the rows of x, uploaded as f32.

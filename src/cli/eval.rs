@@ -9,8 +9,9 @@ use wgnorm::checkpoint;
 use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{Compute, Sequential, StepKey};
 use wgnorm::ops::batchnorm::Mode;
+use wgnorm::ops::data::{DeviceImages, IndexList};
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::{EVAL_BATCH, evaluate};
+use wgnorm::train::{evaluate, inference_rows};
 use wgnorm::{Dtype, Error, Result};
 
 #[derive(Args)]
@@ -113,27 +114,28 @@ fn test_on<B: Compute>(
     let index = backend.upload_indices(&index)?;
     let totals = evaluate(backend, &mut model, &images, &index, data.test.len())?;
     let counts = match per_class {
-        true => Some(class_counts(backend, &mut model, data)?),
+        true => Some(class_counts(backend, &mut model, &images, &index, data)?),
         false => None,
     };
     Ok((totals, counts))
 }
 
 /// Each class's correct predictions (the first maximum of the logits, as the loss kernel and
-/// `torch.argmax` take it) over the test set, in passes that fit the binding limit.
+/// `torch.argmax` take it) over the test set, gathered on the device as `evaluate` does.
 fn class_counts<B: Compute>(
     backend: &B,
     model: &mut Sequential<B>,
+    images: &DeviceImages<B>,
+    index: &IndexList<B>,
     data: &Mnist,
 ) -> Result<Vec<ClassCount>> {
-    let rows = EVAL_BATCH.min(model.spec.max_rows(backend.max_binding_bytes())?);
+    let per_pass = inference_rows(backend, &model.spec)?;
     let no_dropout = StepKey { seed: 0, step: 0 };
     let mut counts = vec![ClassCount::default(); CLASSES];
-    for (pixels, labels) in
-        (data.test.images.chunks(rows * PIXELS)).zip(data.test.labels.chunks(rows))
-    {
-        let x: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
-        let x = backend.upload(&x)?;
+    for (pass, labels) in data.test.labels.chunks(per_pass).enumerate() {
+        let mut x = backend.scratch(labels.len() * PIXELS)?;
+        let mut gathered_labels = backend.scratch(labels.len())?;
+        backend.gather(images, index, pass * per_pass, &mut x, &mut gathered_labels)?;
         let (logits, _) = model.forward(backend, Mode::Eval, x, labels.len(), no_dropout)?;
         for (row, &label) in backend.download(&logits)?.chunks_exact(CLASSES).zip(labels) {
             let predicted =

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::data::mnist::{Mnist, PIXELS, Split};
-use crate::graph::{Compute, HostModel, Sequential, StepKey};
+use crate::graph::{Compute, HostModel, ModelSpec, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::{LossTotals, metric};
@@ -33,6 +34,12 @@ pub use schedule::{batches, epoch_order, split_point};
 
 /// Rows per forward pass when evaluating; any size gives the same results.
 pub const EVAL_BATCH: usize = 1000;
+
+/// Rows of one inference pass of `spec` on `backend`: `EVAL_BATCH`, or fewer where the
+/// binding limit needs.
+pub fn inference_rows<B: Backend>(backend: &B, spec: &ModelSpec) -> Result<usize> {
+    Ok(EVAL_BATCH.min(spec.max_rows(backend.max_binding_bytes())?))
+}
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -345,7 +352,7 @@ pub fn evaluate<B: Compute>(
     let mut metrics = backend.filled(metric::LEN, 0.0)?;
     let no_dropout = StepKey { seed: 0, step: 0 };
     // Any number of rows per pass gives the same results; the binding limit caps it.
-    let per_pass = EVAL_BATCH.min(model.spec.max_rows(backend.max_binding_bytes())?);
+    let per_pass = inference_rows(backend, &model.spec)?;
     for first in (0..rows).step_by(per_pass) {
         let len = per_pass.min(rows - first);
         let mut x = backend.scratch(len * images.row_len)?;
