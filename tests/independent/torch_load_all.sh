@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every kind of architecture wgnorm builds, trained briefly and exported, must load into PyTorch
+# strictly and score there as `wgnorm eval` scores it (tests/independent/torch_eval.py --expect).
+# Covers the presets, convolutions with stride and without padding, overlapping max pooling,
+# global average pooling, BatchNorm with non-default eps and momentum, an f16 export, a GPU-trained
+# model and Fashion-MNIST.
+#
+#     tests/independent/torch_load_all.sh [PYTHON] [DATA_ROOT]
+#
+# PYTHON must have torch and numpy (default python3); DATA_ROOT holds mnist/ and fashion-mnist/
+# (default ../shared/data). Builds and runs wgnorm with cargo.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python="${1:-python3}"
+data_root="${2:-../shared/data}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cargo build --release --quiet
+wgnorm=target/release/wgnorm
+
+check() {
+    local name="$1" dataset="$2" model="$3"
+    shift 3
+    local out="$work/$name"
+    "$wgnorm" train --out "$out" --dataset "$dataset" --data-dir "$data_root/$dataset" \
+        --epochs 1 --train-limit 2000 "$@" >/dev/null
+    local file="$out/$model"
+    "$wgnorm" eval --checkpoint "$file" --dataset "$dataset" --data-dir "$data_root/$dataset" \
+        --device cpu --json >"$out/eval.json"
+    "$python" tests/independent/torch_eval.py "$file" "$data_root/$dataset" --expect "$out/eval.json"
+}
+
+check mlp mnist model.safetensors --device cpu --model mlp
+check mlp-bn mnist model.safetensors --device cpu --model mlp-bn --hidden 64,32
+check cnn mnist model.safetensors --device cpu --model cnn
+check cnn-bn-gpu mnist model.safetensors --device gpu --model cnn-bn
+check cnn-bn-fashion fashion-mnist model.safetensors --device cpu --model cnn-bn
+check strided mnist model.safetensors --device cpu --bn-eps 1e-3 --bn-momentum 0.01 \
+    --arch conv8k5s2,bn,relu,maxpool3s2,conv16k3p1,bn,relu,avgpool,flatten,fc10
+check f16 mnist model.f16.safetensors --device cpu --model cnn-bn --export-dtype f16
+echo "PyTorch loads and scores every architecture as wgnorm eval does"
