@@ -3,10 +3,11 @@
 
 - kernels: aten's native_batch_norm (training) forward, its backward, and both, at the shapes of
   `wgnorm bench --suite kernels`: median of --reps after --warmup.
-- steps: one training step of the reference MLP (index a batch of the float images, forward,
+- steps: one training step of each of --models (wgnorm's presets: the reference MLP with and
+  without BatchNorm, the CNN with and without; index a batch of the float images, forward,
   cross-entropy, zero_grad, backward, Adam) at each batch size, median of --reps samples of 5.
-- epoch: one epoch of the reference experiment in a lean eager loop (54,000 training images at
-  batch 32, then the validation forward), as in tests/independent/torch_train.py.
+- epoch: one epoch of the reference experiment per model in a lean eager loop (54,000 training
+  images at batch 32, then the validation forward), as in tests/independent/torch_train.py.
 
 With --device cuda everything runs on the GPU (the images held there, as wgnorm holds them), each
 timing ending in a synchronize; the steps and the epoch are timed eager and again replaying a
@@ -14,6 +15,7 @@ CUDA graph of the whole step (static batch tensors, capturable Adam), where capt
 
     python benches/torch_reference.py ../shared/data/mnist --threads 1 --json torch-1t.json
     python benches/torch_reference.py ../shared/data/mnist --device cuda --json torch-cuda.json
+    python benches/torch_reference.py ../shared/data/mnist --models cnn-bn,cnn --no-kernels
 """
 
 import argparse
@@ -29,6 +31,8 @@ import torch.nn as nn
 
 SHAPES = [(32, 128), (256, 128), (4096, 256), (65536, 256), (32, 64, 28, 28)]
 BATCHES = [16, 32, 64, 128, 256]
+PRESETS = ["mlp-bn", "mlp", "cnn-bn", "cnn"]
+ALIASES = {"bn": "mlp-bn", "nobn": "mlp"}
 STEPS_PER_SAMPLE = 5
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "independent"))
@@ -96,14 +100,29 @@ def kernels(warmup, reps):
     return rows
 
 
-def model(batchnorm):
-    layers = [nn.Linear(784, 128)]
+def model(name):
+    """The preset `name` as wgnorm builds it (Glorot-uniform weights, zero biases, as Keras), on
+    [N, 784] rows: the convolutional presets view them as [N, 1, 28, 28] first."""
+    batchnorm = name.endswith("-bn")
+    layers = []
+    if name.startswith("cnn"):
+        layers.append(nn.Unflatten(1, (1, 28, 28)))
+        channels = 1
+        for width in (32, 64):
+            layers.append(nn.Conv2d(channels, width, 3, padding=1))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(width))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            channels = width
+        layers += [nn.Flatten(), nn.Linear(64 * 7 * 7, 128)]
+    else:
+        layers.append(nn.Linear(784, 128))
     if batchnorm:
         layers.append(nn.BatchNorm1d(128))
     layers += [nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10)]
     net = nn.Sequential(*layers)
     for layer in net:
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
     return net.to(DEVICE)
@@ -159,12 +178,12 @@ def stepper(net, batch, mode):
     return (lambda x, y: train_step(net, optimizer, x, y)), None
 
 
-def steps(x_train, y_train, warmup, reps):
+def steps(x_train, y_train, models, batches, warmup, reps):
     rows = []
     for mode in step_modes():
-        for name, batchnorm in [("bn", True), ("nobn", False)]:
-            for batch in BATCHES:
-                net = model(batchnorm)
+        for name in models:
+            for batch in batches:
+                net = model(name)
                 net.train()
                 run, why = stepper(net, batch, mode)
                 if run is None:
@@ -190,14 +209,14 @@ def steps(x_train, y_train, warmup, reps):
     return rows
 
 
-def epoch(x_train, y_train, x_val, y_val, mode):
+def epoch(x_train, y_train, x_val, y_val, name, mode):
     torch.manual_seed(0)
-    net = model(True)
+    net = model(name)
     net.train()
     run, why = stepper(net, 32, mode)
     if run is None:
-        print(f"one epoch ({mode}): {why}")
-        return {"mode": mode, "error": why}
+        print(f"one epoch ({name}, {mode}): {why}")
+        return {"model": name, "mode": mode, "error": why}
     sync()
     start = time.perf_counter()
     net.train()
@@ -212,9 +231,9 @@ def epoch(x_train, y_train, x_val, y_val, mode):
         accuracy = (net(x_val).argmax(1) == y_val).float().mean().item()
     sync()
     seconds = time.perf_counter() - start
-    print(f"one epoch (bn, batch 32, + validation, {mode}): {seconds:.2f} s, "
-          f"val acc {accuracy:.4f}")
-    return {"mode": mode, "seconds": seconds, "val_acc": accuracy}
+    print(f"one epoch ({name}, batch 32, + validation, {mode}): {seconds:.2f} s, "
+          f"val acc {accuracy:.4f}", flush=True)
+    return {"model": name, "mode": mode, "seconds": seconds, "val_acc": accuracy}
 
 
 def main() -> None:
@@ -224,9 +243,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--models", default="mlp-bn,mlp",
+                        help="comma-separated, as wgnorm bench --models: " + ", ".join(PRESETS))
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--no-kernels", action="store_true", help="leave out the BatchNorm kernels")
+    parser.add_argument("--no-epoch", action="store_true", help="leave out the reference epochs")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the tensors live (cuda: a CUDA or ROCm GPU)")
     args = parser.parse_args()
+    models = [ALIASES.get(m, m) for m in args.models.split(",")]
+    unknown = [m for m in models if m not in PRESETS]
+    if unknown:
+        sys.exit(f"--models: unknown model {unknown[0]!r}, expected one of {', '.join(PRESETS)}")
+    batches = [int(b) for b in args.batch_sizes.split(",")]
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: this PyTorch build sees no CUDA or ROCm GPU")
     global DEVICE
@@ -244,11 +273,12 @@ def main() -> None:
 
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": where,
-              "kernels": kernels(args.warmup, args.reps),
-              "train_steps": steps(x_train, y_train, args.warmup, args.reps),
+              "kernels": [] if args.no_kernels else kernels(args.warmup, args.reps),
+              "train_steps": steps(x_train, y_train, models, batches, args.warmup, args.reps),
               "steps_per_sample": STEPS_PER_SAMPLE,
-              "reference_epoch": [epoch(x_train, y_train, x_val, y_val, mode)
-                                  for mode in step_modes()]}
+              "reference_epoch": [] if args.no_epoch else
+              [epoch(x_train, y_train, x_val, y_val, name, mode)
+               for name in models for mode in step_modes()]}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
