@@ -76,6 +76,7 @@ fn eval(dir: &Path, device: &str, checkpoint: &Path) -> serde_json::Value {
             .sum::<u64>()
     };
     assert_eq!(sum("images"), 10_000);
+    assert_eq!(scored["images"].as_u64(), Some(10_000), "{scored}");
     let accuracy = scored["test_acc"].as_f64().unwrap();
     assert_eq!(
         sum("correct"),

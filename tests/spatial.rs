@@ -329,3 +329,81 @@ fn bad_calls_are_refused<B: Compute>(backend: &B, _rng: &mut StdRng) {
 backend_test!(bad_calls_are_refused, |backend, rng| {
     bad_calls_are_refused(backend, rng)
 });
+
+/// im2col, col2im, max pool and its backward on one backend, as bit patterns.
+fn spatial_bits<B: Compute>(
+    backend: &B,
+    x: &[f32],
+    shape: ImageShape,
+    window: Window,
+    dcols: &[f32],
+    dy: &[f32],
+) -> [Vec<u32>; 4] {
+    let bits = |buffer: &B::Buffer| -> Vec<u32> {
+        let values = backend.download(buffer).unwrap();
+        values.into_iter().map(f32::to_bits).collect()
+    };
+    let xb = backend.upload(x).unwrap();
+    let mut cols = backend.scratch(dcols.len()).unwrap();
+    backend.im2col(&xb, shape, window, &mut cols).unwrap();
+    let mut dx = backend.scratch(shape.numel()).unwrap();
+    backend
+        .col2im(&backend.upload(dcols).unwrap(), shape, window, &mut dx)
+        .unwrap();
+    let pool = Window {
+        padding: 0,
+        ..window
+    };
+    let mut y = backend.scratch(dy.len()).unwrap();
+    let mut pool_dx = backend.scratch(shape.numel()).unwrap();
+    backend.max_pool_forward(&xb, shape, pool, &mut y).unwrap();
+    backend
+        .max_pool_backward(&xb, &backend.upload(dy).unwrap(), shape, pool, &mut pool_dx)
+        .unwrap();
+    [bits(&cols), bits(&dx), bits(&y), bits(&pool_dx)]
+}
+
+/// The CPU twin promises the GPU's bits: the same comparisons pick the same maxima (ties and
+/// NaNs included, in first taps and later ones), and every gradient sum adds the same terms in
+/// the same order.
+#[test]
+fn backends_agree_bit_for_bit() {
+    let Some(gpu) = common::gpu() else {
+        return;
+    };
+    let mut rng = common::rng("spatial::backends_agree_bit_for_bit");
+    for (shape, window) in cases() {
+        let pool = Window {
+            padding: 0,
+            ..window
+        };
+        let Ok(pooled) = pool.output_shape(shape, shape.channels) else {
+            continue;
+        };
+        let x: Vec<f32> = (0..shape.numel())
+            .map(|i| match i % 11 {
+                3 => f32::NAN,
+                _ => rng.random_range(0..4) as f32 * 0.5,
+            })
+            .collect();
+        let patches = window.output_shape(shape, 1).unwrap().numel();
+        let dcols = normal(
+            &mut rng,
+            patches * window.patch_len(shape.channels),
+            0.0,
+            1.0,
+        );
+        let dy = normal(&mut rng, pooled.numel(), 0.0, 1.0);
+        let on_cpu = spatial_bits(&wgnorm::cpu::CpuBackend, &x, shape, window, &dcols, &dy);
+        let on_gpu = spatial_bits(gpu, &x, shape, window, &dcols, &dy);
+        for (name, (cpu, gpu)) in ["im2col", "col2im", "max pool", "max pool dx"]
+            .iter()
+            .zip(on_cpu.iter().zip(&on_gpu))
+        {
+            assert!(
+                cpu == gpu,
+                "{name} {shape:?} {window:?}: the CPU's bits differ from the GPU's"
+            );
+        }
+    }
+}

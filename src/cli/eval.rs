@@ -65,7 +65,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "epochs_done": saved.epochs_done,
             "test_loss": totals.mean_loss(),
             "test_acc": totals.accuracy(),
-            "images": totals.samples,
+            // A count, which the metrics buffer carries as a float.
+            "images": totals.samples as u64,
         });
         if let Some(counts) = &per_class {
             json["per_class"] = (names.iter().zip(counts))

@@ -1,6 +1,8 @@
 //! The CPU twin of `shaders/spatial.wgsl`. The GPU gathers into each output; here the
 //! backward passes scatter from each gradient, walking the windows in the same row-major order,
 //! so every sum adds the same terms in the same order and the two backends agree exactly.
+//! Images are channels-last, so each window tap is a contiguous run of channels: the loops work
+//! on those runs, which the compiler vectorizes.
 
 use super::{ImageShape, SpatialOps, Window};
 use crate::Result;
@@ -14,72 +16,49 @@ fn source(out: usize, offset: usize, window: Window, extent: usize) -> Option<us
         .filter(|&i| i < extent)
 }
 
-/// The output's height and width (the op has checked that the window fits).
-fn output_size(shape: ImageShape, window: Window) -> (usize, usize) {
-    window.output(shape.height, shape.width).unwrap_or((0, 0))
-}
-
-/// Calls `visit(output index, input index or None)` for every value of every patch, in
-/// `im2col`'s output order: rows (n, oy, ox), then columns (c, ky, kx).
-fn for_each_patch_value(
+/// Calls `visit(output position, taps)` for every window in output order (n, oy, ox), where
+/// `taps[ky·k + kx]` is the index of the tap's first channel in the input, or `None` in the
+/// padding.
+fn for_each_window(
     shape: ImageShape,
     window: Window,
-    mut visit: impl FnMut(usize, Option<usize>),
+    mut visit: impl FnMut(usize, &[Option<usize>]),
 ) {
-    let (out_h, out_w) = output_size(shape, window);
+    // The op has checked that the window fits.
+    let (out_h, out_w) = window.output(shape.height, shape.width).unwrap_or((0, 0));
     let k = window.kernel;
-    let mut out = 0;
+    let mut taps = vec![None; k * k];
+    let mut position = 0;
     for n in 0..shape.images {
         for oy in 0..out_h {
             for ox in 0..out_w {
-                for c in 0..shape.channels {
-                    for ky in 0..k {
-                        let iy = source(oy, ky, window, shape.height);
-                        for kx in 0..k {
-                            let ix = source(ox, kx, window, shape.width);
-                            let input = iy.zip(ix).map(|(iy, ix)| {
-                                ((n * shape.height + iy) * shape.width + ix) * shape.channels + c
-                            });
-                            visit(out, input);
-                            out += 1;
-                        }
+                for ky in 0..k {
+                    let iy = source(oy, ky, window, shape.height);
+                    for kx in 0..k {
+                        let ix = source(ox, kx, window, shape.width);
+                        taps[ky * k + kx] = iy.zip(ix).map(|(iy, ix)| {
+                            ((n * shape.height + iy) * shape.width + ix) * shape.channels
+                        });
                     }
                 }
+                visit(position, &taps);
+                position += 1;
             }
         }
     }
 }
 
-/// Calls `visit(output index, input index of the window's first maximum)` for every pooled
-/// value, in output order.
-fn for_each_window_max(
-    x: &[f32],
-    shape: ImageShape,
-    window: Window,
-    mut visit: impl FnMut(usize, usize),
-) {
-    let (out_h, out_w) = output_size(shape, window);
-    let mut out = 0;
-    for n in 0..shape.images {
-        for oy in 0..out_h {
-            for ox in 0..out_w {
-                for c in 0..shape.channels {
-                    let at = |ky: usize, kx: usize| {
-                        let (iy, ix) = (oy * window.stride + ky, ox * window.stride + kx);
-                        ((n * shape.height + iy) * shape.width + ix) * shape.channels + c
-                    };
-                    let mut best = at(0, 0);
-                    for ky in 0..window.kernel {
-                        for kx in 0..window.kernel {
-                            if x[at(ky, kx)] > x[best] {
-                                best = at(ky, kx);
-                            }
-                        }
-                    }
-                    visit(out, best);
-                    out += 1;
-                }
-            }
+/// Each channel's maximum over a pooling window's taps (which lie inside the image: pooling
+/// takes no padding, the op checks it), compared in row-major order as PyTorch does: a later
+/// value replaces the maximum only if it is greater, so a NaN in the first tap stays.
+fn window_maxima(x: &[f32], taps: &[Option<usize>], maxima: &mut [f32]) {
+    let channels = maxima.len();
+    let first = taps[0].unwrap_or(0);
+    maxima.copy_from_slice(&x[first..first + channels]);
+    for &tap in &taps[1..] {
+        let start = tap.unwrap_or(0);
+        for (max, &value) in maxima.iter_mut().zip(&x[start..start + channels]) {
+            *max = if value > *max { value } else { *max };
         }
     }
 }
@@ -92,8 +71,16 @@ impl SpatialOps for CpuBackend {
         window: Window,
         cols: &mut Vec<f32>,
     ) -> Result<()> {
-        for_each_patch_value(shape, window, |out, input| {
-            cols[out] = input.map_or(0.0, |i| x[i]);
+        let (channels, taps) = (shape.channels, window.kernel * window.kernel);
+        let padding = vec![0.0; channels];
+        for_each_window(shape, window, |position, sources| {
+            let row = &mut cols[position * channels * taps..][..channels * taps];
+            for (tap, source) in sources.iter().enumerate() {
+                let run = source.map_or(&padding[..], |start| &x[start..start + channels]);
+                for (value, &x) in row[tap..].iter_mut().step_by(taps).zip(run) {
+                    *value = x;
+                }
+            }
         });
         Ok(())
     }
@@ -105,10 +92,17 @@ impl SpatialOps for CpuBackend {
         window: Window,
         dx: &mut Vec<f32>,
     ) -> Result<()> {
+        let (channels, taps) = (shape.channels, window.kernel * window.kernel);
         dx.fill(0.0);
-        for_each_patch_value(shape, window, |out, input| {
-            if let Some(i) = input {
-                dx[i] += dcols[out];
+        for_each_window(shape, window, |position, sources| {
+            let row = &dcols[position * channels * taps..][..channels * taps];
+            for (tap, source) in sources.iter().enumerate() {
+                if let Some(start) = *source {
+                    let dx = &mut dx[start..start + channels];
+                    for (dx, &dcol) in dx.iter_mut().zip(row[tap..].iter().step_by(taps)) {
+                        *dx += dcol;
+                    }
+                }
             }
         });
         Ok(())
@@ -121,7 +115,10 @@ impl SpatialOps for CpuBackend {
         window: Window,
         y: &mut Vec<f32>,
     ) -> Result<()> {
-        for_each_window_max(x, shape, window, |out, best| y[out] = x[best]);
+        let channels = shape.channels;
+        for_each_window(shape, window, |position, taps| {
+            window_maxima(x, taps, &mut y[position * channels..][..channels]);
+        });
         Ok(())
     }
 
@@ -134,7 +131,29 @@ impl SpatialOps for CpuBackend {
         dx: &mut Vec<f32>,
     ) -> Result<()> {
         dx.fill(0.0);
-        for_each_window_max(x, shape, window, |out, best| dx[best] += dy[out]);
+        let channels = shape.channels;
+        let (mut maxima, mut at) = (vec![0.0; channels], vec![0; channels]);
+        for_each_window(shape, window, |position, taps| {
+            let first = taps[0].unwrap_or(0);
+            maxima.copy_from_slice(&x[first..first + channels]);
+            for (c, at) in at.iter_mut().enumerate() {
+                *at = first + c;
+            }
+            // The same comparisons as `window_maxima`, keeping where each maximum was.
+            for &tap in &taps[1..] {
+                let start = tap.unwrap_or(0);
+                let lanes = (x[start..start + channels].iter().enumerate())
+                    .zip(maxima.iter_mut().zip(at.iter_mut()));
+                for ((c, &value), (max, at)) in lanes {
+                    let greater = value > *max;
+                    *max = if greater { value } else { *max };
+                    *at = if greater { start + c } else { *at };
+                }
+            }
+            for (&at, &dy) in at.iter().zip(&dy[position * channels..][..channels]) {
+                dx[at] += dy;
+            }
+        });
         Ok(())
     }
 
