@@ -338,10 +338,11 @@ fn dropout_masks_are_the_same_on_both_backends_and_differ_by_key() {
         gpu.dropout_forward(mask, &gpu.upload(&ones).unwrap(), &mut out)
             .unwrap();
         let on_gpu = gpu.download(&out).unwrap();
-        let mut on_cpu = vec![f32::NAN; len];
+        let mut on_cpu = CpuBackend.filled(len, f32::NAN).unwrap();
         CpuBackend
-            .dropout_forward(mask, &ones, &mut on_cpu)
+            .dropout_forward(mask, &CpuBackend.upload(&ones).unwrap(), &mut on_cpu)
             .unwrap();
+        let on_cpu = on_cpu.to_vec();
         assert_eq!(on_gpu, on_cpu, "GPU and CPU masks differ for {mask:?}");
         on_cpu
     };

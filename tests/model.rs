@@ -118,10 +118,14 @@ fn a_saved_model_loads_with_identical_predictions() {
     assert_eq!(loaded.spec(), model.spec());
     let (x, _) = batch(99);
     let want = backend
-        .download(&model.logits(&backend, x.clone()).unwrap())
+        .download(&model.logits(&backend, backend.upload(&x).unwrap()).unwrap())
         .unwrap();
     let got = backend
-        .download(&loaded.logits(&backend, x).unwrap())
+        .download(
+            &loaded
+                .logits(&backend, backend.upload(&x).unwrap())
+                .unwrap(),
+        )
         .unwrap();
     assert_eq!(got, want);
 }

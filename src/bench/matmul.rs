@@ -167,11 +167,11 @@ pub fn time_product<B: MatmulOps + Clock>(
     run.run(backend)?;
     reference.run(&CpuBackend)?;
     let mut got = vec![backend.download(&run.out)?];
-    let mut expected = vec![reference.out];
+    let mut expected = vec![reference.out.to_vec()];
     // Only the weight gradient writes row sums.
     if product.product == LinearProduct::WeightGrad {
         got.push(backend.download(&run.row_sums)?);
-        expected.push(reference.row_sums);
+        expected.push(reference.row_sums.to_vec());
     }
     let difference = relative_difference(&got, &expected);
     if difference.is_nan() || difference > CPU_AGREEMENT {

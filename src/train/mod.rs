@@ -35,10 +35,17 @@ pub use schedule::{batches, epoch_order, split_point};
 /// Rows per forward pass when evaluating; any size gives the same results.
 pub const EVAL_BATCH: usize = 1000;
 
+/// The most bytes one tensor of an inference pass takes where the backend sets no smaller
+/// bound: a CNN's patches at 1,000 images would be 225 MB, memory that larger passes do not
+/// repay.
+pub const EVAL_TENSOR_BYTES: u64 = 64 << 20;
+
 /// Rows of one inference pass of `spec` on `backend`: `EVAL_BATCH`, or fewer where the
-/// binding limit needs.
+/// binding limit or `EVAL_TENSOR_BYTES` needs.
 pub fn inference_rows<B: Backend>(backend: &B, spec: &ModelSpec) -> Result<usize> {
-    Ok(EVAL_BATCH.min(spec.max_rows(backend.max_binding_bytes())?))
+    let bound = (backend.max_binding_bytes())
+        .map_or(EVAL_TENSOR_BYTES, |limit| limit.min(EVAL_TENSOR_BYTES));
+    Ok(EVAL_BATCH.min(spec.max_rows(Some(bound))?))
 }
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);

@@ -2,7 +2,7 @@
 
 use super::{Activation, ActivationOps};
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 
 /// Keep test and scale of `activation`'s dropout: every element kept and a scale of 1 without.
 fn dropout_of(activation: Activation) -> (impl Fn(usize) -> bool, f32) {
@@ -41,8 +41,8 @@ impl ActivationOps for CpuBackend {
     fn activation_forward_unchecked(
         &self,
         activation: Activation,
-        x: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &CpuBuffer,
+        y: &mut CpuBuffer,
     ) -> Result<()> {
         y.copy_from_slice(x);
         activate_in_place(activation, y);
@@ -52,9 +52,9 @@ impl ActivationOps for CpuBackend {
     fn activation_backward_unchecked(
         &self,
         activation: Activation,
-        x: Option<&Vec<f32>>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
+        x: Option<&CpuBuffer>,
+        dy: &CpuBuffer,
+        dx: &mut CpuBuffer,
     ) -> Result<()> {
         let (keeps, scale) = dropout_of(activation);
         for (i, (dx, &dy)) in dx.iter_mut().zip(dy).enumerate() {

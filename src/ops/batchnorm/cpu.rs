@@ -10,7 +10,7 @@ use super::{
     RunningStats, stat,
 };
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 use crate::ops::activation::Activation;
 use crate::ops::activation::cpu::{activate_in_place, relu_gradient_from_output};
 
@@ -18,7 +18,7 @@ impl BatchNormOps for CpuBackend {
     fn batchnorm_forward_unchecked(
         &self,
         mode: Mode,
-        x: &Vec<f32>,
+        x: &CpuBuffer,
         shape: BatchNormShape,
         affine: &Affine<Self>,
         running: &mut RunningStats<Self>,
@@ -55,12 +55,12 @@ impl BatchNormOps for CpuBackend {
 
     fn batchnorm_backward_unchecked(
         &self,
-        x: &Vec<f32>,
-        activated: Option<(&Vec<f32>, Activation)>,
-        dy: &Vec<f32>,
+        x: &CpuBuffer,
+        activated: Option<(&CpuBuffer, Activation)>,
+        dy: &CpuBuffer,
         shape: BatchNormShape,
-        gamma: &Vec<f32>,
-        stats: &Vec<f32>,
+        gamma: &CpuBuffer,
+        stats: &CpuBuffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
         match activated {

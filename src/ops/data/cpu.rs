@@ -2,7 +2,7 @@
 
 use super::{DataOps, DeviceImages};
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 
 impl DataOps for CpuBackend {
     type Bytes = Vec<u8>;
@@ -21,8 +21,8 @@ impl DataOps for CpuBackend {
         images: &DeviceImages<Self>,
         index: &Vec<u32>,
         first: usize,
-        x: &mut Vec<f32>,
-        labels: &mut Vec<f32>,
+        x: &mut CpuBuffer,
+        labels: &mut CpuBuffer,
     ) -> Result<()> {
         let row_len = images.row_len;
         let rows = labels.len();

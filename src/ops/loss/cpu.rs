@@ -2,16 +2,16 @@
 
 use super::{LossOps, is_class_index, metric};
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 
 impl LossOps for CpuBackend {
     fn softmax_cross_entropy_unchecked(
         &self,
-        logits: &Vec<f32>,
-        labels: &Vec<f32>,
+        logits: &CpuBuffer,
+        labels: &CpuBuffer,
         classes: usize,
-        mut dlogits: Option<&mut Vec<f32>>,
-        metrics: &mut Vec<f32>,
+        mut dlogits: Option<&mut CpuBuffer>,
+        metrics: &mut CpuBuffer,
     ) -> Result<()> {
         let rows = labels.len();
         let grad_scale = 1.0 / rows as f32;

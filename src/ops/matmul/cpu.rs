@@ -3,20 +3,20 @@
 
 use super::{MatmulOps, MatrixLayout};
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 
 impl MatmulOps for CpuBackend {
     fn matmul_unchecked(
         &self,
-        a: &Vec<f32>,
+        a: &CpuBuffer,
         a_layout: MatrixLayout,
-        b: &Vec<f32>,
+        b: &CpuBuffer,
         b_layout: MatrixLayout,
-        bias: Option<&Vec<f32>>,
-        out: &mut Vec<f32>,
-        a_row_sums: Option<&mut Vec<f32>>,
+        bias: Option<&CpuBuffer>,
+        out: &mut CpuBuffer,
+        a_row_sums: Option<&mut CpuBuffer>,
     ) -> Result<()> {
-        matmul(a, a_layout, b, b_layout, bias.map(Vec::as_slice), out);
+        matmul(a, a_layout, b, b_layout, bias.map(|bias| &bias[..]), out);
         if let Some(sums) = a_row_sums {
             row_sums(a, a_layout, sums);
         }

@@ -2,7 +2,7 @@
 
 use super::{OptimizerOps, OptimizerParams};
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 
 /// 0 for a subnormal moment, as `flushed` in the WGSL (why is written there).
 fn flushed(value: f32) -> f32 {
@@ -17,10 +17,10 @@ impl OptimizerOps for CpuBackend {
     fn adam_update_unchecked(
         &self,
         p: &OptimizerParams,
-        param: &mut Vec<f32>,
-        grad: &Vec<f32>,
-        moment1: &mut Vec<f32>,
-        moment2: &mut Vec<f32>,
+        param: &mut CpuBuffer,
+        grad: &CpuBuffer,
+        moment1: &mut CpuBuffer,
+        moment2: &mut CpuBuffer,
     ) -> Result<()> {
         for (((theta, &g), m), v) in param.iter_mut().zip(grad).zip(moment1).zip(moment2) {
             *m = flushed(*m + p.one_minus_beta1 * (g - *m));
@@ -34,9 +34,9 @@ impl OptimizerOps for CpuBackend {
     fn sgd_update_unchecked(
         &self,
         p: &OptimizerParams,
-        param: &mut Vec<f32>,
-        grad: &Vec<f32>,
-        momentum: &mut Vec<f32>,
+        param: &mut CpuBuffer,
+        grad: &CpuBuffer,
+        momentum: &mut CpuBuffer,
     ) -> Result<()> {
         for ((theta, &g), b) in param.iter_mut().zip(grad).zip(momentum) {
             *b = flushed(p.momentum * *b + (g + p.weight_decay * *theta));

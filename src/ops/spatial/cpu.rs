@@ -6,7 +6,7 @@
 
 use super::{ImageShape, SpatialOps, Window};
 use crate::Result;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuBuffer};
 
 /// The input row (or column) a window position reads: `out·stride + offset − padding`, or
 /// `None` in the padding.
@@ -66,10 +66,10 @@ fn window_maxima(x: &[f32], taps: &[Option<usize>], maxima: &mut [f32]) {
 impl SpatialOps for CpuBackend {
     fn im2col_unchecked(
         &self,
-        x: &Vec<f32>,
+        x: &CpuBuffer,
         shape: ImageShape,
         window: Window,
-        cols: &mut Vec<f32>,
+        cols: &mut CpuBuffer,
     ) -> Result<()> {
         let (channels, taps) = (shape.channels, window.kernel * window.kernel);
         let padding = vec![0.0; channels];
@@ -87,10 +87,10 @@ impl SpatialOps for CpuBackend {
 
     fn col2im_unchecked(
         &self,
-        dcols: &Vec<f32>,
+        dcols: &CpuBuffer,
         shape: ImageShape,
         window: Window,
-        dx: &mut Vec<f32>,
+        dx: &mut CpuBuffer,
     ) -> Result<()> {
         let (channels, taps) = (shape.channels, window.kernel * window.kernel);
         dx.fill(0.0);
@@ -110,10 +110,10 @@ impl SpatialOps for CpuBackend {
 
     fn max_pool_forward_unchecked(
         &self,
-        x: &Vec<f32>,
+        x: &CpuBuffer,
         shape: ImageShape,
         window: Window,
-        y: &mut Vec<f32>,
+        y: &mut CpuBuffer,
     ) -> Result<()> {
         let channels = shape.channels;
         for_each_window(shape, window, |position, taps| {
@@ -124,11 +124,11 @@ impl SpatialOps for CpuBackend {
 
     fn max_pool_backward_unchecked(
         &self,
-        x: &Vec<f32>,
-        dy: &Vec<f32>,
+        x: &CpuBuffer,
+        dy: &CpuBuffer,
         shape: ImageShape,
         window: Window,
-        dx: &mut Vec<f32>,
+        dx: &mut CpuBuffer,
     ) -> Result<()> {
         dx.fill(0.0);
         let channels = shape.channels;
@@ -159,9 +159,9 @@ impl SpatialOps for CpuBackend {
 
     fn avg_pool_forward_unchecked(
         &self,
-        x: &Vec<f32>,
+        x: &CpuBuffer,
         shape: ImageShape,
-        y: &mut Vec<f32>,
+        y: &mut CpuBuffer,
     ) -> Result<()> {
         let (positions, channels) = (shape.positions(), shape.channels);
         for n in 0..shape.images {
@@ -177,9 +177,9 @@ impl SpatialOps for CpuBackend {
 
     fn avg_pool_backward_unchecked(
         &self,
-        dy: &Vec<f32>,
+        dy: &CpuBuffer,
         shape: ImageShape,
-        dx: &mut Vec<f32>,
+        dx: &mut CpuBuffer,
     ) -> Result<()> {
         let channels = shape.channels;
         let positions = shape.positions() as f32;
@@ -192,11 +192,11 @@ impl SpatialOps for CpuBackend {
 
     fn transpose_unchecked(
         &self,
-        x: &Vec<f32>,
+        x: &CpuBuffer,
         batches: usize,
         rows: usize,
         cols: usize,
-        y: &mut Vec<f32>,
+        y: &mut CpuBuffer,
     ) -> Result<()> {
         let matrix = rows * cols;
         for b in 0..batches {
