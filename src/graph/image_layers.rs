@@ -3,35 +3,32 @@
 
 use super::Compute;
 use super::layer_spec::Image;
-use super::layers::LinearGrads;
+use super::layers::{Linear, LinearGrads, LinearSaved};
 use crate::backend::Backend;
-use crate::ops::matmul::MatrixLayout;
 use crate::ops::spatial::{ImageShape, Window};
 use crate::{Dtype, Result};
 
-/// y = im2col(x)·Wᵀ + b: a 2-D convolution over channels-last images.
+/// y = im2col(x)·Wᵀ + b: a 2-D convolution over channels-last images, the Linear product
+/// over each output position's patch.
 pub struct Conv2d<B: Backend> {
-    /// [outputs, channels, k, k] as PyTorch stores it: row-major [outputs, channels·k²].
-    pub weight: B::Buffer,
-    /// One value per output channel.
-    pub bias: B::Buffer,
+    /// The product over patches: its weight is [outputs, channels·k²], PyTorch's
+    /// [outputs, channels, k, k] read row-major.
+    pub linear: Linear<B>,
     pub(super) input: Image,
-    pub(super) outputs: usize,
     pub(super) window: Window,
 }
 
 /// The input (the layer before may need its own output) and its patches, for dW.
 pub struct Conv2dSaved<B: Backend> {
     input: B::Buffer,
-    cols: B::Buffer,
+    cols: LinearSaved<B>,
 }
 
 impl<B: Compute> Conv2d<B> {
-    /// The batch's images, its output positions (the product's rows) and values per patch.
-    fn dims(&self, rows: usize) -> Result<(ImageShape, usize, usize)> {
+    /// The batch's images and its output positions (the product's rows).
+    fn dims(&self, rows: usize) -> Result<(ImageShape, usize)> {
         let shape = self.input.batch(rows);
-        let positions = self.window.output_shape(shape, 1)?.numel();
-        Ok((shape, positions, self.window.patch_len(self.input.channels)))
+        Ok((shape, self.window.output_shape(shape, 1)?.numel()))
     }
 
     /// The convolution of `x`, stored as `output`.
@@ -42,23 +39,16 @@ impl<B: Compute> Conv2d<B> {
         rows: usize,
         output: Dtype,
     ) -> Result<(B::Buffer, Conv2dSaved<B>)> {
-        let (shape, positions, patch) = self.dims(rows)?;
+        let (shape, positions) = self.dims(rows)?;
+        let patch = self.linear.inputs;
         let mut cols = backend.scratch_as(positions * patch, backend.dtype_of(&x))?;
         backend.im2col(&x, shape, self.window, &mut cols)?;
-        let mut y = backend.scratch_as(positions * self.outputs, output)?;
-        backend.matmul(
-            &cols,
-            MatrixLayout::row_major(positions, patch),
-            &self.weight,
-            MatrixLayout::row_major(self.outputs, patch).transposed(),
-            Some(&self.bias),
-            &mut y,
-        )?;
+        let (y, cols) = self.linear.forward(backend, cols, positions, output)?;
         Ok((y, Conv2dSaved { input: x, cols }))
     }
 
-    /// dW = dyᵀ·cols and db = the column sums of dy (one pass) into `grads`, and dx =
-    /// col2im(dy·W) unless the input is the data; hands back the saved input.
+    /// dW and db from the patches into `grads`, and dx = col2im(dy·W) unless the input is the
+    /// data; hands back the saved input.
     pub(super) fn backward(
         &self,
         backend: &B,
@@ -68,30 +58,15 @@ impl<B: Compute> Conv2d<B> {
         grads: &mut LinearGrads<B>,
         want_dx: bool,
     ) -> Result<(Option<B::Buffer>, B::Buffer)> {
-        let (shape, positions, patch) = self.dims(rows)?;
-        let dy_layout = MatrixLayout::row_major(positions, self.outputs);
-        backend.matmul_and_row_sums(
-            dy,
-            dy_layout.transposed(),
-            &saved.cols,
-            MatrixLayout::row_major(positions, patch),
-            &mut grads.weight,
-            &mut grads.bias,
-        )?;
+        let (shape, positions) = self.dims(rows)?;
+        self.linear
+            .weight_grads(backend, &saved.cols.input, dy, positions, grads)?;
         if !want_dx {
             return Ok((None, saved.input));
         }
         // The patches' buffer is free once dW is recorded: dcols reuses its size.
         drop(saved.cols);
-        let mut dcols = backend.scratch(positions * patch)?;
-        backend.matmul(
-            dy,
-            dy_layout,
-            &self.weight,
-            MatrixLayout::row_major(self.outputs, patch),
-            None,
-            &mut dcols,
-        )?;
+        let dcols = self.linear.input_grad(backend, dy, positions)?;
         let mut dx = backend.scratch(shape.numel())?;
         backend.col2im(&dcols, shape, self.window, &mut dx)?;
         Ok((Some(dx), saved.input))

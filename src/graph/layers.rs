@@ -22,7 +22,7 @@ pub struct Linear<B: Backend> {
 
 /// The input, for dW.
 pub struct LinearSaved<B: Backend> {
-    input: B::Buffer,
+    pub(super) input: B::Buffer,
 }
 
 /// The gradients of a Linear or convolution layer's parameters.
@@ -66,28 +66,45 @@ impl<B: Compute> Linear<B> {
         grads: &mut LinearGrads<B>,
         want_dx: bool,
     ) -> Result<(Option<B::Buffer>, B::Buffer)> {
-        let dy_layout = MatrixLayout::row_major(rows, self.outputs);
+        self.weight_grads(backend, &saved.input, dy, rows, grads)?;
+        let dx = match want_dx {
+            true => Some(self.input_grad(backend, dy, rows)?),
+            false => None,
+        };
+        Ok((dx, saved.input))
+    }
+
+    /// dW = dyᵀ·x and db = the column sums of dy, in one pass, into `grads`.
+    pub(super) fn weight_grads(
+        &self,
+        backend: &B,
+        x: &B::Buffer,
+        dy: &B::Buffer,
+        rows: usize,
+        grads: &mut LinearGrads<B>,
+    ) -> Result<()> {
         backend.matmul_and_row_sums(
             dy,
-            dy_layout.transposed(),
-            &saved.input,
+            MatrixLayout::row_major(rows, self.outputs).transposed(),
+            x,
             MatrixLayout::row_major(rows, self.inputs),
             &mut grads.weight,
             &mut grads.bias,
-        )?;
-        if !want_dx {
-            return Ok((None, saved.input));
-        }
+        )
+    }
+
+    /// dx = dy·W.
+    pub(super) fn input_grad(&self, backend: &B, dy: &B::Buffer, rows: usize) -> Result<B::Buffer> {
         let mut dx = backend.scratch(rows * self.inputs)?;
         backend.matmul(
             dy,
-            dy_layout,
+            MatrixLayout::row_major(rows, self.outputs),
             &self.weight,
             MatrixLayout::row_major(self.outputs, self.inputs),
             None,
             &mut dx,
         )?;
-        Ok((Some(dx), saved.input))
+        Ok(dx)
     }
 }
 

@@ -73,13 +73,19 @@ impl<B: Compute> Sequential<B> {
                     inputs: input.len(),
                     outputs,
                 }),
-                LayerSpec::Conv2d { outputs, window } => Layer::Conv2d(Conv2d {
-                    weight: next_param()?,
-                    bias: next_param()?,
-                    input: image(input)?,
-                    outputs,
-                    window,
-                }),
+                LayerSpec::Conv2d { outputs, window } => {
+                    let input = image(input)?;
+                    Layer::Conv2d(Conv2d {
+                        linear: Linear {
+                            weight: next_param()?,
+                            bias: next_param()?,
+                            inputs: window.patch_len(input.channels),
+                            outputs,
+                        },
+                        input,
+                        window,
+                    })
+                }
                 LayerSpec::BatchNorm => {
                     let affine = Affine {
                         gamma: next_param()?,
@@ -136,7 +142,7 @@ impl<B: Compute> Sequential<B> {
         for layer in &self.layers {
             match layer {
                 Layer::Linear(linear) => tensors.extend([&linear.weight, &linear.bias]),
-                Layer::Conv2d(conv) => tensors.extend([&conv.weight, &conv.bias]),
+                Layer::Conv2d(conv) => tensors.extend([&conv.linear.weight, &conv.linear.bias]),
                 Layer::BatchNorm(bn) => {
                     tensors.extend([&bn.affine.gamma, &bn.affine.beta]);
                     running.extend([&bn.running.mean, &bn.running.var]);
@@ -187,8 +193,8 @@ impl<B: Compute> Sequential<B> {
                     params.push(&mut linear.bias);
                 }
                 Layer::Conv2d(conv) => {
-                    params.push(&mut conv.weight);
-                    params.push(&mut conv.bias);
+                    params.push(&mut conv.linear.weight);
+                    params.push(&mut conv.linear.bias);
                 }
                 Layer::BatchNorm(bn) => {
                     params.push(&mut bn.affine.gamma);
