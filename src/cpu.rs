@@ -21,13 +21,6 @@ pub struct CpuBackend;
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuBuffer(Vec<f32>);
 
-impl CpuBuffer {
-    /// The values, as a vector of their own.
-    pub fn to_vec(&self) -> Vec<f32> {
-        self.0.clone()
-    }
-}
-
 impl Deref for CpuBuffer {
     type Target = [f32];
 

@@ -36,6 +36,16 @@ fn cases() -> Vec<(ImageShape, Window)> {
     ]
 }
 
+/// The pooling window of a case (its window without padding, which pooling refuses) and the
+/// pooled images, where that window fits.
+fn pooling(shape: ImageShape, window: Window) -> Option<(Window, ImageShape)> {
+    let pool = Window {
+        padding: 0,
+        ..window
+    };
+    Some((pool, pool.output_shape(shape, shape.channels).ok()?))
+}
+
 fn uniform(rng: &mut StdRng, len: usize) -> Vec<f64> {
     (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
@@ -85,11 +95,7 @@ fn conv2d_reference_gradients_match_finite_differences() {
 fn pooling_reference_gradients_match_finite_differences() {
     let rng = &mut common::rng("pooling_reference_gradients");
     for (shape, window) in cases() {
-        let window = Window {
-            padding: 0,
-            ..window
-        };
-        let Ok(out) = window.output_shape(shape, shape.channels) else {
+        let Some((window, out)) = pooling(shape, window) else {
             continue;
         };
         // Distinct values, so that no window's maximum is a tie a step could flip.
@@ -204,11 +210,7 @@ fn pooling_and_flatten_match_reference<B: Compute>(backend: &B, rng: &mut StdRng
             .collect();
         let xb = backend.upload(&x).unwrap();
         let what = format!("{shape:?} {window:?}");
-        let pool = Window {
-            padding: 0,
-            ..window
-        };
-        if let Ok(out) = pool.output_shape(shape, shape.channels) {
+        if let Some((pool, out)) = pooling(shape, window) {
             let mut y = backend.scratch(out.numel()).unwrap();
             backend.max_pool_forward(&xb, shape, pool, &mut y).unwrap();
             let y_ref = as_f32(&reference::max_pool(&x, shape, pool));
@@ -330,12 +332,13 @@ backend_test!(bad_calls_are_refused, |backend, rng| {
     bad_calls_are_refused(backend, rng)
 });
 
-/// im2col, col2im, max pool and its backward on one backend, as bit patterns.
+/// im2col and col2im over `window`, max pool and its backward over `pool`, on one backend, as
+/// bit patterns.
 fn spatial_bits<B: Compute>(
     backend: &B,
     x: &[f32],
     shape: ImageShape,
-    window: Window,
+    (window, pool): (Window, Window),
     dcols: &[f32],
     dy: &[f32],
 ) -> [Vec<u32>; 4] {
@@ -350,10 +353,6 @@ fn spatial_bits<B: Compute>(
     backend
         .col2im(&backend.upload(dcols).unwrap(), shape, window, &mut dx)
         .unwrap();
-    let pool = Window {
-        padding: 0,
-        ..window
-    };
     let mut y = backend.scratch(dy.len()).unwrap();
     let mut pool_dx = backend.scratch(shape.numel()).unwrap();
     backend.max_pool_forward(&xb, shape, pool, &mut y).unwrap();
@@ -373,11 +372,7 @@ fn backends_agree_bit_for_bit() {
     };
     let mut rng = common::rng("spatial::backends_agree_bit_for_bit");
     for (shape, window) in cases() {
-        let pool = Window {
-            padding: 0,
-            ..window
-        };
-        let Ok(pooled) = pool.output_shape(shape, shape.channels) else {
+        let Some((pool, pooled)) = pooling(shape, window) else {
             continue;
         };
         let x: Vec<f32> = (0..shape.numel())
@@ -394,8 +389,15 @@ fn backends_agree_bit_for_bit() {
             1.0,
         );
         let dy = normal(&mut rng, pooled.numel(), 0.0, 1.0);
-        let on_cpu = spatial_bits(&wgnorm::cpu::CpuBackend, &x, shape, window, &dcols, &dy);
-        let on_gpu = spatial_bits(gpu, &x, shape, window, &dcols, &dy);
+        let on_cpu = spatial_bits(
+            &wgnorm::cpu::CpuBackend,
+            &x,
+            shape,
+            (window, pool),
+            &dcols,
+            &dy,
+        );
+        let on_gpu = spatial_bits(gpu, &x, shape, (window, pool), &dcols, &dy);
         for (name, (cpu, gpu)) in ["im2col", "col2im", "max pool", "max pool dx"]
             .iter()
             .zip(on_cpu.iter().zip(&on_gpu))

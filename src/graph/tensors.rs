@@ -141,8 +141,9 @@ impl<B: Compute> Sequential<B> {
         let mut running = Vec::new();
         for layer in &self.layers {
             match layer {
-                Layer::Linear(linear) => tensors.extend([&linear.weight, &linear.bias]),
-                Layer::Conv2d(conv) => tensors.extend([&conv.linear.weight, &conv.linear.bias]),
+                Layer::Linear(linear) | Layer::Conv2d(Conv2d { linear, .. }) => {
+                    tensors.extend([&linear.weight, &linear.bias])
+                }
                 Layer::BatchNorm(bn) => {
                     tensors.extend([&bn.affine.gamma, &bn.affine.beta]);
                     running.extend([&bn.running.mean, &bn.running.var]);
@@ -188,13 +189,9 @@ impl<B: Compute> Sequential<B> {
         let mut params = Vec::new();
         for layer in &mut self.layers {
             match layer {
-                Layer::Linear(linear) => {
+                Layer::Linear(linear) | Layer::Conv2d(Conv2d { linear, .. }) => {
                     params.push(&mut linear.weight);
                     params.push(&mut linear.bias);
-                }
-                Layer::Conv2d(conv) => {
-                    params.push(&mut conv.linear.weight);
-                    params.push(&mut conv.linear.bias);
                 }
                 Layer::BatchNorm(bn) => {
                     params.push(&mut bn.affine.gamma);

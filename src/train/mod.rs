@@ -41,11 +41,12 @@ pub const EVAL_BATCH: usize = 1000;
 pub const EVAL_TENSOR_BYTES: u64 = 64 << 20;
 
 /// Rows of one inference pass of `spec` on `backend`: `EVAL_BATCH`, or fewer where the
-/// binding limit or `EVAL_TENSOR_BYTES` needs.
+/// binding limit (an error if not one sample fits) or `EVAL_TENSOR_BYTES` (at least one sample
+/// a pass) needs.
 pub fn inference_rows<B: Backend>(backend: &B, spec: &ModelSpec) -> Result<usize> {
-    let bound = (backend.max_binding_bytes())
-        .map_or(EVAL_TENSOR_BYTES, |limit| limit.min(EVAL_TENSOR_BYTES));
-    Ok(EVAL_BATCH.min(spec.max_rows(Some(bound))?))
+    let binding_rows = spec.max_rows(backend.max_binding_bytes())?;
+    let memory_rows = spec.max_rows(Some(EVAL_TENSOR_BYTES)).unwrap_or(1);
+    Ok(EVAL_BATCH.min(binding_rows).min(memory_rows))
 }
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
