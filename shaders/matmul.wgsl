@@ -39,7 +39,8 @@ struct MatmulParams {
     a_col_stride: u32,
     b_row_stride: u32,
     b_col_stride: u32,
-    // FLAG_BIAS: add bias[j] to column j; FLAG_ROW_SUMS: write row_sums.
+    // FLAG_BIAS: add bias[j] to column j; FLAG_ROW_SUMS: write row_sums; FLAG_ACCUMULATE: add
+    // to what out (and row_sums) hold instead of overwriting it.
     flags: u32,
     // matmul_tiled's split of k: `splits` ranges of k_split values (a multiple of K_STEP), one
     // per workgroup layer. With more than one, each layer stores its partial block and row sums
@@ -52,6 +53,7 @@ struct MatmulParams {
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ROW_SUMS: u32 = 2u;
+const FLAG_ACCUMULATE: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(12) var<storage, read> a: array<A_T>;
@@ -315,8 +317,16 @@ fn store_sums(row0: u32, sums: vec4<f32>) {
 
 fn store_row_sum(row: u32, sum: f32) {
     if row < p.m {
-        row_sums[row] = sum;
+        row_sums[row] = accumulated_sum(row, sum);
     }
+}
+
+// A row sum, plus what row_sums holds under FLAG_ACCUMULATE.
+fn accumulated_sum(row: u32, sum: f32) -> f32 {
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        return row_sums[row] + sum;
+    }
+    return sum;
 }
 
 // Stores four 4×4 blocks of c side by side at (row0, col0), the parts inside c.
@@ -350,7 +360,11 @@ fn store_value(row: u32, col: u32, value: f32) {
         if (p.flags & FLAG_BIAS) != 0u {
             biased += bias[col];
         }
-        out[row * p.n + col] = OUT_T(biased);
+        let at = row * p.n + col;
+        if (p.flags & FLAG_ACCUMULATE) != 0u {
+            biased += f32(out[at]);
+        }
+        out[at] = OUT_T(biased);
     }
 }
 
@@ -369,6 +383,9 @@ fn matmul_reduce_splits(@builtin(global_invocation_id) id: vec3<u32>,
         if (p.flags & FLAG_BIAS) != 0u {
             total += bias[i % p.n];
         }
+        if (p.flags & FLAG_ACCUMULATE) != 0u {
+            total += f32(out[i]);
+        }
         out[i] = OUT_T(total);
     } else if i < values + p.m && (p.flags & FLAG_ROW_SUMS) != 0u {
         let row = i - values;
@@ -377,6 +394,6 @@ fn matmul_reduce_splits(@builtin(global_invocation_id) id: vec3<u32>,
         for (var s = 1u; s < p.splits; s++) {
             total += partials[sums_at + s * p.m + row];
         }
-        row_sums[row] = total;
+        row_sums[row] = accumulated_sum(row, total);
     }
 }

@@ -76,6 +76,20 @@ pub trait Backend {
         None
     }
 
+    /// `len` values of `buffer` from value `offset` on, sharing its memory, where the backend
+    /// has views (the GPU) and the view starts a multiple of `view_alignment` bytes into its
+    /// allocation; `None` elsewhere. Backends with a binding limit have them, to bind a tensor
+    /// too large for one binding a chunk at a time.
+    fn view(&self, _buffer: &Self::Buffer, _offset: usize, _len: usize) -> Option<Self::Buffer> {
+        None
+    }
+
+    /// The multiple of bytes at which a view may start (an adapter's
+    /// `min_storage_buffer_offset_alignment`).
+    fn view_alignment(&self) -> u64 {
+        1
+    }
+
     /// Device buffers created so far, where the backend keeps count (a leak check: flat once
     /// every size a run needs has been allocated).
     fn device_buffers(&self) -> Option<usize> {

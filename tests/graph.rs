@@ -9,6 +9,7 @@ use common::{
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
 use wgnorm::graph::{
     Compute, HostModel, Image, Init, LayerSpec, ModelSpec, SampleShape, Sequential, StepKey,
 };
@@ -174,10 +175,15 @@ fn specs() -> Vec<ModelSpec> {
     ]
 }
 
-fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut StdRng) {
-    for spec in specs() {
+fn graph_backward_matches_chained_references<B: Compute>(
+    backend: &B,
+    rng: &mut StdRng,
+    specs: &[ModelSpec],
+    rows: usize,
+) {
+    for spec in specs {
+        let spec = spec.clone();
         let host = HostModel::initial(&spec, Init::Torch, rng.random());
-        let rows = 7;
         let x = normal(rng, rows * spec.inputs(), 0.5, 1.0);
         let labels: Vec<usize> = (0..rows)
             .map(|_| rng.random_range(0..spec.classes()))
@@ -222,5 +228,24 @@ fn graph_backward_matches_chained_references<B: Compute>(backend: &B, rng: &mut 
 }
 
 backend_test!(graph_backward_matches_chained_references, |backend, rng| {
-    graph_backward_matches_chained_references(backend, rng)
+    graph_backward_matches_chained_references(backend, rng, &specs(), 7)
 });
+
+/// Convolutions whose patches pass the binding limit go through in chunks of images, their
+/// weight gradients added up chunk by chunk: on a backend of its own that plans with a 64 KiB
+/// limit, a batch of 100 whose activations fit but whose first convolution's patches (130 kB)
+/// do not matches the chained references all the same.
+#[test]
+fn gpu_convolutions_chunk_patches_beyond_the_binding_limit() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    let limit = 64 << 10;
+    backend.set_max_binding_for_tests(limit);
+    let (spec, rows) = (specs()[3].clone(), 100);
+    assert!((4 * rows * spec.largest_activation_per_sample()) as u64 <= limit);
+    assert!((4 * rows * spec.largest_tensor_per_sample()) as u64 > limit);
+    let mut rng = common::rng("gpu_convolutions_chunk_patches_beyond_the_binding_limit");
+    graph_backward_matches_chained_references(&backend, &mut rng, &[spec], rows);
+}

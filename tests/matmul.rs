@@ -7,7 +7,7 @@ mod common;
 use common::{assert_close, assert_close_to_terms, gpu, norm, normal, rng};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend, Kernel, MatmulSchedule};
-use wgnorm::ops::matmul::{MATMUL_K_STEP, MatmulOps, MatrixLayout};
+use wgnorm::ops::matmul::{MATMUL_K_STEP, MatmulOps, MatrixLayout, Store};
 use wgnorm::reference::matmul as reference;
 use wgnorm::{Backend, Dtype};
 
@@ -157,6 +157,7 @@ fn rejects_mismatched_shapes<B: MatmulOps>(backend: &B) {
             MatrixLayout::row_major(3, 2),
             &mut out,
             &mut sums,
+            Store::Replace,
         )
         .unwrap_err();
     assert!(err.to_string().contains("row sums"), "{err}");
@@ -194,7 +195,60 @@ fn gpu_matmul_refuses_an_operand_beyond_the_binding_limit() {
 backend_test!(matmul_matches_reference, |backend, rng| {
     all_sizes(backend, "matmul_matches_reference");
     rejects_mismatched_shapes(backend);
+    accumulates_over_batches(backend, rng);
 });
+
+/// A weight gradient dW = dYᵀ·X and its bias gradient summed over a batch in three parts, the
+/// first replacing what the outputs held (NaN here) and the others adding to it, matches the
+/// reference over the whole batch: on the GPU the vec4, the scalar and the split kernels.
+fn accumulates_over_batches<B: MatmulOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
+    for (rows, outputs, inputs) in [(96, 32, 64), (99, 7, 9), (2400, 32, 128)] {
+        let dy = normal(rng, rows * outputs, 0.0, 1.0);
+        let x = normal(rng, rows * inputs, 0.0, 1.0);
+        let dy_layout = MatrixLayout::row_major(rows, outputs).transposed();
+        let x_layout = MatrixLayout::row_major(rows, inputs);
+        let expected = reference::matmul(&dy, dy_layout, &x, x_layout, None::<&[f32]>);
+        let expected_sums: Vec<f64> = (0..outputs)
+            .map(|j| (0..rows).map(|i| f64::from(dy[i * outputs + j])).sum())
+            .collect();
+        let mut dw = backend.filled(outputs * inputs, f32::NAN).unwrap();
+        let mut db = backend.filled(outputs, f32::NAN).unwrap();
+        let parts = [0, rows / 3, rows / 2, rows];
+        for (part, bounds) in parts.windows(2).enumerate() {
+            let part_rows = bounds[1] - bounds[0];
+            let dy_part = backend
+                .upload(&dy[bounds[0] * outputs..bounds[1] * outputs])
+                .unwrap();
+            let x_part = backend
+                .upload(&x[bounds[0] * inputs..bounds[1] * inputs])
+                .unwrap();
+            let store = if part == 0 {
+                Store::Replace
+            } else {
+                Store::Add
+            };
+            backend
+                .matmul_and_row_sums(
+                    &dy_part,
+                    MatrixLayout::row_major(part_rows, outputs).transposed(),
+                    &x_part,
+                    MatrixLayout::row_major(part_rows, inputs),
+                    &mut dw,
+                    &mut db,
+                    store,
+                )
+                .unwrap();
+        }
+        let case = format!("{rows} rows, {outputs}x{inputs}, in three parts");
+        assert_close(&case, &backend.download(&dw).unwrap(), &expected, 1e-5);
+        assert_close(
+            &format!("{case}: row sums"),
+            &backend.download(&db).unwrap(),
+            &expected_sums,
+            1e-5,
+        );
+    }
+}
 
 /// All kernels, each schedule on a backend of its own (the shared one keeps its default): each
 /// matches the reference, and they agree bit for bit, since they sum in the same order, except
@@ -217,6 +271,7 @@ fn gpu_matmul_schedules_match_the_reference_and_each_other() {
     all_sizes(&registers, "gpu_matmul_registers");
     all_sizes(&tiles, "gpu_matmul_tiles");
     let mut rng = rng("gpu_matmul_schedules_agree");
+    accumulates_over_batches(&tiles, &mut rng);
     let mut split_cases = 0;
     // Sizes on and off the 32×32 and 16×16 blocks, the 16-value k steps and the 4-wide vectors.
     for (m, k, n) in [
@@ -322,6 +377,7 @@ fn product_and_row_sums<B: MatmulOps>(
             b_layout,
             &mut out,
             &mut sums,
+            Store::Replace,
         )
         .unwrap();
     (

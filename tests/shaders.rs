@@ -14,7 +14,8 @@ use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
 use wgnorm::ops::loss::{LossParams, metric};
 use wgnorm::ops::matmul::{
-    MATMUL_K_STEP, MATMUL_SIDE, MATMUL_TILE, MATMUL_VEC4_BLOCK, MatmulParams,
+    MATMUL_ACCUMULATE, MATMUL_BIAS, MATMUL_K_STEP, MATMUL_ROW_SUMS, MATMUL_SIDE, MATMUL_TILE,
+    MATMUL_VEC4_BLOCK, MatmulParams,
 };
 use wgnorm::ops::optimizer::OptimizerParams;
 use wgnorm::ops::spatial::SpatialParams;
@@ -280,6 +281,9 @@ fn matmul_constants_match_rust() {
     );
     assert_eq!(u32_constant(&module, "V_ROWS") as usize, MATMUL_VEC4_BLOCK);
     assert_eq!(u32_constant(&module, "V_COLS") as usize, MATMUL_VEC4_BLOCK);
+    assert_eq!(u32_constant(&module, "FLAG_BIAS"), MATMUL_BIAS);
+    assert_eq!(u32_constant(&module, "FLAG_ROW_SUMS"), MATMUL_ROW_SUMS);
+    assert_eq!(u32_constant(&module, "FLAG_ACCUMULATE"), MATMUL_ACCUMULATE);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use common::{assert_close, normal};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use wgnorm::graph::Compute;
-use wgnorm::ops::matmul::MatrixLayout;
+use wgnorm::ops::matmul::{MatrixLayout, Store};
 use wgnorm::ops::spatial::{ImageShape, Window};
 use wgnorm::reference::spatial as reference;
 
@@ -169,6 +169,7 @@ fn conv_matches_reference<B: Compute>(backend: &B, rng: &mut StdRng) {
                 cols_layout,
                 &mut dw,
                 &mut db,
+                Store::Replace,
             )
             .unwrap();
         assert_close(

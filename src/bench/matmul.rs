@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Clock, device_timing, wall_timing};
 use crate::cpu::CpuBackend;
 use crate::graph::{LayerSpec, ModelSpec, SampleShape};
-use crate::ops::matmul::{MatmulOps, MatrixLayout};
+use crate::ops::matmul::{MatmulOps, MatrixLayout, Store};
 use crate::{Error, Result};
 
 /// Which product of a Linear layer's step.
@@ -130,6 +130,7 @@ impl<B: MatmulOps> ProductRun<B> {
                 b,
                 &mut self.out,
                 &mut self.row_sums,
+                Store::Replace,
             )?,
             LinearProduct::InputGrad => {
                 backend.matmul(&self.a, a, &self.b, b, None, &mut self.out)?

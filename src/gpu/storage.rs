@@ -91,6 +91,16 @@ impl Backend for GpuBackend {
         Some(self.max_binding())
     }
 
+    fn view(&self, buffer: &GpuBuffer, offset: usize, len: usize) -> Option<GpuBuffer> {
+        let start = buffer.byte_offset() + (offset * buffer.dtype().size()) as u64;
+        let aligned = start.is_multiple_of(self.view_alignment());
+        (aligned && offset + len <= buffer.len()).then(|| buffer.view(offset, len))
+    }
+
+    fn view_alignment(&self) -> u64 {
+        self.limits().min_storage_buffer_offset_alignment.into()
+    }
+
     fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
         self.upload_pod(data)
     }

@@ -32,6 +32,11 @@ impl Image {
     pub fn positions(self) -> usize {
         self.height * self.width
     }
+
+    /// Values of the image.
+    pub fn values(self) -> usize {
+        self.positions() * self.channels
+    }
 }
 
 /// What one sample is as it enters a layer.
@@ -49,7 +54,7 @@ impl SampleShape {
     pub fn len(self) -> usize {
         match self {
             SampleShape::Flat(features) => features,
-            SampleShape::Image(image) => image.channels * image.positions(),
+            SampleShape::Image(image) => image.values(),
         }
     }
 

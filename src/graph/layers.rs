@@ -7,7 +7,7 @@ use crate::ops::activation::{Activation, DropoutMask};
 use crate::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
-use crate::ops::matmul::MatrixLayout;
+use crate::ops::matmul::{MatrixLayout, Store};
 use crate::{Dtype, Error, Result};
 
 /// out = x·Wᵀ + b.
@@ -43,15 +43,26 @@ impl<B: Compute> Linear<B> {
         output: Dtype,
     ) -> Result<(B::Buffer, LinearSaved<B>)> {
         let mut y = backend.scratch_as(rows * self.outputs, output)?;
+        self.forward_into(backend, &x, rows, &mut y)?;
+        Ok((y, LinearSaved { input: x }))
+    }
+
+    /// y = x·Wᵀ + b into `y`.
+    pub(super) fn forward_into(
+        &self,
+        backend: &B,
+        x: &B::Buffer,
+        rows: usize,
+        y: &mut B::Buffer,
+    ) -> Result<()> {
         backend.matmul(
-            &x,
+            x,
             MatrixLayout::row_major(rows, self.inputs),
             &self.weight,
             MatrixLayout::row_major(self.outputs, self.inputs).transposed(),
             Some(&self.bias),
-            &mut y,
-        )?;
-        Ok((y, LinearSaved { input: x }))
+            y,
+        )
     }
 
     /// dW = dyᵀ·x and db = the column sums of dy (one pass) into `grads`, and dx = dy·W
@@ -66,7 +77,7 @@ impl<B: Compute> Linear<B> {
         grads: &mut LinearGrads<B>,
         want_dx: bool,
     ) -> Result<(Option<B::Buffer>, B::Buffer)> {
-        self.weight_grads(backend, &saved.input, dy, rows, grads)?;
+        self.weight_grads(backend, &saved.input, dy, rows, grads, Store::Replace)?;
         let dx = match want_dx {
             true => Some(self.input_grad(backend, dy, rows)?),
             false => None,
@@ -74,7 +85,7 @@ impl<B: Compute> Linear<B> {
         Ok((dx, saved.input))
     }
 
-    /// dW = dyᵀ·x and db = the column sums of dy, in one pass, into `grads`.
+    /// dW = dyᵀ·x and db = the column sums of dy, in one pass, into `grads` (or added to them).
     pub(super) fn weight_grads(
         &self,
         backend: &B,
@@ -82,6 +93,7 @@ impl<B: Compute> Linear<B> {
         dy: &B::Buffer,
         rows: usize,
         grads: &mut LinearGrads<B>,
+        store: Store,
     ) -> Result<()> {
         backend.matmul_and_row_sums(
             dy,
@@ -90,6 +102,7 @@ impl<B: Compute> Linear<B> {
             MatrixLayout::row_major(rows, self.inputs),
             &mut grads.weight,
             &mut grads.bias,
+            store,
         )
     }
 

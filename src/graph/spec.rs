@@ -167,9 +167,19 @@ impl ModelSpec {
         self.layers.contains(&LayerSpec::BatchNorm)
     }
 
-    /// The most values one tensor of a pass holds per sample: an activation, or a
-    /// convolution's im2col patches. A device binds at most its binding limit over this many
-    /// samples' worth at once.
+    /// The most values one activation of a pass holds per sample. A device binds at most its
+    /// binding limit over this many samples' worth at once (a convolution's im2col patches,
+    /// larger still, are bound in chunks of images).
+    pub fn largest_activation_per_sample(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|shape| shape.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The most values one tensor of a pass holds per sample, a convolution's im2col patches
+    /// included: what the memory of a pass grows with.
     pub fn largest_tensor_per_sample(&self) -> usize {
         let patches = self.layers.iter().enumerate().map(|(index, layer)| {
             match (layer, self.shapes[index], self.shapes[index + 1]) {
@@ -181,8 +191,10 @@ impl ModelSpec {
                 _ => 0,
             }
         });
-        let activations = self.shapes.iter().map(|shape| shape.len());
-        patches.chain(activations).max().unwrap_or(0)
+        patches
+            .max()
+            .unwrap_or(0)
+            .max(self.largest_activation_per_sample())
     }
 
     /// The most samples one pass can take on a device whose bindings hold at most
@@ -192,7 +204,7 @@ impl ModelSpec {
         let Some(limit) = max_binding_bytes else {
             return Ok(usize::MAX);
         };
-        let per_sample = 4 * self.largest_tensor_per_sample() as u64;
+        let per_sample = 4 * self.largest_activation_per_sample() as u64;
         match usize::try_from(limit / per_sample.max(1)) {
             Ok(0) => Err(Error::Limit(format!(
                 "one sample needs a tensor of {per_sample} bytes, more than the adapter's \
@@ -201,6 +213,15 @@ impl ModelSpec {
             Ok(rows) => Ok(rows),
             Err(_) => Ok(usize::MAX),
         }
+    }
+
+    /// The most samples (at least one) a pass takes whose largest tensor, patches included,
+    /// stays within `bytes` at 4 bytes a value.
+    pub fn memory_rows(&self, bytes: u64) -> usize {
+        let per_sample = 4 * self.largest_tensor_per_sample() as u64;
+        usize::try_from(bytes / per_sample.max(1))
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 
     /// Learned values in all parameters (checked at construction not to overflow).

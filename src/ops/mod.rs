@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod chunks;
 pub mod data;
 pub mod loss;
 pub mod matmul;

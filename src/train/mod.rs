@@ -45,8 +45,9 @@ pub const EVAL_TENSOR_BYTES: u64 = 64 << 20;
 /// a pass) needs.
 pub fn inference_rows<B: Backend>(backend: &B, spec: &ModelSpec) -> Result<usize> {
     let binding_rows = spec.max_rows(backend.max_binding_bytes())?;
-    let memory_rows = spec.max_rows(Some(EVAL_TENSOR_BYTES)).unwrap_or(1);
-    Ok(EVAL_BATCH.min(binding_rows).min(memory_rows))
+    Ok(EVAL_BATCH
+        .min(binding_rows)
+        .min(spec.memory_rows(EVAL_TENSOR_BYTES)))
 }
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
@@ -174,8 +175,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
                  adapter's max_storage_buffer_binding_size of {} bytes; use --batch-size {max_rows} \
                  or less",
                 config.batch_size,
-                4 * config.batch_size * config.spec.largest_tensor_per_sample(),
-                config.spec.largest_tensor_per_sample(),
+                4 * config.batch_size * config.spec.largest_activation_per_sample(),
+                config.spec.largest_activation_per_sample(),
                 backend.max_binding_bytes().unwrap_or(0),
             )));
         }

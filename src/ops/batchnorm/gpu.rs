@@ -6,7 +6,6 @@
 
 use std::ops::Range;
 
-use super::chunks::RowChunk;
 use super::plan::{BatchNormParams, ReductionPlan, plan_params};
 use super::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
@@ -18,6 +17,7 @@ use crate::gpu::{
     Binding, FINALIZE_WORKGROUP, GpuBackend, GpuBuffer, Kernel, Recording, Slot, Variant,
 };
 use crate::ops::activation::Activation;
+use crate::ops::chunks::RowChunk;
 
 /// Workgroups of the per-channel kernels: one thread per channel.
 fn per_channel_groups(shape: BatchNormShape) -> [u32; 3] {

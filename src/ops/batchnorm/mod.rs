@@ -18,7 +18,6 @@
 //! launches the kernels, `host.rs` records them into a host's encoder, and
 //! `src/reference.rs` is the float64 oracle the tests hold both to.
 
-mod chunks;
 mod config;
 mod cpu;
 mod cpu_reduce;
@@ -28,11 +27,11 @@ mod plan;
 
 pub use config::BatchNormConfig;
 
-#[doc(hidden)]
-pub use chunks::{RowChunk, plan_row_chunks};
 pub use host::{HostBatchNormBackward, HostBatchNormForward};
 #[doc(hidden)]
 pub use plan::BatchNormParams;
+#[doc(hidden)]
+pub use plan::plan_row_chunks;
 
 use crate::backend::Backend;
 use crate::ops::activation::Activation;

@@ -2,10 +2,10 @@
 //! side in a workgroup, each chunk of rows split over workgroups, and the uniform parameters and
 //! pipeline constants that tell `shaders/batchnorm.wgsl` so. The launcher is `gpu.rs`.
 
-use super::chunks::{RowChunk, plan_row_chunks};
 use super::{BatchNormConfig, BatchNormShape};
 use crate::gpu::{GpuBackend, ReductionWalk, VectorWidth, WORKGROUP};
 use crate::ops::activation::Activation;
+use crate::ops::chunks::{RowBytes, RowChunk, plan_chunks};
 use crate::{Dtype, Result};
 
 /// How a reduction is laid out on the GPU, per chunk of rows.
@@ -94,6 +94,31 @@ pub struct BatchNormParams {
 }
 
 const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 80);
+
+/// Splits x along N so that each chunk's binding stays within `max_binding` bytes and starts at
+/// a multiple of `offset_alignment` bytes; refuses, naming the limit, when not even one aligned
+/// group of samples fits.
+pub fn plan_row_chunks(
+    shape: BatchNormShape,
+    dtype: Dtype,
+    max_binding: u64,
+    offset_alignment: u64,
+) -> Result<Vec<RowChunk>> {
+    let row_bytes = (shape.c * shape.s * dtype.size()) as u64;
+    plan_chunks(
+        &format!(
+            "BatchNorm input of shape (N={}, C={}, S={})",
+            shape.n, shape.c, shape.s
+        ),
+        shape.n,
+        RowBytes {
+            largest: row_bytes,
+            viewed: &[row_bytes],
+        },
+        max_binding,
+        offset_alignment,
+    )
+}
 
 impl GpuBackend {
     pub(super) fn reduction_plan(

@@ -1,7 +1,7 @@
 //! CPU twin of `shaders/matmul.wgsl` (formula there): the same strided product, computed by
 //! `matrixmultiply`'s packed, vectorized sgemm.
 
-use super::{MatmulOps, MatrixLayout};
+use super::{MatmulOps, MatrixLayout, Store};
 use crate::Result;
 use crate::cpu::{CpuBackend, CpuBuffer};
 
@@ -15,10 +15,25 @@ impl MatmulOps for CpuBackend {
         bias: Option<&CpuBuffer>,
         out: &mut CpuBuffer,
         a_row_sums: Option<&mut CpuBuffer>,
+        store: Store,
     ) -> Result<()> {
-        matmul(a, a_layout, b, b_layout, bias.map(|bias| &bias[..]), out);
+        matmul(
+            a,
+            a_layout,
+            b,
+            b_layout,
+            bias.map(|bias| &bias[..]),
+            out,
+            store,
+        );
         if let Some(sums) = a_row_sums {
+            let sums = &mut sums[..a_layout.rows];
+            let held = (store == Store::Add).then(|| sums.to_vec());
             row_sums(a, a_layout, sums);
+            // The kernel adds what the sums held after summing the row, as here.
+            for (sum, held) in sums.iter_mut().zip(held.iter().flatten()) {
+                *sum += held;
+            }
         }
         Ok(())
     }
@@ -47,8 +62,8 @@ fn row_sums(a: &[f32], layout: MatrixLayout, sums: &mut [f32]) {
     }
 }
 
-/// out (m×n, row-major) = a·b (+ bias per column). Layouts must have been checked against the
-/// buffers with `MatrixLayout::fits`.
+/// out (m×n, row-major) = a·b (+ bias per column), or out += a·b with `Store::Add`. Layouts must
+/// have been checked against the buffers with `MatrixLayout::fits`.
 fn matmul(
     a: &[f32],
     a_layout: MatrixLayout,
@@ -56,6 +71,7 @@ fn matmul(
     b_layout: MatrixLayout,
     bias: Option<&[f32]>,
     out: &mut [f32],
+    store: Store,
 ) {
     let (m, k, n) = (a_layout.rows, a_layout.cols, b_layout.cols);
     // `MatmulOps::matmul` returns a shape error before calling this; the assert only keeps the
@@ -66,14 +82,21 @@ fn matmul(
             && out.len() >= m * n
             && k == b_layout.rows
     );
-    let beta = match bias {
-        Some(bias) => {
-            for row in out[..m * n].chunks_exact_mut(n) {
-                row.copy_from_slice(&bias[..n]);
+    // sgemm computes out = a·b + beta·out: the bias (or what out held) goes in first.
+    if let Some(bias) = bias {
+        for row in out[..m * n].chunks_exact_mut(n) {
+            match store {
+                Store::Replace => row.copy_from_slice(&bias[..n]),
+                Store::Add => row
+                    .iter_mut()
+                    .zip(bias)
+                    .for_each(|(out, bias)| *out += bias),
             }
-            1.0
         }
-        None => 0.0,
+    }
+    let beta = match (bias, store) {
+        (None, Store::Replace) => 0.0,
+        _ => 1.0,
     };
     // matrixmultiply's kernels are wide along n: a product with few output columns and many
     // rows (a 3×3 convolution's weight gradient, 32×25088×9) runs three times faster as its

@@ -2,7 +2,7 @@
 //! the backend's schedule and the operands' layouts, with `matmul_tiled` splitting a long k
 //! over more workgroups where a product has too few blocks to fill the GPU.
 
-use super::{MatmulOps, MatrixLayout};
+use super::{MatmulOps, MatrixLayout, Store};
 use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot, Variant};
 use crate::{Backend, Result};
 
@@ -18,7 +18,7 @@ pub struct MatmulParams {
     pub a_col_stride: u32,
     pub b_row_stride: u32,
     pub b_col_stride: u32,
-    /// `MATMUL_BIAS` and `MATMUL_ROW_SUMS` (`FLAG_*` in WGSL).
+    /// `MATMUL_BIAS`, `MATMUL_ROW_SUMS` and `MATMUL_ACCUMULATE` (`FLAG_*` in WGSL).
     pub flags: u32,
     /// k values per split of `matmul_tiled` (a multiple of `MATMUL_K_STEP`; k when unsplit).
     pub k_split: u32,
@@ -32,6 +32,8 @@ pub struct MatmulParams {
 pub const MATMUL_BIAS: u32 = 1;
 /// `MatmulParams::flags`: write the row sums of a.
 pub const MATMUL_ROW_SUMS: u32 = 2;
+/// `MatmulParams::flags`: add to what the output (and the row sums) hold.
+pub const MATMUL_ACCUMULATE: u32 = 4;
 
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
 
@@ -147,6 +149,7 @@ impl MatmulOps for GpuBackend {
         bias: Option<&GpuBuffer>,
         out: &mut GpuBuffer,
         a_row_sums: Option<&mut GpuBuffer>,
+        store: Store,
     ) -> Result<()> {
         self.check_bindable("matmul operand a", a)?;
         self.check_bindable("matmul operand b", b)?;
@@ -168,6 +171,10 @@ impl MatmulOps for GpuBackend {
                     MATMUL_ROW_SUMS
                 } else {
                     0
+                }
+                | match store {
+                    Store::Replace => 0,
+                    Store::Add => MATMUL_ACCUMULATE,
                 },
             k_split: a_layout.cols as u32,
             splits: 1,

@@ -5,6 +5,9 @@
 //! row_sums[i] = Σ_k a[i, k]                       (optional; k in increasing order)
 //! ```
 //!
+//! each stored in place of what out (and row_sums) held or, with `Store::Add`, added to it: a
+//! weight gradient summed over batches too large to bind at once.
+//!
 //! where a and b are views into flat buffers (element (i, j) at i·row_stride + j·col_stride),
 //! so a transpose is a view, not a copy: the Linear layer's X·Wᵀ, dX = dY·W and dW = dYᵀ·X are
 //! all this one op, and with a = dYᵀ the row sums are the bias gradient dB, formed in the same
@@ -15,8 +18,8 @@ mod gpu;
 
 #[doc(hidden)]
 pub use gpu::{
-    MATMUL_BIAS, MATMUL_K_STEP, MATMUL_ROW_SUMS, MATMUL_SIDE, MATMUL_TILE, MATMUL_VEC4_BLOCK,
-    MatmulParams,
+    MATMUL_ACCUMULATE, MATMUL_BIAS, MATMUL_K_STEP, MATMUL_ROW_SUMS, MATMUL_SIDE, MATMUL_TILE,
+    MATMUL_VEC4_BLOCK, MatmulParams,
 };
 
 use crate::backend::Backend;
@@ -65,6 +68,15 @@ impl MatrixLayout {
     }
 }
 
+/// What a product does with what its output held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// Overwrites it.
+    Replace,
+    /// Adds the product to it (after the product's own sum over k).
+    Add,
+}
+
 /// out = a·b (+ bias added to every row), out row-major a.rows × b.cols.
 pub trait MatmulOps: Backend + Sized {
     /// out = a·b (+ bias per column), row-major a.rows × b.cols; a and b are strided views.
@@ -83,11 +95,13 @@ pub trait MatmulOps: Backend + Sized {
             [a_layout, b_layout],
             bias.map(|bias| self.len_of(bias)),
         )?;
-        self.matmul_unchecked(a, a_layout, b, b_layout, bias, out, None)
+        self.matmul_unchecked(a, a_layout, b, b_layout, bias, out, None, Store::Replace)
     }
 
     /// out = a·b as `matmul` (no bias), and the sum of each row of a in `a_row_sums`, in the
-    /// same pass: with a = dYᵀ, a Linear layer's weight and bias gradients.
+    /// same pass: with a = dYᵀ, a Linear layer's weight and bias gradients. `store` says
+    /// whether both replace or add to what `out` and `a_row_sums` hold.
+    #[allow(clippy::too_many_arguments)]
     fn matmul_and_row_sums(
         &self,
         a: &Self::Buffer,
@@ -96,11 +110,12 @@ pub trait MatmulOps: Backend + Sized {
         b_layout: MatrixLayout,
         out: &mut Self::Buffer,
         a_row_sums: &mut Self::Buffer,
+        store: Store,
     ) -> Result<()> {
         let lens = [a, b, out].map(|buffer| self.len_of(buffer));
         check(lens, [a_layout, b_layout], None)?;
         crate::ops::check_len("matmul row sums", self.len_of(a_row_sums), a_layout.rows)?;
-        self.matmul_unchecked(a, a_layout, b, b_layout, None, out, Some(a_row_sums))
+        self.matmul_unchecked(a, a_layout, b, b_layout, None, out, Some(a_row_sums), store)
     }
 
     /// `matmul` (and the row sums of a, where asked) on checked arguments.
@@ -115,6 +130,7 @@ pub trait MatmulOps: Backend + Sized {
         bias: Option<&Self::Buffer>,
         out: &mut Self::Buffer,
         a_row_sums: Option<&mut Self::Buffer>,
+        store: Store,
     ) -> Result<()>;
 }
 
