@@ -3,8 +3,10 @@ against (not needed by `cargo test`; needs torch and numpy).
 
 MNIST / 255; validation = the last 10% of the 60k training images; train on the first 54k,
 reshuffled every epoch, last partial batch kept; Linear(784,128) [→ BatchNorm1d(128)] → ReLU →
-Dropout(0.2) → Linear(128,10); Keras' glorot_uniform weights and zero biases; Adam lr 1e-3;
-5 epochs; batch 32; one CPU thread.
+Dropout(0.2) → Linear(128,10), or the CNN presets (`cnn`, `cnn-bn`: two Conv2d(3×3, padding 1)
+[→ BatchNorm2d] → ReLU → MaxPool2d(2) blocks of 32 and 64 channels, then that head on 3136
+inputs); Keras' glorot_uniform weights and zero biases, as `wgnorm train --init keras`; Adam lr
+1e-3; 5 epochs; batch 32; one CPU thread.
 
     python tests/independent/torch_train.py ../shared/data/mnist --model bn --seed 0
 """
@@ -35,7 +37,7 @@ def load(data_dir: Path, stem: str):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data_dir", type=Path)
-    parser.add_argument("--model", choices=["bn", "nobn"], default="bn")
+    parser.add_argument("--model", choices=["bn", "nobn", "cnn-bn", "cnn"], default="bn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -50,13 +52,26 @@ def main() -> None:
     split = int(len(x) * 0.9)
     x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
 
-    layers = [nn.Linear(784, 128)]
-    if args.model == "bn":
+    batchnorm = args.model in ("bn", "cnn-bn")
+    layers = []
+    features = 784
+    if args.model.startswith("cnn"):
+        x, xt = x.reshape(-1, 1, 28, 28), xt.reshape(-1, 1, 28, 28)
+        for inputs, outputs in [(1, 32), (32, 64)]:
+            layers.append(nn.Conv2d(inputs, outputs, 3, padding=1))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(outputs))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        layers.append(nn.Flatten())
+        features = 3136
+    x_train, x_val = x[:split], x[split:]
+    layers.append(nn.Linear(features, 128))
+    if batchnorm:
         layers.append(nn.BatchNorm1d(128))
     layers += [nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10)]
     model = nn.Sequential(*layers)
     for layer in model:
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -64,7 +79,7 @@ def main() -> None:
     def evaluate(xs, ys):
         model.eval()
         with torch.no_grad():
-            logits = model(xs)
+            logits = torch.cat([model(xs[i : i + 1000]) for i in range(0, len(xs), 1000)])
             return nn.functional.cross_entropy(logits, ys).item(), (logits.argmax(1) == ys).float().mean().item()
 
     start = time.time()

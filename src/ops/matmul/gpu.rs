@@ -3,7 +3,9 @@
 //! over more workgroups where a product has too few blocks to fill the GPU.
 
 use super::{MatmulOps, MatrixLayout, Store};
-use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot, Variant};
+use crate::gpu::{
+    Binding, GpuBackend, GpuBuffer, Kernel, MatmulSchedule, Slot, Variant, WORKGROUP,
+};
 use crate::{Backend, Result};
 
 /// Uniform parameters of `shaders/matmul.wgsl` (`struct MatmulParams` there).
@@ -18,7 +20,7 @@ pub struct MatmulParams {
     pub a_col_stride: u32,
     pub b_row_stride: u32,
     pub b_col_stride: u32,
-    /// `MATMUL_BIAS`, `MATMUL_ROW_SUMS` and `MATMUL_ACCUMULATE` (`FLAG_*` in WGSL).
+    /// `MATMUL_BIAS` and `MATMUL_ROW_SUMS` (`FLAG_*` in WGSL).
     pub flags: u32,
     /// k values per split of `matmul_tiled` (a multiple of `MATMUL_K_STEP`; k when unsplit).
     pub k_split: u32,
@@ -32,8 +34,8 @@ pub struct MatmulParams {
 pub const MATMUL_BIAS: u32 = 1;
 /// `MatmulParams::flags`: write the row sums of a.
 pub const MATMUL_ROW_SUMS: u32 = 2;
-/// `MatmulParams::flags`: add to what the output (and the row sums) hold.
-pub const MATMUL_ACCUMULATE: u32 = 4;
+/// The pipeline constant that makes a product add to what the output (and the row sums) hold.
+pub const MATMUL_ACCUMULATE: &str = "ACCUMULATE";
 
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
 
@@ -132,6 +134,11 @@ impl GpuBackend {
     }
 }
 
+/// The `MATMUL_ACCUMULATE` constant of a product that does what `store` says.
+fn accumulate(store: Store) -> (&'static str, f64) {
+    (MATMUL_ACCUMULATE, f64::from(u8::from(store == Store::Add)))
+}
+
 /// k values a split of `matmul_tiled` sums at least: below it a split's partial block costs
 /// more to store and add up than its share of k.
 const MIN_K_PER_SPLIT: usize = 64;
@@ -171,10 +178,6 @@ impl MatmulOps for GpuBackend {
                     MATMUL_ROW_SUMS
                 } else {
                     0
-                }
-                | match store {
-                    Store::Replace => 0,
-                    Store::Add => MATMUL_ACCUMULATE,
                 },
             k_split: a_layout.cols as u32,
             splits: 1,
@@ -187,8 +190,13 @@ impl MatmulOps for GpuBackend {
         let kernel = match self.matmul_plan(a_layout, b_layout) {
             MatmulPlan::Blocks(kernel) => kernel,
             MatmulPlan::Vec4(vec4) => {
-                return self.matmul_vec4(vec4, &params, [a, b, bias, row_sums], out);
+                return self.matmul_vec4(vec4, &params, store, [a, b, bias, row_sums], out);
             }
+        };
+        let accumulate = [accumulate(store)];
+        let variant = Variant {
+            constants: &accumulate,
+            ..Variant::default()
         };
         let (splits, k_split) = self.matmul_splits(a_layout, b_layout);
         let params = MatmulParams {
@@ -217,8 +225,9 @@ impl MatmulOps for GpuBackend {
             } else {
                 &bindings[..5]
             };
-            return self
-                .record(|recording| self.dispatch(recording, kernel, &params, bound, groups));
+            return self.record(|recording| {
+                self.dispatch_specialized(recording, kernel, variant, &params, bound, groups)
+            });
         }
         let partials = self.scratch(splits * (m * n + m))?;
         self.check_bindable("matmul partial results", &partials)?;
@@ -237,11 +246,14 @@ impl MatmulOps for GpuBackend {
             Binding::whole(Slot::Partials, &partials),
             Binding::whole(Slot::Out, out),
         ];
+        // The splits store partial results whatever `store` says; their sum adds to out.
         self.record(|recording| {
             self.dispatch(recording, kernel, &params, &tiled, groups)?;
-            self.dispatch_elementwise(
+            self.dispatch_threads(
                 recording,
                 Kernel::MatmulReduceSplits,
+                variant,
+                WORKGROUP,
                 &params,
                 &reduce,
                 m * n + m,
@@ -256,6 +268,7 @@ impl GpuBackend {
         &self,
         vec4: Vec4Layout,
         params: &MatmulParams,
+        store: Store,
         [a, b, bias, row_sums]: [&GpuBuffer; 4],
         out: &mut GpuBuffer,
     ) -> Result<()> {
@@ -266,6 +279,7 @@ impl GpuBackend {
             ("A_K_CONTIGUOUS", f64::from(u8::from(vec4.a_k_contiguous))),
             ("B_K_CONTIGUOUS", f64::from(u8::from(vec4.b_k_contiguous))),
             ("V_GROUP", f64::from(group)),
+            accumulate(store),
         ];
         // The vec4 views cover whole quads; `Vec4Layout::of`'s alignment conditions keep every
         // quad the kernel reads inside them.
