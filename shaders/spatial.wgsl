@@ -3,8 +3,9 @@
 //
 //   im2col:    out[(n, oy, ox), (c, ky, kx)] = x[n, oy·s + ky − p, ox·s + kx − p, c], 0 outside
 //   col2im:    out[n, y, x, c] = Σ dy[(n, oy, ox), (c, ky, kx)] over the patches holding (y, x)
-//   max_pool:  out[n, oy, ox, c] = max of the window (its first maximum in row-major order)
-//   max_pool_backward: out[n, y, x, c] = Σ dy[n, oy, ox, c] over windows whose first maximum
+//   max_pool:  out[n, oy, ox, c] = max of the window (its first maximum in row-major order),
+//              and with SAVE_TAPS pool_taps[n, oy, ox, c] = that maximum's tap ky·k + kx
+//   max_pool_backward: out[n, y, x, c] = Σ dy[n, oy, ox, c] over windows whose saved tap
 //              is (y, x)
 //   avg_pool:  out[n, c] = mean of x[n, ·, ·, c];  avg_pool_backward: out[n, y, x, c] = dy[n, c]/(h·w)
 //   transpose: out[b, j, i] = x[b, i, j] for row-major `height`×`width` matrices
@@ -34,6 +35,12 @@ struct SpatialParams {
 @group(0) @binding(1) var<storage, read> x: array<X_T>;
 @group(0) @binding(2) var<storage, read> dy: array<DY_T>;
 @group(0) @binding(9) var<storage, read_write> out: array<OUT_T>;
+// Where each window's maximum was, as its tap ky·k + kx (small integers, exact in f32): what
+// the training forward leaves for the backward, so that it does not search the windows again.
+@group(0) @binding(29) var<storage, read_write> pool_taps: array<f32>;
+
+// Whether max_pool writes pool_taps (a pipeline constant: inference writes none).
+override SAVE_TAPS: bool = false;
 
 // (n, row, column, channel) of value `i` of a channels-last batch of rows×columns images.
 fn image_coordinates(i: u32, rows: u32, columns: u32) -> vec4<u32> {
@@ -56,21 +63,20 @@ fn windows_over(padded: u32, extent: u32) -> vec2<u32> {
     return vec2<u32>(first, last);
 }
 
-// The input index of the first maximum of window (n, oy, ox) in channel c.
-fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> u32 {
-    var best = input_index(n, oy * p.stride, ox * p.stride, c);
-    var best_value = f32(x[best]);
+// The tap ky·k + kx of the first maximum of window (n, oy, ox) in channel c, and its value.
+fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> vec2<f32> {
+    var best = 0u;
+    var best_value = f32(x[input_index(n, oy * p.stride, ox * p.stride, c)]);
     for (var ky = 0u; ky < p.kernel; ky++) {
         for (var kx = 0u; kx < p.kernel; kx++) {
-            let at = input_index(n, oy * p.stride + ky, ox * p.stride + kx, c);
-            let value = f32(x[at]);
+            let value = f32(x[input_index(n, oy * p.stride + ky, ox * p.stride + kx, c)]);
             if value > best_value {
-                best = at;
+                best = ky * p.kernel + kx;
                 best_value = value;
             }
         }
     }
-    return best;
+    return vec2<f32>(f32(best), best_value);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -133,7 +139,11 @@ fn max_pool(@builtin(global_invocation_id) id: vec3<u32>,
         return;
     }
     let at = image_coordinates(i, p.out_height, p.out_width);
-    out[i] = OUT_T(f32(x[window_max(at.x, at.y, at.z, at.w)]));
+    let max = window_max(at.x, at.y, at.z, at.w);
+    out[i] = OUT_T(max.y);
+    if SAVE_TAPS {
+        pool_taps[i] = max.x;
+    }
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -149,8 +159,10 @@ fn max_pool_backward(@builtin(global_invocation_id) id: vec3<u32>,
     var sum = 0.0;
     for (var oy = rows.x; oy <= rows.y; oy++) {
         for (var ox = columns.x; ox <= columns.y; ox++) {
-            if window_max(at.x, oy, ox, at.w) == i {
-                sum += f32(dy[((at.x * p.out_height + oy) * p.out_width + ox) * p.channels + at.w]);
+            let window = ((at.x * p.out_height + oy) * p.out_width + ox) * p.channels + at.w;
+            let tap = (at.y - oy * p.stride) * p.kernel + at.z - ox * p.stride;
+            if u32(pool_taps[window]) == tap {
+                sum += f32(dy[window]);
             }
         }
     }

@@ -212,15 +212,24 @@ fn pooling_and_flatten_match_reference<B: Compute>(backend: &B, rng: &mut StdRng
         let xb = backend.upload(&x).unwrap();
         let what = format!("{shape:?} {window:?}");
         if let Some((pool, out)) = pooling(shape, window) {
-            let mut y = backend.scratch(out.numel()).unwrap();
-            backend.max_pool_forward(&xb, shape, pool, &mut y).unwrap();
             let y_ref = as_f32(&reference::max_pool(&x, shape, pool));
+            let mut y = backend.scratch(out.numel()).unwrap();
+            backend
+                .max_pool_forward(&xb, shape, pool, &mut y, None)
+                .unwrap();
+            assert_eq!(backend.download(&y).unwrap(), y_ref, "max pool {what}");
+            // The training forward: the same maxima, and where they were.
+            let mut y = backend.filled(out.numel(), f32::NAN).unwrap();
+            let mut taps = backend.filled(out.numel(), f32::NAN).unwrap();
+            backend
+                .max_pool_forward(&xb, shape, pool, &mut y, Some(&mut taps))
+                .unwrap();
             assert_eq!(backend.download(&y).unwrap(), y_ref, "max pool {what}");
             let dy = normal(rng, out.numel(), 0.0, 1.0);
             let mut dx = backend.scratch(shape.numel()).unwrap();
             let dyb = backend.upload(&dy).unwrap();
             backend
-                .max_pool_backward(&xb, &dyb, shape, pool, &mut dx)
+                .max_pool_backward(&taps, &dyb, shape, pool, &mut dx)
                 .unwrap();
             let dx_ref = reference::max_pool_backward(&x, shape, pool, &dy);
             assert_close(
@@ -313,10 +322,24 @@ fn bad_calls_are_refused<B: Compute>(backend: &B, _rng: &mut StdRng) {
         "{error}"
     );
     let error = backend
-        .max_pool_forward(&x, shape, k3, &mut out)
+        .max_pool_forward(&x, shape, k3, &mut out, None)
         .unwrap_err();
     assert!(
         error.to_string().contains("max pooling takes no padding"),
+        "{error}"
+    );
+    let k2 = Window {
+        kernel: 2,
+        stride: 2,
+        padding: 0,
+    };
+    let mut y = backend.scratch(shape.numel() / 4).unwrap();
+    let mut short = backend.scratch(3).unwrap();
+    let error = backend
+        .max_pool_forward(&x, shape, k2, &mut y, Some(&mut short))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("max pool taps has 3 values"),
         "{error}"
     );
     let zero = Window {
@@ -333,8 +356,8 @@ backend_test!(bad_calls_are_refused, |backend, rng| {
     bad_calls_are_refused(backend, rng)
 });
 
-/// im2col and col2im over `window`, max pool and its backward over `pool`, on one backend, as
-/// bit patterns.
+/// im2col and col2im over `window`, max pool (its maxima and their taps) and its backward over
+/// `pool`, on one backend, as bit patterns.
 fn spatial_bits<B: Compute>(
     backend: &B,
     x: &[f32],
@@ -342,7 +365,7 @@ fn spatial_bits<B: Compute>(
     (window, pool): (Window, Window),
     dcols: &[f32],
     dy: &[f32],
-) -> [Vec<u32>; 4] {
+) -> [Vec<u32>; 5] {
     let bits = |buffer: &B::Buffer| -> Vec<u32> {
         let values = backend.download(buffer).unwrap();
         values.into_iter().map(f32::to_bits).collect()
@@ -355,12 +378,22 @@ fn spatial_bits<B: Compute>(
         .col2im(&backend.upload(dcols).unwrap(), shape, window, &mut dx)
         .unwrap();
     let mut y = backend.scratch(dy.len()).unwrap();
+    let mut taps = backend.scratch(dy.len()).unwrap();
     let mut pool_dx = backend.scratch(shape.numel()).unwrap();
-    backend.max_pool_forward(&xb, shape, pool, &mut y).unwrap();
     backend
-        .max_pool_backward(&xb, &backend.upload(dy).unwrap(), shape, pool, &mut pool_dx)
+        .max_pool_forward(&xb, shape, pool, &mut y, Some(&mut taps))
         .unwrap();
-    [bits(&cols), bits(&dx), bits(&y), bits(&pool_dx)]
+    let dy = backend.upload(dy).unwrap();
+    backend
+        .max_pool_backward(&taps, &dy, shape, pool, &mut pool_dx)
+        .unwrap();
+    [
+        bits(&cols),
+        bits(&dx),
+        bits(&y),
+        bits(&taps),
+        bits(&pool_dx),
+    ]
 }
 
 /// The CPU twin promises the GPU's bits: the same comparisons pick the same maxima (ties and
@@ -399,9 +432,15 @@ fn backends_agree_bit_for_bit() {
             &dy,
         );
         let on_gpu = spatial_bits(gpu, &x, shape, (window, pool), &dcols, &dy);
-        for (name, (cpu, gpu)) in ["im2col", "col2im", "max pool", "max pool dx"]
-            .iter()
-            .zip(on_cpu.iter().zip(&on_gpu))
+        for (name, (cpu, gpu)) in [
+            "im2col",
+            "col2im",
+            "max pool",
+            "max pool taps",
+            "max pool dx",
+        ]
+        .iter()
+        .zip(on_cpu.iter().zip(&on_gpu))
         {
             assert!(
                 cpu == gpu,

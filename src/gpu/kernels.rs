@@ -128,6 +128,7 @@ catalogue! {
     MatB4 = 26 => ("b4"),
     RowSums = 27 => ("row_sums"),
     Activated = 28 => ("activated"),
+    PoolTaps = 29 => ("pool_taps"),
 }
 
 impl Kernel {

@@ -5,6 +5,7 @@ use super::Compute;
 use super::layer_spec::Image;
 use super::layers::{Linear, LinearGrads};
 use crate::backend::Backend;
+use crate::ops::batchnorm::Mode;
 use crate::ops::chunks::{RowBytes, RowChunk, plan_chunks};
 use crate::ops::matmul::Store;
 use crate::ops::spatial::Window;
@@ -206,23 +207,30 @@ pub struct MaxPool2d {
     pub(super) window: Window,
 }
 
-/// The input, whose window maxima route dy.
+/// The input (the layer before may need its own output) and, after a training forward, where
+/// each window's maximum was, which routes dy.
 pub struct MaxPoolSaved<B: Backend> {
     input: B::Buffer,
+    taps: Option<B::Buffer>,
 }
 
 impl MaxPool2d {
     pub(super) fn forward<B: Compute>(
         &self,
         backend: &B,
+        mode: Mode,
         x: B::Buffer,
         rows: usize,
     ) -> Result<(B::Buffer, MaxPoolSaved<B>)> {
         let shape = self.input.batch(rows);
-        let out = self.window.output_shape(shape, shape.channels)?;
-        let mut y = backend.scratch_as(out.numel(), backend.dtype_of(&x))?;
-        backend.max_pool_forward(&x, shape, self.window, &mut y)?;
-        Ok((y, MaxPoolSaved { input: x }))
+        let out = self.window.output_shape(shape, shape.channels)?.numel();
+        let mut y = backend.scratch_as(out, backend.dtype_of(&x))?;
+        let mut taps = match mode {
+            Mode::Train => Some(backend.scratch(out)?),
+            Mode::Eval => None,
+        };
+        backend.max_pool_forward(&x, shape, self.window, &mut y, taps.as_mut())?;
+        Ok((y, MaxPoolSaved { input: x, taps }))
     }
 
     /// dx, and the saved input handed back (the layer before may need its own output).
@@ -233,9 +241,12 @@ impl MaxPool2d {
         dy: &B::Buffer,
         rows: usize,
     ) -> Result<(B::Buffer, B::Buffer)> {
+        let taps = saved.taps.ok_or_else(|| {
+            Error::InvalidArgument("max pooling's backward needs a training forward".into())
+        })?;
         let shape = self.input.batch(rows);
         let mut dx = backend.scratch(shape.numel())?;
-        backend.max_pool_backward(&saved.input, dy, shape, self.window, &mut dx)?;
+        backend.max_pool_backward(&taps, dy, shape, self.window, &mut dx)?;
         Ok((dx, saved.input))
     }
 }

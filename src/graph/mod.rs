@@ -204,7 +204,7 @@ impl<B: Compute> Sequential<B> {
                     (y, Saved::Dropout(s))
                 }
                 Layer::MaxPool2d(pool) => {
-                    let (y, s) = pool.forward(backend, h, rows)?;
+                    let (y, s) = pool.forward(backend, mode, h, rows)?;
                     (y, Saved::MaxPool2d(s))
                 }
                 Layer::AvgPool(image) => (

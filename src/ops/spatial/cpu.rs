@@ -114,17 +114,38 @@ impl SpatialOps for CpuBackend {
         shape: ImageShape,
         window: Window,
         y: &mut CpuBuffer,
+        taps: Option<&mut CpuBuffer>,
     ) -> Result<()> {
         let channels = shape.channels;
+        let Some(saved) = taps else {
+            for_each_window(shape, window, |position, taps| {
+                window_maxima(x, taps, &mut y[position * channels..][..channels]);
+            });
+            return Ok(());
+        };
         for_each_window(shape, window, |position, taps| {
-            window_maxima(x, taps, &mut y[position * channels..][..channels]);
+            let maxima = &mut y[position * channels..][..channels];
+            let at = &mut saved[position * channels..][..channels];
+            let first = taps[0].unwrap_or(0);
+            maxima.copy_from_slice(&x[first..first + channels]);
+            at.fill(0.0);
+            // The comparisons of `window_maxima`, keeping which tap each maximum came from.
+            for (tap, &start) in taps.iter().enumerate().skip(1) {
+                let start = start.unwrap_or(0);
+                let lanes = x[start..start + channels].iter().zip(maxima.iter_mut());
+                for ((&value, max), at) in lanes.zip(at.iter_mut()) {
+                    let greater = value > *max;
+                    *max = if greater { value } else { *max };
+                    *at = if greater { tap as f32 } else { *at };
+                }
+            }
         });
         Ok(())
     }
 
     fn max_pool_backward_unchecked(
         &self,
-        x: &CpuBuffer,
+        saved: &CpuBuffer,
         dy: &CpuBuffer,
         shape: ImageShape,
         window: Window,
@@ -132,26 +153,14 @@ impl SpatialOps for CpuBackend {
     ) -> Result<()> {
         dx.fill(0.0);
         let channels = shape.channels;
-        let (mut maxima, mut at) = (vec![0.0; channels], vec![0; channels]);
         for_each_window(shape, window, |position, taps| {
-            let first = taps[0].unwrap_or(0);
-            maxima.copy_from_slice(&x[first..first + channels]);
-            for (c, at) in at.iter_mut().enumerate() {
-                *at = first + c;
-            }
-            // The same comparisons as `window_maxima`, keeping where each maximum was.
-            for &tap in &taps[1..] {
-                let start = tap.unwrap_or(0);
-                let lanes = (x[start..start + channels].iter().enumerate())
-                    .zip(maxima.iter_mut().zip(at.iter_mut()));
-                for ((c, &value), (max, at)) in lanes {
-                    let greater = value > *max;
-                    *max = if greater { value } else { *max };
-                    *at = if greater { start + c } else { *at };
+            let at = &saved[position * channels..][..channels];
+            let dy = &dy[position * channels..][..channels];
+            for (c, (&tap, &dy)) in at.iter().zip(dy).enumerate() {
+                // The forward saved taps inside the image: pooling takes no padding.
+                if let Some(start) = taps[tap as usize] {
+                    dx[start + c] += dy;
                 }
-            }
-            for (&at, &dy) in at.iter().zip(&dy[position * channels..][..channels]) {
-                dx[at] += dy;
             }
         });
         Ok(())

@@ -2,7 +2,7 @@
 
 use super::{ImageShape, SpatialOps, Window};
 use crate::Result;
-use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
+use crate::gpu::{Binding, Constants, GpuBackend, GpuBuffer, Kernel, Slot, Variant, WORKGROUP};
 
 /// Uniform parameters of `shaders/spatial.wgsl` (`struct SpatialParams` there).
 #[doc(hidden)]
@@ -55,6 +55,7 @@ impl GpuBackend {
     fn spatial(
         &self,
         kernel: Kernel,
+        constants: Constants,
         params: SpatialParams,
         inputs: &[Binding],
         out: &mut GpuBuffer,
@@ -65,8 +66,15 @@ impl GpuBackend {
         self.check_bindable(kernel.entry_point(), out)?;
         let mut bindings = inputs.to_vec();
         bindings.push(Binding::whole(Slot::Out, out));
+        let variant = Variant {
+            constants,
+            ..Variant::default()
+        };
         self.record(|recording| {
-            self.dispatch_elementwise(recording, kernel, &params, &bindings, params.len as usize)
+            let threads = params.len as usize;
+            self.dispatch_threads(
+                recording, kernel, variant, WORKGROUP, &params, &bindings, threads,
+            )
         })
     }
 }
@@ -81,7 +89,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::window(cols.len(), shape, window);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::Im2col, params, &inputs, cols)
+        self.spatial(Kernel::Im2col, &[], params, &inputs, cols)
     }
 
     fn col2im_unchecked(
@@ -93,7 +101,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::window(dx.len(), shape, window);
         let inputs = [Binding::whole(Slot::Dy, dcols)];
-        self.spatial(Kernel::Col2im, params, &inputs, dx)
+        self.spatial(Kernel::Col2im, &[], params, &inputs, dx)
     }
 
     fn max_pool_forward_unchecked(
@@ -102,23 +110,33 @@ impl SpatialOps for GpuBackend {
         shape: ImageShape,
         window: Window,
         y: &mut GpuBuffer,
+        taps: Option<&mut GpuBuffer>,
     ) -> Result<()> {
         let params = SpatialParams::window(y.len(), shape, window);
-        let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::MaxPool, params, &inputs, y)
+        let save_taps = [("SAVE_TAPS", f64::from(u8::from(taps.is_some())))];
+        let taps = taps.map_or(self.writable_placeholder(), |taps| &*taps);
+        self.check_bindable("max_pool", taps)?;
+        let inputs = [
+            Binding::whole(Slot::X, x),
+            Binding::whole(Slot::PoolTaps, taps),
+        ];
+        self.spatial(Kernel::MaxPool, &save_taps, params, &inputs, y)
     }
 
     fn max_pool_backward_unchecked(
         &self,
-        x: &GpuBuffer,
+        taps: &GpuBuffer,
         dy: &GpuBuffer,
         shape: ImageShape,
         window: Window,
         dx: &mut GpuBuffer,
     ) -> Result<()> {
         let params = SpatialParams::window(dx.len(), shape, window);
-        let inputs = [Binding::whole(Slot::X, x), Binding::whole(Slot::Dy, dy)];
-        self.spatial(Kernel::MaxPoolBackward, params, &inputs, dx)
+        let inputs = [
+            Binding::whole(Slot::PoolTaps, taps),
+            Binding::whole(Slot::Dy, dy),
+        ];
+        self.spatial(Kernel::MaxPoolBackward, &[], params, &inputs, dx)
     }
 
     fn avg_pool_forward_unchecked(
@@ -129,7 +147,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::image(y.len(), shape);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::AvgPool, params, &inputs, y)
+        self.spatial(Kernel::AvgPool, &[], params, &inputs, y)
     }
 
     fn avg_pool_backward_unchecked(
@@ -140,7 +158,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::image(dx.len(), shape);
         let inputs = [Binding::whole(Slot::Dy, dy)];
-        self.spatial(Kernel::AvgPoolBackward, params, &inputs, dx)
+        self.spatial(Kernel::AvgPoolBackward, &[], params, &inputs, dx)
     }
 
     fn transpose_unchecked(
@@ -158,6 +176,6 @@ impl SpatialOps for GpuBackend {
             ..SpatialParams::default()
         };
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::Transpose, params, &inputs, y)
+        self.spatial(Kernel::Transpose, &[], params, &inputs, y)
     }
 }

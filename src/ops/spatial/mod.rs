@@ -6,8 +6,8 @@
 //! ```text
 //! im2col:   cols[(n, oy, ox), (c, ky, kx)] = x[n, oy·s + ky − p, ox·s + kx − p, c]   (0 outside)
 //! col2im:   dx[n, y, x, c] = Σ dcols[(n, oy, ox), (c, ky, kx)] over y = oy·s + ky − p, x = …
-//! max pool: y[n, oy, ox, c] = max of the k×k window; dx adds dy to the window's first maximum
-//!           (row-major order, as PyTorch picks it)
+//! max pool: y[n, oy, ox, c] = max of the k×k window, taps[n, oy, ox, c] = the tap ky·k + kx of
+//!           its first maximum (row-major order, as PyTorch picks it); dx adds dy there
 //! avg pool: y[n, c] = mean over every position (global);  dx[n, y, x, c] = dy[n, c] / (h·w)
 //! transpose: y[b, j, i] = x[b, i, j]   (Flatten: (n, h·w, c) to PyTorch's (n, c, h·w) order)
 //! ```
@@ -174,30 +174,35 @@ pub trait SpatialOps: Backend + Sized {
         self.col2im_unchecked(dcols, shape, window, dx)
     }
 
-    /// y = the maximum of each window, per channel.
+    /// y = the maximum of each window, per channel, and in `taps` (one value per value of y)
+    /// where each first maximum was: its window tap ky·k + kx, which the backward routes dy
+    /// to. Inference passes `None`.
     fn max_pool_forward(
         &self,
         x: &Self::Buffer,
         shape: ImageShape,
         window: Window,
         y: &mut Self::Buffer,
+        taps: Option<&mut Self::Buffer>,
     ) -> Result<()> {
         check_pool_window(window)?;
-        let out = window.output_shape(shape, shape.channels)?;
+        let out = window.output_shape(shape, shape.channels)?.numel();
+        let taps_len = taps.as_ref().map_or(out, |taps| self.len_of(taps));
         check_lens(
             "max pool",
             &[
                 ("x", self.len_of(x), shape.numel()),
-                ("y", self.len_of(y), out.numel()),
+                ("y", self.len_of(y), out),
+                ("taps", taps_len, out),
             ],
         )?;
-        self.max_pool_forward_unchecked(x, shape, window, y)
+        self.max_pool_forward_unchecked(x, shape, window, y, taps)
     }
 
-    /// dx from the forward's input x and dy: each window's dy to its first maximum.
+    /// dx from dy and the taps of the training forward: each window's dy to its first maximum.
     fn max_pool_backward(
         &self,
-        x: &Self::Buffer,
+        taps: &Self::Buffer,
         dy: &Self::Buffer,
         shape: ImageShape,
         window: Window,
@@ -208,12 +213,12 @@ pub trait SpatialOps: Backend + Sized {
         check_lens(
             "max pool backward",
             &[
-                ("x", self.len_of(x), shape.numel()),
+                ("taps", self.len_of(taps), out.numel()),
                 ("dy", self.len_of(dy), out.numel()),
                 ("dx", self.len_of(dx), shape.numel()),
             ],
         )?;
-        self.max_pool_backward_unchecked(x, dy, shape, window, dx)
+        self.max_pool_backward_unchecked(taps, dy, shape, window, dx)
     }
 
     /// y[n, c] = the mean of channel c over every position of image n.
@@ -295,13 +300,14 @@ pub trait SpatialOps: Backend + Sized {
         shape: ImageShape,
         window: Window,
         y: &mut Self::Buffer,
+        taps: Option<&mut Self::Buffer>,
     ) -> Result<()>;
 
     /// `max_pool_backward` on checked arguments.
     #[doc(hidden)]
     fn max_pool_backward_unchecked(
         &self,
-        x: &Self::Buffer,
+        taps: &Self::Buffer,
         dy: &Self::Buffer,
         shape: ImageShape,
         window: Window,
