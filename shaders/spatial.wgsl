@@ -1,5 +1,5 @@
-// What moves values across image positions, one thread per output value, every output a
-// gather (no atomics, so each sum adds its terms in one fixed order):
+// What moves values across image positions, one thread per output value (im2col: per k×k of
+// them), every output a gather (no atomics, so each sum adds its terms in one fixed order):
 //
 //   im2col:    out[(n, oy, ox), (c, ky, kx)] = x[n, oy·s + ky − p, ox·s + kx − p, c], 0 outside
 //   col2im:    out[n, y, x, c] = Σ dy[(n, oy, ox), (c, ky, kx)] over the patches holding (y, x)
@@ -79,32 +79,36 @@ fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> vec2<f32> {
     return vec2<f32>(f32(best), best_value);
 }
 
+// One thread per output position and channel, writing that channel's k×k taps, which lie
+// side by side in the row: one thread per value spent most of its time finding its place.
 @compute @workgroup_size(WORKGROUP)
 fn im2col(@builtin(global_invocation_id) id: vec3<u32>,
           @builtin(num_workgroups) groups: vec3<u32>) {
     let i = thread_index(id, groups, WORKGROUP);
-    if i >= p.len {
+    let area = p.kernel * p.kernel;
+    if i >= p.len / area {
         return;
     }
-    let area = p.kernel * p.kernel;
-    let patch_len = p.channels * area;
-    let column = i % patch_len;
-    let row = i / patch_len;
-    let c = column / area;
-    let ky = (column % area) / p.kernel;
-    let kx = column % p.kernel;
+    let c = i % p.channels;
+    let row = i / p.channels;
     let ox = row % p.out_width;
     let oy = (row / p.out_width) % p.out_height;
     let n = row / (p.out_width * p.out_height);
-    // Unsigned, so a position in the top or left padding wraps past the image and fails too.
-    let iy = oy * p.stride + ky - p.padding;
-    let ix = ox * p.stride + kx - p.padding;
-    var value = 0.0;
-    if oy * p.stride + ky >= p.padding && ox * p.stride + kx >= p.padding
-        && iy < p.height && ix < p.width {
-        value = f32(x[input_index(n, iy, ix, c)]);
+    // Row `row`, columns (c, ky, kx): (row·channels + c)·k² + ky·k + kx.
+    var at = i * area;
+    for (var ky = 0u; ky < p.kernel; ky++) {
+        // Unsigned, so a position in the top or left padding wraps past the image and fails.
+        let iy = oy * p.stride + ky - p.padding;
+        for (var kx = 0u; kx < p.kernel; kx++) {
+            let ix = ox * p.stride + kx - p.padding;
+            var value = 0.0;
+            if iy < p.height && ix < p.width {
+                value = f32(x[input_index(n, iy, ix, c)]);
+            }
+            out[at] = OUT_T(value);
+            at++;
+        }
     }
-    out[i] = OUT_T(value);
 }
 
 @compute @workgroup_size(WORKGROUP)

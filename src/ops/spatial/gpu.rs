@@ -1,4 +1,4 @@
-//! Launches `shaders/spatial.wgsl`: one thread per output value.
+//! Launches `shaders/spatial.wgsl`: one thread per output value (im2col: per k×k of them).
 
 use super::{ImageShape, SpatialOps, Window};
 use crate::Result;
@@ -52,11 +52,14 @@ impl SpatialParams {
 }
 
 impl GpuBackend {
+    /// One thread per output value, or per `values_per_thread` of them.
+    #[allow(clippy::too_many_arguments)]
     fn spatial(
         &self,
         kernel: Kernel,
         constants: Constants,
         params: SpatialParams,
+        values_per_thread: usize,
         inputs: &[Binding],
         out: &mut GpuBuffer,
     ) -> Result<()> {
@@ -71,7 +74,7 @@ impl GpuBackend {
             ..Variant::default()
         };
         self.record(|recording| {
-            let threads = params.len as usize;
+            let threads = params.len as usize / values_per_thread;
             self.dispatch_threads(
                 recording, kernel, variant, WORKGROUP, &params, &bindings, threads,
             )
@@ -89,7 +92,14 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::window(cols.len(), shape, window);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::Im2col, &[], params, &inputs, cols)
+        self.spatial(
+            Kernel::Im2col,
+            &[],
+            params,
+            window.kernel * window.kernel,
+            &inputs,
+            cols,
+        )
     }
 
     fn col2im_unchecked(
@@ -101,7 +111,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::window(dx.len(), shape, window);
         let inputs = [Binding::whole(Slot::Dy, dcols)];
-        self.spatial(Kernel::Col2im, &[], params, &inputs, dx)
+        self.spatial(Kernel::Col2im, &[], params, 1, &inputs, dx)
     }
 
     fn max_pool_forward_unchecked(
@@ -120,7 +130,7 @@ impl SpatialOps for GpuBackend {
             Binding::whole(Slot::X, x),
             Binding::whole(Slot::PoolTaps, taps),
         ];
-        self.spatial(Kernel::MaxPool, &save_taps, params, &inputs, y)
+        self.spatial(Kernel::MaxPool, &save_taps, params, 1, &inputs, y)
     }
 
     fn max_pool_backward_unchecked(
@@ -136,7 +146,7 @@ impl SpatialOps for GpuBackend {
             Binding::whole(Slot::PoolTaps, taps),
             Binding::whole(Slot::Dy, dy),
         ];
-        self.spatial(Kernel::MaxPoolBackward, &[], params, &inputs, dx)
+        self.spatial(Kernel::MaxPoolBackward, &[], params, 1, &inputs, dx)
     }
 
     fn avg_pool_forward_unchecked(
@@ -147,7 +157,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::image(y.len(), shape);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::AvgPool, &[], params, &inputs, y)
+        self.spatial(Kernel::AvgPool, &[], params, 1, &inputs, y)
     }
 
     fn avg_pool_backward_unchecked(
@@ -158,7 +168,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::image(dx.len(), shape);
         let inputs = [Binding::whole(Slot::Dy, dy)];
-        self.spatial(Kernel::AvgPoolBackward, &[], params, &inputs, dx)
+        self.spatial(Kernel::AvgPoolBackward, &[], params, 1, &inputs, dx)
     }
 
     fn transpose_unchecked(
@@ -176,6 +186,6 @@ impl SpatialOps for GpuBackend {
             ..SpatialParams::default()
         };
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::Transpose, &[], params, &inputs, y)
+        self.spatial(Kernel::Transpose, &[], params, 1, &inputs, y)
     }
 }
