@@ -150,27 +150,37 @@ fn max_pool(@builtin(global_invocation_id) id: vec3<u32>,
     }
 }
 
+// Channels one max_pool_backward thread takes at its position (a pipeline constant per adapter
+// class): a software rasterizer spends most of a thread on finding its position and windows,
+// which the channels then share; a hardware GPU wants a thread per value.
+override CHANNELS_PER_THREAD: u32 = 1u;
+
 @compute @workgroup_size(WORKGROUP)
 fn max_pool_backward(@builtin(global_invocation_id) id: vec3<u32>,
                      @builtin(num_workgroups) groups: vec3<u32>) {
     let i = thread_index(id, groups, WORKGROUP);
-    if i >= p.len {
+    let blocks = (p.channels + CHANNELS_PER_THREAD - 1u) / CHANNELS_PER_THREAD;
+    if i >= p.len / p.channels * blocks {
         return;
     }
-    let at = image_coordinates(i, p.height, p.width);
+    let position = i / blocks;
+    let first = (i % blocks) * CHANNELS_PER_THREAD;
+    let at = image_coordinates(position * p.channels, p.height, p.width);
     let rows = windows_over(at.y, p.out_height);
     let columns = windows_over(at.z, p.out_width);
-    var sum = 0.0;
-    for (var oy = rows.x; oy <= rows.y; oy++) {
-        for (var ox = columns.x; ox <= columns.y; ox++) {
-            let window = ((at.x * p.out_height + oy) * p.out_width + ox) * p.channels + at.w;
-            let tap = (at.y - oy * p.stride) * p.kernel + at.z - ox * p.stride;
-            if u32(pool_taps[window]) == tap {
-                sum += f32(dy[window]);
+    for (var c = first; c < min(first + CHANNELS_PER_THREAD, p.channels); c++) {
+        var sum = 0.0;
+        for (var oy = rows.x; oy <= rows.y; oy++) {
+            for (var ox = columns.x; ox <= columns.y; ox++) {
+                let window = ((at.x * p.out_height + oy) * p.out_width + ox) * p.channels + c;
+                let tap = (at.y - oy * p.stride) * p.kernel + at.z - ox * p.stride;
+                if u32(pool_taps[window]) == tap {
+                    sum += f32(dy[window]);
+                }
             }
         }
+        out[position * p.channels + c] = OUT_T(sum);
     }
-    out[i] = OUT_T(sum);
 }
 
 @compute @workgroup_size(WORKGROUP)

@@ -8,6 +8,7 @@ mod common;
 use common::{assert_close, normal};
 use rand::RngExt;
 use rand::rngs::StdRng;
+use wgnorm::gpu::{AdapterRequest, GpuBackend, Tuning};
 use wgnorm::graph::Compute;
 use wgnorm::ops::matmul::{MatrixLayout, Store};
 use wgnorm::ops::spatial::{ImageShape, Window};
@@ -398,12 +399,21 @@ fn spatial_bits<B: Compute>(
 
 /// The CPU twin promises the GPU's bits: the same comparisons pick the same maxima (ties and
 /// NaNs included, in first taps and later ones), and every gradient sum adds the same terms in
-/// the same order.
+/// the same order; on the max-pooling backward's grids of both adapter classes (one channel per
+/// thread, all of them) and one that splits the channels unevenly (two per thread).
 #[test]
 fn backends_agree_bit_for_bit() {
-    let Some(gpu) = common::gpu() else {
+    if common::gpu().is_none() {
         return;
-    };
+    }
+    let gpus = [1, 2, 64].map(|per_thread| {
+        let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+        backend.set_tuning(Tuning {
+            pool_channels_per_thread: per_thread,
+            ..backend.tuning()
+        });
+        backend
+    });
     let mut rng = common::rng("spatial::backends_agree_bit_for_bit");
     for (shape, window) in cases() {
         let Some((pool, pooled)) = pooling(shape, window) else {
@@ -431,21 +441,21 @@ fn backends_agree_bit_for_bit() {
             &dcols,
             &dy,
         );
-        let on_gpu = spatial_bits(gpu, &x, shape, (window, pool), &dcols, &dy);
-        for (name, (cpu, gpu)) in [
-            "im2col",
-            "col2im",
-            "max pool",
-            "max pool taps",
-            "max pool dx",
-        ]
-        .iter()
-        .zip(on_cpu.iter().zip(&on_gpu))
-        {
-            assert!(
-                cpu == gpu,
-                "{name} {shape:?} {window:?}: the CPU's bits differ from the GPU's"
-            );
+        for gpu in &gpus {
+            let on_gpu = spatial_bits(gpu, &x, shape, (window, pool), &dcols, &dy);
+            let names = [
+                "im2col",
+                "col2im",
+                "max pool",
+                "max pool taps",
+                "max pool dx",
+            ];
+            for (name, (cpu, gpu)) in names.iter().zip(on_cpu.iter().zip(&on_gpu)) {
+                assert!(
+                    cpu == gpu,
+                    "{name} {shape:?} {window:?}: the CPU's bits differ from the GPU's"
+                );
+            }
         }
     }
 }

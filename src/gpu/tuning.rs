@@ -24,6 +24,9 @@ pub struct Tuning {
     pub reduction_walk: ReductionWalk,
     /// Threads per workgroup of `matmul_vec4`.
     pub matmul_group: u32,
+    /// Channels one thread of the max-pooling backward takes at its position: all of them on
+    /// software rasterizers, where a thread's index arithmetic costs more than its loads.
+    pub pool_channels_per_thread: usize,
     /// Training steps recorded into one submission, by default
     /// (`GpuBackend::set_steps_per_submission` overrides it). A software rasterizer runs a submission's
     /// work as it is submitted, so there batching steps only grows the working set (the reference
@@ -45,6 +48,7 @@ impl Tuning {
                 lanes_c_spatial: 8,
                 reduction_walk: ReductionWalk::Contiguous,
                 matmul_group: 8,
+                pool_channels_per_thread: 64,
                 steps_per_submission: 1,
                 ..Self::default()
             },
@@ -63,6 +67,7 @@ impl Default for Tuning {
             lanes_c_spatial: 1,
             reduction_walk: ReductionWalk::Interleaved,
             matmul_group: 64,
+            pool_channels_per_thread: 1,
             steps_per_submission: 8,
         }
     }

@@ -52,14 +52,14 @@ impl SpatialParams {
 }
 
 impl GpuBackend {
-    /// One thread per output value, or per `values_per_thread` of them.
+    /// `threads` threads over `params.len` output values.
     #[allow(clippy::too_many_arguments)]
     fn spatial(
         &self,
         kernel: Kernel,
         constants: Constants,
         params: SpatialParams,
-        values_per_thread: usize,
+        threads: usize,
         inputs: &[Binding],
         out: &mut GpuBuffer,
     ) -> Result<()> {
@@ -74,7 +74,6 @@ impl GpuBackend {
             ..Variant::default()
         };
         self.record(|recording| {
-            let threads = params.len as usize / values_per_thread;
             self.dispatch_threads(
                 recording, kernel, variant, WORKGROUP, &params, &bindings, threads,
             )
@@ -92,14 +91,8 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::window(cols.len(), shape, window);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(
-            Kernel::Im2col,
-            &[],
-            params,
-            window.kernel * window.kernel,
-            &inputs,
-            cols,
-        )
+        let threads = cols.len() / (window.kernel * window.kernel);
+        self.spatial(Kernel::Im2col, &[], params, threads, &inputs, cols)
     }
 
     fn col2im_unchecked(
@@ -111,7 +104,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::window(dx.len(), shape, window);
         let inputs = [Binding::whole(Slot::Dy, dcols)];
-        self.spatial(Kernel::Col2im, &[], params, 1, &inputs, dx)
+        self.spatial(Kernel::Col2im, &[], params, dx.len(), &inputs, dx)
     }
 
     fn max_pool_forward_unchecked(
@@ -130,7 +123,7 @@ impl SpatialOps for GpuBackend {
             Binding::whole(Slot::X, x),
             Binding::whole(Slot::PoolTaps, taps),
         ];
-        self.spatial(Kernel::MaxPool, &save_taps, params, 1, &inputs, y)
+        self.spatial(Kernel::MaxPool, &save_taps, params, y.len(), &inputs, y)
     }
 
     fn max_pool_backward_unchecked(
@@ -146,7 +139,17 @@ impl SpatialOps for GpuBackend {
             Binding::whole(Slot::PoolTaps, taps),
             Binding::whole(Slot::Dy, dy),
         ];
-        self.spatial(Kernel::MaxPoolBackward, &[], params, 1, &inputs, dx)
+        let per_thread = self.tuning().pool_channels_per_thread.min(shape.channels);
+        let threads = shape.images * shape.positions() * shape.channels.div_ceil(per_thread);
+        let constants = [("CHANNELS_PER_THREAD", per_thread as f64)];
+        self.spatial(
+            Kernel::MaxPoolBackward,
+            &constants,
+            params,
+            threads,
+            &inputs,
+            dx,
+        )
     }
 
     fn avg_pool_forward_unchecked(
@@ -157,7 +160,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::image(y.len(), shape);
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::AvgPool, &[], params, 1, &inputs, y)
+        self.spatial(Kernel::AvgPool, &[], params, y.len(), &inputs, y)
     }
 
     fn avg_pool_backward_unchecked(
@@ -168,7 +171,7 @@ impl SpatialOps for GpuBackend {
     ) -> Result<()> {
         let params = SpatialParams::image(dx.len(), shape);
         let inputs = [Binding::whole(Slot::Dy, dy)];
-        self.spatial(Kernel::AvgPoolBackward, &[], params, 1, &inputs, dx)
+        self.spatial(Kernel::AvgPoolBackward, &[], params, dx.len(), &inputs, dx)
     }
 
     fn transpose_unchecked(
@@ -186,6 +189,6 @@ impl SpatialOps for GpuBackend {
             ..SpatialParams::default()
         };
         let inputs = [Binding::whole(Slot::X, x)];
-        self.spatial(Kernel::Transpose, &[], params, 1, &inputs, y)
+        self.spatial(Kernel::Transpose, &[], params, y.len(), &inputs, y)
     }
 }
