@@ -9,6 +9,7 @@ mod eval;
 mod experiment;
 mod metrics;
 mod predict;
+mod recalibrate;
 mod run_args;
 mod sweep;
 mod train;
@@ -46,6 +47,9 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Classify your own images (PNG, .npy) with a saved model.
     Predict(Box<predict::PredictArgs>),
+    /// Recompute a saved model's BatchNorm running statistics from training batches
+    /// (PreciseBN) and report its accuracy before and after.
+    Recalibrate(Box<recalibrate::RecalibrateArgs>),
     /// Train without and with BatchNorm under the same protocol and compare them.
     Compare(Box<compare::CompareArgs>),
     /// Train over batch sizes (and learning rates) for each model and tabulate the results.
@@ -341,6 +345,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Predict(args) => predict::run(*args),
+        Command::Recalibrate(args) => recalibrate::run(*args),
         Command::Compare(args) => compare::run(*args),
         Command::Sweep(args) => sweep::run(*args),
         Command::Bench(args) => bench::run(*args),

@@ -152,6 +152,18 @@ impl<B: Backend> BatchNormSaved<B> {
 }
 
 impl<B: Compute> BatchNorm<B> {
+    /// eps, momentum and running-variance convention.
+    pub fn config(&self) -> BatchNormConfig {
+        self.config
+    }
+
+    /// Sets the weight of each new batch in the running statistics (the other settings stay).
+    pub fn set_momentum(&mut self, momentum: f32) -> Result<()> {
+        let config = self.config;
+        self.config = BatchNormConfig::new(config.eps(), momentum, config.unbiased_running_var())?;
+        Ok(())
+    }
+
     fn shape(&self, rows: usize) -> BatchNormShape {
         BatchNormShape {
             n: rows * self.positions,

@@ -131,6 +131,14 @@ pub struct Sequential<B: Backend> {
 }
 
 impl<B: Compute> Sequential<B> {
+    /// The BatchNorm layers, in order.
+    pub fn batchnorms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm<B>> {
+        self.layers.iter_mut().filter_map(|layer| match layer {
+            Layer::BatchNorm(bn) => Some(bn),
+            _ => None,
+        })
+    }
+
     /// The dropout mask each layer draws in this forward (`None` for other layers, in eval
     /// mode and where p = 0).
     fn dropout_masks(&self, mode: Mode, key: StepKey) -> Vec<Option<DropoutMask>> {

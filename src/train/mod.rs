@@ -22,12 +22,14 @@ use crate::{Error, Result};
 mod config;
 mod early_stop;
 mod lr;
+mod recalibrate;
 mod resume;
 mod schedule;
 
 pub use config::TrainConfig;
 pub use early_stop::EarlyStop;
 pub use lr::{LrPlan, LrSchedule};
+pub use recalibrate::{Recalibration, recalibrate};
 
 use schedule::check_batches;
 pub use schedule::{batches, epoch_order, split_point};
