@@ -1,0 +1,176 @@
+//! `wgnorm recalibrate` from the command line: a model whose running statistics were corrupted
+//! gets its accuracy back on both backends with its weights untouched, and bad input is one
+//! line and exit code 2.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_one_line_error, gpu, shared_mnist, wgnorm};
+use wgnorm::checkpoint::{self, MODEL_FILE};
+use wgnorm::graph::HostModel;
+
+fn run_json(args: &[&str], dir: &Path) -> serde_json::Value {
+    let output = wgnorm(args, dir);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Test accuracy of a model file on the CPU backend.
+fn test_accuracy(model: &str, data: &str, dir: &Path) -> f64 {
+    let args = [
+        "eval",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        model,
+        "--data-dir",
+        data,
+        "--json",
+    ];
+    run_json(&args, dir)["test_acc"].as_f64().unwrap()
+}
+
+/// A short `mlp-bn` run on the CPU backend in `dir/out`.
+fn train(dir: &Path, data: &str, model: &str, out: &str) {
+    let args = [
+        "train",
+        "--device",
+        "cpu",
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--train-limit",
+        "6400",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    ];
+    let output = wgnorm(&args, dir);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn recalibration_restores_a_model_whose_running_statistics_were_corrupted() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), data, "mlp-bn", "run");
+    let original = test_accuracy("run/model.safetensors", data, dir.path());
+    let saved = checkpoint::load_model(&dir.path().join("run").join(MODEL_FILE)).unwrap();
+    let mut corrupted: HostModel = saved.model.clone();
+    for running in &mut corrupted.running {
+        running.mean.iter_mut().for_each(|mean| *mean += 2.0);
+        running.var.iter_mut().for_each(|var| *var *= 100.0);
+    }
+    std::fs::create_dir(dir.path().join("corrupted")).unwrap();
+    let corrupted_path = dir.path().join("corrupted").join(MODEL_FILE);
+    checkpoint::save_model(
+        &corrupted_path,
+        &saved.spec,
+        &corrupted,
+        saved.epochs_done,
+        wgnorm::Dtype::F32,
+    )
+    .unwrap();
+    let broken = test_accuracy("corrupted/model.safetensors", data, dir.path());
+    assert!(broken < original - 0.2, "{broken} against {original}");
+
+    let mut devices = vec!["cpu"];
+    if gpu().is_some() {
+        devices.push("gpu");
+    }
+    for device in devices {
+        let out = format!("fixed-{device}");
+        let report = run_json(
+            &[
+                "recalibrate",
+                "--device",
+                device,
+                "--checkpoint",
+                "corrupted/model.safetensors",
+                "--batches",
+                "100",
+                "--data-dir",
+                data,
+                "--out",
+                &out,
+                "--json",
+            ],
+            dir.path(),
+        );
+        let before = report["test_acc_before"].as_f64().unwrap();
+        let after = report["test_acc_after"].as_f64().unwrap();
+        assert!(
+            (before - broken).abs() < 0.003,
+            "{device}: {before} {broken}"
+        );
+        assert!(
+            (after - original).abs() < 0.005,
+            "{device}: recalibrated {after}, trained {original}"
+        );
+        assert!(report["val_acc_after"].as_f64().unwrap() > 0.9, "{report}");
+        let fixed = format!("{out}/model.safetensors");
+        let scored = test_accuracy(&fixed, data, dir.path());
+        assert!((scored - after).abs() < 0.003, "{device}: {scored} {after}");
+        // Only the running statistics changed.
+        let fixed = checkpoint::load_model(&dir.path().join(&out).join(MODEL_FILE)).unwrap();
+        assert_eq!(fixed.model.params, saved.model.params, "{device}");
+        for (fixed, trained) in fixed.model.running.iter().zip(&saved.model.running) {
+            assert_eq!(fixed.batches_tracked, trained.batches_tracked);
+            assert!(fixed.mean.iter().chain(&fixed.var).all(|v| v.is_finite()));
+            assert!(fixed.var.iter().all(|&v| v > 0.0 && v < 50.0), "{device}");
+        }
+    }
+}
+
+#[test]
+fn bad_recalibrations_are_refused_in_one_line() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), data, "mlp", "plain");
+    train(dir.path(), data, "mlp-bn", "bn");
+    let recalibrate = |checkpoint: &str, extra: &[&str]| {
+        let mut args = vec![
+            "recalibrate",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            checkpoint,
+            "--data-dir",
+            data,
+        ];
+        args.extend_from_slice(extra);
+        wgnorm(&args, dir.path())
+    };
+    let plain = recalibrate("plain/model.safetensors", &["--out", "x"]);
+    assert_one_line_error(&plain, 2, "has no BatchNorm layer");
+    let bn = "bn/model.safetensors";
+    let zero = recalibrate(bn, &["--out", "x", "--batches", "0"]);
+    assert_one_line_error(&zero, 2, "--batches must be at least 1");
+    let one = recalibrate(bn, &["--out", "x", "--batch-size", "1"]);
+    assert_one_line_error(&one, 2, "--batch-size must be at least 2");
+    let many = recalibrate(bn, &["--out", "x", "--batches", "5000"]);
+    assert_one_line_error(&many, 2, "at most 1687 batches");
+    let split = recalibrate(bn, &["--out", "x", "--val-split", "1"]);
+    assert_one_line_error(&split, 2, "--val-split");
+    // A model already in --out is kept.
+    let onto_itself = recalibrate(bn, &["--out", "bn"]);
+    assert_one_line_error(&onto_itself, 2, "already exists");
+    assert!(!dir.path().join("x").exists());
+}
