@@ -336,10 +336,20 @@ fn finalize_stats(c: u32, shift: f32, total: Moments) -> f32 {
     stats[STAT_INVSTD * C + c] = invstd;
     stats[STAT_SHIFT * C + c] = shift;
     stats[STAT_SHIFTED_MEAN * C + c] = total.mean;
-    let keep = 1.0 - p.momentum;
-    running_mean[c] = keep * running_mean[c] + p.momentum * (shift + total.mean);
-    running_var[c] = keep * running_var[c] + p.momentum * variance * p.running_var_factor;
+    // A channel whose batch statistics are not finite (x held a NaN or an infinity, or its
+    // squares overflowed) keeps its running statistics: one diverged batch would otherwise
+    // poison every evaluation after it.
+    if is_finite(shift + total.mean) && is_finite(total.m2) {
+        let keep = 1.0 - p.momentum;
+        running_mean[c] = keep * running_mean[c] + p.momentum * (shift + total.mean);
+        running_var[c] = keep * running_var[c] + p.momentum * variance * p.running_var_factor;
+    }
     return invstd;
+}
+
+// By the exponent bits: WGSL has no isnan or isinf, and may assume away NaN in comparisons.
+fn is_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
 }
 
 // y = γ·invstd·(x − K − μ_K) + β as scale·(x − K) + offset: x − K is exact where x is near K,

@@ -518,6 +518,146 @@ backend_test!(follows_keras_conventions_when_asked, |backend, rng| {
     keras_conventions(backend, rng)
 });
 
+/// A channel whose batch holds a NaN or an infinity keeps its running statistics, and the
+/// channels beside it update as usual: on one split per channel and on several.
+fn non_finite_channels<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
+    for n in [8, 100_000] {
+        let shape = BatchNormShape { n, c: 3, s: 1 };
+        let mut x = channel_data(rng, shape.n, shape.c, shape.s);
+        x[3 * shape.c] = f32::NAN;
+        x[(n / 2) * shape.c + 2] = f32::INFINITY;
+        let (gamma, beta) = (vec![1.0f32; shape.c], vec![0.0f32; shape.c]);
+        let (r_mean, r_var) = (vec![0.5f32; shape.c], vec![2.0f32; shape.c]);
+        let affine = Affine::<B> {
+            gamma: backend.upload(&gamma).unwrap(),
+            beta: backend.upload(&beta).unwrap(),
+        };
+        let mut running = RunningStats::<B> {
+            mean: backend.upload(&r_mean).unwrap(),
+            var: backend.upload(&r_var).unwrap(),
+        };
+        let xb = backend.upload(&x).unwrap();
+        let config = BatchNormConfig::default();
+        backend
+            .batchnorm_forward_new(Mode::Train, &xb, shape, &affine, &mut running, config)
+            .unwrap();
+        let (mean, var) = (
+            backend.download(&running.mean).unwrap(),
+            backend.download(&running.var).unwrap(),
+        );
+        let what = format!("{} n = {n}", backend.describe());
+        for channel in [0, 2] {
+            assert_eq!(mean[channel], 0.5, "{what}: channel {channel} mean");
+            assert_eq!(var[channel], 2.0, "{what}: channel {channel} var");
+        }
+        let finite: Vec<f32> = x.iter().skip(1).step_by(shape.c).copied().collect();
+        let one = BatchNormShape { n, c: 1, s: 1 };
+        let (batch_mean, batch_var) = reference::moments(&finite, one);
+        let unbiased = n as f64 / (n as f64 - 1.0);
+        assert_close(
+            &format!("{what}: channel 1 mean"),
+            &mean[1..2],
+            &[0.9 * 0.5 + 0.1 * batch_mean[0]],
+            1e-6,
+        );
+        assert_close(
+            &format!("{what}: channel 1 var"),
+            &var[1..2],
+            &[0.9 * 2.0 + 0.1 * batch_var[0] * unbiased],
+            1e-6,
+        );
+    }
+}
+
+backend_test!(non_finite_channels_keep_running_stats, |backend, rng| {
+    non_finite_channels(backend, rng)
+});
+
+/// f16 storage at the edge of its range: values near ±6e4 (whose squares f16 could not hold)
+/// and a channel constant at 65504, the largest f16. The statistics are summed in f32, so they
+/// match the float64 reference within the f32 tolerance, and the constant channel's variance is
+/// 0 and its output β.
+#[test]
+fn gpu_f16_statistics_hold_at_the_f16_range_limits() {
+    let Some(gpu) = common::gpu_with_f16() else {
+        return;
+    };
+    let mut rng = rng("gpu_f16_range_limits");
+    let shape = BatchNormShape { n: 512, c: 3, s: 1 };
+    // f16 spacing is 32 between 32768 and 65504, so these are exact.
+    let x: Vec<f32> = (0..shape.n)
+        .flat_map(|_| {
+            let step = rng.random_range(-50..=50) as f32 * 32.0;
+            [60000.0 + step, 65504.0, -60000.0 - step]
+        })
+        .collect();
+    let (gamma, beta) = (vec![1.5f32; 3], vec![0.25f32; 3]);
+    let (r_mean, r_var) = (vec![0.0f32; 3], vec![1.0f32; 3]);
+    let affine = Affine::<GpuBackend> {
+        gamma: gpu.upload(&gamma).unwrap(),
+        beta: gpu.upload(&beta).unwrap(),
+    };
+    let mut running = RunningStats::<GpuBackend> {
+        mean: gpu.upload(&r_mean).unwrap(),
+        var: gpu.upload(&r_var).unwrap(),
+    };
+    let config = BatchNormConfig::default();
+    let mut forward = BatchNormForward::<GpuBackend> {
+        y: gpu.scratch_as(shape.numel(), Dtype::F16).unwrap(),
+        stats: gpu.scratch(shape.stats_len()).unwrap(),
+    };
+    let xb = gpu.upload_as(&x, Dtype::F16).unwrap();
+    gpu.batchnorm_forward(
+        Mode::Train,
+        &xb,
+        shape,
+        &affine,
+        &mut running,
+        config,
+        &mut forward,
+    )
+    .unwrap();
+    let want = reference::forward_train(
+        &x,
+        shape,
+        &gamma,
+        &beta,
+        &r_mean,
+        &r_var,
+        config.eps() as f64,
+        config.momentum() as f64,
+    );
+    let stats = gpu.download(&forward.stats).unwrap();
+    let plane = |p: usize| &stats[p * 3..(p + 1) * 3];
+    assert_close(
+        "f16 range mean",
+        plane(stat::MEAN),
+        &want.mean,
+        FORWARD_TOLERANCE,
+    );
+    assert_close(
+        "f16 range var",
+        plane(stat::VAR),
+        &want.var,
+        FORWARD_TOLERANCE,
+    );
+    assert_eq!(plane(stat::VAR)[1], 0.0, "the constant channel's variance");
+    let running_var = gpu.download(&running.var).unwrap();
+    assert_close(
+        "f16 range running var",
+        &running_var,
+        &want.running_var,
+        FORWARD_TOLERANCE,
+    );
+    let y = gpu.download(&forward.y).unwrap();
+    assert!(
+        y.iter().skip(1).step_by(3).all(|&v| v == 0.25),
+        "constant channel: y = β"
+    );
+    let y_error = normwise_error(&y, &want.y);
+    assert!(y_error < 2e-3, "f16 range y: {y_error:.2e}");
+}
+
 /// f16 storage of x, y, dy and dx: every value is rounded once to f16 (relative error ≤ 2⁻¹¹
 /// ≈ 4.9e-4) and all arithmetic is f32. Documented tolerance: against the float64 reference on
 /// the f16-rounded inputs, y and dx within 2e-3 normwise, the statistics and dγ, dβ (kept in

@@ -113,10 +113,16 @@ pub fn update_running(
     let factor = config.running_var_factor(shape.per_channel());
     let keep = 1.0 - config.momentum();
     for channel in 0..c {
-        let corrected = stats[stat::VAR * c + channel] * factor;
-        running_mean[channel] =
-            keep * running_mean[channel] + config.momentum() * stats[stat::MEAN * c + channel];
-        running_var[channel] = keep * running_var[channel] + config.momentum() * corrected;
+        let (mean, var) = (
+            stats[stat::MEAN * c + channel],
+            stats[stat::VAR * c + channel],
+        );
+        // As on the GPU: a channel whose batch statistics are not finite keeps its running ones.
+        if !(mean.is_finite() && var.is_finite()) {
+            continue;
+        }
+        running_mean[channel] = keep * running_mean[channel] + config.momentum() * mean;
+        running_var[channel] = keep * running_var[channel] + config.momentum() * var * factor;
     }
 }
 

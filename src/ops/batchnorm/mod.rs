@@ -4,7 +4,9 @@
 //! ```text
 //! mean = Σx/m, var = Σ(x − mean)²/m (biased), invstd = 1/sqrt(var + eps)
 //! train:    y = γ·x̂ + β, x̂ = (x − mean)·invstd; running ← (1 − momentum)·running
-//!           + momentum·(mean, var·m/(m − 1)) (the biased var with `unbiased_running_var` off)
+//!           + momentum·(mean, var·m/(m − 1)) (the biased var with `unbiased_running_var` off),
+//!           except in a channel whose batch mean or variance is not finite, which keeps its
+//!           running statistics
 //! eval:     y = γ·(x − running_mean)/sqrt(running_var + eps) + β
 //! backward: dβ = Σdy, dγ = Σdy·x̂, dx = γ·invstd/m·(m·dy − dβ − x̂·dγ)
 //! ```
