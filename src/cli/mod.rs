@@ -7,6 +7,7 @@ mod compare;
 mod devices;
 mod eval;
 mod experiment;
+mod inspect;
 mod metrics;
 mod predict;
 mod recalibrate;
@@ -47,6 +48,9 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Classify your own images (PNG, .npy) with a saved model.
     Predict(Box<predict::PredictArgs>),
+    /// Every BatchNorm layer of a saved model: γ, β, running statistics and, with
+    /// --data-dir, how far eval mode is from training mode.
+    Inspect(Box<inspect::InspectArgs>),
     /// Recompute a saved model's BatchNorm running statistics from training batches
     /// (PreciseBN) and report its accuracy before and after.
     Recalibrate(Box<recalibrate::RecalibrateArgs>),
@@ -346,6 +350,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(*args),
         Command::Predict(args) => predict::run(*args),
         Command::Recalibrate(args) => recalibrate::run(*args),
+        Command::Inspect(args) => inspect::run(*args),
         Command::Compare(args) => compare::run(*args),
         Command::Sweep(args) => sweep::run(*args),
         Command::Bench(args) => bench::run(*args),

@@ -145,6 +145,11 @@ pub struct BatchNormSaved<B: Backend> {
 }
 
 impl<B: Backend> BatchNormSaved<B> {
+    /// The BatchNorm's input.
+    pub(super) fn input(&self) -> &B::Buffer {
+        &self.input
+    }
+
     /// The activation that ran in the BatchNorm's pass.
     pub(super) fn activation(&self) -> Option<Activation> {
         self.activation

@@ -131,6 +131,25 @@ pub struct Sequential<B: Backend> {
 }
 
 impl<B: Compute> Sequential<B> {
+    /// Each BatchNorm layer's input in an eval-mode forward of `x` (`rows` samples), in layer
+    /// order and channels-last: what a diagnosis of its running statistics compares them on.
+    pub fn batchnorm_inputs(
+        &mut self,
+        backend: &B,
+        x: B::Buffer,
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let no_dropout = StepKey { seed: 0, step: 0 };
+        let (_, tape) = self.forward(backend, Mode::Eval, x, rows, no_dropout)?;
+        let inputs: Vec<&B::Buffer> = (tape.saved.iter())
+            .filter_map(|saved| match saved {
+                Saved::BatchNorm(saved) => Some(saved.input()),
+                _ => None,
+            })
+            .collect();
+        backend.download_many(&inputs)
+    }
+
     /// The BatchNorm layers, in order.
     pub fn batchnorms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm<B>> {
         self.layers.iter_mut().filter_map(|layer| match layer {

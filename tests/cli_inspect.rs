@@ -1,0 +1,159 @@
+//! `wgnorm inspect` from the command line: it flags a model whose running statistics lag its
+//! weights and passes the same model recalibrated, draws its plot, and refuses a model without
+//! BatchNorm in one line.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_one_line_error, shared_mnist, wgnorm};
+
+fn succeed(args: &[&str], dir: &Path) -> std::process::Output {
+    let output = wgnorm(args, dir);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `inspect --json` of a model, with the validation gap.
+fn inspect(model: &str, data: &str, dir: &Path) -> serde_json::Value {
+    let args = [
+        "inspect",
+        "--checkpoint",
+        model,
+        "--data-dir",
+        data,
+        "--json",
+    ];
+    serde_json::from_slice(&succeed(&args, dir).stdout).unwrap()
+}
+
+fn stale_flags(report: &serde_json::Value) -> Vec<bool> {
+    (report["layers"].as_array().unwrap().iter())
+        .map(|layer| layer["gap"]["stale"].as_bool().unwrap())
+        .collect()
+}
+
+#[test]
+fn inspect_flags_stale_running_statistics_and_passes_recalibrated_ones() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 100 steps at momentum 0.001 leave the running statistics 10% of the way from (0, 1).
+    succeed(
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--model",
+            "cnn-bn",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "3200",
+            "--bn-momentum",
+            "0.001",
+            "--data-dir",
+            data,
+            "--out",
+            "stale",
+        ],
+        dir.path(),
+    );
+    let stale = inspect("stale/model.safetensors", data, dir.path());
+    assert_eq!(stale_flags(&stale), [true, true, true], "{stale}");
+    let first = &stale["layers"][0];
+    assert_eq!(first["kind"], "BatchNorm2d");
+    assert_eq!(first["features"], 32);
+    assert_eq!(first["batches_tracked"], 100);
+    assert_eq!(stale["layers"][2]["kind"], "BatchNorm1d");
+
+    succeed(
+        &[
+            "recalibrate",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "stale/model.safetensors",
+            "--batches",
+            "50",
+            "--data-dir",
+            data,
+            "--out",
+            "recalibrated",
+        ],
+        dir.path(),
+    );
+    let recalibrated = inspect("recalibrated/model.safetensors", data, dir.path());
+    assert_eq!(
+        stale_flags(&recalibrated),
+        [false, false, false],
+        "{recalibrated}"
+    );
+    for (stale, fixed) in
+        (stale["layers"].as_array().unwrap().iter()).zip(recalibrated["layers"].as_array().unwrap())
+    {
+        assert_eq!(stale["gamma"], fixed["gamma"], "γ is not touched");
+        let gap = |layer: &serde_json::Value| layer["gap"]["relative"].as_f64().unwrap();
+        assert!(gap(fixed) < gap(stale) / 3.0, "{stale} {fixed}");
+    }
+
+    // Without data: ranges only; with --plot: a PNG.
+    let plain = succeed(
+        &[
+            "inspect",
+            "--checkpoint",
+            "stale/model.safetensors",
+            "--plot",
+            "layers.png",
+        ],
+        dir.path(),
+    );
+    let table = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        table.contains("BatchNorm2d") && !table.contains("STALE"),
+        "{table}"
+    );
+    let png = std::fs::read(dir.path().join("layers.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+
+    succeed(
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--model",
+            "mlp",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "640",
+            "--data-dir",
+            data,
+            "--out",
+            "plain",
+        ],
+        dir.path(),
+    );
+    let refused = wgnorm(
+        &["inspect", "--checkpoint", "plain/model.safetensors"],
+        dir.path(),
+    );
+    assert_one_line_error(&refused, 2, "has no BatchNorm layer to inspect");
+    let pointless = wgnorm(
+        &[
+            "inspect",
+            "--checkpoint",
+            "stale/model.safetensors",
+            "--dataset",
+            "fashion-mnist",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&pointless, 2, "no effect without --data-dir");
+}
