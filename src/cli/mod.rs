@@ -7,6 +7,7 @@ mod compare;
 mod devices;
 mod eval;
 mod experiment;
+mod export;
 mod inspect;
 mod metrics;
 mod predict;
@@ -48,6 +49,9 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Classify your own images (PNG, .npy) with a saved model.
     Predict(Box<predict::PredictArgs>),
+    /// Write a saved model again for deployment: BatchNorm folded into the layer before it,
+    /// f32 or f16 values.
+    Export(Box<export::ExportArgs>),
     /// Every BatchNorm layer of a saved model: γ, β, running statistics and, with
     /// --data-dir, how far eval mode is from training mode.
     Inspect(Box<inspect::InspectArgs>),
@@ -351,6 +355,7 @@ pub fn main() -> ExitCode {
         Command::Predict(args) => predict::run(*args),
         Command::Recalibrate(args) => recalibrate::run(*args),
         Command::Inspect(args) => inspect::run(*args),
+        Command::Export(args) => export::run(*args),
         Command::Compare(args) => compare::run(*args),
         Command::Sweep(args) => sweep::run(*args),
         Command::Bench(args) => bench::run(*args),

@@ -6,6 +6,7 @@
 //! them to and from the device.
 
 mod arch;
+mod fold;
 mod host;
 mod image_layers;
 mod layer_spec;
@@ -14,6 +15,7 @@ mod spec;
 mod tensors;
 
 pub use arch::{ARCH_GRAMMAR, MNIST_IMAGE, Preset, parse_layers};
+pub use fold::fold_batchnorm;
 pub use host::{HostModel, HostRunning, Init};
 pub use image_layers::{Conv2d, Conv2dSaved, MaxPool2d, MaxPoolSaved};
 pub use layer_spec::{Image, LayerSpec, SampleShape};

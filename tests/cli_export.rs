@@ -1,0 +1,114 @@
+//! `wgnorm export` from the command line: a model with BatchNorm folded scores as the original
+//! does, in f32 and f16 files, and bad requests are one line and exit code 2.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_one_line_error, shared_mnist, wgnorm};
+use wgnorm::checkpoint;
+
+fn succeed(args: &[&str], dir: &Path) -> std::process::Output {
+    let output = wgnorm(args, dir);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn eval(model: &str, data: &str, dir: &Path) -> (f64, f64) {
+    let args = [
+        "eval",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        model,
+        "--data-dir",
+        data,
+        "--json",
+    ];
+    let json: serde_json::Value = serde_json::from_slice(&succeed(&args, dir).stdout).unwrap();
+    (
+        json["test_acc"].as_f64().unwrap(),
+        json["test_loss"].as_f64().unwrap(),
+    )
+}
+
+#[test]
+fn a_folded_model_scores_as_the_original() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (model, out) in [("mlp-bn", "bn"), ("mlp", "plain")] {
+        succeed(
+            &[
+                "train",
+                "--device",
+                "cpu",
+                "--model",
+                model,
+                "--epochs",
+                "1",
+                "--train-limit",
+                "3200",
+                "--data-dir",
+                data,
+                "--out",
+                out,
+            ],
+            dir.path(),
+        );
+    }
+    let (acc, loss) = eval("bn/model.safetensors", data, dir.path());
+    let export = |extra: &[&str]| {
+        let mut args = vec!["export", "--checkpoint", "bn/model.safetensors"];
+        args.extend_from_slice(extra);
+        wgnorm(&args, dir.path())
+    };
+    let wrote = export(&["--fold-bn", "--safetensors", "folded.safetensors"]);
+    assert!(wrote.status.success());
+    assert!(!String::from_utf8_lossy(&wrote.stdout).contains("BatchNorm"));
+    let folded = checkpoint::load_model(&dir.path().join("folded.safetensors")).unwrap();
+    assert!(!folded.spec.has_batchnorm());
+    let (folded_acc, folded_loss) = eval("folded.safetensors", data, dir.path());
+    assert_eq!(folded_acc, acc);
+    assert!(
+        (folded_loss - loss).abs() < 1e-5 * loss,
+        "{folded_loss} {loss}"
+    );
+
+    let half = export(&[
+        "--fold-bn",
+        "--export-dtype",
+        "f16",
+        "--safetensors",
+        "folded.f16.safetensors",
+    ]);
+    assert!(half.status.success());
+    let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+    assert!(size("folded.f16.safetensors") < size("folded.safetensors") * 6 / 10);
+    let (half_acc, _) = eval("folded.f16.safetensors", data, dir.path());
+    assert!((half_acc - acc).abs() < 0.003, "{half_acc} {acc}");
+
+    let again = export(&["--fold-bn", "--safetensors", "folded.safetensors"]);
+    assert_one_line_error(&again, 2, "already exists");
+    let nowhere = export(&["--fold-bn"]);
+    assert_one_line_error(&nowhere, 2, "--safetensors FILE");
+    let plain = wgnorm(
+        &[
+            "export",
+            "--checkpoint",
+            "plain/model.safetensors",
+            "--fold-bn",
+            "--safetensors",
+            "x.safetensors",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&plain, 2, "--fold-bn has no effect");
+    assert!(!dir.path().join("x.safetensors").exists());
+}
