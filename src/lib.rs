@@ -119,6 +119,8 @@ pub mod graph;
 #[doc(hidden)]
 pub mod host_memory;
 pub mod model;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod reference;

@@ -97,7 +97,7 @@ fn a_folded_model_scores_as_the_original() {
     let again = export(&["--fold-bn", "--safetensors", "folded.safetensors"]);
     assert_one_line_error(&again, 2, "already exists");
     let nowhere = export(&["--fold-bn"]);
-    assert_one_line_error(&nowhere, 2, "--safetensors FILE");
+    assert_one_line_error(&nowhere, 2, "--safetensors FILE or --onnx FILE");
     let plain = wgnorm(
         &[
             "export",
