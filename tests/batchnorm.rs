@@ -471,20 +471,29 @@ fn gpu_grids_of_every_adapter_class_match_the_reference() {
 
 /// Keras' conventions through the config: momentum 0.01 on the new value, eps 1e-3, and the
 /// biased batch variance entering the running variance.
+/// γ = 1 and β = 0, running mean 0.5 and variance 2, for `channels` channels.
+fn identity_affine_and_running<B: BatchNormOps>(
+    backend: &B,
+    channels: usize,
+) -> (Affine<B>, RunningStats<B>) {
+    let affine = Affine::<B> {
+        gamma: backend.filled(channels, 1.0).unwrap(),
+        beta: backend.filled(channels, 0.0).unwrap(),
+    };
+    let running = RunningStats::<B> {
+        mean: backend.filled(channels, 0.5).unwrap(),
+        var: backend.filled(channels, 2.0).unwrap(),
+    };
+    (affine, running)
+}
+
 fn keras_conventions<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
     let shape = BatchNormShape { n: 9, c: 5, s: 1 };
     let x = channel_data(rng, shape.n, shape.c, shape.s);
     let config = BatchNormConfig::new(1e-3, 0.01, false).unwrap();
     let (gamma, beta) = (vec![1.0f32; shape.c], vec![0.0f32; shape.c]);
     let (r_mean, r_var) = (vec![0.5f32; shape.c], vec![2.0f32; shape.c]);
-    let affine = Affine::<B> {
-        gamma: backend.upload(&gamma).unwrap(),
-        beta: backend.upload(&beta).unwrap(),
-    };
-    let mut running = RunningStats::<B> {
-        mean: backend.upload(&r_mean).unwrap(),
-        var: backend.upload(&r_var).unwrap(),
-    };
+    let (affine, mut running) = identity_affine_and_running(backend, shape.c);
     let xb = backend.upload(&x).unwrap();
     let out = backend
         .batchnorm_forward_new(Mode::Train, &xb, shape, &affine, &mut running, config)
@@ -526,16 +535,7 @@ fn non_finite_channels<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRn
         let mut x = channel_data(rng, shape.n, shape.c, shape.s);
         x[3 * shape.c] = f32::NAN;
         x[(n / 2) * shape.c + 2] = f32::INFINITY;
-        let (gamma, beta) = (vec![1.0f32; shape.c], vec![0.0f32; shape.c]);
-        let (r_mean, r_var) = (vec![0.5f32; shape.c], vec![2.0f32; shape.c]);
-        let affine = Affine::<B> {
-            gamma: backend.upload(&gamma).unwrap(),
-            beta: backend.upload(&beta).unwrap(),
-        };
-        let mut running = RunningStats::<B> {
-            mean: backend.upload(&r_mean).unwrap(),
-            var: backend.upload(&r_var).unwrap(),
-        };
+        let (affine, mut running) = identity_affine_and_running(backend, shape.c);
         let xb = backend.upload(&x).unwrap();
         let config = BatchNormConfig::default();
         backend

@@ -3,38 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{assert_one_line_error, shared_mnist, wgnorm};
+use common::{assert_one_line_error, eval_on_cpu, shared_mnist, train_on_cpu, wgnorm};
 use wgnorm::checkpoint;
-
-fn succeed(args: &[&str], dir: &Path) -> std::process::Output {
-    let output = wgnorm(args, dir);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn eval(model: &str, data: &str, dir: &Path) -> (f64, f64) {
-    let args = [
-        "eval",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        model,
-        "--data-dir",
-        data,
-        "--json",
-    ];
-    let json: serde_json::Value = serde_json::from_slice(&succeed(&args, dir).stdout).unwrap();
-    (
-        json["test_acc"].as_f64().unwrap(),
-        json["test_loss"].as_f64().unwrap(),
-    )
-}
 
 #[test]
 fn a_folded_model_scores_as_the_original() {
@@ -43,27 +13,9 @@ fn a_folded_model_scores_as_the_original() {
     };
     let data = data.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (model, out) in [("mlp-bn", "bn"), ("mlp", "plain")] {
-        succeed(
-            &[
-                "train",
-                "--device",
-                "cpu",
-                "--model",
-                model,
-                "--epochs",
-                "1",
-                "--train-limit",
-                "3200",
-                "--data-dir",
-                data,
-                "--out",
-                out,
-            ],
-            dir.path(),
-        );
-    }
-    let (acc, loss) = eval("bn/model.safetensors", data, dir.path());
+    train_on_cpu(dir.path(), data, "mlp-bn", "3200", "bn", &[]);
+    train_on_cpu(dir.path(), data, "mlp", "3200", "plain", &[]);
+    let (acc, loss) = eval_on_cpu("bn/model.safetensors", data, dir.path());
     let export = |extra: &[&str]| {
         let mut args = vec!["export", "--checkpoint", "bn/model.safetensors"];
         args.extend_from_slice(extra);
@@ -74,7 +26,7 @@ fn a_folded_model_scores_as_the_original() {
     assert!(!String::from_utf8_lossy(&wrote.stdout).contains("BatchNorm"));
     let folded = checkpoint::load_model(&dir.path().join("folded.safetensors")).unwrap();
     assert!(!folded.spec.has_batchnorm());
-    let (folded_acc, folded_loss) = eval("folded.safetensors", data, dir.path());
+    let (folded_acc, folded_loss) = eval_on_cpu("folded.safetensors", data, dir.path());
     assert_eq!(folded_acc, acc);
     assert!(
         (folded_loss - loss).abs() < 1e-5 * loss,
@@ -91,7 +43,7 @@ fn a_folded_model_scores_as_the_original() {
     assert!(half.status.success());
     let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
     assert!(size("folded.f16.safetensors") < size("folded.safetensors") * 6 / 10);
-    let (half_acc, _) = eval("folded.f16.safetensors", data, dir.path());
+    let (half_acc, _) = eval_on_cpu("folded.f16.safetensors", data, dir.path());
     assert!((half_acc - acc).abs() < 0.003, "{half_acc} {acc}");
 
     let again = export(&["--fold-bn", "--safetensors", "folded.safetensors"]);

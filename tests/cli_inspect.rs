@@ -6,17 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, shared_mnist, wgnorm};
-
-fn succeed(args: &[&str], dir: &Path) -> std::process::Output {
-    let output = wgnorm(args, dir);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use common::{assert_one_line_error, shared_mnist, train_on_cpu, wgnorm, wgnorm_ok};
 
 /// `inspect --json` of a model, with the validation gap.
 fn inspect(model: &str, data: &str, dir: &Path) -> serde_json::Value {
@@ -28,7 +18,7 @@ fn inspect(model: &str, data: &str, dir: &Path) -> serde_json::Value {
         data,
         "--json",
     ];
-    serde_json::from_slice(&succeed(&args, dir).stdout).unwrap()
+    serde_json::from_slice(&wgnorm_ok(&args, dir).stdout).unwrap()
 }
 
 fn stale_flags(report: &serde_json::Value) -> Vec<bool> {
@@ -45,26 +35,8 @@ fn inspect_flags_stale_running_statistics_and_passes_recalibrated_ones() {
     let data = data.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // 100 steps at momentum 0.001 leave the running statistics 10% of the way from (0, 1).
-    succeed(
-        &[
-            "train",
-            "--device",
-            "cpu",
-            "--model",
-            "cnn-bn",
-            "--epochs",
-            "1",
-            "--train-limit",
-            "3200",
-            "--bn-momentum",
-            "0.001",
-            "--data-dir",
-            data,
-            "--out",
-            "stale",
-        ],
-        dir.path(),
-    );
+    let stale = ["--bn-momentum", "0.001"];
+    train_on_cpu(dir.path(), data, "cnn-bn", "3200", "stale", &stale);
     let stale = inspect("stale/model.safetensors", data, dir.path());
     assert_eq!(stale_flags(&stale), [true, true, true], "{stale}");
     let first = &stale["layers"][0];
@@ -73,7 +45,7 @@ fn inspect_flags_stale_running_statistics_and_passes_recalibrated_ones() {
     assert_eq!(first["batches_tracked"], 100);
     assert_eq!(stale["layers"][2]["kind"], "BatchNorm1d");
 
-    succeed(
+    wgnorm_ok(
         &[
             "recalibrate",
             "--device",
@@ -104,7 +76,7 @@ fn inspect_flags_stale_running_statistics_and_passes_recalibrated_ones() {
     }
 
     // Without data: ranges only; with --plot: a PNG.
-    let plain = succeed(
+    let plain = wgnorm_ok(
         &[
             "inspect",
             "--checkpoint",
@@ -122,24 +94,7 @@ fn inspect_flags_stale_running_statistics_and_passes_recalibrated_ones() {
     let png = std::fs::read(dir.path().join("layers.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 
-    succeed(
-        &[
-            "train",
-            "--device",
-            "cpu",
-            "--model",
-            "mlp",
-            "--epochs",
-            "1",
-            "--train-limit",
-            "640",
-            "--data-dir",
-            data,
-            "--out",
-            "plain",
-        ],
-        dir.path(),
-    );
+    train_on_cpu(dir.path(), data, "mlp", "640", "plain", &[]);
     let refused = wgnorm(
         &["inspect", "--checkpoint", "plain/model.safetensors"],
         dir.path(),

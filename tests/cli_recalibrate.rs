@@ -6,58 +6,14 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, gpu, shared_mnist, wgnorm};
+use common::{
+    assert_one_line_error, eval_on_cpu, gpu, shared_mnist, train_on_cpu, wgnorm, wgnorm_ok,
+};
 use wgnorm::checkpoint::{self, MODEL_FILE};
 use wgnorm::graph::HostModel;
 
 fn run_json(args: &[&str], dir: &Path) -> serde_json::Value {
-    let output = wgnorm(args, dir);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// Test accuracy of a model file on the CPU backend.
-fn test_accuracy(model: &str, data: &str, dir: &Path) -> f64 {
-    let args = [
-        "eval",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        model,
-        "--data-dir",
-        data,
-        "--json",
-    ];
-    run_json(&args, dir)["test_acc"].as_f64().unwrap()
-}
-
-/// A short `mlp-bn` run on the CPU backend in `dir/out`.
-fn train(dir: &Path, data: &str, model: &str, out: &str) {
-    let args = [
-        "train",
-        "--device",
-        "cpu",
-        "--model",
-        model,
-        "--epochs",
-        "1",
-        "--train-limit",
-        "6400",
-        "--data-dir",
-        data,
-        "--out",
-        out,
-    ];
-    let output = wgnorm(&args, dir);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    serde_json::from_slice(&wgnorm_ok(args, dir).stdout).unwrap()
 }
 
 #[test]
@@ -67,8 +23,8 @@ fn recalibration_restores_a_model_whose_running_statistics_were_corrupted() {
     };
     let data = data.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    train(dir.path(), data, "mlp-bn", "run");
-    let original = test_accuracy("run/model.safetensors", data, dir.path());
+    train_on_cpu(dir.path(), data, "mlp-bn", "6400", "run", &[]);
+    let original = eval_on_cpu("run/model.safetensors", data, dir.path()).0;
     let saved = checkpoint::load_model(&dir.path().join("run").join(MODEL_FILE)).unwrap();
     let mut corrupted: HostModel = saved.model.clone();
     for running in &mut corrupted.running {
@@ -85,7 +41,7 @@ fn recalibration_restores_a_model_whose_running_statistics_were_corrupted() {
         wgnorm::Dtype::F32,
     )
     .unwrap();
-    let broken = test_accuracy("corrupted/model.safetensors", data, dir.path());
+    let broken = eval_on_cpu("corrupted/model.safetensors", data, dir.path()).0;
     assert!(broken < original - 0.2, "{broken} against {original}");
 
     let mut devices = vec!["cpu"];
@@ -123,7 +79,7 @@ fn recalibration_restores_a_model_whose_running_statistics_were_corrupted() {
         );
         assert!(report["val_acc_after"].as_f64().unwrap() > 0.9, "{report}");
         let fixed = format!("{out}/model.safetensors");
-        let scored = test_accuracy(&fixed, data, dir.path());
+        let scored = eval_on_cpu(&fixed, data, dir.path()).0;
         assert!((scored - after).abs() < 0.003, "{device}: {scored} {after}");
         // Only the running statistics changed.
         let fixed = checkpoint::load_model(&dir.path().join(&out).join(MODEL_FILE)).unwrap();
@@ -143,8 +99,8 @@ fn bad_recalibrations_are_refused_in_one_line() {
     };
     let data = data.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    train(dir.path(), data, "mlp", "plain");
-    train(dir.path(), data, "mlp-bn", "bn");
+    train_on_cpu(dir.path(), data, "mlp", "6400", "plain", &[]);
+    train_on_cpu(dir.path(), data, "mlp-bn", "6400", "bn", &[]);
     let recalibrate = |checkpoint: &str, extra: &[&str]| {
         let mut args = vec![
             "recalibrate",

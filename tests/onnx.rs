@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, assert_one_line_error, shared_mnist, wgnorm};
+use common::{assert_close, assert_one_line_error, shared_mnist, train_on_cpu, wgnorm, wgnorm_ok};
 use tract_onnx::prelude::*;
 use wgnorm::checkpoint;
 use wgnorm::cpu::CpuBackend;
@@ -15,16 +15,6 @@ use wgnorm::ops::batchnorm::Mode;
 use wgnorm::{Backend, Dtype};
 
 const IMAGES: usize = 1000;
-
-fn succeed(args: &[&str], dir: &Path) -> std::process::Output {
-    let output = wgnorm(args, dir);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 /// The first `IMAGES` test images, scaled to [0, 1] as wgnorm reads them, and their labels.
 fn test_images(data: &Path) -> (Vec<f32>, Vec<u8>) {
@@ -92,24 +82,7 @@ fn tract_runs_the_exported_models_as_wgnorm_does() {
     let (x, labels) = test_images(&data);
     let data = data.to_str().unwrap();
     for model in ["mlp-bn", "cnn-bn"] {
-        succeed(
-            &[
-                "train",
-                "--device",
-                "cpu",
-                "--model",
-                model,
-                "--epochs",
-                "1",
-                "--train-limit",
-                "3200",
-                "--data-dir",
-                data,
-                "--out",
-                model,
-            ],
-            dir.path(),
-        );
+        train_on_cpu(dir.path(), data, model, "3200", model, &[]);
         let checkpoint = format!("{model}/model.safetensors");
         let saved = checkpoint::load_model(&dir.path().join(&checkpoint)).unwrap();
         let expected = wgnorm_logits(&dir.path().join(&checkpoint), &x);
@@ -126,7 +99,7 @@ fn tract_runs_the_exported_models_as_wgnorm_does() {
             if fold {
                 args.push("--fold-bn");
             }
-            let printed = succeed(&args, dir.path());
+            let printed = wgnorm_ok(&args, dir.path());
             let printed = String::from_utf8_lossy(&printed.stdout);
             assert!(
                 printed.contains(&format!("ONNX opset {opset}")),

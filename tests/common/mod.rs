@@ -240,6 +240,58 @@ pub fn wgnorm(args: &[&str], dir: &Path) -> Output {
         .expect("the wgnorm binary runs")
 }
 
+/// Runs wgnorm in `dir`, failing the test with its stderr unless it succeeds.
+pub fn wgnorm_ok(args: &[&str], dir: &Path) -> Output {
+    let output = wgnorm(args, dir);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// One epoch of `model` on the CPU backend over the first `images` training images of `data`,
+/// into `dir/out`.
+pub fn train_on_cpu(dir: &Path, data: &str, model: &str, images: &str, out: &str, extra: &[&str]) {
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--train-limit",
+        images,
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    wgnorm_ok(&args, dir);
+}
+
+/// `wgnorm eval --device cpu --json` of the model file `model`: test accuracy and loss.
+pub fn eval_on_cpu(model: &str, data: &str, dir: &Path) -> (f64, f64) {
+    let args = [
+        "eval",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        model,
+        "--data-dir",
+        data,
+        "--json",
+    ];
+    let json: serde_json::Value = serde_json::from_slice(&wgnorm_ok(&args, dir).stdout).unwrap();
+    (
+        json["test_acc"].as_f64().unwrap(),
+        json["test_loss"].as_f64().unwrap(),
+    )
+}
+
 /// The error lines wgnorm printed (Mesa may add its own notices on stderr).
 pub fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
