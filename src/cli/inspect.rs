@@ -13,7 +13,9 @@ use wgnorm::checkpoint::ModelCheckpoint;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{Mnist, PIXELS};
 use wgnorm::graph::{BatchNormLayer, Sequential};
+use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::ops::data::DataOps;
+use wgnorm::reference::batchnorm;
 use wgnorm::train::split_point;
 use wgnorm::{Backend, Error, Result};
 
@@ -176,7 +178,8 @@ fn report(
 }
 
 /// Each layer's gap between training-mode and eval-mode outputs on the first `GAP_IMAGES`
-/// validation images, both computed in f64 from the layer's input in an eval-mode pass.
+/// validation images, both from the float64 BatchNorm reference on the layer's input in an
+/// eval-mode pass.
 fn gaps(saved: &ModelCheckpoint, layers: &[BatchNormLayer], data: &Mnist) -> Result<Vec<Gap>> {
     let first = split_point(data.train.len(), 0.1);
     let rows = GAP_IMAGES.min(data.train.len() - first);
@@ -187,61 +190,39 @@ fn gaps(saved: &ModelCheckpoint, layers: &[BatchNormLayer], data: &Mnist) -> Res
     }
     let cpu = CpuBackend;
     let mut model = Sequential::upload(&cpu, &saved.spec, &saved.model)?;
-    let images = cpu.upload_images(&data.train.images, PIXELS, &data.train.labels)?;
-    let index: Vec<u32> = (first as u32..(first + rows) as u32).collect();
-    let index = cpu.upload_indices(&index)?;
+    let images = &data.train.images[first * PIXELS..(first + rows) * PIXELS];
+    let labels = &data.train.labels[first..first + rows];
+    let images = cpu.upload_images(images, PIXELS, labels)?;
+    let index = cpu.upload_indices(&(0..rows as u32).collect::<Vec<_>>())?;
     let mut x = cpu.scratch(rows * PIXELS)?;
-    let mut labels = cpu.scratch(rows)?;
-    cpu.gather(&images, &index, 0, &mut x, &mut labels)?;
+    let mut gathered_labels = cpu.scratch(rows)?;
+    cpu.gather(&images, &index, 0, &mut x, &mut gathered_labels)?;
     let inputs = model.batchnorm_inputs(&cpu, x, rows)?;
     let eps = f64::from(saved.spec.batchnorm_config().eps());
     Ok((layers.iter().zip(&inputs).enumerate())
         .map(|(at, (layer, input))| {
             let (gamma, beta) = affine(saved, *layer);
             let running = &saved.model.running[at];
-            gap(
-                input,
-                layer.features,
-                gamma,
-                beta,
-                (&running.mean, &running.var),
-                eps,
-            )
+            let shape = BatchNormShape {
+                n: input.len() / layer.features,
+                c: layer.features,
+                s: 1,
+            };
+            let (mean, var) = (&running.mean, &running.var);
+            let train = batchnorm::forward_train(input, shape, gamma, beta, mean, var, eps, 0.0).y;
+            let eval = batchnorm::forward_eval(input, shape, gamma, beta, mean, var, eps);
+            gap(&train, &eval)
         })
         .collect())
 }
 
-/// The gap of one layer on its channels-last input.
-fn gap(
-    input: &[f32],
-    channels: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    (running_mean, running_var): (&[f32], &[f32]),
-    eps: f64,
-) -> Gap {
-    let rows = (input.len() / channels) as f64;
-    let mut mean = vec![0.0f64; channels];
-    for (at, &v) in input.iter().enumerate() {
-        mean[at % channels] += f64::from(v) / rows;
-    }
-    let mut var = vec![0.0f64; channels];
-    for (at, &v) in input.iter().enumerate() {
-        var[at % channels] += (f64::from(v) - mean[at % channels]).powi(2) / rows;
-    }
-    let (mut difference, mut magnitude) = (0.0, 0.0);
-    for (at, &v) in input.iter().enumerate() {
-        let c = at % channels;
-        let (v, g, b) = (f64::from(v), f64::from(gamma[c]), f64::from(beta[c]));
-        let train = g * (v - mean[c]) / (var[c] + eps).sqrt() + b;
-        let eval =
-            g * (v - f64::from(running_mean[c])) / (f64::from(running_var[c]) + eps).sqrt() + b;
-        difference += (train - eval).abs();
-        magnitude += train.abs();
-    }
+/// The gap between one layer's training-mode and eval-mode outputs.
+fn gap(train: &[f64], eval: &[f64]) -> Gap {
+    let difference: f64 = train.iter().zip(eval).map(|(t, e)| (t - e).abs()).sum();
+    let magnitude: f64 = train.iter().map(|t| t.abs()).sum();
     let relative = difference / magnitude.max(f64::MIN_POSITIVE);
     Gap {
-        mean_abs: difference / input.len() as f64,
+        mean_abs: difference / train.len() as f64,
         relative,
         stale: relative > STALE_RELATIVE_GAP,
     }
