@@ -50,15 +50,36 @@ fn for_each_window(
 
 /// Each channel's maximum over a pooling window's taps (which lie inside the image: pooling
 /// takes no padding, the op checks it), compared in row-major order as PyTorch does: a later
-/// value replaces the maximum only if it is greater, so a NaN in the first tap stays.
-fn window_maxima(x: &[f32], taps: &[Option<usize>], maxima: &mut [f32]) {
+/// value replaces the maximum only if it is greater, so a NaN in the first tap stays. With
+/// `argmax`, also the tap each maximum came from.
+fn window_maxima(
+    x: &[f32],
+    taps: &[Option<usize>],
+    maxima: &mut [f32],
+    mut argmax: Option<&mut [f32]>,
+) {
     let channels = maxima.len();
     let first = taps[0].unwrap_or(0);
     maxima.copy_from_slice(&x[first..first + channels]);
-    for &tap in &taps[1..] {
-        let start = tap.unwrap_or(0);
-        for (max, &value) in maxima.iter_mut().zip(&x[start..start + channels]) {
-            *max = if value > *max { value } else { *max };
+    if let Some(at) = argmax.as_deref_mut() {
+        at.fill(0.0);
+    }
+    for (tap, &start) in taps.iter().enumerate().skip(1) {
+        let values = &x[start.unwrap_or(0)..][..channels];
+        // Two loops, not a test per value: inference keeps the plain vectorized maximum.
+        match argmax.as_deref_mut() {
+            None => {
+                for (max, &value) in maxima.iter_mut().zip(values) {
+                    *max = if value > *max { value } else { *max };
+                }
+            }
+            Some(at) => {
+                for ((max, &value), at) in maxima.iter_mut().zip(values).zip(at) {
+                    let greater = value > *max;
+                    *max = if greater { value } else { *max };
+                    *at = if greater { tap as f32 } else { *at };
+                }
+            }
         }
     }
 }
@@ -117,28 +138,11 @@ impl SpatialOps for CpuBackend {
         taps: Option<&mut CpuBuffer>,
     ) -> Result<()> {
         let channels = shape.channels;
-        let Some(saved) = taps else {
-            for_each_window(shape, window, |position, taps| {
-                window_maxima(x, taps, &mut y[position * channels..][..channels]);
-            });
-            return Ok(());
-        };
+        let mut saved = taps;
         for_each_window(shape, window, |position, taps| {
-            let maxima = &mut y[position * channels..][..channels];
-            let at = &mut saved[position * channels..][..channels];
-            let first = taps[0].unwrap_or(0);
-            maxima.copy_from_slice(&x[first..first + channels]);
-            at.fill(0.0);
-            // The comparisons of `window_maxima`, keeping which tap each maximum came from.
-            for (tap, &start) in taps.iter().enumerate().skip(1) {
-                let start = start.unwrap_or(0);
-                let lanes = x[start..start + channels].iter().zip(maxima.iter_mut());
-                for ((&value, max), at) in lanes.zip(at.iter_mut()) {
-                    let greater = value > *max;
-                    *max = if greater { value } else { *max };
-                    *at = if greater { tap as f32 } else { *at };
-                }
-            }
+            let at = position * channels..(position + 1) * channels;
+            let argmax = saved.as_deref_mut().map(|saved| &mut saved[at.clone()]);
+            window_maxima(x, taps, &mut y[at], argmax);
         });
         Ok(())
     }
