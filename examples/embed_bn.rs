@@ -94,7 +94,7 @@ fn max_error(label: &str, got: &[f32], want: &[f64]) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     let (device, queue) = host_device()?;
-    let shape = BatchNormShape { n: 64, c: 16, s: 9 };
+    let shape = BatchNormShape::new(64, 16, 9);
     let x: Vec<f32> = (0..shape.numel())
         .map(|i| ((i * 7919) % 1013) as f32 / 101.3 - 3.0)
         .collect();

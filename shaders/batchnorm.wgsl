@@ -1,5 +1,7 @@
 // BatchNorm over x of shape (N, C, S), row-major; S = 1 for (N, C). Per channel c the
-// m = N·S elements are x[(n·C + c)·S + s].
+// m = N·S elements are x[(n·C + c)·S + s]. With ghost batches, x is viewed as (G, N/G, C, S)
+// and each (ghost batch, channel) has its own statistics over m = (N/G)·S elements; the running
+// statistics take the mean of the G ghost batches' statistics, once.
 //
 //   mean = Σx/m, var = Σ(x − mean)²/m (biased), invstd = 1/sqrt(var + eps)
 //   train:    y = γ·x̂ + β, x̂ = ((x − K) − μ_K)·invstd, K = a sample of the channel, μ_K = mean − K
@@ -35,17 +37,22 @@
 // grid-wide barrier, so with several splits `*_partial` writes one result per split and
 // `*_finalize` merges them, and a third pass applies them. When one split covers the batch, one
 // dispatch finishes the channel and applies the result: `stats_partial` itself, and
-// `backward_fused` for the backward pass.
+// `backward_fused` for the backward pass. Ghost batches are the third dimension of the grid:
+// each has its own splits (slots of `partials`), merged by `*_finalize` one ghost batch after
+// another.
 
-// Planes of the per-channel `stats` buffer: stats[plane·C + c]. Mirrored in src/ops/batchnorm/mod.rs.
+// Planes of the per-channel `stats` buffer: stats[(ghost·STAT_PLANES + plane)·C + c].
+// Mirrored in src/ops/batchnorm/mod.rs.
 const STAT_MEAN: u32 = 0u;
 const STAT_VAR: u32 = 1u;
 const STAT_INVSTD: u32 = 2u;
 const STAT_SHIFT: u32 = 3u;
 const STAT_SHIFTED_MEAN: u32 = 4u;
+const STAT_PLANES: u32 = 5u;
 
 // Floats per (split, channel) slot of `partials`: shift, count, shifted mean, M2 for the
-// statistics; Σdy, Σdy·(x − mean) for the backward pass.
+// statistics; Σdy, Σdy·(x − mean) for the backward pass, and in the first slot of each ghost
+// batch the ghost batch's dβ and dγ (`backward_finalize` for `backward_dx`).
 const PARTIAL_STRIDE: u32 = 4u;
 
 // How the threads of a group share their split. False: interleaved, thread r taking vectors
@@ -62,7 +69,8 @@ override CONTIGUOUS_WALK: bool = false;
 override ACTIVATION: bool = false;
 
 struct Params {
-    // Rows (samples) of x bound to this dispatch; large tensors are dispatched in row chunks.
+    // Rows (samples) of each ghost batch bound to this dispatch (all of them without ghost
+    // batches); large tensors are dispatched in row chunks.
     rows: u32,
     channels: u32,
     // Channel groups per sample, and vectors of one group per sample (see above).
@@ -74,12 +82,14 @@ struct Params {
     lanes_c: u32,
     // Vectors of one channel group handled by one split (workgroup row of the grid).
     split_len: u32,
-    // Slot of this dispatch's first split in `partials`, and the number of slots in all.
+    // Slot of this dispatch's first split in `partials` (0 with ghost batches, whose slots
+    // follow from their index), and the number of slots in all.
     split_base: u32,
     total_splits: u32,
     // m/(m − 1) for an unbiased running variance (PyTorch), 1 for a biased one (Keras).
     running_var_factor: f32,
-    // Elements per channel over the whole tensor, m.
+    // Elements per statistic over the whole tensor, m: per channel, or per ghost batch and
+    // channel.
     count: f32,
     eps: f32,
     momentum: f32,
@@ -90,9 +100,9 @@ struct Params {
     key_x: u32,
     key_y: u32,
     dropout_scale: f32,
-    // Keep the struct a multiple of 16 bytes, as uniform buffers require.
-    _pad0: u32,
-    _pad1: u32,
+    // Ghost batches in x (1 for none), and the index of the first one bound to this dispatch.
+    ghost_batches: u32,
+    first_ghost: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -176,8 +186,13 @@ fn lane_channels(g: u32) -> vec4<u32> {
     return vec4<u32>(channel_of(g, 0u), channel_of(g, 1u), channel_of(g, 2u), channel_of(g, 3u));
 }
 
-fn stat_of(plane: u32, g: u32) -> F_V {
-    let c = lane_channels(g) + vec4<u32>(plane * p.channels);
+// Index of a statistic of channel c of ghost batch `ghost` (0 without ghost batches).
+fn stat_index(ghost: u32, plane: u32, c: u32) -> u32 {
+    return (ghost * STAT_PLANES + plane) * p.channels + c;
+}
+
+fn stat_of(lane: Lane, plane: u32) -> F_V {
+    let c = lane_channels(lane.group) + vec4<u32>(stat_index(lane.ghost, plane, 0u));
     return per_lane(stats[c.x], stats[c.y], stats[c.z], stats[c.w]);
 }
 
@@ -196,21 +211,31 @@ struct Lane {
     group_lane: u32,
     // Position among the threads that share this group.
     row_lane: u32,
-    // This workgroup's range [begin, end) of the group's vectors within the bound rows.
+    // This workgroup's range [begin, end) of the group's vectors within its ghost batch's bound
+    // rows.
     begin: u32,
     end: u32,
+    // The ghost batch (0 without), and the index of its first vector within the bound rows.
+    ghost: u32,
+    ghost_start: u32,
+    // This workgroup's slot in `partials`.
+    slot: u32,
 }
 
 fn lane_of(local: u32, workgroup: vec3<u32>) -> Lane {
     let chunk_len = p.rows * p.run_len;
     let begin = min(workgroup.y * p.split_len, chunk_len);
     let group_lane = local % p.lanes_c;
+    let ghost = p.first_ghost + workgroup.z;
     return Lane(
         workgroup.x * p.lanes_c + group_lane,
         group_lane,
         local / p.lanes_c,
         begin,
         min(begin + p.split_len, chunk_len),
+        ghost,
+        workgroup.z * chunk_len * p.groups,
+        ghost * (p.total_splits / p.ghost_batches) + p.split_base + workgroup.y,
     );
 }
 
@@ -256,8 +281,8 @@ fn walk_start(lane: Lane) -> Walk {
     let L = p.run_len;
     let sample = p.groups * L;
     let s = j % L;
-    return Walk(j, span.end, step, s, (j / L) * sample + lane.group * L + s, step % L,
-                (step / L) * sample + step % L, sample - L);
+    return Walk(j, span.end, step, s, lane.ghost_start + (j / L) * sample + lane.group * L + s,
+                step % L, (step / L) * sample + step % L, sample - L);
 }
 
 fn walk_next(w: ptr<function, Walk>) {
@@ -326,25 +351,38 @@ fn channel_sum(v: F_V, i: u32) -> f32 {
     return total;
 }
 
-// Writes channel c's statistics and updates its running statistics; returns invstd.
-fn finalize_stats(c: u32, shift: f32, total: Moments) -> f32 {
+// The batch statistics of channel c of one ghost batch (or of the batch): mean, variance,
+// invstd and whether they are finite.
+struct Finished {
+    mean: f32,
+    variance: f32,
+    invstd: f32,
+    finite: bool,
+}
+
+// Writes the statistics of channel c of ghost batch `ghost`.
+fn write_stats(ghost: u32, c: u32, shift: f32, total: Moments) -> Finished {
     let variance = max(total.m2, 0.0) / p.count;
     let invstd = 1.0 / sqrt(variance + p.eps);
-    let C = p.channels;
-    stats[STAT_MEAN * C + c] = shift + total.mean;
-    stats[STAT_VAR * C + c] = variance;
-    stats[STAT_INVSTD * C + c] = invstd;
-    stats[STAT_SHIFT * C + c] = shift;
-    stats[STAT_SHIFTED_MEAN * C + c] = total.mean;
-    // A channel whose batch statistics are not finite (x held a NaN or an infinity, or its
-    // squares overflowed) keeps its running statistics: one diverged batch would otherwise
-    // poison every evaluation after it.
-    if is_finite(shift + total.mean) && is_finite(total.m2) {
+    stats[stat_index(ghost, STAT_MEAN, c)] = shift + total.mean;
+    stats[stat_index(ghost, STAT_VAR, c)] = variance;
+    stats[stat_index(ghost, STAT_INVSTD, c)] = invstd;
+    stats[stat_index(ghost, STAT_SHIFT, c)] = shift;
+    stats[stat_index(ghost, STAT_SHIFTED_MEAN, c)] = total.mean;
+    let finite = is_finite(shift + total.mean) && is_finite(total.m2);
+    return Finished(shift + total.mean, variance, invstd, finite);
+}
+
+// Updates channel c's running statistics from the mean of its ghost batches' statistics (the
+// batch's own without ghost batches). A channel whose batch statistics are not finite (x held a
+// NaN or an infinity, or its squares overflowed) keeps its running statistics: one diverged
+// batch would otherwise poison every evaluation after it.
+fn update_running(c: u32, mean: f32, variance: f32, finite: bool) {
+    if finite {
         let keep = 1.0 - p.momentum;
-        running_mean[c] = keep * running_mean[c] + p.momentum * (shift + total.mean);
+        running_mean[c] = keep * running_mean[c] + p.momentum * mean;
         running_var[c] = keep * running_var[c] + p.momentum * variance * p.running_var_factor;
     }
-    return invstd;
 }
 
 // By the exponent bits: WGSL has no isnan or isinf, and may assume away NaN in comparisons.
@@ -372,7 +410,9 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
     var mean = F_V(0.0);
     var m2 = F_V(0.0);
     if in_range && lane.begin < lane.end {
-        let first = F_V(x[walk_start(Lane(g, 0u, 0u, lane.begin, lane.end)).index]);
+        var first_lane = lane;
+        first_lane.row_lane = 0u;
+        let first = F_V(x[walk_start(first_lane).index]);
         shift = select(F_V(lane_value(first, 0u)), first, p.lanes_are_channels == 1u);
         var sum = F_V(0.0);
         var squares = F_V(0.0);
@@ -396,11 +436,12 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
             let c = channel_of(g, i);
             let total = channel_moments(tree_n[local], tree_a[local], tree_b[local], i);
             if p.total_splits == 1u {
-                let invstd = finalize_stats(c, lane_value(shift, i), total);
-                scale[i] = gamma[c] * invstd;
+                let finished = write_stats(0u, c, lane_value(shift, i), total);
+                update_running(c, finished.mean, finished.variance, finished.finite);
+                scale[i] = gamma[c] * finished.invstd;
                 offset[i] = beta[c] - scale[i] * total.mean;
             } else {
-                let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
+                let slot = (lane.slot * p.channels + c) * PARTIAL_STRIDE;
                 partials[slot] = lane_value(shift, i);
                 partials[slot + 1u] = total.n;
                 partials[slot + 2u] = total.mean;
@@ -418,32 +459,47 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
     }
 }
 
+// Slots of `partials` per ghost batch.
+fn ghost_splits() -> u32 {
+    return p.total_splits / p.ghost_batches;
+}
+
 @compute @workgroup_size(FINALIZE_WORKGROUP)
 fn stats_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     if c >= p.channels {
         return;
     }
-    // Every split is rebased onto the shift of the first one that saw data.
-    var shift = 0.0;
-    var total = Moments(0.0, 0.0, 0.0);
-    for (var split = 0u; split < p.total_splits; split++) {
-        let slot = (split * p.channels + c) * PARTIAL_STRIDE;
-        let part = Moments(partials[slot + 1u], partials[slot + 2u], partials[slot + 3u]);
-        if part.n == 0.0 {
-            continue;
+    var mean_sum = 0.0;
+    var variance_sum = 0.0;
+    var finite = true;
+    for (var ghost = 0u; ghost < p.ghost_batches; ghost++) {
+        // Every split is rebased onto the shift of the first one that saw data.
+        var shift = 0.0;
+        var total = Moments(0.0, 0.0, 0.0);
+        for (var split = ghost * ghost_splits(); split < (ghost + 1u) * ghost_splits(); split++) {
+            let slot = (split * p.channels + c) * PARTIAL_STRIDE;
+            let part = Moments(partials[slot + 1u], partials[slot + 2u], partials[slot + 3u]);
+            if part.n == 0.0 {
+                continue;
+            }
+            if total.n == 0.0 {
+                shift = partials[slot];
+            }
+            let rebased = Moments(part.n, (partials[slot] - shift) + part.mean, part.m2);
+            total = merge(total, rebased);
         }
-        if total.n == 0.0 {
-            shift = partials[slot];
-        }
-        let rebased = Moments(part.n, (partials[slot] - shift) + part.mean, part.m2);
-        total = merge(total, rebased);
+        let finished = write_stats(ghost, c, shift, total);
+        mean_sum += finished.mean;
+        variance_sum += finished.variance;
+        finite = finite && finished.finite;
     }
-    finalize_stats(c, shift, total);
+    let ghosts = f32(p.ghost_batches);
+    update_running(c, mean_sum / ghosts, variance_sum / ghosts, finite);
 }
 
-// Eval mode normalizes with the running statistics: they become the stats planes, with the
-// running mean as the shift so that `normalize` has one path.
+// Eval mode normalizes with the running statistics: they become the stats planes (with no ghost
+// batches), with the running mean as the shift so that `normalize` has one path.
 @compute @workgroup_size(FINALIZE_WORKGROUP)
 fn eval_stats(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
@@ -469,15 +525,14 @@ fn normalize(@builtin(local_invocation_index) local: u32,
     }
     let c = lane_channels(g);
     let beta_g = per_lane(beta[c.x], beta[c.y], beta[c.z], beta[c.w]);
-    let scale = gamma_of(g) * stat_of(STAT_INVSTD, g);
-    normalize_walk(lane, stat_of(STAT_SHIFT, g), scale, beta_g - scale * stat_of(STAT_SHIFTED_MEAN, g));
+    let scale = gamma_of(g) * stat_of(lane, STAT_INVSTD);
+    normalize_walk(lane, stat_of(lane, STAT_SHIFT), scale, beta_g - scale * stat_of(lane, STAT_SHIFTED_MEAN));
 }
 
 // dx = a·(dy − b − (x − K − μ_K)·k) with a = γ·invstd, b = Σdy/m, k = Σdy·x̂·invstd/m.
 fn backward_dx_walk(lane: Lane, a: F_V, b: F_V, k: F_V) {
-    let g = lane.group;
-    let shift = stat_of(STAT_SHIFT, g);
-    let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
+    let shift = stat_of(lane, STAT_SHIFT);
+    let shifted_mean = stat_of(lane, STAT_SHIFTED_MEAN);
     for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
         let i = w.index;
         let centered = (F_V(x[i]) - shift) - shifted_mean;
@@ -492,8 +547,8 @@ fn backward_sums(local: u32, lane: Lane) {
     var sum_dy = F_V(0.0);
     var sum_dy_centered = F_V(0.0);
     if g < p.groups {
-        let shift = stat_of(STAT_SHIFT, g);
-        let shifted_mean = stat_of(STAT_SHIFTED_MEAN, g);
+        let shift = stat_of(lane, STAT_SHIFT);
+        let shifted_mean = stat_of(lane, STAT_SHIFTED_MEAN);
         for (var w = walk_start(lane); w.j < w.end; walk_next(&w)) {
             let i = w.index;
             let grad = gated(F_V(dy[i]), i);
@@ -516,7 +571,7 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
     if lane.row_lane == 0u && g < p.groups {
         for (var i = 0u; i < group_channels(); i++) {
             let c = channel_of(g, i);
-            let slot = ((p.split_base + workgroup.y) * p.channels + c) * PARTIAL_STRIDE;
+            let slot = (lane.slot * p.channels + c) * PARTIAL_STRIDE;
             partials[slot] = channel_sum(tree_a[local], i);
             partials[slot + 1u] = channel_sum(tree_b[local], i);
         }
@@ -539,7 +594,7 @@ fn backward_fused(@builtin(local_invocation_index) local: u32,
             let c = channel_of(g, i);
             // The same terms `backward_dx` forms from the finished sums.
             let dbeta_c = channel_sum(tree_a[local], i);
-            let invstd = stats[STAT_INVSTD * p.channels + c];
+            let invstd = stats[stat_index(0u, STAT_INVSTD, c)];
             let dgamma_c = channel_sum(tree_b[local], i) * invstd;
             let inv_m = 1.0 / p.count;
             dbeta[c] = dbeta_c;
@@ -552,26 +607,45 @@ fn backward_fused(@builtin(local_invocation_index) local: u32,
     }
     workgroupBarrier();
     if in_range {
-        let a = gamma_of(g) * stat_of(STAT_INVSTD, g);
+        let a = gamma_of(g) * stat_of(lane, STAT_INVSTD);
         backward_dx_walk(lane, a, tree_a[lane.group_lane], tree_b[lane.group_lane]);
     }
 }
 
+// Each ghost batch's dβ and dγ into its first slot (for `backward_dx`), and their sums over the
+// ghost batches into dbeta and dgamma.
 @compute @workgroup_size(FINALIZE_WORKGROUP)
 fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
     if c >= p.channels {
         return;
     }
-    var sum_dy = 0.0;
-    var sum_dy_centered = 0.0;
-    for (var split = 0u; split < p.total_splits; split++) {
-        let slot = (split * p.channels + c) * PARTIAL_STRIDE;
-        sum_dy += partials[slot];
-        sum_dy_centered += partials[slot + 1u];
+    var dbeta_total = 0.0;
+    var dgamma_total = 0.0;
+    for (var ghost = 0u; ghost < p.ghost_batches; ghost++) {
+        var sum_dy = 0.0;
+        var sum_dy_centered = 0.0;
+        for (var split = ghost * ghost_splits(); split < (ghost + 1u) * ghost_splits(); split++) {
+            let slot = (split * p.channels + c) * PARTIAL_STRIDE;
+            sum_dy += partials[slot];
+            sum_dy_centered += partials[slot + 1u];
+        }
+        let first = (ghost * ghost_splits() * p.channels + c) * PARTIAL_STRIDE;
+        let dgamma_ghost = sum_dy_centered * stats[stat_index(ghost, STAT_INVSTD, c)];
+        partials[first + 2u] = sum_dy;
+        partials[first + 3u] = dgamma_ghost;
+        dbeta_total += sum_dy;
+        dgamma_total += dgamma_ghost;
     }
-    dbeta[c] = sum_dy;
-    dgamma[c] = sum_dy_centered * stats[STAT_INVSTD * p.channels + c];
+    dbeta[c] = dbeta_total;
+    dgamma[c] = dgamma_total;
+}
+
+// dβ or dγ (`term` 2 or 3) of the lane's ghost batch, for each channel of its group.
+fn ghost_sum_of(lane: Lane, term: u32) -> F_V {
+    let first = lane.ghost * ghost_splits() * p.channels;
+    let c = (lane_channels(lane.group) + vec4<u32>(first)) * PARTIAL_STRIDE + vec4<u32>(term);
+    return per_lane(partials[c.x], partials[c.y], partials[c.z], partials[c.w]);
 }
 
 // Applies finished sums, on the reduction's grid.
@@ -583,10 +657,9 @@ fn backward_dx(@builtin(local_invocation_index) local: u32,
     if g >= p.groups {
         return;
     }
-    let c = lane_channels(g);
-    let invstd = stat_of(STAT_INVSTD, g);
+    let invstd = stat_of(lane, STAT_INVSTD);
     let inv_m = 1.0 / p.count;
-    let dbeta_g = per_lane(dbeta[c.x], dbeta[c.y], dbeta[c.z], dbeta[c.w]);
-    let dgamma_g = per_lane(dgamma[c.x], dgamma[c.y], dgamma[c.z], dgamma[c.w]);
+    let dbeta_g = ghost_sum_of(lane, 2u);
+    let dgamma_g = ghost_sum_of(lane, 3u);
     backward_dx_walk(lane, gamma_of(g) * invstd, dbeta_g * inv_m, dgamma_g * invstd * inv_m);
 }

@@ -22,7 +22,7 @@
 //! use wgnorm::ops::batchnorm::{Affine, BatchNormConfig, BatchNormOps, BatchNormShape, Mode, RunningStats};
 //!
 //! fn normalize<B: BatchNormOps>(backend: &B) -> wgnorm::Result<Vec<f32>> {
-//!     let shape = BatchNormShape { n: 4, c: 2, s: 1 };
+//!     let shape = BatchNormShape::new(4, 2, 1);
 //!     let x = backend.upload(&[1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0])?;
 //!     let affine = Affine { gamma: backend.filled(2, 1.0)?, beta: backend.filled(2, 0.0)? };
 //!     let mut running = RunningStats { mean: backend.filled(2, 0.0)?, var: backend.filled(2, 1.0)? };
@@ -66,7 +66,7 @@
 //!         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
 //!     })
 //! };
-//! let shape = BatchNormShape { n: 4, c: 2, s: 1 };
+//! let shape = BatchNormShape::new(4, 2, 1);
 //! let (x, y) = (buffer(&[1., 10., 2., 20., 3., 30., 4., 40.]), buffer(&[0.0; 8]));
 //! let (gamma, beta) = (buffer(&[1.0; 2]), buffer(&[0.0; 2]));
 //! let (mean, var, stats) = (buffer(&[0.0; 2]), buffer(&[1.0; 2]), buffer(&[0.0; 10]));

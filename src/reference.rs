@@ -21,15 +21,16 @@ pub mod batchnorm {
     pub struct Forward {
         /// Normalized output.
         pub y: Vec<f64>,
-        /// Batch mean per channel.
+        /// Batch mean per channel (per ghost batch and channel, ghost-major, with ghost batches).
         pub mean: Vec<f64>,
-        /// Biased variance.
+        /// Biased variance, laid out as `mean`.
         pub var: Vec<f64>,
-        /// 1/sqrt(var + eps) per channel.
+        /// 1/sqrt(var + eps), laid out as `mean`.
         pub invstd: Vec<f64>,
-        /// Running mean after the update.
+        /// Running mean after the update (from the mean of the ghost batches' means).
         pub running_mean: Vec<f64>,
-        /// Running variance after the update (unbiased batch variance, PyTorch).
+        /// Running variance after the update (unbiased batch variance, PyTorch; with ghost
+        /// batches the mean of theirs).
         pub running_var: Vec<f64>,
     }
 
@@ -43,33 +44,31 @@ pub mod batchnorm {
         pub dbeta: Vec<f64>,
     }
 
-    fn channel_values(
-        x: &[impl Real],
-        shape: BatchNormShape,
-        channel: usize,
-    ) -> impl Iterator<Item = f64> + '_ {
-        (0..shape.n).flat_map(move |n| {
-            let start = (n * shape.c + channel) * shape.s;
-            x[start..start + shape.s].iter().map(|&v| f64_of(v))
-        })
+    /// Where element i's statistics are: ghost batch · C + channel (the channel alone without
+    /// ghost batches).
+    fn statistic_of(shape: BatchNormShape, i: usize) -> usize {
+        let sample = i / (shape.c * shape.s);
+        let ghost = sample / (shape.n / shape.ghost_batches);
+        ghost * shape.c + (i / shape.s) % shape.c
     }
 
-    /// Two-pass mean and biased variance per channel.
+    /// Two-pass mean and biased variance per channel, or per ghost batch and channel.
     pub fn moments(x: &[impl Real], shape: BatchNormShape) -> (Vec<f64>, Vec<f64>) {
+        let groups = shape.ghost_batches * shape.c;
         let m = shape.per_channel() as f64;
-        (0..shape.c)
-            .map(|channel| {
-                let mean = channel_values(x, shape, channel).sum::<f64>() / m;
-                let var = channel_values(x, shape, channel)
-                    .map(|v| (v - mean) * (v - mean))
-                    .sum::<f64>()
-                    / m;
-                (mean, var)
-            })
-            .unzip()
+        let mut mean = vec![0.0; groups];
+        for (i, &v) in x.iter().enumerate() {
+            mean[statistic_of(shape, i)] += f64_of(v) / m;
+        }
+        let mut var = vec![0.0; groups];
+        for (i, &v) in x.iter().enumerate() {
+            let k = statistic_of(shape, i);
+            var[k] += (f64_of(v) - mean[k]) * (f64_of(v) - mean[k]) / m;
+        }
+        (mean, var)
     }
 
-    /// y = γ·(x − mean)·invstd + β for per-channel mean and invstd.
+    /// y = γ·(x − mean)·invstd + β for mean and invstd per `statistic_of`.
     fn affine_normalize(
         x: &[impl Real],
         shape: BatchNormShape,
@@ -81,10 +80,29 @@ pub mod batchnorm {
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
-                let channel = (i / shape.s) % shape.c;
-                f64_of(gamma[channel]) * (f64_of(v) - mean[channel]) * invstd[channel]
-                    + f64_of(beta[channel])
+                let (k, channel) = (statistic_of(shape, i), (i / shape.s) % shape.c);
+                f64_of(gamma[channel]) * (f64_of(v) - mean[k]) * invstd[k] + f64_of(beta[channel])
             })
+            .collect()
+    }
+
+    /// The sum over the ghost batches of a per-(ghost batch, channel) value.
+    fn ghost_sum(values: &[f64], shape: BatchNormShape) -> Vec<f64> {
+        (0..shape.c)
+            .map(|channel| {
+                (0..shape.ghost_batches)
+                    .map(|g| values[g * shape.c + channel])
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// The mean over the ghost batches of a per-(ghost batch, channel) value.
+    fn ghost_mean(values: &[f64], shape: BatchNormShape) -> Vec<f64> {
+        let ghosts = shape.ghost_batches as f64;
+        ghost_sum(values, shape)
+            .iter()
+            .map(|v| v / ghosts)
             .collect()
     }
 
@@ -105,12 +123,12 @@ pub mod batchnorm {
         let m = shape.per_channel() as f64;
         let running_mean = running_mean
             .iter()
-            .zip(&mean)
+            .zip(ghost_mean(&mean, shape))
             .map(|(&r, mu)| (1.0 - momentum) * f64_of(r) + momentum * mu)
             .collect();
         let running_var = running_var
             .iter()
-            .zip(&var)
+            .zip(ghost_mean(&var, shape))
             .map(|(&r, v)| (1.0 - momentum) * f64_of(r) + momentum * v * m / (m - 1.0))
             .collect();
         Forward {
@@ -123,7 +141,7 @@ pub mod batchnorm {
         }
     }
 
-    /// Eval-mode forward with the running statistics.
+    /// Eval-mode forward with the running statistics (ghost batches play no part).
     pub fn forward_eval(
         x: &[impl Real],
         shape: BatchNormShape,
@@ -138,10 +156,12 @@ pub mod batchnorm {
             .iter()
             .map(|&v| 1.0 / (f64_of(v) + eps).sqrt())
             .collect();
-        affine_normalize(x, shape, &mean, &invstd, gamma, beta)
+        let whole = shape.with_ghost_batches(1);
+        affine_normalize(x, whole, &mean, &invstd, gamma, beta)
     }
 
-    /// Gradients of the training-mode forward, from the three-term formula.
+    /// Gradients of the training-mode forward, from the three-term formula per ghost batch; dγ
+    /// and dβ summed over them.
     pub fn backward(
         x: &[impl Real],
         dy: &[impl Real],
@@ -152,27 +172,32 @@ pub mod batchnorm {
         let (mean, var) = moments(x, shape);
         let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let xhat = |i: usize| {
-            let channel = (i / shape.s) % shape.c;
-            (f64_of(x[i]) - mean[channel]) * invstd[channel]
+            let k = statistic_of(shape, i);
+            (f64_of(x[i]) - mean[k]) * invstd[k]
         };
-        let mut dgamma = vec![0.0; shape.c];
-        let mut dbeta = vec![0.0; shape.c];
+        let groups = shape.ghost_batches * shape.c;
+        let mut sum_dy_xhat = vec![0.0; groups];
+        let mut sum_dy = vec![0.0; groups];
         for (i, &g) in dy.iter().enumerate() {
-            let channel = (i / shape.s) % shape.c;
-            dbeta[channel] += f64_of(g);
-            dgamma[channel] += f64_of(g) * xhat(i);
+            let k = statistic_of(shape, i);
+            sum_dy[k] += f64_of(g);
+            sum_dy_xhat[k] += f64_of(g) * xhat(i);
         }
         let m = shape.per_channel() as f64;
         let dx = dy
             .iter()
             .enumerate()
             .map(|(i, &g)| {
-                let channel = (i / shape.s) % shape.c;
-                f64_of(gamma[channel]) * invstd[channel] / m
-                    * (m * f64_of(g) - dbeta[channel] - xhat(i) * dgamma[channel])
+                let (k, channel) = (statistic_of(shape, i), (i / shape.s) % shape.c);
+                f64_of(gamma[channel]) * invstd[k] / m
+                    * (m * f64_of(g) - sum_dy[k] - xhat(i) * sum_dy_xhat[k])
             })
             .collect();
-        Grads { dx, dgamma, dbeta }
+        Grads {
+            dx,
+            dgamma: ghost_sum(&sum_dy_xhat, shape),
+            dbeta: ghost_sum(&sum_dy, shape),
+        }
     }
 }
 

@@ -150,7 +150,7 @@ fn table<'a, B: Compute + 'a>() -> Vec<Call<'a, B>> {
             }),
         ),
     ];
-    let shape = BatchNormShape { n: 2, c: 3, s: 1 };
+    let shape = BatchNormShape::new(2, 3, 1);
     let forward = move |b: &B, mode: Mode, shape: BatchNormShape, x: usize, gamma: usize| {
         let affine = Affine {
             gamma: v(b, gamma),
@@ -189,16 +189,12 @@ fn table<'a, B: Compute + 'a>() -> Vec<Call<'a, B>> {
         (
             "batchnorm training on one value",
             "more than 1 value per channel",
-            Box::new(move |b: &B| {
-                forward(b, Mode::Train, BatchNormShape { n: 1, c: 3, s: 1 }, 3, 3)
-            }),
+            Box::new(move |b: &B| forward(b, Mode::Train, BatchNormShape::new(1, 3, 1), 3, 3)),
         ),
         (
             "batchnorm empty input",
             "non-empty x",
-            Box::new(move |b: &B| {
-                forward(b, Mode::Eval, BatchNormShape { n: 0, c: 3, s: 1 }, 0, 3)
-            }),
+            Box::new(move |b: &B| forward(b, Mode::Eval, BatchNormShape::new(0, 3, 1), 0, 3)),
         ),
         (
             "batchnorm backward dy length",

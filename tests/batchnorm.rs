@@ -36,7 +36,7 @@ struct Case {
 impl Case {
     fn random(rng: &mut rand::rngs::StdRng, n: usize, c: usize, s: usize) -> Self {
         Case {
-            shape: BatchNormShape { n, c, s },
+            shape: BatchNormShape::new(n, c, s),
             x: channel_data(rng, n, c, s),
             dy: normal(rng, n * c * s, 0.0, 1.0),
             gamma: (0..c).map(|_| rng.random_range(0.5..1.5)).collect(),
@@ -45,6 +45,20 @@ impl Case {
             running_var: (0..c).map(|_| rng.random_range(0.5..2.0)).collect(),
         }
     }
+
+    /// The same problem with training statistics over `ghost_batches` ghost batches.
+    fn in_ghost_batches(self, ghost_batches: usize) -> Self {
+        Case {
+            shape: self.shape.with_ghost_batches(ghost_batches),
+            ..self
+        }
+    }
+}
+
+/// Where element i's training statistics are: ghost batch · C + channel.
+fn statistic_of(shape: BatchNormShape, i: usize) -> usize {
+    let ghost = i / (shape.c * shape.s) / shape.ghost_rows();
+    ghost * shape.c + (i / shape.s) % shape.c
 }
 
 /// Runs train forward, backward and eval forward of `case` on `backend` and checks every output
@@ -88,7 +102,13 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
         config.momentum() as f64,
     );
     let stats = backend.download(&forward.stats)?;
-    let plane = |p: usize| &stats[p * shape.c..(p + 1) * shape.c];
+    // A plane of every ghost batch's statistics, ghost-major as the reference has them.
+    let plane = |p: usize| -> Vec<f32> {
+        (stats.chunks_exact(stat::PLANES * shape.c))
+            .flat_map(|block| &block[p * shape.c..(p + 1) * shape.c])
+            .copied()
+            .collect()
+    };
     assert_close(
         &format!("{label} y"),
         &backend.download(&forward.y)?,
@@ -97,29 +117,28 @@ fn check<B: BatchNormOps>(backend: &B, case: &Case) -> wgnorm::Result<()> {
     );
     assert_close(
         &format!("{label} mean"),
-        plane(stat::MEAN),
+        &plane(stat::MEAN),
         &expected.mean,
         FORWARD_TOLERANCE,
     );
     assert_close(
         &format!("{label} var"),
-        plane(stat::VAR),
+        &plane(stat::VAR),
         &expected.var,
         FORWARD_TOLERANCE,
     );
     assert_close(
         &format!("{label} invstd"),
-        plane(stat::INVSTD),
+        &plane(stat::INVSTD),
         &expected.invstd,
         FORWARD_TOLERANCE,
     );
     // (1 − momentum)·running + momentum·mean: the two terms can cancel (seen at N=17, C=1).
-    let running_terms: Vec<f64> = case
-        .running_mean
-        .iter()
-        .zip(&expected.mean)
-        .map(|(&r, m)| {
-            (1.0 - config.momentum() as f64) * (r as f64).abs() + config.momentum() as f64 * m.abs()
+    let running_terms: Vec<f64> = (case.running_mean.iter().enumerate())
+        .map(|(c, &r)| {
+            let ghost_means = expected.mean[c..].iter().step_by(shape.c);
+            let mean = ghost_means.map(|m| m.abs()).sum::<f64>() / shape.ghost_batches as f64;
+            (1.0 - config.momentum() as f64) * (r as f64).abs() + config.momentum() as f64 * mean
         })
         .collect();
     assert_close_to_terms(
@@ -220,29 +239,30 @@ fn sum_terms(case: &Case, eps: f64) -> (f64, f64) {
     let mut dgamma = vec![0.0; shape.c];
     let mut dbeta = vec![0.0; shape.c];
     for (i, (&x, &g)) in case.x.iter().zip(&case.dy).enumerate() {
-        let c = (i / shape.s) % shape.c;
-        let xhat = (x as f64 - mean[c]) / (var[c] + eps).sqrt();
+        let (k, c) = (statistic_of(shape, i), (i / shape.s) % shape.c);
+        let xhat = (x as f64 - mean[k]) / (var[k] + eps).sqrt();
         dgamma[c] += (g as f64 * xhat).abs();
         dbeta[c] += (g as f64).abs();
     }
     (norm(&dgamma), norm(&dbeta))
 }
 
-/// ‖γ·invstd·(dy − mean_c(dy))‖: the size of the terms whose difference is dx.
+/// ‖γ·invstd·(dy − mean(dy))‖ (the mean over each statistic's values): the size of the terms
+/// whose difference is dx.
 fn cancelling_terms(case: &Case, var: &[f64], eps: f64) -> f64 {
     let shape = case.shape;
     let m = shape.per_channel() as f64;
-    let mut mean_dy = vec![0.0; shape.c];
+    let mut mean_dy = vec![0.0; shape.c * shape.ghost_batches];
     for (i, &g) in case.dy.iter().enumerate() {
-        mean_dy[(i / shape.s) % shape.c] += g as f64 / m;
+        mean_dy[statistic_of(shape, i)] += g as f64 / m;
     }
     let terms: Vec<f64> = case
         .dy
         .iter()
         .enumerate()
         .map(|(i, &g)| {
-            let c = (i / shape.s) % shape.c;
-            case.gamma[c] as f64 / (var[c] + eps).sqrt() * (g as f64 - mean_dy[c])
+            let (k, c) = (statistic_of(shape, i), (i / shape.s) % shape.c);
+            case.gamma[c] as f64 / (var[k] + eps).sqrt() * (g as f64 - mean_dy[k])
         })
         .collect();
     norm(&terms)
@@ -326,8 +346,49 @@ fn hard_channels<B: BatchNormOps>(backend: &B, test: &str) {
     }
 }
 
+/// Ghost batches: statistics per run of N/G samples, as 2-D batches (scalars and vectors of
+/// four channels), NCHW (vectors of four positions and scalars), one and several splits per
+/// ghost batch; dγ and dβ summed over them, the running statistics from their mean.
+fn ghost_batches<B: BatchNormOps>(backend: &B, test: &str) {
+    let mut rng = rng(test);
+    for (n, c, s, ghosts) in [
+        (64, 7, 1, 8),
+        (96, 4, 1, 3),
+        (256, 128, 1, 8),
+        (32, 3, 49, 4),
+        (16, 8, 784, 2),
+        (8192, 16, 1, 2),
+        (65536, 4, 1, 16),
+    ] {
+        let case = Case::random(&mut rng, n, c, s).in_ghost_batches(ghosts);
+        check(backend, &case).unwrap();
+    }
+    // Ghost batches that do not divide the batch are refused, naming both.
+    let case = Case::random(&mut rng, 10, 3, 1).in_ghost_batches(4);
+    let x = backend.upload(&case.x).unwrap();
+    let affine = Affine::<B> {
+        gamma: backend.upload(&case.gamma).unwrap(),
+        beta: backend.upload(&case.beta).unwrap(),
+    };
+    let mut running = RunningStats::<B> {
+        mean: backend.upload(&case.running_mean).unwrap(),
+        var: backend.upload(&case.running_var).unwrap(),
+    };
+    let err = backend
+        .batchnorm_forward_new(Mode::Train, &x, case.shape, &affine, &mut running, {
+            BatchNormConfig::default()
+        })
+        .err()
+        .expect("10 samples in 4 ghost batches");
+    assert!(
+        err.to_string()
+            .contains("cannot split 10 samples into 4 ghost batches"),
+        "{err}"
+    );
+}
+
 fn rejects_bad_calls<B: BatchNormOps>(backend: &B) {
-    let shape = BatchNormShape { n: 1, c: 4, s: 1 };
+    let shape = BatchNormShape::new(1, 4, 1);
     let x = backend.upload(&[1.0, 2.0, 3.0, 4.0]).unwrap();
     let affine = Affine::<B> {
         gamma: backend.filled(4, 1.0).unwrap(),
@@ -350,7 +411,7 @@ fn rejects_bad_calls<B: BatchNormOps>(backend: &B) {
         .batchnorm_forward_new(Mode::Eval, &x, shape, &affine, &mut running, config)
         .expect("eval with one sample is fine");
 
-    let wrong = BatchNormShape { n: 2, c: 4, s: 1 };
+    let wrong = BatchNormShape::new(2, 4, 1);
     let err = backend
         .batchnorm_forward_new(Mode::Train, &x, wrong, &affine, &mut running, config)
         .err()
@@ -374,6 +435,9 @@ backend_test!(
     |backend, rng| hard_channels(backend, "handles_constant_and_far_from_zero_channels")
 );
 backend_test!(rejects_bad_calls, |backend, rng| rejects_bad_calls(backend));
+backend_test!(ghost_batches_match_the_reference, |backend, rng| {
+    ghost_batches(backend, "ghost_batches_match_the_reference")
+});
 
 /// The chunked path on every adapter: a backend of its own plans with a binding limit of 64 KiB,
 /// so x is bound in aligned chunks of rows; the results match the reference all the same, and
@@ -386,11 +450,7 @@ fn gpu_chunks_inputs_beyond_the_binding_limit() {
     let backend = GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
     backend.set_max_binding_for_tests(64 << 10);
     let limits = backend.limits();
-    let shape = BatchNormShape {
-        n: 300,
-        c: 129,
-        s: 1,
-    };
+    let shape = BatchNormShape::new(300, 129, 1);
     let chunks = plan_row_chunks(
         shape,
         Dtype::F32,
@@ -403,11 +463,12 @@ fn gpu_chunks_inputs_beyond_the_binding_limit() {
     for (n, c, s) in [(300, 129, 1), (65, 300, 1), (200, 4, 64)] {
         check(&backend, &Case::random(&mut rng, n, c, s)).unwrap();
     }
-    let too_wide = BatchNormShape {
-        n: 2,
-        c: 3,
-        s: 10_000,
-    };
+    // Chunks of whole ghost batches: four of 32 samples (16 KiB each), and one of 50 (50 KiB).
+    for (n, c, s, ghosts) in [(256, 128, 1, 8), (200, 4, 64, 4)] {
+        let case = Case::random(&mut rng, n, c, s).in_ghost_batches(ghosts);
+        check(&backend, &case).unwrap();
+    }
+    let too_wide = BatchNormShape::new(2, 3, 10_000);
     let x = backend.upload(&vec![1.0; too_wide.numel()]).unwrap();
     let affine = Affine {
         gamma: backend.filled(3, 1.0).unwrap(),
@@ -488,7 +549,7 @@ fn identity_affine_and_running<B: BatchNormOps>(
 }
 
 fn keras_conventions<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
-    let shape = BatchNormShape { n: 9, c: 5, s: 1 };
+    let shape = BatchNormShape::new(9, 5, 1);
     let x = channel_data(rng, shape.n, shape.c, shape.s);
     let config = BatchNormConfig::new(1e-3, 0.01, false).unwrap();
     let (gamma, beta) = (vec![1.0f32; shape.c], vec![0.0f32; shape.c]);
@@ -531,7 +592,7 @@ backend_test!(follows_keras_conventions_when_asked, |backend, rng| {
 /// channels beside it update as usual: on one split per channel and on several.
 fn non_finite_channels<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRng) {
     for n in [8, 100_000] {
-        let shape = BatchNormShape { n, c: 3, s: 1 };
+        let shape = BatchNormShape::new(n, 3, 1);
         let mut x = channel_data(rng, shape.n, shape.c, shape.s);
         x[3 * shape.c] = f32::NAN;
         x[(n / 2) * shape.c + 2] = f32::INFINITY;
@@ -551,7 +612,7 @@ fn non_finite_channels<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::StdRn
             assert_eq!(var[channel], 2.0, "{what}: channel {channel} var");
         }
         let finite: Vec<f32> = x.iter().skip(1).step_by(shape.c).copied().collect();
-        let one = BatchNormShape { n, c: 1, s: 1 };
+        let one = BatchNormShape::new(n, 1, 1);
         let (batch_mean, batch_var) = reference::moments(&finite, one);
         let unbiased = n as f64 / (n as f64 - 1.0);
         assert_close(
@@ -583,7 +644,7 @@ fn gpu_f16_statistics_hold_at_the_f16_range_limits() {
         return;
     };
     let mut rng = rng("gpu_f16_range_limits");
-    let shape = BatchNormShape { n: 512, c: 3, s: 1 };
+    let shape = BatchNormShape::new(512, 3, 1);
     // f16 spacing is 32 between 32768 and 65504, so these are exact.
     let x: Vec<f32> = (0..shape.n)
         .flat_map(|_| {

@@ -64,7 +64,7 @@ fn fused_equals_separate<B: Compute>(
     rng: &mut StdRng,
     (n, c, s): (usize, usize, usize),
 ) {
-    let shape = BatchNormShape { n, c, s };
+    let shape = BatchNormShape::new(n, c, s);
     let x = backend
         .upload(&normal(rng, shape.numel(), 0.3, 1.0))
         .unwrap();
@@ -231,7 +231,7 @@ fn gpu_fused_activation_in_chunks_of_rows_draws_the_same_mask() {
     chunked.set_max_binding_for_tests(64 << 10);
     let rng = &mut rng("gpu_fused_activation_in_chunks_of_rows");
     for (n, c, s) in [(300, 128, 1), (200, 4, 64)] {
-        let shape = BatchNormShape { n, c, s };
+        let shape = BatchNormShape::new(n, c, s);
         let x = normal(rng, shape.numel(), 0.3, 1.0);
         let dy = normal(rng, shape.numel(), 0.0, 1.0);
         let got = fused_on(&chunked, shape, [&x, &dy]);
@@ -244,7 +244,7 @@ fn gpu_fused_activation_in_chunks_of_rows_draws_the_same_mask() {
 }
 
 backend_test!(fusing_anything_but_a_relu_is_refused, |backend, rng| {
-    let shape = BatchNormShape { n: 4, c: 4, s: 1 };
+    let shape = BatchNormShape::new(4, 4, 1);
     let x = backend
         .upload(&normal(rng, shape.numel(), 0.0, 1.0))
         .unwrap();

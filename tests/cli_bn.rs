@@ -14,7 +14,7 @@ fn run_and_check(device: &str, dtype: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rng(&format!("cli_bn_{device}"));
     let (n, c, h, w) = (5, 3, 4, 2);
-    let shape = BatchNormShape { n, c, s: h * w };
+    let shape = BatchNormShape::new(n, c, h * w);
     let x = channel_data(&mut rng, n, c, h * w);
     let dy = normal(&mut rng, x.len(), 0.0, 1.0);
     let gamma = normal(&mut rng, c, 1.0, 0.2);

@@ -9,7 +9,7 @@ use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormOps, BatchNormShape, HostBatchNormForward, Mode, RunningStats,
 };
 
-const SHAPE: BatchNormShape = BatchNormShape { n: 8, c: 3, s: 5 };
+const SHAPE: BatchNormShape = BatchNormShape::new(8, 3, 5);
 
 fn buffer(backend: &GpuBackend, values: &[f32], usage: wgpu::BufferUsages) -> wgpu::Buffer {
     let buffer = backend.device().create_buffer(&wgpu::BufferDescriptor {

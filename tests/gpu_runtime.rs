@@ -53,11 +53,7 @@ fn repeated_steps_reuse_pooled_buffers() {
         name: Some(gpu.adapter().name.clone()),
     })
     .unwrap();
-    let shape = BatchNormShape {
-        n: 300,
-        c: 20,
-        s: 1,
-    };
+    let shape = BatchNormShape::new(300, 20, 1);
     let x = channel_data(&mut rng("pool"), shape.n, shape.c, shape.s);
     step(&gpu, &x, shape).unwrap();
     step(&gpu, &x, shape).unwrap();
@@ -89,7 +85,7 @@ fn a_lost_device_gives_errors_not_panics() {
         name: Some(gpu.adapter().name.clone()),
     })
     .unwrap();
-    let shape = BatchNormShape { n: 8, c: 4, s: 1 };
+    let shape = BatchNormShape::new(8, 4, 1);
     let x = channel_data(&mut rng("lost"), shape.n, shape.c, shape.s);
     step(&gpu, &x, shape).unwrap();
     gpu.device().destroy();
@@ -115,7 +111,7 @@ fn an_unknown_adapter_name_lists_the_adapters() {
 #[test]
 fn threads_sharing_a_backend_get_their_own_results() {
     let Some(gpu) = gpu() else { return };
-    let shape = BatchNormShape { n: 3, c: 128, s: 1 };
+    let shape = BatchNormShape::new(3, 128, 1);
     let mut rng = rng("threads");
     let inputs: Vec<Vec<f32>> = (0..4)
         .map(|_| channel_data(&mut rng, shape.n, shape.c, shape.s))

@@ -37,7 +37,7 @@ fn batchnorm_shape(shape: SampleShape, rows: usize) -> BatchNormShape {
         SampleShape::Flat(features) => (rows, features),
         SampleShape::Image(image) => (rows * image.positions(), image.channels),
     };
-    BatchNormShape { n, c, s: 1 }
+    BatchNormShape::new(n, c, 1)
 }
 
 /// The gradient of `spatial::flatten`: each value back to its channels-last place.

@@ -82,7 +82,7 @@ fn linear_gradients_match_finite_differences() {
 #[test]
 fn batchnorm_gradients_match_finite_differences() {
     let mut rng = rng("batchnorm_gradients_match_finite_differences");
-    let shape = BatchNormShape { n: 4, c: 3, s: 1 };
+    let shape = BatchNormShape::new(4, 3, 1);
     let x = uniform(&mut rng, shape.numel());
     let gamma = uniform(&mut rng, shape.c);
     let beta = uniform(&mut rng, shape.c);

@@ -203,11 +203,7 @@ fn gaps(saved: &ModelCheckpoint, layers: &[BatchNormLayer], data: &Mnist) -> Res
         .map(|(at, (layer, input))| {
             let (gamma, beta) = affine(saved, *layer);
             let running = &saved.model.running[at];
-            let shape = BatchNormShape {
-                n: input.len() / layer.features,
-                c: layer.features,
-                s: 1,
-            };
+            let shape = BatchNormShape::new(input.len() / layer.features, layer.features, 1);
             let (mean, var) = (&running.mean, &running.var);
             let train = batchnorm::forward_train(input, shape, gamma, beta, mean, var, eps, 0.0).y;
             let eval = batchnorm::forward_eval(input, shape, gamma, beta, mean, var, eps);

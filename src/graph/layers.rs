@@ -164,17 +164,19 @@ impl<B: Compute> BatchNorm<B> {
 
     /// Sets the weight of each new batch in the running statistics (the other settings stay).
     pub fn set_momentum(&mut self, momentum: f32) -> Result<()> {
-        let config = self.config;
-        self.config = BatchNormConfig::new(config.eps(), momentum, config.unbiased_running_var())?;
+        self.config = self.config.with_momentum(momentum)?;
         Ok(())
     }
 
-    fn shape(&self, rows: usize) -> BatchNormShape {
-        BatchNormShape {
-            n: rows * self.positions,
-            c: self.features,
-            s: 1,
-        }
+    /// The BatchNorm view of a batch of `rows` samples: in training, with the ghost batches
+    /// of the virtual batch, if set (a ghost batch of samples is a run of consecutive rows of
+    /// their positions).
+    fn shape(&self, mode: Mode, rows: usize) -> Result<BatchNormShape> {
+        let shape = BatchNormShape::new(rows * self.positions, self.features, 1);
+        Ok(match mode {
+            Mode::Train => shape.with_ghost_batches(self.config.ghost_batches(rows)?),
+            Mode::Eval => shape,
+        })
     }
 
     /// The normalized x, or with `activation` (a ReLU, then dropout) the activated one.
@@ -186,7 +188,7 @@ impl<B: Compute> BatchNorm<B> {
         rows: usize,
         activation: Option<Activation>,
     ) -> Result<(B::Buffer, BatchNormSaved<B>)> {
-        let shape = self.shape(rows);
+        let shape = self.shape(mode, rows)?;
         let mut out = BatchNormForward {
             y: backend.scratch_as(shape.numel(), backend.dtype_of(&x))?,
             stats: backend.scratch(shape.stats_len())?,
@@ -224,7 +226,7 @@ impl<B: Compute> BatchNorm<B> {
         dgamma: B::Buffer,
         dbeta: B::Buffer,
     ) -> Result<BatchNormGrads<B>> {
-        let shape = self.shape(rows);
+        let shape = self.shape(Mode::Train, rows)?;
         let mut grads = BatchNormGrads {
             dx: backend.scratch(shape.numel())?,
             dgamma,

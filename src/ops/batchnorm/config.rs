@@ -3,13 +3,16 @@
 use crate::{Error, Result};
 
 /// BatchNorm's settings, valid by construction (`new` checks them; PyTorch's are the default:
-/// eps 1e-5, momentum 0.1 weighting the new batch value, unbiased running variance).
+/// eps 1e-5, momentum 0.1 weighting the new batch value, unbiased running variance, statistics
+/// over the whole batch).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "BatchNormConfigFields")]
 pub struct BatchNormConfig {
     eps: f32,
     momentum: f32,
     unbiased_running_var: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    virtual_batch: Option<usize>,
 }
 
 /// The fields as a file holds them, checked by `BatchNormConfig::new` on the way in.
@@ -18,13 +21,19 @@ struct BatchNormConfigFields {
     eps: f32,
     momentum: f32,
     unbiased_running_var: bool,
+    #[serde(default)]
+    virtual_batch: Option<usize>,
 }
 
 impl TryFrom<BatchNormConfigFields> for BatchNormConfig {
     type Error = Error;
 
     fn try_from(fields: BatchNormConfigFields) -> Result<Self> {
-        Self::new(fields.eps, fields.momentum, fields.unbiased_running_var)
+        let config = Self::new(fields.eps, fields.momentum, fields.unbiased_running_var)?;
+        match fields.virtual_batch {
+            Some(samples) => config.with_virtual_batch(samples),
+            None => Ok(config),
+        }
     }
 }
 
@@ -48,7 +57,52 @@ impl BatchNormConfig {
             eps,
             momentum,
             unbiased_running_var,
+            virtual_batch: None,
         })
+    }
+
+    /// The same settings with another momentum.
+    pub fn with_momentum(self, momentum: f32) -> Result<Self> {
+        Ok(Self {
+            momentum: Self::new(self.eps, momentum, self.unbiased_running_var)?.momentum,
+            ..self
+        })
+    }
+
+    /// Ghost batches (Keras' `virtual_batch_size`): in training, statistics over each run of
+    /// `samples` consecutive samples of a batch instead of the whole batch, and the running
+    /// statistics updated once per batch with the mean of the ghost batches' statistics.
+    /// Evaluation is unchanged. A training batch must then be a multiple of `samples`.
+    pub fn with_virtual_batch(self, samples: usize) -> Result<Self> {
+        if samples == 0 {
+            return Err(Error::InvalidArgument(
+                "BatchNorm's virtual batch must hold at least 1 sample, got 0".to_string(),
+            ));
+        }
+        Ok(Self {
+            virtual_batch: Some(samples),
+            ..self
+        })
+    }
+
+    /// Samples per ghost batch in training, if the statistics are not over the whole batch.
+    pub fn virtual_batch(&self) -> Option<usize> {
+        self.virtual_batch
+    }
+
+    /// The ghost batches a training batch of `samples` samples splits into: refuses a batch
+    /// that is not a multiple of the virtual batch.
+    pub fn ghost_batches(&self, samples: usize) -> Result<usize> {
+        match self.virtual_batch {
+            None => Ok(1),
+            Some(virtual_batch) if samples.is_multiple_of(virtual_batch) => {
+                Ok(samples / virtual_batch)
+            }
+            Some(virtual_batch) => Err(Error::InvalidArgument(format!(
+                "a training batch of {samples} samples is not a multiple of BatchNorm's virtual \
+                 batch of {virtual_batch}"
+            ))),
+        }
     }
 
     /// Added to the variance before the square root.
@@ -85,6 +139,7 @@ impl Default for BatchNormConfig {
             eps: 1e-5,
             momentum: 0.1,
             unbiased_running_var: true,
+            virtual_batch: None,
         }
     }
 }

@@ -26,9 +26,13 @@ impl BatchNormOps for CpuBackend {
         activation: Option<Activation>,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
-        match mode {
+        // A ghost batch is a run of consecutive samples: its rows of x, y and its block of
+        // statistics are slices, so each is reduced and normalized in place.
+        let ghost = match mode {
             Mode::Train => {
-                batch_stats(x, shape, config, &mut out.stats);
+                for_each_ghost(shape, &mut out.stats, |rows, stats| {
+                    batch_stats(&x[rows], shape.ghost(), config, stats)
+                });
                 update_running(
                     &out.stats,
                     shape,
@@ -36,17 +40,19 @@ impl BatchNormOps for CpuBackend {
                     &mut running.mean,
                     &mut running.var,
                 );
+                shape.ghost()
             }
-            Mode::Eval => eval_stats(&running.mean, &running.var, config, &mut out.stats),
+            Mode::Eval => {
+                eval_stats(&running.mean, &running.var, config, &mut out.stats);
+                shape.with_ghost_batches(1)
+            }
+        };
+        let stats_len = ghost.stats_len();
+        for (g, rows) in ghost_rows(shape, ghost).enumerate() {
+            let stats = &out.stats[g * stats_len..(g + 1) * stats_len];
+            let (x, y) = (&x[rows.clone()], &mut out.y[rows]);
+            normalize(x, ghost, stats, &affine.gamma, &affine.beta, y);
         }
-        normalize(
-            x,
-            shape,
-            &out.stats,
-            &affine.gamma,
-            &affine.beta,
-            &mut out.y,
-        );
         if let Some(activation) = activation {
             activate_in_place(activation, &mut out.y);
         }
@@ -71,6 +77,55 @@ impl BatchNormOps for CpuBackend {
             None => backward(x, dy, shape, gamma, stats, grads),
         }
         Ok(())
+    }
+}
+
+/// The values of x each ghost batch of `ghost`'s shape spans, in order (x whole where there is
+/// one).
+fn ghost_rows(
+    shape: BatchNormShape,
+    ghost: BatchNormShape,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let len = ghost.numel();
+    (0..shape.numel() / len).map(move |g| g * len..(g + 1) * len)
+}
+
+/// Calls `f(values of x, statistics block)` for each ghost batch of a training-mode `shape`.
+fn for_each_ghost(
+    shape: BatchNormShape,
+    stats: &mut [f32],
+    mut f: impl FnMut(std::ops::Range<usize>, &mut [f32]),
+) {
+    let ghost = shape.ghost();
+    let blocks = stats.chunks_exact_mut(ghost.stats_len());
+    for (rows, block) in ghost_rows(shape, ghost).zip(blocks) {
+        f(rows, block);
+    }
+}
+
+/// dβ, dγ (summed over the ghost batches) and dx (per ghost batch, from its own statistics and
+/// sums) of a training-mode forward whose statistics are in `stats`.
+fn backward(
+    x: &[f32],
+    dy: &[f32],
+    shape: BatchNormShape,
+    gamma: &[f32],
+    stats: &[f32],
+    grads: &mut BatchNormGrads<CpuBackend>,
+) {
+    let ghost = shape.ghost();
+    grads.dgamma.fill(0.0);
+    grads.dbeta.fill(0.0);
+    let blocks = stats.chunks_exact(ghost.stats_len());
+    for (rows, stats) in ghost_rows(shape, ghost).zip(blocks) {
+        let (x, dy, dx) = (&x[rows.clone()], &dy[rows.clone()], &mut grads.dx[rows]);
+        let (dbeta, dgamma) = ghost_backward(x, dy, ghost, gamma, stats, dx);
+        for (total, ghost) in grads.dbeta.iter_mut().zip(dbeta) {
+            *total += ghost;
+        }
+        for (total, ghost) in grads.dgamma.iter_mut().zip(dgamma) {
+            *total += ghost;
+        }
     }
 }
 
@@ -101,7 +156,8 @@ pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, st
     }
 }
 
-/// The running-statistics update from the batch statistics in `stats`.
+/// The running-statistics update from the batch statistics in `stats`: with ghost batches, from
+/// the mean of their statistics (Keras), in ghost-batch order.
 pub fn update_running(
     stats: &[f32],
     shape: BatchNormShape,
@@ -112,11 +168,14 @@ pub fn update_running(
     let c = shape.c;
     let factor = config.running_var_factor(shape.per_channel());
     let keep = 1.0 - config.momentum();
+    let ghosts = shape.ghost_batches as f32;
     for channel in 0..c {
-        let (mean, var) = (
-            stats[stat::MEAN * c + channel],
-            stats[stat::VAR * c + channel],
-        );
+        let (mut mean, mut var) = (0.0, 0.0);
+        for block in stats.chunks_exact(stat::PLANES * c) {
+            mean += block[stat::MEAN * c + channel];
+            var += block[stat::VAR * c + channel];
+        }
+        let (mean, var) = (mean / ghosts, var / ghosts);
         // As on the GPU: a channel whose batch statistics are not finite keeps its running ones.
         if !(mean.is_finite() && var.is_finite()) {
             continue;
@@ -204,15 +263,16 @@ fn add_pairs(a: (f32, f32), b: (f32, f32)) -> (f32, f32) {
     (a.0 + b.0, a.1 + b.1)
 }
 
-/// dβ, dγ and dx of a training-mode forward whose statistics are in `stats`.
-pub fn backward(
+/// dβ, dγ and dx of one ghost batch (or a whole batch) whose statistics are in `stats`; dx is
+/// written, dβ and dγ returned.
+fn ghost_backward(
     x: &[f32],
     dy: &[f32],
     shape: BatchNormShape,
     gamma: &[f32],
     stats: &[f32],
-    grads: &mut BatchNormGrads<CpuBackend>,
-) {
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
     let c = shape.c;
     let per = ChannelStats { stats, c };
     let row_len = c * shape.s;
@@ -266,33 +326,34 @@ pub fn backward(
         );
     }
     let sums = cascade.total(vec![(0.0, 0.0); c], add_pairs);
-    for (channel, (sum_dy, sum_dy_xc)) in sums.into_iter().enumerate() {
-        grads.dbeta[channel] = sum_dy;
-        grads.dgamma[channel] = sum_dy_xc * per.get(stat::INVSTD, channel);
-    }
+    let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = sums
+        .into_iter()
+        .enumerate()
+        .map(|(channel, (sum_dy, sum_dy_xc))| (sum_dy, sum_dy_xc * per.get(stat::INVSTD, channel)))
+        .unzip();
     let inv_m = 1.0 / shape.per_channel() as f32;
     if shape.s == 1 {
         let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
         let invstd = per.plane(stat::INVSTD);
         let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
-        let mean_dy: Vec<f32> = grads.dbeta.iter().map(|&d| d * inv_m).collect();
-        let mean_dy_xhat: Vec<f32> = grads.dgamma.iter().map(|&d| d * inv_m).collect();
+        let mean_dy: Vec<f32> = dbeta.iter().map(|&d| d * inv_m).collect();
+        let mean_dy_xhat: Vec<f32> = dgamma.iter().map(|&d| d * inv_m).collect();
         let rows = x
             .chunks_exact(c)
             .zip(dy.chunks_exact(c))
-            .zip(grads.dx.chunks_exact_mut(c));
+            .zip(dx.chunks_exact_mut(c));
         for ((x_row, dy_row), dx_row) in rows {
             for ch in 0..c {
                 let xhat = ((x_row[ch] - shift[ch]) - shifted_mean[ch]) * invstd[ch];
                 dx_row[ch] = scale[ch] * (dy_row[ch] - mean_dy[ch] - xhat * mean_dy_xhat[ch]);
             }
         }
-        return;
+        return (dbeta, dgamma);
     }
     let rows = x
         .chunks_exact(row_len)
         .zip(dy.chunks_exact(row_len))
-        .zip(grads.dx.chunks_exact_mut(row_len));
+        .zip(dx.chunks_exact_mut(row_len));
     for ((x_row, dy_row), dx_row) in rows {
         for (channel, ((x_run, dy_run), dx_run)) in x_row
             .chunks_exact(shape.s)
@@ -302,12 +363,13 @@ pub fn backward(
         {
             let invstd = per.get(stat::INVSTD, channel);
             let scale = gamma[channel] * invstd;
-            let mean_dy = grads.dbeta[channel] * inv_m;
-            let mean_dy_xhat = grads.dgamma[channel] * inv_m;
+            let mean_dy = dbeta[channel] * inv_m;
+            let mean_dy_xhat = dgamma[channel] * inv_m;
             for ((out, &value), &grad) in dx_run.iter_mut().zip(x_run).zip(dy_run) {
                 let xhat = per.centered(value, channel) * invstd;
                 *out = scale * (grad - mean_dy - xhat * mean_dy_xhat);
             }
         }
     }
+    (dbeta, dgamma)
 }

@@ -2,7 +2,8 @@
 //! workgroups (`*_partial`), merges the splits (`*_finalize`) and applies the result on the
 //! same grid; when one split covers the batch, the partial pass does all three in one dispatch.
 //! x is read in vectors of four where its layout allows, and bound in chunks of rows where it
-//! exceeds what one binding may hold.
+//! exceeds what one binding may hold. Ghost batches are workgroups of the grid's third
+//! dimension, reading their rows where they lie: a reshape of x, not a copy.
 
 use std::ops::Range;
 
@@ -34,12 +35,12 @@ type ChunkBindings<'a> = dyn Fn(Range<usize>) -> Vec<Binding<'a>> + 'a;
 
 /// The kernels of one reduction: per split, merging the splits, applying the result, and, where
 /// the partial kernel does not do all three itself when one split covers the batch, the kernel
-/// that does (with the apply kernel's bindings).
-struct ReductionKernels {
+/// that does, with its bindings.
+struct ReductionKernels<'k, 'a> {
     partial: Kernel,
     finalize: Kernel,
     apply: Kernel,
-    fused: Option<Kernel>,
+    fused: Option<(Kernel, &'k ChunkBindings<'a>)>,
 }
 
 impl GpuBackend {
@@ -54,7 +55,7 @@ impl GpuBackend {
         plan: &ReductionPlan,
         params: &BatchNormParams,
         shape: BatchNormShape,
-        kernels: ReductionKernels,
+        kernels: ReductionKernels<'_, 'a>,
         [partial_bindings, apply_bindings]: [&ChunkBindings<'a>; 2],
         partials: &'a GpuBuffer,
         per_channel: &[Binding<'a>],
@@ -64,8 +65,8 @@ impl GpuBackend {
             bindings.push(Binding::whole(Slot::Partials, partials));
             bindings
         };
-        if let (1, Some(fused)) = (plan.total_splits, kernels.fused) {
-            return self.record_per_chunk(recording, plan, params, shape, fused, apply_bindings);
+        if let (1, Some((fused, fused_bindings))) = (plan.total_splits, kernels.fused) {
+            return self.record_per_chunk(recording, plan, params, shape, fused, fused_bindings);
         }
         self.record_per_chunk(
             recording,
@@ -113,14 +114,15 @@ impl GpuBackend {
         };
         for (chunk, splits) in &plan.chunks {
             let chunk_params = BatchNormParams {
-                rows: chunk.rows as u32,
+                rows: splits.rows,
                 first_value: values(chunk, shape.c * shape.s).start as u32,
                 split_len: splits.split_len,
                 split_base: splits.split_base,
+                first_ghost: splits.first_ghost,
                 ..*params
             };
             let bindings = chunk_bindings(values(chunk, shape.c * shape.s));
-            let groups = [plan.workgroup_columns, splits.splits, 1];
+            let groups = [plan.workgroup_columns, splits.splits, splits.ghosts];
             self.dispatch_specialized(
                 recording,
                 kernel,
@@ -146,6 +148,10 @@ impl BatchNormOps for GpuBackend {
         activation: Option<Activation>,
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
+        let shape = match mode {
+            Mode::Train => shape,
+            Mode::Eval => shape.with_ghost_batches(1),
+        };
         let plan = self.reduction_plan(shape, x.dtype(), activation)?;
         let params = plan_params(shape, &plan, config, activation);
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
@@ -229,7 +235,7 @@ impl BatchNormOps for GpuBackend {
             Binding::whole(Slot::Dgamma, &grads.dgamma),
             Binding::whole(Slot::Dbeta, &grads.dbeta),
         ];
-        let dx = &grads.dx;
+        let (dx, partials) = (&grads.dx, &partials);
         let inputs = |rows: &Range<usize>| {
             vec![
                 Binding::rows(Slot::X, x, rows.start, rows.len()),
@@ -243,13 +249,25 @@ impl BatchNormOps for GpuBackend {
             bindings.push(Binding::whole(Slot::Stats, stats));
             bindings
         };
-        let dx_bindings = |rows: Range<usize>| {
-            let mut bindings = inputs(&rows);
+        // dx reads each ghost batch's dβ and dγ where the finalize pass left them, in
+        // `partials`; with one split, the fused kernel writes dβ and dγ itself.
+        let dx_inputs = |rows: &Range<usize>| {
+            let mut bindings = inputs(rows);
             bindings.extend([
                 Binding::rows(Slot::Out, dx, rows.start, rows.len()),
                 Binding::whole(Slot::Gamma, gamma),
+                Binding::whole(Slot::Stats, stats),
             ]);
-            bindings.extend_from_slice(&per_channel);
+            bindings
+        };
+        let dx_bindings = |rows: Range<usize>| {
+            let mut bindings = dx_inputs(&rows);
+            bindings.push(Binding::whole(Slot::Partials, partials));
+            bindings
+        };
+        let fused_bindings = |rows: Range<usize>| {
+            let mut bindings = dx_inputs(&rows);
+            bindings.extend_from_slice(&per_channel[1..]);
             bindings
         };
         self.record(|recording| {
@@ -262,10 +280,10 @@ impl BatchNormOps for GpuBackend {
                     partial: Kernel::BatchNormBackwardPartial,
                     finalize: Kernel::BatchNormBackwardFinalize,
                     apply: Kernel::BatchNormBackwardDx,
-                    fused: Some(Kernel::BatchNormBackwardFused),
+                    fused: Some((Kernel::BatchNormBackwardFused, &fused_bindings)),
                 },
                 [&sums_bindings, &dx_bindings],
-                &partials,
+                partials,
                 &per_channel,
             )
         })

@@ -60,7 +60,9 @@ pub mod stat {
 /// Floats per (split, channel) slot of the GPU partials buffer (`PARTIAL_STRIDE` in WGSL).
 pub const PARTIAL_STRIDE: usize = 4;
 
-/// x viewed as (N, C, S): N samples, C channels, S = product of the spatial dims (1 for (N, C)).
+/// x viewed as (N, C, S): N samples, C channels, S = product of the spatial dims (1 for (N, C)),
+/// with training statistics over `ghost_batches` equal runs of consecutive samples (ghost
+/// batches: x viewed as (G, N/G, C, S), one set of statistics per (g, c)); 1 for plain BatchNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchNormShape {
     /// Samples.
@@ -69,6 +71,9 @@ pub struct BatchNormShape {
     pub c: usize,
     /// Values per channel per sample (the product of the spatial dims).
     pub s: usize,
+    /// Runs of N/G consecutive samples that each get their own training statistics; it must
+    /// divide N. Evaluation mode ignores it.
+    pub ghost_batches: usize,
 }
 
 impl BatchNormShape {
@@ -80,11 +85,7 @@ impl BatchNormShape {
                 "BatchNorm needs x of shape (N, C) or (N, C, ...), got {dims:?}"
             )));
         }
-        let shape = Self {
-            n: dims[0],
-            c: dims[1],
-            s: dims[2..].iter().product(),
-        };
+        let shape = Self::new(dims[0], dims[1], dims[2..].iter().product());
         if shape.numel() == 0 {
             return Err(Error::Shape(format!(
                 "BatchNorm needs a non-empty x, got {dims:?}"
@@ -93,19 +94,48 @@ impl BatchNormShape {
         Ok(shape)
     }
 
+    /// N samples of C channels with S values each, one set of statistics per channel.
+    pub const fn new(n: usize, c: usize, s: usize) -> Self {
+        Self {
+            n,
+            c,
+            s,
+            ghost_batches: 1,
+        }
+    }
+
+    /// The same x with training statistics over `ghost_batches` runs of consecutive samples.
+    pub fn with_ghost_batches(self, ghost_batches: usize) -> Self {
+        Self {
+            ghost_batches,
+            ..self
+        }
+    }
+
+    /// Samples per ghost batch, N/G.
+    pub fn ghost_rows(&self) -> usize {
+        self.n / self.ghost_batches
+    }
+
     /// Number of elements of x.
     pub fn numel(&self) -> usize {
         self.n * self.c * self.s
     }
 
-    /// Values per channel, m = N·S.
+    /// Values each training statistic is taken over, m = (N/G)·S: N·S without ghost batches.
     pub fn per_channel(&self) -> usize {
-        self.n * self.s
+        self.ghost_rows() * self.s
     }
 
-    /// Floats in the statistics buffer.
+    /// Floats in the statistics buffer: the `stat` planes of each ghost batch, one after
+    /// another.
     pub fn stats_len(&self) -> usize {
-        stat::PLANES * self.c
+        stat::PLANES * self.c * self.ghost_batches
+    }
+
+    /// The view of one ghost batch (also the whole x where there is one).
+    pub fn ghost(&self) -> Self {
+        Self::new(self.ghost_rows(), self.c, self.s)
     }
 }
 
@@ -315,6 +345,12 @@ fn check_not_empty(shape: BatchNormShape) -> Result<()> {
             shape.n, shape.c, shape.s
         )));
     }
+    if shape.ghost_batches == 0 || !shape.n.is_multiple_of(shape.ghost_batches) {
+        return Err(Error::Shape(format!(
+            "BatchNorm cannot split {} samples into {} ghost batches of equal size",
+            shape.n, shape.ghost_batches
+        )));
+    }
     check_u32_indexable("BatchNorm input", shape.numel())
 }
 
@@ -324,9 +360,15 @@ pub fn check_mode(mode: Mode, shape: BatchNormShape) -> Result<()> {
     check_not_empty(shape)?;
     if mode == Mode::Train && shape.per_channel() < 2 {
         return Err(Error::InvalidArgument(format!(
-            "BatchNorm in training mode needs more than 1 value per channel, got input of shape \
-             (N={}, C={}, S={}); use a batch of at least 2 or eval mode",
-            shape.n, shape.c, shape.s
+            "BatchNorm in training mode needs more than 1 value per channel{}, got input of \
+             shape (N={}, C={}, S={}); use a batch of at least 2 or eval mode",
+            match shape.ghost_batches {
+                1 => String::new(),
+                ghosts => format!(" in each of its {ghosts} ghost batches"),
+            },
+            shape.n,
+            shape.c,
+            shape.s
         )));
     }
     Ok(())
@@ -393,7 +435,7 @@ mod tests {
 
     #[test]
     fn one_value_per_channel_in_training_is_refused() -> Result<()> {
-        let shape = BatchNormShape { n: 1, c: 5, s: 1 };
+        let shape = BatchNormShape::new(1, 5, 1);
         let err = check_mode(Mode::Train, shape).unwrap_err();
         assert!(
             err.to_string().contains("more than 1 value per channel"),

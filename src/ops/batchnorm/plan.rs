@@ -1,6 +1,7 @@
 //! How a BatchNorm reduction is laid out on the GPU: x cut into vectors, channel groups side by
-//! side in a workgroup, each chunk of rows split over workgroups, and the uniform parameters and
-//! pipeline constants that tell `shaders/batchnorm.wgsl` so. The launcher is `gpu.rs`.
+//! side in a workgroup, each chunk of rows split over workgroups (and over ghost batches, the
+//! grid's third dimension), and the uniform parameters and pipeline constants that tell
+//! `shaders/batchnorm.wgsl` so. The launcher is `gpu.rs`.
 
 use super::{BatchNormConfig, BatchNormShape};
 use crate::gpu::{GpuBackend, ReductionWalk, VectorWidth, WORKGROUP};
@@ -59,7 +60,12 @@ impl VectorLayout {
     }
 }
 
+/// How one chunk of rows is dispatched: its ghost batches (one, possibly partial, without
+/// them) of `rows` rows each, each cut into `splits` splits of `split_len` vectors.
 pub(super) struct ChunkSplits {
+    pub(super) rows: u32,
+    pub(super) ghosts: u32,
+    pub(super) first_ghost: u32,
     pub(super) split_len: u32,
     pub(super) splits: u32,
     pub(super) split_base: u32,
@@ -89,35 +95,47 @@ pub struct BatchNormParams {
     pub key_x: u32,
     pub key_y: u32,
     pub dropout_scale: f32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    pub ghost_batches: u32,
+    pub first_ghost: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 80);
 
 /// Splits x along N so that each chunk's binding stays within `max_binding` bytes and starts at
-/// a multiple of `offset_alignment` bytes; refuses, naming the limit, when not even one aligned
-/// group of samples fits.
+/// a multiple of `offset_alignment` bytes, and holds whole ghost batches where there are
+/// several; refuses, naming the limit, when not even one aligned group of samples fits.
 pub fn plan_row_chunks(
     shape: BatchNormShape,
     dtype: Dtype,
     max_binding: u64,
     offset_alignment: u64,
 ) -> Result<Vec<RowChunk>> {
-    let row_bytes = (shape.c * shape.s * dtype.size()) as u64;
-    plan_chunks(
+    let unit_rows = if shape.ghost_batches > 1 {
+        shape.ghost_rows()
+    } else {
+        1
+    };
+    let unit_bytes = (unit_rows * shape.c * shape.s * dtype.size()) as u64;
+    let units = plan_chunks(
         &format!(
             "BatchNorm input of shape (N={}, C={}, S={})",
             shape.n, shape.c, shape.s
         ),
-        shape.n,
+        shape.n / unit_rows,
         RowBytes {
-            largest: row_bytes,
-            viewed: &[row_bytes],
+            largest: unit_bytes,
+            viewed: &[unit_bytes],
         },
         max_binding,
         offset_alignment,
-    )
+    )?;
+    Ok(units
+        .into_iter()
+        .map(|chunk| RowChunk {
+            first_row: chunk.first_row * unit_rows,
+            rows: chunk.rows * unit_rows,
+        })
+        .collect())
 }
 
 impl GpuBackend {
@@ -145,31 +163,51 @@ impl GpuBackend {
         });
         let row_lanes = WORKGROUP / lanes_c;
         let workgroup_columns = layout.groups.div_ceil(lanes_c as usize) as u32;
+        let ghost_batches = shape.ghost_batches as u32;
         let wanted_splits = if shape.numel() * dtype.size() <= tuning.single_split_bytes {
             1
         } else {
-            tuning.target_workgroups.div_ceil(workgroup_columns).max(1)
+            (tuning
+                .target_workgroups
+                .div_ceil(workgroup_columns * ghost_batches))
+            .max(1)
         };
+        // Ghost batches have their slots of `partials` by index; without them, each chunk's
+        // splits follow the last chunk's.
         let mut split_base = 0;
         let mut planned = Vec::with_capacity(chunks.len());
         for chunk in chunks {
-            let chunk_len = (chunk.rows * layout.run_len) as u32;
-            let useful_splits = chunk_len.div_ceil(row_lanes * tuning.min_elements_per_thread);
-            let split_len = chunk_len.div_ceil(wanted_splits.min(useful_splits).max(1));
-            let splits = chunk_len.div_ceil(split_len);
+            let (rows, ghosts) = match ghost_batches {
+                1 => (chunk.rows, 1),
+                _ => (shape.ghost_rows(), chunk.rows / shape.ghost_rows()),
+            };
+            let ghost_len = (rows * layout.run_len) as u32;
+            let useful_splits = ghost_len.div_ceil(row_lanes * tuning.min_elements_per_thread);
+            let split_len = ghost_len.div_ceil(wanted_splits.min(useful_splits).max(1));
+            let splits = ghost_len.div_ceil(split_len);
             planned.push((
                 chunk,
                 ChunkSplits {
+                    rows: rows as u32,
+                    ghosts: ghosts as u32,
+                    first_ghost: (chunk.first_row / shape.ghost_rows()) as u32,
                     split_len,
                     splits,
                     split_base,
                 },
             ));
-            split_base += splits;
+            if ghost_batches == 1 {
+                split_base += splits;
+            }
         }
+        let total_splits = match ghost_batches {
+            1 => split_base,
+            // Every ghost batch has as many rows, hence as many splits.
+            _ => planned[0].1.splits * ghost_batches,
+        };
         Ok(ReductionPlan {
             chunks: planned,
-            total_splits: split_base,
+            total_splits,
             layout,
             lanes_c,
             workgroup_columns,
@@ -206,6 +244,8 @@ pub(super) fn plan_params(
         split_len: 0,
         split_base: 0,
         total_splits: plan.total_splits,
+        ghost_batches: shape.ghost_batches as u32,
+        first_ghost: 0,
         count: shape.per_channel() as f32,
         eps: config.eps(),
         momentum: config.momentum(),
