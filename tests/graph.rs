@@ -31,13 +31,15 @@ fn images(shape: SampleShape, rows: usize) -> ImageShape {
     }
 }
 
-/// BatchNorm's view of its input: channels-last images are (rows·positions, channels).
-fn batchnorm_shape(shape: SampleShape, rows: usize) -> BatchNormShape {
+/// BatchNorm's view of its input in training: channels-last images are (rows·positions,
+/// channels), in the ghost batches of the spec's virtual batch, if any.
+fn batchnorm_shape(spec: &ModelSpec, shape: SampleShape, rows: usize) -> BatchNormShape {
     let (n, c) = match shape {
         SampleShape::Flat(features) => (rows, features),
         SampleShape::Image(image) => (rows * image.positions(), image.channels),
     };
-    BatchNormShape::new(n, c, 1)
+    let ghost_batches = spec.batchnorm_config().ghost_batches(rows).unwrap();
+    BatchNormShape::new(n, c, 1).with_ghost_batches(ghost_batches)
 }
 
 /// The gradient of `spatial::flatten`: each value back to its channels-last place.
@@ -94,7 +96,7 @@ fn reference_step(
             }
             LayerSpec::BatchNorm => {
                 next += 2;
-                let bn = batchnorm_shape(shape, rows);
+                let bn = batchnorm_shape(spec, shape, rows);
                 let (zeros, ones) = (vec![0.0f64; bn.c], vec![1.0f64; bn.c]);
                 let (gamma, beta) = (&params[next - 2], &params[next - 1]);
                 reference::batchnorm::forward_train(
@@ -131,7 +133,7 @@ fn reference_step(
                 dx
             }
             LayerSpec::BatchNorm => {
-                let bn = batchnorm_shape(shape, rows);
+                let bn = batchnorm_shape(spec, shape, rows);
                 let g = reference::batchnorm::backward(input, &dy, bn, &params[at], EPS);
                 grads[at] = (g.dgamma, 0.0);
                 grads[at + 1] = (g.dbeta, 0.0);
@@ -229,6 +231,26 @@ fn graph_backward_matches_chained_references<B: Compute>(
 
 backend_test!(graph_backward_matches_chained_references, |backend, rng| {
     graph_backward_matches_chained_references(backend, rng, &specs(), 7)
+});
+
+/// Ghost batches of 2 and 4 samples in a batch of 8, in BatchNorm2d and BatchNorm1d: the layers
+/// take their statistics per ghost batch, as the chained references do.
+backend_test!(ghost_batches_match_chained_references, |backend, rng| {
+    let image = Image {
+        channels: 2,
+        height: 5,
+        width: 5,
+    };
+    let specs: Vec<ModelSpec> = [2, 4]
+        .map(|samples| {
+            let config = BatchNormConfig::default()
+                .with_virtual_batch(samples)
+                .unwrap();
+            let arch = "conv3k3,bn,relu,dropout0.3,flatten,fc4,bn,relu,fc3";
+            ModelSpec::from_arch(arch, image, config).unwrap()
+        })
+        .to_vec();
+    graph_backward_matches_chained_references(backend, rng, &specs, 8)
 });
 
 /// Convolutions whose patches pass the binding limit go through in chunks of images, their

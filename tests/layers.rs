@@ -79,14 +79,24 @@ fn linear_gradients_match_finite_differences() {
     );
 }
 
+/// Plain, and with ghost batches (whose statistics, and so gradients, are per run of samples).
 #[test]
 fn batchnorm_gradients_match_finite_differences() {
     let mut rng = rng("batchnorm_gradients_match_finite_differences");
-    let shape = BatchNormShape::new(4, 3, 1);
-    let x = uniform(&mut rng, shape.numel());
-    let gamma = uniform(&mut rng, shape.c);
-    let beta = uniform(&mut rng, shape.c);
-    let r = uniform(&mut rng, shape.numel());
+    for shape in [
+        BatchNormShape::new(4, 3, 1),
+        BatchNormShape::new(6, 3, 1).with_ghost_batches(3),
+        BatchNormShape::new(4, 2, 3).with_ghost_batches(2),
+    ] {
+        batchnorm_gradients(&mut rng, shape);
+    }
+}
+
+fn batchnorm_gradients(rng: &mut StdRng, shape: BatchNormShape) {
+    let x = uniform(rng, shape.numel());
+    let gamma = uniform(rng, shape.c);
+    let beta = uniform(rng, shape.c);
+    let r = uniform(rng, shape.numel());
     let (zeros, ones) = (vec![0.0f64; shape.c], vec![1.0f64; shape.c]);
     let forward = |x: &[f64], gamma: &[f64], beta: &[f64]| {
         reference::batchnorm::forward_train(x, shape, gamma, beta, &zeros, &ones, EPS, MOMENTUM).y

@@ -99,8 +99,8 @@ fn read(dir: &Path, expected: Option<(&ModelSpec, &serde_json::Value)>) -> Resul
             return Err(Error::InvalidArgument(format!(
                 "cannot resume: {} holds {}, but {} was asked for",
                 model_path.display(),
-                model.spec.torch_module(),
-                spec.torch_module()
+                model.spec.describe(),
+                spec.describe()
             )));
         }
         if &settings != wanted {

@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// [default: unbiased].
     #[arg(long, value_enum)]
     bn_running_var: Option<RunningVar>,
+    /// Ghost batches (Keras' virtual_batch_size): in training, BatchNorm's statistics over each
+    /// run of K samples of a batch instead of the whole batch; evaluation is unchanged. The
+    /// batch size (and a kept last batch) must be a multiple of K.
+    #[arg(long, value_name = "K")]
+    bn_virtual_batch: Option<usize>,
     /// Storage of the hidden activations on the device: f16 halves their memory where the
     /// adapter has shader-f16 (elsewhere, and on the CPU, the run uses f32 with a notice); the
     /// input, logits, gradients, parameters, optimizer state and all arithmetic stay f32.
@@ -309,14 +314,22 @@ impl RunArgs {
     /// BatchNorm's settings: PyTorch's, with any --bn-* flag applied.
     fn batchnorm_config(&self) -> Result<BatchNormConfig> {
         let default = BatchNormConfig::default();
-        BatchNormConfig::new(
+        let config = BatchNormConfig::new(
             self.bn_eps.unwrap_or(default.eps()),
             self.bn_momentum.unwrap_or(default.momentum()),
             self.bn_running_var
                 .map_or(default.unbiased_running_var(), |v| {
                     v == RunningVar::Unbiased
                 }),
-        )
+        )?;
+        match self.bn_virtual_batch {
+            Some(samples) => config.with_virtual_batch(samples).map_err(|_| {
+                Error::InvalidArgument(
+                    "--bn-virtual-batch must be at least 1 sample, got 0".to_string(),
+                )
+            }),
+            None => Ok(config),
+        }
     }
 
     /// Refuses --bn-* flags when none of `models` (given by `models_flag`) has a BatchNorm
@@ -333,6 +346,7 @@ impl RunArgs {
             ("--bn-eps", self.bn_eps.is_some()),
             ("--bn-momentum", self.bn_momentum.is_some()),
             ("--bn-running-var", self.bn_running_var.is_some()),
+            ("--bn-virtual-batch", self.bn_virtual_batch.is_some()),
         ];
         match given.iter().find(|(_, set)| *set) {
             Some((flag, _)) => Err(Error::InvalidArgument(format!(

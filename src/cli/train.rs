@@ -187,7 +187,7 @@ pub fn run_on<B: Compute>(
     multi.suspend(|| {
         eprintln!(
             "training {} on {adapter}: {} training images, {} steps per epoch, writing to {}",
-            config.spec.torch_module(),
+            config.spec.describe(),
             trainer.train_rows(),
             trainer.steps_per_epoch(),
             out.display()

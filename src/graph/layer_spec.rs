@@ -202,7 +202,8 @@ impl LayerSpec {
                     SampleShape::Image(_) => "2d",
                 };
                 let features = batchnorm_features(input);
-                if config == BatchNormConfig::default() {
+                let default = BatchNormConfig::default();
+                if (config.eps(), config.momentum()) == (default.eps(), default.momentum()) {
                     format!("nn.BatchNorm{dims}({features})")
                 } else {
                     format!(

@@ -270,4 +270,15 @@ impl ModelSpec {
             .collect();
         format!("nn.Sequential({})", layers.join(", "))
     }
+
+    /// `torch_module`, and what of the model PyTorch has no word for: BatchNorm's ghost batches.
+    pub fn describe(&self) -> String {
+        match self.batchnorm_config.virtual_batch() {
+            Some(samples) if self.has_batchnorm() => format!(
+                "{} with BatchNorm training statistics over ghost batches of {samples}",
+                self.torch_module()
+            ),
+            _ => self.torch_module(),
+        }
+    }
 }

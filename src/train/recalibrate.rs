@@ -64,6 +64,15 @@ pub fn recalibrate<B: Compute>(
         ));
     }
     plan.check(rows)?;
+    if let Some(virtual_batch) = model.spec.batchnorm_config().virtual_batch()
+        && !plan.batch_size.is_multiple_of(virtual_batch)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "--batch-size {} is not a multiple of the model's BatchNorm virtual batch of \
+             {virtual_batch} (its training statistics are over ghost batches of that size)",
+            plan.batch_size
+        )));
+    }
     let kept: Vec<_> = (model.batchnorms_mut())
         .map(|bn| (bn.batches_tracked, bn.config().momentum()))
         .collect();

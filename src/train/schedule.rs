@@ -33,8 +33,9 @@ pub fn batches(rows: usize, batch_size: usize, drop_last: bool) -> Vec<(usize, u
         .collect()
 }
 
-/// Refuses a batch size the training set cannot fill, and a last batch of one row with
-/// BatchNorm (its batch statistics need two values per channel).
+/// Refuses a batch size the training set cannot fill, a last batch of one row with BatchNorm
+/// (its batch statistics need two values per channel), and batches that BatchNorm's virtual
+/// batch does not divide.
 pub(super) fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<()> {
     let batch = config.batch_size;
     if batch > train_rows {
@@ -42,11 +43,46 @@ pub(super) fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<(
             "batch size {batch} exceeds the {train_rows} training images"
         )));
     }
+    if let Some(virtual_batch) =
+        (config.spec.batchnorm_config().virtual_batch()).filter(|_| config.spec.has_batchnorm())
+    {
+        check_ghost_batches(config, train_rows, virtual_batch)?;
+    }
     if config.spec.has_batchnorm() && !config.drop_last && train_rows % batch == 1 {
         return Err(Error::InvalidArgument(format!(
             "the last batch of each epoch would hold 1 image ({train_rows} training images at \
              batch size {batch}), and BatchNorm cannot normalize a batch of one; choose another \
              --batch-size or pass --drop-last"
+        )));
+    }
+    Ok(())
+}
+
+/// Every training batch, the last one included where it is kept, must be a whole number of
+/// ghost batches, and more than one: a single ghost batch is the plain batch.
+fn check_ghost_batches(
+    config: &TrainConfig,
+    train_rows: usize,
+    virtual_batch: usize,
+) -> Result<()> {
+    let batch = config.batch_size;
+    if batch == virtual_batch {
+        return Err(Error::InvalidArgument(format!(
+            "--bn-virtual-batch {virtual_batch} has no effect at --batch-size {batch}: each batch \
+             would be one ghost batch (choose K dividing the batch size, or drop the flag)"
+        )));
+    }
+    if !batch.is_multiple_of(virtual_batch) {
+        return Err(Error::InvalidArgument(format!(
+            "--batch-size {batch} is not a multiple of --bn-virtual-batch {virtual_batch}"
+        )));
+    }
+    let last = train_rows % batch;
+    if !config.drop_last && last != 0 && !last.is_multiple_of(virtual_batch) {
+        return Err(Error::InvalidArgument(format!(
+            "the last batch of each epoch would hold {last} images ({train_rows} training images \
+             at batch size {batch}), not a multiple of --bn-virtual-batch {virtual_batch}; pass \
+             --drop-last or choose K dividing {last}"
         )));
     }
     Ok(())
