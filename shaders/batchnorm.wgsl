@@ -222,11 +222,14 @@ struct Lane {
     slot: u32,
 }
 
-fn lane_of(local: u32, workgroup: vec3<u32>) -> Lane {
+// The lane of thread `local` in the `looped`-th ghost batch its workgroup finishes (0 where the
+// grid has one workgroup per ghost batch).
+fn lane_of(local: u32, workgroup: vec3<u32>, looped: u32) -> Lane {
     let chunk_len = p.rows * p.run_len;
     let begin = min(workgroup.y * p.split_len, chunk_len);
     let group_lane = local % p.lanes_c;
-    let ghost = p.first_ghost + workgroup.z;
+    let bound_ghost = workgroup.z + looped;
+    let ghost = p.first_ghost + bound_ghost;
     return Lane(
         workgroup.x * p.lanes_c + group_lane,
         group_lane,
@@ -234,7 +237,7 @@ fn lane_of(local: u32, workgroup: vec3<u32>) -> Lane {
         begin,
         min(begin + p.split_len, chunk_len),
         ghost,
-        workgroup.z * chunk_len * p.groups,
+        bound_ghost * chunk_len * p.groups,
         ghost * (p.total_splits / p.ghost_batches) + p.split_base + workgroup.y,
     );
 }
@@ -399,10 +402,40 @@ fn normalize_walk(lane: Lane, shift: F_V, scale: F_V, offset: F_V) {
     }
 }
 
+// Ghost batches one workgroup finishes one after another: all of them when one split covers
+// each (the grid then has no third dimension), else one.
+fn ghosts_in_workgroup() -> u32 {
+    return select(1u, p.ghost_batches, p.total_splits == 1u);
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn stats_partial(@builtin(local_invocation_index) local: u32,
                  @builtin(workgroup_id) workgroup: vec3<u32>) {
-    let lane = lane_of(local, workgroup);
+    // With one split, the sums of the ghost batches' statistics for the running update.
+    var mean_sum = vec4<f32>();
+    var variance_sum = vec4<f32>();
+    var finite = vec4<bool>(true);
+    for (var looped = 0u; looped < ghosts_in_workgroup(); looped++) {
+        let sums = stats_of_ghost(local, lane_of(local, workgroup, looped));
+        mean_sum += sums[0];
+        variance_sum += sums[1];
+        finite = finite & (sums[2] == vec4<f32>());
+    }
+    let lane = lane_of(local, workgroup, 0u);
+    if p.total_splits == 1u && lane.row_lane == 0u && lane.group < p.groups {
+        let ghosts = f32(p.ghost_batches);
+        for (var i = 0u; i < group_channels(); i++) {
+            let c = channel_of(lane.group, i);
+            update_running(c, mean_sum[i] / ghosts, variance_sum[i] / ghosts, finite[i]);
+        }
+    }
+}
+
+// One ghost batch's (or the batch's) share of `stats_partial`: with one split, its statistics
+// finished and applied, returning per channel of the group its mean, its variance, and 1 where
+// they are not finite (for row_lane 0); with several, its split's partial moments.
+fn stats_of_ghost(local: u32, lane: Lane) -> array<vec4<f32>, 3> {
+    var finished_sums = array<vec4<f32>, 3>();
     let g = lane.group;
     let in_range = g < p.groups;
     var shift = F_V(0.0);
@@ -436,8 +469,10 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
             let c = channel_of(g, i);
             let total = channel_moments(tree_n[local], tree_a[local], tree_b[local], i);
             if p.total_splits == 1u {
-                let finished = write_stats(0u, c, lane_value(shift, i), total);
-                update_running(c, finished.mean, finished.variance, finished.finite);
+                let finished = write_stats(lane.ghost, c, lane_value(shift, i), total);
+                finished_sums[0][i] = finished.mean;
+                finished_sums[1][i] = finished.variance;
+                finished_sums[2][i] = select(1.0, 0.0, finished.finite);
                 scale[i] = gamma[c] * finished.invstd;
                 offset[i] = beta[c] - scale[i] * total.mean;
             } else {
@@ -456,7 +491,10 @@ fn stats_partial(@builtin(local_invocation_index) local: u32,
         if in_range {
             normalize_walk(lane, shift, tree_a[lane.group_lane], tree_b[lane.group_lane]);
         }
+        // The next ghost batch reuses the tree.
+        workgroupBarrier();
     }
+    return finished_sums;
 }
 
 // Slots of `partials` per ghost batch.
@@ -518,7 +556,7 @@ fn eval_stats(@builtin(global_invocation_id) id: vec3<u32>) {
 @compute @workgroup_size(WORKGROUP)
 fn normalize(@builtin(local_invocation_index) local: u32,
              @builtin(workgroup_id) workgroup: vec3<u32>) {
-    let lane = lane_of(local, workgroup);
+    let lane = lane_of(local, workgroup, 0u);
     let g = lane.group;
     if g >= p.groups {
         return;
@@ -565,7 +603,7 @@ fn backward_sums(local: u32, lane: Lane) {
 @compute @workgroup_size(WORKGROUP)
 fn backward_partial(@builtin(local_invocation_index) local: u32,
                     @builtin(workgroup_id) workgroup: vec3<u32>) {
-    let lane = lane_of(local, workgroup);
+    let lane = lane_of(local, workgroup, 0u);
     backward_sums(local, lane);
     let g = lane.group;
     if lane.row_lane == 0u && g < p.groups {
@@ -579,36 +617,51 @@ fn backward_partial(@builtin(local_invocation_index) local: u32,
 }
 
 // With one split covering the batch: the sums, dβ and dγ, and dx in one dispatch (a kernel of
-// its own, so that neither it nor `backward_partial` binds more than 8 storage buffers).
+// its own, so that neither it nor `backward_partial` binds more than 8 storage buffers), ghost
+// batch after ghost batch, dβ and dγ summed over them.
 @compute @workgroup_size(WORKGROUP)
 fn backward_fused(@builtin(local_invocation_index) local: u32,
                   @builtin(workgroup_id) workgroup: vec3<u32>) {
-    let lane = lane_of(local, workgroup);
-    backward_sums(local, lane);
-    let g = lane.group;
-    let in_range = g < p.groups;
-    if lane.row_lane == 0u && in_range {
-        var b = vec4<f32>();
-        var k = vec4<f32>();
-        for (var i = 0u; i < group_channels(); i++) {
-            let c = channel_of(g, i);
-            // The same terms `backward_dx` forms from the finished sums.
-            let dbeta_c = channel_sum(tree_a[local], i);
-            let invstd = stats[stat_index(0u, STAT_INVSTD, c)];
-            let dgamma_c = channel_sum(tree_b[local], i) * invstd;
-            let inv_m = 1.0 / p.count;
-            dbeta[c] = dbeta_c;
-            dgamma[c] = dgamma_c;
-            b[i] = dbeta_c * inv_m;
-            k[i] = dgamma_c * invstd * inv_m;
+    var dbeta_total = vec4<f32>();
+    var dgamma_total = vec4<f32>();
+    for (var looped = 0u; looped < p.ghost_batches; looped++) {
+        let lane = lane_of(local, workgroup, looped);
+        backward_sums(local, lane);
+        let g = lane.group;
+        let in_range = g < p.groups;
+        if lane.row_lane == 0u && in_range {
+            var b = vec4<f32>();
+            var k = vec4<f32>();
+            for (var i = 0u; i < group_channels(); i++) {
+                let c = channel_of(g, i);
+                // The same terms `backward_dx` forms from the finished sums.
+                let dbeta_c = channel_sum(tree_a[local], i);
+                let invstd = stats[stat_index(lane.ghost, STAT_INVSTD, c)];
+                let dgamma_c = channel_sum(tree_b[local], i) * invstd;
+                let inv_m = 1.0 / p.count;
+                dbeta_total[i] += dbeta_c;
+                dgamma_total[i] += dgamma_c;
+                b[i] = dbeta_c * inv_m;
+                k[i] = dgamma_c * invstd * inv_m;
+            }
+            tree_a[local] = per_lane(b.x, b.y, b.z, b.w);
+            tree_b[local] = per_lane(k.x, k.y, k.z, k.w);
         }
-        tree_a[local] = per_lane(b.x, b.y, b.z, b.w);
-        tree_b[local] = per_lane(k.x, k.y, k.z, k.w);
+        workgroupBarrier();
+        if in_range {
+            let a = gamma_of(g) * stat_of(lane, STAT_INVSTD);
+            backward_dx_walk(lane, a, tree_a[lane.group_lane], tree_b[lane.group_lane]);
+        }
+        // The next ghost batch reuses the tree.
+        workgroupBarrier();
     }
-    workgroupBarrier();
-    if in_range {
-        let a = gamma_of(g) * stat_of(lane, STAT_INVSTD);
-        backward_dx_walk(lane, a, tree_a[lane.group_lane], tree_b[lane.group_lane]);
+    let lane = lane_of(local, workgroup, 0u);
+    if lane.row_lane == 0u && lane.group < p.groups {
+        for (var i = 0u; i < group_channels(); i++) {
+            let c = channel_of(lane.group, i);
+            dbeta[c] = dbeta_total[i];
+            dgamma[c] = dgamma_total[i];
+        }
     }
 }
 
@@ -652,7 +705,7 @@ fn ghost_sum_of(lane: Lane, term: u32) -> F_V {
 @compute @workgroup_size(WORKGROUP)
 fn backward_dx(@builtin(local_invocation_index) local: u32,
                @builtin(workgroup_id) workgroup: vec3<u32>) {
-    let lane = lane_of(local, workgroup);
+    let lane = lane_of(local, workgroup, 0u);
     let g = lane.group;
     if g >= p.groups {
         return;

@@ -172,6 +172,27 @@ impl GpuBackend {
                 .div_ceil(workgroup_columns * ghost_batches))
             .max(1)
         };
+        // Small enough for one split, ghost batches are finished one after another by the same
+        // workgroups, as the batch would be: no partials, and one dispatch each way.
+        if ghost_batches > 1 && wanted_splits == 1 && chunks.len() == 1 {
+            let rows = shape.ghost_rows();
+            let ghost = ChunkSplits {
+                rows: rows as u32,
+                ghosts: 1,
+                first_ghost: 0,
+                split_len: (rows * layout.run_len) as u32,
+                splits: 1,
+                split_base: 0,
+            };
+            return Ok(ReductionPlan {
+                chunks: vec![(chunks[0], ghost)],
+                total_splits: 1,
+                layout,
+                lanes_c,
+                workgroup_columns,
+                constants: Self::reduction_constants(activation, tuning.reduction_walk),
+            });
+        }
         // Ghost batches have their slots of `partials` by index; without them, each chunk's
         // splits follow the last chunk's.
         let mut split_base = 0;
@@ -211,14 +232,22 @@ impl GpuBackend {
             layout,
             lanes_c,
             workgroup_columns,
-            constants: [
-                (
-                    "CONTIGUOUS_WALK",
-                    f64::from(u8::from(tuning.reduction_walk == ReductionWalk::Contiguous)),
-                ),
-                ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
-            ],
+            constants: Self::reduction_constants(activation, tuning.reduction_walk),
         })
+    }
+
+    /// The override constants of the kernels that walk x.
+    fn reduction_constants(
+        activation: Option<Activation>,
+        walk: ReductionWalk,
+    ) -> [(&'static str, f64); 2] {
+        [
+            (
+                "CONTIGUOUS_WALK",
+                f64::from(u8::from(walk == ReductionWalk::Contiguous)),
+            ),
+            ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
+        ]
     }
 }
 
