@@ -68,6 +68,11 @@ override CONTIGUOUS_WALK: bool = false;
 // the code of a branch no thread takes, under an empty mask.
 override ACTIVATION: bool = false;
 
+// Whether one workgroup finishes several ghost batches one after another (where one split
+// covers each). A constant of the pipeline, so that the kernels of every other plan have no
+// loop around their barriers, which a CPU rasterizer pays for.
+override GHOST_LOOP: bool = false;
+
 struct Params {
     // Rows (samples) of each ghost batch bound to this dispatch (all of them without ghost
     // batches); large tensors are dispatched in row chunks.
@@ -405,7 +410,7 @@ fn normalize_walk(lane: Lane, shift: F_V, scale: F_V, offset: F_V) {
 // Ghost batches one workgroup finishes one after another: all of them when one split covers
 // each (the grid then has no third dimension), else one.
 fn ghosts_in_workgroup() -> u32 {
-    return select(1u, p.ghost_batches, p.total_splits == 1u);
+    return select(1u, p.ghost_batches, GHOST_LOOP);
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -624,7 +629,7 @@ fn backward_fused(@builtin(local_invocation_index) local: u32,
                   @builtin(workgroup_id) workgroup: vec3<u32>) {
     var dbeta_total = vec4<f32>();
     var dgamma_total = vec4<f32>();
-    for (var looped = 0u; looped < p.ghost_batches; looped++) {
+    for (var looped = 0u; looped < ghosts_in_workgroup(); looped++) {
         let lane = lane_of(local, workgroup, looped);
         backward_sums(local, lane);
         let g = lane.group;

@@ -72,7 +72,9 @@ impl BatchNormConfig {
     /// Ghost batches (Keras' `virtual_batch_size`): in training, statistics over each run of
     /// `samples` consecutive samples of a batch instead of the whole batch, and the running
     /// statistics updated once per batch with the mean of the ghost batches' statistics.
-    /// Evaluation is unchanged. A training batch must then be a multiple of `samples`.
+    /// Evaluation is unchanged. A training batch must then be a multiple of `samples`. The
+    /// model's BatchNorm layers read it to view each training batch in ghost batches
+    /// (`BatchNormShape::with_ghost_batches`, which is what the ops themselves take).
     pub fn with_virtual_batch(self, samples: usize) -> Result<Self> {
         if samples == 0 {
             return Err(Error::InvalidArgument(

@@ -17,7 +17,7 @@ pub(super) struct ReductionPlan {
     pub(super) lanes_c: u32,
     pub(super) workgroup_columns: u32,
     /// The override constants of the kernels that walk x.
-    pub(super) constants: [(&'static str, f64); 2],
+    pub(super) constants: [(&'static str, f64); 3],
 }
 
 /// How x is cut into vectors (see the layout comment of `shaders/batchnorm.wgsl`).
@@ -190,7 +190,7 @@ impl GpuBackend {
                 layout,
                 lanes_c,
                 workgroup_columns,
-                constants: Self::reduction_constants(activation, tuning.reduction_walk),
+                constants: Self::reduction_constants(activation, tuning.reduction_walk, true),
             });
         }
         // Ghost batches have their slots of `partials` by index; without them, each chunk's
@@ -232,7 +232,7 @@ impl GpuBackend {
             layout,
             lanes_c,
             workgroup_columns,
-            constants: Self::reduction_constants(activation, tuning.reduction_walk),
+            constants: Self::reduction_constants(activation, tuning.reduction_walk, false),
         })
     }
 
@@ -240,13 +240,15 @@ impl GpuBackend {
     fn reduction_constants(
         activation: Option<Activation>,
         walk: ReductionWalk,
-    ) -> [(&'static str, f64); 2] {
+        ghost_loop: bool,
+    ) -> [(&'static str, f64); 3] {
         [
             (
                 "CONTIGUOUS_WALK",
                 f64::from(u8::from(walk == ReductionWalk::Contiguous)),
             ),
             ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
+            ("GHOST_LOOP", f64::from(u8::from(ghost_loop))),
         ]
     }
 }
