@@ -233,8 +233,8 @@ backend_test!(graph_backward_matches_chained_references, |backend, rng| {
     graph_backward_matches_chained_references(backend, rng, &specs(), 7)
 });
 
-/// Ghost batches of 2 and 4 samples in a batch of 8, in BatchNorm2d and BatchNorm1d: the layers
-/// take their statistics per ghost batch, as the chained references do.
+// Ghost batches of 2 and 4 samples in a batch of 8, in BatchNorm2d and BatchNorm1d: the layers
+// take their statistics per ghost batch, as the chained references do.
 backend_test!(ghost_batches_match_chained_references, |backend, rng| {
     let image = Image {
         channels: 2,
