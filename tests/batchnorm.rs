@@ -46,6 +46,19 @@ impl Case {
         }
     }
 
+    /// x, γ and β, and the running statistics, on `backend`.
+    fn upload<B: BatchNormOps>(&self, backend: &B) -> (B::Buffer, Affine<B>, RunningStats<B>) {
+        let affine = Affine::<B> {
+            gamma: backend.upload(&self.gamma).unwrap(),
+            beta: backend.upload(&self.beta).unwrap(),
+        };
+        let running = RunningStats::<B> {
+            mean: backend.upload(&self.running_mean).unwrap(),
+            var: backend.upload(&self.running_var).unwrap(),
+        };
+        (backend.upload(&self.x).unwrap(), affine, running)
+    }
+
     /// The same problem with training statistics over `ghost_batches` ghost batches.
     fn in_ghost_batches(self, ghost_batches: usize) -> Self {
         Case {
@@ -314,15 +327,7 @@ fn hard_channels<B: BatchNormOps>(backend: &B, test: &str) {
             }
         }
         check(backend, &case).unwrap();
-        let x = backend.upload(&case.x).unwrap();
-        let affine = Affine::<B> {
-            gamma: backend.upload(&case.gamma).unwrap(),
-            beta: backend.upload(&case.beta).unwrap(),
-        };
-        let mut running = RunningStats::<B> {
-            mean: backend.upload(&case.running_mean).unwrap(),
-            var: backend.upload(&case.running_var).unwrap(),
-        };
+        let (x, affine, mut running) = case.upload(backend);
         let out = backend
             .batchnorm_forward_new(
                 Mode::Train,
@@ -370,15 +375,7 @@ fn ghost_batches<B: BatchNormOps>(backend: &B, test: &str) {
     }
     // Ghost batches that do not divide the batch are refused, naming both.
     let case = Case::random(&mut rng, 10, 3, 1).in_ghost_batches(4);
-    let x = backend.upload(&case.x).unwrap();
-    let affine = Affine::<B> {
-        gamma: backend.upload(&case.gamma).unwrap(),
-        beta: backend.upload(&case.beta).unwrap(),
-    };
-    let mut running = RunningStats::<B> {
-        mean: backend.upload(&case.running_mean).unwrap(),
-        var: backend.upload(&case.running_var).unwrap(),
-    };
+    let (x, affine, mut running) = case.upload(backend);
     let err = backend
         .batchnorm_forward_new(Mode::Train, &x, case.shape, &affine, &mut running, {
             BatchNormConfig::default()

@@ -3,26 +3,14 @@
 
 mod common;
 
-use common::{assert_one_line_error, gpu, shared_mnist, wgnorm, wgnorm_command};
+use common::{assert_one_line_error, gpu, shared_mnist, train_cpu_run, wgnorm, wgnorm_command};
 
 #[test]
 fn bad_settings_paths_and_typos_are_named() {
     let Some(data) = shared_mnist() else { return };
     let data = data.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--device",
-            "cpu",
-            "--data-dir",
-            data,
-            "--out",
-            "run",
-        ];
-        args.extend_from_slice(extra);
-        wgnorm(&args, dir.path())
-    };
+    let train = |extra: &[&str]| train_cpu_run(data, dir.path(), extra);
     assert_one_line_error(
         &train(&["--lr", "0"]),
         2,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_one_line_error, shared_mnist, train_on_cpu, wgnorm, wgnorm_ok};
+use common::{assert_one_line_error, shared_mnist, train_cpu_run, train_on_cpu, wgnorm, wgnorm_ok};
 
 fn final_val_loss(dir: &std::path::Path, run: &str) -> f64 {
     let text = std::fs::read_to_string(dir.join(run).join("metrics.json")).unwrap();
@@ -99,19 +99,7 @@ fn batches_ghost_batches_cannot_split_are_one_line_errors() {
     let Some(data) = shared_mnist() else { return };
     let data = data.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--device",
-            "cpu",
-            "--data-dir",
-            data,
-            "--out",
-            "run",
-        ];
-        args.extend_from_slice(extra);
-        wgnorm(&args, dir.path())
-    };
+    let train = |extra: &[&str]| train_cpu_run(data, dir.path(), extra);
     let cases: &[(&[&str], &str)] = &[
         (
             &["--bn-virtual-batch", "0"],

@@ -5,7 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, gpu, shared_mnist, spawn_wgnorm, wgnorm, wgnorm_command};
+use common::{
+    assert_one_line_error, gpu, shared_mnist, spawn_wgnorm, train_cpu_run, wgnorm, wgnorm_command,
+};
 use wgnorm::checkpoint::{self, MODEL_FILE, STATE_FILE};
 use wgnorm::graph::ModelSpec;
 
@@ -334,20 +336,8 @@ fn bad_flags_and_files_are_one_line_errors() {
     let Some(data) = shared_mnist() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = data.to_str().unwrap();
-    let base = [
-        "train",
-        "--device",
-        "cpu",
-        "--data-dir",
-        data,
-        "--out",
-        "run",
-    ];
-    let with = |extra: &[&str]| {
-        let mut args = base.to_vec();
-        args.extend_from_slice(extra);
-        wgnorm(&args, dir.path())
-    };
+    let base = ["train", "--device", "cpu", "--data-dir", data];
+    let with = |extra: &[&str]| train_cpu_run(data, dir.path(), extra);
     let clap_error = |output: &std::process::Output, needle: &str| {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");

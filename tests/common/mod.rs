@@ -251,6 +251,22 @@ pub fn wgnorm_ok(args: &[&str], dir: &Path) -> Output {
     output
 }
 
+/// `wgnorm train --device cpu --data-dir data --out run` with `extra`, in `dir` (for runs
+/// expected to be refused).
+pub fn train_cpu_run(data: &str, dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--data-dir",
+        data,
+        "--out",
+        "run",
+    ];
+    args.extend_from_slice(extra);
+    wgnorm(&args, dir)
+}
+
 /// One epoch of `model` on the CPU backend over the first `images` training images of `data`,
 /// into `dir/out`.
 pub fn train_on_cpu(dir: &Path, data: &str, model: &str, images: &str, out: &str, extra: &[&str]) {
