@@ -353,9 +353,9 @@ fn hard_channels<B: BatchNormOps>(backend: &B, test: &str) {
 
 /// Ghost batches: statistics per run of N/G samples, as 2-D batches (scalars and vectors of
 /// four channels) and NCHW (vectors of four positions and scalars); on the GPU both finished one
-/// after another by one dispatch (up to 1 MiB) and spread over the grid with one or several
-/// splits each (the last three); dγ and dβ summed over them, the running statistics from their
-/// mean.
+/// after another by one dispatch (up to 1 MiB and 16 ghost batches) and spread over the grid
+/// with one or several splits each (the last four); dγ and dβ summed over them, the running
+/// statistics from their mean.
 fn ghost_batches<B: BatchNormOps>(backend: &B, test: &str) {
     let mut rng = rng(test);
     for (n, c, s, ghosts) in [
@@ -366,6 +366,7 @@ fn ghost_batches<B: BatchNormOps>(backend: &B, test: &str) {
         (16, 8, 784, 2),
         (8192, 16, 1, 2),
         (65536, 4, 1, 16),
+        (256, 128, 1, 32),
         (131072, 4, 1, 4),
         (64, 16, 784, 4),
         (1024, 300, 1, 512),

@@ -22,6 +22,11 @@ pub struct Tuning {
     pub lanes_c_spatial: u32,
     /// How the threads of a BatchNorm reduction share their split.
     pub reduction_walk: ReductionWalk,
+    /// At most this many ghost batches of an input small enough for one split are finished one
+    /// after another by the same workgroups (one dispatch each way); more get workgroups of
+    /// their own. Measured on lavapipe: 4 or 16 ghost batches ran faster in one workgroup, 128
+    /// slower (33 against 28 ms per `bn` step at batch 1024).
+    pub looped_ghost_batches: usize,
     /// Threads per workgroup of `matmul_vec4`.
     pub matmul_group: u32,
     /// Channels one thread of the max-pooling backward takes at its position: all of them on
@@ -66,6 +71,7 @@ impl Default for Tuning {
             lanes_c_2d: 32,
             lanes_c_spatial: 1,
             reduction_walk: ReductionWalk::Interleaved,
+            looped_ghost_batches: 16,
             matmul_group: 64,
             pool_channels_per_thread: 1,
             steps_per_submission: 8,

@@ -172,9 +172,10 @@ impl GpuBackend {
                 .div_ceil(workgroup_columns * ghost_batches))
             .max(1)
         };
-        // Small enough for one split, ghost batches are finished one after another by the same
-        // workgroups, as the batch would be: no partials, and one dispatch each way.
-        if ghost_batches > 1 && wanted_splits == 1 && chunks.len() == 1 {
+        // Small enough for one split, a few ghost batches are finished one after another by
+        // the same workgroups, as the batch would be: no partials, and one dispatch each way.
+        let looped = (2..=tuning.looped_ghost_batches).contains(&shape.ghost_batches);
+        if looped && wanted_splits == 1 && chunks.len() == 1 {
             let rows = shape.ghost_rows();
             let ghost = ChunkSplits {
                 rows: rows as u32,
