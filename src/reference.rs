@@ -10,6 +10,7 @@ fn f64_of(value: impl Real) -> f64 {
     value.into()
 }
 
+pub mod groupnorm;
 pub mod spatial;
 
 /// BatchNorm in f64.

@@ -122,6 +122,70 @@ fn batchnorm_gradients(rng: &mut StdRng, shape: BatchNormShape) {
     );
 }
 
+/// LayerNorm of flat features (one group), GroupNorm of images, InstanceNorm (one channel per
+/// group): the reference's statistics normalize each (sample, group), and its gradients match
+/// finite differences of its forward.
+#[test]
+fn groupnorm_normalizes_each_group_and_its_gradients_match_finite_differences() {
+    use reference::groupnorm::{self, Groups};
+    let mut rng = rng("groupnorm_normalizes_each_group_and_its_gradients_match_finite_differences");
+    for (samples, positions, channels, groups) in [(3, 1, 5, 1), (2, 3, 4, 2), (2, 4, 3, 3)] {
+        let layout = Groups {
+            samples,
+            channels,
+            groups,
+        };
+        let len = samples * positions * channels;
+        let x = uniform(&mut rng, len);
+        let (gamma, beta) = (uniform(&mut rng, channels), uniform(&mut rng, channels));
+        let r = uniform(&mut rng, len);
+        let (ones, zeros) = (vec![1.0f64; channels], vec![0.0f64; channels]);
+        let plain = groupnorm::forward(&x, layout, &ones, &zeros, EPS);
+        let per_group = positions * channels / groups;
+        for (k, (mean, var)) in plain.mean.iter().zip(&plain.var).enumerate() {
+            let (sample, group) = (k / groups, k % groups);
+            let values: Vec<f64> = (0..positions)
+                .flat_map(|p| (0..channels / groups).map(move |j| (p, j)))
+                .map(|(p, j)| {
+                    plain.y[(sample * positions + p) * channels + group * (channels / groups) + j]
+                })
+                .collect();
+            assert_eq!(values.len(), per_group);
+            let y_mean = values.iter().sum::<f64>() / per_group as f64;
+            let y_var = values.iter().map(|v| (v - y_mean).powi(2)).sum::<f64>() / per_group as f64;
+            assert!(y_mean.abs() < 1e-12, "group {k}: mean {y_mean}");
+            assert!(
+                (y_var - var / (var + EPS)).abs() < 1e-12,
+                "group {k}: var {y_var}"
+            );
+            assert!(mean.is_finite());
+        }
+        let forward = |x: &[f64], gamma: &[f64], beta: &[f64]| {
+            groupnorm::forward(x, layout, gamma, beta, EPS).y
+        };
+        let grads = groupnorm::backward(&x, &r, layout, &gamma, EPS);
+        let what = format!("groupnorm {samples}x{positions}x{channels} in {groups} groups");
+        check_gradient(
+            &format!("{what} dx"),
+            &|x| dot(&forward(x, &gamma, &beta), &r),
+            &x,
+            &grads.dx,
+        );
+        check_gradient(
+            &format!("{what} dgamma"),
+            &|g| dot(&forward(&x, g, &beta), &r),
+            &gamma,
+            &grads.dgamma,
+        );
+        check_gradient(
+            &format!("{what} dbeta"),
+            &|b| dot(&forward(&x, &gamma, b), &r),
+            &beta,
+            &grads.dbeta,
+        );
+    }
+}
+
 #[test]
 fn relu_and_dropout_gradients_match_finite_differences() {
     let mut rng = rng("relu_and_dropout_gradients_match_finite_differences");
