@@ -112,12 +112,12 @@ pub fn backward(
     let mut sum_dxhat_xhat = vec![0.0; mean.len()];
     let mut dgamma = vec![0.0; groups.channels];
     let mut dbeta = vec![0.0; groups.channels];
-    for i in 0..x.len() {
+    for (i, &g) in dy.iter().enumerate() {
         let (k, c) = (statistic(i), i % groups.channels);
         sum_dxhat[k] += dxhat(i);
         sum_dxhat_xhat[k] += dxhat(i) * xhat(i);
-        dgamma[c] += f64_of(dy[i]) * xhat(i);
-        dbeta[c] += f64_of(dy[i]);
+        dgamma[c] += f64_of(g) * xhat(i);
+        dbeta[c] += f64_of(g);
     }
     let m = groups.per_statistic(x.len()) as f64;
     let dx = (0..x.len())
