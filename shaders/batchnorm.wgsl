@@ -243,7 +243,7 @@ fn lane_of(local: u32, workgroup: vec3<u32>, looped: u32) -> Lane {
         min(begin + p.split_len, chunk_len),
         ghost,
         bound_ghost * chunk_len * p.groups,
-        ghost * (p.total_splits / p.ghost_batches) + p.split_base + workgroup.y,
+        first_slot(ghost) + p.split_base + workgroup.y,
     );
 }
 
@@ -417,30 +417,35 @@ fn ghosts_in_workgroup() -> u32 {
 fn stats_partial(@builtin(local_invocation_index) local: u32,
                  @builtin(workgroup_id) workgroup: vec3<u32>) {
     // With one split, the sums of the ghost batches' statistics for the running update.
-    var mean_sum = vec4<f32>();
-    var variance_sum = vec4<f32>();
-    var finite = vec4<bool>(true);
+    var sums = GroupStatistics(vec4<f32>(), vec4<f32>(), vec4<bool>(true));
     for (var looped = 0u; looped < ghosts_in_workgroup(); looped++) {
-        let sums = stats_of_ghost(local, lane_of(local, workgroup, looped));
-        mean_sum += sums[0];
-        variance_sum += sums[1];
-        finite = finite & (sums[2] == vec4<f32>());
+        let ghost = stats_of_ghost(local, lane_of(local, workgroup, looped));
+        sums.mean += ghost.mean;
+        sums.variance += ghost.variance;
+        sums.finite = sums.finite & ghost.finite;
     }
     let lane = lane_of(local, workgroup, 0u);
     if p.total_splits == 1u && lane.row_lane == 0u && lane.group < p.groups {
         let ghosts = f32(p.ghost_batches);
         for (var i = 0u; i < group_channels(); i++) {
             let c = channel_of(lane.group, i);
-            update_running(c, mean_sum[i] / ghosts, variance_sum[i] / ghosts, finite[i]);
+            update_running(c, sums.mean[i] / ghosts, sums.variance[i] / ghosts, sums.finite[i]);
         }
     }
 }
 
+// Per channel of a channel group: the batch statistics (or their sums over ghost batches).
+struct GroupStatistics {
+    mean: vec4<f32>,
+    variance: vec4<f32>,
+    finite: vec4<bool>,
+}
+
 // One ghost batch's (or the batch's) share of `stats_partial`: with one split, its statistics
-// finished and applied, returning per channel of the group its mean, its variance, and 1 where
-// they are not finite (for row_lane 0); with several, its split's partial moments.
-fn stats_of_ghost(local: u32, lane: Lane) -> array<vec4<f32>, 3> {
-    var finished_sums = array<vec4<f32>, 3>();
+// finished and applied, returned per channel of the group (for row_lane 0); with several, its
+// split's partial moments.
+fn stats_of_ghost(local: u32, lane: Lane) -> GroupStatistics {
+    var finished_sums = GroupStatistics(vec4<f32>(), vec4<f32>(), vec4<bool>(true));
     let g = lane.group;
     let in_range = g < p.groups;
     var shift = F_V(0.0);
@@ -475,9 +480,9 @@ fn stats_of_ghost(local: u32, lane: Lane) -> array<vec4<f32>, 3> {
             let total = channel_moments(tree_n[local], tree_a[local], tree_b[local], i);
             if p.total_splits == 1u {
                 let finished = write_stats(lane.ghost, c, lane_value(shift, i), total);
-                finished_sums[0][i] = finished.mean;
-                finished_sums[1][i] = finished.variance;
-                finished_sums[2][i] = select(1.0, 0.0, finished.finite);
+                finished_sums.mean[i] = finished.mean;
+                finished_sums.variance[i] = finished.variance;
+                finished_sums.finite[i] = finished.finite;
                 scale[i] = gamma[c] * finished.invstd;
                 offset[i] = beta[c] - scale[i] * total.mean;
             } else {
@@ -507,6 +512,11 @@ fn ghost_splits() -> u32 {
     return p.total_splits / p.ghost_batches;
 }
 
+// The first slot of `partials` of a ghost batch (0 without ghost batches).
+fn first_slot(ghost: u32) -> u32 {
+    return ghost * ghost_splits();
+}
+
 @compute @workgroup_size(FINALIZE_WORKGROUP)
 fn stats_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
@@ -520,7 +530,7 @@ fn stats_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
         // Every split is rebased onto the shift of the first one that saw data.
         var shift = 0.0;
         var total = Moments(0.0, 0.0, 0.0);
-        for (var split = ghost * ghost_splits(); split < (ghost + 1u) * ghost_splits(); split++) {
+        for (var split = first_slot(ghost); split < first_slot(ghost + 1u); split++) {
             let slot = (split * p.channels + c) * PARTIAL_STRIDE;
             let part = Moments(partials[slot + 1u], partials[slot + 2u], partials[slot + 3u]);
             if part.n == 0.0 {
@@ -683,12 +693,12 @@ fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     for (var ghost = 0u; ghost < p.ghost_batches; ghost++) {
         var sum_dy = 0.0;
         var sum_dy_centered = 0.0;
-        for (var split = ghost * ghost_splits(); split < (ghost + 1u) * ghost_splits(); split++) {
+        for (var split = first_slot(ghost); split < first_slot(ghost + 1u); split++) {
             let slot = (split * p.channels + c) * PARTIAL_STRIDE;
             sum_dy += partials[slot];
             sum_dy_centered += partials[slot + 1u];
         }
-        let first = (ghost * ghost_splits() * p.channels + c) * PARTIAL_STRIDE;
+        let first = (first_slot(ghost) * p.channels + c) * PARTIAL_STRIDE;
         let dgamma_ghost = sum_dy_centered * stats[stat_index(ghost, STAT_INVSTD, c)];
         partials[first + 2u] = sum_dy;
         partials[first + 3u] = dgamma_ghost;
@@ -701,7 +711,7 @@ fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
 
 // dβ or dγ (`term` 2 or 3) of the lane's ghost batch, for each channel of its group.
 fn ghost_sum_of(lane: Lane, term: u32) -> F_V {
-    let first = lane.ghost * ghost_splits() * p.channels;
+    let first = first_slot(lane.ghost) * p.channels;
     let c = (lane_channels(lane.group) + vec4<u32>(first)) * PARTIAL_STRIDE + vec4<u32>(term);
     return per_lane(partials[c.x], partials[c.y], partials[c.z], partials[c.w]);
 }
