@@ -10,6 +10,26 @@ fn f64_of(value: impl Real) -> f64 {
     value.into()
 }
 
+/// Two-pass mean and biased variance of the values of x grouped by `statistic_of(i)` into
+/// `statistics` sets of `m` values each (BatchNorm's channels, GroupNorm's groups).
+fn grouped_moments(
+    x: &[impl Real],
+    statistics: usize,
+    statistic_of: impl Fn(usize) -> usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let m = (x.len() / statistics) as f64;
+    let mut mean = vec![0.0; statistics];
+    for (i, &v) in x.iter().enumerate() {
+        mean[statistic_of(i)] += f64_of(v) / m;
+    }
+    let mut var = vec![0.0; statistics];
+    for (i, &v) in x.iter().enumerate() {
+        let k = statistic_of(i);
+        var[k] += (f64_of(v) - mean[k]) * (f64_of(v) - mean[k]) / m;
+    }
+    (mean, var)
+}
+
 pub mod groupnorm;
 pub mod spatial;
 
@@ -55,18 +75,7 @@ pub mod batchnorm {
 
     /// Two-pass mean and biased variance per channel, or per ghost batch and channel.
     pub fn moments(x: &[impl Real], shape: BatchNormShape) -> (Vec<f64>, Vec<f64>) {
-        let groups = shape.ghost_batches * shape.c;
-        let m = shape.per_channel() as f64;
-        let mut mean = vec![0.0; groups];
-        for (i, &v) in x.iter().enumerate() {
-            mean[statistic_of(shape, i)] += f64_of(v) / m;
-        }
-        let mut var = vec![0.0; groups];
-        for (i, &v) in x.iter().enumerate() {
-            let k = statistic_of(shape, i);
-            var[k] += (f64_of(v) - mean[k]) * (f64_of(v) - mean[k]) / m;
-        }
-        (mean, var)
+        super::grouped_moments(x, shape.ghost_batches * shape.c, |i| statistic_of(shape, i))
     }
 
     /// y = γ·(x − mean)·invstd + β for mean and invstd per `statistic_of`.

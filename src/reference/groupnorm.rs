@@ -56,17 +56,9 @@ pub struct Grads {
 
 /// Two-pass mean and biased variance per (sample, group).
 pub fn moments(x: &[impl Real], groups: Groups) -> (Vec<f64>, Vec<f64>) {
-    let m = groups.per_statistic(x.len()) as f64;
-    let mut mean = vec![0.0; groups.samples * groups.groups];
-    for (i, &v) in x.iter().enumerate() {
-        mean[groups.statistic_of(x.len(), i)] += f64_of(v) / m;
-    }
-    let mut var = vec![0.0; mean.len()];
-    for (i, &v) in x.iter().enumerate() {
-        let k = groups.statistic_of(x.len(), i);
-        var[k] += (f64_of(v) - mean[k]) * (f64_of(v) - mean[k]) / m;
-    }
-    (mean, var)
+    super::grouped_moments(x, groups.samples * groups.groups, |i| {
+        groups.statistic_of(x.len(), i)
+    })
 }
 
 /// y = γ·(x − mean)·invstd + β, the statistics per (sample, group).
