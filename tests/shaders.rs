@@ -12,6 +12,7 @@ use wgnorm::gpu::{
 use wgnorm::ops::activation::ActivationParams;
 use wgnorm::ops::batchnorm::{BatchNormParams, PARTIAL_STRIDE, stat};
 use wgnorm::ops::data::GatherParams;
+use wgnorm::ops::groupnorm::AffineParams;
 use wgnorm::ops::loss::{LossParams, metric};
 use wgnorm::ops::matmul::{
     MATMUL_ACCUMULATE, MATMUL_BIAS, MATMUL_K_STEP, MATMUL_ROW_SUMS, MATMUL_SIDE, MATMUL_TILE,
@@ -90,6 +91,7 @@ fn every_f16_variant_validates_with_only_the_f16_capability() {
         with_f16,
         [
             Shader::BatchNorm,
+            Shader::ChannelAffine,
             Shader::Matmul,
             Shader::Activation,
             Shader::Spatial
@@ -231,6 +233,10 @@ fn uniform_layouts_match_rust() {
         rust_layout!(BatchNormParams: rows, channels, groups, run_len, lanes_are_channels, lanes_c, split_len, split_base, total_splits, running_var_factor, count, eps, momentum, first_value, dropout_threshold, key_x, key_y, dropout_scale, ghost_batches, first_ghost)
     );
     assert_eq!(
+        wgsl_struct(Shader::ChannelAffine, "AffineParams"),
+        rust_layout!(AffineParams: rows, channels, positions, group_channels, groups, split_rows, splits, shifted)
+    );
+    assert_eq!(
         wgsl_struct(Shader::Matmul, "MatmulParams"),
         rust_layout!(MatmulParams: m, n, k, a_row_stride, a_col_stride, b_row_stride, b_col_stride, flags, k_split, splits, _pad0, _pad1)
     );
@@ -303,6 +309,19 @@ fn batchnorm_constants_match_rust() {
     for (name, plane) in [
         ("STAT_MEAN", stat::MEAN),
         ("STAT_VAR", stat::VAR),
+        ("STAT_INVSTD", stat::INVSTD),
+        ("STAT_SHIFT", stat::SHIFT),
+        ("STAT_SHIFTED_MEAN", stat::SHIFTED_MEAN),
+        ("STAT_PLANES", stat::PLANES),
+    ] {
+        assert_eq!(u32_constant(&module, name) as usize, plane, "{name}");
+    }
+}
+
+#[test]
+fn channel_affine_reads_the_batchnorm_statistics_planes() {
+    let module = parse(Shader::ChannelAffine);
+    for (name, plane) in [
         ("STAT_INVSTD", stat::INVSTD),
         ("STAT_SHIFT", stat::SHIFT),
         ("STAT_SHIFTED_MEAN", stat::SHIFTED_MEAN),

@@ -55,6 +55,7 @@ catalogue! {
     /// One WGSL file per kernel family, compiled into the binary.
     Shader { file_name: &'static str, source: &'static str }
     BatchNorm => ("batchnorm.wgsl", include_str!("../../shaders/batchnorm.wgsl")),
+    ChannelAffine => ("channel_affine.wgsl", include_str!("../../shaders/channel_affine.wgsl")),
     Matmul => ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     Activation => ("activation.wgsl", include_str!("../../shaders/activation.wgsl")),
     Loss => ("loss.wgsl", include_str!("../../shaders/loss.wgsl")),
@@ -75,6 +76,9 @@ catalogue! {
     BatchNormBackwardFused => (Shader::BatchNorm, "backward_fused"),
     BatchNormBackwardFinalize => (Shader::BatchNorm, "backward_finalize"),
     BatchNormBackwardDx => (Shader::BatchNorm, "backward_dx"),
+    ChannelAffine => (Shader::ChannelAffine, "apply"),
+    ChannelAffineGradsPartial => (Shader::ChannelAffine, "grads_partial"),
+    ChannelAffineGradsFinalize => (Shader::ChannelAffine, "grads_finalize"),
     Matmul => (Shader::Matmul, "matmul"),
     MatmulVec4 => (Shader::Matmul, "matmul_vec4"),
     MatmulTiled => (Shader::Matmul, "matmul_tiled"),

@@ -10,6 +10,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod chunks;
 pub mod data;
+pub mod groupnorm;
 pub mod loss;
 pub mod matmul;
 pub mod optimizer;
@@ -23,6 +24,7 @@ pub trait Compute:
     Backend
     + matmul::MatmulOps
     + batchnorm::BatchNormOps
+    + groupnorm::GroupNormOps
     + activation::ActivationOps
     + loss::LossOps
     + optimizer::OptimizerOps
@@ -35,6 +37,8 @@ impl<T> Compute for T where
     T: Backend
         + matmul::MatmulOps
         + batchnorm::BatchNormOps
+        + groupnorm::GroupNormOps
+        + groupnorm::GroupNormOps
         + activation::ActivationOps
         + loss::LossOps
         + optimizer::OptimizerOps

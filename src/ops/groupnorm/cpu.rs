@@ -1,0 +1,65 @@
+//! CPU twin of `shaders/channel_affine.wgsl`: the same sums, split by split in the same order.
+
+use super::{GroupNormOps, GroupNormShape, affine_splits};
+use crate::Result;
+use crate::cpu::{CpuBackend, CpuBuffer};
+use crate::ops::batchnorm::stat;
+
+impl GroupNormOps for CpuBackend {
+    fn channel_affine_unchecked(
+        &self,
+        x: &CpuBuffer,
+        channels: usize,
+        gamma: &CpuBuffer,
+        beta: Option<&CpuBuffer>,
+        out: &mut CpuBuffer,
+    ) -> Result<()> {
+        for (x_row, out_row) in x.chunks_exact(channels).zip(out.chunks_exact_mut(channels)) {
+            for c in 0..channels {
+                out_row[c] = gamma[c] * x_row[c] + beta.map_or(0.0, |beta| beta[c]);
+            }
+        }
+        Ok(())
+    }
+
+    fn channel_affine_grads_unchecked(
+        &self,
+        x: &CpuBuffer,
+        dy: &CpuBuffer,
+        shape: GroupNormShape,
+        stats: &CpuBuffer,
+        [dgamma, dbeta]: [&mut CpuBuffer; 2],
+    ) -> Result<()> {
+        let (c, g) = (shape.channels, shape.groups);
+        let rows = shape.samples * shape.positions;
+        let (split_rows, _) = affine_splits(rows, c);
+        // x̂ as the normalization formed it, from the sample's block of statistics.
+        let stat_of = |row: usize, plane: usize, channel: usize| {
+            let sample = row / shape.positions;
+            stats[(sample * stat::PLANES + plane) * g + channel / (c / g)]
+        };
+        dgamma.fill(0.0);
+        dbeta.fill(0.0);
+        let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0f32; c], vec![0.0f32; c]);
+        for first in (0..rows).step_by(split_rows) {
+            sum_dy.fill(0.0);
+            sum_dy_xhat.fill(0.0);
+            for row in first..(first + split_rows).min(rows) {
+                let values = row * c..(row + 1) * c;
+                let (x_row, dy_row) = (&x[values.clone()], &dy[values]);
+                for channel in 0..c {
+                    let centered = (x_row[channel] - stat_of(row, stat::SHIFT, channel))
+                        - stat_of(row, stat::SHIFTED_MEAN, channel);
+                    let xhat = centered * stat_of(row, stat::INVSTD, channel);
+                    sum_dy[channel] += dy_row[channel];
+                    sum_dy_xhat[channel] += dy_row[channel] * xhat;
+                }
+            }
+            for channel in 0..c {
+                dbeta[channel] += sum_dy[channel];
+                dgamma[channel] += sum_dy_xhat[channel];
+            }
+        }
+        Ok(())
+    }
+}
