@@ -9,6 +9,7 @@ use common::{
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
+use wgnorm::Backend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
 use wgnorm::graph::{
     Compute, HostModel, Image, Init, LayerSpec, ModelSpec, SampleShape, Sequential, StepKey,
@@ -40,6 +41,16 @@ fn batchnorm_shape(spec: &ModelSpec, shape: SampleShape, rows: usize) -> BatchNo
     };
     let ghost_batches = spec.batchnorm_config().ghost_batches(rows).unwrap();
     BatchNormShape::new(n, c, 1).with_ghost_batches(ghost_batches)
+}
+
+/// The reference's view of a LayerNorm, GroupNorm or InstanceNorm layer's input.
+fn groups_of(layer: &LayerSpec, shape: SampleShape, rows: usize) -> reference::groupnorm::Groups {
+    let norm = layer.groupnorm_shape(rows, shape).unwrap();
+    reference::groupnorm::Groups {
+        samples: rows,
+        channels: norm.channels,
+        groups: norm.groups,
+    }
 }
 
 /// The gradient of `spatial::flatten`: each value back to its channels-last place.
@@ -104,6 +115,12 @@ fn reference_step(
                 )
                 .y
             }
+            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
+                next += 2;
+                let (gamma, beta) = (&params[next - 2], &params[next - 1]);
+                let groups = groups_of(layer, shape, rows);
+                reference::groupnorm::forward(&h, groups, gamma, beta, EPS).y
+            }
             LayerSpec::Relu => reference::activation::relu(&h),
             LayerSpec::Dropout { p } => dropout(index, p, &h),
             LayerSpec::MaxPool2d { window } => spatial::max_pool(&h, images(shape, rows), window),
@@ -139,6 +156,13 @@ fn reference_step(
                 grads[at + 1] = (g.dbeta, 0.0);
                 g.dx
             }
+            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
+                let groups = groups_of(layer, shape, rows);
+                let g = reference::groupnorm::backward(input, &dy, groups, &params[at], EPS);
+                grads[at] = (g.dgamma, 0.0);
+                grads[at + 1] = (g.dbeta, 0.0);
+                g.dx
+            }
             LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
             LayerSpec::Dropout { p } => dropout(index, p, &dy),
             LayerSpec::MaxPool2d { window } => {
@@ -151,9 +175,10 @@ fn reference_step(
     (logits, grads)
 }
 
-/// The stacks checked: MLPs with and without BatchNorm, a two-hidden-layer MLP, and two
+/// The stacks checked: MLPs with and without BatchNorm, a two-hidden-layer MLP, two
 /// convolutional nets that between them use every layer (BatchNorm2d, strided and padded
-/// convolutions, max and average pooling, dropout on images, a transposing flatten, BatchNorm1d).
+/// convolutions, max and average pooling, dropout on images, a transposing flatten, BatchNorm1d),
+/// and LayerNorm, GroupNorm and InstanceNorm on features and on images.
 fn specs() -> Vec<ModelSpec> {
     let mlp = |hidden: &[usize], batchnorm| ModelSpec::mlp(20, hidden, 5, batchnorm, 0.3).unwrap();
     let cnn = |image, arch| ModelSpec::from_arch(arch, image, BatchNormConfig::default()).unwrap();
@@ -174,8 +199,41 @@ fn specs() -> Vec<ModelSpec> {
             image(2, 5, 5),
             "conv3k3,bn,relu,dropout0.3,flatten,fc4,bn,relu,fc3",
         ),
+        cnn(
+            image(1, 6, 6),
+            "conv4k3p1,gn2,relu,conv6k3,in,relu,flatten,fc8,ln,relu,dropout0.3,fc3",
+        ),
+        cnn(
+            image(2, 4, 4),
+            "conv4k3p1,ln,relu,maxpool2,flatten,fc6,gn3,relu,fc3",
+        ),
     ]
 }
+
+// LayerNorm, GroupNorm and InstanceNorm normalize each sample by its own statistics, so a
+// forward in evaluation mode computes what one in training mode does, bit for bit.
+backend_test!(
+    groupnorm_layers_compute_the_same_in_train_and_eval_mode,
+    |backend, rng| {
+        let image = Image {
+            channels: 1,
+            height: 6,
+            width: 6,
+        };
+        let arch = "conv4k3p1,gn2,relu,conv4k3,in,relu,flatten,fc8,ln,relu,fc3";
+        let spec = ModelSpec::from_arch(arch, image, BatchNormConfig::default()).unwrap();
+        let host = HostModel::initial(&spec, Init::Torch, rng.random());
+        let x = normal(rng, 5 * spec.inputs(), 0.5, 1.0);
+        let mut model = Sequential::upload(backend, &spec, &host).unwrap();
+        let key = StepKey { seed: 1, step: 2 };
+        let logits = [Mode::Train, Mode::Eval].map(|mode| {
+            let xb = backend.upload(&x).unwrap();
+            let (logits, _) = model.forward(backend, mode, xb, 5, key).unwrap();
+            backend.download(&logits).unwrap()
+        });
+        assert_eq!(logits[0], logits[1], "{arch}: train and eval logits differ");
+    }
+);
 
 fn graph_backward_matches_chained_references<B: Compute>(
     backend: &B,

@@ -1,16 +1,18 @@
 //! `wgnorm compare`: a model family without and with BatchNorm (`mlp` and `mlp-bn`, or `cnn`
-//! and `cnn-bn`) under the same protocol, seeds and data, side by side, with mean ± standard
-//! deviation over `--repeats` seeds and learning curves.
+//! and `cnn-bn`), or with each normalization of `--norms`, under the same protocol, seeds and
+//! data, side by side, with mean ± standard deviation over `--repeats` seeds, a reading of each
+//! model against the first, and learning curves.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
-use super::run_args::{ModelChoice, RunArgs};
+use super::run_args::{RunArgs, RunModel, parse_norm};
 use crate::plot::{self, Line, Panel};
 use crate::report::{RunResult, first_epoch_reaching, read_difference, summarize};
 use wgnorm::Result;
+use wgnorm::graph::{Norm, Preset};
 
 /// The validation accuracy whose first epoch `compare` reports ("epochs to 97%").
 pub const TARGET_VAL_ACC: f64 = 0.97;
@@ -20,6 +22,10 @@ pub struct CompareArgs {
     /// The models compared: mlp and mlp-bn, or cnn and cnn-bn.
     #[arg(long, value_enum, default_value_t = Family::Mlp)]
     family: Family,
+    /// The family with each of these normalizations instead, comma-separated (bn, ln, gn:G,
+    /// in, none; e.g. bn,ln,gn:8,none); each is read against the first.
+    #[arg(long, value_delimiter = ',', value_parser = parse_norm)]
+    norms: Option<Vec<Norm>>,
     #[command(flatten)]
     run: RunArgs,
     /// Seeds per model: --seed, --seed + 1, ...
@@ -37,12 +43,16 @@ pub enum Family {
 }
 
 impl Family {
-    /// The model without BatchNorm, then the model with it.
-    fn models(self) -> [ModelChoice; 2] {
-        match self {
-            Family::Mlp => [ModelChoice::Mlp, ModelChoice::MlpBn],
-            Family::Cnn => [ModelChoice::Cnn, ModelChoice::CnnBn],
-        }
+    /// The family's model with each of `norms`, or without and with BatchNorm.
+    fn models(self, norms: Option<&[Norm]>) -> Vec<RunModel> {
+        let base = match self {
+            Family::Mlp => Preset::Mlp,
+            Family::Cnn => Preset::Cnn,
+        };
+        let norms = norms.unwrap_or(&[Norm::None, Norm::Batch]);
+        (norms.iter())
+            .map(|&norm| RunModel { base, norm })
+            .collect()
     }
 }
 
@@ -53,10 +63,29 @@ pub fn run(args: CompareArgs) -> Result<()> {
             "--repeats must be at least 1".to_string(),
         ));
     }
+    if args.run.norm.is_some() {
+        return Err(wgnorm::Error::InvalidArgument(
+            "compare takes --norms (the normalizations compared, comma-separated), not --norm"
+                .to_string(),
+        ));
+    }
+    let models = args.family.models(args.norms.as_deref());
+    let distinct: std::collections::BTreeSet<String> = models.iter().map(|m| m.name()).collect();
+    if models.len() < 2 || distinct.len() != models.len() {
+        return Err(wgnorm::Error::InvalidArgument(format!(
+            "--norms needs at least two different normalizations, got {}",
+            models
+                .iter()
+                .map(|m| m.norm.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )));
+    }
+    args.run.refuse_unused_batchnorm_flags(&models, "--norms")?;
     check_fresh(&args.out, "compare.json")?;
     let mut plan = Vec::new();
     for repeat in 0..args.repeats {
-        for model in args.family.models() {
+        for &model in &models {
             let mut config = args.run.config(model)?;
             config.seed = args.run.seed + repeat;
             let dir = args
@@ -65,9 +94,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
             plan.push(PlannedRun { model, config, dir });
         }
     }
-    let [without, with] = args.family.models();
-    let settings = args.run.config(with)?.settings()?;
-    let names = [without.name(), with.name()];
+    // The settings shown are those of a model with BatchNorm, where there is one.
+    let shown = (models.iter().find(|m| m.norm == Norm::Batch)).unwrap_or(&models[0]);
+    let settings = args.run.config(*shown)?.settings()?;
+    let owned: Vec<String> = models.iter().map(|m| m.name()).collect();
+    let names: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let names = names.as_slice();
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({
@@ -118,11 +150,17 @@ const MEASURES: [Measure; 7] = [
 ];
 
 /// The side-by-side table and a reading that states only what the numbers show.
-pub fn markdown(runs: &[RunResult], names: [&str; 2]) -> String {
+pub fn markdown(runs: &[RunResult], names: &[&str]) -> String {
+    let title = match names {
+        [without, with] if *with == format!("{without}-bn") => "BatchNorm comparison",
+        _ => "Normalization comparison",
+    };
+    let row = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
     let mut md = format!(
-        "# BatchNorm comparison\n\n| measure (final epoch) | {} | {} |\n| --- | --- | --- |\n",
-        names[0], names[1]
+        "# {title}\n\n| measure (final epoch) | {} |\n",
+        names.join(" | ")
     );
+    md += &row(&vec!["---".to_string(); names.len() + 1]);
     for (label, scale, decimals, measure) in MEASURES {
         let cells: Vec<String> = names
             .iter()
@@ -131,7 +169,7 @@ pub fn markdown(runs: &[RunResult], names: [&str; 2]) -> String {
                     .map_or("–".to_string(), |s| s.format(scale, decimals))
             })
             .collect();
-        md += &format!("| {label} | {} | {} |\n", cells[0], cells[1]);
+        md += &row(&[vec![label.to_string()], cells].concat());
     }
     let reach: Vec<String> = names
         .iter()
@@ -148,28 +186,30 @@ pub fn markdown(runs: &[RunResult], names: [&str; 2]) -> String {
             epochs.join(", ")
         })
         .collect();
-    md += &format!(
-        "| first epoch with val accuracy ≥ {:.0}% (per seed) | {} | {} |\n",
-        TARGET_VAL_ACC * 100.0,
-        reach[0],
-        reach[1]
+    let reach_label = format!(
+        "first epoch with val accuracy ≥ {:.0}% (per seed)",
+        TARGET_VAL_ACC * 100.0
     );
-    let seeds: Vec<String> = (runs_of(runs, names[1]))
+    md += &row(&[vec![reach_label], reach].concat());
+    let seeds: Vec<String> = (runs_of(runs, names[names.len() - 1]))
         .map(|r| r.seed.to_string())
         .collect();
     md += &format!(
         "\nSeeds: {}. Values are mean ± sample standard deviation over seeds.\n\n## Reading\n\n",
         seeds.join(", ")
     );
-    for (label, scale, decimals, measure) in MEASURES {
-        let (a, b) = (
-            values(runs, names[0], &measure),
-            values(runs, names[1], &measure),
-        );
-        if let Some(reading) = read_difference(&a, &b) {
-            let unit = if scale == 100.0 { " points" } else { "" };
-            let sentence = reading.sentence(label, (names[0], names[1]), scale, unit, decimals + 1);
-            md += &format!("- {sentence}\n");
+    for &other in &names[1..] {
+        for (label, scale, decimals, measure) in MEASURES {
+            let (a, b) = (
+                values(runs, names[0], &measure),
+                values(runs, other, &measure),
+            );
+            if let Some(reading) = read_difference(&a, &b) {
+                let unit = if scale == 100.0 { " points" } else { "" };
+                let sentence =
+                    reading.sentence(label, (names[0], other), scale, unit, decimals + 1);
+                md += &format!("- {sentence}\n");
+            }
         }
     }
     for run in runs.iter().filter(|r| r.diverged.is_some()) {
@@ -179,7 +219,7 @@ pub fn markdown(runs: &[RunResult], names: [&str; 2]) -> String {
 }
 
 /// Train and validation loss and accuracy per epoch, each model's mean over its seeds.
-fn curves(path: &std::path::Path, runs: &[RunResult], names: [&str; 2]) -> Result<()> {
+fn curves(path: &std::path::Path, runs: &[RunResult], names: &[&str]) -> Result<()> {
     type Pick = fn(&wgnorm::train::EpochRecord) -> Option<f64>;
     let panels: [(&str, &str, Pick); 4] = [
         ("training loss", "loss", |e| Some(e.train_loss)),
@@ -217,6 +257,6 @@ fn curves(path: &std::path::Path, runs: &[RunResult], names: [&str; 2]) -> Resul
                 .collect(),
         })
         .collect();
-    let title = format!("{} and {}", names[0], names[1]);
+    let title = names.join(", ");
     plot::panels(path, &title, &panels, 2)
 }

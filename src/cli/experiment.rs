@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::Device;
-use super::run_args::{ModelChoice, RunArgs, refuse_unreachable_train_limit};
+use super::run_args::{RunArgs, RunModel, refuse_unreachable_train_limit};
 use super::train::{RunOutcome, RunPlace, run_on};
 use crate::report::RunResult;
 use wgnorm::data::mnist::Mnist;
@@ -17,7 +17,7 @@ use wgnorm::{Error, Result};
 
 /// One run of an experiment, with the directory its own metrics and checkpoints go to.
 pub struct PlannedRun {
-    pub model: ModelChoice,
+    pub model: RunModel,
     pub config: TrainConfig,
     pub dir: PathBuf,
 }
@@ -77,7 +77,7 @@ fn run_planned<B: Compute>(
     );
     let mut results = Vec::new();
     for run in plan {
-        let name = run.model.name().to_string();
+        let name = run.model.name();
         overall.set_message(format!(
             "{name}, batch {}, lr {}, seed {}",
             run.config.batch_size,

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use super::{DataArgs, DeviceArgs};
 use wgnorm::backend::Dtype;
 use wgnorm::data::mnist::{CLASSES, Mnist};
-use wgnorm::graph::{Init, MNIST_IMAGE, ModelSpec, Preset};
+use wgnorm::graph::{Init, MNIST_IMAGE, ModelSpec, Norm, Preset};
 use wgnorm::ops::batchnorm::BatchNormConfig;
 use wgnorm::optim::OptimizerConfig;
 use wgnorm::train::{LrSchedule, TrainConfig};
@@ -37,10 +37,53 @@ impl ModelChoice {
         }
     }
 
-    /// Its name in reports and run folders.
+    /// Its name in reports.
     pub fn name(self) -> &'static str {
         self.preset().name()
     }
+
+    /// What a run trains: the preset, or its base (mlp or cnn) with `norm` where given.
+    pub fn with_norm(self, norm: Option<Norm>) -> Result<RunModel> {
+        let preset = self.preset();
+        match norm {
+            None => Ok(RunModel {
+                base: preset.base(),
+                norm: preset.norm(),
+            }),
+            Some(norm) if preset.norm() == Norm::None => Ok(RunModel { base: preset, norm }),
+            Some(norm) => Err(Error::InvalidArgument(format!(
+                "--norm sets the normalization of --model mlp or cnn, and --model {} has \
+                 BatchNorm already (use --model {} --norm {norm})",
+                preset.name(),
+                preset.base().name()
+            ))),
+        }
+    }
+}
+
+/// What one run trains: the MLP or the CNN with a normalization after each convolution and
+/// hidden Linear (or none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunModel {
+    /// `Preset::Mlp` or `Preset::Cnn`.
+    pub base: Preset,
+    pub norm: Norm,
+}
+
+impl RunModel {
+    /// Its name in reports and run folders: mlp, mlp-bn (the presets' names), mlp-ln,
+    /// cnn-gn8, ...
+    pub fn name(self) -> String {
+        match self.norm {
+            Norm::None => self.base.name().to_string(),
+            norm => format!("{}-{}", self.base.name(), norm.token()),
+        }
+    }
+}
+
+/// Parses a `--norm` value.
+pub fn parse_norm(text: &str) -> std::result::Result<Norm, String> {
+    text.parse::<Norm>().map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,6 +142,11 @@ pub struct RunArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub data: DataArgs,
+    /// The normalization after each convolution and hidden Linear of --model mlp or cnn: bn,
+    /// ln (LayerNorm), gn:G (GroupNorm, G groups), in (InstanceNorm, after convolutions only)
+    /// or none [default: the model's own].
+    #[arg(long, value_parser = parse_norm)]
+    pub norm: Option<Norm>,
     /// Train on the first N training images only (quick trials).
     #[arg(long)]
     train_limit: Option<usize>,
@@ -163,7 +211,7 @@ pub enum RunningVar {
 
 impl RunArgs {
     /// The run's configuration for the preset `model`, with --hidden and --dropout in its head.
-    pub fn config(&self, model: ModelChoice) -> Result<TrainConfig> {
+    pub fn config(&self, model: RunModel) -> Result<TrainConfig> {
         let hidden = self.hidden.clone().unwrap_or_else(|| vec![128]);
         let dropout = self.dropout.unwrap_or(0.2);
         if !(0.0..1.0).contains(&dropout) {
@@ -177,7 +225,14 @@ impl RunArgs {
             )));
         }
         let config = self.batchnorm_config()?;
-        let spec = (model.preset()).spec(MNIST_IMAGE, &hidden, CLASSES, dropout, config)?;
+        let spec = (model.base).spec_with_norm(
+            model.norm,
+            MNIST_IMAGE,
+            &hidden,
+            CLASSES,
+            dropout,
+            config,
+        )?;
         self.config_for(spec)
     }
 
@@ -187,11 +242,12 @@ impl RunArgs {
         for (flag, given) in [
             ("--hidden", self.hidden.is_some()),
             ("--dropout", self.dropout.is_some()),
+            ("--norm", self.norm.is_some()),
         ] {
             if given {
                 return Err(Error::InvalidArgument(format!(
                     "{flag} has no effect with --arch, which gives every layer (write the \
-                     widths and dropout into --arch)"
+                     widths, dropout and normalization layers into --arch)"
                 )));
             }
         }
@@ -336,10 +392,10 @@ impl RunArgs {
     /// layer: they would change nothing.
     pub fn refuse_unused_batchnorm_flags(
         &self,
-        models: &[ModelChoice],
+        models: &[RunModel],
         models_flag: &str,
     ) -> Result<()> {
-        if models.iter().any(|model| model.preset().batchnorm()) {
+        if models.iter().any(|model| model.norm == Norm::Batch) {
             return Ok(());
         }
         let given = [

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
-use super::run_args::{ModelChoice, RunArgs};
+use super::run_args::{ModelChoice, RunArgs, RunModel};
 use crate::plot::{self, Line, Panel};
 use crate::report::RunResult;
 use wgnorm::{Error, Result};
@@ -46,8 +46,11 @@ pub fn run(args: SweepArgs) -> Result<()> {
                 .to_string(),
         ));
     }
+    let models: Vec<RunModel> = (args.models.iter())
+        .map(|model| model.with_norm(args.run.norm))
+        .collect::<Result<_>>()?;
     args.run
-        .refuse_unused_batchnorm_flags(&args.models, "--models")?;
+        .refuse_unused_batchnorm_flags(&models, "--models")?;
     check_fresh(&args.out, "sweep.json")?;
     let lrs: Vec<Option<f64>> = if args.lrs.is_empty() {
         vec![args.run.lr]
@@ -55,7 +58,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         args.lrs.iter().copied().map(Some).collect()
     };
     let mut plan = Vec::new();
-    for &model in &args.models {
+    for &model in &models {
         for &lr in &lrs {
             for &batch_size in &args.batch_sizes {
                 let mut config = args.run.config(model)?;
@@ -74,7 +77,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         }
     }
     let heat = !args.lrs.is_empty();
-    let models: Vec<String> = args.models.iter().map(|&m| m.name().to_string()).collect();
+    let models: Vec<String> = models.iter().map(|m| m.name()).collect();
     let out = args.out.clone();
     let mut save = |runs: &[RunResult]| -> Result<()> {
         let json = serde_json::json!({ "runs": runs });

@@ -24,8 +24,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = ModelChoice::MlpBn)]
     model: ModelChoice,
     /// Any other stack, one comma-separated token per layer, in place of --model: fc<N>,
-    /// conv<C>k<K>[s<S>][p<P>], bn, relu, dropout<P>, maxpool<K>[s<S>], avgpool, flatten
-    /// (e.g. conv16k3p1,bn,relu,maxpool2,flatten,fc10).
+    /// conv<C>k<K>[s<S>][p<P>], bn, ln, gn<G>, in, relu, dropout<P>, maxpool<K>[s<S>],
+    /// avgpool, flatten (e.g. conv16k3p1,bn,relu,maxpool2,flatten,fc10).
     #[arg(long, conflicts_with = "model")]
     arch: Option<String>,
     #[command(flatten)]
@@ -71,8 +71,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let config = match &args.arch {
         Some(arch) => args.run.config_for_arch(arch)?,
         None => {
-            (args.run).refuse_unused_batchnorm_flags(&[args.model], "--model")?;
-            args.run.config(args.model)?
+            let model = args.model.with_norm(args.run.norm)?;
+            (args.run).refuse_unused_batchnorm_flags(&[model], "--model")?;
+            args.run.config(model)?
         }
     };
     config.validate()?;

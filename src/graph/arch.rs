@@ -5,6 +5,9 @@
 //! fc<N>                            Linear to N features
 //! conv<C>k<K>[s<S>][p<P>]          Conv2d to C channels, K×K kernel, stride S (1), padding P (0)
 //! bn                               BatchNorm1d on features, BatchNorm2d on images
+//! ln                               LayerNorm: per sample over all its values
+//! gn<G>                            GroupNorm: per sample and group of C/G channels
+//! in                               InstanceNorm2d: per sample and channel (images only)
 //! relu                             ReLU
 //! dropout<P>                       Dropout with probability P
 //! maxpool<K>[s<S>]                 MaxPool2d, K×K windows, stride S (K)
@@ -22,7 +25,8 @@ use crate::{Error, Result};
 
 /// The `--arch` grammar, as `--help` and errors show it.
 pub const ARCH_GRAMMAR: &str = "comma-separated layers: fc<N>, conv<C>k<K>[s<S>][p<P>], bn, \
-                                relu, dropout<P>, maxpool<K>[s<S>], avgpool, flatten";
+                                ln, gn<G>, in, relu, dropout<P>, maxpool<K>[s<S>], avgpool, \
+                                flatten";
 
 /// The architectures `--model` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +71,23 @@ impl Preset {
 
     /// Whether it has BatchNorm layers.
     pub fn batchnorm(self) -> bool {
-        matches!(self, Preset::MlpBn | Preset::CnnBn)
+        self.norm() == Norm::Batch
+    }
+
+    /// The normalization it places: BatchNorm for the `-bn` presets, none for the others.
+    pub fn norm(self) -> Norm {
+        match self {
+            Preset::MlpBn | Preset::CnnBn => Norm::Batch,
+            Preset::Mlp | Preset::Cnn => Norm::None,
+        }
+    }
+
+    /// The preset without its normalization: the MLP or the CNN.
+    pub fn base(self) -> Preset {
+        match self {
+            Preset::Mlp | Preset::MlpBn => Preset::Mlp,
+            Preset::Cnn | Preset::CnnBn => Preset::Cnn,
+        }
     }
 
     /// Its layers for `image` inputs, with `hidden` widths in the head, `classes` outputs and
@@ -80,11 +100,24 @@ impl Preset {
         p: f32,
         config: BatchNormConfig,
     ) -> Result<ModelSpec> {
-        let bn = self.batchnorm();
+        self.spec_with_norm(self.norm(), image, hidden, classes, p, config)
+    }
+
+    /// The layers of its base (the MLP or the CNN) with `norm` after each convolution and each
+    /// hidden Linear, where BatchNorm goes in the `-bn` presets. InstanceNorm normalizes
+    /// images only, so the head of a CNN has none and an MLP cannot take it.
+    pub fn spec_with_norm(
+        self,
+        norm: Norm,
+        image: Image,
+        hidden: &[usize],
+        classes: usize,
+        p: f32,
+        config: BatchNormConfig,
+    ) -> Result<ModelSpec> {
         let mut layers = Vec::new();
-        let input = match self {
-            Preset::Mlp | Preset::MlpBn => SampleShape::Flat(image.channels * image.positions()),
-            Preset::Cnn | Preset::CnnBn => {
+        let input = match self.base() {
+            Preset::Cnn => {
                 for outputs in [32, 64] {
                     let window = Window {
                         kernel: 3,
@@ -92,7 +125,7 @@ impl Preset {
                         padding: 1,
                     };
                     layers.push(LayerSpec::Conv2d { outputs, window });
-                    layers.extend(bn.then_some(LayerSpec::BatchNorm));
+                    layers.extend(norm.layer(true));
                     layers.push(LayerSpec::Relu);
                     let window = Window {
                         kernel: 2,
@@ -104,14 +137,95 @@ impl Preset {
                 layers.push(LayerSpec::Flatten);
                 SampleShape::Image(image)
             }
+            _ if norm == Norm::Instance => {
+                return Err(Error::InvalidArgument(
+                    "InstanceNorm normalizes each channel of an image over its positions; an \
+                     MLP's features have one value each (use the CNN, or ln or gn:G)"
+                        .to_string(),
+                ));
+            }
+            _ => SampleShape::Flat(image.channels * image.positions()),
         };
         for &outputs in hidden {
             layers.push(LayerSpec::Linear { outputs });
-            layers.extend(bn.then_some(LayerSpec::BatchNorm));
+            layers.extend(norm.layer(false));
             layers.extend([LayerSpec::Relu, LayerSpec::Dropout { p }]);
         }
         layers.push(LayerSpec::Linear { outputs: classes });
         ModelSpec::new(input, layers, config)
+    }
+}
+
+/// The normalization layer a preset places after each convolution and hidden Linear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// None.
+    None,
+    /// BatchNorm.
+    Batch,
+    /// LayerNorm.
+    Layer,
+    /// GroupNorm with this many groups.
+    Group(usize),
+    /// InstanceNorm (after convolutions only).
+    Instance,
+}
+
+impl Norm {
+    /// How `--norm` and `--norms` write them.
+    pub const GRAMMAR: &str = "bn, ln, gn:G (G groups), in or none";
+
+    /// Its layer after a convolution (`on_images`) or a hidden Linear.
+    fn layer(self, on_images: bool) -> Option<LayerSpec> {
+        match self {
+            Norm::None => None,
+            Norm::Batch => Some(LayerSpec::BatchNorm),
+            Norm::Layer => Some(LayerSpec::LayerNorm),
+            Norm::Group(groups) => Some(LayerSpec::GroupNorm { groups }),
+            Norm::Instance => on_images.then_some(LayerSpec::InstanceNorm),
+        }
+    }
+
+    /// Its name in model names and folders: bn, ln, gn8, in, or none.
+    pub fn token(self) -> String {
+        match self {
+            Norm::None => "none".to_string(),
+            Norm::Group(groups) => format!("gn{groups}"),
+            other => other
+                .layer(true)
+                .map_or(String::new(), |layer| layer.to_string()),
+        }
+    }
+}
+
+impl std::str::FromStr for Norm {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let groups = text.strip_prefix("gn:").map(|g| g.parse::<usize>());
+        Ok(match (text, groups) {
+            ("bn", _) => Norm::Batch,
+            ("ln", _) => Norm::Layer,
+            ("in", _) => Norm::Instance,
+            ("none", _) => Norm::None,
+            (_, Some(Ok(groups))) if groups > 0 => Norm::Group(groups),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "normalization `{text}`: expected {}",
+                    Self::GRAMMAR
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for Norm {
+    /// As `--norm` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Norm::Group(groups) => write!(f, "gn:{groups}"),
+            other => f.write_str(&other.token()),
+        }
     }
 }
 
@@ -165,10 +279,11 @@ impl ModelSpec {
         let spatial_first = layers
             .iter()
             .find(|layer| {
-                !matches!(
-                    layer,
-                    LayerSpec::BatchNorm | LayerSpec::Relu | LayerSpec::Dropout { .. }
-                )
+                !(layer.is_groupnorm()
+                    || matches!(
+                        layer,
+                        LayerSpec::BatchNorm | LayerSpec::Relu | LayerSpec::Dropout { .. }
+                    ))
             })
             .is_some_and(|layer| !matches!(layer, LayerSpec::Linear { .. }));
         let input = if spatial_first {
@@ -219,6 +334,9 @@ impl fmt::Display for LayerSpec {
                 Ok(())
             }
             LayerSpec::BatchNorm => write!(f, "bn"),
+            LayerSpec::LayerNorm => write!(f, "ln"),
+            LayerSpec::GroupNorm { groups } => write!(f, "gn{groups}"),
+            LayerSpec::InstanceNorm => write!(f, "in"),
             LayerSpec::Relu => write!(f, "relu"),
             LayerSpec::Dropout { p } => write!(f, "dropout{p}"),
             LayerSpec::MaxPool2d { window } => {
@@ -284,12 +402,18 @@ fn parse_token(token: &str) -> Result<LayerSpec> {
     const FC: &str = "fc<features>, e.g. fc128";
     const CONV: &str = "conv<channels>k<kernel>[s<stride>][p<padding>], e.g. conv32k3p1";
     const POOL: &str = "maxpool<kernel>[s<stride>], e.g. maxpool2";
+    const GN: &str = "gn<groups>, e.g. gn8";
     const DROPOUT: &str = "dropout<p> with p in [0, 1), e.g. dropout0.2";
     Ok(match token {
         "bn" => LayerSpec::BatchNorm,
+        "ln" => LayerSpec::LayerNorm,
+        "in" => LayerSpec::InstanceNorm,
         "relu" => LayerSpec::Relu,
         "avgpool" => LayerSpec::AvgPool,
         "flatten" => LayerSpec::Flatten,
+        _ if token.starts_with("gn") => LayerSpec::GroupNorm {
+            groups: positive(Some(&token[2..])).ok_or_else(|| expected(GN))?,
+        },
         _ if token.starts_with("fc") => LayerSpec::Linear {
             outputs: positive(Some(&token[2..])).ok_or_else(|| expected(FC))?,
         },

@@ -8,7 +8,8 @@ use crate::{Error, Result};
 /// in f64: with σ = √(running_var + eps), each output's weights w' = w·γ/σ and bias
 /// b' = (b − μ)·γ/σ + β. The folded model computes what the original does in eval mode (to f32
 /// rounding) and has no running statistics. A BatchNorm after anything else cannot be folded and
-/// is refused, naming it.
+/// is refused, naming it. LayerNorm, GroupNorm and InstanceNorm, whose statistics are the
+/// input's own, stay as they are.
 pub fn fold_batchnorm(spec: &ModelSpec, model: &HostModel) -> Result<(ModelSpec, HostModel)> {
     model.check(spec)?;
     let eps = f64::from(spec.batchnorm_config().eps());
@@ -54,6 +55,10 @@ pub fn fold_batchnorm(spec: &ModelSpec, model: &HostModel) -> Result<(ModelSpec,
                 )));
             }
             _ => {
+                if layer.is_groupnorm() {
+                    params.extend_from_slice(&model.params[next_param..next_param + 2]);
+                    next_param += 2;
+                }
                 folded_layers.push(layer);
                 at += 1;
             }

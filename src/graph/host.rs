@@ -10,7 +10,7 @@ use crate::{Error, Result};
 /// fan-out = outputs·k² (k = 1 for Linear): Keras' `glorot_uniform` (weights
 /// U(±sqrt(6/(fan-in + fan-out))), zero biases) or PyTorch's default (weights and biases
 /// U(±1/sqrt(fan-in))). BatchNorm starts at γ = 1, β = 0, running mean 0, running variance 1
-/// in both.
+/// in both; LayerNorm, GroupNorm and InstanceNorm at γ = 1, β = 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
@@ -53,7 +53,7 @@ impl HostModel {
                     let area = window.kernel * window.kernel;
                     (image.channels * area, outputs * area)
                 }
-                (LayerSpec::BatchNorm, _) => {
+                (layer, _) if layer == LayerSpec::BatchNorm || layer.is_groupnorm() => {
                     let features = match input {
                         SampleShape::Flat(features) => features,
                         SampleShape::Image(image) => image.channels,

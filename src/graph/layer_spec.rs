@@ -2,6 +2,7 @@
 //! for its input, the tensors it learns, and its PyTorch module.
 
 use crate::ops::batchnorm::BatchNormConfig;
+use crate::ops::groupnorm::{GroupNormShape, check_shape};
 use crate::ops::spatial::{ImageShape, Window};
 use crate::{Error, Result};
 
@@ -90,6 +91,17 @@ pub enum LayerSpec {
     },
     /// BatchNorm1d on flat features, BatchNorm2d (per channel over every position) on images.
     BatchNorm,
+    /// LayerNorm: per sample over all of its values, with a scale and shift per feature
+    /// (channel). PyTorch's `nn.LayerNorm` on features and `nn.GroupNorm(1, C)` on images.
+    LayerNorm,
+    /// GroupNorm: per sample and group of neighbouring channels (`nn.GroupNorm`).
+    GroupNorm {
+        /// Groups of channels; it divides the channels.
+        groups: usize,
+    },
+    /// InstanceNorm: per sample and channel over its positions, on images
+    /// (`nn.InstanceNorm2d(C, affine=True)`).
+    InstanceNorm,
     /// max(x, 0).
     Relu,
     /// Inverted dropout.
@@ -158,8 +170,42 @@ impl LayerSpec {
                 let image = image("flatten")?;
                 SampleShape::Flat(image.channels * image.positions())
             }
+            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
+                if *self == LayerSpec::InstanceNorm {
+                    image("InstanceNorm")?;
+                }
+                if let Some(shape) = self.groupnorm_shape(1, input) {
+                    check_shape(shape)?;
+                }
+                input
+            }
             LayerSpec::BatchNorm | LayerSpec::Relu | LayerSpec::Dropout { .. } => input,
         })
+    }
+
+    /// Whether it is a normalization with per-sample statistics (LayerNorm, GroupNorm or
+    /// InstanceNorm), which keeps no running statistics.
+    pub fn is_groupnorm(&self) -> bool {
+        matches!(
+            self,
+            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm
+        )
+    }
+
+    /// The GroupNorm shape of `samples` samples of `input`, if it is one of those
+    /// normalizations.
+    pub fn groupnorm_shape(&self, samples: usize, input: SampleShape) -> Option<GroupNormShape> {
+        let (positions, channels) = match input {
+            SampleShape::Flat(features) => (1, features),
+            SampleShape::Image(image) => (image.positions(), image.channels),
+        };
+        let groups = match *self {
+            LayerSpec::LayerNorm => 1,
+            LayerSpec::GroupNorm { groups } => groups,
+            LayerSpec::InstanceNorm => channels,
+            _ => return None,
+        };
+        Some(GroupNormShape::new(samples, positions, channels, groups))
     }
 
     /// The shapes of its weight and bias for `input`, PyTorch's, if it learns any.
@@ -170,7 +216,7 @@ impl LayerSpec {
                 vec![outputs, image.channels, window.kernel, window.kernel],
                 vec![outputs],
             ]),
-            (LayerSpec::BatchNorm, _) => {
+            (layer, _) if layer == LayerSpec::BatchNorm || layer.is_groupnorm() => {
                 let features = batchnorm_features(input);
                 Some([vec![features], vec![features]])
             }
@@ -213,6 +259,17 @@ impl LayerSpec {
                     )
                 }
             }
+            LayerSpec::LayerNorm => match input {
+                SampleShape::Flat(features) => format!("nn.LayerNorm({features})"),
+                SampleShape::Image(image) => format!("nn.GroupNorm(1, {})", image.channels),
+            },
+            LayerSpec::GroupNorm { groups } => {
+                format!("nn.GroupNorm({groups}, {})", batchnorm_features(input))
+            }
+            LayerSpec::InstanceNorm => format!(
+                "nn.InstanceNorm2d({}, affine=True)",
+                batchnorm_features(input)
+            ),
             LayerSpec::Relu => "nn.ReLU()".to_string(),
             LayerSpec::Dropout { p } => format!("nn.Dropout({p})"),
             LayerSpec::MaxPool2d { window } => {
@@ -224,7 +281,8 @@ impl LayerSpec {
     }
 }
 
-/// Features a BatchNorm normalizes: each flat feature, or each channel of an image.
+/// Features a BatchNorm (or a LayerNorm, GroupNorm, InstanceNorm) scales and shifts: each flat
+/// feature, or each channel of an image.
 pub(super) fn batchnorm_features(input: SampleShape) -> usize {
     match input {
         SampleShape::Flat(features) => features,

@@ -7,6 +7,7 @@ use crate::ops::activation::{Activation, DropoutMask};
 use crate::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
+use crate::ops::groupnorm::{GROUPNORM_EPS, GroupNormShape};
 use crate::ops::matmul::{MatrixLayout, Store};
 use crate::{Dtype, Error, Result};
 
@@ -246,6 +247,70 @@ impl<B: Compute> BatchNorm<B> {
                 ));
             }
         }
+        Ok(grads)
+    }
+}
+
+/// LayerNorm, GroupNorm or InstanceNorm over channels-last activations: statistics per sample
+/// (and group), the same in training and evaluation, so it takes no mode and keeps no running
+/// statistics.
+pub struct GroupNorm<B: Backend> {
+    /// Its γ and β, one per feature (channel).
+    pub affine: Affine<B>,
+    /// The layout of one sample, `samples` = 1.
+    pub(super) sample: GroupNormShape,
+}
+
+/// The input and the statistics it was normalized with.
+pub struct GroupNormSaved<B: Backend> {
+    input: B::Buffer,
+    stats: B::Buffer,
+}
+
+impl<B: Compute> GroupNorm<B> {
+    fn shape(&self, rows: usize) -> GroupNormShape {
+        GroupNormShape {
+            samples: rows,
+            ..self.sample
+        }
+    }
+
+    pub(super) fn forward(
+        &self,
+        backend: &B,
+        x: B::Buffer,
+        rows: usize,
+    ) -> Result<(B::Buffer, GroupNormSaved<B>)> {
+        let shape = self.shape(rows);
+        let mut out = BatchNormForward {
+            y: backend.scratch_as(shape.numel(), backend.dtype_of(&x))?,
+            stats: backend.scratch(shape.stats_len())?,
+        };
+        backend.groupnorm_forward(&x, shape, &self.affine, GROUPNORM_EPS, &mut out)?;
+        let saved = GroupNormSaved {
+            input: x,
+            stats: out.stats,
+        };
+        Ok((out.y, saved))
+    }
+
+    pub(super) fn backward(
+        &self,
+        backend: &B,
+        saved: GroupNormSaved<B>,
+        dy: &B::Buffer,
+        rows: usize,
+        dgamma: B::Buffer,
+        dbeta: B::Buffer,
+    ) -> Result<BatchNormGrads<B>> {
+        let shape = self.shape(rows);
+        let mut grads = BatchNormGrads {
+            dx: backend.scratch(shape.numel())?,
+            dgamma,
+            dbeta,
+        };
+        let (x, gamma, stats) = (&saved.input, &self.affine.gamma, &saved.stats);
+        backend.groupnorm_backward(x, dy, shape, gamma, stats, &mut grads)?;
         Ok(grads)
     }
 }

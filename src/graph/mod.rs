@@ -14,13 +14,14 @@ mod layers;
 mod spec;
 mod tensors;
 
-pub use arch::{ARCH_GRAMMAR, MNIST_IMAGE, Preset, parse_layers};
+pub use arch::{ARCH_GRAMMAR, MNIST_IMAGE, Norm, Preset, parse_layers};
 pub use fold::fold_batchnorm;
 pub use host::{HostModel, HostRunning, Init};
 pub use image_layers::{Conv2d, Conv2dSaved, MaxPool2d, MaxPoolSaved};
 pub use layer_spec::{Image, LayerSpec, SampleShape};
 pub use layers::{
-    BatchNorm, BatchNormSaved, DropoutSaved, Linear, LinearGrads, LinearSaved, ReluSaved,
+    BatchNorm, BatchNormSaved, DropoutSaved, GroupNorm, GroupNormSaved, Linear, LinearGrads,
+    LinearSaved, ReluSaved,
 };
 pub use spec::{BatchNormLayer, ModelSpec, ParamSpec};
 
@@ -40,6 +41,8 @@ pub enum Layer<B: Backend> {
     Conv2d(Conv2d<B>),
     /// BatchNorm over the features, or over each channel's positions.
     BatchNorm(BatchNorm<B>),
+    /// LayerNorm, GroupNorm or InstanceNorm: statistics per sample (and group).
+    GroupNorm(GroupNorm<B>),
     /// y = max(x, 0).
     Relu,
     /// Inverted dropout in training, the identity in eval mode.
@@ -59,6 +62,7 @@ enum Saved<B: Backend> {
     Linear(LinearSaved<B>),
     Conv2d(Conv2dSaved<B>),
     BatchNorm(BatchNormSaved<B>),
+    GroupNorm(GroupNormSaved<B>),
     Relu(ReluSaved<B>),
     Dropout(DropoutSaved),
     MaxPool2d(MaxPoolSaved<B>),
@@ -219,6 +223,10 @@ impl<B: Compute> Sequential<B> {
                     let (y, s) = bn.forward(backend, mode, h, rows, activation)?;
                     (y, Saved::BatchNorm(s))
                 }
+                Layer::GroupNorm(norm) => {
+                    let (y, s) = norm.forward(backend, h, rows)?;
+                    (y, Saved::GroupNorm(s))
+                }
                 Layer::Relu if saved_batchnorm_activation(&saved) => (h, Saved::ReluInBatchNorm),
                 Layer::Relu => {
                     let fused = masks.get(index + 1).copied().flatten();
@@ -328,6 +336,15 @@ impl<B: Compute> Sequential<B> {
                     let activated = following_input.take();
                     let grads =
                         bn.backward(backend, s, activated.as_ref(), &dy, rows, dgamma, dbeta)?;
+                    grads_reversed.push(grads.dbeta);
+                    grads_reversed.push(grads.dgamma);
+                    grads.dx
+                }
+                (Layer::GroupNorm(norm), Saved::GroupNorm(s)) => {
+                    following_input = None;
+                    let dbeta = next_slot()?;
+                    let dgamma = next_slot()?;
+                    let grads = norm.backward(backend, s, &dy, rows, dgamma, dbeta)?;
                     grads_reversed.push(grads.dbeta);
                     grads_reversed.push(grads.dgamma);
                     grads.dx

@@ -3,8 +3,8 @@
 //! gradients and the optimizer share.
 
 use super::{
-    BatchNorm, Compute, Conv2d, HostModel, HostRunning, Layer, LayerSpec, Linear, MaxPool2d,
-    ModelSpec, ParamSpec, SampleShape, Sequential,
+    BatchNorm, Compute, Conv2d, GroupNorm, HostModel, HostRunning, Layer, LayerSpec, Linear,
+    MaxPool2d, ModelSpec, ParamSpec, SampleShape, Sequential,
 };
 use crate::ops::batchnorm::{Affine, RunningStats};
 use crate::{Dtype, Error, Result};
@@ -110,6 +110,17 @@ impl<B: Compute> Sequential<B> {
                         config: spec.batchnorm_config(),
                     })
                 }
+                LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
+                    Layer::GroupNorm(GroupNorm {
+                        affine: Affine {
+                            gamma: next_param()?,
+                            beta: next_param()?,
+                        },
+                        sample: layer.groupnorm_shape(1, input).ok_or_else(|| {
+                            Error::Shape(format!("{layer} has no GroupNorm shape"))
+                        })?,
+                    })
+                }
                 LayerSpec::Relu => Layer::Relu,
                 LayerSpec::Dropout { p } => Layer::Dropout { p },
                 LayerSpec::MaxPool2d { window } => Layer::MaxPool2d(MaxPool2d {
@@ -144,6 +155,7 @@ impl<B: Compute> Sequential<B> {
                 Layer::Linear(linear) | Layer::Conv2d(Conv2d { linear, .. }) => {
                     tensors.extend([&linear.weight, &linear.bias])
                 }
+                Layer::GroupNorm(norm) => tensors.extend([&norm.affine.gamma, &norm.affine.beta]),
                 Layer::BatchNorm(bn) => {
                     tensors.extend([&bn.affine.gamma, &bn.affine.beta]);
                     running.extend([&bn.running.mean, &bn.running.var]);
@@ -193,9 +205,10 @@ impl<B: Compute> Sequential<B> {
                     params.push(&mut linear.weight);
                     params.push(&mut linear.bias);
                 }
-                Layer::BatchNorm(bn) => {
-                    params.push(&mut bn.affine.gamma);
-                    params.push(&mut bn.affine.beta);
+                Layer::BatchNorm(BatchNorm { affine, .. })
+                | Layer::GroupNorm(GroupNorm { affine, .. }) => {
+                    params.push(&mut affine.gamma);
+                    params.push(&mut affine.beta);
                 }
                 _ => {}
             }

@@ -104,6 +104,13 @@ pub fn export(spec: &ModelSpec, model: &HostModel, opset: i64) -> Result<Vec<u8>
                 ];
                 ("BatchNormalization", attributes)
             }
+            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {index} (`{layer}`): ONNX export covers Linear, convolution, \
+                     BatchNorm, ReLU, dropout and pooling layers, not LayerNorm, GroupNorm or \
+                     InstanceNorm (the safetensors checkpoint loads into PyTorch)"
+                )));
+            }
             LayerSpec::Relu => ("Relu", Vec::new()),
             LayerSpec::Dropout { .. } => continue,
             LayerSpec::MaxPool2d { window } => {

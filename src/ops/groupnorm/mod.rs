@@ -34,6 +34,10 @@ use crate::ops::batchnorm::{
 use crate::ops::{check_len, check_u32_indexable};
 use crate::{Dtype, Error, Result};
 
+/// The eps of PyTorch's `nn.LayerNorm`, `nn.GroupNorm` and `nn.InstanceNorm2d`, which the
+/// models' normalization layers use.
+pub const GROUPNORM_EPS: f32 = 1e-5;
+
 /// x as N samples of P positions of C channels, channels last, normalized per sample and group
 /// of C/G neighbouring channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
