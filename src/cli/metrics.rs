@@ -25,7 +25,7 @@ impl MetricsFile<'_> {
         let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
         let json = serde_json::json!({
             "dataset": self.dataset,
-            "model": self.config.spec.preset().map_or("custom", |preset| preset.name()),
+            "model": self.config.spec.preset_name().unwrap_or_else(|| "custom".to_string()),
             "arch": self.config.spec.arch(),
             "architecture": self.config.spec.torch_module(),
             "device": self.device,

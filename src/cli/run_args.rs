@@ -74,10 +74,7 @@ impl RunModel {
     /// Its name in reports and run folders: mlp, mlp-bn (the presets' names), mlp-ln,
     /// cnn-gn8, ...
     pub fn name(self) -> String {
-        match self.norm {
-            Norm::None => self.base.name().to_string(),
-            norm => format!("{}-{}", self.base.name(), norm.token()),
-        }
+        self.base.name_with(self.norm)
     }
 }
 

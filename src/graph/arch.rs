@@ -90,6 +90,15 @@ impl Preset {
         }
     }
 
+    /// The name of its base with `norm`: mlp, mlp-bn (the presets' own names), mlp-ln,
+    /// cnn-gn8, ...
+    pub fn name_with(self, norm: Norm) -> String {
+        match norm {
+            Norm::None => self.base().name().to_string(),
+            norm => format!("{}-{}", self.base().name(), norm.token()),
+        }
+    }
+
     /// Its layers for `image` inputs, with `hidden` widths in the head, `classes` outputs and
     /// dropout `p` after each hidden ReLU.
     pub fn spec(
@@ -184,6 +193,17 @@ impl Norm {
             Norm::Group(groups) => Some(LayerSpec::GroupNorm { groups }),
             Norm::Instance => on_images.then_some(LayerSpec::InstanceNorm),
         }
+    }
+
+    /// The normalization `layer` is, if it is one.
+    fn of(layer: LayerSpec) -> Option<Norm> {
+        Some(match layer {
+            LayerSpec::BatchNorm => Norm::Batch,
+            LayerSpec::LayerNorm => Norm::Layer,
+            LayerSpec::GroupNorm { groups } => Norm::Group(groups),
+            LayerSpec::InstanceNorm => Norm::Instance,
+            _ => return None,
+        })
     }
 
     /// Its name in model names and folders: bn, ln, gn8, in, or none.
@@ -300,14 +320,20 @@ impl ModelSpec {
         tokens.join(",")
     }
 
-    /// The preset this spec is, with 128 hidden units and dropout 0.2 on MNIST-sized inputs.
-    pub fn preset(&self) -> Option<Preset> {
-        [Preset::Mlp, Preset::MlpBn, Preset::Cnn, Preset::CnnBn]
-            .into_iter()
-            .find(|&preset| {
-                let reference = ModelSpec::reference(preset);
-                reference.layers() == self.layers() && reference.input() == self.input()
-            })
+    /// The name of the preset this spec is, with its normalization (mlp, mlp-bn, cnn-ln,
+    /// ...), with 128 hidden units and dropout 0.2 on MNIST-sized inputs.
+    pub fn preset_name(&self) -> Option<String> {
+        let norm = (self.layers().iter())
+            .find_map(|&layer| Norm::of(layer))
+            .unwrap_or(Norm::None);
+        [Preset::Mlp, Preset::Cnn].into_iter().find_map(|base| {
+            let config = BatchNormConfig::default();
+            let reference = base
+                .spec_with_norm(norm, MNIST_IMAGE, &[128], 10, 0.2, config)
+                .ok()?;
+            (reference.layers() == self.layers() && reference.input() == self.input())
+                .then(|| base.name_with(norm))
+        })
     }
 }
 

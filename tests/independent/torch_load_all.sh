@@ -2,8 +2,9 @@
 # Every kind of architecture wgnorm builds, trained briefly and exported, must load into PyTorch
 # strictly and score there as `wgnorm eval` scores it (tests/independent/torch_eval.py --expect).
 # Covers the presets, convolutions with stride and without padding, overlapping max pooling,
-# global average pooling, BatchNorm with non-default eps and momentum, an f16 export, a GPU-trained
-# model and Fashion-MNIST.
+# global average pooling, BatchNorm with non-default eps and momentum, LayerNorm (nn.LayerNorm on
+# features, nn.GroupNorm(1, C) on images), GroupNorm and InstanceNorm, an f16 export, GPU-trained
+# models and Fashion-MNIST.
 #
 #     tests/independent/torch_load_all.sh [PYTHON] [DATA_ROOT]
 #
@@ -37,5 +38,8 @@ check cnn-bn-gpu mnist model.safetensors --device gpu --model cnn-bn
 check cnn-bn-fashion fashion-mnist model.safetensors --device cpu --model cnn-bn
 check strided mnist model.safetensors --device cpu --bn-eps 1e-3 --bn-momentum 0.01 \
     --arch conv8k5s2,bn,relu,maxpool3s2,conv16k3p1,bn,relu,avgpool,flatten,fc10
+check norms mnist model.safetensors --device cpu \
+    --arch conv8k3p1,gn4,relu,maxpool2,conv16k3p1,in,relu,maxpool2,flatten,fc32,ln,relu,fc10
+check cnn-ln-gpu mnist model.safetensors --device gpu --model cnn --norm ln
 check f16 mnist model.f16.safetensors --device cpu --model cnn-bn --export-dtype f16
 echo "PyTorch loads and scores every architecture as wgnorm eval does"
