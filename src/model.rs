@@ -219,6 +219,7 @@ impl<B: Compute> Classifier<B> {
             x,
             labels,
             &mut self.metrics,
+            None,
         )?;
         backend.flush()
     }

@@ -170,6 +170,7 @@ fn several_steps_per_submission_create_nothing_once_warm() {
                 batch,
                 &labels,
                 &mut metrics,
+                None,
             )
             .unwrap();
         }

@@ -75,7 +75,7 @@ fn reference_step(
     x: &[f32],
     labels: &[usize],
     key: StepKey,
-) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
+) -> StepReference {
     let rows = labels.len();
     let params: Vec<Vec<f64>> = host.params.iter().map(|p| f64s(p)).collect();
     let (layers, shapes) = (spec.layers(), spec.shapes());
@@ -131,6 +131,7 @@ fn reference_step(
     let logits = h;
     let (_, mut dy, _) = reference::loss::softmax_cross_entropy(&logits, labels, spec.classes());
     let mut grads = vec![(Vec::new(), 0.0); params.len()];
+    let mut input_grads = vec![Vec::new(); layers.len()];
     for (index, layer) in layers.iter().enumerate().rev() {
         let (input, shape, at) = (&inputs[index], shapes[index], param_at[index]);
         dy = match *layer {
@@ -171,8 +172,22 @@ fn reference_step(
             LayerSpec::AvgPool => spatial::avg_pool_backward(&dy, images(shape, rows)),
             LayerSpec::Flatten => unflatten(&dy, images(shape, rows)),
         };
+        input_grads[index] = dy.clone();
     }
-    (logits, grads)
+    StepReference {
+        logits,
+        grads,
+        input_grads,
+    }
+}
+
+/// What `reference_step` computes.
+struct StepReference {
+    logits: Vec<f64>,
+    /// Per parameter, its gradient and the size of the terms summed into it.
+    grads: Vec<(Vec<f64>, f64)>,
+    /// Per layer, the gradient reaching its input.
+    input_grads: Vec<Vec<f64>>,
 }
 
 /// The stacks checked: MLPs with and without BatchNorm, a two-hidden-layer MLP, two
@@ -252,7 +267,7 @@ fn graph_backward_matches_chained_references<B: Compute>(
             seed: rng.random(),
             step: rng.random_range(0..1000),
         };
-        let (logits_ref, grads_ref) = reference_step(&spec, &host, &x, &labels, key);
+        let expected = reference_step(&spec, &host, &x, &labels, key);
 
         let mut model = Sequential::upload(backend, &spec, &host).unwrap();
         let xb = backend.upload(&x).unwrap();
@@ -273,12 +288,36 @@ fn graph_backward_matches_chained_references<B: Compute>(
         assert_close(
             &format!("{arch} logits"),
             &backend.download(&logits).unwrap(),
-            &logits_ref,
+            &expected.logits,
             1e-5,
         );
-        let grads = model.backward(backend, tape, dlogits).unwrap();
-        assert_eq!(grads.len(), grads_ref.len());
-        for ((param, grad), (reference, terms)) in spec.params().iter().zip(&grads).zip(&grads_ref)
+        // The gradient reaching each Linear and convolution input after the first, as shown.
+        let mut observed = Vec::new();
+        let grads = model
+            .backward_observed(backend, tape, dlogits, &mut |index, dx| {
+                observed.push((index, backend.download(dx)?));
+                Ok(())
+            })
+            .unwrap();
+        let weighted: Vec<usize> = (spec.layers().iter().enumerate())
+            .filter(|(index, layer)| {
+                *index > 0 && matches!(layer, LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. })
+            })
+            .map(|(index, _)| index)
+            .rev()
+            .collect();
+        let shown: Vec<usize> = observed.iter().map(|(index, _)| *index).collect();
+        assert_eq!(
+            shown, weighted,
+            "{arch}: the layers whose input gradient is shown"
+        );
+        for (index, dx) in &observed {
+            let what = format!("layer {index} input gradient ({arch})");
+            assert_close(&what, dx, &expected.input_grads[*index], 1e-4);
+        }
+        assert_eq!(grads.len(), expected.grads.len());
+        for ((param, grad), (reference, terms)) in
+            spec.params().iter().zip(&grads).zip(&expected.grads)
         {
             let what = format!("{} grad ({arch})", param.name);
             let out = backend.download(grad).unwrap();

@@ -20,6 +20,7 @@ use wgnorm::ops::matmul::{
 };
 use wgnorm::ops::optimizer::OptimizerParams;
 use wgnorm::ops::spatial::SpatialParams;
+use wgnorm::ops::sum_squares::SumSquaresParams;
 
 fn parse_as(shader: Shader, storage: Storage) -> naga::Module {
     let source = shader.module_source(storage);
@@ -259,6 +260,10 @@ fn uniform_layouts_match_rust() {
     assert_eq!(
         wgsl_struct(Shader::Spatial, "SpatialParams"),
         rust_layout!(SpatialParams: len, channels, height, width, out_height, out_width, kernel, stride, padding, _pad0, _pad1, _pad2)
+    );
+    assert_eq!(
+        wgsl_struct(Shader::SumSquares, "SumSquaresParams"),
+        rust_layout!(SumSquaresParams: len, slot, _pad0, _pad1)
     );
     assert_eq!(
         wgsl_struct(Shader::Bandwidth, "StreamParams"),

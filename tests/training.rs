@@ -204,6 +204,7 @@ fn short_run<B: Compute>(
         lr_schedule: wgnorm::train::LrSchedule::Constant,
         warmup_epochs: 0,
         patience: None,
+        log_grad_norms: None,
     };
     let mut trainer = Trainer::new(backend, config, data).unwrap();
     let mut reports = 0;

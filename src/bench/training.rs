@@ -67,6 +67,7 @@ impl<B: Compute> SyntheticStep<B> {
             x,
             &labels,
             &mut self.metrics,
+            None,
         )
     }
 

@@ -4,8 +4,11 @@ use std::path::Path;
 
 use wgnorm::Result;
 use wgnorm::data::write_atomically;
+use wgnorm::graph::ModelSpec;
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::{EarlyStop, EpochRecord, TrainConfig};
+use wgnorm::train::{EarlyStop, EpochRecord, GradNormLayout, TrainConfig};
+
+use crate::plot::{self, Line, Panel};
 
 /// `metrics.json` and `metrics.csv` of a run.
 pub struct MetricsFile<'a> {
@@ -41,6 +44,14 @@ impl MetricsFile<'_> {
                 .map(|(epoch, _)| epoch),
             "train_seconds": train_seconds,
         });
+        let mut json = json;
+        if let Some(every) = self.config.log_grad_norms {
+            let layout = GradNormLayout::of(&self.config.spec);
+            json["grad_norm_every"] = every.into();
+            json["grad_norm_names"] = layout.names().into();
+            let plot = out.join("grad_norms.png");
+            grad_norm_plot(&plot, &self.config.spec, &layout, history)?;
+        }
         let text = serde_json::to_string_pretty(&json)?;
         write_atomically(&out.join("metrics.json"), |file| {
             use std::io::Write;
@@ -70,4 +81,45 @@ impl MetricsFile<'_> {
             Ok(())
         })
     }
+}
+
+/// The logged gradient norms over the steps on a log scale: each layer's weight (γ for a
+/// normalization) in one panel, the gradient reaching each Linear and convolution input in
+/// the other, one line per layer.
+fn grad_norm_plot(
+    path: &Path,
+    spec: &ModelSpec,
+    layout: &GradNormLayout,
+    history: &[EpochRecord],
+) -> Result<()> {
+    let records: Vec<_> = history.iter().flat_map(|r| &r.grad_norms).collect();
+    let panel = |title: &str, suffix: &str| Panel {
+        title: title.to_string(),
+        x_label: "step".to_string(),
+        y_label: "L2 norm".to_string(),
+        log2_x: false,
+        log10_y: true,
+        lines: (layout.names().iter().enumerate())
+            .filter(|(_, name)| name.ends_with(suffix))
+            .map(|(at, name)| Line {
+                // `3.weight` (fc128): the layer's `--arch` token beside its state_dict name.
+                label: match name.split('.').next().and_then(|i| i.parse::<usize>().ok()) {
+                    Some(index) => format!("{name} ({})", spec.layers()[index]),
+                    None => name.clone(),
+                },
+                points: (records.iter())
+                    .map(|r| (r.step as f64, r.norms[at]))
+                    .filter(|&(_, norm)| norm > 0.0 && norm.is_finite())
+                    .collect(),
+            })
+            .collect(),
+    };
+    let panels = [
+        panel("gradient of each weight", ".weight"),
+        panel(
+            "gradient reaching each Linear and convolution input",
+            ".input",
+        ),
+    ];
+    plot::panels(path, "gradient norms", &panels, 2)
 }

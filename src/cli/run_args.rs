@@ -190,6 +190,11 @@ pub struct RunArgs {
     /// best epoch's model is kept as best.safetensors beside the last one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     patience: Option<u64>,
+    /// Every N steps, the L2 norm of each parameter's gradient and of the gradient reaching
+    /// each Linear and convolution layer's input, summed on the device: into metrics.json
+    /// (each epoch's `grad_norms`) and grad_norms.png.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    log_grad_norms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -320,6 +325,7 @@ impl RunArgs {
             lr_schedule,
             warmup_epochs: self.warmup_epochs.unwrap_or(0),
             patience: self.patience.map(|p| p as usize),
+            log_grad_norms: self.log_grad_norms,
         })
     }
 }

@@ -63,6 +63,7 @@ catalogue! {
     Data => ("data.wgsl", include_str!("../../shaders/data.wgsl")),
     Spatial => ("spatial.wgsl", include_str!("../../shaders/spatial.wgsl")),
     Bandwidth => ("bandwidth.wgsl", include_str!("../../shaders/bandwidth.wgsl")),
+    SumSquares => ("sum_squares.wgsl", include_str!("../../shaders/sum_squares.wgsl")),
 }
 
 catalogue! {
@@ -97,6 +98,7 @@ catalogue! {
     AvgPoolBackward => (Shader::Spatial, "avg_pool_backward"),
     Transpose => (Shader::Spatial, "transpose"),
     Stream => (Shader::Bandwidth, "stream"),
+    SumSquares => (Shader::SumSquares, "sum_squares"),
 }
 
 catalogue! {

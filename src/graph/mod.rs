@@ -266,6 +266,18 @@ impl<B: Compute> Sequential<B> {
         tape: Tape<B>,
         dlogits: B::Buffer,
     ) -> Result<Vec<B::Buffer>> {
+        self.backward_observed(backend, tape, dlogits, &mut |_, _| Ok(()))
+    }
+
+    /// `backward`, showing `observe(index, dx)` the gradient reaching the input of each Linear
+    /// and convolution layer after the first, as it is computed.
+    pub fn backward_observed(
+        &self,
+        backend: &B,
+        tape: Tape<B>,
+        dlogits: B::Buffer,
+        observe: &mut dyn FnMut(usize, &B::Buffer) -> Result<()>,
+    ) -> Result<Vec<B::Buffer>> {
         if tape.mode != Mode::Train {
             return Err(Error::InvalidArgument(
                 "backward needs the tape of a training-mode forward; this one ran in eval mode, \
@@ -311,7 +323,10 @@ impl<B: Compute> Sequential<B> {
                     grads_reversed.push(grads.bias);
                     grads_reversed.push(grads.weight);
                     match dx {
-                        Some(dx) => dx,
+                        Some(dx) => {
+                            observe(index, &dx)?;
+                            dx
+                        }
                         None => break,
                     }
                 }

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod matmul;
 pub mod optimizer;
 pub mod spatial;
+pub mod sum_squares;
 
 use crate::backend::Backend;
 use crate::{Error, Result};
@@ -30,6 +31,7 @@ pub trait Compute:
     + optimizer::OptimizerOps
     + data::DataOps
     + spatial::SpatialOps
+    + sum_squares::SumSquaresOps
 {
 }
 
@@ -44,6 +46,7 @@ impl<T> Compute for T where
         + optimizer::OptimizerOps
         + data::DataOps
         + spatial::SpatialOps
+        + sum_squares::SumSquaresOps
 {
 }
 

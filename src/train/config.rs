@@ -42,6 +42,10 @@ pub struct TrainConfig {
     /// of the settings when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patience: Option<usize>,
+    /// Log gradient norms every this many steps (`GradNormLog`). Logging changes nothing the
+    /// run computes, so it is not one of the settings a resumed run must share.
+    #[serde(skip)]
+    pub log_grad_norms: Option<u64>,
 }
 
 fn is_constant(schedule: &LrSchedule) -> bool {
@@ -70,6 +74,7 @@ impl TrainConfig {
             lr_schedule: LrSchedule::Constant,
             warmup_epochs: 0,
             patience: None,
+            log_grad_norms: None,
         }
     }
 
@@ -120,6 +125,11 @@ impl TrainConfig {
             return Err(Error::InvalidArgument(
                 "early stopping watches the validation loss, but the validation split is 0"
                     .to_string(),
+            ));
+        }
+        if self.log_grad_norms == Some(0) {
+            return Err(Error::InvalidArgument(
+                "gradient norms are logged every N steps, N at least 1".to_string(),
             ));
         }
         if self.train_limit == Some(0) {

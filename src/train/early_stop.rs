@@ -52,6 +52,7 @@ mod tests {
                 seconds: 0.0,
                 training_seconds: 0.0,
                 lr: 1e-3,
+                grad_norms: Vec::new(),
             })
             .collect()
     }

@@ -21,6 +21,7 @@ use crate::{Error, Result};
 
 mod config;
 mod early_stop;
+mod grad_norms;
 mod lr;
 mod recalibrate;
 mod resume;
@@ -28,6 +29,7 @@ mod schedule;
 
 pub use config::TrainConfig;
 pub use early_stop::EarlyStop;
+pub use grad_norms::{GradNormLayout, GradNormLog, GradNormRecord};
 pub use lr::{LrPlan, LrSchedule};
 pub use recalibrate::{Recalibration, recalibrate};
 
@@ -82,13 +84,19 @@ pub struct EpochRecord {
     /// The learning rate of the epoch's last step.
     #[serde(default)]
     pub lr: f64,
+    /// The gradient norms of the epoch's logged steps (`TrainConfig::log_grad_norms`), named
+    /// by `GradNormLayout::names`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grad_norms: Vec<GradNormRecord>,
 }
 
 /// One training step on a batch already on the device (`x` rows × inputs, consumed; one class
 /// index per row in `labels`): forward in training mode with dropout keyed by `seed` and the
 /// optimizer's step count, softmax cross-entropy added to `metrics`, backward, the optimizer's
-/// update. Recorded, and submitted without waiting every `Backend::steps_per_submission`-th
-/// step; `Backend::flush` or any read (a progress report) submits the steps recorded since.
+/// update, and the gradients' norms into `grad_norms` where given and the step is one it logs.
+/// Recorded, and submitted without waiting every `Backend::steps_per_submission`-th step;
+/// `Backend::flush` or any read (a progress report) submits the steps recorded since.
+#[allow(clippy::too_many_arguments)]
 pub fn train_on_batch<B: Compute>(
     backend: &B,
     model: &mut Sequential<B>,
@@ -97,6 +105,7 @@ pub fn train_on_batch<B: Compute>(
     x: B::Buffer,
     labels: &B::Buffer,
     metrics: &mut B::Buffer,
+    grad_norms: Option<&mut GradNormLog<B>>,
 ) -> Result<()> {
     let rows = backend.len_of(labels);
     let classes = model.spec.classes();
@@ -110,7 +119,10 @@ pub fn train_on_batch<B: Compute>(
         let (logits, tape) = model.forward(backend, Mode::Train, x, rows, key)?;
         let mut dlogits = backend.scratch(rows * classes)?;
         backend.softmax_cross_entropy(&logits, labels, classes, Some(&mut dlogits), metrics)?;
-        let grads = model.backward(backend, tape, dlogits)?;
+        let grads = match grad_norms {
+            Some(log) => log.backward(backend, model, optimizer.steps, tape, dlogits)?,
+            None => model.backward(backend, tape, dlogits)?,
+        };
         optimizer.step(backend, model.params_mut(), &grads)?;
     }
     if optimizer
@@ -140,6 +152,8 @@ pub struct Trainer<'b, B: Compute> {
     pub epochs_done: usize,
     /// One record per finished epoch.
     pub history: Vec<EpochRecord>,
+    /// The epoch's gradient-norm log, while an epoch that logs them runs.
+    grad_norms: Option<GradNormLog<B>>,
 }
 
 impl<'b, B: Compute> Trainer<'b, B> {
@@ -206,6 +220,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             config,
             epochs_done,
             history,
+            grad_norms: None,
         })
     }
 
@@ -250,6 +265,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             x,
             &labels,
             metrics,
+            self.grad_norms.as_mut(),
         )
     }
 
@@ -271,6 +287,16 @@ impl<'b, B: Compute> Trainer<'b, B> {
             self.config.drop_last,
         );
         let rates = self.config.lr_plan(plan.len());
+        self.grad_norms = match self.config.log_grad_norms {
+            Some(every) => Some(GradNormLog::new(
+                self.backend,
+                &self.config.spec,
+                every,
+                self.optimizer.steps,
+                plan.len(),
+            )?),
+            None => None,
+        };
         let mut lr = self.optimizer.config.lr();
         let mut last_read = Instant::now();
         for (step, &(first, rows)) in plan.iter().enumerate() {
@@ -286,6 +312,10 @@ impl<'b, B: Compute> Trainer<'b, B> {
             report(step + 1, totals)?;
         }
         let train = self.read_totals(&metrics, epoch)?;
+        let grad_norms = match self.grad_norms.take() {
+            Some(log) => log.read(self.backend)?,
+            None => Vec::new(),
+        };
         let training_seconds = started.elapsed().as_secs_f64();
         let validation = match &self.validation {
             Some((index, rows)) => Some(evaluate(
@@ -315,6 +345,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             lr,
             resident_bytes: crate::host_memory::resident(),
             device_buffers: self.backend.device_buffers(),
+            grad_norms,
         };
         self.epochs_done += 1;
         self.history.push(record.clone());
