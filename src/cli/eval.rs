@@ -7,11 +7,12 @@ use clap::Args;
 use super::{DataArgs, Device, DeviceArgs};
 use wgnorm::checkpoint;
 use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
+use wgnorm::data::shift::Shift;
 use wgnorm::graph::{Compute, Sequential, StepKey};
 use wgnorm::ops::batchnorm::Mode;
 use wgnorm::ops::data::{DeviceImages, IndexList};
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::{evaluate, inference_rows};
+use wgnorm::train::{evaluate, evaluate_with_batch_statistics, inference_rows};
 use wgnorm::{Dtype, Error, Result};
 
 #[derive(Args)]
@@ -33,6 +34,15 @@ pub struct EvalArgs {
     /// Also the accuracy on each class, named as the dataset names it.
     #[arg(long)]
     per_class: bool,
+    /// Also the test accuracy with each BatchNorm normalizing every batch of B test images by
+    /// the batch's own statistics, as in training (dropout off; a last partial batch left
+    /// out): how far the running statistics are from what training normalized with.
+    #[arg(long, value_name = "B")]
+    batch_stats: Option<usize>,
+    /// Shift the test images first: brightness:D adds D to every pixel (in [0, 1]),
+    /// contrast:F scales every pixel by F; clamped to [0, 1].
+    #[arg(long, value_parser = super::parse_shift)]
+    shift: Option<Shift>,
 }
 
 /// Correct predictions and images of one class of the test set.
@@ -45,17 +55,33 @@ struct ClassCount {
 pub fn run(args: EvalArgs) -> Result<()> {
     args.device.check()?;
     let saved = load_mnist_model(&args.checkpoint)?;
-    let data = args.data.load()?;
-    let (totals, per_class, adapter) = match args.device.open()? {
-        Device::Gpu(gpu) => {
-            let (totals, per_class) = test_on(&gpu, &saved, &data, args.dtype, args.per_class)?;
-            (totals, per_class, gpu.adapter().name.clone())
-        }
-        Device::Cpu(cpu) => {
-            let (totals, per_class) = test_on(&cpu, &saved, &data, args.dtype, args.per_class)?;
-            (totals, per_class, "cpu".to_string())
-        }
+    if args.batch_stats.is_some() && !saved.spec.has_batchnorm() {
+        return Err(Error::InvalidArgument(format!(
+            "--batch-stats has no effect: {} has no BatchNorm layer",
+            args.checkpoint.display()
+        )));
+    }
+    let mut data = args.data.load()?;
+    if let Some(shift) = args.shift {
+        shift.apply(&mut data.test.images);
+    }
+    let asked = Asked {
+        dtype: args.dtype,
+        per_class: args.per_class,
+        batch_stats: args.batch_stats,
     };
+    let (scores, adapter) = match args.device.open()? {
+        Device::Gpu(gpu) => {
+            let scores = test_on(&gpu, &saved, &data, asked)?;
+            (scores, gpu.adapter().name.clone())
+        }
+        Device::Cpu(cpu) => (test_on(&cpu, &saved, &data, asked)?, "cpu".to_string()),
+    };
+    let Scores {
+        totals,
+        per_class,
+        batch_stats,
+    } = scores;
     let names = args.data.dataset().class_names();
     let accuracy = |count: &ClassCount| count.correct as f64 / count.images.max(1) as f64;
     if args.json {
@@ -68,6 +94,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
             // A count, which the metrics buffer carries as a float.
             "images": totals.samples as u64,
         });
+        if let Some(shift) = args.shift {
+            json["shift"] = shift.to_string().into();
+        }
+        if let (Some(batch), Some(stats)) = (args.batch_stats, batch_stats) {
+            json["batch_stats"] = serde_json::json!({
+                "batch": batch,
+                "test_loss": stats.mean_loss(),
+                "test_acc": stats.accuracy(),
+                "images": stats.samples as u64,
+            });
+        }
         if let Some(counts) = &per_class {
             json["per_class"] = (names.iter().zip(counts))
                 .map(|(name, count)| {
@@ -88,6 +125,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             totals.accuracy(),
             totals.samples
         );
+        if let (Some(batch), Some(stats)) = (args.batch_stats, batch_stats) {
+            println!(
+                "with batch statistics over batches of {batch}: test loss {:.4} acc {:.4} ({} \
+                 images)",
+                stats.mean_loss(),
+                stats.accuracy(),
+                stats.samples
+            );
+        }
         for (name, count) in names.iter().zip(per_class.iter().flatten()) {
             println!(
                 "  {name:<12} acc {:.4} ({} of {})",
@@ -100,25 +146,54 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The test set's loss totals, and with `per_class` each class's counts.
+/// What `eval` measures besides the test loss and accuracy.
+#[derive(Clone, Copy)]
+struct Asked {
+    dtype: Dtype,
+    per_class: bool,
+    batch_stats: Option<usize>,
+}
+
+/// The test set's loss totals, each class's counts and the totals with batch statistics, where
+/// asked.
+struct Scores {
+    totals: LossTotals,
+    per_class: Option<Vec<ClassCount>>,
+    batch_stats: Option<LossTotals>,
+}
+
 fn test_on<B: Compute>(
     backend: &B,
     saved: &checkpoint::ModelCheckpoint,
     data: &Mnist,
-    dtype: Dtype,
-    per_class: bool,
-) -> Result<(LossTotals, Option<Vec<ClassCount>>)> {
-    let dtype = super::storage_or_f32(backend, dtype, "evaluating");
+    asked: Asked,
+) -> Result<Scores> {
+    let dtype = super::storage_or_f32(backend, asked.dtype, "evaluating");
     let mut model = Sequential::upload_for_inference(backend, &saved.spec, &saved.model, dtype)?;
     let images = backend.upload_images(&data.test.images, PIXELS, &data.test.labels)?;
     let index: Vec<u32> = (0..data.test.len() as u32).collect();
     let index = backend.upload_indices(&index)?;
     let totals = evaluate(backend, &mut model, &images, &index, data.test.len())?;
-    let counts = match per_class {
+    let per_class = match asked.per_class {
         true => Some(class_counts(backend, &mut model, &images, &index, data)?),
         false => None,
     };
-    Ok((totals, counts))
+    let batch_stats = match asked.batch_stats {
+        Some(batch) => Some(evaluate_with_batch_statistics(
+            backend,
+            &mut model,
+            &images,
+            &index,
+            data.test.len(),
+            batch,
+        )?),
+        None => None,
+    };
+    Ok(Scores {
+        totals,
+        per_class,
+        batch_stats,
+    })
 }
 
 /// Each class's correct predictions (the first maximum of the logits, as the loss kernel and

@@ -298,6 +298,11 @@ fn parse_dtype(value: &str) -> std::result::Result<wgnorm::Dtype, String> {
     }
 }
 
+/// `--shift brightness:D|contrast:F`.
+fn parse_shift(value: &str) -> std::result::Result<wgnorm::data::shift::Shift, String> {
+    value.parse().map_err(|e: Error| e.to_string())
+}
+
 fn exit_code(error: &Error) -> u8 {
     match error {
         Error::Interrupted(_) => 130,

@@ -9,6 +9,7 @@ use super::eval::load_mnist_model;
 use super::{DataArgs, Device, DeviceArgs};
 use wgnorm::checkpoint::{self, MODEL_FILE};
 use wgnorm::data::mnist::{Mnist, PIXELS, Split};
+use wgnorm::data::shift::Shift;
 use wgnorm::graph::{Compute, Sequential};
 use wgnorm::ops::data::DeviceImages;
 use wgnorm::train::{Recalibration, evaluate, recalibrate, split_point};
@@ -42,6 +43,11 @@ pub struct RecalibrateArgs {
     /// Print one JSON object instead of lines of text.
     #[arg(long)]
     json: bool,
+    /// Shift every image first (training, validation and test): brightness:D adds D to every
+    /// pixel (in [0, 1]), contrast:F scales every pixel by F; clamped to [0, 1]. The statistics
+    /// are then re-estimated on shifted images, as on data that moved after training.
+    #[arg(long, value_parser = super::parse_shift)]
+    shift: Option<Shift>,
 }
 
 /// Validation (where the split holds any) and test accuracy of one model.
@@ -79,7 +85,11 @@ pub fn run(args: RecalibrateArgs) -> Result<()> {
             target.display()
         )));
     }
-    let data = args.data.load()?;
+    let mut data = args.data.load()?;
+    if let Some(shift) = args.shift {
+        shift.apply(&mut data.train.images);
+        shift.apply(&mut data.test.images);
+    }
     let train_rows = split_point(data.train.len(), args.val_split);
     let plan = Recalibration {
         batches: args.batches,
@@ -106,6 +116,7 @@ pub fn run(args: RecalibrateArgs) -> Result<()> {
             "val_acc_after": after.validation,
             "test_acc_before": before.test,
             "test_acc_after": after.test,
+            "shift": args.shift.map(|shift| shift.to_string()),
         });
         println!("{json}");
         return Ok(());

@@ -5,6 +5,7 @@ pub mod download;
 pub mod mnist;
 #[cfg(feature = "cli")]
 pub mod npy;
+pub mod shift;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

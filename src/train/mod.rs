@@ -21,6 +21,7 @@ use crate::{Error, Result};
 
 mod config;
 mod early_stop;
+mod evaluate;
 mod grad_norms;
 mod lr;
 mod recalibrate;
@@ -29,6 +30,7 @@ mod schedule;
 
 pub use config::TrainConfig;
 pub use early_stop::EarlyStop;
+pub use evaluate::{evaluate, evaluate_with_batch_statistics};
 pub use grad_norms::{GradNormLayout, GradNormLog, GradNormRecord};
 pub use lr::{LrPlan, LrSchedule};
 pub use recalibrate::{Recalibration, recalibrate};
@@ -380,29 +382,4 @@ impl<'b, B: Compute> Trainer<'b, B> {
             self.test_set.rows,
         )
     }
-}
-
-/// Loss and accuracy of `model` in inference mode on rows `0..rows` of `index` into `images`.
-pub fn evaluate<B: Compute>(
-    backend: &B,
-    model: &mut Sequential<B>,
-    images: &DeviceImages<B>,
-    index: &IndexList<B>,
-    rows: usize,
-) -> Result<LossTotals> {
-    let classes = model.spec.classes();
-    let mut metrics = backend.filled(metric::LEN, 0.0)?;
-    let no_dropout = StepKey { seed: 0, step: 0 };
-    // Any number of rows per pass gives the same results; the binding limit caps it.
-    let per_pass = inference_rows(backend, &model.spec)?;
-    for first in (0..rows).step_by(per_pass) {
-        let len = per_pass.min(rows - first);
-        let mut x = backend.scratch(len * images.row_len)?;
-        let mut labels = backend.scratch(len)?;
-        backend.gather(images, index, first, &mut x, &mut labels)?;
-        let (logits, _) = model.forward(backend, Mode::Eval, x, len, no_dropout)?;
-        backend.softmax_cross_entropy(&logits, &labels, classes, None, &mut metrics)?;
-        backend.flush()?;
-    }
-    LossTotals::from_metrics(&backend.download(&metrics)?)
 }
