@@ -15,6 +15,10 @@ pub struct RunResult {
     pub epochs: Vec<EpochRecord>,
     pub test_loss: Option<f64>,
     pub test_acc: Option<f64>,
+    /// With BatchNorm: the test accuracy with each test batch (of the training batch size)
+    /// normalized by its own statistics instead of the running ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc_batch_stats: Option<f64>,
     /// Why the run stopped early (a non-finite loss), if it did.
     pub diverged: Option<String>,
     /// Mean wall time of an epoch, validation included.

@@ -155,7 +155,7 @@ fn sweep_writes_one_row_per_run_and_reports_divergence() {
     assert_eq!(diverged, [1000.0]);
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert!(
-        md.contains("| mlp-bn | 32 | 1000 | diverged | diverged |"),
+        md.contains("| mlp-bn | 32 | 1000 | 0 | diverged | diverged |"),
         "{md}"
     );
     // A heat map: its cells are colored.
@@ -200,8 +200,11 @@ fn ctrl_c_stops_a_sweep_and_keeps_the_finished_rows() {
     let runs = json(&results)["runs"].as_array().unwrap().len();
     assert!((1..10).contains(&runs), "{runs} of 10 runs kept");
     let md = std::fs::read_to_string(dir.path().join("sweep/sweep.md")).unwrap();
+    // One row per finished run in the table of runs, ahead of the summary over seeds.
+    let (per_run, _) = md.split_once("## Over seeds").unwrap();
     assert_eq!(
-        md.lines()
+        per_run
+            .lines()
             .filter(|l| l.starts_with("| mlp-bn |") || l.starts_with("| mlp |"))
             .count(),
         runs

@@ -213,3 +213,65 @@ fn compare_puts_each_normalization_side_by_side() {
     }
     assert_png_shows_curves(&out.join("curves.png"), 2);
 }
+
+#[test]
+fn sweep_crosses_normalizations_batch_sizes_and_seeds() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |extra: &[&str]| {
+        let mut args = vec![
+            "sweep",
+            "--device",
+            "cpu",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        wgnorm(&args, dir.path())
+    };
+    let output = sweep(&[
+        "--norms",
+        "bn,ln",
+        "--batch-sizes",
+        "4,8",
+        "--repeats",
+        "2",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--out",
+        "sweep",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let out = dir.path().join("sweep");
+    let runs = json(&out.join("sweep.json"))["runs"].clone();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 8, "2 normalizations x 2 batch sizes x 2 seeds");
+    for run in runs {
+        // Only BatchNorm has statistics that a test batch can replace.
+        let batchnorm = run["model"] == "mlp-bn";
+        assert_eq!(run["test_acc_batch_stats"].is_f64(), batchnorm, "{run}");
+    }
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(md.contains("## Over seeds"), "{md}");
+    for row in ["| mlp-bn | 4 | 0.001 | 2 |", "| mlp-ln | 8 | 0.001 | 2 |"] {
+        assert!(md.contains(row), "{row} not in {md}");
+    }
+    assert_png_shows_curves(&out.join("sweep.png"), 2);
+    for (args, needle) in [
+        (
+            &["--norm", "ln", "--norms", "bn"][..],
+            "--norm has no effect beside --norms",
+        ),
+        (
+            &["--models", "mlp-bn", "--norms", "ln"],
+            "has BatchNorm already",
+        ),
+        (&["--repeats", "0"], "--repeats"),
+    ] {
+        assert_one_line_error(&sweep(args), 2, needle);
+    }
+}

@@ -131,7 +131,7 @@ fn values(
 
 type Measure = (&'static str, f64, usize, fn(&RunResult) -> Option<f64>);
 
-const MEASURES: [Measure; 7] = [
+const MEASURES: [Measure; 8] = [
     ("train loss", 1.0, 4, |r| {
         r.last_epoch().map(|e| e.train_loss)
     }),
@@ -146,6 +146,12 @@ const MEASURES: [Measure; 7] = [
     }),
     ("test loss", 1.0, 4, |r| r.test_loss),
     ("test accuracy (%)", 100.0, 2, |r| r.test_acc),
+    (
+        "test accuracy, BatchNorm with batch statistics (%)",
+        100.0,
+        2,
+        |r| r.test_acc_batch_stats,
+    ),
     ("seconds per epoch", 1.0, 2, |r| r.seconds_per_epoch),
 ];
 

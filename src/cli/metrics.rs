@@ -24,6 +24,7 @@ impl MetricsFile<'_> {
         out: &Path,
         history: &[EpochRecord],
         test: Option<LossTotals>,
+        test_batch_stats: Option<LossTotals>,
     ) -> Result<()> {
         let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
         let json = serde_json::json!({
@@ -39,6 +40,7 @@ impl MetricsFile<'_> {
             "epochs": history,
             "test_loss": test.map(|t| t.mean_loss()),
             "test_acc": test.map(|t| t.accuracy()),
+            "test_acc_batch_stats": test_batch_stats.map(|t| t.accuracy()),
             "best_epoch": (self.config.patience)
                 .and_then(|patience| EarlyStop::of(history, patience).best)
                 .map(|(epoch, _)| epoch),

@@ -123,6 +123,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
 pub struct RunOutcome {
     pub history: Vec<EpochRecord>,
     pub test: LossTotals,
+    /// With BatchNorm, the test totals with each batch's own statistics.
+    pub test_batch_stats: Option<LossTotals>,
 }
 
 /// Where a run's files go and what it runs on, for humans and metrics.
@@ -254,7 +256,7 @@ pub fn run_on<B: Compute>(
         {
             keep_as_best(out)?;
         }
-        metrics.write(out, &trainer.history, None)?;
+        metrics.write(out, &trainer.history, None, None)?;
     }
     let test = trainer.test()?;
     if !test.loss_sum.is_finite() {
@@ -264,18 +266,28 @@ pub fn run_on<B: Compute>(
             out.display()
         )));
     }
+    let test_batch_stats = trainer.test_with_batch_statistics()?;
     multi.suspend(|| {
         println!(
             "test loss {:.4} acc {:.4} ({} images)",
             test.mean_loss(),
             test.accuracy(),
             test.samples
-        )
+        );
+        if let Some(stats) = test_batch_stats {
+            println!(
+                "test acc {:.4} with BatchNorm's statistics from each batch of {} instead of \
+                 the running ones",
+                stats.accuracy(),
+                trainer.config.batch_size
+            );
+        }
     });
-    metrics.write(out, &trainer.history, Some(test))?;
+    metrics.write(out, &trainer.history, Some(test), test_batch_stats)?;
     Ok(RunOutcome {
         history: trainer.history,
         test,
+        test_batch_stats,
     })
 }
 

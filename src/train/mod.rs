@@ -372,6 +372,25 @@ impl<'b, B: Compute> Trainer<'b, B> {
         Ok(totals)
     }
 
+    /// With BatchNorm, loss and accuracy on the test set in batches of the training batch size,
+    /// each normalized by its own statistics (`evaluate_with_batch_statistics`); `None`
+    /// without BatchNorm.
+    pub fn test_with_batch_statistics(&mut self) -> Result<Option<LossTotals>> {
+        let batch = self.config.batch_size;
+        if !self.model.spec.has_batchnorm() || batch > self.test_set.rows {
+            return Ok(None);
+        }
+        evaluate_with_batch_statistics(
+            self.backend,
+            &mut self.model,
+            &self.test_set,
+            &self.test_index,
+            self.test_set.rows,
+            batch,
+        )
+        .map(Some)
+    }
+
     /// Loss and accuracy on the test set, with BatchNorm and dropout in inference mode.
     pub fn test(&mut self) -> Result<LossTotals> {
         evaluate(
