@@ -136,6 +136,10 @@ pub fn panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
                 let y = if log10 { 10f64.powf(*y) } else { *y };
                 if y.abs() >= 100.0 {
                     format!("{y:.0}")
+                } else if y != 0.0 && y.abs() < 0.01 {
+                    // A log scale over orders of magnitude (gradient norms) reaches far below
+                    // what three decimals show.
+                    format!("{y:.1e}")
                 } else {
                     format!("{y:.3}")
                 }
