@@ -11,10 +11,11 @@ mod host;
 mod image_layers;
 mod layer_spec;
 mod layers;
+mod presets;
 mod spec;
 mod tensors;
 
-pub use arch::{ARCH_GRAMMAR, MNIST_IMAGE, Norm, Preset, parse_layers};
+pub use arch::{ARCH_GRAMMAR, parse_layers};
 pub use fold::fold_batchnorm;
 pub use host::{HostModel, HostRunning, Init};
 pub use image_layers::{Conv2d, Conv2dSaved, MaxPool2d, MaxPoolSaved};
@@ -23,6 +24,7 @@ pub use layers::{
     BatchNorm, BatchNormSaved, DropoutSaved, GroupNorm, GroupNormSaved, Linear, LinearGrads,
     LinearSaved, ReluSaved,
 };
+pub use presets::{MNIST_IMAGE, Norm, Preset};
 pub use spec::{BatchNormLayer, ModelSpec, ParamSpec};
 
 use crate::backend::Backend;
