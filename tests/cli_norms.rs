@@ -16,7 +16,12 @@ fn json(path: &Path) -> serde_json::Value {
 
 /// Trains `model_args` for one epoch on 1024 images on `device`, then checks the name and
 /// layers metrics.json and the checkpoint record and that `eval` scores it as `train` did.
-fn trains_and_evaluates(device: &str, model_args: &[&str], name: &str, torch_module: &str) {
+fn trains_and_evaluates(
+    device: &str,
+    model_args: &[&str],
+    name: &str,
+    torch_module: &str,
+) -> tempfile::TempDir {
     let data = shared_mnist().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec![
@@ -63,6 +68,7 @@ fn trains_and_evaluates(device: &str, model_args: &[&str], name: &str, torch_mod
     assert!(scored.status.success(), "{scored:?}");
     let scored: serde_json::Value = serde_json::from_slice(&scored.stdout).unwrap();
     assert_eq!(scored["test_acc"].as_f64(), Some(test_acc), "{scored}");
+    dir
 }
 
 #[test]
@@ -70,13 +76,28 @@ fn the_mlp_trains_with_layernorm_on_the_cpu() {
     if shared_mnist().is_none() {
         return;
     }
-    trains_and_evaluates(
+    let dir = trains_and_evaluates(
         "cpu",
         &["--model", "mlp", "--norm", "ln"],
         "mlp-ln",
         "nn.Sequential(nn.Linear(784, 128), nn.LayerNorm(128), nn.ReLU(), nn.Dropout(0.2), \
          nn.Linear(128, 10))",
     );
+    // ONNX export covers BatchNorm, not these: refused naming the layer, nothing written.
+    let model = "run/model.safetensors";
+    for args in [
+        &["export", "--checkpoint", model, "--onnx", "model.onnx"][..],
+        &["recalibrate", "--checkpoint", model, "--out", "recal"],
+        &["eval", "--checkpoint", model, "--batch-stats", "32"],
+    ] {
+        let output = wgnorm(args, dir.path());
+        let needle = match args[0] {
+            "export" => "layer 1 (`ln`)",
+            _ => "no BatchNorm layer",
+        };
+        assert_one_line_error(&output, 2, needle);
+    }
+    assert!(!dir.path().join("model.onnx").exists());
 }
 
 #[test]
@@ -84,7 +105,7 @@ fn the_mlp_trains_with_groupnorm_on_the_gpu() {
     if shared_mnist().is_none() || gpu().is_none() {
         return;
     }
-    trains_and_evaluates(
+    let _ = trains_and_evaluates(
         "gpu",
         &["--model", "nobn", "--norm", "gn:8"],
         "mlp-gn8",
@@ -98,7 +119,7 @@ fn the_cnn_trains_with_instancenorm_on_the_cpu() {
     if shared_mnist().is_none() {
         return;
     }
-    trains_and_evaluates(
+    let _ = trains_and_evaluates(
         "cpu",
         &["--model", "cnn", "--norm", "in"],
         "cnn-in",
