@@ -6,8 +6,8 @@
 # small-batches  BatchNorm, LayerNorm, GroupNorm (8 groups), InstanceNorm (CNN) and none at
 #                batch sizes 2 to 32, MLP and CNN, with each BatchNorm run's accuracy with batch
 #                statistics beside its running-statistics accuracy (wgnorm sweep).
-# gradient-flow  An MLP of 8 hidden layers of 128 with BatchNorm, LayerNorm and none at Adam's
-#                learning rate 0.01, with the gradient norms of every layer (wgnorm compare
+# gradient-flow  An MLP of 8 hidden layers of 128 with BatchNorm, LayerNorm, GroupNorm and none at
+#                Adam's learning rate 0.01, with the gradient norms of every layer (wgnorm compare
 #                --log-grad-norms).
 # shift          MLPs and CNNs with BatchNorm, LayerNorm and GroupNorm evaluated on test images
 #                with their brightness or contrast shifted, and the BatchNorm models again after
@@ -44,7 +44,7 @@ small-batches)
         --epochs 1 --train-limit "$(pick 4000 32)" --out "$out/small-batches-cnn"
     ;;
 gradient-flow)
-    "$WGNORM" compare "${common[@]}" --norms bn,ln,none \
+    "$WGNORM" compare "${common[@]}" --norms bn,ln,gn:8,none \
         --hidden 128,128,128,128,128,128,128,128 --lr 0.01 --repeats "$(pick 3 1)" \
         --epochs "$(pick 2 1)" --train-limit "$(pick 20000 64)" --log-grad-norms "$(pick 25 1)" \
         --out "$out/gradient-flow"
