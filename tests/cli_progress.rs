@@ -62,6 +62,7 @@ fn a_finished_run_leaves_only_its_lines_on_the_terminal() {
         "epoch 1/2  train loss",
         "epoch 2/2  train loss",
         "test loss",
+        "test acc",
     ];
     assert_eq!(screen.len(), expected_starts.len(), "{screen:#?}");
     for (line, start) in screen.iter().zip(expected_starts) {

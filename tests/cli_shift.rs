@@ -68,32 +68,18 @@ fn batch_statistics_and_shifts_are_measured_and_recalibration_follows_the_shift(
     assert!((before - accuracy(&shifted)).abs() < 1e-9, "{recalibrated}");
     assert!(recalibrated["test_acc_after"].as_f64().unwrap() > before + 0.05);
 
-    for (extra, needle) in [
-        (&["--shift", "blur:1"][..], "expected brightness:D"),
-        (&["--batch-stats", "1"], "batches of 2 to 10000"),
+    for (checkpoint, extra, needle) in [
+        (model, &["--shift", "blur:1"][..], "expected brightness:D"),
+        (model, &["--batch-stats", "1"], "batches of 2 to 10000"),
+        (
+            "plain/model.safetensors",
+            &["--batch-stats", "32"],
+            "has no BatchNorm layer",
+        ),
     ] {
-        let mut args = vec![
-            "eval",
-            "--device",
-            "cpu",
-            "--data-dir",
-            data,
-            "--checkpoint",
-            model,
-        ];
+        let mut args = vec!["eval", "--device", "cpu", "--data-dir", data];
+        args.extend_from_slice(&["--checkpoint", checkpoint]);
         args.extend_from_slice(extra);
         assert_one_line_error(&wgnorm(&args, dir.path()), 2, needle);
     }
-    let args = [
-        "eval",
-        "--device",
-        "cpu",
-        "--data-dir",
-        data,
-        "--checkpoint",
-        "plain/model.safetensors",
-        "--batch-stats",
-        "32",
-    ];
-    assert_one_line_error(&wgnorm(&args, dir.path()), 2, "has no BatchNorm layer");
 }

@@ -18,17 +18,32 @@ pub fn evaluate<B: Compute>(
     index: &IndexList<B>,
     rows: usize,
 ) -> Result<LossTotals> {
-    let classes = model.spec.classes();
-    let mut metrics = backend.filled(metric::LEN, 0.0)?;
-    let no_dropout = StepKey { seed: 0, step: 0 };
     // Any number of rows per pass gives the same results; the binding limit caps it.
     let per_pass = inference_rows(backend, &model.spec)?;
-    for first in (0..rows).step_by(per_pass) {
-        let len = per_pass.min(rows - first);
+    let passes = (0..rows)
+        .step_by(per_pass)
+        .map(|first| (first, per_pass.min(rows - first)));
+    score(backend, model, Mode::Eval, images, index, passes)
+}
+
+/// The loss totals of forward passes in `mode` over the (first row, rows) `passes` of `index`
+/// into `images`, without dropout.
+fn score<B: Compute>(
+    backend: &B,
+    model: &mut Sequential<B>,
+    mode: Mode,
+    images: &DeviceImages<B>,
+    index: &IndexList<B>,
+    passes: impl Iterator<Item = (usize, usize)>,
+) -> Result<LossTotals> {
+    let classes = model.spec.classes();
+    let mut metrics = backend.filled(metric::LEN, 0.0)?;
+    let key = StepKey { seed: 0, step: 0 };
+    for (first, len) in passes {
         let mut x = backend.scratch(len * images.row_len)?;
         let mut labels = backend.scratch(len)?;
         backend.gather(images, index, first, &mut x, &mut labels)?;
-        let (logits, _) = model.forward(backend, Mode::Eval, x, len, no_dropout)?;
+        let (logits, _) = model.forward(backend, mode, x, len, key)?;
         backend.softmax_cross_entropy(&logits, &labels, classes, None, &mut metrics)?;
         backend.flush()?;
     }
@@ -70,7 +85,10 @@ pub fn evaluate_with_batch_statistics<B: Compute>(
     for bn in model.batchnorms_mut() {
         bn.set_momentum(0.0)?;
     }
-    let result = batches_in_training_mode(backend, model, images, index, rows, batch);
+    let passes = (0..rows - rows % batch)
+        .step_by(batch)
+        .map(|first| (first, batch));
+    let result = score(backend, model, Mode::Train, images, index, passes);
     for (bn, &(batches_tracked, momentum)) in model.batchnorms_mut().zip(&kept) {
         bn.batches_tracked = batches_tracked;
         bn.set_momentum(momentum)?;
@@ -83,26 +101,4 @@ pub fn evaluate_with_batch_statistics<B: Compute>(
         *p = kept;
     }
     result
-}
-
-fn batches_in_training_mode<B: Compute>(
-    backend: &B,
-    model: &mut Sequential<B>,
-    images: &DeviceImages<B>,
-    index: &IndexList<B>,
-    rows: usize,
-    batch: usize,
-) -> Result<LossTotals> {
-    let classes = model.spec.classes();
-    let mut metrics = backend.filled(metric::LEN, 0.0)?;
-    let key = StepKey { seed: 0, step: 0 };
-    for first in (0..rows - rows % batch).step_by(batch) {
-        let mut x = backend.scratch(batch * images.row_len)?;
-        let mut labels = backend.scratch(batch)?;
-        backend.gather(images, index, first, &mut x, &mut labels)?;
-        let (logits, _) = model.forward(backend, Mode::Train, x, batch, key)?;
-        backend.softmax_cross_entropy(&logits, &labels, classes, None, &mut metrics)?;
-        backend.flush()?;
-    }
-    LossTotals::from_metrics(&backend.download(&metrics)?)
 }
