@@ -67,12 +67,10 @@ fn the_gradient_flow_experiment_runs() {
     let out = tempfile::tempdir().unwrap();
     run_quick("gradient-flow", out.path());
     let dir = out.path().join("gradient-flow");
-    assert_eq!(
-        models(&dir.join("compare.json")),
-        ["mlp-bn", "mlp-ln", "mlp"]
-    );
-    for run in ["mlp-bn-seed0", "mlp-ln-seed0", "mlp-seed0"] {
-        let metrics = json(&dir.join(run).join("metrics.json"));
+    let compared = ["mlp-bn", "mlp-ln", "mlp-gn8", "mlp"];
+    assert_eq!(models(&dir.join("compare.json")), compared);
+    for run in compared.map(|model| format!("{model}-seed0")) {
+        let metrics = json(&dir.join(&run).join("metrics.json"));
         let names = metrics["grad_norm_names"].as_array().unwrap();
         // 9 Linear layers' weights and biases (and γ, β per normalization), 8 inputs after
         // the first.
@@ -86,6 +84,6 @@ fn the_gradient_flow_experiment_runs() {
                 .unwrap()
                 .is_empty()
         );
-        assert_png_shows_curves(&dir.join(run).join("grad_norms.png"), 2);
+        assert_png_shows_curves(&dir.join(&run).join("grad_norms.png"), 2);
     }
 }
