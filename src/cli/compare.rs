@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
-use super::run_args::{RunArgs, RunModel, parse_norm};
+use super::models::{RunModel, parse_norm};
+use super::run_args::RunArgs;
 use crate::plot::{self, Line, Panel};
 use crate::report::{RunResult, first_epoch_reaching, read_difference, summarize};
 use wgnorm::Result;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::Device;
-use super::run_args::{RunArgs, RunModel, refuse_unreachable_train_limit};
+use super::models::RunModel;
+use super::run_args::{RunArgs, refuse_unreachable_train_limit};
 use super::train::{RunOutcome, RunPlace, run_on};
 use crate::report::RunResult;
 use wgnorm::data::mnist::Mnist;

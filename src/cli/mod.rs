@@ -10,6 +10,7 @@ mod experiment;
 mod export;
 mod inspect;
 mod metrics;
+mod models;
 mod predict;
 mod recalibrate;
 mod run_args;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::experiment::{PlannedRun, check_fresh, run_all, write_text};
-use super::run_args::{ModelChoice, RunArgs, RunModel, parse_norm};
+use super::models::{ModelChoice, RunModel, parse_norm};
+use super::run_args::RunArgs;
 use crate::plot::{self, Line, Panel};
 use crate::report::{RunResult, summarize};
 use wgnorm::graph::Norm;

@@ -8,7 +8,8 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::metrics::MetricsFile;
-use super::run_args::{ModelChoice, RunArgs, refuse_unreachable_train_limit};
+use super::models::ModelChoice;
+use super::run_args::{RunArgs, refuse_unreachable_train_limit};
 use wgnorm::backend::Dtype;
 use wgnorm::checkpoint::{self, BEST_MODEL_FILE, F16_MODEL_FILE, MODEL_FILE, STATE_FILE};
 use wgnorm::data::mnist::Mnist;

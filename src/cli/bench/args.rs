@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::super::DataArgs;
-use super::super::run_args::ModelChoice;
+use super::super::models::ModelChoice;
 use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::{Error, Result};
 

@@ -11,7 +11,7 @@ mod suites;
 pub use args::BenchArgs;
 use args::{BenchDevices, Suite};
 
-use super::run_args::ModelChoice;
+use super::models::ModelChoice;
 use crate::plot::{self, Line, Panel};
 use suites::{kernels, train};
 use wgnorm::bench::{self, BatchNormPass, EpochTiming, KernelTiming, STEPS_PER_SAMPLE, Timing};
