@@ -4,9 +4,10 @@
 //! - [`gpu::GpuBackend`] runs WGSL kernels on any Vulkan, Metal or DX12 adapter, on a device of
 //!   its own or on one the host program already owns; [`cpu::CpuBackend`] is its CPU twin with
 //!   the same algorithms in f32. Code written against [`graph::Compute`] runs on either.
-//! - [`ops::batchnorm::BatchNormOps`] is BatchNorm forward (train and eval) and backward;
-//!   [`model::Classifier`] trains an MLP; [`mod@reference`] holds the float64 formulas the tests
-//!   check both backends against.
+//! - [`ops::batchnorm::BatchNormOps`] is BatchNorm forward (train and eval) and backward, and
+//!   [`ops::groupnorm::GroupNormOps`] LayerNorm, GroupNorm and InstanceNorm on the same kernels;
+//!   [`model::Classifier`] trains MLPs and convolutional nets; [`mod@reference`] holds the
+//!   float64 formulas the tests check both backends against.
 //! - Every fallible call returns [`Result`] with the one [`Error`] enum: bad arguments are errors
 //!   that name the argument, never panics.
 //!
