@@ -55,7 +55,8 @@ pub fn fold_batchnorm(spec: &ModelSpec, model: &HostModel) -> Result<(ModelSpec,
                 )));
             }
             _ => {
-                if layer.is_groupnorm() {
+                // Any other layer's tensors (a LayerNorm's γ and β) carry over unchanged.
+                if layer.param_shapes(spec.shapes()[at]).is_some() {
                     params.extend_from_slice(&model.params[next_param..next_param + 2]);
                     next_param += 2;
                 }

@@ -53,7 +53,7 @@ impl HostModel {
                     let area = window.kernel * window.kernel;
                     (image.channels * area, outputs * area)
                 }
-                (layer, _) if layer == LayerSpec::BatchNorm || layer.is_groupnorm() => {
+                (layer, _) if layer.is_normalization() => {
                     let features = match input {
                         SampleShape::Flat(features) => features,
                         SampleShape::Image(image) => image.channels,

@@ -192,6 +192,12 @@ impl LayerSpec {
         )
     }
 
+    /// Whether it is a normalization: BatchNorm or one of `is_groupnorm`'s, each learning a
+    /// scale γ and shift β per feature (channel).
+    pub fn is_normalization(&self) -> bool {
+        *self == LayerSpec::BatchNorm || self.is_groupnorm()
+    }
+
     /// The GroupNorm shape of `samples` samples of `input`, if it is one of those
     /// normalizations.
     pub fn groupnorm_shape(&self, samples: usize, input: SampleShape) -> Option<GroupNormShape> {
@@ -216,7 +222,7 @@ impl LayerSpec {
                 vec![outputs, image.channels, window.kernel, window.kernel],
                 vec![outputs],
             ]),
-            (layer, _) if layer == LayerSpec::BatchNorm || layer.is_groupnorm() => {
+            (layer, _) if layer.is_normalization() => {
                 let features = batchnorm_features(input);
                 Some([vec![features], vec![features]])
             }

@@ -33,11 +33,8 @@ impl GroupNormOps for CpuBackend {
         let (c, g) = (shape.channels, shape.groups);
         let rows = shape.samples * shape.positions;
         let (split_rows, _) = affine_splits(rows, c);
-        // x̂ as the normalization formed it, from the sample's block of statistics.
-        let stat_of = |row: usize, plane: usize, channel: usize| {
-            let sample = row / shape.positions;
-            stats[(sample * stat::PLANES + plane) * g + channel / (c / g)]
-        };
+        // Each channel's group, to find its statistics in the sample's block.
+        let group_of: Vec<usize> = (0..c).map(|channel| channel / (c / g)).collect();
         dgamma.fill(0.0);
         dbeta.fill(0.0);
         let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0f32; c], vec![0.0f32; c]);
@@ -45,12 +42,16 @@ impl GroupNormOps for CpuBackend {
             sum_dy.fill(0.0);
             sum_dy_xhat.fill(0.0);
             for row in first..(first + split_rows).min(rows) {
+                let block = &stats[(row / shape.positions) * stat::PLANES * g..];
+                let plane = |p: usize| &block[p * g..(p + 1) * g];
+                let (shift, mean) = (plane(stat::SHIFT), plane(stat::SHIFTED_MEAN));
+                let invstd = plane(stat::INVSTD);
                 let values = row * c..(row + 1) * c;
                 let (x_row, dy_row) = (&x[values.clone()], &dy[values]);
-                for channel in 0..c {
-                    let centered = (x_row[channel] - stat_of(row, stat::SHIFT, channel))
-                        - stat_of(row, stat::SHIFTED_MEAN, channel);
-                    let xhat = centered * stat_of(row, stat::INVSTD, channel);
+                for (channel, &group) in group_of.iter().enumerate() {
+                    // x̂ as the normalization formed it.
+                    let centered = (x_row[channel] - shift[group]) - mean[group];
+                    let xhat = centered * invstd[group];
                     sum_dy[channel] += dy_row[channel];
                     sum_dy_xhat[channel] += dy_row[channel] * xhat;
                 }
