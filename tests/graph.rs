@@ -53,6 +53,14 @@ fn groups_of(layer: &LayerSpec, shape: SampleShape, rows: usize) -> reference::g
     }
 }
 
+fn ones(groups: reference::groupnorm::Groups) -> Vec<f64> {
+    vec![1.0; groups.channels]
+}
+
+fn zeros(groups: reference::groupnorm::Groups) -> Vec<f64> {
+    vec![0.0; groups.channels]
+}
+
 /// The gradient of `spatial::flatten`: each value back to its channels-last place.
 fn unflatten(dy: &[f64], shape: ImageShape) -> Vec<f64> {
     let (positions, channels) = (shape.positions(), shape.channels);
@@ -160,8 +168,22 @@ fn reference_step(
             LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
                 let groups = groups_of(layer, shape, rows);
                 let g = reference::groupnorm::backward(input, &dy, groups, &params[at], EPS);
-                grads[at] = (g.dgamma, 0.0);
-                grads[at + 1] = (g.dbeta, 0.0);
+                // dγ and dβ are sums that can cancel: measured against Σ|dy·x̂| and Σ|dy|.
+                let xhat = reference::groupnorm::forward(
+                    input,
+                    groups,
+                    &ones(groups),
+                    &zeros(groups),
+                    EPS,
+                )
+                .y;
+                let mut terms = [vec![0.0; groups.channels], vec![0.0; groups.channels]];
+                for (i, (&d, &h)) in dy.iter().zip(&xhat).enumerate() {
+                    terms[0][i % groups.channels] += (d * h).abs();
+                    terms[1][i % groups.channels] += d.abs();
+                }
+                grads[at] = (g.dgamma, norm(&terms[0]));
+                grads[at + 1] = (g.dbeta, norm(&terms[1]));
                 g.dx
             }
             LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
