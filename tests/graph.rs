@@ -53,14 +53,6 @@ fn groups_of(layer: &LayerSpec, shape: SampleShape, rows: usize) -> reference::g
     }
 }
 
-fn ones(groups: reference::groupnorm::Groups) -> Vec<f64> {
-    vec![1.0; groups.channels]
-}
-
-fn zeros(groups: reference::groupnorm::Groups) -> Vec<f64> {
-    vec![0.0; groups.channels]
-}
-
 /// The gradient of `spatial::flatten`: each value back to its channels-last place.
 fn unflatten(dy: &[f64], shape: ImageShape) -> Vec<f64> {
     let (positions, channels) = (shape.positions(), shape.channels);
@@ -169,14 +161,10 @@ fn reference_step(
                 let groups = groups_of(layer, shape, rows);
                 let g = reference::groupnorm::backward(input, &dy, groups, &params[at], EPS);
                 // dγ and dβ are sums that can cancel: measured against Σ|dy·x̂| and Σ|dy|.
-                let xhat = reference::groupnorm::forward(
-                    input,
-                    groups,
-                    &ones(groups),
-                    &zeros(groups),
-                    EPS,
-                )
-                .y;
+                let (unit_gamma, zero_beta) =
+                    (vec![1.0; groups.channels], vec![0.0; groups.channels]);
+                let xhat =
+                    reference::groupnorm::forward(input, groups, &unit_gamma, &zero_beta, EPS).y;
                 let mut terms = [vec![0.0; groups.channels], vec![0.0; groups.channels]];
                 for (i, (&d, &h)) in dy.iter().zip(&xhat).enumerate() {
                     terms[0][i % groups.channels] += (d * h).abs();
