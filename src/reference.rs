@@ -240,7 +240,7 @@ pub mod matmul {
     }
 }
 
-/// Activations: ReLU, and dropout with a given keep mask.
+/// Activations: ReLU, dropout with a given keep mask, and the sum with an addend ahead of them.
 pub mod activation {
     use super::{Real, f64_of};
 
@@ -254,6 +254,16 @@ pub mod activation {
         x.iter()
             .zip(dy)
             .map(|(&x, &g)| if f64_of(x) > 0.0 { f64_of(g) } else { 0.0 })
+            .collect()
+    }
+
+    /// y = a + b: the addend's sum ahead of an activation (then `relu(&add(x, s))`, and
+    /// `relu_backward(&add(x, s), dy)` is the dx that reaches both x and s).
+    pub fn add(a: &[impl Real], b: &[impl Real]) -> Vec<f64> {
+        assert_eq!(a.len(), b.len(), "the two terms of a sum");
+        a.iter()
+            .zip(b)
+            .map(|(&a, &b)| f64_of(a) + f64_of(b))
             .collect()
     }
 

@@ -135,6 +135,7 @@ catalogue! {
     RowSums = 27 => ("row_sums"),
     Activated = 28 => ("activated"),
     PoolTaps = 29 => ("pool_taps"),
+    Addend = 30 => ("addend"),
 }
 
 impl Kernel {
@@ -147,8 +148,8 @@ impl Kernel {
 
 impl Shader {
     /// The module wgnorm compiles: the storage type of each typed binding (`X_T`, `DY_T`,
-    /// `OUT_T`, `A_T`, `B_T`) defined as f32 or f16, with their vectors (`X_V`, ... and `F_V`
-    /// for f32) of the pipeline's width, then the prelude, then the file. One source serves
+    /// `OUT_T`, `A_T`, `B_T`, `ADDEND_T`) defined as f32 or f16, with their vectors (`X_V`, ...
+    /// and `F_V` for f32) of the pipeline's width, then the prelude, then the file. One source serves
     /// every combination.
     pub fn module_source(self, storage: Storage) -> String {
         let mut header = String::new();
@@ -256,22 +257,24 @@ impl<'a> Binding<'a> {
 }
 
 /// Bindings whose storage type each pipeline chooses, with the WGSL alias that names it: the
-/// activations and gradients (x and the activated output saved beside it, dy, out) and the
-/// matmul operands (a, b and their vec4 views). Slots that share an alias take buffers of one
-/// dtype. Every other binding is f32.
-pub const TYPED_SLOTS: [(&[Slot], &str); 5] = [
+/// activations and gradients (x and the activated output saved beside it, dy, out), the
+/// matmul operands (a, b and their vec4 views) and the addend an activation sums with x (an
+/// alias of its own, so that x and the addend may be stored differently). Slots that share an
+/// alias take buffers of one dtype. Every other binding is f32.
+pub const TYPED_SLOTS: [(&[Slot], &str); 6] = [
     (&[Slot::X, Slot::Activated], "X_T"),
     (&[Slot::Dy], "DY_T"),
     (&[Slot::Out], "OUT_T"),
     (&[Slot::MatA, Slot::MatA4], "A_T"),
     (&[Slot::MatB, Slot::MatB4], "B_T"),
+    (&[Slot::Addend], "ADDEND_T"),
 ];
 
 /// The storage type of each of `TYPED_SLOTS` and the vector width, as one pipeline is built
 /// for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Storage {
-    pub dtypes: [Dtype; 5],
+    pub dtypes: [Dtype; TYPED_SLOTS.len()],
     pub vector: VectorWidth,
 }
 
@@ -279,7 +282,7 @@ impl Storage {
     /// Every typed binding stored as `dtype`, scalar vectors.
     pub fn all(dtype: Dtype) -> Self {
         Self {
-            dtypes: [dtype; 5],
+            dtypes: [dtype; TYPED_SLOTS.len()],
             vector: VectorWidth::One,
         }
     }
@@ -291,7 +294,7 @@ impl Storage {
             vector,
             ..Self::default()
         };
-        let mut bound: [Option<Dtype>; 5] = [None; 5];
+        let mut bound: [Option<Dtype>; TYPED_SLOTS.len()] = [None; TYPED_SLOTS.len()];
         for binding in bindings {
             let dtype = binding.buffer.dtype();
             let typed = TYPED_SLOTS

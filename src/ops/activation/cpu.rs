@@ -37,14 +37,23 @@ pub(crate) fn relu_gradient_from_output(
         .collect()
 }
 
+/// What the activation receives at element i: x, or x + addend (in f32) when the pass sums.
+fn activation_input(x: &[f32], addend: Option<&[f32]>, i: usize) -> f32 {
+    addend.map_or(x[i], |addend| x[i] + addend[i])
+}
+
 impl ActivationOps for CpuBackend {
     fn activation_forward_unchecked(
         &self,
         activation: Activation,
         x: &CpuBuffer,
+        addend: Option<&CpuBuffer>,
         y: &mut CpuBuffer,
     ) -> Result<()> {
-        y.copy_from_slice(x);
+        let addend = addend.map(|addend| &addend[..]);
+        for (i, y) in y.iter_mut().enumerate() {
+            *y = activation_input(x, addend, i);
+        }
         activate_in_place(activation, y);
         Ok(())
     }
@@ -53,12 +62,14 @@ impl ActivationOps for CpuBackend {
         &self,
         activation: Activation,
         x: Option<&CpuBuffer>,
+        addend: Option<&CpuBuffer>,
         dy: &CpuBuffer,
         dx: &mut CpuBuffer,
     ) -> Result<()> {
         let (keeps, scale) = dropout_of(activation);
+        let addend = addend.map(|addend| &addend[..]);
         for (i, (dx, &dy)) in dx.iter_mut().zip(dy).enumerate() {
-            let passes = keeps(i) && x.is_none_or(|x| x[i] > 0.0);
+            let passes = keeps(i) && x.is_none_or(|x| activation_input(x, addend, i) > 0.0);
             *dx = if passes { dy * scale } else { 0.0 };
         }
         Ok(())

@@ -15,14 +15,15 @@ pub struct ActivationParams {
     pub key_y: u32,
     pub scale: f32,
     pub relu: u32,
-    pub _pad1: u32,
+    /// 1 where the activation's input is x + addend.
+    pub addend: u32,
     pub _pad2: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<ActivationParams>() == 32);
 
 impl ActivationParams {
-    fn of(len: usize, activation: Activation) -> Self {
+    fn of(len: usize, activation: Activation, summed: bool) -> Self {
         let (threshold, key, scale) = activation.dropout.map_or((0, [0, 0], 1.0), |mask| {
             (mask.threshold(), mask.key(), mask.scale())
         });
@@ -33,6 +34,7 @@ impl ActivationParams {
             key_y: key[1],
             scale,
             relu: u32::from(activation.relu),
+            addend: u32::from(summed),
             ..Self::default()
         }
     }
@@ -62,10 +64,15 @@ impl ActivationOps for GpuBackend {
         &self,
         activation: Activation,
         x: &GpuBuffer,
+        addend: Option<&GpuBuffer>,
         y: &mut GpuBuffer,
     ) -> Result<()> {
-        let params = ActivationParams::of(x.len(), activation);
-        let inputs = [Binding::whole(Slot::X, x)];
+        let params = ActivationParams::of(x.len(), activation, addend.is_some());
+        // Slots the kernel will not read are bound to the placeholder.
+        let inputs = [
+            Binding::whole(Slot::X, x),
+            Binding::whole(Slot::Addend, addend.unwrap_or(self.placeholder())),
+        ];
         self.activation(Kernel::ActivationForward, params, &inputs, y)
     }
 
@@ -73,13 +80,15 @@ impl ActivationOps for GpuBackend {
         &self,
         activation: Activation,
         x: Option<&GpuBuffer>,
+        addend: Option<&GpuBuffer>,
         dy: &GpuBuffer,
         dx: &mut GpuBuffer,
     ) -> Result<()> {
-        let params = ActivationParams::of(dy.len(), activation);
-        // Without ReLU the kernel reads no x; dy stands in for the binding.
+        let params = ActivationParams::of(dy.len(), activation, addend.is_some());
+        // Without ReLU the kernel reads neither x nor the addend: the placeholder stands in.
         let inputs = [
-            Binding::whole(Slot::X, x.unwrap_or(dy)),
+            Binding::whole(Slot::X, x.unwrap_or(self.placeholder())),
+            Binding::whole(Slot::Addend, addend.unwrap_or(self.placeholder())),
             Binding::whole(Slot::Dy, dy),
         ];
         self.activation(Kernel::ActivationBackward, params, &inputs, dx)

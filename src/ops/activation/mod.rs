@@ -1,12 +1,17 @@
-//! ReLU and dropout, forward and backward, each alone or ReLU then dropout in one pass:
+//! ReLU and dropout, forward and backward, each alone or ReLU then dropout in one pass,
+//! optionally on the sum of x and a second input, the addend s:
 //!
 //! ```text
 //! relu:    y = max(x, 0)                 dx = dy·[x > 0]
 //! dropout: y = x·keep·1/(1 − p)          dx = dy·keep·1/(1 − p)
+//! with an addend s (a residual connection's shortcut, or a gradient fan-in without activation):
+//!          y = keep·scale·act(x + s)     dx = keep·scale·dy·[x + s > 0 or no ReLU]
 //! ```
 //!
 //! where keep is a pure function of (seed, layer, step, element), so backward recomputes the
-//! mask instead of storing it and both backends draw the same one. The WGSL is
+//! mask instead of storing it and both backends draw the same one. The same dx reaches x and
+//! the addend. x + s is summed in f32 whatever the storage of x and s; without an addend nothing
+//! is added, so the results are those of the plain activation bit for bit. The WGSL is
 //! `shaders/activation.wgsl`.
 
 pub(crate) mod cpu;
@@ -83,6 +88,12 @@ pub struct Activation {
 }
 
 impl Activation {
+    /// Neither ReLU nor dropout: with an addend, the plain sum.
+    pub const IDENTITY: Activation = Activation {
+        relu: false,
+        dropout: None,
+    };
+
     /// ReLU alone.
     pub const RELU: Activation = Activation {
         relu: true,
@@ -106,6 +117,15 @@ impl Activation {
             (false, false) => "identity",
         }
     }
+
+    /// The name errors give it applied to x + addend: `relu+add`, or `add` alone.
+    pub fn sum_name(&self) -> String {
+        if *self == Self::IDENTITY {
+            "add".to_string()
+        } else {
+            format!("{}+add", self.name())
+        }
+    }
 }
 
 /// Checks an elementwise op: every input as long as the output, and indexable by a kernel.
@@ -114,6 +134,32 @@ fn check_elementwise(op: &str, inputs: &[(&str, usize)], output: usize) -> Resul
         check_len(&format!("{op} {name}"), len, output)?;
     }
     check_u32_indexable(&format!("{op} output"), output)
+}
+
+/// Checks the backward pass of `op`: with ReLU it reads what the forward received (`saved`,
+/// by name), so each must be given; whatever is given is as long as dx, as is dy.
+fn check_backward<B: Backend>(
+    backend: &B,
+    op: &str,
+    activation: Activation,
+    saved: &[(&str, Option<&B::Buffer>)],
+    dy: &B::Buffer,
+    dx: &B::Buffer,
+) -> Result<()> {
+    let mut inputs = Vec::with_capacity(saved.len() + 1);
+    for &(name, buffer) in saved {
+        match buffer {
+            Some(buffer) => inputs.push((name, backend.len_of(buffer))),
+            None if activation.relu => {
+                return Err(Error::InvalidArgument(format!(
+                    "{op} backward needs the forward's {name} (ReLU's gradient depends on it)"
+                )));
+            }
+            None => {}
+        }
+    }
+    inputs.push(("dy", backend.len_of(dy)));
+    check_elementwise(&format!("{op} backward"), &inputs, backend.len_of(dx))
 }
 
 /// Elementwise activations. Outputs go into caller-owned buffers of the input's length.
@@ -126,7 +172,7 @@ pub trait ActivationOps: Backend + Sized {
         y: &mut Self::Buffer,
     ) -> Result<()> {
         check_elementwise(activation.name(), &[("x", self.len_of(x))], self.len_of(y))?;
-        self.activation_forward_unchecked(activation, x, y)
+        self.activation_forward_unchecked(activation, x, None, y)
     }
 
     /// dx from dy and, with ReLU, the forward's input x (dropout alone reads none).
@@ -137,20 +183,48 @@ pub trait ActivationOps: Backend + Sized {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     ) -> Result<()> {
-        let mut inputs = Vec::with_capacity(2);
-        match x {
-            Some(x) => inputs.push(("x", self.len_of(x))),
-            None if activation.relu => {
-                return Err(Error::InvalidArgument(
-                    "the ReLU backward pass needs the forward's input x".to_string(),
-                ));
-            }
-            None => {}
-        }
-        inputs.push(("dy", self.len_of(dy)));
-        let op = format!("{} backward", activation.name());
-        check_elementwise(&op, &inputs, self.len_of(dx))?;
-        self.activation_backward_unchecked(activation, x.filter(|_| activation.relu), dy, dx)
+        check_backward(self, activation.name(), activation, &[("x", x)], dy, dx)?;
+        let x = x.filter(|_| activation.relu);
+        self.activation_backward_unchecked(activation, x, None, dy, dx)
+    }
+
+    /// y = act(x + addend); x, addend and y of one length.
+    fn activation_forward_sum(
+        &self,
+        activation: Activation,
+        x: &Self::Buffer,
+        addend: &Self::Buffer,
+        y: &mut Self::Buffer,
+    ) -> Result<()> {
+        let inputs = [("x", self.len_of(x)), ("addend", self.len_of(addend))];
+        check_elementwise(&activation.sum_name(), &inputs, self.len_of(y))?;
+        self.activation_forward_unchecked(activation, x, Some(addend), y)
+    }
+
+    /// dx of `activation_forward_sum` (the same dx reaches x and the addend); with ReLU it
+    /// reads x and the addend, without ReLU neither (pass None for both).
+    fn activation_backward_sum(
+        &self,
+        activation: Activation,
+        x: Option<&Self::Buffer>,
+        addend: Option<&Self::Buffer>,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()> {
+        let saved = [("x", x), ("addend", addend)];
+        check_backward(self, &activation.sum_name(), activation, &saved, dy, dx)?;
+        let (x, addend) = (
+            x.filter(|_| activation.relu),
+            addend.filter(|_| activation.relu),
+        );
+        self.activation_backward_unchecked(activation, x, addend, dy, dx)
+    }
+
+    /// y = a + b (a gradient fan-in, or a residual addition without activation).
+    fn add(&self, a: &Self::Buffer, b: &Self::Buffer, y: &mut Self::Buffer) -> Result<()> {
+        let inputs = [("a", self.len_of(a)), ("b", self.len_of(b))];
+        check_elementwise("add", &inputs, self.len_of(y))?;
+        self.activation_forward_unchecked(Activation::IDENTITY, a, Some(b), y)
     }
 
     /// y = max(x, 0); y has x's length.
@@ -188,21 +262,24 @@ pub trait ActivationOps: Backend + Sized {
         self.activation_backward(Activation::dropout(*mask), None, dy, dx)
     }
 
-    /// `activation_forward` on checked arguments.
+    /// `activation_forward` (no addend) and `activation_forward_sum` on checked arguments.
     #[doc(hidden)]
     fn activation_forward_unchecked(
         &self,
         activation: Activation,
         x: &Self::Buffer,
+        addend: Option<&Self::Buffer>,
         y: &mut Self::Buffer,
     ) -> Result<()>;
 
-    /// `activation_backward` on checked arguments; x is given exactly when `activation.relu`.
+    /// `activation_backward` (no addend) and `activation_backward_sum` on checked arguments;
+    /// x is given exactly when `activation.relu`, the addend when, besides, the forward summed.
     #[doc(hidden)]
     fn activation_backward_unchecked(
         &self,
         activation: Activation,
         x: Option<&Self::Buffer>,
+        addend: Option<&Self::Buffer>,
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     ) -> Result<()>;
