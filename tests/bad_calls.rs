@@ -6,7 +6,7 @@ mod common;
 use wgnorm::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::ops::Compute;
-use wgnorm::ops::activation::DropoutMask;
+use wgnorm::ops::activation::{Activation, DropoutMask};
 use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
@@ -76,6 +76,69 @@ fn table<'a, B: Compute + 'a>() -> Vec<Call<'a, B>> {
             Box::new(move |b: &B| {
                 b.dropout_forward(&DropoutMask::new(0.5, 1, 0, 1), &v(b, 4), &mut v(b, 5))
             }),
+        ),
+        (
+            "relu backward without x",
+            "relu backward needs the forward's x",
+            Box::new(move |b: &B| {
+                b.activation_backward(Activation::RELU, None, &v(b, 3), &mut v(b, 3))
+            }),
+        ),
+        (
+            "relu+add addend length",
+            "relu+add addend has 5 values, expected 6",
+            Box::new(move |b: &B| {
+                b.activation_forward_sum(Activation::RELU, &v(b, 6), &v(b, 5), &mut v(b, 6))
+            }),
+        ),
+        (
+            "dropout+add output length",
+            "dropout+add x has 6 values, expected 7",
+            Box::new(move |b: &B| {
+                let dropout = Activation::dropout(DropoutMask::new(0.5, 1, 0, 1));
+                b.activation_forward_sum(dropout, &v(b, 6), &v(b, 6), &mut v(b, 7))
+            }),
+        ),
+        (
+            "relu+add backward dy length",
+            "relu+add backward dy has 5 values, expected 6",
+            Box::new(move |b: &B| {
+                let (x, s) = (v(b, 6), v(b, 6));
+                b.activation_backward_sum(
+                    Activation::RELU,
+                    Some(&x),
+                    Some(&s),
+                    &v(b, 5),
+                    &mut v(b, 6),
+                )
+            }),
+        ),
+        (
+            "relu+add backward without the addend",
+            "relu+add backward needs the forward's addend",
+            Box::new(move |b: &B| {
+                let x = v(b, 6);
+                b.activation_backward_sum(Activation::RELU, Some(&x), None, &v(b, 6), &mut v(b, 6))
+            }),
+        ),
+        (
+            "relu+add backward addend length",
+            "relu+add backward addend has 4 values, expected 6",
+            Box::new(move |b: &B| {
+                let (x, s) = (v(b, 6), v(b, 4));
+                b.activation_backward_sum(
+                    Activation::RELU,
+                    Some(&x),
+                    Some(&s),
+                    &v(b, 6),
+                    &mut v(b, 6),
+                )
+            }),
+        ),
+        (
+            "add b length",
+            "add b has 3 values, expected 4",
+            Box::new(move |b: &B| b.add(&v(b, 4), &v(b, 3), &mut v(b, 4))),
         ),
         (
             "loss without classes",
