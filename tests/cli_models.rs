@@ -107,7 +107,7 @@ fn trains_and_eval_reproduces_its_test_accuracy(
     assert!(test_acc > 0.5, "test accuracy {test_acc}");
     let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();
     assert_eq!(saved.spec.arch(), arch);
-    assert_eq!(saved.spec.batchnorm_layers().len(), 3);
+    assert_eq!(saved.spec.batchnorm_nodes().len(), 3);
     let scored = eval(dir.path(), device, &run.join(MODEL_FILE));
     let eval_acc = scored["test_acc"].as_f64().unwrap();
     assert!(

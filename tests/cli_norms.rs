@@ -49,7 +49,7 @@ fn trains_and_evaluates(
     let saved = checkpoint::load_model(&run.join(MODEL_FILE)).unwrap();
     assert_eq!(saved.spec.torch_module(), torch_module);
     assert!(
-        saved.spec.batchnorm_layers().is_empty(),
+        saved.spec.batchnorm_nodes().is_empty(),
         "no running statistics"
     );
     let scored = wgnorm(

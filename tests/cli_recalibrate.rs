@@ -27,9 +27,15 @@ fn recalibration_restores_a_model_whose_running_statistics_were_corrupted() {
     let original = eval_on_cpu("run/model.safetensors", data, dir.path()).0;
     let saved = checkpoint::load_model(&dir.path().join("run").join(MODEL_FILE)).unwrap();
     let mut corrupted: HostModel = saved.model.clone();
-    for running in &mut corrupted.running {
-        running.mean.iter_mut().for_each(|mean| *mean += 2.0);
-        running.var.iter_mut().for_each(|var| *var *= 100.0);
+    for batchnorm in saved.spec.batchnorm_nodes() {
+        let mean = corrupted
+            .tensor_mut(&format!("{}.running_mean", batchnorm.name))
+            .unwrap();
+        mean.iter_mut().for_each(|mean| *mean += 2.0);
+        let var = corrupted
+            .tensor_mut(&format!("{}.running_var", batchnorm.name))
+            .unwrap();
+        var.iter_mut().for_each(|var| *var *= 100.0);
     }
     std::fs::create_dir(dir.path().join("corrupted")).unwrap();
     let corrupted_path = dir.path().join("corrupted").join(MODEL_FILE);
@@ -83,11 +89,17 @@ fn recalibration_restores_a_model_whose_running_statistics_were_corrupted() {
         assert!((scored - after).abs() < 0.003, "{device}: {scored} {after}");
         // Only the running statistics changed.
         let fixed = checkpoint::load_model(&dir.path().join(&out).join(MODEL_FILE)).unwrap();
-        assert_eq!(fixed.model.params, saved.model.params, "{device}");
-        for (fixed, trained) in fixed.model.running.iter().zip(&saved.model.running) {
-            assert_eq!(fixed.batches_tracked, trained.batches_tracked);
-            assert!(fixed.mean.iter().chain(&fixed.var).all(|v| v.is_finite()));
-            assert!(fixed.var.iter().all(|&v| v > 0.0 && v < 50.0), "{device}");
+        let spec = &saved.spec;
+        let params = |model: &HostModel| model.params(spec).unwrap().concat();
+        assert_eq!(params(&fixed.model), params(&saved.model), "{device}");
+        for batchnorm in spec.batchnorm_nodes() {
+            let name = &batchnorm.name;
+            let batches = |model: &HostModel| model.batches_tracked(name).unwrap();
+            assert_eq!(batches(&fixed.model), batches(&saved.model));
+            let tensor = |what: &str| fixed.model.tensor(&format!("{name}.{what}")).unwrap();
+            let (mean, var) = (tensor("running_mean"), tensor("running_var"));
+            assert!(mean.iter().chain(var).all(|v| v.is_finite()));
+            assert!(var.iter().all(|&v| v > 0.0 && v < 50.0), "{device}");
         }
     }
 }

@@ -103,10 +103,9 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_reproduces() {
             "0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"
         ]
     );
-    assert_eq!(saved.model.running[0].batches_tracked, 40);
+    assert_eq!(saved.model.batches_tracked("1").unwrap(), 40);
     assert!(
-        saved.model.running[0]
-            .var
+        (saved.model.tensor("1.running_var").unwrap())
             .iter()
             .all(|&v| v > 0.0 && v != 1.0)
     );
@@ -168,17 +167,13 @@ fn same_tensors_in(a: &Path, b: &Path, file: &str) {
         checkpoint::load_model(&b.join(file)).unwrap(),
     );
     assert_eq!(a.epochs_done, b.epochs_done);
-    let bits = |m: &wgnorm::graph::HostModel| -> Vec<Vec<u32>> {
-        m.params
-            .iter()
-            .map(|p| p.iter().map(|v| v.to_bits()).collect())
+    let bits = |m: &wgnorm::graph::HostModel| -> Vec<(String, Vec<u32>)> {
+        m.tensors()
+            .map(|(name, p)| (name.to_string(), p.iter().map(|v| v.to_bits()).collect()))
             .collect()
     };
-    assert_eq!(bits(&a.model), bits(&b.model), "parameters differ");
-    assert_eq!(
-        a.model.running, b.model.running,
-        "running statistics differ"
-    );
+    assert_eq!(bits(&a.model), bits(&b.model), "tensors differ");
+    assert_eq!(a.model, b.model, "batch counts differ");
 }
 
 fn same_optimizer_state(a: &Path, b: &Path, spec: &ModelSpec) {
@@ -582,13 +577,13 @@ fn export_dtype_f16_writes_a_half_size_model_that_eval_reads() {
     let full = checkpoint::load_model(&f32_file).unwrap();
     let half = checkpoint::load_model(&f16_file).unwrap();
     assert_eq!(half.spec, full.spec);
-    for (h, f) in half.model.params.iter().zip(&full.model.params) {
+    for ((name, h), (_, f)) in half.model.tensors().zip(full.model.tensors()) {
         let rounded: Vec<f32> = f.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
-        assert_eq!(h, &rounded);
+        assert_eq!(h, &rounded[..], "{name}");
     }
     assert_eq!(
-        half.model.running[0].batches_tracked,
-        full.model.running[0].batches_tracked
+        half.model.batches_tracked("1").unwrap(),
+        full.model.batches_tracked("1").unwrap()
     );
     let output = wgnorm(
         &[

@@ -10,7 +10,8 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use wgnorm::Dtype;
 use wgnorm::graph::{
-    Compute, HostModel, Image, Init, LayerSpec, ModelSpec, Sequential, StepKey, fold_batchnorm,
+    BatchNorm, Compute, HostModel, Image, Init, LayerSpec, Linear, ModelSpec, Relu, Sequential,
+    StepKey, fold_batchnorm,
 };
 use wgnorm::ops::batchnorm::{BatchNormConfig, Mode};
 
@@ -25,30 +26,32 @@ fn specs() -> Vec<ModelSpec> {
         ModelSpec::mlp(64, &[16], 10, true, 0.2).unwrap(),
         ModelSpec::mlp(64, &[12, 9], 10, true, 0.0).unwrap(),
         cnn("conv4k3p1,bn,relu,maxpool2,conv6k3s2p1,bn,relu,flatten,fc7,bn,relu,fc10"),
+        cnn(
+            "conv4k3p1,bn,relu,res(conv4k3p1,bn,relu,conv4k3p1,bn),res6s2(conv6k3s2p1,bn),avgpool,flatten,fc10",
+        ),
     ]
 }
 
 /// A model whose BatchNorms have trained-looking γ, β and running statistics.
 fn trained_looking(spec: &ModelSpec, rng: &mut StdRng) -> HostModel {
     let mut model = HostModel::initial(spec, Init::Torch, rng.random());
-    for layer in spec.batchnorm_layers() {
-        let names = [
-            format!("{}.weight", layer.index),
-            format!("{}.bias", layer.index),
-        ];
-        for (at, param) in spec.params().iter().enumerate() {
-            if names.contains(&param.name) {
-                model.params[at] = normal(rng, layer.features, 1.0, 0.3);
-            }
-        }
-    }
-    for running in &mut model.running {
-        for mean in &mut running.mean {
-            *mean = rng.random_range(-1.0..1.0);
-        }
-        for var in &mut running.var {
-            *var = rng.random_range(0.05..3.0);
-        }
+    for layer in spec.batchnorm_nodes() {
+        let features = layer.features;
+        let mut set = |tensor: &str, values: Vec<f32>| {
+            *model
+                .tensor_mut(&format!("{}.{tensor}", layer.name))
+                .unwrap() = values;
+        };
+        set("weight", normal(rng, features, 1.0, 0.3));
+        set("bias", normal(rng, features, 1.0, 0.3));
+        set(
+            "running_mean",
+            (0..features).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        );
+        set(
+            "running_var",
+            (0..features).map(|_| rng.random_range(0.05..3.0)).collect(),
+        );
     }
     model
 }
@@ -74,10 +77,10 @@ fn folding_keeps_eval_outputs<B: Compute>(backend: &B, rng: &mut StdRng) {
         let model = trained_looking(&spec, rng);
         let (folded_spec, folded) = fold_batchnorm(&spec, &model).unwrap();
         assert!(!folded_spec.has_batchnorm());
-        assert!(folded.running.is_empty());
+        assert!(folded_spec.running().is_empty());
         assert_eq!(
-            folded_spec.layers().len(),
-            spec.layers().len() - spec.batchnorm_layers().len()
+            folded_spec.nodes().len(),
+            spec.nodes().len() - spec.batchnorm_nodes().len()
         );
         let x = normal(rng, 40 * spec.inputs(), 0.5, 1.0);
         let original = eval_logits(backend, &spec, &model, &x);
@@ -96,10 +99,10 @@ fn a_batchnorm_after_an_activation_is_refused() {
     let spec = ModelSpec::new(
         wgnorm::graph::SampleShape::Flat(20),
         vec![
-            LayerSpec::Linear { outputs: 8 },
-            LayerSpec::Relu,
-            LayerSpec::BatchNorm,
-            LayerSpec::Linear { outputs: 10 },
+            Linear { outputs: 8 }.into(),
+            LayerSpec::Relu(Relu),
+            LayerSpec::BatchNorm(BatchNorm),
+            Linear { outputs: 10 }.into(),
         ],
         BatchNormConfig::default(),
     )
@@ -107,4 +110,21 @@ fn a_batchnorm_after_an_activation_is_refused() {
     let model = HostModel::initial(&spec, Init::Keras, 1);
     let err = fold_batchnorm(&spec, &model).unwrap_err().to_string();
     assert!(err.contains("layer 2 (BatchNorm) does not follow"), "{err}");
+}
+
+#[test]
+fn a_batchnorm_first_in_a_residual_body_is_refused() {
+    let image = Image {
+        channels: 2,
+        height: 4,
+        width: 4,
+    };
+    let arch = "conv2k3p1,res(bn,relu,conv2k3p1),flatten,fc10";
+    let spec = ModelSpec::from_arch(arch, image, BatchNormConfig::default()).unwrap();
+    let model = HostModel::initial(&spec, Init::Keras, 1);
+    let err = fold_batchnorm(&spec, &model).unwrap_err().to_string();
+    assert!(
+        err.contains("layer 1.body.0 (BatchNorm) does not follow"),
+        "{err}"
+    );
 }

@@ -9,10 +9,13 @@ use common::{
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
+use std::collections::HashMap;
 use wgnorm::Backend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
+
 use wgnorm::graph::{
-    Compute, HostModel, Image, Init, LayerSpec, ModelSpec, SampleShape, Sequential, StepKey,
+    Compute, GroupNorm, HostModel, Image, Init, LayerSpec, ModelSpec, Node, SampleShape,
+    Sequential, Source, StepKey,
 };
 use wgnorm::ops::activation::DropoutMask;
 use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape, Mode};
@@ -44,8 +47,8 @@ fn batchnorm_shape(spec: &ModelSpec, shape: SampleShape, rows: usize) -> BatchNo
 }
 
 /// The reference's view of a LayerNorm, GroupNorm or InstanceNorm layer's input.
-fn groups_of(layer: &LayerSpec, shape: SampleShape, rows: usize) -> reference::groupnorm::Groups {
-    let norm = layer.groupnorm_shape(rows, shape).unwrap();
+fn groups_of(layer: GroupNorm, shape: SampleShape, rows: usize) -> reference::groupnorm::Groups {
+    let norm = layer.shape(rows, shape);
     reference::groupnorm::Groups {
         samples: rows,
         channels: norm.channels,
@@ -65,10 +68,21 @@ fn unflatten(dy: &[f64], shape: ImageShape) -> Vec<f64> {
     dx
 }
 
-/// One training step, chained from the float64 layer formulas: logits, and per parameter (in
-/// `ModelSpec::params` order) its gradient and the size of the terms summed into it. A bias
-/// feeding BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift), which f32 can
-/// only meet to within the size of the dy values it sums.
+/// x̂ of a normalization's input and the size of the terms summed into dγ and dβ: Σ|dy·x̂| and
+/// Σ|dy| per channel (channels-last, `channels` last), the sums that can cancel.
+fn affine_terms(dy: &[f64], xhat: &[f64], channels: usize) -> (f64, f64) {
+    let mut terms = [vec![0.0; channels], vec![0.0; channels]];
+    for (i, (&d, &h)) in dy.iter().zip(xhat).enumerate() {
+        terms[0][i % channels] += (d * h).abs();
+        terms[1][i % channels] += d.abs();
+    }
+    (norm(&terms[0]), norm(&terms[1]))
+}
+
+/// One training step, chained node by node from the float64 layer formulas: logits, and per
+/// parameter (by name) its gradient and the size of the terms summed into it. A bias feeding
+/// BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift), which f32 can only meet
+/// to within the size of the dy values it sums.
 fn reference_step(
     spec: &ModelSpec,
     host: &HostModel,
@@ -77,8 +91,8 @@ fn reference_step(
     key: StepKey,
 ) -> StepReference {
     let rows = labels.len();
-    let params: Vec<Vec<f64>> = host.params.iter().map(|p| f64s(p)).collect();
-    let (layers, shapes) = (spec.layers(), spec.shapes());
+    let nodes = spec.nodes();
+    let tensor = |node: &Node, name: &str| f64s(host.tensor(&node.tensor_name(name)).unwrap());
     let dropout = |index: usize, p: f32, h: &[f64]| {
         let keep = keeps(
             &DropoutMask::new(p, key.seed, index as u32, key.step),
@@ -86,103 +100,128 @@ fn reference_step(
         );
         reference::activation::dropout(h, &keep, f64::from(p))
     };
+    let input = f64s(x);
+    let mut outputs: Vec<Vec<f64>> = Vec::new();
+    // What each node reads: its input, or the sum of its two.
     let mut inputs = Vec::new();
-    let mut h = f64s(x);
-    let mut next = 0;
-    let mut param_at = Vec::new();
-    for (index, layer) in layers.iter().enumerate() {
-        let shape = shapes[index];
-        inputs.push(h.clone());
-        param_at.push(next);
-        h = match *layer {
-            LayerSpec::Linear { .. } => {
-                next += 2;
-                let (w, b) = (&params[next - 2], &params[next - 1]);
-                linear_forward(&h, w, b, rows, shape.len())
+    for (index, node) in nodes.iter().enumerate() {
+        let read = |source: &Source| match source {
+            Source::Input => &input,
+            Source::Node(from) => &outputs[*from],
+        };
+        let mut h = read(&node.inputs[0]).clone();
+        if let Some(other) = node.inputs.get(1) {
+            for (a, b) in h.iter_mut().zip(read(other)) {
+                *a += b;
             }
-            LayerSpec::Conv2d { window, .. } => {
-                next += 2;
-                let (w, b) = (&params[next - 2], &params[next - 1]);
-                spatial::conv2d(&h, images(shape, rows), w, b, window)
+        }
+        let shape = node.input;
+        let out = match node.layer {
+            LayerSpec::Linear(_) => {
+                let (w, b) = (tensor(node, "weight"), tensor(node, "bias"));
+                linear_forward(&h, &w, &b, rows, shape.len())
             }
-            LayerSpec::BatchNorm => {
-                next += 2;
+            LayerSpec::Conv2d(conv) => {
+                let (w, b) = (tensor(node, "weight"), tensor(node, "bias"));
+                spatial::conv2d(&h, images(shape, rows), &w, &b, conv.window)
+            }
+            LayerSpec::BatchNorm(_) => {
                 let bn = batchnorm_shape(spec, shape, rows);
                 let (zeros, ones) = (vec![0.0f64; bn.c], vec![1.0f64; bn.c]);
-                let (gamma, beta) = (&params[next - 2], &params[next - 1]);
+                let (gamma, beta) = (tensor(node, "weight"), tensor(node, "bias"));
                 reference::batchnorm::forward_train(
-                    &h, bn, gamma, beta, &zeros, &ones, EPS, MOMENTUM,
+                    &h, bn, &gamma, &beta, &zeros, &ones, EPS, MOMENTUM,
                 )
                 .y
             }
-            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
-                next += 2;
-                let (gamma, beta) = (&params[next - 2], &params[next - 1]);
-                let groups = groups_of(layer, shape, rows);
-                reference::groupnorm::forward(&h, groups, gamma, beta, EPS).y
+            LayerSpec::GroupNorm(norm) => {
+                let (gamma, beta) = (tensor(node, "weight"), tensor(node, "bias"));
+                let groups = groups_of(norm, shape, rows);
+                reference::groupnorm::forward(&h, groups, &gamma, &beta, EPS).y
             }
-            LayerSpec::Relu => reference::activation::relu(&h),
-            LayerSpec::Dropout { p } => dropout(index, p, &h),
-            LayerSpec::MaxPool2d { window } => spatial::max_pool(&h, images(shape, rows), window),
-            LayerSpec::AvgPool => spatial::avg_pool(&h, images(shape, rows)),
-            LayerSpec::Flatten => spatial::flatten(&h, images(shape, rows)),
+            LayerSpec::Relu(_) => reference::activation::relu(&h),
+            LayerSpec::Dropout(d) => dropout(index, d.p, &h),
+            LayerSpec::MaxPool2d(pool) => spatial::max_pool(&h, images(shape, rows), pool.window),
+            LayerSpec::AvgPool(_) => spatial::avg_pool(&h, images(shape, rows)),
+            LayerSpec::Flatten(_) => spatial::flatten(&h, images(shape, rows)),
         };
+        inputs.push(h);
+        outputs.push(out);
     }
-    let logits = h;
-    let (_, mut dy, _) = reference::loss::softmax_cross_entropy(&logits, labels, spec.classes());
-    let mut grads = vec![(Vec::new(), 0.0); params.len()];
-    let mut input_grads = vec![Vec::new(); layers.len()];
-    for (index, layer) in layers.iter().enumerate().rev() {
-        let (input, shape, at) = (&inputs[index], shapes[index], param_at[index]);
-        dy = match *layer {
-            LayerSpec::Linear { outputs } => {
-                let (dx, dw, db) =
-                    linear_backward(input, &params[at], &dy, rows, shape.len(), outputs);
-                grads[at] = (dw, 0.0);
-                grads[at + 1] = (db, norm(&dy));
-                dx
-            }
-            LayerSpec::Conv2d { outputs, window } => {
-                let images = images(shape, rows);
-                let (dx, dw, db) =
-                    spatial::conv2d_backward(input, images, &params[at], outputs, window, &dy);
-                grads[at] = (dw, 0.0);
-                grads[at + 1] = (db, norm(&dy));
-                dx
-            }
-            LayerSpec::BatchNorm => {
-                let bn = batchnorm_shape(spec, shape, rows);
-                let g = reference::batchnorm::backward(input, &dy, bn, &params[at], EPS);
-                grads[at] = (g.dgamma, 0.0);
-                grads[at + 1] = (g.dbeta, 0.0);
-                g.dx
-            }
-            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
-                let groups = groups_of(layer, shape, rows);
-                let g = reference::groupnorm::backward(input, &dy, groups, &params[at], EPS);
-                // dγ and dβ are sums that can cancel: measured against Σ|dy·x̂| and Σ|dy|.
-                let (unit_gamma, zero_beta) =
-                    (vec![1.0; groups.channels], vec![0.0; groups.channels]);
-                let xhat =
-                    reference::groupnorm::forward(input, groups, &unit_gamma, &zero_beta, EPS).y;
-                let mut terms = [vec![0.0; groups.channels], vec![0.0; groups.channels]];
-                for (i, (&d, &h)) in dy.iter().zip(&xhat).enumerate() {
-                    terms[0][i % groups.channels] += (d * h).abs();
-                    terms[1][i % groups.channels] += d.abs();
-                }
-                grads[at] = (g.dgamma, norm(&terms[0]));
-                grads[at + 1] = (g.dbeta, norm(&terms[1]));
-                g.dx
-            }
-            LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
-            LayerSpec::Dropout { p } => dropout(index, p, &dy),
-            LayerSpec::MaxPool2d { window } => {
-                spatial::max_pool_backward(input, images(shape, rows), window, &dy)
-            }
-            LayerSpec::AvgPool => spatial::avg_pool_backward(&dy, images(shape, rows)),
-            LayerSpec::Flatten => unflatten(&dy, images(shape, rows)),
+    let logits = outputs.last().unwrap().clone();
+    let (_, dlogits, _) = reference::loss::softmax_cross_entropy(&logits, labels, spec.classes());
+    let mut output_grads: Vec<Option<Vec<f64>>> = vec![None; nodes.len()];
+    *output_grads.last_mut().unwrap() = Some(dlogits);
+    let mut grads = HashMap::new();
+    let mut input_grads = vec![Vec::new(); nodes.len()];
+    for (index, node) in nodes.iter().enumerate().rev() {
+        let Some(dy) = output_grads[index].take() else {
+            continue;
         };
-        input_grads[index] = dy.clone();
+        let (input, shape) = (&inputs[index], node.input);
+        let mut grad = |name: &str, values: Vec<f64>, terms: f64| {
+            grads.insert(node.tensor_name(name), (values, terms));
+        };
+        let dx = match node.layer {
+            LayerSpec::Linear(linear) => {
+                let w = tensor(node, "weight");
+                let (dx, dw, db) =
+                    linear_backward(input, &w, &dy, rows, shape.len(), linear.outputs);
+                grad("weight", dw, 0.0);
+                grad("bias", db, norm(&dy));
+                dx
+            }
+            LayerSpec::Conv2d(conv) => {
+                let images = images(shape, rows);
+                let w = tensor(node, "weight");
+                let (dx, dw, db) =
+                    spatial::conv2d_backward(input, images, &w, conv.outputs, conv.window, &dy);
+                grad("weight", dw, 0.0);
+                grad("bias", db, norm(&dy));
+                dx
+            }
+            LayerSpec::BatchNorm(_) => {
+                let bn = batchnorm_shape(spec, shape, rows);
+                let gamma = tensor(node, "weight");
+                let g = reference::batchnorm::backward(input, &dy, bn, &gamma, EPS);
+                let (zeros, ones) = (vec![0.0f64; bn.c], vec![1.0f64; bn.c]);
+                let xhat = reference::batchnorm::forward_train(
+                    input, bn, &ones, &zeros, &zeros, &ones, EPS, MOMENTUM,
+                )
+                .y;
+                let (dgamma_terms, dbeta_terms) = affine_terms(&dy, &xhat, bn.c);
+                grad("weight", g.dgamma, dgamma_terms);
+                grad("bias", g.dbeta, dbeta_terms);
+                g.dx
+            }
+            LayerSpec::GroupNorm(norm) => {
+                let groups = groups_of(norm, shape, rows);
+                let gamma = tensor(node, "weight");
+                let g = reference::groupnorm::backward(input, &dy, groups, &gamma, EPS);
+                let (ones, zeros) = (vec![1.0; groups.channels], vec![0.0; groups.channels]);
+                let xhat = reference::groupnorm::forward(input, groups, &ones, &zeros, EPS).y;
+                let (dgamma_terms, dbeta_terms) = affine_terms(&dy, &xhat, groups.channels);
+                grad("weight", g.dgamma, dgamma_terms);
+                grad("bias", g.dbeta, dbeta_terms);
+                g.dx
+            }
+            LayerSpec::Relu(_) => reference::activation::relu_backward(input, &dy),
+            LayerSpec::Dropout(d) => dropout(index, d.p, &dy),
+            LayerSpec::MaxPool2d(pool) => {
+                spatial::max_pool_backward(input, images(shape, rows), pool.window, &dy)
+            }
+            LayerSpec::AvgPool(_) => spatial::avg_pool_backward(&dy, images(shape, rows)),
+            LayerSpec::Flatten(_) => unflatten(&dy, images(shape, rows)),
+        };
+        for source in &node.inputs {
+            if let Source::Node(from) = source {
+                let sum = output_grads[*from].get_or_insert_with(|| vec![0.0; dx.len()]);
+                for (s, d) in sum.iter_mut().zip(&dx) {
+                    *s += d;
+                }
+            }
+        }
+        input_grads[index] = dx;
     }
     StepReference {
         logits,
@@ -194,9 +233,9 @@ fn reference_step(
 /// What `reference_step` computes.
 struct StepReference {
     logits: Vec<f64>,
-    /// Per parameter, its gradient and the size of the terms summed into it.
-    grads: Vec<(Vec<f64>, f64)>,
-    /// Per layer, the gradient reaching its input.
+    /// Per parameter by name, its gradient and the size of the terms summed into it.
+    grads: HashMap<String, (Vec<f64>, f64)>,
+    /// Per node, the gradient reaching its input.
     input_grads: Vec<Vec<f64>>,
 }
 
@@ -233,6 +272,12 @@ fn specs() -> Vec<ModelSpec> {
         cnn(
             image(2, 4, 4),
             "conv4k3p1,ln,relu,maxpool2,flatten,fc6,gn2,relu,fc3",
+        ),
+        // Residual blocks: the identity shortcut (its input feeds the body and the join, whose
+        // gradients add), a projection with stride 2, and a block without normalization.
+        cnn(
+            image(2, 6, 6),
+            "conv4k3p1,bn,relu,res(conv4k3p1,bn,relu,conv4k3p1,bn),res6s2(conv6k3s2p1,bn,relu,conv6k3p1,bn),res(conv6k3p1),avgpool,flatten,fc3",
         ),
     ]
 }
@@ -311,9 +356,9 @@ fn graph_backward_matches_chained_references<B: Compute>(
                 Ok(())
             })
             .unwrap();
-        let weighted: Vec<usize> = (spec.layers().iter().enumerate())
-            .filter(|(index, layer)| {
-                *index > 0 && matches!(layer, LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. })
+        let weighted: Vec<usize> = (spec.nodes().iter().enumerate())
+            .filter(|(index, node)| {
+                node.layer.kind().is_weighted() && spec.computes_input_grad(*index)
             })
             .map(|(index, _)| index)
             .rev()
@@ -328,9 +373,8 @@ fn graph_backward_matches_chained_references<B: Compute>(
             assert_close(&what, dx, &expected.input_grads[*index], 1e-4);
         }
         assert_eq!(grads.len(), expected.grads.len());
-        for ((param, grad), (reference, terms)) in
-            spec.params().iter().zip(&grads).zip(&expected.grads)
-        {
+        for (param, grad) in spec.params().iter().zip(&grads) {
+            let (reference, terms) = &expected.grads[&param.name];
             let what = format!("{} grad ({arch})", param.name);
             let out = backend.download(grad).unwrap();
             assert_close_to_terms(&what, &out, reference, *terms, 1e-4);

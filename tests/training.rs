@@ -8,7 +8,7 @@ use wgnorm::Backend;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, CLASSES, Mnist, PIXELS};
 use wgnorm::graph::{
-    Compute, HostModel, Init, LayerSpec, MNIST_IMAGE, ModelSpec, Sequential, StepKey,
+    BatchNorm, Compute, HostModel, Init, LayerSpec, MNIST_IMAGE, ModelSpec, Sequential, StepKey,
 };
 use wgnorm::ops::batchnorm::{BatchNormConfig, Mode};
 use wgnorm::ops::loss::{LossTotals, metric};
@@ -67,11 +67,15 @@ fn run_steps<B: Compute>(
                 .softmax_cross_entropy(&logits, &labels, CLASSES, Some(&mut dlogits), &mut metrics)
                 .unwrap();
             let grads = model.backward(backend, tape, dlogits).unwrap();
-            opt.step(backend, model.params_mut(), &grads).unwrap();
+            opt.step(backend, model.params_mut().unwrap(), &grads)
+                .unwrap();
             StepResult {
                 totals: LossTotals::from_metrics(&backend.download(&metrics).unwrap()).unwrap(),
                 grads: grads.iter().map(|g| backend.download(g).unwrap()).collect(),
-                params: model.download(backend).unwrap().params,
+                params: (model.download(backend).unwrap().params(spec).unwrap())
+                    .into_iter()
+                    .map(<[f32]>::to_vec)
+                    .collect(),
             }
         })
         .collect()
@@ -86,8 +90,9 @@ fn feeds_batchnorm(spec: &ModelSpec, name: &str) -> bool {
     let Some(layer) = name.strip_suffix(".bias") else {
         return false;
     };
-    let next = layer.parse::<usize>().unwrap() + 1;
-    spec.layers().get(next) == Some(&LayerSpec::BatchNorm)
+    let nodes = spec.nodes();
+    let at = nodes.iter().position(|node| node.name == layer).unwrap();
+    matches!(nodes.get(at + 1), Some(node) if node.layer == LayerSpec::BatchNorm(BatchNorm))
 }
 
 #[test]

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{Clock, device_timing, wall_timing};
 use crate::cpu::CpuBackend;
-use crate::graph::{LayerSpec, ModelSpec, SampleShape};
+use crate::graph::{Conv2d, LayerSpec, ModelSpec, SampleShape};
 use crate::ops::matmul::{MatmulOps, MatrixLayout, Store};
 use crate::{Error, Result};
 
@@ -51,11 +51,12 @@ impl StepProduct {
 /// The products a training step of `spec` at `batch` rows runs, layer by layer.
 pub fn step_products(spec: &ModelSpec, batch: usize) -> Vec<StepProduct> {
     let mut products = Vec::new();
-    for (layer, (spec_layer, &input)) in spec.layers().iter().zip(spec.shapes()).enumerate() {
+    for (layer, node) in spec.nodes().iter().enumerate() {
+        let input = node.input;
         // A convolution is the product of its patches (one row per output position) and W.
-        let (rows, inputs, outputs) = match (*spec_layer, input) {
-            (LayerSpec::Linear { outputs }, _) => (batch, input.len(), outputs),
-            (LayerSpec::Conv2d { outputs, window }, SampleShape::Image(image)) => {
+        let (rows, inputs, outputs) = match (node.layer, input) {
+            (LayerSpec::Linear(linear), _) => (batch, input.len(), linear.outputs),
+            (LayerSpec::Conv2d(Conv2d { outputs, window }), SampleShape::Image(image)) => {
                 let Ok((height, width)) = window.output(image.height, image.width) else {
                     continue;
                 };

@@ -19,7 +19,7 @@ use safetensors::tensor::{Dtype as TensorDtype, SafeTensors, TensorView};
 use crate::backend::Dtype;
 
 use crate::data::write_atomically;
-use crate::graph::{HostModel, HostRunning, ModelSpec};
+use crate::graph::{HostModel, ModelSpec};
 use crate::{Error, Result};
 
 /// The model file of a run's directory.
@@ -225,32 +225,16 @@ pub fn save_model(
 ) -> Result<()> {
     model.check(spec)?;
     let mut tensors = Vec::new();
-    for (param, values) in spec.params().iter().zip(&model.params) {
-        tensors.push(float_entry(
-            param.name.clone(),
-            param.shape.clone(),
-            values,
-            dtype,
-        ));
+    for tensor in spec.tensors() {
+        let values = model.tensor(&tensor.name)?;
+        tensors.push(float_entry(tensor.name, tensor.shape, values, dtype));
     }
-    for (layer, running) in spec.batchnorm_layers().into_iter().zip(&model.running) {
-        let (index, features) = (layer.index, layer.features);
-        tensors.push(float_entry(
-            format!("{index}.running_mean"),
-            vec![features],
-            &running.mean,
-            dtype,
-        ));
-        tensors.push(float_entry(
-            format!("{index}.running_var"),
-            vec![features],
-            &running.var,
-            dtype,
-        ));
+    for batchnorm in spec.batchnorm_nodes() {
         // A 0-dim int64 tensor, as PyTorch stores it.
-        let count = i64::try_from(running.batches_tracked).unwrap_or(i64::MAX);
+        let batches = model.batches_tracked(&batchnorm.name)?;
+        let count = i64::try_from(batches).unwrap_or(i64::MAX);
         tensors.push((
-            format!("{index}.num_batches_tracked"),
+            format!("{}.num_batches_tracked", batchnorm.name),
             TensorDtype::I64,
             vec![],
             count.to_le_bytes().to_vec(),
@@ -277,26 +261,18 @@ pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<ModelCheckpoint> {
     // their input and `--arch` layers (`ModelSpec`'s serde form). Reading checks it.
     let spec: ModelSpec = serde_json::from_str(reader.meta("architecture")?)
         .map_err(|e| format_error(path, format!("architecture metadata: {e}")))?;
-    let params = spec
-        .params()
-        .iter()
-        .map(|param| reader.floats(&param.name, &param.shape))
-        .collect::<Result<_>>()?;
-    let running = spec
-        .batchnorm_layers()
-        .into_iter()
-        .map(|layer| {
-            let (index, features) = (layer.index, layer.features);
-            Ok(HostRunning {
-                mean: reader.floats(&format!("{index}.running_mean"), &[features])?,
-                var: reader.floats(&format!("{index}.running_var"), &[features])?,
-                batches_tracked: reader.count(&format!("{index}.num_batches_tracked"))?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let mut model = HostModel::default();
+    for tensor in spec.tensors() {
+        let values = reader.floats(&tensor.name, &tensor.shape)?;
+        model.insert(tensor.name, values);
+    }
+    for batchnorm in spec.batchnorm_nodes() {
+        let count = reader.count(&format!("{}.num_batches_tracked", batchnorm.name))?;
+        model.set_batches_tracked(batchnorm.name, count);
+    }
     Ok(ModelCheckpoint {
         spec,
-        model: HostModel { params, running },
+        model,
         epochs_done: reader.meta_number("epochs_done")?,
     })
 }

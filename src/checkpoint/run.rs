@@ -41,7 +41,7 @@ pub fn save_run<B: Compute>(
     optimizer: &Optimizer<B>,
     progress: Progress<'_>,
 ) -> Result<()> {
-    let model_tensors = mlp.tensors();
+    let model_tensors = mlp.tensors()?;
     let split = model_tensors.len();
     let mut all = model_tensors;
     all.extend(optimizer.tensors());

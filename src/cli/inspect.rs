@@ -12,7 +12,7 @@ use crate::plot::{Line, Panel, panels};
 use wgnorm::checkpoint::ModelCheckpoint;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{Mnist, PIXELS};
-use wgnorm::graph::{BatchNormLayer, Sequential};
+use wgnorm::graph::{BatchNormNode, Sequential};
 use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::ops::data::DataOps;
 use wgnorm::reference::batchnorm;
@@ -76,7 +76,7 @@ struct Gap {
 /// One BatchNorm layer's report.
 #[derive(serde::Serialize)]
 struct LayerReport {
-    index: usize,
+    layer: String,
     kind: &'static str,
     features: usize,
     gamma: Range,
@@ -100,7 +100,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         ));
     }
     let saved = load_mnist_model(&args.checkpoint)?;
-    let layers = saved.spec.batchnorm_layers();
+    let layers = saved.spec.batchnorm_nodes();
     if layers.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "{} has no BatchNorm layer to inspect",
@@ -114,8 +114,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let reports: Vec<LayerReport> = layers
         .iter()
         .enumerate()
-        .map(|(at, layer)| report(&saved, *layer, at, gaps.as_ref().map(|gaps| gaps[at])))
-        .collect();
+        .map(|(at, layer)| report(&saved, layer, gaps.as_ref().map(|gaps| gaps[at])))
+        .collect::<Result<_>>()?;
     if let Some(path) = &args.plot {
         plot(path, &saved, &layers, &reports)?;
     }
@@ -135,52 +135,38 @@ pub fn run(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// γ and β of the BatchNorm at `layer`.
-fn affine(saved: &ModelCheckpoint, layer: BatchNormLayer) -> (&[f32], &[f32]) {
-    let params = saved.spec.params();
-    let find = |name: String| {
-        let at = params.iter().position(|p| p.name == name).unwrap_or(0);
-        &saved.model.params[at][..]
-    };
-    (
-        find(format!("{}.weight", layer.index)),
-        find(format!("{}.bias", layer.index)),
-    )
+/// Tensor `tensor` of the BatchNorm `layer`.
+fn tensor<'a>(
+    saved: &'a ModelCheckpoint,
+    layer: &BatchNormNode,
+    tensor: &str,
+) -> Result<&'a [f32]> {
+    saved.model.tensor(&format!("{}.{tensor}", layer.name))
 }
 
-fn report(
-    saved: &ModelCheckpoint,
-    layer: BatchNormLayer,
-    at: usize,
-    gap: Option<Gap>,
-) -> LayerReport {
-    let (gamma, beta) = affine(saved, layer);
-    let running = &saved.model.running[at];
-    LayerReport {
-        index: layer.index,
-        kind: if layer.positions > 1 {
-            "BatchNorm2d"
-        } else {
-            "BatchNorm1d"
-        },
+fn report(saved: &ModelCheckpoint, layer: &BatchNormNode, gap: Option<Gap>) -> Result<LayerReport> {
+    let gamma = tensor(saved, layer, "weight")?;
+    Ok(LayerReport {
+        layer: layer.name.clone(),
+        kind: layer.kind,
         features: layer.features,
         gamma: Range::of(gamma),
-        beta: Range::of(beta),
-        running_mean: Range::of(&running.mean),
-        running_var: Range::of(&running.var),
+        beta: Range::of(tensor(saved, layer, "bias")?),
+        running_mean: Range::of(tensor(saved, layer, "running_mean")?),
+        running_var: Range::of(tensor(saved, layer, "running_var")?),
         small_gamma_channels: (gamma.iter().enumerate())
             .filter(|(_, g)| g.abs() < SMALL_GAMMA)
             .map(|(channel, _)| channel)
             .collect(),
-        batches_tracked: running.batches_tracked,
+        batches_tracked: saved.model.batches_tracked(&layer.name)?,
         gap,
-    }
+    })
 }
 
 /// Each layer's gap between training-mode and eval-mode outputs on the first `GAP_IMAGES`
 /// validation images, both from the float64 BatchNorm reference on the layer's input in an
 /// eval-mode pass.
-fn gaps(saved: &ModelCheckpoint, layers: &[BatchNormLayer], data: &Mnist) -> Result<Vec<Gap>> {
+fn gaps(saved: &ModelCheckpoint, layers: &[BatchNormNode], data: &Mnist) -> Result<Vec<Gap>> {
     let first = split_point(data.train.len(), 0.1);
     let rows = GAP_IMAGES.min(data.train.len() - first);
     if rows < 2 {
@@ -199,17 +185,20 @@ fn gaps(saved: &ModelCheckpoint, layers: &[BatchNormLayer], data: &Mnist) -> Res
     cpu.gather(&images, &index, 0, &mut x, &mut gathered_labels)?;
     let inputs = model.batchnorm_inputs(&cpu, x, rows)?;
     let eps = f64::from(saved.spec.batchnorm_config().eps());
-    Ok((layers.iter().zip(&inputs).enumerate())
-        .map(|(at, (layer, input))| {
-            let (gamma, beta) = affine(saved, *layer);
-            let running = &saved.model.running[at];
+    (layers.iter().zip(&inputs))
+        .map(|(layer, input)| {
+            let (gamma, beta) = (
+                tensor(saved, layer, "weight")?,
+                tensor(saved, layer, "bias")?,
+            );
+            let mean = tensor(saved, layer, "running_mean")?;
+            let var = tensor(saved, layer, "running_var")?;
             let shape = BatchNormShape::new(input.len() / layer.features, layer.features, 1);
-            let (mean, var) = (&running.mean, &running.var);
             let train = batchnorm::forward_train(input, shape, gamma, beta, mean, var, eps, 0.0).y;
             let eval = batchnorm::forward_eval(input, shape, gamma, beta, mean, var, eps);
-            gap(&train, &eval)
+            Ok(gap(&train, &eval))
         })
-        .collect())
+        .collect()
 }
 
 /// The gap between one layer's training-mode and eval-mode outputs.
@@ -227,14 +216,14 @@ fn gap(train: &[f64], eval: &[f64]) -> Gap {
 fn print_table(reports: &[LayerReport], with_gap: bool) {
     let range = |r: Range| format!("[{:.3}, {:.3}]", r.min, r.max);
     print!(
-        "{:>5}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
+        "{:>12}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
         "layer", "kind", "features", "γ", "β", "running mean", "running var", "|γ|<1e-3"
     );
     println!("{}", if with_gap { "  train/eval gap" } else { "" });
     for r in reports {
         print!(
-            "{:>5}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
-            r.index,
+            "{:>12}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
+            r.layer,
             r.kind,
             r.features,
             range(r.gamma),
@@ -267,7 +256,7 @@ fn print_table(reports: &[LayerReport], with_gap: bool) {
 fn plot(
     path: &std::path::Path,
     saved: &ModelCheckpoint,
-    layers: &[BatchNormLayer],
+    layers: &[BatchNormNode],
     reports: &[LayerReport],
 ) -> Result<()> {
     let series = |values: &[f32]| -> Vec<(f64, f64)> {
@@ -276,10 +265,10 @@ fn plot(
             .collect()
     };
     let mut drawn = Vec::new();
-    for (at, (layer, report)) in layers.iter().zip(reports).enumerate() {
-        let (gamma, _) = affine(saved, *layer);
+    for (layer, report) in layers.iter().zip(reports) {
+        let gamma = tensor(saved, layer, "weight")?;
         let panel = |what: &str, y_label: &str, values: &[f32], log10_y: bool| Panel {
-            title: format!("{} {} ({})", report.kind, layer.index, what),
+            title: format!("{} {} ({})", report.kind, layer.name, what),
             x_label: "channel".to_string(),
             y_label: y_label.to_string(),
             lines: vec![Line {
@@ -292,7 +281,7 @@ fn plot(
         drawn.push(panel(
             "running variance",
             "variance",
-            &saved.model.running[at].var,
+            tensor(saved, layer, "running_var")?,
             true,
         ));
         drawn.push(panel("γ", "γ", gamma, false));

@@ -105,8 +105,10 @@ fn grad_norm_plot(
             .filter(|(_, name)| name.ends_with(suffix))
             .map(|(at, name)| Line {
                 // `3.weight` (fc128): the layer's `--arch` token beside its state_dict name.
-                label: match name.split('.').next().and_then(|i| i.parse::<usize>().ok()) {
-                    Some(index) => format!("{name} ({})", spec.layers()[index]),
+                label: match (name.rsplit_once('.'))
+                    .and_then(|(node, _)| spec.nodes().iter().find(|n| n.name == node))
+                {
+                    Some(node) => format!("{name} ({})", node.layer),
                     None => name.clone(),
                 },
                 points: (records.iter())

@@ -123,7 +123,7 @@ pub fn run(args: RecalibrateArgs) -> Result<()> {
     }
     println!(
         "running statistics of {} BatchNorm layer(s) averaged over {} batches of {}",
-        saved.spec.batchnorm_layers().len(),
+        saved.spec.batchnorm_nodes().len(),
         plan.batches,
         plan.batch_size
     );

@@ -13,11 +13,17 @@
 //! maxpool<K>[s<S>]                 MaxPool2d, K×K windows, stride S (K)
 //! avgpool                          mean of each channel over the image (to 1×1)
 //! flatten                          an image to features, PyTorch's (c, h, w) order
+//! res(<layers>)                    a residual block: relu(layers(x) + x)
+//! res<C>[s<S>](<layers>)           the same with the shortcut projected by a 1×1 convolution
+//!                                  to C channels with stride S (1) and a BatchNorm
+//! res(<layers>|<layers>)           the same with any shortcut: relu(body(x) + shortcut(x))
 //! ```
 
-use std::fmt;
-
-use super::layer_spec::{Image, LayerSpec, SampleShape};
+use super::layer_spec::{Image, SampleShape};
+use super::layers::{
+    AvgPool, BatchNorm, Conv2d, Dropout, Flatten, GroupNorm, LayerSpec, Linear, MaxPool2d, Relu,
+};
+use super::residual::{Block, Residual};
 use super::spec::ModelSpec;
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::ops::spatial::Window;
@@ -26,70 +32,118 @@ use crate::{Error, Result};
 /// The `--arch` grammar, as `--help` and errors show it.
 pub const ARCH_GRAMMAR: &str = "comma-separated layers: fc<N>, conv<C>k<K>[s<S>][p<P>], bn, \
                                 ln, gn<G>, in, relu, dropout<P>, maxpool<K>[s<S>], avgpool, \
-                                flatten";
+                                flatten, and residual blocks res(<layers>), \
+                                res<C>[s<S>](<layers>) or res(<layers>|<layers>)";
 
 impl ModelSpec {
-    /// `arch` (the `--arch` grammar) on `image` inputs: images if a convolution, pooling or
-    /// flatten comes before the first Linear, else the image's values as flat features.
+    /// `arch` (the `--arch` grammar) on `image` inputs: images if a convolution, pooling,
+    /// flatten or residual block comes before the first Linear, else the image's values as flat
+    /// features.
     pub fn from_arch(arch: &str, image: Image, config: BatchNormConfig) -> Result<Self> {
-        let layers = parse_layers(arch)?;
-        let spatial_first = layers
+        let blocks = parse_blocks(arch)?;
+        let spatial_first = blocks
             .iter()
-            .find(|layer| {
-                !(layer.is_groupnorm()
-                    || matches!(
-                        layer,
-                        LayerSpec::BatchNorm | LayerSpec::Relu | LayerSpec::Dropout { .. }
-                    ))
+            .find(|block| match block {
+                Block::Layer(layer) => !matches!(
+                    layer,
+                    LayerSpec::BatchNorm(_)
+                        | LayerSpec::GroupNorm(_)
+                        | LayerSpec::Relu(_)
+                        | LayerSpec::Dropout(_)
+                ),
+                Block::Residual(_) => true,
             })
-            .is_some_and(|layer| !matches!(layer, LayerSpec::Linear { .. }));
+            .is_some_and(|block| !matches!(block, Block::Layer(LayerSpec::Linear(_))));
         let input = if spatial_first {
             SampleShape::Image(image)
         } else {
-            SampleShape::Flat(image.channels * image.positions())
+            SampleShape::Flat(image.values())
         };
-        ModelSpec::new(input, layers, config)
+        ModelSpec::with_blocks(input, blocks, config)
     }
 
-    /// The layers in the `--arch` grammar.
+    /// The model in the `--arch` grammar.
     pub fn arch(&self) -> String {
-        let tokens: Vec<String> = self.layers().iter().map(ToString::to_string).collect();
+        let tokens: Vec<String> = self.blocks().iter().map(ToString::to_string).collect();
         tokens.join(",")
     }
 }
 
-impl fmt::Display for LayerSpec {
-    /// The layer's `--arch` token.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            LayerSpec::Linear { outputs } => write!(f, "fc{outputs}"),
-            LayerSpec::Conv2d { outputs, window } => {
-                write!(f, "conv{outputs}k{}", window.kernel)?;
-                if window.stride != 1 {
-                    write!(f, "s{}", window.stride)?;
-                }
-                if window.padding != 0 {
-                    write!(f, "p{}", window.padding)?;
-                }
-                Ok(())
+/// `arch` split at its top-level commas (not those inside a block's parentheses).
+fn split_top_level(arch: &str) -> Result<Vec<&str>> {
+    let (mut tokens, mut depth, mut start) = (Vec::new(), 0usize, 0);
+    for (i, c) in arch.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1).ok_or_else(|| {
+                    Error::InvalidArgument(format!("--arch `{arch}`: a `)` closes nothing"))
+                })?
             }
-            LayerSpec::BatchNorm => write!(f, "bn"),
-            LayerSpec::LayerNorm => write!(f, "ln"),
-            LayerSpec::GroupNorm { groups } => write!(f, "gn{groups}"),
-            LayerSpec::InstanceNorm => write!(f, "in"),
-            LayerSpec::Relu => write!(f, "relu"),
-            LayerSpec::Dropout { p } => write!(f, "dropout{p}"),
-            LayerSpec::MaxPool2d { window } => {
-                write!(f, "maxpool{}", window.kernel)?;
-                if window.stride != window.kernel {
-                    write!(f, "s{}", window.stride)?;
-                }
-                Ok(())
+            ',' if depth == 0 => {
+                tokens.push(arch[start..i].trim());
+                start = i + 1;
             }
-            LayerSpec::AvgPool => write!(f, "avgpool"),
-            LayerSpec::Flatten => write!(f, "flatten"),
+            _ => {}
         }
     }
+    if depth != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "--arch `{arch}`: a `(` is not closed"
+        )));
+    }
+    tokens.push(arch[start..].trim());
+    Ok(tokens)
+}
+
+/// The layers and residual blocks of an `--arch` spec; a malformed token is named with what was
+/// expected.
+pub fn parse_blocks(arch: &str) -> Result<Vec<Block>> {
+    if arch.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "--arch is empty; expected {ARCH_GRAMMAR}"
+        )));
+    }
+    split_top_level(arch)?
+        .into_iter()
+        .map(|token| match token.split_once('(') {
+            Some((head, rest)) => parse_residual(token, head, rest),
+            None => parse_token(token).map(Block::Layer),
+        })
+        .collect()
+}
+
+/// `res[<C>[s<S>]](<layers>)`: `head` before the parenthesis, `rest` after it.
+fn parse_residual(token: &str, head: &str, rest: &str) -> Result<Block> {
+    const RES: &str = "res(<layers>), res<channels>[s<stride>](<layers>) or \
+                       res(<layers>|<layers>), e.g. res32s2(conv32k3s2p1,bn,relu,conv32k3p1,bn)";
+    let expected = || Error::InvalidArgument(format!("--arch token `{token}`: expected {RES}"));
+    let inside = rest.strip_suffix(')').ok_or_else(expected)?;
+    if inside.contains('(') {
+        return Err(Error::InvalidArgument(format!(
+            "--arch token `{token}`: a residual block holds layers, not blocks"
+        )));
+    }
+    let (body, shortcut) = match inside.split_once('|') {
+        Some((body, shortcut)) => (body, parse_layers(shortcut)?),
+        None => (inside, Vec::new()),
+    };
+    let shortcut = match head.strip_prefix("res").ok_or_else(expected)? {
+        "" => shortcut,
+        _ if !shortcut.is_empty() => return Err(expected()),
+        projection => {
+            let positive = |text: Option<&str>| text?.parse::<usize>().ok().filter(|&n| n > 0);
+            let (channels, values) = fields(projection, &['s']).ok_or_else(expected)?;
+            Residual::projection(
+                positive(Some(channels)).ok_or_else(expected)?,
+                (values[0].map_or(Some(1), |s| positive(Some(s)))).ok_or_else(expected)?,
+            )
+        }
+    };
+    Ok(Block::Residual(Residual {
+        body: parse_layers(body)?,
+        shortcut,
+    }))
 }
 
 /// The layers of an `--arch` spec; a malformed token is named with what was expected.
@@ -145,23 +199,23 @@ fn parse_token(token: &str) -> Result<LayerSpec> {
     const GN: &str = "gn<groups>, e.g. gn8";
     const DROPOUT: &str = "dropout<p> with p in [0, 1), e.g. dropout0.2";
     Ok(match token {
-        "bn" => LayerSpec::BatchNorm,
-        "ln" => LayerSpec::LayerNorm,
-        "in" => LayerSpec::InstanceNorm,
-        "relu" => LayerSpec::Relu,
-        "avgpool" => LayerSpec::AvgPool,
-        "flatten" => LayerSpec::Flatten,
-        _ if token.starts_with("gn") => LayerSpec::GroupNorm {
-            groups: positive(Some(&token[2..])).ok_or_else(|| expected(GN))?,
-        },
-        _ if token.starts_with("fc") => LayerSpec::Linear {
+        "bn" => LayerSpec::BatchNorm(BatchNorm),
+        "ln" => LayerSpec::GroupNorm(GroupNorm::LAYER),
+        "in" => LayerSpec::GroupNorm(GroupNorm::INSTANCE),
+        "relu" => LayerSpec::Relu(Relu),
+        "avgpool" => LayerSpec::AvgPool(AvgPool),
+        "flatten" => LayerSpec::Flatten(Flatten),
+        _ if token.starts_with("gn") => LayerSpec::GroupNorm(GroupNorm::groups(
+            positive(Some(&token[2..])).ok_or_else(|| expected(GN))?,
+        )),
+        _ if token.starts_with("fc") => LayerSpec::Linear(Linear {
             outputs: positive(Some(&token[2..])).ok_or_else(|| expected(FC))?,
-        },
-        _ if token.starts_with("dropout") => LayerSpec::Dropout {
+        }),
+        _ if token.starts_with("dropout") => LayerSpec::Dropout(Dropout {
             p: (token[7..].parse::<f32>().ok())
                 .filter(|p| (0.0..1.0).contains(p))
                 .ok_or_else(|| expected(DROPOUT))?,
-        },
+        }),
         _ if token.starts_with("conv") => {
             let conv = || -> Option<LayerSpec> {
                 let (outputs, values) = fields(&token[4..], &['k', 's', 'p'])?;
@@ -171,7 +225,7 @@ fn parse_token(token: &str) -> Result<LayerSpec> {
                     padding: values[2].map_or(Some(0), |p| p.parse().ok())?,
                 };
                 let outputs = positive(Some(outputs))?;
-                Some(LayerSpec::Conv2d { outputs, window })
+                Some(LayerSpec::Conv2d(Conv2d { outputs, window }))
             };
             conv().ok_or_else(|| expected(CONV))?
         }
@@ -180,13 +234,13 @@ fn parse_token(token: &str) -> Result<LayerSpec> {
                 let (kernel, values) = fields(&token[7..], &['s'])?;
                 let kernel = positive(Some(kernel))?;
                 let stride = values[0].map_or(Some(kernel), |s| positive(Some(s)))?;
-                Some(LayerSpec::MaxPool2d {
+                Some(LayerSpec::MaxPool2d(MaxPool2d {
                     window: Window {
                         kernel,
                         stride,
                         padding: 0,
                     },
-                })
+                }))
             };
             pool().ok_or_else(|| expected(POOL))?
         }
@@ -220,22 +274,23 @@ impl ModelSpec {
         let SampleShape::Flat(inputs) = self.input() else {
             return None;
         };
-        let widths: Vec<usize> = (self.layers().iter())
+        let layers = self.layers()?;
+        let widths: Vec<usize> = (layers.iter())
             .filter_map(|layer| match layer {
-                LayerSpec::Linear { outputs } => Some(*outputs),
+                LayerSpec::Linear(linear) => Some(linear.outputs),
                 _ => None,
             })
             .collect();
         let (&classes, hidden) = widths.split_last()?;
-        let dropout = (self.layers().iter())
+        let dropout = (layers.iter())
             .find_map(|layer| match layer {
-                LayerSpec::Dropout { p } => Some(*p),
+                LayerSpec::Dropout(dropout) => Some(dropout.p),
                 _ => None,
             })
             .unwrap_or(0.0);
         let batchnorm = self.has_batchnorm();
         let rebuilt = ModelSpec::mlp(inputs, hidden, classes, batchnorm, dropout).ok()?;
-        (rebuilt.layers() == self.layers()).then(|| Stored::Mlp {
+        (rebuilt.layers() == Some(layers)).then(|| Stored::Mlp {
             inputs,
             hidden: hidden.to_vec(),
             classes,
@@ -279,8 +334,8 @@ impl<'de> serde::Deserialize<'de> for ModelSpec {
                 input,
                 layers,
                 batchnorm_config,
-            } => parse_layers(&layers)
-                .and_then(|layers| ModelSpec::new(input, layers, batchnorm_config)),
+            } => parse_blocks(&layers)
+                .and_then(|blocks| ModelSpec::with_blocks(input, blocks, batchnorm_config)),
         };
         spec.map_err(serde::de::Error::custom)
     }

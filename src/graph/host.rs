@@ -1,8 +1,11 @@
-//! A model's tensors on the host: how they start, and their check against an architecture.
+//! A model's tensors on the host, by `state_dict` name: how they start, and their check
+//! against an architecture.
+
+use std::collections::BTreeMap;
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use super::layer_spec::{LayerSpec, SampleShape};
+use super::layers::Start;
 use super::spec::ModelSpec;
 use crate::{Error, Result};
 
@@ -20,106 +23,113 @@ pub enum Init {
     Torch,
 }
 
-/// Running statistics of one BatchNorm layer, on the host.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostRunning {
-    /// Running mean per feature.
-    pub mean: Vec<f32>,
-    /// Running variance per feature.
-    pub var: Vec<f32>,
-    /// Training forwards seen (`num_batches_tracked`).
-    pub batches_tracked: u64,
-}
-
-/// Every tensor of a model's `state_dict`, on the host: parameters in `ModelSpec::params`
-/// order, running statistics in `ModelSpec::batchnorm_layers` order.
-#[derive(Clone, Debug, PartialEq)]
+/// Every tensor of a model's `state_dict`, on the host, by name: the parameters, the running
+/// statistics, and each BatchNorm's count of training batches.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostModel {
-    /// Every parameter in `ModelSpec::params` order.
-    pub params: Vec<Vec<f32>>,
-    /// Each BatchNorm layer's running statistics, in layer order.
-    pub running: Vec<HostRunning>,
+    tensors: BTreeMap<String, Vec<f32>>,
+    /// `num_batches_tracked` by the BatchNorm node's name.
+    batches_tracked: BTreeMap<String, u64>,
 }
 
 impl HostModel {
-    /// Initial weights drawn on the host from `seed`, so every backend starts from the same ones.
+    /// Initial tensors drawn on the host from `seed`, so every backend starts from the same
+    /// ones: each node's in order, a Linear's or convolution's weight, then its bias.
     pub fn initial(spec: &ModelSpec, init: Init, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = Vec::new();
-        for (layer, &input) in spec.layers().iter().zip(spec.shapes()) {
-            let (fan_in, fan_out) = match (*layer, input) {
-                (LayerSpec::Linear { outputs }, _) => (input.len(), outputs),
-                (LayerSpec::Conv2d { outputs, window }, SampleShape::Image(image)) => {
-                    let area = window.kernel * window.kernel;
-                    (image.channels * area, outputs * area)
-                }
-                (layer, _) if layer.is_normalization() => {
-                    let features = match input {
-                        SampleShape::Flat(features) => features,
-                        SampleShape::Image(image) => image.channels,
-                    };
-                    params.push(vec![1.0; features]);
-                    params.push(vec![0.0; features]);
-                    continue;
-                }
-                _ => continue,
-            };
-            let (weight_limit, bias_limit) = match init {
-                Init::Keras => ((6.0 / (fan_in + fan_out) as f64).sqrt(), 0.0),
-                Init::Torch => {
-                    let bound = 1.0 / (fan_in as f64).sqrt();
-                    (bound, bound)
-                }
-            };
-            let mut uniform = |len: usize, limit: f64| -> Vec<f32> {
+        let mut model = Self::default();
+        for tensor in spec.tensors() {
+            let len = tensor.len();
+            let mut uniform = |limit: f64| -> Vec<f32> {
                 (0..len)
                     .map(|_| (limit * (2.0 * rng.random::<f64>() - 1.0)) as f32)
                     .collect()
             };
-            let outputs = match *layer {
-                LayerSpec::Linear { outputs } | LayerSpec::Conv2d { outputs, .. } => outputs,
-                _ => 0,
+            let values = match (tensor.def.start, init) {
+                (Start::Ones, _) => vec![1.0; len],
+                (Start::Zeros, _) => vec![0.0; len],
+                (Start::Weight { fan_in, fan_out }, Init::Keras) => {
+                    uniform((6.0 / (fan_in + fan_out) as f64).sqrt())
+                }
+                (Start::Weight { fan_in, .. } | Start::Bias { fan_in }, Init::Torch) => {
+                    uniform(1.0 / (fan_in as f64).sqrt())
+                }
+                // Drawn all the same, so that Keras and PyTorch starts share their weights'
+                // random stream.
+                (Start::Bias { .. }, Init::Keras) => uniform(0.0),
             };
-            params.push(uniform(fan_in * outputs, weight_limit));
-            params.push(uniform(outputs, bias_limit));
+            model.tensors.insert(tensor.name, values);
         }
-        let running = spec
-            .batchnorm_layers()
-            .into_iter()
-            .map(|layer| HostRunning {
-                mean: vec![0.0; layer.features],
-                var: vec![1.0; layer.features],
-                batches_tracked: 0,
-            })
-            .collect();
-        Self { params, running }
+        for batchnorm in spec.batchnorm_nodes() {
+            model.batches_tracked.insert(batchnorm.name, 0);
+        }
+        model
     }
 
-    /// Refuses tensors whose sizes do not match `spec`.
+    /// Tensor `name`, or an error naming it.
+    pub fn tensor(&self, name: &str) -> Result<&[f32]> {
+        (self.tensors.get(name))
+            .map(Vec::as_slice)
+            .ok_or_else(|| Error::Shape(format!("the model has no tensor {name}")))
+    }
+
+    /// Tensor `name`, to be changed.
+    pub fn tensor_mut(&mut self, name: &str) -> Result<&mut Vec<f32>> {
+        (self.tensors.get_mut(name))
+            .ok_or_else(|| Error::Shape(format!("the model has no tensor {name}")))
+    }
+
+    /// Sets tensor `name`.
+    pub fn insert(&mut self, name: impl Into<String>, values: Vec<f32>) {
+        self.tensors.insert(name.into(), values);
+    }
+
+    /// Every tensor by name.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        (self.tensors.iter()).map(|(name, values)| (name.as_str(), values.as_slice()))
+    }
+
+    /// The training batches the BatchNorm node `node` has seen (`num_batches_tracked`).
+    pub fn batches_tracked(&self, node: &str) -> Result<u64> {
+        (self.batches_tracked.get(node).copied())
+            .ok_or_else(|| Error::Shape(format!("the model has no BatchNorm {node}")))
+    }
+
+    /// Sets the count of BatchNorm node `node`.
+    pub fn set_batches_tracked(&mut self, node: impl Into<String>, batches: u64) {
+        self.batches_tracked.insert(node.into(), batches);
+    }
+
+    /// The parameters in `ModelSpec::params` order: the layout of the optimizer's arena.
+    pub fn params(&self, spec: &ModelSpec) -> Result<Vec<&[f32]>> {
+        (spec.params().iter())
+            .map(|param| self.tensor(&param.name))
+            .collect()
+    }
+
+    /// Refuses tensors whose names or sizes do not match `spec`.
     pub fn check(&self, spec: &ModelSpec) -> Result<()> {
-        let params = spec.params();
-        let layers = spec.batchnorm_layers();
-        if self.params.len() != params.len() || self.running.len() != layers.len() {
+        let expected = spec.tensors();
+        for tensor in &expected {
+            crate::ops::check_len(&tensor.name, self.tensor(&tensor.name)?.len(), tensor.len())?;
+        }
+        if let Some(extra) =
+            (self.tensors.keys()).find(|name| !expected.iter().any(|t| &t.name == *name))
+        {
             return Err(Error::Shape(format!(
-                "model has {} parameters and {} BatchNorm layers, the architecture {} and {}",
-                self.params.len(),
-                self.running.len(),
-                params.len(),
-                layers.len()
+                "the model has a tensor {extra} the architecture does not"
             )));
         }
-        for (values, param) in self.params.iter().zip(&params) {
-            crate::ops::check_len(&param.name, values.len(), param.len())?;
+        let batchnorms = spec.batchnorm_nodes();
+        for batchnorm in &batchnorms {
+            self.batches_tracked(&batchnorm.name)?;
         }
-        for (running, layer) in self.running.iter().zip(layers) {
-            let index = layer.index;
-            let features = layer.features;
-            crate::ops::check_len(
-                &format!("{index}.running_mean"),
-                running.mean.len(),
-                features,
-            )?;
-            crate::ops::check_len(&format!("{index}.running_var"), running.var.len(), features)?;
+        if self.batches_tracked.len() != batchnorms.len() {
+            return Err(Error::Shape(format!(
+                "the model counts batches for {} BatchNorm layers, the architecture has {}",
+                self.batches_tracked.len(),
+                batchnorms.len()
+            )));
         }
         Ok(())
     }

@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use super::layer_spec::{Image, LayerSpec, SampleShape};
+use super::layer_spec::{Image, SampleShape};
+use super::layers::{
+    BatchNorm, Conv2d, Dropout, Flatten, GroupNorm, Groups, LayerSpec, Linear, MaxPool2d, Relu,
+};
 use super::spec::ModelSpec;
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::ops::spatial::Window;
@@ -114,17 +117,17 @@ impl Preset {
                         stride: 1,
                         padding: 1,
                     };
-                    layers.push(LayerSpec::Conv2d { outputs, window });
+                    layers.push(LayerSpec::Conv2d(Conv2d { outputs, window }));
                     layers.extend(norm.layer(true));
-                    layers.push(LayerSpec::Relu);
+                    layers.push(LayerSpec::Relu(Relu));
                     let window = Window {
                         kernel: 2,
                         stride: 2,
                         padding: 0,
                     };
-                    layers.push(LayerSpec::MaxPool2d { window });
+                    layers.push(LayerSpec::MaxPool2d(MaxPool2d { window }));
                 }
-                layers.push(LayerSpec::Flatten);
+                layers.push(LayerSpec::Flatten(Flatten));
                 SampleShape::Image(image)
             }
             _ if norm == Norm::Instance => {
@@ -137,11 +140,11 @@ impl Preset {
             _ => SampleShape::Flat(image.channels * image.positions()),
         };
         for &outputs in hidden {
-            layers.push(LayerSpec::Linear { outputs });
+            layers.push(LayerSpec::Linear(Linear { outputs }));
             layers.extend(norm.layer(false));
-            layers.extend([LayerSpec::Relu, LayerSpec::Dropout { p }]);
+            layers.extend([LayerSpec::Relu(Relu), LayerSpec::Dropout(Dropout { p })]);
         }
-        layers.push(LayerSpec::Linear { outputs: classes });
+        layers.push(LayerSpec::Linear(Linear { outputs: classes }));
         ModelSpec::new(input, layers, config)
     }
 }
@@ -169,20 +172,26 @@ impl Norm {
     fn layer(self, on_images: bool) -> Option<LayerSpec> {
         match self {
             Norm::None => None,
-            Norm::Batch => Some(LayerSpec::BatchNorm),
-            Norm::Layer => Some(LayerSpec::LayerNorm),
-            Norm::Group(groups) => Some(LayerSpec::GroupNorm { groups }),
-            Norm::Instance => on_images.then_some(LayerSpec::InstanceNorm),
+            Norm::Batch => Some(LayerSpec::BatchNorm(BatchNorm)),
+            Norm::Layer => Some(LayerSpec::GroupNorm(GroupNorm::LAYER)),
+            Norm::Group(groups) => Some(LayerSpec::GroupNorm(GroupNorm::groups(groups))),
+            Norm::Instance => on_images.then_some(LayerSpec::GroupNorm(GroupNorm::INSTANCE)),
         }
     }
 
     /// The normalization `layer` is, if it is one.
     fn of(layer: LayerSpec) -> Option<Norm> {
         Some(match layer {
-            LayerSpec::BatchNorm => Norm::Batch,
-            LayerSpec::LayerNorm => Norm::Layer,
-            LayerSpec::GroupNorm { groups } => Norm::Group(groups),
-            LayerSpec::InstanceNorm => Norm::Instance,
+            LayerSpec::BatchNorm(_) => Norm::Batch,
+            LayerSpec::GroupNorm(GroupNorm {
+                groups: Groups::All,
+            }) => Norm::Layer,
+            LayerSpec::GroupNorm(GroupNorm {
+                groups: Groups::Count(groups),
+            }) => Norm::Group(groups),
+            LayerSpec::GroupNorm(GroupNorm {
+                groups: Groups::PerChannel,
+            }) => Norm::Instance,
             _ => return None,
         })
     }
@@ -276,15 +285,15 @@ impl ModelSpec {
     /// The name of the preset this spec is, with its normalization (mlp, mlp-bn, cnn-ln,
     /// ...), with 128 hidden units and dropout 0.2 on MNIST-sized inputs.
     pub fn preset_name(&self) -> Option<String> {
-        let norm = (self.layers().iter())
-            .find_map(|&layer| Norm::of(layer))
+        let norm = (self.nodes().iter())
+            .find_map(|node| Norm::of(node.layer))
             .unwrap_or(Norm::None);
         [Preset::Mlp, Preset::Cnn].into_iter().find_map(|base| {
             let config = BatchNormConfig::default();
             let reference = base
                 .spec_with_norm(norm, MNIST_IMAGE, &[128], 10, 0.2, config)
                 .ok()?;
-            (reference.layers() == self.layers() && reference.input() == self.input())
+            (reference.blocks() == self.blocks() && reference.input() == self.input())
                 .then(|| base.name_with(norm))
         })
     }

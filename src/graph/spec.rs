@@ -1,17 +1,25 @@
-//! The architecture: a checked stack of layers (`layer_spec.rs`) and the tensors it learns. A
-//! `ModelSpec` is checked when it is made, so every model built from one can run.
+//! The architecture: a checked stack of layers and residual blocks, flattened into a graph of
+//! nodes, and the tensors it holds, each by its `state_dict` name. A `ModelSpec` is checked when
+//! it is made, so every model built from one can run.
 
-use super::layer_spec::{LayerSpec, SampleShape, batchnorm_features};
+use super::layer_spec::SampleShape;
+use super::layers::{BatchNorm, LayerSpec, Relu, TensorDef};
+use super::residual::{Block, Residual};
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::{Error, Result};
 
-/// A learned tensor: its `state_dict` name and shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A tensor a model holds: its `state_dict` name, its shape, how it starts, and whether the
+/// optimizer trains it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
-    /// The `state_dict` name, e.g. `0.weight`.
+    /// The `state_dict` name, e.g. `0.weight` or `3.body.1.running_mean`.
     pub name: String,
     /// Its shape, PyTorch's order.
     pub shape: Vec<usize>,
+    /// The node it belongs to.
+    pub node: usize,
+    /// What it is in its layer.
+    pub def: TensorDef,
 }
 
 impl ParamSpec {
@@ -32,26 +40,99 @@ impl ParamSpec {
     }
 }
 
-/// A BatchNorm layer: its `Sequential` index, the features it normalizes, and the positions
-/// each feature has per sample (1 for BatchNorm1d).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchNormLayer {
-    /// Index in the `Sequential`.
-    pub index: usize,
+/// Where a node reads a value: the model's input, or the output of an earlier node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// The model's input.
+    Input,
+    /// The output of node i.
+    Node(usize),
+}
+
+/// One node of the graph: a layer, the values it reads, and the shapes in and out. A node with
+/// two inputs adds them before its layer (a residual block's ReLU).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// The prefix of its tensors' `state_dict` names: `3` in a plain stack, `4.body.0` in a
+    /// residual block's body, `4.shortcut.0` in its projection.
+    pub name: String,
+    /// The layer.
+    pub layer: LayerSpec,
+    /// What it reads: one value, or two that are added.
+    pub inputs: Vec<Source>,
+    /// The shape of what it reads.
+    pub input: SampleShape,
+    /// The shape it gives.
+    pub output: SampleShape,
+}
+
+impl Node {
+    /// `layer` named `name` reading `from`; its output is found when it is added.
+    fn new(name: String, layer: LayerSpec, from: (Source, SampleShape)) -> Self {
+        Self {
+            name,
+            layer,
+            inputs: vec![from.0],
+            input: from.1,
+            output: from.1,
+        }
+    }
+
+    /// The `state_dict` name of its tensor `tensor`.
+    pub fn tensor_name(&self, tensor: &str) -> String {
+        format!("{}.{tensor}", self.name)
+    }
+}
+
+/// A BatchNorm node: its index, its name, the features it normalizes, and the positions each
+/// feature has per sample (1 for BatchNorm1d).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchNormNode {
+    /// Index in `ModelSpec::nodes`.
+    pub node: usize,
+    /// Its `state_dict` prefix.
+    pub name: String,
     /// Features (channels) normalized.
     pub features: usize,
     /// Values of each feature per sample: height·width for BatchNorm2d, else 1.
     pub positions: usize,
+    /// PyTorch's name of the module: BatchNorm1d or BatchNorm2d.
+    pub kind: &'static str,
 }
 
-/// The architecture: a checked stack of layers on samples of one shape.
+/// The architecture: a checked stack of layers and residual blocks on samples of one shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
     input: SampleShape,
-    layers: Vec<LayerSpec>,
-    /// The input of each layer, then the model's output.
-    shapes: Vec<SampleShape>,
+    blocks: Vec<Block>,
+    nodes: Vec<Node>,
     batchnorm_config: BatchNormConfig,
+}
+
+/// Adds `layers` to `nodes` in a chain reading `from`, named `prefix` and their index.
+fn chain(
+    nodes: &mut Vec<Node>,
+    layers: &[LayerSpec],
+    mut from: (Source, SampleShape),
+    prefix: &str,
+) -> Result<(Source, SampleShape)> {
+    for (index, layer) in layers.iter().enumerate() {
+        from = push(nodes, Node::new(format!("{prefix}{index}"), *layer, from))?;
+    }
+    Ok(from)
+}
+
+/// Adds `node`, its output found from its layer, or an error naming it.
+fn push(nodes: &mut Vec<Node>, mut node: Node) -> Result<(Source, SampleShape)> {
+    node.output = node.layer.kind().output(node.input).map_err(|e| match e {
+        Error::Shape(message) | Error::InvalidArgument(message) => {
+            Error::InvalidArgument(format!("layer {} (`{}`): {message}", node.name, node.layer))
+        }
+        other => other,
+    })?;
+    let output = node.output;
+    nodes.push(node);
+    Ok((Source::Node(nodes.len() - 1), output))
 }
 
 impl ModelSpec {
@@ -62,44 +143,43 @@ impl ModelSpec {
         layers: Vec<LayerSpec>,
         batchnorm_config: BatchNormConfig,
     ) -> Result<Self> {
+        Self::with_blocks(
+            input,
+            layers.into_iter().map(Block::Layer).collect(),
+            batchnorm_config,
+        )
+    }
+
+    /// The stack of layers and residual blocks `blocks` on samples of `input`.
+    pub fn with_blocks(
+        input: SampleShape,
+        blocks: Vec<Block>,
+        batchnorm_config: BatchNormConfig,
+    ) -> Result<Self> {
         if input.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "the model's input must hold values, got {}",
                 input.describe()
             )));
         }
-        let mut shapes = vec![input];
-        for (index, layer) in layers.iter().enumerate() {
-            let invalid = |message: String| {
-                Error::InvalidArgument(format!("layer {index} (`{layer}`): {message}"))
+        let mut nodes = Vec::new();
+        let mut from = (Source::Input, input);
+        for (index, block) in blocks.iter().enumerate() {
+            from = match block {
+                Block::Layer(layer) => {
+                    push(&mut nodes, Node::new(index.to_string(), *layer, from))?
+                }
+                Block::Residual(residual) => residual_nodes(&mut nodes, residual, from, index)?,
             };
-            match *layer {
-                LayerSpec::Linear { outputs: 0 } | LayerSpec::Conv2d { outputs: 0, .. } => {
-                    return Err(invalid("needs at least one output".to_string()));
-                }
-                LayerSpec::Dropout { p } if !(0.0..1.0).contains(&p) => {
-                    return Err(invalid(format!("dropout must be in [0, 1), got {p}")));
-                }
-                LayerSpec::MaxPool2d { window } if window.padding != 0 => {
-                    return Err(invalid("max pooling takes no padding".to_string()));
-                }
-                _ => {}
-            }
-            let input = shapes[index];
-            let output = layer.output(input).map_err(|e| match e {
-                Error::Shape(message) | Error::InvalidArgument(message) => invalid(message),
-                other => other,
-            })?;
-            shapes.push(output);
         }
         let spec = Self {
             input,
-            layers,
-            shapes,
+            blocks,
+            nodes,
             batchnorm_config,
         };
-        match spec.output() {
-            SampleShape::Flat(_) if !spec.layers.is_empty() => {}
+        match from.1 {
+            SampleShape::Flat(_) if !spec.nodes.is_empty() => {}
             output => {
                 return Err(Error::InvalidArgument(format!(
                     "the model must end in flat class scores (a Linear layer last), but gives {}",
@@ -108,7 +188,7 @@ impl ModelSpec {
             }
         }
         // Kernels index with u32; beyond that, shape arithmetic could also overflow.
-        for param in spec.params() {
+        for param in spec.tensors() {
             let elements = (param.shape.iter())
                 .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
                 .filter(|&n| n <= u64::from(u32::MAX));
@@ -132,23 +212,39 @@ impl ModelSpec {
         self.input.len()
     }
 
-    /// Output classes: the last layer's features.
+    /// Output classes: the last node's features.
     pub fn classes(&self) -> usize {
         self.output().len()
     }
 
     fn output(&self) -> SampleShape {
-        self.shapes[self.layers.len()]
+        self.nodes.last().map_or(self.input, |node| node.output)
     }
 
-    /// The layers in `Sequential` order.
-    pub fn layers(&self) -> &[LayerSpec] {
-        &self.layers
+    /// The top-level stack: layers and residual blocks, in `nn.Sequential` order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
     }
 
-    /// The input of each layer, then the model's output.
-    pub fn shapes(&self) -> &[SampleShape] {
-        &self.shapes
+    /// The graph: every layer, in an order in which each reads only earlier nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The layers of a plain stack (no residual block), or `None`.
+    pub fn layers(&self) -> Option<Vec<LayerSpec>> {
+        (self.blocks.iter())
+            .map(|block| match block {
+                Block::Layer(layer) => Some(*layer),
+                Block::Residual(_) => None,
+            })
+            .collect()
+    }
+
+    /// Whether the backward pass computes the gradient reaching node `node`'s input: only where
+    /// a layer with parameters lies before it.
+    pub fn computes_input_grad(&self, node: usize) -> bool {
+        super::plan::Plan::of(self).wants_input_grad(self, node)
     }
 
     /// eps, momentum and running-variance convention of every BatchNorm layer.
@@ -164,16 +260,16 @@ impl ModelSpec {
 
     /// Whether any layer is a BatchNorm.
     pub fn has_batchnorm(&self) -> bool {
-        self.layers.contains(&LayerSpec::BatchNorm)
+        !self.batchnorm_nodes().is_empty()
     }
 
     /// The most values one activation of a pass holds per sample. A device binds at most its
     /// binding limit over this many samples' worth at once (a convolution's im2col patches,
     /// larger still, are bound in chunks of images).
     pub fn largest_activation_per_sample(&self) -> usize {
-        self.shapes
-            .iter()
-            .map(|shape| shape.len())
+        (self.nodes.iter())
+            .map(|node| node.output.len())
+            .chain([self.input.len()])
             .max()
             .unwrap_or(0)
     }
@@ -181,16 +277,17 @@ impl ModelSpec {
     /// The most values one tensor of a pass holds per sample, a convolution's im2col patches
     /// included: what the memory of a pass grows with.
     pub fn largest_tensor_per_sample(&self) -> usize {
-        let patches = self.layers.iter().enumerate().map(|(index, layer)| {
-            match (layer, self.shapes[index], self.shapes[index + 1]) {
+        let patches = self
+            .nodes
+            .iter()
+            .map(|node| match (node.layer, node.input, node.output) {
                 (
-                    LayerSpec::Conv2d { window, .. },
+                    LayerSpec::Conv2d(conv),
                     SampleShape::Image(input),
                     SampleShape::Image(output),
-                ) => output.positions() * window.patch_len(input.channels),
+                ) => output.positions() * conv.window.patch_len(input.channels),
                 _ => 0,
-            }
-        });
+            });
         patches
             .max()
             .unwrap_or(0)
@@ -224,51 +321,89 @@ impl ModelSpec {
             .max(1)
     }
 
+    /// Every tensor of the `state_dict`, node by node, each node's parameters before its
+    /// running statistics.
+    pub fn tensors(&self) -> Vec<ParamSpec> {
+        let mut tensors = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            for def in node.layer.kind().tensors(node.input) {
+                tensors.push(ParamSpec {
+                    name: node.tensor_name(def.name),
+                    shape: def.shape.clone(),
+                    node: index,
+                    def,
+                });
+            }
+        }
+        tensors
+    }
+
+    /// The learned tensors, in the order the gradients and the optimizer lay them out.
+    pub fn params(&self) -> Vec<ParamSpec> {
+        self.tensors()
+            .into_iter()
+            .filter(|t| t.def.trained)
+            .collect()
+    }
+
+    /// The running statistics.
+    pub fn running(&self) -> Vec<ParamSpec> {
+        self.tensors()
+            .into_iter()
+            .filter(|t| !t.def.trained)
+            .collect()
+    }
+
     /// Learned values in all parameters (checked at construction not to overflow).
     pub fn param_count(&self) -> u64 {
         self.params().iter().map(|p| p.len() as u64).sum()
     }
 
-    /// The learned tensors in order: per Linear and convolution weight and bias, per BatchNorm
-    /// weight (γ) and bias (β).
-    pub fn params(&self) -> Vec<ParamSpec> {
-        let mut params = Vec::new();
-        for (index, (layer, &input)) in self.layers.iter().zip(&self.shapes).enumerate() {
-            if let Some([weight, bias]) = layer.param_shapes(input) {
-                params.push(ParamSpec {
-                    name: format!("{index}.weight"),
-                    shape: weight,
-                });
-                params.push(ParamSpec {
-                    name: format!("{index}.bias"),
-                    shape: bias,
-                });
-            }
-        }
-        params
-    }
-
-    /// The BatchNorm layers, in order.
-    pub fn batchnorm_layers(&self) -> Vec<BatchNormLayer> {
-        (self.layers.iter().zip(&self.shapes).enumerate())
-            .filter(|(_, (layer, _))| **layer == LayerSpec::BatchNorm)
-            .map(|(index, (_, &input))| BatchNormLayer {
-                index,
-                features: batchnorm_features(input),
-                positions: match input {
-                    SampleShape::Flat(_) => 1,
-                    SampleShape::Image(image) => image.positions(),
-                },
+    /// The BatchNorm nodes, in order.
+    pub fn batchnorm_nodes(&self) -> Vec<BatchNormNode> {
+        (self.nodes.iter().enumerate())
+            .filter(|(_, node)| node.layer == LayerSpec::BatchNorm(BatchNorm))
+            .map(|(index, node)| {
+                let (features, positions) = match node.input {
+                    SampleShape::Flat(features) => (features, 1),
+                    SampleShape::Image(image) => (image.channels, image.positions()),
+                };
+                BatchNormNode {
+                    node: index,
+                    name: node.name.clone(),
+                    features,
+                    positions,
+                    kind: BatchNorm::torch_name(node.input),
+                }
             })
             .collect()
     }
 
-    /// The PyTorch module this model's `state_dict` loads into.
+    /// The PyTorch module this model's `state_dict` loads into: an `nn.Sequential` of torch.nn
+    /// modules and, for residual blocks, `Residual` (`python/wgnorm_modules.py`).
     pub fn torch_module(&self) -> String {
-        let layers: Vec<String> = (self.layers.iter().zip(&self.shapes))
-            .map(|(layer, &input)| layer.torch(input, self.batchnorm_config))
+        let config = self.batchnorm_config;
+        let mut nodes = self.nodes.iter();
+        let mut torch = |layers: usize| -> Vec<String> {
+            (nodes.by_ref().take(layers))
+                .map(|node| node.layer.kind().torch(node.input, config))
+                .collect()
+        };
+        let modules: Vec<String> = (self.blocks.iter())
+            .map(|block| match block {
+                Block::Layer(_) => torch(1).remove(0),
+                Block::Residual(residual) => {
+                    let body = torch(residual.body.len()).join(", ");
+                    let shortcut = match residual.shortcut.len() {
+                        0 => "None".to_string(),
+                        layers => format!("nn.Sequential({})", torch(layers).join(", ")),
+                    };
+                    torch(1);
+                    format!("Residual(nn.Sequential({body}), {shortcut})")
+                }
+            })
             .collect();
-        format!("nn.Sequential({})", layers.join(", "))
+        format!("nn.Sequential({})", modules.join(", "))
     }
 
     /// `torch_module`, and what of the model PyTorch has no word for: BatchNorm's ghost batches.
@@ -281,4 +416,49 @@ impl ModelSpec {
             _ => self.torch_module(),
         }
     }
+}
+
+/// Adds residual block `index`'s nodes after `from`: the body, the projection, and the ReLU
+/// that adds them.
+fn residual_nodes(
+    nodes: &mut Vec<Node>,
+    residual: &Residual,
+    from: (Source, SampleShape),
+    index: usize,
+) -> Result<(Source, SampleShape)> {
+    let block = Block::Residual(residual.clone());
+    let invalid =
+        |message: String| Error::InvalidArgument(format!("layer {index} (`{block}`): {message}"));
+    if residual.body.is_empty() {
+        return Err(invalid("a residual block needs a body".to_string()));
+    }
+    let body = chain(nodes, &residual.body, from, &format!("{index}.body."))?;
+    let shortcut = chain(
+        nodes,
+        &residual.shortcut,
+        from,
+        &format!("{index}.shortcut."),
+    )?;
+    if body.1 != shortcut.1 {
+        let hint = match body.1 {
+            SampleShape::Image(image) if residual.shortcut.is_empty() => format!(
+                "; project the shortcut with res{}s<stride>(...)",
+                image.channels
+            ),
+            _ => String::new(),
+        };
+        return Err(invalid(format!(
+            "the body gives {} but the shortcut {}{hint}",
+            body.1.describe(),
+            shortcut.1.describe()
+        )));
+    }
+    let join = Node {
+        name: format!("{index}.relu"),
+        layer: LayerSpec::Relu(Relu),
+        inputs: vec![body.0, shortcut.0],
+        input: body.1,
+        output: body.1,
+    };
+    push(nodes, join)
 }

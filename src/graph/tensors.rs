@@ -1,13 +1,27 @@
-//! A model's tensors between the host and the device: upload (f32, or f16 weights for
-//! inference), download, and the parameters in `ModelSpec::params` order, the layout the
-//! gradients and the optimizer share.
+//! A model's tensors between the host and the device, each by its `state_dict` name: upload
+//! (f32, or f16 weights for inference), download, and the parameters in `ModelSpec::params`
+//! order, the layout the gradients and the optimizer share.
 
-use super::{
-    BatchNorm, Compute, Conv2d, GroupNorm, HostModel, HostRunning, Layer, LayerSpec, Linear,
-    MaxPool2d, ModelSpec, ParamSpec, SampleShape, Sequential,
-};
-use crate::ops::batchnorm::{Affine, RunningStats};
+use std::collections::HashMap;
+
+use super::layers::TakeTensor;
+use super::plan::Plan;
+use super::{Compute, HostModel, Layer, ModelSpec, ParamSpec, Sequential};
 use crate::{Dtype, Error, Result};
+
+/// The uploaded tensors of a model, taken by the layers being built.
+struct Uploaded<'a, B: Compute> {
+    tensors: HashMap<String, B::Buffer>,
+    node: &'a str,
+}
+
+impl<B: Compute> TakeTensor<B> for Uploaded<'_, B> {
+    fn take(&mut self, name: &str) -> Result<B::Buffer> {
+        let full = format!("{}.{name}", self.node);
+        (self.tensors.remove(&full))
+            .ok_or_else(|| Error::Shape(format!("the model is missing tensor {full}")))
+    }
+}
 
 impl<B: Compute> Sequential<B> {
     /// Uploads `host` (checked against `spec`) to the backend.
@@ -37,182 +51,102 @@ impl<B: Compute> Sequential<B> {
         weights: Dtype,
     ) -> Result<Self> {
         host.check(spec)?;
+        let params = spec.params();
         // Trainable f32 parameters share one arena, so the optimizer updates them in one pass.
-        let mut params = if weights == Dtype::F32 {
-            let values: Vec<&[f32]> = host.params.iter().map(Vec::as_slice).collect();
-            backend.upload_arena(&values)?
+        let buffers = if weights == Dtype::F32 {
+            backend.upload_arena(&host.params(spec)?)?
         } else {
-            (host.params.iter().zip(spec.params()))
-                .map(|(values, param)| {
+            (params.iter())
+                .map(|param| {
                     let dtype = if param.is_matrix() {
                         weights
                     } else {
                         Dtype::F32
                     };
-                    backend.upload_as(values, dtype)
+                    backend.upload_as(host.tensor(&param.name)?, dtype)
                 })
                 .collect::<Result<_>>()?
+        };
+        let mut tensors: HashMap<String, B::Buffer> = (params.iter().map(|p| p.name.clone()))
+            .zip(buffers)
+            .collect();
+        for running in spec.running() {
+            let values = backend.upload(host.tensor(&running.name)?)?;
+            tensors.insert(running.name, values);
         }
-        .into_iter();
-        let mut running = host.running.iter();
-        let mut next_param = || -> Result<B::Buffer> {
-            params
-                .next()
-                .ok_or_else(|| Error::Shape("model is missing a parameter".to_string()))
-        };
-        let mut layers = Vec::new();
-        let image = |shape: SampleShape| match shape {
-            SampleShape::Image(image) => Ok(image),
-            SampleShape::Flat(_) => Err(Error::Shape(format!("{shape:?} is not an image"))),
-        };
-        for (&layer, &input) in spec.layers().iter().zip(spec.shapes()) {
-            layers.push(match layer {
-                LayerSpec::Linear { outputs } => Layer::Linear(Linear {
-                    weight: next_param()?,
-                    bias: next_param()?,
-                    inputs: input.len(),
-                    outputs,
-                }),
-                LayerSpec::Conv2d { outputs, window } => {
-                    let input = image(input)?;
-                    Layer::Conv2d(Conv2d {
-                        linear: Linear {
-                            weight: next_param()?,
-                            bias: next_param()?,
-                            inputs: window.patch_len(input.channels),
-                            outputs,
-                        },
-                        input,
-                        window,
-                    })
-                }
-                LayerSpec::BatchNorm => {
-                    let affine = Affine {
-                        gamma: next_param()?,
-                        beta: next_param()?,
-                    };
-                    let stats = running.next().ok_or_else(|| {
-                        Error::Shape("model is missing running statistics".to_string())
-                    })?;
-                    let (features, positions) = match input {
-                        SampleShape::Flat(features) => (features, 1),
-                        SampleShape::Image(image) => (image.channels, image.positions()),
-                    };
-                    Layer::BatchNorm(BatchNorm {
-                        affine,
-                        running: RunningStats {
-                            mean: backend.upload(&stats.mean)?,
-                            var: backend.upload(&stats.var)?,
-                        },
-                        batches_tracked: stats.batches_tracked,
-                        features,
-                        positions,
-                        config: spec.batchnorm_config(),
-                    })
-                }
-                LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
-                    Layer::GroupNorm(GroupNorm {
-                        affine: Affine {
-                            gamma: next_param()?,
-                            beta: next_param()?,
-                        },
-                        sample: layer.groupnorm_shape(1, input).ok_or_else(|| {
-                            Error::Shape(format!("{layer} has no GroupNorm shape"))
-                        })?,
-                    })
-                }
-                LayerSpec::Relu => Layer::Relu,
-                LayerSpec::Dropout { p } => Layer::Dropout { p },
-                LayerSpec::MaxPool2d { window } => Layer::MaxPool2d(MaxPool2d {
-                    input: image(input)?,
-                    window,
-                }),
-                LayerSpec::AvgPool => Layer::AvgPool(image(input)?),
-                LayerSpec::Flatten => Layer::Flatten(image(input)?),
-            });
+        let mut uploaded = Uploaded { tensors, node: "" };
+        let config = spec.batchnorm_config();
+        let mut layers = Vec::with_capacity(spec.nodes().len());
+        for node in spec.nodes() {
+            uploaded.node = &node.name;
+            let mut layer = node.layer.build(node.input, config, &mut uploaded)?;
+            if let Layer::BatchNorm(batchnorm) = &mut layer {
+                batchnorm.batches_tracked = host.batches_tracked(&node.name)?;
+            }
+            layers.push(layer);
         }
         Ok(Self {
             spec: spec.clone(),
             layers,
             activations: Dtype::F32,
-            param_lens: spec.params().iter().map(ParamSpec::len).collect(),
+            plan: Plan::of(spec),
+            param_lens: params.iter().map(ParamSpec::len).collect(),
         })
     }
 
     /// Copies every tensor of the `state_dict` back to the host.
     pub fn download(&self, backend: &B) -> Result<HostModel> {
-        self.host_model(backend.download_many(&self.tensors())?)
+        self.host_model(backend.download_many(&self.tensors()?)?)
     }
 
-    /// Every tensor of the `state_dict` on the device: the parameters in `ModelSpec::params`
-    /// order, then each BatchNorm layer's running mean and variance, so that one
-    /// `download_many` reads them all.
-    pub fn tensors(&self) -> Vec<&B::Buffer> {
-        let mut tensors = Vec::new();
-        let mut running = Vec::new();
-        for layer in &self.layers {
-            match layer {
-                Layer::Linear(linear) | Layer::Conv2d(Conv2d { linear, .. }) => {
-                    tensors.extend([&linear.weight, &linear.bias])
-                }
-                Layer::GroupNorm(norm) => tensors.extend([&norm.affine.gamma, &norm.affine.beta]),
-                Layer::BatchNorm(bn) => {
-                    tensors.extend([&bn.affine.gamma, &bn.affine.beta]);
-                    running.extend([&bn.running.mean, &bn.running.var]);
-                }
-                _ => {}
-            }
-        }
-        tensors.extend(running);
-        tensors
+    /// Every tensor of the `state_dict` on the device, in `ModelSpec::tensors` order, so that
+    /// one `download_many` reads them all.
+    pub fn tensors(&self) -> Result<Vec<&B::Buffer>> {
+        (self.spec.tensors().iter())
+            .map(|tensor| {
+                (self.layers[tensor.node].tensors().into_iter())
+                    .find(|(name, _)| *name == tensor.def.name)
+                    .map(|(_, buffer)| buffer)
+                    .ok_or_else(|| Error::Shape(format!("no tensor {} on the device", tensor.name)))
+            })
+            .collect()
     }
 
     /// The host model from the values of `tensors`, in that order.
     pub fn host_model(&self, values: Vec<Vec<f32>>) -> Result<HostModel> {
-        let params = self.spec.params().len();
-        let batchnorms: Vec<u64> = (self.layers.iter())
-            .filter_map(|layer| match layer {
-                Layer::BatchNorm(bn) => Some(bn.batches_tracked),
-                _ => None,
-            })
-            .collect();
-        if values.len() != params + 2 * batchnorms.len() {
+        let tensors = self.spec.tensors();
+        if values.len() != tensors.len() {
             return Err(Error::Shape(format!(
-                "{} tensors for a model of {params} parameters and {} BatchNorm layers",
+                "{} tensors for a model of {}",
                 values.len(),
-                batchnorms.len()
+                tensors.len()
             )));
         }
-        let mut values = values.into_iter();
-        let params = values.by_ref().take(params).collect();
-        let running = batchnorms
-            .into_iter()
-            .map(|batches_tracked| HostRunning {
-                mean: values.next().unwrap_or_default(),
-                var: values.next().unwrap_or_default(),
-                batches_tracked,
-            })
-            .collect();
-        Ok(HostModel { params, running })
+        let mut host = HostModel::default();
+        for (tensor, values) in tensors.into_iter().zip(values) {
+            host.insert(tensor.name, values);
+        }
+        for (node, layer) in self.spec.nodes().iter().zip(&self.layers) {
+            if let Layer::BatchNorm(batchnorm) = layer {
+                host.set_batches_tracked(node.name.clone(), batchnorm.batches_tracked);
+            }
+        }
+        Ok(host)
     }
 
     /// The parameters, in `ModelSpec::params` order, for the optimizer to update.
-    pub fn params_mut(&mut self) -> Vec<&mut B::Buffer> {
+    pub fn params_mut(&mut self) -> Result<Vec<&mut B::Buffer>> {
+        let mut by_node: Vec<Vec<(&'static str, &mut B::Buffer)>> =
+            self.layers.iter_mut().map(Layer::tensors_mut).collect();
         let mut params = Vec::new();
-        for layer in &mut self.layers {
-            match layer {
-                Layer::Linear(linear) | Layer::Conv2d(Conv2d { linear, .. }) => {
-                    params.push(&mut linear.weight);
-                    params.push(&mut linear.bias);
-                }
-                Layer::BatchNorm(BatchNorm { affine, .. })
-                | Layer::GroupNorm(GroupNorm { affine, .. }) => {
-                    params.push(&mut affine.gamma);
-                    params.push(&mut affine.beta);
-                }
-                _ => {}
-            }
+        for param in self.spec.params() {
+            let slot = (by_node[param.node].iter())
+                .position(|(name, _)| *name == param.def.name)
+                .ok_or_else(|| {
+                    Error::Shape(format!("no parameter {} on the device", param.name))
+                })?;
+            params.push(by_node[param.node].swap_remove(slot).1);
         }
-        params
+        Ok(params)
     }
 }

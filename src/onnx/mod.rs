@@ -1,12 +1,13 @@
 //! Models as ONNX files (opsets 13 to 17), for runtimes other than wgnorm: the graph PyTorch would
 //! export for the same `nn.Sequential` in eval mode, on NCHW images or flat features, with a
-//! dynamic batch dimension. Dropout is the identity there and is left out.
+//! dynamic batch dimension. Each layer's node comes from its kind (`LayerKind::onnx`); a residual
+//! block's join is an `Add` before its `Relu`. Dropout is the identity there and is left out.
 
 mod proto;
 
 use prost::Message;
 
-use crate::graph::{HostModel, LayerSpec, ModelSpec, SampleShape};
+use crate::graph::{HostModel, ModelSpec, OnnxAttribute, SampleShape, Source};
 use crate::{Error, Result};
 use proto::{
     AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
@@ -43,92 +44,70 @@ pub fn export(spec: &ModelSpec, model: &HostModel, opset: i64) -> Result<Vec<u8>
         )));
     }
     model.check(spec)?;
-    let params = spec.params();
     let mut initializer = Vec::new();
-    let mut tensor = |name: String, dims: Vec<usize>, values: &[f32]| {
-        initializer.push(TensorProto {
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: proto::FLOAT,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        name
-    };
-    let config = spec.batchnorm_config();
     let mut nodes = Vec::new();
-    let mut current = INPUT.to_string();
-    let (mut next_param, mut next_running) = (0, 0);
-    for (index, layer) in spec.layers().iter().enumerate() {
-        let mut inputs = vec![current.clone()];
-        let mut weights = |count: usize, inputs: &mut Vec<String>| {
-            for _ in 0..count {
-                let param = &params[next_param];
-                let values = &model.params[next_param];
-                inputs.push(tensor(param.name.clone(), param.shape.clone(), values));
-                next_param += 1;
-            }
+    // The ONNX name of each node's output; dropout passes its input's on.
+    let mut outputs: Vec<String> = Vec::with_capacity(spec.nodes().len());
+    let config = spec.batchnorm_config();
+    for (index, node) in spec.nodes().iter().enumerate() {
+        let mut inputs: Vec<String> = (node.inputs.iter())
+            .map(|source| match source {
+                Source::Input => INPUT.to_string(),
+                Source::Node(from) => outputs[*from].clone(),
+            })
+            .collect();
+        let layer = node
+            .layer
+            .kind()
+            .onnx(node.input, config)
+            .map_err(|e| match e {
+                Error::InvalidArgument(message) => Error::InvalidArgument(format!(
+                    "layer {} (`{}`): {message}",
+                    node.name, node.layer
+                )),
+                other => other,
+            })?;
+        let Some(layer) = layer else {
+            outputs.push(inputs.remove(0));
+            continue;
         };
-        let (op, attributes) = match *layer {
-            LayerSpec::Linear { .. } => {
-                weights(2, &mut inputs);
-                ("Gemm", vec![int("transB", 1)])
-            }
-            LayerSpec::Conv2d { window, .. } => {
-                weights(2, &mut inputs);
-                let (k, s, p) = (window.kernel, window.stride, window.padding);
-                let attributes = vec![
-                    ints("kernel_shape", &[k, k]),
-                    ints("strides", &[s, s]),
-                    ints("pads", &[p, p, p, p]),
-                ];
-                ("Conv", attributes)
-            }
-            LayerSpec::BatchNorm => {
-                weights(2, &mut inputs);
-                let running = &model.running[next_running];
-                next_running += 1;
-                let features = running.mean.len();
-                inputs.push(tensor(
-                    format!("{index}.running_mean"),
-                    vec![features],
-                    &running.mean,
-                ));
-                inputs.push(tensor(
-                    format!("{index}.running_var"),
-                    vec![features],
-                    &running.var,
-                ));
-                let attributes = vec![
-                    float("epsilon", config.eps()),
-                    float("momentum", 1.0 - config.momentum()),
-                ];
-                ("BatchNormalization", attributes)
-            }
-            LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
-                return Err(Error::InvalidArgument(format!(
-                    "layer {index} (`{layer}`): ONNX export covers Linear, convolution, \
-                     BatchNorm, ReLU, dropout and pooling layers, not LayerNorm, GroupNorm or \
-                     InstanceNorm (the safetensors checkpoint loads into PyTorch)"
-                )));
-            }
-            LayerSpec::Relu => ("Relu", Vec::new()),
-            LayerSpec::Dropout { .. } => continue,
-            LayerSpec::MaxPool2d { window } => {
-                let (k, s) = (window.kernel, window.stride);
-                let attributes = vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])];
-                ("MaxPool", attributes)
-            }
-            LayerSpec::AvgPool => ("GlobalAveragePool", Vec::new()),
-            LayerSpec::Flatten => ("Flatten", vec![int("axis", 1)]),
-        };
-        current = format!("{index}.output");
+        if let [_, _] = inputs[..] {
+            // A residual block's join: the sum, then the layer on it.
+            let sum = format!("{}.sum", node.name);
+            nodes.push(NodeProto {
+                input: std::mem::take(&mut inputs),
+                output: vec![sum.clone()],
+                name: format!("{}.Add", node.name),
+                op_type: "Add".to_string(),
+                attribute: Vec::new(),
+            });
+            inputs.push(sum);
+        }
+        let defs = node.layer.kind().tensors(node.input);
+        for name in &layer.tensors {
+            let def = (defs.iter().find(|def| def.name == *name))
+                .ok_or_else(|| Error::Shape(format!("layer {index} has no tensor {name}")))?;
+            let full = node.tensor_name(name);
+            let values = model.tensor(&full)?;
+            initializer.push(TensorProto {
+                dims: def.shape.iter().map(|&d| d as i64).collect(),
+                data_type: proto::FLOAT,
+                name: full.clone(),
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            });
+            inputs.push(full);
+        }
+        let output = format!("{}.output", node.name);
         nodes.push(NodeProto {
             input: inputs,
-            output: vec![current.clone()],
-            name: format!("{index}.{op}"),
-            op_type: op.to_string(),
-            attribute: attributes,
+            output: vec![output.clone()],
+            name: format!("{}.{}", node.name, layer.op),
+            op_type: layer.op.to_string(),
+            attribute: (layer.attributes.into_iter())
+                .map(|(name, value)| attribute(name, value))
+                .collect(),
         });
+        outputs.push(output);
     }
     let Some(last) = nodes.last_mut() else {
         return Err(Error::InvalidArgument(
@@ -173,30 +152,27 @@ pub fn export(spec: &ModelSpec, model: &HostModel, opset: i64) -> Result<Vec<u8>
     Ok(model.encode_to_vec())
 }
 
-fn int(name: &str, value: usize) -> AttributeProto {
-    AttributeProto {
+fn attribute(name: &str, value: OnnxAttribute) -> AttributeProto {
+    let attribute = AttributeProto {
         name: name.to_string(),
-        i: value as i64,
-        r#type: attribute_type::INT,
         ..AttributeProto::default()
-    }
-}
-
-fn ints(name: &str, values: &[usize]) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        ints: values.iter().map(|&v| v as i64).collect(),
-        r#type: attribute_type::INTS,
-        ..AttributeProto::default()
-    }
-}
-
-fn float(name: &str, value: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        f: value,
-        r#type: attribute_type::FLOAT,
-        ..AttributeProto::default()
+    };
+    match value {
+        OnnxAttribute::Int(i) => AttributeProto {
+            i,
+            r#type: attribute_type::INT,
+            ..attribute
+        },
+        OnnxAttribute::Ints(ints) => AttributeProto {
+            ints,
+            r#type: attribute_type::INTS,
+            ..attribute
+        },
+        OnnxAttribute::Float(f) => AttributeProto {
+            f,
+            r#type: attribute_type::FLOAT,
+            ..attribute
+        },
     }
 }
 

@@ -78,7 +78,7 @@ pub fn evaluate_with_batch_statistics<B: Compute>(
         .collect();
     let dropout: Vec<f32> = (model.layers.iter_mut())
         .filter_map(|layer| match layer {
-            Layer::Dropout { p } => Some(std::mem::replace(p, 0.0)),
+            Layer::Dropout(dropout) => Some(std::mem::replace(&mut dropout.p, 0.0)),
             _ => None,
         })
         .collect();
@@ -94,7 +94,7 @@ pub fn evaluate_with_batch_statistics<B: Compute>(
         bn.set_momentum(momentum)?;
     }
     let layers = model.layers.iter_mut().filter_map(|layer| match layer {
-        Layer::Dropout { p } => Some(p),
+        Layer::Dropout(dropout) => Some(&mut dropout.p),
         _ => None,
     });
     for (p, kept) in layers.zip(dropout) {

@@ -7,12 +7,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::graph::{Compute, LayerSpec, ModelSpec, Sequential, Tape};
+use crate::graph::{Compute, ModelSpec, Sequential, Tape};
 use crate::{Error, Result};
 
 /// What each logged step records, in order: each parameter's gradient (`ModelSpec::params`
-/// order), then the gradient reaching the input of each Linear and convolution layer after the
-/// first.
+/// order), then the gradient reaching the input of each Linear and convolution layer where the
+/// backward pass computes it (not before the first layer with parameters).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradNormLayout {
     names: Vec<String>,
@@ -24,11 +24,11 @@ impl GradNormLayout {
     /// The layout for models of `spec`.
     pub fn of(spec: &ModelSpec) -> Self {
         let mut names: Vec<String> = spec.params().into_iter().map(|p| p.name).collect();
-        let input_slots = (spec.layers().iter().enumerate())
-            .map(|(index, layer)| {
-                let weighted = matches!(layer, LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. });
-                (weighted && index > 0).then(|| {
-                    names.push(format!("{index}.input"));
+        let input_slots = (spec.nodes().iter().enumerate())
+            .map(|(index, node)| {
+                let observed = node.layer.kind().is_weighted() && spec.computes_input_grad(index);
+                observed.then(|| {
+                    names.push(node.tensor_name("input"));
                     names.len() - 1
                 })
             })

@@ -125,7 +125,7 @@ pub fn train_on_batch<B: Compute>(
             Some(log) => log.backward(backend, model, optimizer.steps, tape, dlogits)?,
             None => model.backward(backend, tape, dlogits)?,
         };
-        optimizer.step(backend, model.params_mut(), &grads)?;
+        optimizer.step(backend, model.params_mut()?, &grads)?;
     }
     if optimizer
         .steps
