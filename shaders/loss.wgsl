@@ -5,6 +5,8 @@
 //   dz_rj  = grad_scale·(softmax(z_r)_j − [j = label_r])        (grad_scale = 1/rows: mean loss)
 //   correct_r = [argmax_j z_rj = label_r]                       (first maximum wins, as torch)
 //
+//   argmax_r = the first j with the largest z_rj                (as the correct count takes it)
+//
 // One workgroup walks all rows and adds the batch's loss sum and correct count to `metrics`,
 // which accumulates on the device over many steps: [loss sum, its Kahan compensation, correct,
 // samples, calls, first non-finite call, first bad-label call, its row, its label, classes].
@@ -26,6 +28,7 @@ const METRIC_BAD_LABEL: u32 = 8u;
 const METRIC_BAD_LABEL_CLASSES: u32 = 9u;
 const NO_ROW: u32 = 0xffffffffu;
 
+// `argmax` reads rows and classes only.
 struct LossParams {
     rows: u32,
     classes: u32,
@@ -121,4 +124,26 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
             metrics[METRIC_BAD_LABEL_CLASSES] = f32(p.classes);
         }
     }
+}
+
+// The predicted class of each row, stored as f32 like the labels: one thread per row, walking
+// the row as `softmax_cross_entropy` does, so a tie goes to the first maximum and a NaN never
+// wins a comparison.
+@compute @workgroup_size(WORKGROUP)
+fn argmax(@builtin(global_invocation_id) id: vec3<u32>,
+          @builtin(num_workgroups) groups: vec3<u32>) {
+    let r = thread_index(id, groups, WORKGROUP);
+    if r >= p.rows {
+        return;
+    }
+    let base = r * p.classes;
+    var top = x[base];
+    var best = 0u;
+    for (var j = 1u; j < p.classes; j++) {
+        if x[base + j] > top {
+            top = x[base + j];
+            best = j;
+        }
+    }
+    out[r] = f32(best);
 }

@@ -30,6 +30,7 @@ use crate::graph::{Compute, HostModel, Init, ModelSpec, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::loss::{LossTotals, metric};
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::train::{Passes, Rows};
 use crate::{Error, Result};
 
 /// An MLP classifier (`ModelSpec`) with its optimizer, on one backend. Training steps are
@@ -249,48 +250,24 @@ impl<B: Compute> Classifier<B> {
         Ok(logits)
     }
 
-    /// The predicted class of each row of `x` (host slice, rows × inputs), in passes of as
-    /// many rows as the device binds at once.
+    /// The predicted class of each row of `x` (host slice, rows × inputs): the first maximum
+    /// of its logits, found on the device, in passes of as many rows as the device binds at
+    /// once (`train::Passes`).
     pub fn predict(&mut self, backend: &B, x: &[f32]) -> Result<Vec<usize>> {
-        self.whole_rows(x.len())?;
-        let classes = self.spec().classes();
-        let mut predicted = Vec::new();
-        for rows in x.chunks(self.values_per_pass(backend)?) {
-            let logits = self.logits(backend, backend.upload(rows)?)?;
-            predicted.extend(backend.download(&logits)?.chunks_exact(classes).map(|row| {
-                (0..classes)
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-                    .unwrap_or(0)
-            }));
-        }
-        Ok(predicted)
+        let rows = self.whole_rows(x.len())?;
+        let source = Rows::Host { x, labels: None };
+        Passes::inference(backend, self.spec(), source, rows)?.classes(backend, &mut self.mlp)
     }
 
-    /// Mean loss and accuracy of `x` against `labels` in eval mode.
+    /// Mean loss and accuracy of `x` against `labels` in eval mode, summed on the device over
+    /// passes as `predict` makes them.
     pub fn evaluate(&mut self, backend: &B, x: &[f32], labels: &[u32]) -> Result<LossTotals> {
         self.check_labels(x.len(), labels)?;
-        let per_pass = self.values_per_pass(backend)?;
-        let mut metrics = backend.filled(metric::LEN, 0.0)?;
-        for (rows, labels) in x
-            .chunks(per_pass)
-            .zip(labels.chunks(per_pass / self.spec().inputs()))
-        {
-            let label_buffer = self.label_buffer(backend, rows.len(), labels)?;
-            let logits = self.logits(backend, backend.upload(rows)?)?;
-            backend.softmax_cross_entropy(
-                &logits,
-                &label_buffer,
-                self.spec().classes(),
-                None,
-                &mut metrics,
-            )?;
-        }
-        LossTotals::from_metrics(&backend.download(&metrics)?)
-    }
-
-    /// Input values of the most rows one inference pass takes on `backend`.
-    fn values_per_pass(&self, backend: &B) -> Result<usize> {
-        Ok(crate::train::inference_rows(backend, self.spec())? * self.spec().inputs())
+        let source = Rows::Host {
+            x,
+            labels: Some(labels),
+        };
+        Passes::inference(backend, self.spec(), source, labels.len())?.score(backend, &mut self.mlp)
     }
 
     /// Labels checked against the classes and the rows of x, uploaded as f32.

@@ -304,6 +304,23 @@ pub mod loss {
         }
         (loss / rows, grad, correct)
     }
+
+    /// The predicted class of each row: the first j with the largest logit (a later value must
+    /// be strictly larger, so a NaN never wins).
+    pub fn argmax(logits: &[impl Real], classes: usize) -> Vec<usize> {
+        logits
+            .chunks_exact(classes)
+            .map(|z| {
+                let mut best = 0;
+                for (j, &value) in z.iter().enumerate().skip(1) {
+                    if f64_of(value) > f64_of(z[best]) {
+                        best = j;
+                    }
+                }
+                best
+            })
+            .collect()
+    }
 }
 
 /// One optimizer step in f64, as `torch.optim` defines it.

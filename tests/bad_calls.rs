@@ -170,6 +170,21 @@ fn table<'a, B: Compute + 'a>() -> Vec<Call<'a, B>> {
             }),
         ),
         (
+            "argmax without classes",
+            "argmax needs at least one row and one class",
+            Box::new(move |b: &B| b.argmax(&v(b, 2), 0, &mut v(b, 2))),
+        ),
+        (
+            "argmax logits length",
+            "argmax logits has 5 values, expected 6",
+            Box::new(move |b: &B| b.argmax(&v(b, 5), 3, &mut v(b, 2))),
+        ),
+        (
+            "argmax beyond exact f32 classes",
+            "exact up to 16777216",
+            Box::new(move |b: &B| b.argmax(&v(b, 2), (1 << 24) + 1, &mut v(b, 1))),
+        ),
+        (
             "adam gradient length",
             "gradient has 3 values, expected 4",
             Box::new(move |b: &B| {

@@ -261,3 +261,76 @@ fn fashion_mnist_trains_and_predict_names_its_classes() {
         assert!(line.ends_with(" of 1000)"), "{line}");
     }
 }
+
+/// 50,000 images in one `.npy` are classified in passes that fit the device's binding limit
+/// (lavapipe's 128 MiB holds fewer than 43,000 of them in one tensor), each as `eval` scores
+/// them: every copy of the test set gets eval's accuracy.
+#[test]
+fn predict_classifies_more_images_than_one_pass_binds() {
+    let Some(data_dir) = shared_mnist() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_arg = data_dir.to_str().unwrap();
+    common::train_on_cpu(dir.path(), data_arg, "mlp", "6400", "m", &[]);
+    let test = mnist::load(&data_dir).unwrap().test;
+    let copies = 5;
+    let pixels: Vec<f32> = test.images.iter().map(|&p| f32::from(p) / 255.0).collect();
+    let all: Vec<f32> = (0..copies).flat_map(|_| pixels.iter().copied()).collect();
+    let images = copies * test.len();
+    wgnorm::data::npy::write(&dir.path().join("all.npy"), &[images, PIXELS], &all).unwrap();
+    drop(all);
+    let mut devices = vec!["cpu"];
+    if common::gpu().is_some() {
+        devices.push("gpu");
+    }
+    for device in devices {
+        let scored = common::wgnorm_ok(
+            &[
+                "eval",
+                "--device",
+                device,
+                "--checkpoint",
+                "m/model.safetensors",
+                "--data-dir",
+                data_arg,
+                "--json",
+            ],
+            dir.path(),
+        );
+        let scored: serde_json::Value = serde_json::from_slice(&scored.stdout).unwrap();
+        let output = common::wgnorm_ok(
+            &[
+                "predict",
+                "--device",
+                device,
+                "--checkpoint",
+                "m/model.safetensors",
+                "--json",
+                "all.npy",
+            ],
+            dir.path(),
+        );
+        let classes: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                row["class"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(classes.len(), images, "{device}");
+        for copy in classes.chunks_exact(test.len()) {
+            let correct = copy
+                .iter()
+                .zip(&test.labels)
+                .filter(|&(&class, &label)| class == u64::from(label))
+                .count();
+            let accuracy = correct as f64 / test.len() as f64;
+            let eval = scored["test_acc"].as_f64().unwrap();
+            assert!(
+                (accuracy - eval).abs() < 1e-9,
+                "{device}: {accuracy} against {eval}"
+            );
+        }
+    }
+}

@@ -142,3 +142,71 @@ fn bad_recalibrations_are_refused_in_one_line() {
     assert_one_line_error(&onto_itself, 2, "already exists");
     assert!(!dir.path().join("x").exists());
 }
+
+/// A model trained with ghost batches of 8 is scored with batch statistics as training
+/// normalized it, over each ghost batch of 8, and both `train` and `eval --batch-stats` say so;
+/// a batch that 8 does not divide is refused in one line.
+#[test]
+fn batch_statistics_of_a_ghost_batch_model_are_over_its_ghost_batches() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trained = wgnorm_ok(
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--model",
+            "mlp-bn",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "3200",
+            "--batch-size",
+            "32",
+            "--bn-virtual-batch",
+            "8",
+            "--data-dir",
+            data,
+            "--out",
+            "ghost",
+        ],
+        dir.path(),
+    );
+    let said = String::from_utf8_lossy(&trained.stdout);
+    assert!(
+        said.contains("statistics over ghost batches of 8 (in batches of 32) instead of"),
+        "{said}"
+    );
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "ghost/model.safetensors",
+            "--data-dir",
+            data,
+        ];
+        args.extend_from_slice(extra);
+        wgnorm(&args, dir.path())
+    };
+    let text = eval(&["--batch-stats", "32"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("with batch statistics over ghost batches of 8 (in batches of 32): test"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&eval(&["--batch-stats", "32", "--json"]).stdout).unwrap();
+    assert_eq!(json["batch_stats"]["ghost_batch"], 8, "{json}");
+    assert_eq!(json["batch_stats"]["batch"], 32, "{json}");
+    let refused = eval(&["--batch-stats", "20"]);
+    assert_one_line_error(
+        &refused,
+        2,
+        "trained on ghost batches of 8, which must divide",
+    );
+}

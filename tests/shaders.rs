@@ -401,3 +401,22 @@ fn loss_metric_slots_match_rust() {
     }
     assert_eq!(metric::LEN, 10);
 }
+
+#[test]
+fn argmax_reads_the_logits_and_writes_one_class_per_row() {
+    let module = parse(Shader::Loss);
+    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        .validate(&module)
+        .unwrap();
+    let index = (module.entry_points.iter())
+        .position(|e| e.name == Kernel::Argmax.entry_point())
+        .unwrap();
+    assert_eq!(module.entry_points[index].workgroup_size, [WORKGROUP, 1, 1]);
+    let uses = info.get_entry_point(index);
+    let mut bound: Vec<&str> = (module.global_variables.iter())
+        .filter(|(handle, global)| global.binding.is_some() && !uses[*handle].is_empty())
+        .filter_map(|(_, global)| global.name.as_deref())
+        .collect();
+    bound.sort_unstable();
+    assert_eq!(bound, ["out", "p", "x"]);
+}

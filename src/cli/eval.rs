@@ -8,11 +8,12 @@ use super::{DataArgs, Device, DeviceArgs};
 use wgnorm::checkpoint;
 use wgnorm::data::mnist::{CLASSES, Mnist, PIXELS};
 use wgnorm::data::shift::Shift;
-use wgnorm::graph::{Compute, Sequential, StepKey};
-use wgnorm::ops::batchnorm::Mode;
+use wgnorm::graph::{Compute, Sequential};
 use wgnorm::ops::data::{DeviceImages, IndexList};
 use wgnorm::ops::loss::LossTotals;
-use wgnorm::train::{evaluate, evaluate_with_batch_statistics, inference_rows};
+use wgnorm::train::{
+    Passes, Rows, batch_statistics_over, evaluate, evaluate_with_batch_statistics,
+};
 use wgnorm::{Dtype, Error, Result};
 
 #[derive(Args)]
@@ -36,7 +37,9 @@ pub struct EvalArgs {
     per_class: bool,
     /// Also the test accuracy with each BatchNorm normalizing every batch of B test images by
     /// the batch's own statistics, as in training (dropout off; a last partial batch left
-    /// out): how far the running statistics are from what training normalized with.
+    /// out): how far the running statistics are from what training normalized with. A model
+    /// trained with ghost batches of K is normalized over each ghost batch of K, as in
+    /// training; K must divide B.
     #[arg(long, value_name = "B")]
     batch_stats: Option<usize>,
     /// Shift the test images first: brightness:D adds D to every pixel (in [0, 1]),
@@ -100,6 +103,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         if let (Some(batch), Some(stats)) = (args.batch_stats, batch_stats) {
             json["batch_stats"] = serde_json::json!({
                 "batch": batch,
+                "ghost_batch": saved.spec.batchnorm_config().virtual_batch(),
                 "test_loss": stats.mean_loss(),
                 "test_acc": stats.accuracy(),
                 "images": stats.samples as u64,
@@ -127,8 +131,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
         if let (Some(batch), Some(stats)) = (args.batch_stats, batch_stats) {
             println!(
-                "with batch statistics over batches of {batch}: test loss {:.4} acc {:.4} ({} \
-                 images)",
+                "with batch statistics over {}: test loss {:.4} acc {:.4} ({} images)",
+                batch_statistics_over(&saved.spec, batch),
                 stats.mean_loss(),
                 stats.accuracy(),
                 stats.samples
@@ -196,8 +200,9 @@ fn test_on<B: Compute>(
     })
 }
 
-/// Each class's correct predictions (the first maximum of the logits, as the loss kernel and
-/// `torch.argmax` take it) over the test set, gathered on the device as `evaluate` does.
+/// Each class's correct predictions over the test set: the predicted classes (the first
+/// maximum of the logits, as the loss kernel and `torch.argmax` take it) found on the device
+/// in the passes `evaluate` makes, compared with the labels here.
 fn class_counts<B: Compute>(
     backend: &B,
     model: &mut Sequential<B>,
@@ -205,21 +210,17 @@ fn class_counts<B: Compute>(
     index: &IndexList<B>,
     data: &Mnist,
 ) -> Result<Vec<ClassCount>> {
-    let per_pass = inference_rows(backend, &model.spec)?;
-    let no_dropout = StepKey { seed: 0, step: 0 };
+    let source = Rows::Indexed { images, index };
+    let passes = Passes::inference(backend, &model.spec, source, data.test.len())?;
     let mut counts = vec![ClassCount::default(); CLASSES];
-    for (pass, labels) in data.test.labels.chunks(per_pass).enumerate() {
-        let mut x = backend.scratch(labels.len() * PIXELS)?;
-        let mut gathered_labels = backend.scratch(labels.len())?;
-        backend.gather(images, index, pass * per_pass, &mut x, &mut gathered_labels)?;
-        let (logits, _) = model.forward(backend, Mode::Eval, x, labels.len(), no_dropout)?;
-        for (row, &label) in backend.download(&logits)?.chunks_exact(CLASSES).zip(labels) {
-            let predicted =
-                (0..CLASSES).fold(0, |best, j| if row[j] > row[best] { j } else { best });
-            let count = &mut counts[usize::from(label)];
-            count.images += 1;
-            count.correct += usize::from(predicted == usize::from(label));
-        }
+    for (predicted, &label) in passes
+        .classes(backend, model)?
+        .iter()
+        .zip(&data.test.labels)
+    {
+        let count = &mut counts[usize::from(label)];
+        count.images += 1;
+        count.correct += usize::from(*predicted == usize::from(label));
     }
     Ok(counts)
 }

@@ -12,9 +12,8 @@ use clap::Args;
 
 use super::{Device, DeviceArgs};
 use wgnorm::data::mnist::{PIXELS, SIDE};
-use wgnorm::graph::Compute;
-use wgnorm::model::Classifier;
-use wgnorm::optim::OptimizerConfig;
+use wgnorm::graph::{Compute, Sequential};
+use wgnorm::train::{Passes, Rows};
 use wgnorm::{Error, Result};
 
 #[derive(Args)]
@@ -35,9 +34,11 @@ pub struct PredictArgs {
     files: Vec<PathBuf>,
 }
 
-/// One image to classify: where it came from and its 784 pixels in [0, 1].
-struct Image {
-    name: String,
+/// The images to classify: each one's name (where it came from), and their 784 pixels in
+/// [0, 1] each, one after another.
+#[derive(Default)]
+struct Images {
+    names: Vec<String>,
     pixels: Vec<f32>,
 }
 
@@ -47,52 +48,45 @@ const TOP: usize = 3;
 pub fn run(args: PredictArgs) -> Result<()> {
     args.device.check()?;
     let saved = super::eval::load_mnist_model(&args.checkpoint)?;
-    let mut images = Vec::new();
+    let mut images = Images::default();
     let mut unreadable = 0;
     for path in &args.files {
-        match read_images(path) {
-            Ok(read) => images.extend(read),
-            Err(e) => {
-                eprintln!("error: {e}");
-                unreadable += 1;
-            }
+        if let Err(e) = read_images(path, &mut images) {
+            eprintln!("error: {e}");
+            unreadable += 1;
         }
     }
-    if !images.is_empty() {
-        let probabilities = match args.device.open()? {
-            Device::Gpu(gpu) => classify(&gpu, &saved, &images)?,
-            Device::Cpu(cpu) => classify(&cpu, &saved, &images)?,
+    if !images.names.is_empty() {
+        let ranked = match args.device.open()? {
+            Device::Gpu(gpu) => classify(&gpu, &saved, &images.pixels)?,
+            Device::Cpu(cpu) => classify(&cpu, &saved, &images.pixels)?,
         };
         let names = args.dataset.dataset().class_names();
-        for (image, p) in images.iter().zip(&probabilities) {
-            let mut ranked: Vec<usize> = (0..p.len()).collect();
-            ranked.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            ranked.truncate(TOP);
+        for (name, top) in images.names.iter().zip(&ranked) {
+            let (best, p) = top[0];
             if args.json {
-                let top: Vec<_> = ranked
+                let top: Vec<_> = top
                     .iter()
-                    .map(|&c| {
-                        serde_json::json!({ "class": c, "label": names[c], "probability": p[c] })
+                    .map(|&(c, p)| {
+                        serde_json::json!({ "class": c, "label": names[c], "probability": p })
                     })
                     .collect();
                 let line = serde_json::json!({
-                    "file": image.name,
-                    "class": ranked[0],
-                    "label": names[ranked[0]],
-                    "probability": p[ranked[0]],
+                    "file": name,
+                    "class": best,
+                    "label": names[best],
+                    "probability": p,
                     "top": top,
                 });
                 println!("{line}");
             } else {
-                let top: Vec<String> = ranked
+                let top: Vec<String> = top
                     .iter()
-                    .map(|&c| format!("{} {:.3}", names[c], p[c]))
+                    .map(|&(c, p)| format!("{} {p:.3}", names[c]))
                     .collect();
                 println!(
-                    "{}: {} (p {:.3}); top {TOP}: {}",
-                    image.name,
-                    names[ranked[0]],
-                    p[ranked[0]],
+                    "{name}: {} (p {p:.3}); top {TOP}: {}",
+                    names[best],
                     top.join(", ")
                 );
             }
@@ -107,39 +101,44 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
 }
 
-/// Softmax probabilities of every image, in eval mode.
+/// The `TOP` most probable classes of each image with their softmax probabilities, most
+/// probable first, in eval mode. The images run in passes of as many as the device binds at
+/// once; each pass's logits are read back and ranked before the next pass runs.
 fn classify<B: Compute>(
     backend: &B,
     saved: &wgnorm::checkpoint::ModelCheckpoint,
-    images: &[Image],
-) -> Result<Vec<Vec<f32>>> {
-    // The optimizer is never stepped: prediction only.
-    let mut model = Classifier::from_host(
-        backend,
-        &saved.spec,
-        &saved.model,
-        OptimizerConfig::adam(1e-3),
-        0,
-    )?;
-    let pixels: Vec<f32> = images
-        .iter()
-        .flat_map(|i| i.pixels.iter().copied())
-        .collect();
-    let logits = model.logits(backend, backend.upload(&pixels)?)?;
-    let logits = backend.download(&logits)?;
-    Ok(logits
-        .chunks_exact(saved.spec.classes())
-        .map(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let exp: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
-            let sum: f32 = exp.iter().sum();
-            exp.iter().map(|&e| e / sum).collect()
-        })
-        .collect())
+    pixels: &[f32],
+) -> Result<Vec<Vec<(usize, f32)>>> {
+    let spec = &saved.spec;
+    let mut model = Sequential::upload(backend, spec, &saved.model)?;
+    let source = Rows::Host {
+        x: pixels,
+        labels: None,
+    };
+    let passes = Passes::inference(backend, spec, source, pixels.len() / PIXELS)?;
+    let mut ranked = Vec::with_capacity(passes.rows());
+    passes.run(backend, &mut model, |_, pass| {
+        let logits = backend.download(pass.logits)?;
+        ranked.extend(logits.chunks_exact(spec.classes()).map(top_classes));
+        Ok(())
+    })?;
+    Ok(ranked)
 }
 
-/// The images in one file: a PNG is one, a `.npy` array one per 784 values.
-fn read_images(path: &Path) -> Result<Vec<Image>> {
+/// The `TOP` largest softmax probabilities of one row of logits, with their classes, largest
+/// first (a tie to the lower class).
+fn top_classes(row: &[f32]) -> Vec<(usize, f32)> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    let mut ranked: Vec<(usize, f32)> = exp.iter().map(|&e| e / sum).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(TOP);
+    ranked
+}
+
+/// Adds the images in one file to `images`: a PNG is one, a `.npy` array one per 784 values.
+fn read_images(path: &Path, images: &mut Images) -> Result<()> {
     let name = path.display().to_string();
     let is_npy = path
         .extension()
@@ -159,20 +158,14 @@ fn read_images(path: &Path) -> Result<Vec<Image>> {
                 "{name}: holds {bad}; pixels must lie in [0, 1] (MNIST's bytes / 255)"
             )));
         }
-        let images = array.data.chunks_exact(PIXELS);
-        return Ok(match images.len() {
-            1 => vec![Image {
-                name,
-                pixels: array.data,
-            }],
-            _ => images
-                .enumerate()
-                .map(|(i, pixels)| Image {
-                    name: format!("{name}[{i}]"),
-                    pixels: pixels.to_vec(),
-                })
-                .collect(),
-        });
+        match array.data.len() / PIXELS {
+            1 => images.names.push(name),
+            count => images
+                .names
+                .extend((0..count).map(|i| format!("{name}[{i}]"))),
+        }
+        images.pixels.extend_from_slice(&array.data);
+        return Ok(());
     }
     let decoded = image::io::Reader::open(path)
         .and_then(|reader| reader.with_guessed_format())
@@ -182,10 +175,9 @@ fn read_images(path: &Path) -> Result<Vec<Image>> {
         })?
         .decode()
         .map_err(|e| Error::InvalidArgument(format!("{name}: not a readable image ({e})")))?;
-    Ok(vec![Image {
-        name,
-        pixels: mnist_like(&decoded.to_luma8()),
-    }])
+    images.pixels.extend(mnist_like(&decoded.to_luma8()));
+    images.names.push(name);
+    Ok(())
 }
 
 /// A grey image as MNIST's pixels (see the module's comment).

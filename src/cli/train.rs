@@ -277,10 +277,12 @@ pub fn run_on<B: Compute>(
         );
         if let Some(stats) = test_batch_stats {
             println!(
-                "test acc {:.4} with BatchNorm's statistics from each batch of {} instead of \
-                 the running ones",
+                "test acc {:.4} with BatchNorm's statistics over {} instead of the running ones",
                 stats.accuracy(),
-                trainer.config.batch_size
+                wgnorm::train::batch_statistics_over(
+                    &trainer.config.spec,
+                    trainer.config.batch_size
+                )
             );
         }
     });

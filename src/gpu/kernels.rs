@@ -87,6 +87,7 @@ catalogue! {
     ActivationForward => (Shader::Activation, "forward"),
     ActivationBackward => (Shader::Activation, "backward"),
     SoftmaxCrossEntropy => (Shader::Loss, "softmax_cross_entropy"),
+    Argmax => (Shader::Loss, "argmax"),
     Adam => (Shader::Optimizer, "adam"),
     Sgd => (Shader::Optimizer, "sgd"),
     Gather => (Shader::Data, "gather"),

@@ -2,13 +2,12 @@
 //! normalizing each batch by its own statistics (what training-mode normalization would give
 //! at test time).
 
-use crate::graph::{Compute, Layer, Sequential, StepKey};
-use crate::ops::batchnorm::Mode;
+use crate::graph::{Compute, Layer, ModelSpec, Sequential};
 use crate::ops::data::{DeviceImages, IndexList};
-use crate::ops::loss::{LossTotals, metric};
+use crate::ops::loss::LossTotals;
 use crate::{Error, Result};
 
-use super::inference_rows;
+use super::passes::{Passes, Rows};
 
 /// Loss and accuracy of `model` in inference mode on rows `0..rows` of `index` into `images`.
 pub fn evaluate<B: Compute>(
@@ -18,41 +17,25 @@ pub fn evaluate<B: Compute>(
     index: &IndexList<B>,
     rows: usize,
 ) -> Result<LossTotals> {
-    // Any number of rows per pass gives the same results; the binding limit caps it.
-    let per_pass = inference_rows(backend, &model.spec)?;
-    let passes = (0..rows)
-        .step_by(per_pass)
-        .map(|first| (first, per_pass.min(rows - first)));
-    score(backend, model, Mode::Eval, images, index, passes)
+    let source = Rows::Indexed { images, index };
+    Passes::inference(backend, &model.spec, source, rows)?.score(backend, model)
 }
 
-/// The loss totals of forward passes in `mode` over the (first row, rows) `passes` of `index`
-/// into `images`, without dropout.
-fn score<B: Compute>(
-    backend: &B,
-    model: &mut Sequential<B>,
-    mode: Mode,
-    images: &DeviceImages<B>,
-    index: &IndexList<B>,
-    passes: impl Iterator<Item = (usize, usize)>,
-) -> Result<LossTotals> {
-    let classes = model.spec.classes();
-    let mut metrics = backend.filled(metric::LEN, 0.0)?;
-    let key = StepKey { seed: 0, step: 0 };
-    for (first, len) in passes {
-        let mut x = backend.scratch(len * images.row_len)?;
-        let mut labels = backend.scratch(len)?;
-        backend.gather(images, index, first, &mut x, &mut labels)?;
-        let (logits, _) = model.forward(backend, mode, x, len, key)?;
-        backend.softmax_cross_entropy(&logits, &labels, classes, None, &mut metrics)?;
-        backend.flush()?;
+/// What `evaluate_with_batch_statistics` at `batch` normalizes each BatchNorm's input over, in
+/// words: "batches of 32", or, where the model was trained with ghost batches of K, "ghost
+/// batches of 8 (in batches of 32)", as training normalized them.
+pub fn batch_statistics_over(spec: &ModelSpec, batch: usize) -> String {
+    match spec.batchnorm_config().virtual_batch() {
+        Some(ghost) => format!("ghost batches of {ghost} (in batches of {batch})"),
+        None => format!("batches of {batch}"),
     }
-    LossTotals::from_metrics(&backend.download(&metrics)?)
 }
 
 /// Loss and accuracy of `model` on rows `0..rows` of `index` into `images` in whole batches of
 /// `batch` rows (a last, partial batch is left out), each normalized by BatchNorm with its own
 /// statistics as in training, with dropout off and the running statistics left as they are.
+/// A model trained with ghost batches of K (`BatchNormConfig::virtual_batch`) is normalized as
+/// training normalized it: over each ghost batch of K rows of a batch, which K must divide.
 /// Against `evaluate`, it shows what the running statistics change.
 pub fn evaluate_with_batch_statistics<B: Compute>(
     backend: &B,
@@ -72,6 +55,15 @@ pub fn evaluate_with_batch_statistics<B: Compute>(
             "batch statistics need batches of 2 to {rows} images, got {batch}"
         )));
     }
+    if let Some(ghost) = model.spec.batchnorm_config().virtual_batch()
+        && !batch.is_multiple_of(ghost)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "batch statistics over batches of {batch} images: the model's BatchNorm was trained \
+             on ghost batches of {ghost}, which must divide the batch"
+        )));
+    }
+    let passes = Passes::batches(Rows::Indexed { images, index }, rows, batch, 0)?;
     // Momentum 0 keeps the running statistics as they are; p = 0 draws no dropout mask.
     let kept: Vec<_> = (model.batchnorms_mut())
         .map(|bn| (bn.batches_tracked, bn.config().momentum()))
@@ -85,10 +77,7 @@ pub fn evaluate_with_batch_statistics<B: Compute>(
     for bn in model.batchnorms_mut() {
         bn.set_momentum(0.0)?;
     }
-    let passes = (0..rows - rows % batch)
-        .step_by(batch)
-        .map(|first| (first, batch));
-    let result = score(backend, model, Mode::Train, images, index, passes);
+    let result = passes.score(backend, model);
     for (bn, &(batches_tracked, momentum)) in model.batchnorms_mut().zip(&kept) {
         bn.batches_tracked = batches_tracked;
         bn.set_momentum(momentum)?;

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
 use crate::data::mnist::{Mnist, PIXELS, Split};
-use crate::graph::{Compute, HostModel, ModelSpec, Sequential, StepKey};
+use crate::graph::{Compute, HostModel, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::data::{DeviceImages, IndexList};
 use crate::ops::loss::{LossTotals, metric};
@@ -24,37 +23,22 @@ mod early_stop;
 mod evaluate;
 mod grad_norms;
 mod lr;
+mod passes;
 mod recalibrate;
 mod resume;
 mod schedule;
 
 pub use config::TrainConfig;
 pub use early_stop::EarlyStop;
-pub use evaluate::{evaluate, evaluate_with_batch_statistics};
+pub use evaluate::{batch_statistics_over, evaluate, evaluate_with_batch_statistics};
 pub use grad_norms::{GradNormLayout, GradNormLog, GradNormRecord};
 pub use lr::{LrPlan, LrSchedule};
+pub use passes::{EVAL_BATCH, EVAL_TENSOR_BYTES, Pass, Passes, Rows, inference_rows};
 pub use recalibrate::{Recalibration, recalibrate};
 
 use schedule::check_batches;
 pub use schedule::{batches, epoch_order, split_point};
 
-/// Rows per forward pass when evaluating; any size gives the same results.
-pub const EVAL_BATCH: usize = 1000;
-
-/// The most bytes one tensor of an inference pass takes where the backend sets no smaller
-/// bound: a CNN's patches at 1,000 images would be 225 MB, memory that larger passes do not
-/// repay.
-pub const EVAL_TENSOR_BYTES: u64 = 64 << 20;
-
-/// Rows of one inference pass of `spec` on `backend`: `EVAL_BATCH`, or fewer where the
-/// binding limit (an error if not one sample fits) or `EVAL_TENSOR_BYTES` (at least one sample
-/// a pass) needs.
-pub fn inference_rows<B: Backend>(backend: &B, spec: &ModelSpec) -> Result<usize> {
-    let binding_rows = spec.max_rows(backend.max_binding_bytes())?;
-    Ok(EVAL_BATCH
-        .min(binding_rows)
-        .min(spec.memory_rows(EVAL_TENSOR_BYTES)))
-}
 /// Progress reports read the device's running totals at most this often.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
 

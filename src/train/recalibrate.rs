@@ -2,10 +2,11 @@
 //! when they lag the weights (a short run, a low momentum, a changed batch size, averaged
 //! weights).
 
-use crate::graph::{Compute, Sequential, StepKey};
-use crate::ops::batchnorm::Mode;
+use crate::graph::{Compute, Sequential};
 use crate::ops::data::DeviceImages;
 use crate::{Error, Result};
+
+use super::passes::{Passes, Rows};
 
 /// How many training batches recalibration averages over, and which.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +49,8 @@ impl Recalibration {
 
 /// Replaces every BatchNorm's running mean and variance in `model` by the equal-weight average
 /// of its batch statistics over `plan.batches` training-mode passes over the first `rows`
-/// rows of `images` in a shuffled order: pass k (from 1) enters with momentum 1/k. The weights,
+/// rows of `images` in a shuffled order: pass k (from 1) enters with momentum 1/k, and each
+/// pass is submitted before the next, so device memory stays that of one pass. The weights,
 /// each layer's momentum and its count of training batches stay as they were.
 pub fn recalibrate<B: Compute>(
     backend: &B,
@@ -84,23 +86,28 @@ pub fn recalibrate<B: Compute>(
     }
     let order = super::epoch_order(plan.seed, 0, rows);
     let index = backend.upload_indices(&order)?;
-    let inputs = model.spec.inputs();
-    for pass in 0..plan.batches {
-        for bn in model.batchnorms_mut() {
-            bn.set_momentum(1.0 / (pass + 1) as f32)?;
-        }
-        let mut x = backend.scratch(plan.batch_size * inputs)?;
-        let mut labels = backend.scratch(plan.batch_size)?;
-        backend.gather(images, &index, pass * plan.batch_size, &mut x, &mut labels)?;
-        let key = StepKey {
-            seed: plan.seed,
-            step: pass as u64,
-        };
-        model.forward(backend, Mode::Train, x, plan.batch_size, key)?;
-    }
+    let source = Rows::Indexed {
+        images,
+        index: &index,
+    };
+    let covered = plan.batches * plan.batch_size;
+    let passes = Passes::batches(source, covered, plan.batch_size, plan.seed)?;
+    // The first pass enters with momentum 1, replacing the fresh statistics; after pass k
+    // (from 0), the next enters with 1/(k + 2), its equal share of the average.
+    set_momentum(model, 1.0)?;
+    passes.run(backend, model, |model, pass| {
+        set_momentum(model, 1.0 / (pass.number + 2) as f32)
+    })?;
     for (bn, (batches_tracked, momentum)) in model.batchnorms_mut().zip(kept) {
         bn.batches_tracked = batches_tracked;
         bn.set_momentum(momentum)?;
     }
     Ok(())
+}
+
+/// Sets every BatchNorm's momentum in `model`.
+fn set_momentum<B: Compute>(model: &mut Sequential<B>, momentum: f32) -> Result<()> {
+    model
+        .batchnorms_mut()
+        .try_for_each(|bn| bn.set_momentum(momentum))
 }

@@ -26,12 +26,7 @@ impl LossOps for CpuBackend {
                 continue;
             }
             let label = label as usize;
-            let (mut best, mut top) = (0, z[0]);
-            for (j, &value) in z.iter().enumerate().skip(1) {
-                if value > top {
-                    (best, top) = (j, value);
-                }
-            }
+            let (best, top) = first_max(z);
             let total: f32 = z.iter().map(|&v| (v - top).exp()).sum();
             loss += total.ln() + top - z[label];
             correct += if best == label { 1.0 } else { 0.0 };
@@ -63,4 +58,28 @@ impl LossOps for CpuBackend {
         }
         Ok(())
     }
+
+    fn argmax_unchecked(
+        &self,
+        logits: &CpuBuffer,
+        classes: usize,
+        predicted: &mut CpuBuffer,
+    ) -> Result<()> {
+        for (class, z) in predicted.iter_mut().zip(logits.chunks_exact(classes)) {
+            *class = first_max(z).0 as f32;
+        }
+        Ok(())
+    }
+}
+
+/// The index and value of the first maximum of `z`, walked as the kernels walk it: a later
+/// value must be strictly larger, so a tie stays with the first and a NaN never wins.
+fn first_max(z: &[f32]) -> (usize, f32) {
+    let (mut best, mut top) = (0, z[0]);
+    for (j, &value) in z.iter().enumerate().skip(1) {
+        if value > top {
+            (best, top) = (j, value);
+        }
+    }
+    (best, top)
 }

@@ -1,11 +1,12 @@
-//! Launches `shaders/loss.wgsl`: one workgroup walks every row, so no two threads ever add to
-//! the metrics at once.
+//! Launches `shaders/loss.wgsl`: for the loss one workgroup walks every row, so no two threads
+//! ever add to the metrics at once; argmax takes one thread per row.
 
 use super::LossOps;
 use crate::Result;
 use crate::gpu::{Binding, GpuBackend, GpuBuffer, Kernel, Slot};
 
-/// Uniform parameters of `shaders/loss.wgsl` (`struct LossParams` there).
+/// Uniform parameters of `shaders/loss.wgsl` (`struct LossParams` there); argmax reads rows
+/// and classes.
 #[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -54,6 +55,28 @@ impl LossOps for GpuBackend {
                 &bindings,
                 [1, 1, 1],
             )
+        })
+    }
+
+    fn argmax_unchecked(
+        &self,
+        logits: &GpuBuffer,
+        classes: usize,
+        predicted: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.check_bindable("argmax logits", logits)?;
+        let rows = predicted.len();
+        let params = LossParams {
+            rows: rows as u32,
+            classes: classes as u32,
+            ..LossParams::default()
+        };
+        let bindings = [
+            Binding::whole(Slot::X, logits),
+            Binding::whole(Slot::Out, predicted),
+        ];
+        self.record(|recording| {
+            self.dispatch_elementwise(recording, Kernel::Argmax, &params, &bindings, rows)
         })
     }
 }

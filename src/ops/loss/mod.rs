@@ -5,6 +5,7 @@
 //! loss_r = log Σ_j exp(z_rj − max_r) + max_r − z_r,label     (log-sum-exp, shifted by the max)
 //! dz_rj  = (softmax(z_r)_j − [j = label_r]) / rows           (the gradient of the mean loss)
 //! correct_r = [argmax_j z_rj = label_r]                      (first maximum wins, as torch)
+//! argmax_r  = the first j with the largest z_rj               (the predicted class)
 //! ```
 //!
 //! The sums accumulate in a metrics buffer on the device over many steps, so the host reads
@@ -100,6 +101,9 @@ impl LossTotals {
     }
 }
 
+/// The most classes whose indices f32 holds exactly (2^24), as `argmax` stores them.
+pub const MAX_EXACT_CLASS: usize = 1 << 24;
+
 /// Whether a label (stored as f32) is a class index: an integer in 0..classes. NaN is not.
 pub(crate) fn is_class_index(label: f32, classes: usize) -> bool {
     label >= 0.0 && label < classes as f32 && label.fract() == 0.0
@@ -135,6 +139,33 @@ pub trait LossOps: Backend + Sized {
         self.softmax_cross_entropy_unchecked(logits, labels, classes, dlogits, metrics)
     }
 
+    /// Writes the predicted class of each row of `logits` (rows × classes, rows being
+    /// `predicted`'s length) to `predicted`, as f32 like the labels: the first maximum, as the
+    /// correct count takes it (a NaN never wins a comparison).
+    fn argmax(
+        &self,
+        logits: &Self::Buffer,
+        classes: usize,
+        predicted: &mut Self::Buffer,
+    ) -> Result<()> {
+        let rows = self.len_of(predicted);
+        if classes == 0 || rows == 0 {
+            return Err(Error::Shape(format!(
+                "argmax needs at least one row and one class, got {rows} rows of {classes}"
+            )));
+        }
+        if classes > MAX_EXACT_CLASS {
+            return Err(Error::Limit(format!(
+                "argmax stores classes as f32, exact up to {MAX_EXACT_CLASS}, got {classes} \
+                 classes"
+            )));
+        }
+        let values = rows.saturating_mul(classes);
+        check_len("argmax logits", self.len_of(logits), values)?;
+        check_u32_indexable("argmax logits", values)?;
+        self.argmax_unchecked(logits, classes, predicted)
+    }
+
     /// `softmax_cross_entropy` on checked arguments.
     #[doc(hidden)]
     fn softmax_cross_entropy_unchecked(
@@ -144,5 +175,14 @@ pub trait LossOps: Backend + Sized {
         classes: usize,
         dlogits: Option<&mut Self::Buffer>,
         metrics: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `argmax` on checked arguments.
+    #[doc(hidden)]
+    fn argmax_unchecked(
+        &self,
+        logits: &Self::Buffer,
+        classes: usize,
+        predicted: &mut Self::Buffer,
     ) -> Result<()>;
 }
