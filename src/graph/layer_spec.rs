@@ -19,6 +19,26 @@ pub struct Image {
 }
 
 impl Image {
+    /// A `channels`×`height`×`width` image, or an error where it holds more values than the
+    /// 2^32 a kernel can index (so `positions` and `values` cannot overflow).
+    pub fn new(channels: usize, height: usize, width: usize) -> Result<Self> {
+        let values = [height, width]
+            .into_iter()
+            .try_fold(channels, usize::checked_mul)
+            .filter(|&values| values <= u32::MAX as usize);
+        if values.is_none() {
+            return Err(Error::Limit(format!(
+                "{channels}×{height}×{width} images hold more than the 2^32 values a kernel can \
+                 index"
+            )));
+        }
+        Ok(Self {
+            channels,
+            height,
+            width,
+        })
+    }
+
     /// `images` of these.
     pub fn batch(self, images: usize) -> ImageShape {
         ImageShape {
@@ -146,30 +166,19 @@ impl LayerSpec {
             LayerSpec::Conv2d { outputs, window } => {
                 let image = image("a convolution")?;
                 let (height, width) = window.output(image.height, image.width)?;
-                SampleShape::Image(Image {
-                    channels: outputs,
-                    height,
-                    width,
-                })
+                SampleShape::Image(Image::new(outputs, height, width)?)
             }
             LayerSpec::MaxPool2d { window } => {
                 let image = image("max pooling")?;
                 let (height, width) = window.output(image.height, image.width)?;
-                SampleShape::Image(Image {
-                    height,
-                    width,
-                    ..image
-                })
+                SampleShape::Image(Image::new(image.channels, height, width)?)
             }
             LayerSpec::AvgPool => SampleShape::Image(Image {
                 height: 1,
                 width: 1,
                 ..image("average pooling")?
             }),
-            LayerSpec::Flatten => {
-                let image = image("flatten")?;
-                SampleShape::Flat(image.channels * image.positions())
-            }
+            LayerSpec::Flatten => SampleShape::Flat(image("flatten")?.values()),
             LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
                 if *self == LayerSpec::InstanceNorm {
                     image("InstanceNorm")?;

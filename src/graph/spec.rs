@@ -1,7 +1,7 @@
 //! The architecture: a checked stack of layers (`layer_spec.rs`) and the tensors it learns. A
 //! `ModelSpec` is checked when it is made, so every model built from one can run.
 
-use super::layer_spec::{LayerSpec, SampleShape, batchnorm_features};
+use super::layer_spec::{Image, LayerSpec, SampleShape, batchnorm_features};
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::{Error, Result};
 
@@ -62,6 +62,9 @@ impl ModelSpec {
         layers: Vec<LayerSpec>,
         batchnorm_config: BatchNormConfig,
     ) -> Result<Self> {
+        if let SampleShape::Image(image) = input {
+            Image::new(image.channels, image.height, image.width)?;
+        }
         if input.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "the model's input must hold values, got {}",
@@ -87,7 +90,9 @@ impl ModelSpec {
             }
             let input = shapes[index];
             let output = layer.output(input).map_err(|e| match e {
-                Error::Shape(message) | Error::InvalidArgument(message) => invalid(message),
+                Error::Shape(message) | Error::InvalidArgument(message) | Error::Limit(message) => {
+                    invalid(message)
+                }
                 other => other,
             })?;
             shapes.push(output);
@@ -118,6 +123,15 @@ impl ModelSpec {
                     param.name, param.shape
                 )));
             }
+        }
+        // A convolution binds its patches at least one image at a time (the weights' check
+        // above keeps this product from overflowing).
+        let per_sample = spec.largest_tensor_per_sample();
+        if per_sample > u32::MAX as usize {
+            return Err(Error::Limit(format!(
+                "one sample's tensors hold {per_sample} values (a convolution's patches \
+                 included), more than the 2^32 a kernel can index"
+            )));
         }
         Ok(spec)
     }
