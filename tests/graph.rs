@@ -65,6 +65,17 @@ fn unflatten(dy: &[f64], shape: ImageShape) -> Vec<f64> {
     dx
 }
 
+/// The size of the sums a normalization's dγ and dβ are, which can cancel: ‖Σ|dy·x̂|‖ and
+/// ‖Σ|dy|‖ per channel, over values stored channels-last.
+fn affine_terms(dy: &[f64], xhat: &[f64], channels: usize) -> (f64, f64) {
+    let mut terms = [vec![0.0; channels], vec![0.0; channels]];
+    for (i, (&d, &h)) in dy.iter().zip(xhat).enumerate() {
+        terms[0][i % channels] += (d * h).abs();
+        terms[1][i % channels] += d.abs();
+    }
+    (norm(&terms[0]), norm(&terms[1]))
+}
+
 /// One training step, chained from the float64 layer formulas: logits, and per parameter (in
 /// `ModelSpec::params` order) its gradient and the size of the terms summed into it. A bias
 /// feeding BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift), which f32 can
@@ -153,8 +164,15 @@ fn reference_step(
             LayerSpec::BatchNorm => {
                 let bn = batchnorm_shape(spec, shape, rows);
                 let g = reference::batchnorm::backward(input, &dy, bn, &params[at], EPS);
-                grads[at] = (g.dgamma, 0.0);
-                grads[at + 1] = (g.dbeta, 0.0);
+                // dγ and dβ are sums that can cancel: measured against Σ|dy·x̂| and Σ|dy|.
+                let (ones, zeros) = (vec![1.0; bn.c], vec![0.0; bn.c]);
+                let xhat = reference::batchnorm::forward_train(
+                    input, bn, &ones, &zeros, &zeros, &ones, EPS, MOMENTUM,
+                )
+                .y;
+                let (dgamma_terms, dbeta_terms) = affine_terms(&dy, &xhat, bn.c);
+                grads[at] = (g.dgamma, dgamma_terms);
+                grads[at + 1] = (g.dbeta, dbeta_terms);
                 g.dx
             }
             LayerSpec::LayerNorm | LayerSpec::GroupNorm { .. } | LayerSpec::InstanceNorm => {
@@ -165,13 +183,9 @@ fn reference_step(
                     (vec![1.0; groups.channels], vec![0.0; groups.channels]);
                 let xhat =
                     reference::groupnorm::forward(input, groups, &unit_gamma, &zero_beta, EPS).y;
-                let mut terms = [vec![0.0; groups.channels], vec![0.0; groups.channels]];
-                for (i, (&d, &h)) in dy.iter().zip(&xhat).enumerate() {
-                    terms[0][i % groups.channels] += (d * h).abs();
-                    terms[1][i % groups.channels] += d.abs();
-                }
-                grads[at] = (g.dgamma, norm(&terms[0]));
-                grads[at + 1] = (g.dbeta, norm(&terms[1]));
+                let (dgamma_terms, dbeta_terms) = affine_terms(&dy, &xhat, groups.channels);
+                grads[at] = (g.dgamma, dgamma_terms);
+                grads[at + 1] = (g.dbeta, dbeta_terms);
                 g.dx
             }
             LayerSpec::Relu => reference::activation::relu_backward(input, &dy),
