@@ -149,8 +149,18 @@ fn misused_norm_flags_are_one_line_naming_the_flag() {
         ),
         (
             &["--model", "mlp", "--norm", "gn:0"],
-            "expected bn, ln, gn:G",
+            "expected bn, ln, gn<G> or gn:<G>",
         ),
+        // gn8 and gn:8 are one GroupNorm, named as --arch writes it.
+        (
+            &["--model", "mlp-bn", "--norm", "gn:8"],
+            "(use --model mlp --norm gn8)",
+        ),
+        (
+            &["--model", "mlp-bn", "--norm", "gn8"],
+            "(use --model mlp --norm gn8)",
+        ),
+        (&["--arch", "fc64,gn:8,relu,fc7"], "fc10"),
         (
             &["--model", "mlp", "--norm", "gn:5"],
             "128 channels into 5 groups",
@@ -179,6 +189,10 @@ fn misused_norm_flags_are_one_line_naming_the_flag() {
     for (args, needle) in [
         (&["--norm", "ln"][..], "takes --norms"),
         (&["--norms", "ln,ln"], "two different normalizations"),
+        (
+            &["--norms", "gn8,gn:8"],
+            "two different normalizations, got gn8,gn8",
+        ),
         (&["--norms", "ln"], "two different normalizations"),
         (
             &["--norms", "ln,none", "--bn-momentum", "0.01"],

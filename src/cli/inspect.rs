@@ -12,7 +12,7 @@ use crate::plot::{Line, Panel, panels};
 use wgnorm::checkpoint::ModelCheckpoint;
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{Mnist, PIXELS};
-use wgnorm::graph::{BatchNormLayer, Sequential};
+use wgnorm::graph::{BatchNormLayer, SampleShape, Sequential};
 use wgnorm::ops::batchnorm::BatchNormShape;
 use wgnorm::ops::data::DataOps;
 use wgnorm::reference::batchnorm;
@@ -158,10 +158,10 @@ fn report(
     let running = &saved.model.running[at];
     LayerReport {
         index: layer.index,
-        kind: if layer.positions > 1 {
-            "BatchNorm2d"
-        } else {
-            "BatchNorm1d"
+        // By its input, as PyTorch names it: on images it is a BatchNorm2d, 1×1 ones included.
+        kind: match saved.spec.shapes()[layer.index] {
+            SampleShape::Image(_) => "BatchNorm2d",
+            SampleShape::Flat(_) => "BatchNorm1d",
         },
         features: layer.features,
         gamma: Range::of(gamma),
