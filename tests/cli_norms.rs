@@ -76,9 +76,10 @@ fn the_mlp_trains_with_layernorm_on_the_cpu() {
     if shared_mnist().is_none() {
         return;
     }
+    // Without --model, --norm goes into the default MLP.
     let dir = trains_and_evaluates(
         "cpu",
-        &["--model", "mlp", "--norm", "ln"],
+        &["--norm", "ln"],
         "mlp-ln",
         "nn.Sequential(nn.Linear(784, 128), nn.LayerNorm(128), nn.ReLU(), nn.Dropout(0.2), \
          nn.Linear(128, 10))",
@@ -306,6 +307,11 @@ fn sweep_crosses_normalizations_batch_sizes_and_seeds() {
             "has BatchNorm already",
         ),
         (&["--repeats", "0"], "--repeats"),
+        // --norm without --models sweeps the MLP with it, which has no BatchNorm to tune.
+        (
+            &["--norm", "ln", "--bn-eps", "1e-3"],
+            "--bn-eps has no effect: no model of this run has a BatchNorm layer",
+        ),
     ] {
         assert_one_line_error(&sweep(args), 2, needle);
     }
