@@ -1,4 +1,4 @@
-//! BatchNorm on both backends against the float64 reference, on fresh random inputs each run.
+//! BatchNorm on both backends against the float64 reference, on seeded random inputs.
 //! Outputs are poisoned with NaN before every call, so an element a kernel forgets to write
 //! shows up as an error.
 

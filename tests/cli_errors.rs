@@ -108,6 +108,21 @@ fn bare_wgnorm_lists_the_commands() {
             "{command} missing from: {help}"
         );
     }
+    // The summaries say what the commands do: any model and normalization, both datasets, ONNX.
+    let line = |command: &str| {
+        (help.lines())
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("{command} missing from: {help}"))
+            .to_string()
+    };
+    assert!(
+        help.contains("LayerNorm") && help.contains("Fashion-MNIST"),
+        "{help}"
+    );
+    assert!(!help.contains("MLP training"), "{help}");
+    assert!(line("train").contains("--arch"), "{help}");
+    assert!(line("export").contains("ONNX"), "{help}");
+    assert!(line("compare").contains("normalizations"), "{help}");
 }
 
 #[test]

@@ -64,3 +64,22 @@ fn a_folded_model_scores_as_the_original() {
     assert_one_line_error(&plain, 2, "--fold-bn has no effect");
     assert!(!dir.path().join("x.safetensors").exists());
 }
+
+#[test]
+fn one_file_for_both_formats_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = wgnorm(
+        &[
+            "export",
+            "--checkpoint",
+            "model.safetensors",
+            "--safetensors",
+            "model.out",
+            "--onnx",
+            "./model.out",
+        ],
+        dir.path(),
+    );
+    assert_one_line_error(&output, 2, "--safetensors and --onnx both name ./model.out");
+    assert!(!dir.path().join("model.out").exists());
+}

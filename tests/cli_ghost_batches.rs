@@ -124,11 +124,52 @@ fn batches_ghost_batches_cannot_split_are_one_line_errors() {
         ),
         (
             &["--bn-virtual-batch", "1"],
-            "needs more than 1 value per channel in each of its 32 ghost batches",
+            "--bn-virtual-batch 1 leaves the BatchNorm at layer 1 one value per feature in each \
+             ghost batch",
+        ),
+        (
+            // A BatchNorm2d on 1×1 images has one value per feature and sample too.
+            &[
+                "--arch",
+                "conv4k3,relu,avgpool,bn,flatten,fc10",
+                "--bn-virtual-batch",
+                "1",
+            ],
+            "the BatchNorm at layer 3 one value per feature",
         ),
     ];
     for (extra, needle) in cases {
         assert_one_line_error(&train(extra), 2, needle);
+        assert!(
+            !dir.path().join("run").exists(),
+            "{extra:?} made the run folder"
+        );
     }
-    assert!(!dir.path().join("run").join("model.safetensors").exists());
+}
+
+/// A BatchNorm2d has one value per position in a sample: ghost batches of one sample still
+/// give it statistics over 26×26 values per channel.
+#[test]
+fn ghost_batches_of_one_image_train_a_batchnorm2d() {
+    let Some(data) = shared_mnist() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--device",
+        "cpu",
+        "--arch",
+        "conv4k3,bn,relu,flatten,fc10",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--bn-virtual-batch",
+        "1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        "conv",
+    ];
+    wgnorm_ok(&args, dir.path());
+    assert!(dir.path().join("conv").join("model.safetensors").exists());
 }

@@ -112,3 +112,42 @@ fn inspect_flags_stale_running_statistics_and_passes_recalibrated_ones() {
     );
     assert_one_line_error(&pointless, 2, "no effect without --data-dir");
 }
+
+/// A BatchNorm after global average pooling normalizes 1×1 images: PyTorch's BatchNorm2d, though
+/// each channel has one position.
+#[test]
+fn a_batchnorm_on_1x1_images_is_named_batchnorm2d() {
+    let Some(data) = shared_mnist() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let arch = "conv4k3,relu,avgpool,bn,flatten,bn,fc10";
+    let train = [
+        "train",
+        "--device",
+        "cpu",
+        "--arch",
+        arch,
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        "pooled",
+    ];
+    wgnorm_ok(&train, dir.path());
+    let args = [
+        "inspect",
+        "--checkpoint",
+        "pooled/model.safetensors",
+        "--json",
+    ];
+    let report: serde_json::Value =
+        serde_json::from_slice(&wgnorm_ok(&args, dir.path()).stdout).unwrap();
+    let kinds: Vec<&str> = (report["layers"].as_array().unwrap().iter())
+        .map(|layer| layer["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["BatchNorm2d", "BatchNorm1d"], "{report}");
+}

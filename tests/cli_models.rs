@@ -185,6 +185,90 @@ fn a_malformed_arch_is_one_line_naming_the_token() {
     assert_one_line_error(&output, 2, "--hidden");
 }
 
+/// Sizes whose arithmetic would pass what a usize holds or a kernel's u32 indexes: each is
+/// refused in one line before anything is written.
+#[test]
+fn arch_sizes_past_what_a_kernel_indexes_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, needle) in [
+        // 28 + 2·padding wraps to 26, and the run trained a Linear(2304, 10).
+        (
+            "conv4k3p9223372036854775807,flatten,fc10",
+            "padding 9223372036854775807 over a 28×28 image passes the 2^32 positions",
+        ),
+        (
+            "conv4k3s18446744073709551615,flatten,fc10",
+            "stride 18446744073709551615",
+        ),
+        (
+            "conv4k4294967296p2147483648,flatten,fc10",
+            "padding 2147483648",
+        ),
+        (
+            "conv2147483648k1,avgpool,flatten,fc10",
+            "2147483648×28×28 images hold more than the 2^32 values",
+        ),
+        // A 60000×60000 kernel over the padded image: 29×29 patches of 3.6e9 values each.
+        ("conv1k60000p30000,avgpool,flatten,fc10", "patches"),
+    ] {
+        let output = wgnorm(&["train", "--arch", arch, "--out", "never"], dir.path());
+        assert_one_line_error(&output, 2, needle);
+        assert!(!dir.path().join("never").exists());
+    }
+}
+
+/// A model.safetensors whose metadata says `architecture`, with no tensors: reading it stops at
+/// the architecture.
+fn crafted_model(path: &Path, architecture: &str) {
+    let metadata = std::collections::HashMap::from([
+        ("format".to_string(), "wgnorm-mlp-1".to_string()),
+        ("architecture".to_string(), architecture.to_string()),
+        ("torch_module".to_string(), "nn.Sequential()".to_string()),
+        ("epochs_done".to_string(), "1".to_string()),
+    ]);
+    let tensors: [(&str, safetensors::tensor::TensorView); 0] = [];
+    safetensors::tensor::serialize_to_file(tensors, Some(metadata), path).unwrap();
+}
+
+#[test]
+fn checkpoint_metadata_with_sizes_past_a_kernel_is_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#""batchnorm_config":{"eps":1e-5,"momentum":0.1,"unbiased_running_var":true}"#;
+    for (name, input, layers, needle) in [
+        (
+            "padding",
+            r#"{"image":{"channels":1,"height":28,"width":28}}"#,
+            "conv4k3p9223372036854775807,flatten,fc10",
+            "padding 9223372036854775807",
+        ),
+        (
+            "input",
+            r#"{"image":{"channels":4294967296,"height":4294967296,"width":4294967296}}"#,
+            "avgpool,flatten,fc10",
+            "4294967296×4294967296×4294967296 images hold more than the 2^32 values",
+        ),
+    ] {
+        let model = dir.path().join(format!("{name}.safetensors"));
+        crafted_model(
+            &model,
+            &format!(r#"{{"input":{input},"layers":"{layers}",{config}}}"#),
+        );
+        let output = wgnorm(
+            &[
+                "export",
+                "--checkpoint",
+                model.to_str().unwrap(),
+                "--onnx",
+                "out.onnx",
+            ],
+            dir.path(),
+        );
+        assert_one_line_error(&output, 2, needle);
+        assert_one_line_error(&output, 2, "architecture metadata");
+        assert!(!dir.path().join("out.onnx").exists());
+    }
+}
+
 #[test]
 fn patience_keeps_the_best_epoch_and_stops_by_the_rule() {
     if shared_mnist().is_none() {

@@ -76,9 +76,10 @@ fn the_mlp_trains_with_layernorm_on_the_cpu() {
     if shared_mnist().is_none() {
         return;
     }
+    // Without --model, --norm goes into the default MLP.
     let dir = trains_and_evaluates(
         "cpu",
-        &["--model", "mlp", "--norm", "ln"],
+        &["--norm", "ln"],
         "mlp-ln",
         "nn.Sequential(nn.Linear(784, 128), nn.LayerNorm(128), nn.ReLU(), nn.Dropout(0.2), \
          nn.Linear(128, 10))",
@@ -149,8 +150,18 @@ fn misused_norm_flags_are_one_line_naming_the_flag() {
         ),
         (
             &["--model", "mlp", "--norm", "gn:0"],
-            "expected bn, ln, gn:G",
+            "expected bn, ln, gn<G> or gn:<G>",
         ),
+        // gn8 and gn:8 are one GroupNorm, named as --arch writes it.
+        (
+            &["--model", "mlp-bn", "--norm", "gn:8"],
+            "(use --model mlp --norm gn8)",
+        ),
+        (
+            &["--model", "mlp-bn", "--norm", "gn8"],
+            "(use --model mlp --norm gn8)",
+        ),
+        (&["--arch", "fc64,gn:8,relu,fc7"], "fc10"),
         (
             &["--model", "mlp", "--norm", "gn:5"],
             "128 channels into 5 groups",
@@ -179,6 +190,10 @@ fn misused_norm_flags_are_one_line_naming_the_flag() {
     for (args, needle) in [
         (&["--norm", "ln"][..], "takes --norms"),
         (&["--norms", "ln,ln"], "two different normalizations"),
+        (
+            &["--norms", "gn8,gn:8"],
+            "two different normalizations, got gn8,gn8",
+        ),
         (&["--norms", "ln"], "two different normalizations"),
         (
             &["--norms", "ln,none", "--bn-momentum", "0.01"],
@@ -292,6 +307,11 @@ fn sweep_crosses_normalizations_batch_sizes_and_seeds() {
             "has BatchNorm already",
         ),
         (&["--repeats", "0"], "--repeats"),
+        // --norm without --models sweeps the MLP with it, which has no BatchNorm to tune.
+        (
+            &["--norm", "ln", "--bn-eps", "1e-3"],
+            "--bn-eps has no effect: no model of this run has a BatchNorm layer",
+        ),
     ] {
         assert_one_line_error(&sweep(args), 2, needle);
     }

@@ -1,5 +1,5 @@
 //! GroupNorm, LayerNorm and InstanceNorm on both backends against the float64 reference, on
-//! fresh random inputs each run. Outputs are poisoned with NaN before every call, so an element
+//! seeded random inputs. Outputs are poisoned with NaN before every call, so an element
 //! a kernel forgets to write shows up as an error.
 
 #[macro_use]

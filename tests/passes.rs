@@ -11,7 +11,10 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use wgnorm::Backend;
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
-use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, ModelSpec, SampleShape, Sequential};
+use wgnorm::graph::{
+    BatchNorm, Compute, Dropout, HostModel, Init, LayerSpec, Linear, ModelSpec, Relu, SampleShape,
+    Sequential,
+};
 use wgnorm::ops::batchnorm::{BatchNormConfig, BatchNormShape};
 use wgnorm::ops::data::DeviceImages;
 use wgnorm::ops::loss::LossOps;
@@ -86,12 +89,12 @@ fn spec(ghost: Option<usize>) -> ModelSpec {
         None => BatchNormConfig::default(),
     };
     let layers = vec![
-        LayerSpec::BatchNorm,
-        LayerSpec::Linear { outputs: HIDDEN },
-        LayerSpec::BatchNorm,
-        LayerSpec::Relu,
-        LayerSpec::Dropout { p: 0.3 },
-        LayerSpec::Linear { outputs: CLASSES },
+        LayerSpec::BatchNorm(BatchNorm),
+        Linear { outputs: HIDDEN }.into(),
+        LayerSpec::BatchNorm(BatchNorm),
+        LayerSpec::Relu(Relu),
+        Dropout { p: 0.3 }.into(),
+        Linear { outputs: CLASSES }.into(),
     ];
     ModelSpec::new(SampleShape::Flat(FEATURES), layers, config).unwrap()
 }
@@ -133,9 +136,9 @@ fn recalibration_matches_the_f64_mean<B: Compute>(
         seed,
     };
     recalibrate(backend, &mut model, &images, rows, plan).unwrap();
-    let running = model.download(backend).unwrap().running;
+    let recalibrated = model.download(backend).unwrap();
 
-    let p = &host.params;
+    let p = host.params(&spec).unwrap();
     assert_eq!(
         (p[0].len(), p[2].len(), p[4].len()),
         (FEATURES, HIDDEN * FEATURES, HIDDEN)
@@ -157,29 +160,32 @@ fn recalibration_matches_the_f64_mean<B: Compute>(
             })
             .map(|&byte| f64::from(byte) / 255.0)
             .collect();
-        let (y, mean, var) = batchnorm_pass(&x, batch, FEATURES, ghosts, &p[0], &p[1]);
+        let (y, mean, var) = batchnorm_pass(&x, batch, FEATURES, ghosts, p[0], p[1]);
         let w: Vec<f64> = p[2].iter().map(|&v| f64::from(v)).collect();
         let b: Vec<f64> = p[3].iter().map(|&v| f64::from(v)).collect();
         let h = linear_forward(&y, &w, &b, batch, FEATURES);
-        let (_, hidden_mean, hidden_var) = batchnorm_pass(&h, batch, HIDDEN, ghosts, &p[4], &p[5]);
+        let (_, hidden_mean, hidden_var) = batchnorm_pass(&h, batch, HIDDEN, ghosts, p[4], p[5]);
         for (sum, values) in sums.iter_mut().zip([mean, var, hidden_mean, hidden_var]) {
             for (s, v) in sum.iter_mut().zip(values) {
                 *s += v / batches as f64;
             }
         }
     }
+    let running = |name: &str| recalibrated.tensor(name).unwrap();
     let got = [
-        &running[0].mean,
-        &running[0].var,
-        &running[1].mean,
-        &running[1].var,
+        running("0.running_mean"),
+        running("0.running_var"),
+        running("2.running_mean"),
+        running("2.running_var"),
     ];
     let names = ["input mean", "input var", "hidden mean", "hidden var"];
     for ((name, got), want) in names.iter().zip(got).zip(&sums) {
         assert_close(name, got, want, 1e-5);
     }
     // The counts of training batches are the model's own.
-    assert!(running.iter().all(|r| r.batches_tracked == 0));
+    for layer in ["0", "2"] {
+        assert_eq!(recalibrated.batches_tracked(layer).unwrap(), 0);
+    }
 }
 
 backend_test!(

@@ -23,8 +23,8 @@ pub struct CompareArgs {
     /// The models compared: mlp and mlp-bn, or cnn and cnn-bn.
     #[arg(long, value_enum, default_value_t = Family::Mlp)]
     family: Family,
-    /// The family with each of these normalizations instead, comma-separated (bn, ln, gn:G,
-    /// in, none; e.g. bn,ln,gn:8,none); each is read against the first.
+    /// The family with each of these normalizations instead, comma-separated (bn, ln, gn<G>,
+    /// in, none; e.g. bn,ln,gn8,none); each is read against the first.
     #[arg(long, value_delimiter = ',', value_parser = parse_norm)]
     norms: Option<Vec<Norm>>,
     #[command(flatten)]

@@ -46,6 +46,21 @@ pub fn run(args: ExportArgs) -> Result<()> {
             "export needs somewhere to write: --safetensors FILE or --onnx FILE".to_string(),
         ));
     }
+    let absolute = |path: &PathBuf| {
+        std::path::absolute(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })
+    };
+    if let (Some(safetensors), Some(onnx)) = (&args.safetensors, &args.onnx)
+        && absolute(safetensors)? == absolute(onnx)?
+    {
+        return Err(Error::InvalidArgument(format!(
+            "--safetensors and --onnx both name {}: the ONNX file would replace the safetensors \
+             one; choose two files",
+            onnx.display()
+        )));
+    }
     if args.export_dtype != Dtype::F32 && args.safetensors.is_none() {
         return Err(Error::InvalidArgument(
             "--export-dtype has no effect without --safetensors: ONNX files hold float32"

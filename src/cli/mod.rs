@@ -30,7 +30,8 @@ use wgnorm::gpu::{AdapterRequest, GpuBackend, device};
 #[command(
     name = "wgnorm",
     version,
-    about = "BatchNorm and MLP training on any GPU through wgpu compute shaders",
+    about = "Train MLPs and CNNs with BatchNorm, LayerNorm, GroupNorm or InstanceNorm on MNIST \
+             and Fashion-MNIST, on any GPU through wgpu compute shaders or on the CPU",
     arg_required_else_help = true
 )]
 struct Cli {
@@ -44,14 +45,15 @@ enum Command {
     Devices,
     /// Run BatchNorm (training-mode forward, and backward with --dy) on .npy tensors.
     Bn(Box<bn::BnArgs>),
-    /// Train the MNIST MLP (with or without BatchNorm) and save it after every epoch.
+    /// Train a preset (MLP or CNN, with the normalization of --norm) or any --arch stack on
+    /// MNIST or Fashion-MNIST, saving it after every epoch.
     Train(Box<train::TrainArgs>),
     /// Test loss and accuracy of a saved model.
     Eval(Box<eval::EvalArgs>),
     /// Classify your own images (PNG, .npy) with a saved model.
     Predict(Box<predict::PredictArgs>),
-    /// Write a saved model again for deployment: BatchNorm folded into the layer before it,
-    /// f32 or f16 values.
+    /// Write a saved model for deployment as safetensors (f32 or f16) or ONNX, optionally with
+    /// BatchNorm folded into the layer before it.
     Export(Box<export::ExportArgs>),
     /// Every BatchNorm layer of a saved model: γ, β, running statistics and, with
     /// --data-dir, how far eval mode is from training mode.
@@ -59,9 +61,11 @@ enum Command {
     /// Recompute a saved model's BatchNorm running statistics from training batches
     /// (PreciseBN) and report its accuracy before and after.
     Recalibrate(Box<recalibrate::RecalibrateArgs>),
-    /// Train without and with BatchNorm under the same protocol and compare them.
+    /// Train the MLP or the CNN with each of several normalizations (by default without and
+    /// with BatchNorm) under the same protocol and seeds, and compare them.
     Compare(Box<compare::CompareArgs>),
-    /// Train over batch sizes (and learning rates) for each model and tabulate the results.
+    /// Train each model (and normalization) over batch sizes and learning rates, and tabulate
+    /// and plot the results.
     Sweep(Box<sweep::SweepArgs>),
     /// Time BatchNorm kernels and training steps on the GPU and the CPU.
     Bench(Box<bench::BenchArgs>),

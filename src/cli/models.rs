@@ -21,6 +21,15 @@ pub enum ModelChoice {
 }
 
 impl ModelChoice {
+    /// The model a run trains without --model: the MLP with BatchNorm, or the MLP with
+    /// `norm` where --norm gives one.
+    pub fn default_for(norm: Option<Norm>) -> Self {
+        match norm {
+            Some(_) => ModelChoice::Mlp,
+            None => ModelChoice::MlpBn,
+        }
+    }
+
     /// The preset it names.
     pub fn preset(self) -> Preset {
         match self {

@@ -69,9 +69,9 @@ pub struct RunArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub data: DataArgs,
-    /// The normalization after each convolution and hidden Linear of --model mlp or cnn: bn,
-    /// ln (LayerNorm), gn:G (GroupNorm, G groups), in (InstanceNorm, after convolutions only)
-    /// or none [default: the model's own].
+    /// The normalization after each convolution and hidden Linear of --model mlp or cnn (the
+    /// MLP without --model): bn, ln (LayerNorm), gn<G> or gn:<G> (GroupNorm, G groups), in
+    /// (InstanceNorm, after convolutions only) or none [default: the model's own].
     #[arg(long, value_parser = parse_norm)]
     pub norm: Option<Norm>,
     /// Train on the first N training images only (quick trials).

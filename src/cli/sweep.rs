@@ -19,11 +19,11 @@ pub struct SweepArgs {
     /// Batch sizes to train with (in place of --batch-size).
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     batch_sizes: Vec<usize>,
-    /// Models to train [default: mlp-bn,mlp; mlp with --norms].
+    /// Models to train [default: mlp-bn,mlp; mlp with --norms or --norm].
     #[arg(long, value_enum, value_delimiter = ',')]
     models: Option<Vec<ModelChoice>>,
     /// Each of --models (mlp or cnn) with each of these normalizations, comma-separated (bn,
-    /// ln, gn:G, in, none).
+    /// ln, gn<G>, in, none).
     #[arg(long, value_delimiter = ',', value_parser = parse_norm)]
     norms: Option<Vec<Norm>>,
     /// Seeds per (model, learning rate, batch size): --seed, --seed + 1, ...
@@ -39,9 +39,9 @@ pub struct SweepArgs {
 
 pub fn run(args: SweepArgs) -> Result<()> {
     args.run.device.check()?;
-    let chosen = (args.models.clone()).unwrap_or_else(|| match args.norms {
-        Some(_) => vec![ModelChoice::Mlp],
-        None => vec![ModelChoice::MlpBn, ModelChoice::Mlp],
+    let chosen = (args.models.clone()).unwrap_or_else(|| match (&args.norms, args.run.norm) {
+        (None, None) => vec![ModelChoice::MlpBn, ModelChoice::Mlp],
+        _ => vec![ModelChoice::Mlp],
     });
     if args.batch_sizes.is_empty() || chosen.is_empty() || args.repeats == 0 {
         return Err(Error::InvalidArgument(

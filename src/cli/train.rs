@@ -21,9 +21,10 @@ use wgnorm::{Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// A preset architecture; bn and nobn name mlp-bn and mlp.
-    #[arg(long, value_enum, default_value_t = ModelChoice::MlpBn)]
-    model: ModelChoice,
+    /// A preset architecture; bn and nobn name mlp-bn and mlp [default: mlp-bn; mlp with
+    /// --norm].
+    #[arg(long, value_enum)]
+    model: Option<ModelChoice>,
     /// Any other stack, one comma-separated token per layer, in place of --model: fc<N>,
     /// conv<C>k<K>[s<S>][p<P>], bn, ln, gn<G>, in, relu, dropout<P>, maxpool<K>[s<S>],
     /// avgpool, flatten (e.g. conv16k3p1,bn,relu,maxpool2,flatten,fc10).
@@ -72,7 +73,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let config = match &args.arch {
         Some(arch) => args.run.config_for_arch(arch)?,
         None => {
-            let model = args.model.with_norm(args.run.norm)?;
+            let model = (args.model)
+                .unwrap_or(ModelChoice::default_for(args.run.norm))
+                .with_norm(args.run.norm)?;
             (args.run).refuse_unused_batchnorm_flags(&[model], "--model")?;
             args.run.config(model)?
         }

@@ -6,7 +6,7 @@
 //! conv<C>k<K>[s<S>][p<P>]          Conv2d to C channels, K×K kernel, stride S (1), padding P (0)
 //! bn                               BatchNorm1d on features, BatchNorm2d on images
 //! ln                               LayerNorm: per sample over all its values
-//! gn<G>                            GroupNorm: per sample and group of C/G channels
+//! gn<G>                            GroupNorm: per sample and group of C/G channels (also gn:<G>)
 //! in                               InstanceNorm2d: per sample and channel (images only)
 //! relu                             ReLU
 //! dropout<P>                       Dropout with probability P
@@ -205,8 +205,10 @@ fn parse_token(token: &str) -> Result<LayerSpec> {
         "relu" => LayerSpec::Relu(Relu),
         "avgpool" => LayerSpec::AvgPool(AvgPool),
         "flatten" => LayerSpec::Flatten(Flatten),
+        // gn8, or gn:8 as `--norm` also takes it.
         _ if token.starts_with("gn") => LayerSpec::GroupNorm(GroupNorm::groups(
-            positive(Some(&token[2..])).ok_or_else(|| expected(GN))?,
+            positive(token[2..].strip_prefix(':').or(Some(&token[2..])))
+                .ok_or_else(|| expected(GN))?,
         )),
         _ if token.starts_with("fc") => LayerSpec::Linear(Linear {
             outputs: positive(Some(&token[2..])).ok_or_else(|| expected(FC))?,

@@ -16,6 +16,26 @@ pub struct Image {
 }
 
 impl Image {
+    /// A `channels`×`height`×`width` image, or an error where it holds more values than the
+    /// 2^32 a kernel can index (so `positions` and `values` cannot overflow).
+    pub fn new(channels: usize, height: usize, width: usize) -> Result<Self> {
+        let values = [height, width]
+            .into_iter()
+            .try_fold(channels, usize::checked_mul)
+            .filter(|&values| values <= u32::MAX as usize);
+        if values.is_none() {
+            return Err(Error::Limit(format!(
+                "{channels}×{height}×{width} images hold more than the 2^32 values a kernel can \
+                 index"
+            )));
+        }
+        Ok(Self {
+            channels,
+            height,
+            width,
+        })
+    }
+
     /// `images` of these.
     pub fn batch(self, images: usize) -> ImageShape {
         ImageShape {

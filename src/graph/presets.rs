@@ -133,7 +133,7 @@ impl Preset {
             _ if norm == Norm::Instance => {
                 return Err(Error::InvalidArgument(
                     "InstanceNorm normalizes each channel of an image over its positions; an \
-                     MLP's features have one value each (use the CNN, or ln or gn:G)"
+                     MLP's features have one value each (use the CNN, or ln or gn<G>)"
                         .to_string(),
                 ));
             }
@@ -166,7 +166,7 @@ pub enum Norm {
 
 impl Norm {
     /// How `--norm` and `--norms` write them.
-    pub const GRAMMAR: &str = "bn, ln, gn:G (G groups), in or none";
+    pub const GRAMMAR: &str = "bn, ln, gn<G> or gn:<G> (G groups), in or none";
 
     /// Its layer after a convolution (`on_images`) or a hidden Linear.
     fn layer(self, on_images: bool) -> Option<LayerSpec> {
@@ -212,7 +212,9 @@ impl std::str::FromStr for Norm {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        let groups = text.strip_prefix("gn:").map(|g| g.parse::<usize>());
+        // gn8 as `--arch` writes it, or gn:8.
+        let groups =
+            (text.strip_prefix("gn")).map(|g| g.strip_prefix(':').unwrap_or(g).parse::<usize>());
         Ok(match (text, groups) {
             ("bn", _) => Norm::Batch,
             ("ln", _) => Norm::Layer,
@@ -230,12 +232,9 @@ impl std::str::FromStr for Norm {
 }
 
 impl fmt::Display for Norm {
-    /// As `--norm` takes it.
+    /// As `--norm` takes it: its token, the `--arch` one (gn8).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Norm::Group(groups) => write!(f, "gn:{groups}"),
-            other => f.write_str(&other.token()),
-        }
+        f.write_str(&self.token())
     }
 }
 

@@ -2,7 +2,7 @@
 //! nodes, and the tensors it holds, each by its `state_dict` name. A `ModelSpec` is checked when
 //! it is made, so every model built from one can run.
 
-use super::layer_spec::SampleShape;
+use super::layer_spec::{Image, SampleShape};
 use super::layers::{BatchNorm, LayerSpec, Relu, TensorDef};
 use super::residual::{Block, Residual};
 use crate::ops::batchnorm::BatchNormConfig;
@@ -156,6 +156,9 @@ impl ModelSpec {
         blocks: Vec<Block>,
         batchnorm_config: BatchNormConfig,
     ) -> Result<Self> {
+        if let SampleShape::Image(image) = input {
+            Image::new(image.channels, image.height, image.width)?;
+        }
         if input.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "the model's input must hold values, got {}",
@@ -198,6 +201,15 @@ impl ModelSpec {
                     param.name, param.shape
                 )));
             }
+        }
+        // A convolution binds its patches at least one image at a time (the tensors' check
+        // above keeps this product from overflowing).
+        let per_sample = spec.largest_tensor_per_sample();
+        if per_sample > u32::MAX as usize {
+            return Err(Error::Limit(format!(
+                "one sample's tensors hold {per_sample} values (a convolution's patches \
+                 included), more than the 2^32 a kernel can index"
+            )));
         }
         Ok(spec)
     }

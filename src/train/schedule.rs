@@ -59,12 +59,24 @@ pub(super) fn check_batches(config: &TrainConfig, train_rows: usize) -> Result<(
 }
 
 /// Every training batch, the last one included where it is kept, must be a whole number of
-/// ghost batches, and more than one: a single ghost batch is the plain batch.
+/// ghost batches, and more than one: a single ghost batch is the plain batch. Each BatchNorm
+/// layer needs two values per feature in a ghost batch: a BatchNorm1d has one per sample, a
+/// BatchNorm2d one per sample and position (one, on 1×1 images).
 fn check_ghost_batches(
     config: &TrainConfig,
     train_rows: usize,
     virtual_batch: usize,
 ) -> Result<()> {
+    let single = (config.spec.batchnorm_nodes().into_iter())
+        .find(|layer| virtual_batch * layer.positions < 2);
+    if let Some(layer) = single {
+        return Err(Error::InvalidArgument(format!(
+            "--bn-virtual-batch {virtual_batch} leaves the BatchNorm at layer {} one value per \
+             feature in each ghost batch (it has one per sample), and its training statistics \
+             need at least 2: choose K of 2 or more",
+            layer.name
+        )));
+    }
     let batch = config.batch_size;
     if batch == virtual_batch {
         return Err(Error::InvalidArgument(format!(

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: the GPU under test, fresh random inputs and the
+//! Helpers shared by the integration tests: the GPU under test, seeded random inputs and the
 //! error measure.
 
 #![allow(dead_code, unused_macros)]
@@ -100,13 +100,26 @@ pub fn gpu_with_f16() -> Option<&'static GpuBackend> {
     None
 }
 
-/// A generator seeded freshly each run; the seed is printed so that a failure can be replayed
-/// with WGNORM_TEST_SEED.
+/// The seed every test draws its inputs from when WGNORM_TEST_SEED is unset, so that a run
+/// of the suite is reproducible (CI's included).
+pub const DEFAULT_TEST_SEED: u64 = 0;
+
+/// WGNORM_TEST_SEED, or `DEFAULT_TEST_SEED`; `tests/seeds.sh` runs a test over many. A value
+/// that is not a number fails the test rather than quietly testing the default.
+pub fn test_seed() -> u64 {
+    match std::env::var("WGNORM_TEST_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("WGNORM_TEST_SEED={text:?} is not a u64")),
+        Err(_) => DEFAULT_TEST_SEED,
+    }
+}
+
+/// A generator seeded with `test_seed()`; the seed is printed (the harness shows it when the
+/// test fails), so a failure can be replayed with WGNORM_TEST_SEED.
 pub fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("WGNORM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random::<u64>());
+    let seed = test_seed();
     eprintln!("{test}: WGNORM_TEST_SEED={seed}");
     StdRng::seed_from_u64(seed)
 }

@@ -46,11 +46,7 @@ impl LayerKind for Conv2d {
     fn output(&self, input: SampleShape) -> Result<SampleShape> {
         let image = image_input("a convolution", input)?;
         let (height, width) = self.window.output(image.height, image.width)?;
-        Ok(SampleShape::Image(Image {
-            channels: self.outputs,
-            height,
-            width,
-        }))
+        Ok(SampleShape::Image(Image::new(self.outputs, height, width)?))
     }
 
     fn tensors(&self, input: SampleShape) -> Vec<TensorDef> {

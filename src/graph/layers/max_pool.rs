@@ -40,11 +40,11 @@ impl LayerKind for MaxPool2d {
         }
         let image = image_input("max pooling", input)?;
         let (height, width) = self.window.output(image.height, image.width)?;
-        Ok(SampleShape::Image(Image {
+        Ok(SampleShape::Image(Image::new(
+            image.channels,
             height,
             width,
-            ..image
-        }))
+        )?))
     }
 
     fn torch(&self, _: SampleShape, _: BatchNormConfig) -> String {

@@ -37,7 +37,8 @@ impl SpatialParams {
         }
     }
 
-    /// `len` outputs of a window over `shape` (the op has checked that it fits).
+    /// `len` outputs of a window over `shape` (the op has checked that it fits, within the u32
+    /// positions these fields hold).
     fn window(len: usize, shape: ImageShape, window: Window) -> Self {
         let (out_height, out_width) = window.output(shape.height, shape.width).unwrap_or((0, 0));
         Self {

@@ -49,6 +49,20 @@ impl ImageShape {
     pub fn positions(&self) -> usize {
         self.height * self.width
     }
+
+    /// `numel`, or an error where it overflows: what the ops check a shape they are given by.
+    pub fn checked_numel(&self) -> Result<usize> {
+        [self.height, self.width, self.channels]
+            .into_iter()
+            .try_fold(self.images, usize::checked_mul)
+            .ok_or_else(|| {
+                Error::Limit(format!(
+                    "{} images of {}×{}×{} (height, width, channels) hold more values than \
+                     memory can address",
+                    self.images, self.height, self.width, self.channels
+                ))
+            })
+    }
 }
 
 /// A square sliding window: kernel×kernel, moved `stride` positions at a time over the image
@@ -65,7 +79,8 @@ pub struct Window {
 
 impl Window {
     /// Output (height, width) over an image of `height`×`width`, or an error naming why the
-    /// window does not fit.
+    /// window does not fit. The kernels compute positions in u32, up to the padded extent plus
+    /// one stride: a window whose padded image passes that is refused.
     pub fn output(&self, height: usize, width: usize) -> Result<(usize, usize)> {
         if self.kernel == 0 || self.stride == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -73,11 +88,26 @@ impl Window {
                 self.kernel, self.stride
             )));
         }
-        let side = |extent: usize| {
-            let padded = extent + 2 * self.padding;
+        let padded = |extent: usize| {
+            (self.padding.checked_mul(2))
+                .and_then(|both_sides| extent.checked_add(both_sides))
+                .filter(|padded| {
+                    (padded.checked_add(self.stride)).is_some_and(|end| end <= u32::MAX as usize)
+                })
+                .ok_or_else(|| {
+                    Error::Limit(format!(
+                        "a {k}×{k} window with stride {s} and padding {p} over a {height}×{width} \
+                         image passes the 2^32 positions a kernel can index",
+                        k = self.kernel,
+                        s = self.stride,
+                        p = self.padding
+                    ))
+                })
+        };
+        let side = |padded: usize| {
             (padded >= self.kernel).then(|| (padded - self.kernel) / self.stride + 1)
         };
-        match (side(height), side(width)) {
+        match (side(padded(height)?), side(padded(width)?)) {
             (Some(h), Some(w)) => Ok((h, w)),
             _ => Err(Error::Shape(format!(
                 "a {k}×{k} window (padding {p}) does not fit a {height}×{width} image",
@@ -87,15 +117,18 @@ impl Window {
         }
     }
 
-    /// The images this window's outputs form over `input`.
+    /// The images this window's outputs form over `input`, or an error where they would hold
+    /// more values than memory can address.
     pub fn output_shape(&self, input: ImageShape, channels: usize) -> Result<ImageShape> {
         let (height, width) = self.output(input.height, input.width)?;
-        Ok(ImageShape {
+        let output = ImageShape {
             height,
             width,
             channels,
             ..input
-        })
+        };
+        output.checked_numel()?;
+        Ok(output)
     }
 
     /// Values per row of `im2col`'s output: channels·kernel².
@@ -112,6 +145,36 @@ fn check_lens(op: &str, buffers: &[(&str, usize, usize)]) -> Result<()> {
         check_u32_indexable(&format!("{op} {name}"), expected)?;
     }
     Ok(())
+}
+
+/// Values of `im2col`'s output over `shape`: one row of channels·kernel² per output position,
+/// or an error where that overflows.
+fn cols_len(shape: ImageShape, window: Window) -> Result<usize> {
+    let rows = window.output_shape(shape, 1)?.numel();
+    [shape.channels, window.kernel, window.kernel]
+        .into_iter()
+        .try_fold(rows, usize::checked_mul)
+        .ok_or_else(|| {
+            Error::Limit(format!(
+                "the patches of a {k}×{k} window over {} images of {}×{}×{} hold more values than \
+                 memory can address",
+                shape.images,
+                shape.height,
+                shape.width,
+                shape.channels,
+                k = window.kernel
+            ))
+        })
+}
+
+/// Values of the global average pool over `shape`: one per image and channel.
+fn pooled(shape: ImageShape) -> Result<usize> {
+    ImageShape {
+        height: 1,
+        width: 1,
+        ..shape
+    }
+    .checked_numel()
 }
 
 /// Max pooling takes windows inside the image: PyTorch pads with −∞, which no kernel here needs.
@@ -135,17 +198,11 @@ pub trait SpatialOps: Backend + Sized {
         window: Window,
         cols: &mut Self::Buffer,
     ) -> Result<()> {
-        let out = window.output_shape(shape, 1)?;
-        let rows = out.numel();
         check_lens(
             "im2col",
             &[
-                ("x", self.len_of(x), shape.numel()),
-                (
-                    "cols",
-                    self.len_of(cols),
-                    rows * window.patch_len(shape.channels),
-                ),
+                ("x", self.len_of(x), shape.checked_numel()?),
+                ("cols", self.len_of(cols), cols_len(shape, window)?),
             ],
         )?;
         self.im2col_unchecked(x, shape, window, cols)
@@ -159,16 +216,11 @@ pub trait SpatialOps: Backend + Sized {
         window: Window,
         dx: &mut Self::Buffer,
     ) -> Result<()> {
-        let out = window.output_shape(shape, 1)?;
         check_lens(
             "col2im",
             &[
-                (
-                    "dcols",
-                    self.len_of(dcols),
-                    out.numel() * window.patch_len(shape.channels),
-                ),
-                ("dx", self.len_of(dx), shape.numel()),
+                ("dcols", self.len_of(dcols), cols_len(shape, window)?),
+                ("dx", self.len_of(dx), shape.checked_numel()?),
             ],
         )?;
         self.col2im_unchecked(dcols, shape, window, dx)
@@ -191,7 +243,7 @@ pub trait SpatialOps: Backend + Sized {
         check_lens(
             "max pool",
             &[
-                ("x", self.len_of(x), shape.numel()),
+                ("x", self.len_of(x), shape.checked_numel()?),
                 ("y", self.len_of(y), out),
                 ("taps", taps_len, out),
             ],
@@ -215,7 +267,7 @@ pub trait SpatialOps: Backend + Sized {
             &[
                 ("taps", self.len_of(taps), out.numel()),
                 ("dy", self.len_of(dy), out.numel()),
-                ("dx", self.len_of(dx), shape.numel()),
+                ("dx", self.len_of(dx), shape.checked_numel()?),
             ],
         )?;
         self.max_pool_backward_unchecked(taps, dy, shape, window, dx)
@@ -231,8 +283,8 @@ pub trait SpatialOps: Backend + Sized {
         check_lens(
             "average pool",
             &[
-                ("x", self.len_of(x), shape.numel()),
-                ("y", self.len_of(y), shape.images * shape.channels),
+                ("x", self.len_of(x), shape.checked_numel()?),
+                ("y", self.len_of(y), pooled(shape)?),
             ],
         )?;
         self.avg_pool_forward_unchecked(x, shape, y)
@@ -248,8 +300,8 @@ pub trait SpatialOps: Backend + Sized {
         check_lens(
             "average pool backward",
             &[
-                ("dy", self.len_of(dy), shape.images * shape.channels),
-                ("dx", self.len_of(dx), shape.numel()),
+                ("dy", self.len_of(dy), pooled(shape)?),
+                ("dx", self.len_of(dx), shape.checked_numel()?),
             ],
         )?;
         self.avg_pool_backward_unchecked(dy, shape, dx)
@@ -264,7 +316,14 @@ pub trait SpatialOps: Backend + Sized {
         cols: usize,
         y: &mut Self::Buffer,
     ) -> Result<()> {
-        let len = batches * rows * cols;
+        let len = (batches.checked_mul(rows))
+            .and_then(|values| values.checked_mul(cols))
+            .ok_or_else(|| {
+                Error::Limit(format!(
+                    "transpose of {batches} matrices of {rows}×{cols} holds more values than \
+                     memory can address"
+                ))
+            })?;
         check_lens(
             "transpose",
             &[("x", self.len_of(x), len), ("y", self.len_of(y), len)],
