@@ -35,11 +35,17 @@
 // Statistics: each thread sums d = x − K and d² from one shift K shared by its workgroup, turns
 // them into a mean and M2, and the threads and splits are merged by Chan's formula. WGSL has no
 // grid-wide barrier, so with several splits `*_partial` writes one result per split and
-// `*_finalize` merges them, and a third pass applies them. When one split covers the batch, one
-// dispatch finishes the channel and applies the result: `stats_partial` itself, and
-// `backward_fused` for the backward pass. Ghost batches are the third dimension of the grid:
+// `*_finalize` merges them, and a third pass applies them. When one split covers the batch (or
+// each ghost batch, where nothing is summed over them), one dispatch finishes the channel and
+// applies the result: `stats_partial` itself, and `backward_fused` for the backward pass. Ghost batches are the third dimension of the grid:
 // each has its own splits (slots of `partials`), merged by `*_finalize` one ghost batch after
-// another.
+// another; where one split covers each, a workgroup may instead finish a run of them one after
+// another (`GHOST_LOOP`).
+//
+// GroupNorm, LayerNorm and InstanceNorm run these same kernels on a view of their input
+// (`GROUP_NORM`, src/ops/groupnorm/): x of shape (N, P, C) channels-last is (N·P, G, C/G) here,
+// with one ghost batch per sample, so each (ghost batch, channel) statistic is one (sample,
+// group) statistic of GroupNorm.
 
 // Planes of the per-channel `stats` buffer: stats[(ghost·STAT_PLANES + plane)·C + c].
 // Mirrored in src/ops/batchnorm/mod.rs.
@@ -73,6 +79,13 @@ override ACTIVATION: bool = false;
 // loop around their barriers, which a CPU rasterizer pays for.
 override GHOST_LOOP: bool = false;
 
+// GroupNorm's view (see above): the kernels write x̂ itself (γ = 1 and β = 0, neither read) and
+// each ghost batch's statistics, and nothing summed over the ghost batches (no running
+// statistics, no dγ or dβ): GroupNorm keeps no running statistics, and its affine and the
+// affine's gradients are per channel of x, in shaders/channel_affine.wgsl. Those slots are
+// bound to placeholders.
+override GROUP_NORM: bool = false;
+
 struct Params {
     // Rows (samples) of each ghost batch bound to this dispatch (all of them without ghost
     // batches); large tensors are dispatched in row chunks.
@@ -88,7 +101,8 @@ struct Params {
     // Vectors of one channel group handled by one split (workgroup row of the grid).
     split_len: u32,
     // Slot of this dispatch's first split in `partials` (0 with ghost batches, whose slots
-    // follow from their index), and the number of slots in all.
+    // follow from their index), and the number of slots in all: 1 where there are no partials,
+    // one split covering each ghost batch (or the batch) and finishing it.
     split_base: u32,
     total_splits: u32,
     // m/(m − 1) for an unbiased running variance (PyTorch), 1 for a biased one (Keras).
@@ -108,6 +122,11 @@ struct Params {
     // Ghost batches in x (1 for none), and the index of the first one bound to this dispatch.
     ghost_batches: u32,
     first_ghost: u32,
+    // Ghost batches bound to this dispatch, and how many each workgroup finishes one after
+    // another (1 without GHOST_LOOP): the grid's third dimension is bound_ghosts / ghost_loop,
+    // rounded up.
+    bound_ghosts: u32,
+    ghost_loop: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -201,9 +220,24 @@ fn stat_of(lane: Lane, plane: u32) -> F_V {
     return per_lane(stats[c.x], stats[c.y], stats[c.z], stats[c.w]);
 }
 
+// γ and β of channel c: 1 and 0 in GroupNorm's view, whose slots hold placeholders.
+fn gamma_at(c: u32) -> f32 {
+    if GROUP_NORM {
+        return 1.0;
+    }
+    return gamma[c];
+}
+
+fn beta_at(c: u32) -> f32 {
+    if GROUP_NORM {
+        return 0.0;
+    }
+    return beta[c];
+}
+
 fn gamma_of(g: u32) -> F_V {
     let c = lane_channels(g);
-    return per_lane(gamma[c.x], gamma[c.y], gamma[c.z], gamma[c.w]);
+    return per_lane(gamma_at(c.x), gamma_at(c.y), gamma_at(c.z), gamma_at(c.w));
 }
 
 var<workgroup> tree_n: array<f32, WORKGROUP>;
@@ -233,7 +267,7 @@ fn lane_of(local: u32, workgroup: vec3<u32>, looped: u32) -> Lane {
     let chunk_len = p.rows * p.run_len;
     let begin = min(workgroup.y * p.split_len, chunk_len);
     let group_lane = local % p.lanes_c;
-    let bound_ghost = workgroup.z + looped;
+    let bound_ghost = workgroup.z * p.ghost_loop + looped;
     let ghost = p.first_ghost + bound_ghost;
     return Lane(
         workgroup.x * p.lanes_c + group_lane,
@@ -384,9 +418,9 @@ fn write_stats(ghost: u32, c: u32, shift: f32, total: Moments) -> Finished {
 // Updates channel c's running statistics from the mean of its ghost batches' statistics (the
 // batch's own without ghost batches). A channel whose batch statistics are not finite (x held a
 // NaN or an infinity, or its squares overflowed) keeps its running statistics: one diverged
-// batch would otherwise poison every evaluation after it.
+// batch would otherwise poison every evaluation after it. GroupNorm's view has none.
 fn update_running(c: u32, mean: f32, variance: f32, finite: bool) {
-    if finite {
+    if finite && !GROUP_NORM {
         let keep = 1.0 - p.momentum;
         running_mean[c] = keep * running_mean[c] + p.momentum * mean;
         running_var[c] = keep * running_var[c] + p.momentum * variance * p.running_var_factor;
@@ -407,18 +441,22 @@ fn normalize_walk(lane: Lane, shift: F_V, scale: F_V, offset: F_V) {
     }
 }
 
-// Ghost batches one workgroup finishes one after another: all of them when one split covers
-// each (the grid then has no third dimension), else one.
-fn ghosts_in_workgroup() -> u32 {
-    return select(1u, p.ghost_batches, GHOST_LOOP);
+// Ghost batches one workgroup finishes one after another: with GHOST_LOOP, where one split
+// covers each, its run of `ghost_loop` (the last run may be shorter); else one.
+fn ghosts_in_workgroup(workgroup: vec3<u32>) -> u32 {
+    if !GHOST_LOOP {
+        return 1u;
+    }
+    return min(p.ghost_loop, p.bound_ghosts - workgroup.z * p.ghost_loop);
 }
 
 @compute @workgroup_size(WORKGROUP)
 fn stats_partial(@builtin(local_invocation_index) local: u32,
                  @builtin(workgroup_id) workgroup: vec3<u32>) {
-    // With one split, the sums of the ghost batches' statistics for the running update.
+    // With one split, the sums of the ghost batches' statistics for the running update (BatchNorm
+    // loops over ghost batches only where one workgroup finishes all of them).
     var sums = GroupStatistics(vec4<f32>(), vec4<f32>(), vec4<bool>(true));
-    for (var looped = 0u; looped < ghosts_in_workgroup(); looped++) {
+    for (var looped = 0u; looped < ghosts_in_workgroup(workgroup); looped++) {
         let ghost = stats_of_ghost(local, lane_of(local, workgroup, looped));
         sums.mean += ghost.mean;
         sums.variance += ghost.variance;
@@ -483,8 +521,8 @@ fn stats_of_ghost(local: u32, lane: Lane) -> GroupStatistics {
                 finished_sums.mean[i] = finished.mean;
                 finished_sums.variance[i] = finished.variance;
                 finished_sums.finite[i] = finished.finite;
-                scale[i] = gamma[c] * finished.invstd;
-                offset[i] = beta[c] - scale[i] * total.mean;
+                scale[i] = gamma_at(c) * finished.invstd;
+                offset[i] = beta_at(c) - scale[i] * total.mean;
             } else {
                 let slot = (lane.slot * p.channels + c) * PARTIAL_STRIDE;
                 partials[slot] = lane_value(shift, i);
@@ -577,7 +615,7 @@ fn normalize(@builtin(local_invocation_index) local: u32,
         return;
     }
     let c = lane_channels(g);
-    let beta_g = per_lane(beta[c.x], beta[c.y], beta[c.z], beta[c.w]);
+    let beta_g = per_lane(beta_at(c.x), beta_at(c.y), beta_at(c.z), beta_at(c.w));
     let scale = gamma_of(g) * stat_of(lane, STAT_INVSTD);
     normalize_walk(lane, stat_of(lane, STAT_SHIFT), scale, beta_g - scale * stat_of(lane, STAT_SHIFTED_MEAN));
 }
@@ -639,7 +677,7 @@ fn backward_fused(@builtin(local_invocation_index) local: u32,
                   @builtin(workgroup_id) workgroup: vec3<u32>) {
     var dbeta_total = vec4<f32>();
     var dgamma_total = vec4<f32>();
-    for (var looped = 0u; looped < ghosts_in_workgroup(); looped++) {
+    for (var looped = 0u; looped < ghosts_in_workgroup(workgroup); looped++) {
         let lane = lane_of(local, workgroup, looped);
         backward_sums(local, lane);
         let g = lane.group;
@@ -671,7 +709,7 @@ fn backward_fused(@builtin(local_invocation_index) local: u32,
         workgroupBarrier();
     }
     let lane = lane_of(local, workgroup, 0u);
-    if lane.row_lane == 0u && lane.group < p.groups {
+    if !GROUP_NORM && lane.row_lane == 0u && lane.group < p.groups {
         for (var i = 0u; i < group_channels(); i++) {
             let c = channel_of(lane.group, i);
             dbeta[c] = dbeta_total[i];
@@ -681,7 +719,7 @@ fn backward_fused(@builtin(local_invocation_index) local: u32,
 }
 
 // Each ghost batch's dβ and dγ into its first slot (for `backward_dx`), and their sums over the
-// ghost batches into dbeta and dgamma.
+// ghost batches into dbeta and dgamma (not in GroupNorm's view).
 @compute @workgroup_size(FINALIZE_WORKGROUP)
 fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
     let c = id.x;
@@ -705,8 +743,10 @@ fn backward_finalize(@builtin(global_invocation_id) id: vec3<u32>) {
         dbeta_total += sum_dy;
         dgamma_total += dgamma_ghost;
     }
-    dbeta[c] = dbeta_total;
-    dgamma[c] = dgamma_total;
+    if !GROUP_NORM {
+        dbeta[c] = dbeta_total;
+        dgamma[c] = dgamma_total;
+    }
 }
 
 // dβ or dγ (`term` 2 or 3) of the lane's ghost batch, for each channel of its group.

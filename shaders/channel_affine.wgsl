@@ -1,8 +1,9 @@
 // The per-channel affine of GroupNorm (and so of LayerNorm and InstanceNorm) on channels-last x
 // of shape (rows, C), rows = N·P for N samples of P positions, and its gradients. GroupNorm's
-// statistics and its normalization come from shaders/batchnorm.wgsl, which sees x as BatchNorm
-// over (N·P, G, C/G) with one ghost batch per sample (src/ops/groupnorm/mod.rs): only the
-// scale and shift differ, being per channel c where that view's are per group.
+// statistics and x̂ come from shaders/batchnorm.wgsl, which sees x as BatchNorm over
+// (N·P, G, C/G) with one ghost batch per sample and no scale of its own (`GROUP_NORM`,
+// src/ops/groupnorm/mod.rs): the scale and shift are per channel c here where that view's
+// would be per group.
 //
 //   apply:  out = γ[c]·x + β[c]        (β left out with `shifted` = 0: dy·γ for the backward pass)
 //   grads:  dγ[c] = Σ_rows dy·x̂,  dβ[c] = Σ_rows dy,  x̂ = ((x − K) − μ_K)·invstd
@@ -32,7 +33,8 @@ struct AffineParams {
     // Rows summed by one thread of `grads_partial`, and the number of such splits.
     split_rows: u32,
     splits: u32,
-    // 1: apply adds β; 0: it scales only (β is not read).
+    // 1: apply adds β; 0: it scales only and never reads β, whose slot then holds a placeholder
+    // of one value.
     shifted: u32,
 }
 
@@ -53,7 +55,11 @@ fn apply(@builtin(global_invocation_id) id: vec3<u32>,
     let i = thread_index(id, groups, WORKGROUP);
     if i < p.rows * p.channels {
         let c = i % p.channels;
-        let shift = select(0.0, beta[c], p.shifted == 1u);
+        // A branch, not a select: a select would load beta[c] either way.
+        var shift = 0.0;
+        if p.shifted == 1u {
+            shift = beta[c];
+        }
         out[i] = OUT_T(gamma[c] * f32(x[i]) + shift);
     }
 }

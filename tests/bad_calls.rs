@@ -10,6 +10,7 @@ use wgnorm::ops::activation::{Activation, DropoutMask};
 use wgnorm::ops::batchnorm::{
     Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
 };
+use wgnorm::ops::groupnorm::{GROUPNORM_EPS, GroupNormShape};
 use wgnorm::ops::loss::metric;
 use wgnorm::ops::matmul::MatrixLayout;
 use wgnorm::ops::optimizer::OptimizerParams;
@@ -287,7 +288,80 @@ fn table<'a, B: Compute + 'a>() -> Vec<Call<'a, B>> {
             }),
         ),
     ]);
+    calls.extend(groupnorm_calls());
     calls
+}
+
+/// GroupNorm's bad calls: each refused by GroupNorm's own checks, in its own words.
+fn groupnorm_calls<'a, B: Compute + 'a>() -> Vec<Call<'a, B>> {
+    let v = |b: &B, len: usize| b.filled(len, 1.0).unwrap();
+    // x of 2 samples of 6 channels; `x` values given, `stats` for `shape`.
+    let forward = move |b: &B, shape: GroupNormShape, x: usize, gamma: usize, eps: f32| {
+        let affine = Affine {
+            gamma: v(b, gamma),
+            beta: v(b, 6),
+        };
+        let mut out = BatchNormForward {
+            y: v(b, x),
+            stats: v(b, shape.stats_len()),
+        };
+        b.groupnorm_forward(&v(b, x), shape, &affine, eps, &mut out)
+    };
+    let shape = GroupNormShape::new(2, 1, 6, 2);
+    vec![
+        (
+            "groupnorm x length",
+            "GroupNorm x has 10 values, expected 12",
+            Box::new(move |b: &B| forward(b, shape, 10, 6, GROUPNORM_EPS)),
+        ),
+        (
+            "groupnorm gamma length",
+            "GroupNorm gamma has 3 values, expected 6",
+            Box::new(move |b: &B| forward(b, shape, 12, 3, GROUPNORM_EPS)),
+        ),
+        (
+            "groupnorm groups that do not divide the channels",
+            "GroupNorm cannot split 6 channels into 4 groups",
+            Box::new(move |b: &B| {
+                forward(b, GroupNormShape::new(2, 1, 6, 4), 12, 6, GROUPNORM_EPS)
+            }),
+        ),
+        (
+            "groupnorm a group of one value",
+            "GroupNorm needs more than 1 value per group",
+            Box::new(move |b: &B| {
+                forward(
+                    b,
+                    GroupNormShape::instance_norm(2, 1, 6),
+                    12,
+                    6,
+                    GROUPNORM_EPS,
+                )
+            }),
+        ),
+        (
+            "groupnorm empty input",
+            "GroupNorm needs a non-empty x",
+            Box::new(move |b: &B| forward(b, GroupNormShape::new(0, 1, 6, 2), 0, 6, GROUPNORM_EPS)),
+        ),
+        (
+            "groupnorm eps",
+            "GroupNorm eps must be a positive finite number",
+            Box::new(move |b: &B| forward(b, shape, 12, 6, f32::NAN)),
+        ),
+        (
+            "groupnorm backward stats length",
+            "GroupNorm stats has 10 values, expected 20",
+            Box::new(move |b: &B| {
+                let mut grads = BatchNormGrads {
+                    dx: v(b, 12),
+                    dgamma: v(b, 6),
+                    dbeta: v(b, 6),
+                };
+                b.groupnorm_backward(&v(b, 12), &v(b, 12), shape, &v(b, 6), &v(b, 10), &mut grads)
+            }),
+        ),
+    ]
 }
 
 /// Each bad call's error on `backend`, checked to hold its word.

@@ -156,6 +156,7 @@ fn shapes() -> Vec<GroupNormShape> {
         GroupNormShape::layer_norm(3, 1, 2),
         GroupNormShape::new(17, 1, 128, 32),
         GroupNormShape::layer_norm(5, 49, 16),
+        GroupNormShape::new(1, 49, 16, 4),
         GroupNormShape::new(17, 49, 16, 4),
         GroupNormShape::new(4, 784, 8, 2),
         GroupNormShape::new(3, 49, 6, 3),
@@ -170,6 +171,15 @@ backend_test!(matches_reference, |backend, rng| {
     for shape in shapes() {
         check(backend, &Case::random(rng, shape));
     }
+});
+
+// More samples than a grid dimension may have workgroups (65,535 on most adapters): the GPU
+// finishes runs of samples per workgroup, so it takes them as the CPU does.
+backend_test!(matches_reference_beyond_the_grid_limit, |backend, rng| {
+    check(
+        backend,
+        &Case::random(rng, GroupNormShape::new(70_000, 2, 4, 2)),
+    );
 });
 
 // A constant group (variance 0: y = β, dx finite) and a group at mean 1e4 with spread 1e-2
@@ -234,6 +244,16 @@ backend_test!(refuses_bad_shapes_and_lengths, |backend, rng| {
     assert!(err.contains("x has 12 values, expected 18"), "{err}");
     let err = forward(GroupNormShape::layer_norm(2, 1, 0));
     assert!(err.contains("non-empty"), "{err}");
+    let mut out = BatchNormForward::<_> {
+        y: backend.scratch(12).unwrap(),
+        stats: backend.scratch(10).unwrap(),
+    };
+    let shape = GroupNormShape::layer_norm(2, 1, 6);
+    let err = backend
+        .groupnorm_forward(&x, shape, &affine, 0.0, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GroupNorm eps must be a positive"), "{err}");
 });
 
 /// f16 storage of x, y, dy and dx: each value is rounded once to f16 and all arithmetic is f32,

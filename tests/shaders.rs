@@ -231,7 +231,7 @@ macro_rules! rust_layout {
 fn uniform_layouts_match_rust() {
     assert_eq!(
         wgsl_struct(Shader::BatchNorm, "Params"),
-        rust_layout!(BatchNormParams: rows, channels, groups, run_len, lanes_are_channels, lanes_c, split_len, split_base, total_splits, running_var_factor, count, eps, momentum, first_value, dropout_threshold, key_x, key_y, dropout_scale, ghost_batches, first_ghost)
+        rust_layout!(BatchNormParams: rows, channels, groups, run_len, lanes_are_channels, lanes_c, split_len, split_base, total_splits, running_var_factor, count, eps, momentum, first_value, dropout_threshold, key_x, key_y, dropout_scale, ghost_batches, first_ghost, bound_ghosts, ghost_loop)
     );
     assert_eq!(
         wgsl_struct(Shader::ChannelAffine, "AffineParams"),

@@ -40,7 +40,6 @@ impl<T> Compute for T where
         + matmul::MatmulOps
         + batchnorm::BatchNormOps
         + groupnorm::GroupNormOps
-        + groupnorm::GroupNormOps
         + activation::ActivationOps
         + loss::LossOps
         + optimizer::OptimizerOps

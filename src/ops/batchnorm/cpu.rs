@@ -31,7 +31,7 @@ impl BatchNormOps for CpuBackend {
         let ghost = match mode {
             Mode::Train => {
                 for_each_ghost(shape, &mut out.stats, |rows, stats| {
-                    batch_stats(&x[rows], shape.ghost(), config, stats)
+                    batch_stats(&x[rows], shape.ghost(), config.eps(), stats)
                 });
                 update_running(
                     &out.stats,
@@ -51,7 +51,7 @@ impl BatchNormOps for CpuBackend {
         for (g, rows) in ghost_rows(shape, ghost).enumerate() {
             let stats = &out.stats[g * stats_len..(g + 1) * stats_len];
             let (x, y) = (&x[rows.clone()], &mut out.y[rows]);
-            normalize(x, ghost, stats, &affine.gamma, &affine.beta, y);
+            normalize(x, ghost, stats, |c| affine.gamma[c], |c| affine.beta[c], y);
         }
         if let Some(activation) = activation {
             activate_in_place(activation, &mut out.y);
@@ -82,7 +82,7 @@ impl BatchNormOps for CpuBackend {
 
 /// The values of x each ghost batch of `ghost`'s shape spans, in order (x whole where there is
 /// one).
-fn ghost_rows(
+pub(crate) fn ghost_rows(
     shape: BatchNormShape,
     ghost: BatchNormShape,
 ) -> impl Iterator<Item = std::ops::Range<usize>> {
@@ -91,7 +91,7 @@ fn ghost_rows(
 }
 
 /// Calls `f(values of x, statistics block)` for each ghost batch of a training-mode `shape`.
-fn for_each_ghost(
+pub(crate) fn for_each_ghost(
     shape: BatchNormShape,
     stats: &mut [f32],
     mut f: impl FnMut(std::ops::Range<usize>, &mut [f32]),
@@ -119,7 +119,7 @@ fn backward(
     let blocks = stats.chunks_exact(ghost.stats_len());
     for (rows, stats) in ghost_rows(shape, ghost).zip(blocks) {
         let (x, dy, dx) = (&x[rows.clone()], &dy[rows.clone()], &mut grads.dx[rows]);
-        let (dbeta, dgamma) = ghost_backward(x, dy, ghost, gamma, stats, dx);
+        let (dbeta, dgamma) = ghost_backward(x, dy, ghost, |c| gamma[c], stats, dx);
         for (total, ghost) in grads.dbeta.iter_mut().zip(dbeta) {
             *total += ghost;
         }
@@ -130,7 +130,7 @@ fn backward(
 }
 
 /// Batch statistics of x into the `stat` planes of `stats`.
-pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, stats: &mut [f32]) {
+pub fn batch_stats(x: &[f32], shape: BatchNormShape, eps: f32, stats: &mut [f32]) {
     let c = shape.c;
     let shift: Vec<f32> = (0..c).map(|channel| x[channel * shape.s]).collect();
     let mut cascade = Cascade::new();
@@ -150,7 +150,7 @@ pub fn batch_stats(x: &[f32], shape: BatchNormShape, config: BatchNormConfig, st
         let var = total[channel].m2 / m;
         stats[stat::MEAN * c + channel] = shift[channel] + total[channel].mean;
         stats[stat::VAR * c + channel] = var;
-        stats[stat::INVSTD * c + channel] = 1.0 / (var + config.eps()).sqrt();
+        stats[stat::INVSTD * c + channel] = 1.0 / (var + eps).sqrt();
         stats[stat::SHIFT * c + channel] = shift[channel];
         stats[stat::SHIFTED_MEAN * c + channel] = total[channel].mean;
     }
@@ -223,13 +223,14 @@ impl ChannelStats<'_> {
     }
 }
 
-/// y = γ·x̂ + β with the statistics in `stats`.
+/// y = γ·x̂ + β with the statistics in `stats`, γ and β of a channel given by `gamma` and
+/// `beta` (1 and 0 for GroupNorm's view, which has none).
 pub fn normalize(
     x: &[f32],
     shape: BatchNormShape,
     stats: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    gamma: impl Fn(usize) -> f32,
+    beta: impl Fn(usize) -> f32,
     y: &mut [f32],
 ) {
     let per = ChannelStats { stats, c: shape.c };
@@ -240,7 +241,7 @@ pub fn normalize(
         for (x_row, y_row) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)) {
             for c in 0..row_len {
                 let centered = (x_row[c] - shift[c]) - shifted_mean[c];
-                y_row[c] = gamma[c] * centered * invstd[c] + beta[c];
+                y_row[c] = gamma(c) * centered * invstd[c] + beta(c);
             }
         }
         return;
@@ -253,7 +254,7 @@ pub fn normalize(
         {
             let invstd = per.get(stat::INVSTD, channel);
             for (out, &value) in y_run.iter_mut().zip(x_run) {
-                *out = gamma[channel] * per.centered(value, channel) * invstd + beta[channel];
+                *out = gamma(channel) * per.centered(value, channel) * invstd + beta(channel);
             }
         }
     }
@@ -263,13 +264,13 @@ fn add_pairs(a: (f32, f32), b: (f32, f32)) -> (f32, f32) {
     (a.0 + b.0, a.1 + b.1)
 }
 
-/// dβ, dγ and dx of one ghost batch (or a whole batch) whose statistics are in `stats`; dx is
-/// written, dβ and dγ returned.
-fn ghost_backward(
+/// dβ, dγ and dx of one ghost batch (or a whole batch) whose statistics are in `stats`, γ of a
+/// channel given by `gamma` (1 for GroupNorm's view); dx is written, dβ and dγ returned.
+pub(crate) fn ghost_backward(
     x: &[f32],
     dy: &[f32],
     shape: BatchNormShape,
-    gamma: &[f32],
+    gamma: impl Fn(usize) -> f32,
     stats: &[f32],
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
@@ -335,7 +336,7 @@ fn ghost_backward(
     if shape.s == 1 {
         let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
         let invstd = per.plane(stat::INVSTD);
-        let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
+        let scale: Vec<f32> = (0..c).map(|ch| gamma(ch) * invstd[ch]).collect();
         let mean_dy: Vec<f32> = dbeta.iter().map(|&d| d * inv_m).collect();
         let mean_dy_xhat: Vec<f32> = dgamma.iter().map(|&d| d * inv_m).collect();
         let rows = x
@@ -362,7 +363,7 @@ fn ghost_backward(
             .enumerate()
         {
             let invstd = per.get(stat::INVSTD, channel);
-            let scale = gamma[channel] * invstd;
+            let scale = gamma(channel) * invstd;
             let mean_dy = dbeta[channel] * inv_m;
             let mean_dy_xhat = dgamma[channel] * inv_m;
             for ((out, &value), &grad) in dx_run.iter_mut().zip(x_run).zip(dy_run) {

@@ -3,7 +3,9 @@
 //! same grid; when one split covers the batch, the partial pass does all three in one dispatch.
 //! x is read in vectors of four where its layout allows, and bound in chunks of rows where it
 //! exceeds what one binding may hold. Ghost batches are workgroups of the grid's third
-//! dimension, reading their rows where they lie: a reshape of x, not a copy.
+//! dimension (or runs of them finished one after another by one workgroup), reading their rows
+//! where they lie: a reshape of x, not a copy. GroupNorm records its view of x with the same
+//! `record_forward` and `record_backward`, on a plan and grid of its own.
 
 use std::ops::Range;
 
@@ -119,10 +121,12 @@ impl GpuBackend {
                 split_len: splits.split_len,
                 split_base: splits.split_base,
                 first_ghost: splits.first_ghost,
+                bound_ghosts: splits.ghosts,
+                ghost_loop: splits.ghost_loop,
                 ..*params
             };
             let bindings = chunk_bindings(values(chunk, shape.c * shape.s));
-            let groups = [plan.workgroup_columns, splits.splits, splits.ghosts];
+            let groups = splits.grid(plan.workgroup_columns);
             self.dispatch_specialized(
                 recording,
                 kernel,
@@ -136,46 +140,65 @@ impl GpuBackend {
     }
 }
 
-impl BatchNormOps for GpuBackend {
-    fn batchnorm_forward_unchecked(
+/// The buffers a forward pass binds. GroupNorm's view binds placeholders for γ, β and the
+/// running statistics, which its kernels neither read nor write.
+pub(crate) struct ForwardBuffers<'a> {
+    pub(crate) x: &'a GpuBuffer,
+    pub(crate) gamma: &'a GpuBuffer,
+    pub(crate) beta: &'a GpuBuffer,
+    pub(crate) running_mean: &'a GpuBuffer,
+    pub(crate) running_var: &'a GpuBuffer,
+    pub(crate) y: &'a GpuBuffer,
+    pub(crate) stats: &'a GpuBuffer,
+}
+
+/// The buffers a backward pass binds: `activated` is the fused activation's output (x where
+/// there is none; the kernels then never read it). GroupNorm's view binds placeholders for γ,
+/// dγ and dβ.
+pub(crate) struct BackwardBuffers<'a> {
+    pub(crate) x: &'a GpuBuffer,
+    pub(crate) activated: &'a GpuBuffer,
+    pub(crate) dy: &'a GpuBuffer,
+    pub(crate) gamma: &'a GpuBuffer,
+    pub(crate) stats: &'a GpuBuffer,
+    pub(crate) dx: &'a GpuBuffer,
+    pub(crate) dgamma: &'a GpuBuffer,
+    pub(crate) dbeta: &'a GpuBuffer,
+}
+
+impl GpuBackend {
+    /// Records a forward pass over `shape` as `plan` lays it out, with `params` from
+    /// `plan_params` and eps (and, for BatchNorm in training, the running update) set.
+    pub(crate) fn record_forward(
         &self,
         mode: Mode,
-        x: &GpuBuffer,
         shape: BatchNormShape,
-        affine: &Affine<Self>,
-        running: &mut RunningStats<Self>,
-        config: BatchNormConfig,
-        activation: Option<Activation>,
-        out: &mut BatchNormForward<Self>,
+        plan: &ReductionPlan,
+        params: &BatchNormParams,
+        buffers: ForwardBuffers<'_>,
     ) -> Result<()> {
-        let shape = match mode {
-            Mode::Train => shape,
-            Mode::Eval => shape.with_ghost_batches(1),
-        };
-        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
-        let params = plan_params(shape, &plan, config, activation);
+        let ForwardBuffers { x, y, stats, .. } = buffers;
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let running_stats = [
-            Binding::whole(Slot::Stats, &out.stats),
-            Binding::whole(Slot::RunningMean, &running.mean),
-            Binding::whole(Slot::RunningVar, &running.var),
+            Binding::whole(Slot::Stats, stats),
+            Binding::whole(Slot::RunningMean, buffers.running_mean),
+            Binding::whole(Slot::RunningVar, buffers.running_var),
         ];
         let running_only = &running_stats[1..];
-        let y = &out.y;
         let normalize_bindings = |rows: Range<usize>| {
             vec![
                 Binding::rows(Slot::X, x, rows.start, rows.len()),
                 Binding::rows(Slot::Out, y, rows.start, rows.len()),
-                Binding::whole(Slot::Stats, &out.stats),
-                Binding::whole(Slot::Gamma, &affine.gamma),
-                Binding::whole(Slot::Beta, &affine.beta),
+                Binding::whole(Slot::Stats, stats),
+                Binding::whole(Slot::Gamma, buffers.gamma),
+                Binding::whole(Slot::Beta, buffers.beta),
             ]
         };
         self.record(|recording| match mode {
             Mode::Train => self.record_reduction(
                 recording,
-                &plan,
-                &params,
+                plan,
+                params,
                 shape,
                 ReductionKernels {
                     partial: Kernel::BatchNormStatsPartial,
@@ -198,14 +221,14 @@ impl BatchNormOps for GpuBackend {
                 self.dispatch(
                     recording,
                     Kernel::BatchNormEvalStats,
-                    &params,
+                    params,
                     &running_stats,
                     per_channel_groups(shape),
                 )?;
                 self.record_per_chunk(
                     recording,
-                    &plan,
-                    &params,
+                    plan,
+                    params,
                     shape,
                     Kernel::BatchNormNormalize,
                     &normalize_bindings,
@@ -214,28 +237,30 @@ impl BatchNormOps for GpuBackend {
         })
     }
 
-    fn batchnorm_backward_unchecked(
+    /// Records a backward pass over `shape` as `plan` lays it out.
+    pub(crate) fn record_backward(
         &self,
-        x: &GpuBuffer,
-        activated: Option<(&GpuBuffer, Activation)>,
-        dy: &GpuBuffer,
         shape: BatchNormShape,
-        gamma: &GpuBuffer,
-        stats: &GpuBuffer,
-        grads: &mut BatchNormGrads<Self>,
+        plan: &ReductionPlan,
+        params: &BatchNormParams,
+        buffers: BackwardBuffers<'_>,
     ) -> Result<()> {
-        let activation = activated.map(|(_, activation)| activation);
-        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
-        let params = plan_params(shape, &plan, BatchNormConfig::default(), activation);
-        // Without an activation the slot binds x, which the kernels then never read there.
-        let activated = activated.map_or(x, |(buffer, _)| buffer);
+        let BackwardBuffers {
+            x,
+            activated,
+            dy,
+            gamma,
+            stats,
+            dx,
+            ..
+        } = buffers;
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let per_channel = [
             Binding::whole(Slot::Stats, stats),
-            Binding::whole(Slot::Dgamma, &grads.dgamma),
-            Binding::whole(Slot::Dbeta, &grads.dbeta),
+            Binding::whole(Slot::Dgamma, buffers.dgamma),
+            Binding::whole(Slot::Dbeta, buffers.dbeta),
         ];
-        let (dx, partials) = (&grads.dx, &partials);
+        let partials = &partials;
         let inputs = |rows: &Range<usize>| {
             vec![
                 Binding::rows(Slot::X, x, rows.start, rows.len()),
@@ -273,8 +298,8 @@ impl BatchNormOps for GpuBackend {
         self.record(|recording| {
             self.record_reduction(
                 recording,
-                &plan,
-                &params,
+                plan,
+                params,
                 shape,
                 ReductionKernels {
                     partial: Kernel::BatchNormBackwardPartial,
@@ -287,5 +312,67 @@ impl BatchNormOps for GpuBackend {
                 &per_channel,
             )
         })
+    }
+}
+
+impl BatchNormOps for GpuBackend {
+    fn batchnorm_forward_unchecked(
+        &self,
+        mode: Mode,
+        x: &GpuBuffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        activation: Option<Activation>,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        let shape = match mode {
+            Mode::Train => shape,
+            Mode::Eval => shape.with_ghost_batches(1),
+        };
+        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
+        let params = BatchNormParams {
+            eps: config.eps(),
+            momentum: config.momentum(),
+            running_var_factor: config.running_var_factor(shape.per_channel()),
+            ..plan_params(shape, &plan, activation)
+        };
+        let buffers = ForwardBuffers {
+            x,
+            gamma: &affine.gamma,
+            beta: &affine.beta,
+            running_mean: &running.mean,
+            running_var: &running.var,
+            y: &out.y,
+            stats: &out.stats,
+        };
+        self.record_forward(mode, shape, &plan, &params, buffers)
+    }
+
+    fn batchnorm_backward_unchecked(
+        &self,
+        x: &GpuBuffer,
+        activated: Option<(&GpuBuffer, Activation)>,
+        dy: &GpuBuffer,
+        shape: BatchNormShape,
+        gamma: &GpuBuffer,
+        stats: &GpuBuffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        let activation = activated.map(|(_, activation)| activation);
+        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
+        let params = plan_params(shape, &plan, activation);
+        let buffers = BackwardBuffers {
+            x,
+            activated: activated.map_or(x, |(buffer, _)| buffer),
+            dy,
+            gamma,
+            stats,
+            dx: &grads.dx,
+            dgamma: &grads.dgamma,
+            dbeta: &grads.dbeta,
+        };
+        self.record_backward(shape, &plan, &params, buffers)
     }
 }

@@ -9,9 +9,10 @@ use crate::gpu::GpuBackend;
 use crate::{Dtype, Result};
 
 /// A host's buffers for [`GpuBackend::record_batchnorm_forward`]. Each needs
-/// `BufferUsages::STORAGE` and at least the bytes given: `x` and `y` 4·N·C·S; `gamma`, `beta`,
-/// `running_mean` and `running_var` 4·C; `stats` 4·5·C (the `stat` planes, which a backward
-/// needs from a training forward).
+/// `BufferUsages::STORAGE` and at least the bytes given, for a shape of G ghost batches (1
+/// without them): `x` and `y` 4·N·C·S (f32); `gamma`, `beta`, `running_mean` and
+/// `running_var` 4·C; `stats` 4·5·C·G (`BatchNormShape::stats_len` floats: the `stat` planes of
+/// each ghost batch, which a backward needs from a training forward).
 pub struct HostBatchNormForward<'a> {
     /// How x and y store their values (f16 needs `GpuBackend::has_f16`; their byte sizes
     /// halve, rounded up to 4).
@@ -33,8 +34,9 @@ pub struct HostBatchNormForward<'a> {
 }
 
 /// A host's buffers for [`GpuBackend::record_batchnorm_backward`]: `x`, `dy` and `dx` 4·N·C·S
-/// bytes; `gamma`, `dgamma` and `dbeta` 4·C; `stats` 4·5·C, as a training forward wrote them.
-/// Each needs `BufferUsages::STORAGE`.
+/// bytes (f32; f16 halves them, rounded up to 4); `gamma`, `dgamma` and `dbeta` 4·C; `stats`
+/// 4·5·C·G for G ghost batches, as a training forward of the same shape wrote them. Each needs
+/// `BufferUsages::STORAGE`.
 pub struct HostBatchNormBackward<'a> {
     /// How x, dy and dx store their values.
     pub activations: Dtype,

@@ -21,7 +21,7 @@
 //! `src/reference.rs` is the float64 oracle the tests hold both to.
 
 mod config;
-mod cpu;
+pub(crate) mod cpu;
 mod cpu_reduce;
 mod gpu;
 mod host;
@@ -29,11 +29,13 @@ mod plan;
 
 pub use config::BatchNormConfig;
 
+pub(crate) use gpu::{BackwardBuffers, ForwardBuffers};
 pub use host::{HostBatchNormBackward, HostBatchNormForward};
 #[doc(hidden)]
 pub use plan::BatchNormParams;
 #[doc(hidden)]
 pub use plan::plan_row_chunks;
+pub(crate) use plan::{Normalization, ReductionPlan, plan_params};
 
 use crate::backend::Backend;
 use crate::ops::activation::Activation;
@@ -61,8 +63,9 @@ pub mod stat {
 pub const PARTIAL_STRIDE: usize = 4;
 
 /// x viewed as (N, C, S): N samples, C channels, S = product of the spatial dims (1 for (N, C)),
-/// with training statistics over `ghost_batches` equal runs of consecutive samples (ghost
-/// batches: x viewed as (G, N/G, C, S), one set of statistics per (g, c)); 1 for plain BatchNorm.
+/// with training statistics over each of `ghost_batches` = G equal runs of consecutive samples
+/// (ghost batches: x viewed as (G, N/G, C, S), one set of statistics per (g, c)); G = 1 for
+/// plain BatchNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchNormShape {
     /// Samples.
@@ -71,8 +74,10 @@ pub struct BatchNormShape {
     pub c: usize,
     /// Values per channel per sample (the product of the spatial dims).
     pub s: usize,
-    /// Runs of N/G consecutive samples that each get their own training statistics; it must
-    /// divide N. Evaluation mode ignores it.
+    /// G, the number of runs of N/G consecutive samples that each get their own training
+    /// statistics. It must divide N, in either mode, and the statistics buffer holds G blocks
+    /// of `stat` planes (`stats_len`); evaluation mode normalizes the whole batch with the
+    /// running statistics and writes the first block only.
     pub ghost_batches: usize,
 }
 

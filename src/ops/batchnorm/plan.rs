@@ -1,23 +1,25 @@
-//! How a BatchNorm reduction is laid out on the GPU: x cut into vectors, channel groups side by
-//! side in a workgroup, each chunk of rows split over workgroups (and over ghost batches, the
-//! grid's third dimension), and the uniform parameters and pipeline constants that tell
-//! `shaders/batchnorm.wgsl` so. The launcher is `gpu.rs`.
+//! How a reduction of `shaders/batchnorm.wgsl` is laid out on the GPU: x cut into vectors,
+//! channel groups side by side in a workgroup, each chunk of rows split over workgroups (and over
+//! ghost batches, the grid's third dimension, or runs of ghost batches finished one after another
+//! by one workgroup), and the uniform parameters and pipeline constants that tell the shader so.
+//! BatchNorm's grid is chosen here; GroupNorm's view chooses its own from the same pieces
+//! (`src/ops/groupnorm/gpu.rs`). The launcher is `gpu.rs`.
 
-use super::{BatchNormConfig, BatchNormShape};
+use super::BatchNormShape;
 use crate::gpu::{GpuBackend, ReductionWalk, VectorWidth, WORKGROUP};
 use crate::ops::activation::Activation;
 use crate::ops::chunks::{RowBytes, RowChunk, plan_chunks};
 use crate::{Dtype, Result};
 
 /// How a reduction is laid out on the GPU, per chunk of rows.
-pub(super) struct ReductionPlan {
+pub(crate) struct ReductionPlan {
     pub(super) chunks: Vec<(RowChunk, ChunkSplits)>,
     pub(super) total_splits: u32,
     pub(super) layout: VectorLayout,
     pub(super) lanes_c: u32,
     pub(super) workgroup_columns: u32,
     /// The override constants of the kernels that walk x.
-    pub(super) constants: [(&'static str, f64); 3],
+    pub(super) constants: [(&'static str, f64); 4],
 }
 
 /// How x is cut into vectors (see the layout comment of `shaders/batchnorm.wgsl`).
@@ -60,15 +62,169 @@ impl VectorLayout {
     }
 }
 
-/// How one chunk of rows is dispatched: its ghost batches (one, possibly partial, without
-/// them) of `rows` rows each, each cut into `splits` splits of `split_len` vectors.
+/// How one chunk of rows is dispatched: its `ghosts` ghost batches (one, possibly partial,
+/// without them) of `rows` rows each, each workgroup finishing `ghost_loop` of them one after
+/// another (1 unless one split covers each), each cut into `splits` splits of `split_len`
+/// vectors.
 pub(super) struct ChunkSplits {
     pub(super) rows: u32,
     pub(super) ghosts: u32,
+    pub(super) ghost_loop: u32,
     pub(super) first_ghost: u32,
     pub(super) split_len: u32,
     pub(super) splits: u32,
     pub(super) split_base: u32,
+}
+
+impl ChunkSplits {
+    /// The grid of one dispatch over the chunk.
+    pub(super) fn grid(&self, workgroup_columns: u32) -> [u32; 3] {
+        [
+            workgroup_columns,
+            self.splits,
+            self.ghosts.div_ceil(self.ghost_loop),
+        ]
+    }
+}
+
+/// Which normalization a reduction's kernels compute: BatchNorm (with a fused activation, or
+/// none), or GroupNorm's view of x (`GROUP_NORM` in `shaders/batchnorm.wgsl`).
+#[derive(Clone, Copy)]
+pub(crate) enum Normalization {
+    BatchNorm(Option<Activation>),
+    GroupNorm,
+}
+
+/// A reduction over a shape before its grid is chosen: the chunks of rows, how x is cut into
+/// vectors, the channel groups a workgroup takes side by side, and the splits per ghost batch
+/// the adapter class wants.
+pub(crate) struct Reduction {
+    chunks: Vec<RowChunk>,
+    layout: VectorLayout,
+    lanes_c: u32,
+    workgroup_columns: u32,
+    /// 1 where one split per ghost batch (or per batch) is enough.
+    pub(crate) wanted_splits: u32,
+    walk: ReductionWalk,
+    min_elements_per_thread: u32,
+}
+
+impl Reduction {
+    /// Workgroups side by side over the channel groups.
+    pub(crate) fn workgroup_columns(&self) -> u32 {
+        self.workgroup_columns
+    }
+
+    /// Ghost batches in the largest chunk of rows.
+    pub(crate) fn largest_chunk_ghosts(&self, shape: BatchNormShape) -> usize {
+        (self.chunks.iter())
+            .map(|chunk| chunk.rows / shape.ghost_rows())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// One split per ghost batch (or per batch), each workgroup finishing `ghost_loop` ghost
+    /// batches of its chunk one after another: no partials, one dispatch each way.
+    pub(crate) fn looped(
+        self,
+        shape: BatchNormShape,
+        ghost_loop: usize,
+        normalization: Normalization,
+    ) -> ReductionPlan {
+        let rows = shape.ghost_rows();
+        let chunks = (self.chunks.iter())
+            .map(|&chunk| {
+                let splits = ChunkSplits {
+                    rows: rows as u32,
+                    ghosts: (chunk.rows / rows) as u32,
+                    ghost_loop: ghost_loop as u32,
+                    first_ghost: (chunk.first_row / rows) as u32,
+                    split_len: (rows * self.layout.run_len) as u32,
+                    splits: 1,
+                    split_base: 0,
+                };
+                (chunk, splits)
+            })
+            .collect();
+        self.plan(chunks, 1, normalization, ghost_loop > 1)
+    }
+
+    /// Each ghost batch (or the batch) cut into as many splits as the adapter class wants and
+    /// the rows fill, each split a workgroup, the ghost batches the grid's third dimension; the
+    /// splits' partial results are merged by the finalize kernels.
+    pub(crate) fn split(
+        self,
+        shape: BatchNormShape,
+        normalization: Normalization,
+    ) -> ReductionPlan {
+        let row_lanes = WORKGROUP / self.lanes_c;
+        let ghost_batches = shape.ghost_batches as u32;
+        // Ghost batches have their slots of `partials` by index; without them, each chunk's
+        // splits follow the last chunk's.
+        let mut split_base = 0;
+        let mut planned = Vec::with_capacity(self.chunks.len());
+        for &chunk in &self.chunks {
+            let (rows, ghosts) = match ghost_batches {
+                1 => (chunk.rows, 1),
+                _ => (shape.ghost_rows(), chunk.rows / shape.ghost_rows()),
+            };
+            let ghost_len = (rows * self.layout.run_len) as u32;
+            let useful_splits = ghost_len.div_ceil(row_lanes * self.min_elements_per_thread);
+            let split_len = ghost_len.div_ceil(self.wanted_splits.min(useful_splits).max(1));
+            let splits = ghost_len.div_ceil(split_len);
+            planned.push((
+                chunk,
+                ChunkSplits {
+                    rows: rows as u32,
+                    ghosts: ghosts as u32,
+                    ghost_loop: 1,
+                    first_ghost: (chunk.first_row / shape.ghost_rows()) as u32,
+                    split_len,
+                    splits,
+                    split_base,
+                },
+            ));
+            if ghost_batches == 1 {
+                split_base += splits;
+            }
+        }
+        let total_splits = match ghost_batches {
+            1 => split_base,
+            // Every ghost batch has as many rows, hence as many splits.
+            _ => planned[0].1.splits * ghost_batches,
+        };
+        self.plan(planned, total_splits, normalization, false)
+    }
+
+    fn plan(
+        self,
+        chunks: Vec<(RowChunk, ChunkSplits)>,
+        total_splits: u32,
+        normalization: Normalization,
+        ghost_loop: bool,
+    ) -> ReductionPlan {
+        let (activation, group_norm) = match normalization {
+            Normalization::BatchNorm(activation) => (activation.is_some(), false),
+            Normalization::GroupNorm => (false, true),
+        };
+        let flag = |set: bool| f64::from(u8::from(set));
+        ReductionPlan {
+            chunks,
+            total_splits,
+            layout: self.layout,
+            lanes_c: self.lanes_c,
+            workgroup_columns: self.workgroup_columns,
+            constants: [
+                (
+                    "CONTIGUOUS_WALK",
+                    flag(self.walk == ReductionWalk::Contiguous),
+                ),
+                ("ACTIVATION", flag(activation)),
+                ("GHOST_LOOP", flag(ghost_loop)),
+                ("GROUP_NORM", flag(group_norm)),
+            ],
+        }
+    }
 }
 
 /// Uniform parameters of `shaders/batchnorm.wgsl` (`struct Params` there; a test compares
@@ -97,14 +253,41 @@ pub struct BatchNormParams {
     pub dropout_scale: f32,
     pub ghost_batches: u32,
     pub first_ghost: u32,
+    pub bound_ghosts: u32,
+    pub ghost_loop: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 80);
+const _: () = assert!(std::mem::size_of::<BatchNormParams>() == 88);
 
 /// Splits x along N so that each chunk's binding stays within `max_binding` bytes and starts at
 /// a multiple of `offset_alignment` bytes, and holds whole ghost batches where there are
 /// several; refuses, naming the limit, when not even one aligned group of samples fits.
 pub fn plan_row_chunks(
+    shape: BatchNormShape,
+    dtype: Dtype,
+    max_binding: u64,
+    offset_alignment: u64,
+) -> Result<Vec<RowChunk>> {
+    row_chunks(
+        &batchnorm_input(shape),
+        shape,
+        dtype,
+        max_binding,
+        offset_alignment,
+    )
+}
+
+/// BatchNorm's input as a refusal names it.
+fn batchnorm_input(shape: BatchNormShape) -> String {
+    format!(
+        "BatchNorm input of shape (N={}, C={}, S={})",
+        shape.n, shape.c, shape.s
+    )
+}
+
+/// `plan_row_chunks` with `what` naming the input in a refusal.
+fn row_chunks(
+    what: &str,
     shape: BatchNormShape,
     dtype: Dtype,
     max_binding: u64,
@@ -117,10 +300,7 @@ pub fn plan_row_chunks(
     };
     let unit_bytes = (unit_rows * shape.c * shape.s * dtype.size()) as u64;
     let units = plan_chunks(
-        &format!(
-            "BatchNorm input of shape (N={}, C={}, S={})",
-            shape.n, shape.c, shape.s
-        ),
+        what,
         shape.n / unit_rows,
         RowBytes {
             largest: unit_bytes,
@@ -139,14 +319,17 @@ pub fn plan_row_chunks(
 }
 
 impl GpuBackend {
-    pub(super) fn reduction_plan(
+    /// The reduction over `shape` before its grid is chosen; `what` names the input where its
+    /// rows cannot be bound.
+    pub(crate) fn reduction(
         &self,
+        what: &str,
         shape: BatchNormShape,
         dtype: Dtype,
-        activation: Option<Activation>,
-    ) -> Result<ReductionPlan> {
+    ) -> Result<Reduction> {
         let tuning = self.tuning();
-        let chunks = plan_row_chunks(
+        let chunks = row_chunks(
+            what,
             shape,
             dtype,
             self.max_binding(),
@@ -161,103 +344,50 @@ impl GpuBackend {
         } else {
             tuning.lanes_c_spatial
         });
-        let row_lanes = WORKGROUP / lanes_c;
         let workgroup_columns = layout.groups.div_ceil(lanes_c as usize) as u32;
-        let ghost_batches = shape.ghost_batches as u32;
         let wanted_splits = if shape.numel() * dtype.size() <= tuning.single_split_bytes {
             1
         } else {
             (tuning
                 .target_workgroups
-                .div_ceil(workgroup_columns * ghost_batches))
+                .div_ceil(workgroup_columns * shape.ghost_batches as u32))
             .max(1)
         };
-        // Small enough for one split, a few ghost batches are finished one after another by
-        // the same workgroups, as the batch would be: no partials, and one dispatch each way.
-        let looped = (2..=tuning.looped_ghost_batches).contains(&shape.ghost_batches);
-        if looped && wanted_splits == 1 && chunks.len() == 1 {
-            let rows = shape.ghost_rows();
-            let ghost = ChunkSplits {
-                rows: rows as u32,
-                ghosts: 1,
-                first_ghost: 0,
-                split_len: (rows * layout.run_len) as u32,
-                splits: 1,
-                split_base: 0,
-            };
-            return Ok(ReductionPlan {
-                chunks: vec![(chunks[0], ghost)],
-                total_splits: 1,
-                layout,
-                lanes_c,
-                workgroup_columns,
-                constants: Self::reduction_constants(activation, tuning.reduction_walk, true),
-            });
-        }
-        // Ghost batches have their slots of `partials` by index; without them, each chunk's
-        // splits follow the last chunk's.
-        let mut split_base = 0;
-        let mut planned = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let (rows, ghosts) = match ghost_batches {
-                1 => (chunk.rows, 1),
-                _ => (shape.ghost_rows(), chunk.rows / shape.ghost_rows()),
-            };
-            let ghost_len = (rows * layout.run_len) as u32;
-            let useful_splits = ghost_len.div_ceil(row_lanes * tuning.min_elements_per_thread);
-            let split_len = ghost_len.div_ceil(wanted_splits.min(useful_splits).max(1));
-            let splits = ghost_len.div_ceil(split_len);
-            planned.push((
-                chunk,
-                ChunkSplits {
-                    rows: rows as u32,
-                    ghosts: ghosts as u32,
-                    first_ghost: (chunk.first_row / shape.ghost_rows()) as u32,
-                    split_len,
-                    splits,
-                    split_base,
-                },
-            ));
-            if ghost_batches == 1 {
-                split_base += splits;
-            }
-        }
-        let total_splits = match ghost_batches {
-            1 => split_base,
-            // Every ghost batch has as many rows, hence as many splits.
-            _ => planned[0].1.splits * ghost_batches,
-        };
-        Ok(ReductionPlan {
-            chunks: planned,
-            total_splits,
+        Ok(Reduction {
+            chunks,
             layout,
             lanes_c,
             workgroup_columns,
-            constants: Self::reduction_constants(activation, tuning.reduction_walk, false),
+            wanted_splits,
+            walk: tuning.reduction_walk,
+            min_elements_per_thread: tuning.min_elements_per_thread,
         })
     }
 
-    /// The override constants of the kernels that walk x.
-    fn reduction_constants(
+    /// BatchNorm's grid: splits over the batch or each ghost batch; a few ghost batches that
+    /// fit one split are finished one after another by the same workgroups, as the batch would
+    /// be, so that one workgroup sees every ghost batch's statistics for the running update.
+    pub(super) fn reduction_plan(
+        &self,
+        shape: BatchNormShape,
+        dtype: Dtype,
         activation: Option<Activation>,
-        walk: ReductionWalk,
-        ghost_loop: bool,
-    ) -> [(&'static str, f64); 3] {
-        [
-            (
-                "CONTIGUOUS_WALK",
-                f64::from(u8::from(walk == ReductionWalk::Contiguous)),
-            ),
-            ("ACTIVATION", f64::from(u8::from(activation.is_some()))),
-            ("GHOST_LOOP", f64::from(u8::from(ghost_loop))),
-        ]
+    ) -> Result<ReductionPlan> {
+        let reduction = self.reduction(&batchnorm_input(shape), shape, dtype)?;
+        let normalization = Normalization::BatchNorm(activation);
+        let looped = (2..=self.tuning().looped_ghost_batches).contains(&shape.ghost_batches);
+        if looped && reduction.wanted_splits == 1 && reduction.chunks.len() == 1 {
+            return Ok(reduction.looped(shape, shape.ghost_batches, normalization));
+        }
+        Ok(reduction.split(shape, normalization))
     }
 }
 
-pub(super) fn plan_params(
+/// The parameters every dispatch of `plan` shares (each chunk's dispatch sets its rows, splits
+/// and ghost batches); eps and the running-statistics update are the caller's to set.
+pub(crate) fn plan_params(
     shape: BatchNormShape,
     plan: &ReductionPlan,
-    config: BatchNormConfig,
     activation: Option<Activation>,
 ) -> BatchNormParams {
     let dropout = activation.and_then(|activation| activation.dropout);
@@ -279,9 +409,6 @@ pub(super) fn plan_params(
         ghost_batches: shape.ghost_batches as u32,
         first_ghost: 0,
         count: shape.per_channel() as f32,
-        eps: config.eps(),
-        momentum: config.momentum(),
-        running_var_factor: config.running_var_factor(shape.per_channel()),
         ..Default::default()
     }
 }

@@ -1,11 +1,54 @@
-//! CPU twin of `shaders/channel_affine.wgsl`: the same sums, split by split in the same order.
+//! CPU twin of GroupNorm: BatchNorm's per-ghost-batch functions on the view of x with one
+//! ghost batch per sample, with a unit scale; and of `shaders/channel_affine.wgsl`, the same
+//! sums, split by split in the same order.
 
 use super::{GroupNormOps, GroupNormShape, affine_splits};
 use crate::Result;
 use crate::cpu::{CpuBackend, CpuBuffer};
+use crate::ops::batchnorm::cpu::{
+    batch_stats, for_each_ghost, ghost_backward, ghost_rows, normalize,
+};
 use crate::ops::batchnorm::stat;
 
 impl GroupNormOps for CpuBackend {
+    fn groupnorm_normalize_unchecked(
+        &self,
+        x: &CpuBuffer,
+        shape: GroupNormShape,
+        eps: f32,
+        xhat: &mut CpuBuffer,
+        stats: &mut CpuBuffer,
+    ) -> Result<()> {
+        let view = shape.batchnorm_view();
+        let sample = view.ghost();
+        for_each_ghost(view, stats, |rows, block| {
+            let x = &x[rows.clone()];
+            batch_stats(x, sample, eps, block);
+            normalize(x, sample, block, |_| 1.0, |_| 0.0, &mut xhat[rows]);
+        });
+        Ok(())
+    }
+
+    fn groupnorm_normalize_backward_unchecked(
+        &self,
+        x: &CpuBuffer,
+        dxhat: &CpuBuffer,
+        shape: GroupNormShape,
+        stats: &CpuBuffer,
+        dx: &mut CpuBuffer,
+    ) -> Result<()> {
+        let view = shape.batchnorm_view();
+        let sample = view.ghost();
+        let blocks = stats.chunks_exact(sample.stats_len());
+        for (rows, block) in ghost_rows(view, sample).zip(blocks) {
+            let (x, dxhat) = (&x[rows.clone()], &dxhat[rows.clone()]);
+            // Its dβ and dγ, the view's own, go unused: GroupNorm's are per channel
+            // (`channel_affine_grads`).
+            ghost_backward(x, dxhat, sample, |_| 1.0, block, &mut dx[rows]);
+        }
+        Ok(())
+    }
+
     fn channel_affine_unchecked(
         &self,
         x: &CpuBuffer,

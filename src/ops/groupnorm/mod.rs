@@ -13,12 +13,16 @@
 //! `nn.LayerNorm([C])` for flat features and `nn.GroupNorm(1, C)` for images), InstanceNorm one
 //! channel per group (`nn.InstanceNorm2d(C, affine=True)`). There are no running statistics.
 //!
-//! The statistics, x̂ and dx are BatchNorm's: x viewed as (N·P, G, C/G) with one ghost batch per
-//! sample is BatchNorm with a statistic per (sample, group), and BatchNorm's kernels, shift and
-//! all, run on that view with a unit scale. Only the affine is per channel here where the view's
-//! would be per group: `channel_affine` applies it (and scales dy by γ for the backward pass),
-//! `channel_affine_grads` sums dγ and dβ over the rows (`shaders/channel_affine.wgsl`, its CPU
-//! twin in `cpu.rs`). `src/reference/groupnorm.rs` is the float64 oracle.
+//! The statistics, x̂ and dx come from BatchNorm's grouped-moments reduction: x viewed as
+//! (N·P, G, C/G) with one ghost batch per sample is BatchNorm with a statistic per (sample,
+//! group), and `shaders/batchnorm.wgsl`'s kernels, shift and all, run on that view specialized
+//! for it (`GROUP_NORM`: x̂ with no scale of its own, nothing summed over samples), on a grid of
+//! GroupNorm's own (`gpu.rs`: runs of samples per workgroup, so any number of samples fits the
+//! adapter's grid); the CPU twin runs BatchNorm's per-ghost-batch functions on the same view.
+//! The affine is per channel here where the view's would be per group: `channel_affine` applies
+//! it (and scales dy by γ for the backward pass), `channel_affine_grads` sums dγ and dβ over the
+//! rows (`shaders/channel_affine.wgsl`, its CPU twin in `cpu.rs`). `src/reference/groupnorm.rs`
+//! is the float64 oracle.
 
 mod cpu;
 mod gpu;
@@ -27,10 +31,7 @@ mod gpu;
 pub use gpu::AffineParams;
 
 use crate::backend::Backend;
-use crate::ops::batchnorm::{
-    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
-    RunningStats, stat,
-};
+use crate::ops::batchnorm::{Affine, BatchNormForward, BatchNormGrads, BatchNormShape, stat};
 use crate::ops::{check_len, check_u32_indexable};
 use crate::{Dtype, Error, Result};
 
@@ -101,9 +102,10 @@ impl GroupNormShape {
     }
 }
 
-/// GroupNorm (LayerNorm, InstanceNorm) on a backend: the BatchNorm kernels on the view of
-/// `GroupNormShape::batchnorm_view`, with the per-channel affine of this trait's two kernels.
-pub trait GroupNormOps: BatchNormOps {
+/// GroupNorm (LayerNorm, InstanceNorm) on a backend: the normalization of
+/// `GroupNormShape::batchnorm_view` (BatchNorm's reduction, without a scale of its own), with the
+/// per-channel affine of this trait's two affine kernels.
+pub trait GroupNormOps: Backend + Sized {
     /// Normalizes x into `out.y`, writing the statistics it used into `out.stats`
     /// (`stats_len` values), which the backward pass needs.
     fn groupnorm_forward(
@@ -115,39 +117,20 @@ pub trait GroupNormOps: BatchNormOps {
         out: &mut BatchNormForward<Self>,
     ) -> Result<()> {
         check_shape(shape)?;
-        check_len("x", self.len_of(x), shape.numel())?;
-        check_len("gamma", self.len_of(&affine.gamma), shape.channels)?;
-        check_len("beta", self.len_of(&affine.beta), shape.channels)?;
-        check_len("y", self.len_of(&out.y), shape.numel())?;
-        check_len("stats", self.len_of(&out.stats), shape.stats_len())?;
-        // No running statistics: these are written and never read.
-        let mut running = RunningStats {
-            mean: self.scratch(shape.groups)?,
-            var: self.scratch(shape.groups)?,
-        };
-        let config = BatchNormConfig::new(eps, 0.0, false)?;
-        let unit = unit_affine(self, shape.groups)?;
-        let mut normalized = BatchNormForward {
-            y: self.scratch_as(shape.numel(), self.dtype_of(&out.y))?,
-            stats: self.scratch(0)?,
-        };
-        // The view's forward writes the caller's statistics buffer in place.
-        std::mem::swap(&mut normalized.stats, &mut out.stats);
-        let view = shape.batchnorm_view();
-        let result = self.batchnorm_forward_unchecked(
-            Mode::Train,
-            x,
-            view,
-            &unit,
-            &mut running,
-            config,
-            None,
-            &mut normalized,
-        );
-        std::mem::swap(&mut normalized.stats, &mut out.stats);
-        result?;
+        check_eps(eps)?;
+        for (what, buffer, len) in [
+            ("x", x, shape.numel()),
+            ("gamma", &affine.gamma, shape.channels),
+            ("beta", &affine.beta, shape.channels),
+            ("y", &out.y, shape.numel()),
+            ("stats", &out.stats, shape.stats_len()),
+        ] {
+            check_len(&format!("GroupNorm {what}"), self.len_of(buffer), len)?;
+        }
+        let mut xhat = self.scratch_as(shape.numel(), self.dtype_of(&out.y))?;
+        self.groupnorm_normalize_unchecked(x, shape, eps, &mut xhat, &mut out.stats)?;
         self.channel_affine_unchecked(
-            &normalized.y,
+            &xhat,
             shape.channels,
             &affine.gamma,
             Some(&affine.beta),
@@ -175,7 +158,7 @@ pub trait GroupNormOps: BatchNormOps {
             ("dgamma", &grads.dgamma, shape.channels),
             ("dbeta", &grads.dbeta, shape.channels),
         ] {
-            check_len(what, self.len_of(buffer), len)?;
+            check_len(&format!("GroupNorm {what}"), self.len_of(buffer), len)?;
         }
         self.channel_affine_grads_unchecked(
             x,
@@ -184,28 +167,35 @@ pub trait GroupNormOps: BatchNormOps {
             stats,
             [&mut grads.dgamma, &mut grads.dbeta],
         )?;
-        // Through the affine, the view's backward sees dy·γ and a unit scale.
+        // Through the affine, the normalization's backward sees dy·γ.
         let mut scaled_dy = self.scratch_as(shape.numel(), Dtype::F32)?;
         self.channel_affine_unchecked(dy, shape.channels, gamma, None, &mut scaled_dy)?;
-        let unit = unit_affine(self, shape.groups)?;
-        let mut view_grads = BatchNormGrads {
-            dx: self.scratch(0)?,
-            dgamma: self.scratch(shape.groups)?,
-            dbeta: self.scratch(shape.groups)?,
-        };
-        std::mem::swap(&mut view_grads.dx, &mut grads.dx);
-        let result = self.batchnorm_backward_unchecked(
-            x,
-            None,
-            &scaled_dy,
-            shape.batchnorm_view(),
-            &unit.gamma,
-            stats,
-            &mut view_grads,
-        );
-        std::mem::swap(&mut view_grads.dx, &mut grads.dx);
-        result
+        self.groupnorm_normalize_backward_unchecked(x, &scaled_dy, shape, stats, &mut grads.dx)
     }
+
+    /// x̂ = (x − mean)·invstd per (sample, group) into `xhat`, and the statistics into `stats`,
+    /// on checked arguments.
+    #[doc(hidden)]
+    fn groupnorm_normalize_unchecked(
+        &self,
+        x: &Self::Buffer,
+        shape: GroupNormShape,
+        eps: f32,
+        xhat: &mut Self::Buffer,
+        stats: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// dx of the normalization given dL/dx̂ (dy·γ) and the forward's `stats`, on checked
+    /// arguments.
+    #[doc(hidden)]
+    fn groupnorm_normalize_backward_unchecked(
+        &self,
+        x: &Self::Buffer,
+        dxhat: &Self::Buffer,
+        shape: GroupNormShape,
+        stats: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
 
     /// `out = γ[c]·x + β[c]` over channels-last x of `channels` channels (β left out where
     /// `None`), on checked arguments.
@@ -232,12 +222,14 @@ pub trait GroupNormOps: BatchNormOps {
     ) -> Result<()>;
 }
 
-/// γ = 1, β = 0 for the BatchNorm view, whose groups carry no affine of their own.
-fn unit_affine<B: Backend>(backend: &B, groups: usize) -> Result<Affine<B>> {
-    Ok(Affine {
-        gamma: backend.filled(groups, 1.0)?,
-        beta: backend.filled(groups, 0.0)?,
-    })
+/// eps is added to each variance before the square root: positive and finite.
+fn check_eps(eps: f32) -> Result<()> {
+    if eps.is_finite() && eps > 0.0 {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "GroupNorm eps must be a positive finite number, got {eps}"
+    )))
 }
 
 /// Refuses an empty x, groups that do not divide the channels, and a group of a single value
