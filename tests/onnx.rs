@@ -81,9 +81,19 @@ fn tract_runs_the_exported_models_as_wgnorm_does() {
     let dir = tempfile::tempdir().unwrap();
     let (x, labels) = test_images(&data);
     let data = data.to_str().unwrap();
-    for model in ["mlp-bn", "cnn-bn"] {
-        train_on_cpu(dir.path(), data, model, "3200", model, &[]);
-        let checkpoint = format!("{model}/model.safetensors");
+    // A residual net: an identity shortcut and a projection, each joined by Add then Relu.
+    let resnet = "conv8k3p1,bn,relu,res(conv8k3p1,bn,relu,conv8k3p1,bn),\
+                  res16s2(conv16k3s2p1,bn,relu,conv16k3p1,bn),avgpool,flatten,fc10";
+    // Of the 1,000 test images each scores right after 100 steps (chance: 100); the small
+    // residual net learns slowest.
+    let models = [
+        ("mlp-bn", "mlp-bn", 800),
+        ("cnn-bn", "cnn-bn", 800),
+        (resnet, "resnet", 150),
+    ];
+    for (model, name, learned) in models {
+        train_on_cpu(dir.path(), data, model, "3200", name, &[]);
+        let checkpoint = format!("{name}/model.safetensors");
         let saved = checkpoint::load_model(&dir.path().join(&checkpoint)).unwrap();
         let expected = wgnorm_logits(&dir.path().join(&checkpoint), &x);
         let reference: Vec<f64> = expected.iter().map(|&v| f64::from(v)).collect();
@@ -93,7 +103,7 @@ fn tract_runs_the_exported_models_as_wgnorm_does() {
                 .count()
         };
         for (fold, opset) in [(false, "13"), (true, "17")] {
-            let onnx = format!("{model}-fold-{fold}.onnx");
+            let onnx = format!("{name}-fold-{fold}.onnx");
             let mut args = vec!["export", "--checkpoint", &checkpoint, "--onnx", &onnx];
             args.extend(["--opset", opset]);
             if fold {
@@ -106,11 +116,11 @@ fn tract_runs_the_exported_models_as_wgnorm_does() {
                 "{printed}"
             );
             let logits = tract_logits(&dir.path().join(&onnx), saved.spec.input(), &x);
-            let what = format!("{model}, folded {fold}: tract against wgnorm");
+            let what = format!("{name}, folded {fold}: tract against wgnorm");
             assert_close(&what, &logits, &reference, 1e-5);
             assert_eq!(correct(&logits), correct(&expected), "{what}");
         }
-        assert!(correct(&expected) > 800, "{model} learned");
+        assert!(correct(&expected) > learned, "{name} learned");
     }
     let nowhere = wgnorm(
         &["export", "--checkpoint", "mlp-bn/model.safetensors"],

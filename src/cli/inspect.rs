@@ -216,13 +216,13 @@ fn gap(train: &[f64], eval: &[f64]) -> Gap {
 fn print_table(reports: &[LayerReport], with_gap: bool) {
     let range = |r: Range| format!("[{:.3}, {:.3}]", r.min, r.max);
     print!(
-        "{:>12}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
+        "{:>5}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
         "layer", "kind", "features", "γ", "β", "running mean", "running var", "|γ|<1e-3"
     );
     println!("{}", if with_gap { "  train/eval gap" } else { "" });
     for r in reports {
         print!(
-            "{:>12}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
+            "{:>5}  {:<11}  {:>8}  {:>18}  {:>18}  {:>18}  {:>18}  {:>8}",
             r.layer,
             r.kind,
             r.features,

@@ -27,7 +27,8 @@ pub struct TrainArgs {
     model: Option<ModelChoice>,
     /// Any other stack, one comma-separated token per layer, in place of --model: fc<N>,
     /// conv<C>k<K>[s<S>][p<P>], bn, ln, gn<G>, in, relu, dropout<P>, maxpool<K>[s<S>],
-    /// avgpool, flatten (e.g. conv16k3p1,bn,relu,maxpool2,flatten,fc10).
+    /// avgpool, flatten, and residual blocks res(<layers>), res<C>[s<S>](<layers>) (a projected
+    /// shortcut) or res(<layers>|<layers>) (e.g. conv16k3p1,bn,relu,maxpool2,flatten,fc10).
     #[arg(long, conflicts_with = "model")]
     arch: Option<String>,
     #[command(flatten)]

@@ -25,7 +25,7 @@ pub use layers::{
     LayerKind, LayerSpec, Linear, MaxPool2d, OnnxAttribute, OnnxNode, Relu, Start, TensorDef,
 };
 pub use presets::{MNIST_IMAGE, Norm, Preset};
-pub use residual::{Block, Residual, TORCH_RESIDUAL};
+pub use residual::{Block, Residual};
 pub use spec::{BatchNormNode, ModelSpec, Node, ParamSpec, Source};
 
 use std::rc::Rc;

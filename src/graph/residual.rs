@@ -85,19 +85,3 @@ impl fmt::Display for Block {
         }
     }
 }
-
-/// The Python definition of the module a residual block loads into in PyTorch, which a
-/// checkpoint's `torch_module` names (also in `python/wgnorm_modules.py`).
-pub const TORCH_RESIDUAL: &str = "\
-class Residual(nn.Module):
-    \"\"\"ResNet v1's block: relu(body(x) + shortcut(x)); shortcut None is the identity.\"\"\"
-
-    def __init__(self, body, shortcut=None):
-        super().__init__()
-        self.body = body
-        self.shortcut = shortcut
-
-    def forward(self, x):
-        skip = x if self.shortcut is None else self.shortcut(x)
-        return torch.relu(self.body(x) + skip)
-";

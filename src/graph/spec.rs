@@ -392,7 +392,8 @@ impl ModelSpec {
     }
 
     /// The PyTorch module this model's `state_dict` loads into: an `nn.Sequential` of torch.nn
-    /// modules and, for residual blocks, `Residual` (`python/wgnorm_modules.py`).
+    /// modules and, for a residual block, `Residual(body, shortcut)`, a module computing
+    /// relu(body(x) + shortcut(x)) with `shortcut` None for the identity.
     pub fn torch_module(&self) -> String {
         let config = self.batchnorm_config;
         let mut nodes = self.nodes.iter();

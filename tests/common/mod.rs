@@ -283,11 +283,17 @@ pub fn train_cpu_run(data: &str, dir: &Path, extra: &[&str]) -> Output {
 /// One epoch of `model` on the CPU backend over the first `images` training images of `data`,
 /// into `dir/out`.
 pub fn train_on_cpu(dir: &Path, data: &str, model: &str, images: &str, out: &str, extra: &[&str]) {
+    // A preset's name, or an `--arch` spec (which has commas).
+    let flag = if model.contains(',') {
+        "--arch"
+    } else {
+        "--model"
+    };
     let mut args = vec![
         "train",
         "--device",
         "cpu",
-        "--model",
+        flag,
         model,
         "--epochs",
         "1",
