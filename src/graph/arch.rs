@@ -125,14 +125,23 @@ fn parse_residual(token: &str, head: &str, rest: &str) -> Result<Block> {
         )));
     }
     let (body, shortcut) = match inside.split_once('|') {
-        Some((body, shortcut)) => (body, parse_layers(shortcut)?),
-        None => (inside, Vec::new()),
+        Some((body, shortcut)) => (body, shortcut),
+        None => (inside, ""),
+    };
+    let layers = |text: &str, what: &str| match text.trim() {
+        "" => Err(Error::InvalidArgument(format!(
+            "--arch token `{token}`: a residual block's {what} needs at least one layer"
+        ))),
+        text => parse_layers(text),
+    };
+    let shortcut = match inside.contains('|') {
+        true => layers(shortcut, "shortcut")?,
+        false => Vec::new(),
     };
     let shortcut = match head.strip_prefix("res").ok_or_else(expected)? {
         "" => shortcut,
         _ if !shortcut.is_empty() => return Err(expected()),
         projection => {
-            let positive = |text: Option<&str>| text?.parse::<usize>().ok().filter(|&n| n > 0);
             let (channels, values) = fields(projection, &['s']).ok_or_else(expected)?;
             Residual::projection(
                 positive(Some(channels)).ok_or_else(expected)?,
@@ -141,7 +150,7 @@ fn parse_residual(token: &str, head: &str, rest: &str) -> Result<Block> {
         }
     };
     Ok(Block::Residual(Residual {
-        body: parse_layers(body)?,
+        body: layers(body, "body")?,
         shortcut,
     }))
 }
@@ -156,6 +165,11 @@ pub fn parse_layers(arch: &str) -> Result<Vec<LayerSpec>> {
     arch.split(',')
         .map(|token| parse_token(token.trim()))
         .collect()
+}
+
+/// `text` as a whole number above 0.
+fn positive(text: Option<&str>) -> Option<usize> {
+    text?.parse::<usize>().ok().filter(|&n| n > 0)
 }
 
 /// `text` split before each letter: "32k3p1" → [(None, "32"), (k, "3"), (p, "1")].
@@ -192,7 +206,6 @@ fn fields<'t>(text: &'t str, letters: &[char]) -> Option<(&'t str, Vec<Option<&'
 fn parse_token(token: &str) -> Result<LayerSpec> {
     let expected =
         |what: &str| Error::InvalidArgument(format!("--arch token `{token}`: expected {what}"));
-    let positive = |text: Option<&str>| text?.parse::<usize>().ok().filter(|&n| n > 0);
     const FC: &str = "fc<features>, e.g. fc128";
     const CONV: &str = "conv<channels>k<kernel>[s<stride>][p<padding>], e.g. conv32k3p1";
     const POOL: &str = "maxpool<kernel>[s<stride>], e.g. maxpool2";

@@ -36,7 +36,7 @@ use crate::ops::activation::DropoutMask;
 use crate::ops::batchnorm::Mode;
 use crate::{Dtype, Error, Result};
 use layers::{Fused, ParamGrads, Pass, Saved, Value};
-use plan::{Plan, Step};
+use plan::Step;
 
 /// What a forward pass leaves for its backward: each node's saved state (none for a node run
 /// in another's pass), and the mode it ran in (only a training forward saves what backward
@@ -76,7 +76,6 @@ pub struct Sequential<B: Compute> {
     /// How hidden activations are stored between layers (f16 needs `Backend::supports`). The
     /// input, the logits, every gradient, the parameters and all arithmetic stay f32.
     pub activations: Dtype,
-    plan: Plan,
     /// Values in each parameter, in `ModelSpec::params` order: the gradient arena's layout.
     param_lens: Vec<usize>,
 }
@@ -175,7 +174,7 @@ impl<B: Compute> Sequential<B> {
         values.reads_left[last] += 1;
         let mut saved: Vec<Option<Saved<B>>> = (0..nodes.len()).map(|_| None).collect();
         for (index, state) in saved.iter_mut().enumerate() {
-            let Step::Own(fusion) = self.plan.steps[index] else {
+            let Step::Own(fusion) = self.spec.plan().steps[index] else {
                 continue;
             };
             let node = &self.spec.nodes()[index];
@@ -259,7 +258,7 @@ impl<B: Compute> Sequential<B> {
             output: Dtype::F32,
         };
         for (index, saved) in tape.saved.into_iter().enumerate().rev() {
-            let Step::Own(fusion) = self.plan.steps[index] else {
+            let Step::Own(fusion) = self.spec.plan().steps[index] else {
                 continue;
             };
             let Some(saved) = saved else {
@@ -268,7 +267,7 @@ impl<B: Compute> Sequential<B> {
                     nodes[index].name
                 )));
             };
-            if !self.plan.needs_grad[index] {
+            if !self.spec.plan().needs_grad[index] {
                 continue;
             }
             let dy = grads[fusion.last(index)].take().ok_or_else(|| {
@@ -284,7 +283,7 @@ impl<B: Compute> Sequential<B> {
                 }
             }
             let mut node_grads = ParamGrads::new(taken);
-            let wants_dx = self.plan.wants_input_grad(&self.spec, index);
+            let wants_dx = self.spec.plan().wants_input_grad(&nodes[index]);
             let dx = self.layers[index].backward(&pass, saved, dy, &mut node_grads, wants_dx)?;
             for (name, grad) in node_grads.into_filled()? {
                 let at = (params.iter())
@@ -300,7 +299,7 @@ impl<B: Compute> Sequential<B> {
             }
             for &source in &nodes[index].inputs {
                 if let Source::Node(from) = source
-                    && self.plan.needs_grad[from]
+                    && self.spec.plan().needs_grad[from]
                 {
                     grads[from] = Some(match grads[from].take() {
                         None => dx.clone(),

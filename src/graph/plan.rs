@@ -1,10 +1,11 @@
 //! The fusion plan: which layers run inside another's pass, worked out once from the graph and
 //! read by the forward and the backward alike. A ReLU runs in the pass of the BatchNorm before
-//! it, and a dropout in the pass of the ReLU before it, wherever that layer's output feeds
-//! nothing else; a ReLU with two inputs adds them in its pass (a residual block's join).
+//! it, and a dropout in the pass of the ReLU (or the BatchNorm's ReLU) before it, wherever that
+//! layer's output feeds nothing else and is not the model's output; a ReLU with two inputs adds
+//! them in its pass (a residual block's join).
 
 use super::layers::LayerSpec;
-use super::spec::{ModelSpec, Source};
+use super::spec::{Node, Source};
 
 /// How one node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +44,7 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn of(spec: &ModelSpec) -> Self {
-        let nodes = spec.nodes();
+    pub(crate) fn of(nodes: &[Node]) -> Self {
         let mut consumers = vec![Vec::new(); nodes.len()];
         for (index, node) in nodes.iter().enumerate() {
             for &source in &node.inputs {
@@ -65,15 +65,19 @@ impl Plan {
             if let Step::Inside { .. } = steps[index] {
                 continue;
             }
-            let relu = match nodes[index].layer {
-                LayerSpec::BatchNorm(_) => only_reader(index, is_relu),
-                _ => None,
+            // A BatchNorm keeps the output of the activation it runs for its backward, so that
+            // output must not be the logits, which the pass hands over.
+            let batchnorm = matches!(nodes[index].layer, LayerSpec::BatchNorm(_));
+            let kept = |fused: &usize| !batchnorm || *fused != nodes.len() - 1;
+            let relu = match batchnorm {
+                true => only_reader(index, is_relu).filter(kept),
+                false => None,
             };
             let activated = match nodes[index].layer {
                 LayerSpec::Relu(_) => Some(index),
                 _ => relu,
             };
-            let dropout = activated.and_then(|at| only_reader(at, is_dropout));
+            let dropout = activated.and_then(|at| only_reader(at, is_dropout).filter(kept));
             for fused in relu.into_iter().chain(dropout) {
                 steps[fused] = Step::Inside { by: index };
             }
@@ -97,8 +101,8 @@ impl Plan {
     }
 
     /// Whether the backward pass wants the gradient of what `node` reads.
-    pub(crate) fn wants_input_grad(&self, spec: &ModelSpec, node: usize) -> bool {
-        spec.nodes()[node].inputs.iter().any(|source| match source {
+    pub(crate) fn wants_input_grad(&self, node: &Node) -> bool {
+        node.inputs.iter().any(|source| match source {
             Source::Input => false,
             Source::Node(from) => self.needs_grad[*from],
         })

@@ -3,7 +3,8 @@
 //! it is made, so every model built from one can run.
 
 use super::layer_spec::{Image, SampleShape};
-use super::layers::{BatchNorm, LayerSpec, Relu, TensorDef};
+use super::layers::{BatchNorm, LayerSpec, Relu, TensorDef, features_and_positions};
+use super::plan::Plan;
 use super::residual::{Block, Residual};
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::{Error, Result};
@@ -106,6 +107,8 @@ pub struct ModelSpec {
     input: SampleShape,
     blocks: Vec<Block>,
     nodes: Vec<Node>,
+    /// Worked out once from the nodes; forward and backward both read it.
+    plan: Plan,
     batchnorm_config: BatchNormConfig,
 }
 
@@ -175,10 +178,12 @@ impl ModelSpec {
                 Block::Residual(residual) => residual_nodes(&mut nodes, residual, from, index)?,
             };
         }
+        let plan = Plan::of(&nodes);
         let spec = Self {
             input,
             blocks,
             nodes,
+            plan,
             batchnorm_config,
         };
         match from.1 {
@@ -256,7 +261,12 @@ impl ModelSpec {
     /// Whether the backward pass computes the gradient reaching node `node`'s input: only where
     /// a layer with parameters lies before it.
     pub fn computes_input_grad(&self, node: usize) -> bool {
-        super::plan::Plan::of(self).wants_input_grad(self, node)
+        self.plan.wants_input_grad(&self.nodes[node])
+    }
+
+    /// The fusion plan.
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// eps, momentum and running-variance convention of every BatchNorm layer.
@@ -376,10 +386,7 @@ impl ModelSpec {
         (self.nodes.iter().enumerate())
             .filter(|(_, node)| node.layer == LayerSpec::BatchNorm(BatchNorm))
             .map(|(index, node)| {
-                let (features, positions) = match node.input {
-                    SampleShape::Flat(features) => (features, 1),
-                    SampleShape::Image(image) => (image.channels, image.positions()),
-                };
+                let (features, positions) = features_and_positions(node.input);
                 BatchNormNode {
                     node: index,
                     name: node.name.clone(),

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use super::layers::TakeTensor;
-use super::plan::Plan;
 use super::{Compute, HostModel, Layer, ModelSpec, ParamSpec, Sequential};
 use crate::{Dtype, Error, Result};
 
@@ -29,8 +28,8 @@ impl<B: Compute> Sequential<B> {
         Self::upload_with_weights(backend, spec, host, Dtype::F32)
     }
 
-    /// For inference in half precision: the Linear weights stored as `dtype` (each rounded
-    /// once) and the activations too; biases, BatchNorm's parameters and statistics and all
+    /// For inference in half precision: the Linear and convolution weights stored as `dtype`
+    /// (each rounded once) and the activations too; biases, BatchNorm's parameters and statistics and all
     /// arithmetic stay f32. A model with f16 weights cannot be trained (the optimizer kernels
     /// take f32 only and refuse it).
     pub fn upload_for_inference(
@@ -89,7 +88,6 @@ impl<B: Compute> Sequential<B> {
             spec: spec.clone(),
             layers,
             activations: Dtype::F32,
-            plan: Plan::of(spec),
             param_lens: params.iter().map(ParamSpec::len).collect(),
         })
     }

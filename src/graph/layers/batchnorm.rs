@@ -28,7 +28,7 @@ impl fmt::Display for BatchNorm {
 }
 
 /// Features (channels) a normalization scales and shifts, and the values each has per sample.
-pub(super) fn features_and_positions(input: SampleShape) -> (usize, usize) {
+pub(crate) fn features_and_positions(input: SampleShape) -> (usize, usize) {
     match input {
         SampleShape::Flat(features) => (features, 1),
         SampleShape::Image(image) => (image.channels, image.positions()),
@@ -215,7 +215,9 @@ impl<B: Compute> Module<B> for BatchNormLayer<B> {
         let saved = BatchNormSaved {
             input: x,
             stats: out.stats,
-            activated: activation.map(|activation| (activation, y.clone())),
+            // Only a training pass has a backward to keep the output for.
+            activated: (activation.filter(|_| mode == Mode::Train))
+                .map(|activation| (activation, y.clone())),
         };
         Ok((y, saved))
     }

@@ -52,7 +52,14 @@ impl LayerKind for Conv2d {
     fn tensors(&self, input: SampleShape) -> Vec<TensorDef> {
         let channels = channels_of(input);
         let k = self.window.kernel;
-        weight_and_bias(self.outputs, channels * k * k, &[channels, k, k], k * k)
+        // Saturating: ModelSpec refuses the tensor by its size, rather than this overflow.
+        let taps = k.saturating_mul(k);
+        weight_and_bias(
+            self.outputs,
+            channels.saturating_mul(taps),
+            &[channels, k, k],
+            taps,
+        )
     }
 
     fn torch(&self, input: SampleShape, _: BatchNormConfig) -> String {

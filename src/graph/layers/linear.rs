@@ -74,7 +74,7 @@ pub(super) fn weight_and_bias(
             shape.collect(),
             Start::Weight {
                 fan_in,
-                fan_out: outputs * taps,
+                fan_out: outputs.saturating_mul(taps),
             },
         ),
         TensorDef::param("bias", vec![outputs], Start::Bias { fan_in }),

@@ -23,7 +23,7 @@ pub use linear::Linear;
 pub use max_pool::MaxPool2d;
 pub use relu::Relu;
 
-pub(crate) use batchnorm::fold_into;
+pub(crate) use batchnorm::{features_and_positions, fold_into};
 
 use std::fmt;
 use std::rc::Rc;
@@ -135,8 +135,8 @@ pub trait LayerKind: fmt::Debug + fmt::Display {
     /// it has none.
     fn onnx(&self, input: SampleShape, config: BatchNormConfig) -> Result<Option<OnnxNode>>;
 
-    /// Whether a backward pass through it needs its forward input: then the layer before
-    /// needs no copy of its own output kept for it.
+    /// Whether it is a product with a weight (a Linear or a convolution): BatchNorm folds into
+    /// it, and gradient-norm logging records the gradient reaching its input.
     fn is_weighted(&self) -> bool {
         false
     }
