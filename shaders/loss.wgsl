@@ -52,6 +52,20 @@ fn is_class_index(label: f32) -> bool {
     return label >= 0.0 && label < f32(p.classes) && fract(label) == 0.0;
 }
 
+// The class of the row starting at `base` with the largest logit: a tie goes to the first, and
+// a NaN never wins a comparison.
+fn first_max(base: u32) -> u32 {
+    var top = x[base];
+    var best = 0u;
+    for (var j = 1u; j < p.classes; j++) {
+        if x[base + j] > top {
+            top = x[base + j];
+            best = j;
+        }
+    }
+    return best;
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
     if t == 0u {
@@ -72,14 +86,8 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
             continue;
         }
         let label = u32(labels[r]);
-        var top = x[base];
-        var best = 0u;
-        for (var j = 1u; j < p.classes; j++) {
-            if x[base + j] > top {
-                top = x[base + j];
-                best = j;
-            }
-        }
+        let best = first_max(base);
+        let top = x[base + best];
         var total = 0.0;
         for (var j = 0u; j < p.classes; j++) {
             total += exp(x[base + j] - top);
@@ -126,9 +134,8 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) t: u32) {
     }
 }
 
-// The predicted class of each row, stored as f32 like the labels: one thread per row, walking
-// the row as `softmax_cross_entropy` does, so a tie goes to the first maximum and a NaN never
-// wins a comparison.
+// The predicted class of each row, stored as f32 like the labels: one thread per row, by the
+// `first_max` that `softmax_cross_entropy` scores with.
 @compute @workgroup_size(WORKGROUP)
 fn argmax(@builtin(global_invocation_id) id: vec3<u32>,
           @builtin(num_workgroups) groups: vec3<u32>) {
@@ -136,14 +143,5 @@ fn argmax(@builtin(global_invocation_id) id: vec3<u32>,
     if r >= p.rows {
         return;
     }
-    let base = r * p.classes;
-    var top = x[base];
-    var best = 0u;
-    for (var j = 1u; j < p.classes; j++) {
-        if x[base + j] > top {
-            top = x[base + j];
-            best = j;
-        }
-    }
-    out[r] = f32(best);
+    out[r] = f32(first_max(r * p.classes));
 }
