@@ -90,6 +90,27 @@ struct Values<B: Compute> {
 }
 
 impl<B: Compute> Values<B> {
+    /// The values of a pass of `nodes` on `x`, each to be read by the nodes that read it, and
+    /// the last node's output once more, as the pass's result.
+    fn new(nodes: &[Node], x: B::Buffer) -> Self {
+        let mut values = Self {
+            input: Some(Rc::new(x)),
+            outputs: vec![None; nodes.len()],
+            reads_left: vec![0; nodes.len()],
+            input_reads_left: 0,
+        };
+        for &source in nodes.iter().flat_map(|node| &node.inputs) {
+            match source {
+                Source::Input => values.input_reads_left += 1,
+                Source::Node(from) => values.reads_left[from] += 1,
+            }
+        }
+        if let Some(last) = values.reads_left.last_mut() {
+            *last += 1;
+        }
+        values
+    }
+
     /// Hands out `source` for one read, letting go of it after its last.
     fn read(&mut self, source: Source) -> Result<Value<B>> {
         let (slot, left) = match source {
@@ -156,22 +177,8 @@ impl<B: Compute> Sequential<B> {
     ) -> Result<(B::Buffer, Tape<B>)> {
         check_activations(backend, self.activations)?;
         let nodes = self.spec.nodes();
-        let mut values: Values<B> = Values {
-            input: Some(Rc::new(x)),
-            outputs: vec![None; nodes.len()],
-            reads_left: vec![0; nodes.len()],
-            input_reads_left: 0,
-        };
-        for node in nodes {
-            for &source in &node.inputs {
-                match source {
-                    Source::Input => values.input_reads_left += 1,
-                    Source::Node(from) => values.reads_left[from] += 1,
-                }
-            }
-        }
+        let mut values: Values<B> = Values::new(nodes, x);
         let last = nodes.len().saturating_sub(1);
-        values.reads_left[last] += 1;
         let mut saved: Vec<Option<Saved<B>>> = (0..nodes.len()).map(|_| None).collect();
         for (index, state) in saved.iter_mut().enumerate() {
             let Step::Own(fusion) = self.spec.plan().steps[index] else {
