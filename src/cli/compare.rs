@@ -1,5 +1,5 @@
-//! `wgnorm compare`: a model family without and with BatchNorm (`mlp` and `mlp-bn`, or `cnn`
-//! and `cnn-bn`), or with each normalization of `--norms`, under the same protocol, seeds and
+//! `wgnorm compare`: a model family without and with BatchNorm (`mlp` and `mlp-bn`, `cnn` and
+//! `cnn-bn`, or a ResNet without and with its BatchNorms), or with each normalization of `--norms`, under the same protocol, seeds and
 //! data, side by side, with mean ± standard deviation over `--repeats` seeds, a reading of each
 //! model against the first, and learning curves.
 
@@ -20,7 +20,8 @@ pub const TARGET_VAL_ACC: f64 = 0.97;
 
 #[derive(Args)]
 pub struct CompareArgs {
-    /// The models compared: mlp and mlp-bn, or cnn and cnn-bn.
+    /// The models compared: mlp and mlp-bn, cnn and cnn-bn, or a resnet without (resnet8-none)
+    /// and with BatchNorm (resnet8).
     #[arg(long, value_enum, default_value_t = Family::Mlp)]
     family: Family,
     /// The family with each of these normalizations instead, comma-separated (bn, ln, gn<G>,
@@ -41,6 +42,9 @@ pub struct CompareArgs {
 pub enum Family {
     Mlp,
     Cnn,
+    Resnet8,
+    Resnet20,
+    Resnet56,
 }
 
 impl Family {
@@ -49,6 +53,9 @@ impl Family {
         let base = match self {
             Family::Mlp => Preset::Mlp,
             Family::Cnn => Preset::Cnn,
+            Family::Resnet8 => Preset::ResNet8,
+            Family::Resnet20 => Preset::ResNet20,
+            Family::Resnet56 => Preset::ResNet56,
         };
         let norms = norms.unwrap_or(&[Norm::None, Norm::Batch]);
         (norms.iter())

@@ -45,7 +45,7 @@ enum Command {
     Devices,
     /// Run BatchNorm (training-mode forward, and backward with --dy) on .npy tensors.
     Bn(Box<bn::BnArgs>),
-    /// Train a preset (MLP or CNN, with the normalization of --norm) or any --arch stack on
+    /// Train a preset (MLP, CNN or ResNet, with the normalization of --norm) or any --arch stack on
     /// MNIST or Fashion-MNIST, saving it after every epoch.
     Train(Box<train::TrainArgs>),
     /// Test loss and accuracy of a saved model.
@@ -61,7 +61,7 @@ enum Command {
     /// Recompute a saved model's BatchNorm running statistics from training batches
     /// (PreciseBN) and report its accuracy before and after.
     Recalibrate(Box<recalibrate::RecalibrateArgs>),
-    /// Train the MLP or the CNN with each of several normalizations (by default without and
+    /// Train the MLP, the CNN or a ResNet with each of several normalizations (by default without and
     /// with BatchNorm) under the same protocol and seeds, and compare them.
     Compare(Box<compare::CompareArgs>),
     /// Train each model (and normalization) over batch sizes and learning rates, and tabulate

@@ -1,5 +1,5 @@
 //! What a run trains, as the command line names it: a preset (`--model`), and the preset's base
-//! with the normalization `--norm` or `--norms` gives it.
+//! (the MLP, the CNN or a ResNet) with the normalization `--norm` or `--norms` gives it.
 
 use clap::ValueEnum;
 
@@ -18,6 +18,12 @@ pub enum ModelChoice {
     Cnn,
     /// The CNN with BatchNorm2d after each convolution and BatchNorm1d in the head.
     CnnBn,
+    /// ResNet-8 (CIFAR-style, 16/32/64 channels, one residual block per stage) with BatchNorm.
+    Resnet8,
+    /// ResNet-20: three residual blocks per stage.
+    Resnet20,
+    /// ResNet-56: nine residual blocks per stage.
+    Resnet56,
 }
 
 impl ModelChoice {
@@ -37,6 +43,9 @@ impl ModelChoice {
             ModelChoice::MlpBn => Preset::MlpBn,
             ModelChoice::Cnn => Preset::Cnn,
             ModelChoice::CnnBn => Preset::CnnBn,
+            ModelChoice::Resnet8 => Preset::ResNet8,
+            ModelChoice::Resnet20 => Preset::ResNet20,
+            ModelChoice::Resnet56 => Preset::ResNet56,
         }
     }
 
@@ -45,7 +54,8 @@ impl ModelChoice {
         self.preset().name()
     }
 
-    /// What a run trains: the preset, or its base (mlp or cnn) with `norm` where given.
+    /// What a run trains: the preset, or its base (mlp, cnn or a resnet) with `norm` where
+    /// given.
     pub fn with_norm(self, norm: Option<Norm>) -> Result<RunModel> {
         let preset = self.preset();
         match norm {
@@ -53,10 +63,10 @@ impl ModelChoice {
                 base: preset.base(),
                 norm: preset.norm(),
             }),
-            Some(norm) if preset.norm() == Norm::None => Ok(RunModel { base: preset, norm }),
+            Some(norm) if preset.base() == preset => Ok(RunModel { base: preset, norm }),
             Some(norm) => Err(Error::InvalidArgument(format!(
-                "--norm sets the normalization of --model mlp or cnn, and --model {} has \
-                 BatchNorm already (use --model {} --norm {norm})",
+                "--norm sets the normalization of --model mlp, cnn or a resnet, and --model {} \
+                 has BatchNorm already (use --model {} --norm {norm})",
                 preset.name(),
                 preset.base().name()
             ))),
@@ -64,18 +74,18 @@ impl ModelChoice {
     }
 }
 
-/// What one run trains: the MLP or the CNN with a normalization after each convolution and
-/// hidden Linear (or none).
+/// What one run trains: the MLP, the CNN or a ResNet with a normalization after each
+/// convolution and hidden Linear (or none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunModel {
-    /// `Preset::Mlp` or `Preset::Cnn`.
+    /// One of `Preset::BASES`.
     pub base: Preset,
     pub norm: Norm,
 }
 
 impl RunModel {
-    /// Its name in reports and run folders: mlp, mlp-bn (the presets' names), mlp-ln,
-    /// cnn-gn8, ...
+    /// Its name in reports and run folders: mlp, mlp-bn, resnet8 (the presets' names), mlp-ln,
+    /// cnn-gn8, resnet8-none, ...
     pub fn name(self) -> String {
         self.base.name_with(self.norm)
     }

@@ -30,8 +30,8 @@ pub enum InitChoice {
 /// The settings of one training run, shared by `train`, `compare` and `sweep`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Hidden widths of the model's fully connected head, comma-separated (e.g. 256,128)
-    /// [default: 128].
+    /// Hidden widths of the fully connected head of the MLP or the CNN, comma-separated (e.g.
+    /// 256,128) [default: 128].
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     #[arg(long, default_value_t = 5)]
@@ -51,7 +51,8 @@ pub struct RunArgs {
     /// SGD momentum (with --optimizer sgd only) [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
-    /// Dropout probability after each hidden layer of the head [default: 0.2].
+    /// Dropout probability after each hidden layer of the head of the MLP or the CNN [default:
+    /// 0.2].
     #[arg(long, allow_negative_numbers = true)]
     dropout: Option<f32>,
     /// Fraction of the training images held out for validation, from the end; in (0, 1).
@@ -69,9 +70,9 @@ pub struct RunArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub data: DataArgs,
-    /// The normalization after each convolution and hidden Linear of --model mlp or cnn (the
-    /// MLP without --model): bn, ln (LayerNorm), gn<G> or gn:<G> (GroupNorm, G groups), in
-    /// (InstanceNorm, after convolutions only) or none [default: the model's own].
+    /// The normalization after each convolution and hidden Linear of --model mlp, cnn or a
+    /// resnet (the MLP without --model): bn, ln (LayerNorm), gn<G> or gn:<G> (GroupNorm, G
+    /// groups), in (InstanceNorm, after convolutions only) or none [default: the model's own].
     #[arg(long, value_parser = parse_norm)]
     pub norm: Option<Norm>,
     /// Train on the first N training images only (quick trials).
@@ -142,8 +143,40 @@ pub enum RunningVar {
 }
 
 impl RunArgs {
-    /// The run's configuration for the preset `model`, with --hidden and --dropout in its head.
+    /// The run's configuration for the preset `model`, with --hidden and --dropout in its head
+    /// (refused for a ResNet, whose head has no hidden layers).
     pub fn config(&self, model: RunModel) -> Result<TrainConfig> {
+        let (hidden, dropout) = self.head(model)?;
+        let config = self.batchnorm_config()?;
+        let spec = (model.base).spec_with_norm(
+            model.norm,
+            MNIST_IMAGE,
+            &hidden,
+            CLASSES,
+            dropout,
+            config,
+        )?;
+        self.config_for(spec)
+    }
+
+    /// The hidden widths and the dropout of `model`'s head: --hidden and --dropout, checked, or
+    /// none for a ResNet, which refuses both.
+    fn head(&self, model: RunModel) -> Result<(Vec<usize>, f32)> {
+        if !model.base.has_hidden_layers() {
+            for (flag, given) in [
+                ("--hidden", self.hidden.is_some()),
+                ("--dropout", self.dropout.is_some()),
+            ] {
+                if given {
+                    return Err(Error::InvalidArgument(format!(
+                        "{flag} has no effect on {}, which ends in global average pooling and \
+                         one Linear (no hidden layers, no dropout)",
+                        model.name()
+                    )));
+                }
+            }
+            return Ok((Vec::new(), 0.0));
+        }
         let hidden = self.hidden.clone().unwrap_or_else(|| vec![128]);
         let dropout = self.dropout.unwrap_or(0.2);
         if !(0.0..1.0).contains(&dropout) {
@@ -156,16 +189,7 @@ impl RunArgs {
                 "--hidden widths must be positive, got {hidden:?}"
             )));
         }
-        let config = self.batchnorm_config()?;
-        let spec = (model.base).spec_with_norm(
-            model.norm,
-            MNIST_IMAGE,
-            &hidden,
-            CLASSES,
-            dropout,
-            config,
-        )?;
-        self.config_for(spec)
+        Ok((hidden, dropout))
     }
 
     /// The run's configuration for the stack `arch` (the `--arch` grammar), which fixes the

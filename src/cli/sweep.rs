@@ -22,8 +22,8 @@ pub struct SweepArgs {
     /// Models to train [default: mlp-bn,mlp; mlp with --norms or --norm].
     #[arg(long, value_enum, value_delimiter = ',')]
     models: Option<Vec<ModelChoice>>,
-    /// Each of --models (mlp or cnn) with each of these normalizations, comma-separated (bn,
-    /// ln, gn<G>, in, none).
+    /// Each of --models (mlp, cnn or a resnet) with each of these normalizations,
+    /// comma-separated (bn, ln, gn<G>, in, none).
     #[arg(long, value_delimiter = ',', value_parser = parse_norm)]
     norms: Option<Vec<Norm>>,
     /// Seeds per (model, learning rate, batch size): --seed, --seed + 1, ...

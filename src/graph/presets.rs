@@ -1,12 +1,14 @@
-//! The presets `--model` names (the MLP and the CNN, with or without BatchNorm) and the
-//! normalization `--norm` puts in them instead.
+//! The presets `--model` names (the MLP and the CNN, with or without BatchNorm, and the
+//! ResNets) and the normalization `--norm` puts in them instead.
 
 use std::fmt;
 
 use super::layer_spec::{Image, SampleShape};
 use super::layers::{
-    BatchNorm, Conv2d, Dropout, Flatten, GroupNorm, Groups, LayerSpec, Linear, MaxPool2d, Relu,
+    AvgPool, BatchNorm, Conv2d, Dropout, Flatten, GroupNorm, Groups, LayerSpec, Linear, MaxPool2d,
+    Relu,
 };
+use super::residual::{Block, Residual};
 use super::spec::ModelSpec;
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::ops::spatial::Window;
@@ -24,15 +26,24 @@ pub enum Preset {
     Cnn,
     /// The CNN with BatchNorm2d after each convolution and BatchNorm1d after each hidden Linear.
     CnnBn,
+    /// ResNet-8: `ModelSpec::resnet` with one residual block per stage.
+    ResNet8,
+    /// ResNet-20: three residual blocks per stage.
+    ResNet20,
+    /// ResNet-56: nine residual blocks per stage.
+    ResNet56,
 }
 
 impl Preset {
     /// Every preset and its name; `bn` and `nobn` name the MLPs too.
-    pub const NAMES: [(&'static str, Preset); 6] = [
+    pub const NAMES: [(&'static str, Preset); 9] = [
         ("mlp", Preset::Mlp),
         ("mlp-bn", Preset::MlpBn),
         ("cnn", Preset::Cnn),
         ("cnn-bn", Preset::CnnBn),
+        ("resnet8", Preset::ResNet8),
+        ("resnet20", Preset::ResNet20),
+        ("resnet56", Preset::ResNet56),
         ("bn", Preset::MlpBn),
         ("nobn", Preset::Mlp),
     ];
@@ -58,33 +69,75 @@ impl Preset {
         self.norm() == Norm::Batch
     }
 
-    /// The normalization it places: BatchNorm for the `-bn` presets, none for the others.
+    /// The normalization it places: BatchNorm for the `-bn` presets and the ResNets, none for
+    /// the MLP and the CNN.
     pub fn norm(self) -> Norm {
         match self {
             Preset::MlpBn | Preset::CnnBn => Norm::Batch,
+            Preset::ResNet8 | Preset::ResNet20 | Preset::ResNet56 => Norm::Batch,
             Preset::Mlp | Preset::Cnn => Norm::None,
         }
     }
 
-    /// The preset without its normalization: the MLP or the CNN.
+    /// The preset `--norm` changes the normalization of: the MLP or the CNN for their `-bn`
+    /// presets, and each other preset itself.
     pub fn base(self) -> Preset {
         match self {
             Preset::Mlp | Preset::MlpBn => Preset::Mlp,
             Preset::Cnn | Preset::CnnBn => Preset::Cnn,
+            resnet => resnet,
         }
     }
 
-    /// The name of its base with `norm`: mlp, mlp-bn (the presets' own names), mlp-ln,
-    /// cnn-gn8, ...
+    /// Every preset that is its own base, whose normalization `--norm` sets.
+    pub const BASES: [Preset; 5] = [
+        Preset::Mlp,
+        Preset::Cnn,
+        Preset::ResNet8,
+        Preset::ResNet20,
+        Preset::ResNet56,
+    ];
+
+    /// The name of its base with `norm`: the base's own name with the base's normalization
+    /// (mlp, resnet8), else the base's name and the normalization's token (mlp-bn, mlp-ln,
+    /// cnn-gn8, resnet8-none, ...).
     pub fn name_with(self, norm: Norm) -> String {
-        match norm {
-            Norm::None => self.base().name().to_string(),
-            norm => format!("{}-{}", self.base().name(), norm.token()),
+        let base = self.base();
+        if norm == base.norm() {
+            base.name().to_string()
+        } else {
+            format!("{}-{}", base.name(), norm.token())
         }
     }
 
-    /// Its layers for `image` inputs, with `hidden` widths in the head, `classes` outputs and
-    /// dropout `p` after each hidden ReLU.
+    /// The residual blocks in each stage of a ResNet preset (ResNet-(6n+2) has n), or `None`
+    /// for the MLP and the CNN.
+    pub fn residual_blocks_per_stage(self) -> Option<usize> {
+        match self {
+            Preset::ResNet8 => Some(1),
+            Preset::ResNet20 => Some(3),
+            Preset::ResNet56 => Some(9),
+            Preset::Mlp | Preset::MlpBn | Preset::Cnn | Preset::CnnBn => None,
+        }
+    }
+
+    /// Whether its head has hidden Linear layers with dropout, which `--hidden` and `--dropout`
+    /// shape: the MLP's and the CNN's do; a ResNet's is global average pooling and one Linear.
+    pub fn has_hidden_layers(self) -> bool {
+        self.residual_blocks_per_stage().is_none()
+    }
+
+    /// The hidden widths of its reference form: 128 for the MLP and the CNN, none for a ResNet.
+    fn reference_hidden(self) -> &'static [usize] {
+        if self.has_hidden_layers() {
+            &[128]
+        } else {
+            &[]
+        }
+    }
+
+    /// Its layers for `image` inputs, with `hidden` widths in the head (none for a ResNet),
+    /// `classes` outputs and dropout `p` after each hidden ReLU.
     pub fn spec(
         self,
         image: Image,
@@ -96,9 +149,10 @@ impl Preset {
         self.spec_with_norm(self.norm(), image, hidden, classes, p, config)
     }
 
-    /// The layers of its base (the MLP or the CNN) with `norm` after each convolution and each
-    /// hidden Linear, where BatchNorm goes in the `-bn` presets. InstanceNorm normalizes
-    /// images only, so the head of a CNN has none and an MLP cannot take it.
+    /// The layers of its base with `norm` after each convolution and each hidden Linear, where
+    /// BatchNorm goes in the `-bn` presets and the ResNets. InstanceNorm normalizes images
+    /// only, so the head of a CNN has none and an MLP cannot take it. A ResNet has no hidden
+    /// layers, and refuses any `hidden` widths.
     pub fn spec_with_norm(
         self,
         norm: Norm,
@@ -108,16 +162,21 @@ impl Preset {
         p: f32,
         config: BatchNormConfig,
     ) -> Result<ModelSpec> {
+        if let Some(blocks_per_stage) = self.residual_blocks_per_stage() {
+            if !hidden.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} ends in global average pooling and one Linear: it has no hidden \
+                     layers to give widths {hidden:?}",
+                    self.name()
+                )));
+            }
+            return ModelSpec::resnet(blocks_per_stage, norm, image, classes, config);
+        }
         let mut layers = Vec::new();
         let input = match self.base() {
             Preset::Cnn => {
                 for outputs in [32, 64] {
-                    let window = Window {
-                        kernel: 3,
-                        stride: 1,
-                        padding: 1,
-                    };
-                    layers.push(LayerSpec::Conv2d(Conv2d { outputs, window }));
+                    layers.push(conv(outputs, 3, 1, 1));
                     layers.extend(norm.layer(true));
                     layers.push(LayerSpec::Relu(Relu));
                     let window = Window {
@@ -272,30 +331,94 @@ impl ModelSpec {
         Self::reference(preset)
     }
 
-    /// `preset` on MNIST's 1×28×28 images with one hidden layer of 128, dropout 0.2 and
-    /// PyTorch's BatchNorm settings.
+    /// `preset` on MNIST's 1×28×28 images with one hidden layer of 128 and dropout 0.2 (a
+    /// ResNet has none) and PyTorch's BatchNorm settings.
     pub fn reference(preset: Preset) -> Self {
-        match preset.spec(MNIST_IMAGE, &[128], 10, 0.2, BatchNormConfig::default()) {
+        let hidden = preset.reference_hidden();
+        match preset.spec(MNIST_IMAGE, hidden, 10, 0.2, BatchNormConfig::default()) {
             Ok(spec) => spec,
             Err(error) => unreachable!("the presets build on MNIST: {error}"),
         }
     }
 
     /// The name of the preset this spec is, with its normalization (mlp, mlp-bn, cnn-ln,
-    /// ...), with 128 hidden units and dropout 0.2 on MNIST-sized inputs.
+    /// resnet8, resnet20-none, ...), in its reference form (`ModelSpec::reference`) on
+    /// MNIST-sized inputs.
     pub fn preset_name(&self) -> Option<String> {
         let norm = (self.nodes().iter())
             .find_map(|node| Norm::of(node.layer))
             .unwrap_or(Norm::None);
-        [Preset::Mlp, Preset::Cnn].into_iter().find_map(|base| {
+        Preset::BASES.into_iter().find_map(|base| {
             let config = BatchNormConfig::default();
+            let hidden = base.reference_hidden();
             let reference = base
-                .spec_with_norm(norm, MNIST_IMAGE, &[128], 10, 0.2, config)
+                .spec_with_norm(norm, MNIST_IMAGE, hidden, 10, 0.2, config)
                 .ok()?;
             (reference.blocks() == self.blocks() && reference.input() == self.input())
                 .then(|| base.name_with(norm))
         })
     }
+}
+
+impl ModelSpec {
+    /// ResNet-(6n+2), He et al.'s network for small images (their CIFAR-10 ResNets, "Deep
+    /// Residual Learning for Image Recognition", 2016), with n = `blocks_per_stage`: a 3×3
+    /// convolution to 16 channels, then three stages of n residual blocks of two 3×3
+    /// convolutions with 16, 32 and 64 channels (the first block of stages 2 and 3 halves the
+    /// image with stride 2 and projects its shortcut with a 1×1 convolution of stride 2), then
+    /// global average pooling and a Linear to `classes`. `norm` follows every convolution, the
+    /// projections' included (BatchNorm in the paper; none leaves the convolutions alone).
+    pub fn resnet(
+        blocks_per_stage: usize,
+        norm: Norm,
+        image: Image,
+        classes: usize,
+        config: BatchNormConfig,
+    ) -> Result<Self> {
+        if blocks_per_stage == 0 {
+            return Err(Error::InvalidArgument(
+                "a ResNet needs at least one residual block per stage".to_string(),
+            ));
+        }
+        let normalized = |layer: LayerSpec| [Some(layer), norm.layer(true)].into_iter().flatten();
+        let mut blocks: Vec<Block> = normalized(conv(16, 3, 1, 1))
+            .chain([LayerSpec::Relu(Relu)])
+            .map(Block::Layer)
+            .collect();
+        for (stage, channels) in [16, 32, 64].into_iter().enumerate() {
+            for block in 0..blocks_per_stage {
+                let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                let body = (normalized(conv(channels, 3, stride, 1)))
+                    .chain([LayerSpec::Relu(Relu)])
+                    .chain(normalized(conv(channels, 3, 1, 1)))
+                    .collect();
+                let shortcut = match stride {
+                    1 => Vec::new(),
+                    _ => normalized(conv(channels, 1, stride, 0)).collect(),
+                };
+                blocks.push(Block::Residual(Residual { body, shortcut }));
+            }
+        }
+        blocks.extend(
+            [
+                LayerSpec::AvgPool(AvgPool),
+                LayerSpec::Flatten(Flatten),
+                LayerSpec::Linear(Linear { outputs: classes }),
+            ]
+            .map(Block::Layer),
+        );
+        Self::with_blocks(SampleShape::Image(image), blocks, config)
+    }
+}
+
+/// A convolution to `outputs` channels with a `kernel`×`kernel` window.
+fn conv(outputs: usize, kernel: usize, stride: usize, padding: usize) -> LayerSpec {
+    let window = Window {
+        kernel,
+        stride,
+        padding,
+    };
+    LayerSpec::Conv2d(Conv2d { outputs, window })
 }
 
 /// MNIST's and Fashion-MNIST's images.

@@ -1,7 +1,8 @@
 """Evaluates a wgnorm checkpoint with PyTorch, independently of wgnorm's code.
 
 Builds the torch.nn.Sequential written in the file's `torch_module` metadata (read as literal
-calls to a fixed set of torch.nn modules, never run as code), loads the state_dict strictly (every
+calls to a fixed set of torch.nn modules and to `Residual(body, shortcut)` of
+python/wgnorm_torch.py, never run as code), loads the state_dict strictly (every
 name and shape must match), and reports test loss and accuracy on the test set of the IDX files
 in DATA_DIR (MNIST or Fashion-MNIST). A model whose first layer is a convolution gets the images
 as PyTorch's [N, 1, 28, 28], any other model as [N, 784].
@@ -27,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
+from wgnorm_torch import Residual  # noqa: E402 (found through the path set just above)
 
 MODULES = {
     "Sequential": nn.Sequential,
@@ -76,7 +80,14 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
 
 
 def build(node: ast.AST) -> nn.Module:
-    """The module a call such as `nn.Conv2d(1, 32, 3, padding=1)` names: literal arguments only."""
+    """The module a call such as `nn.Conv2d(1, 32, 3, padding=1)` names: literal arguments only,
+    or a residual block `Residual(nn.Sequential(...), None or nn.Sequential(...))`."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Residual":
+        if len(node.args) != 2 or node.keywords:
+            sys.exit(f"expected Residual(body, shortcut): {ast.unparse(node)}")
+        body, shortcut = node.args
+        none = isinstance(shortcut, ast.Constant) and shortcut.value is None
+        return Residual(build(body), None if none else build(shortcut))
     if not (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
