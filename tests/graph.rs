@@ -664,7 +664,14 @@ impl StackDraw<'_> {
                     draw.shape = Drawn::Image(c, h / 2, w / 2);
                 }
             }
-            if draw.chance(0.4) {
+            // The mean over the image of what InstanceNorm (or GroupNorm with a channel per
+            // group) gives is its β whatever the input: no gradient flows through it.
+            let Drawn::Image(c, ..) = draw.shape else {
+                unreachable!()
+            };
+            let last = draw.tokens.last().map(String::as_str);
+            let per_channel = last == Some("in") || last == Some(&format!("gn{c}"));
+            if !per_channel && draw.chance(0.4) {
                 draw.push("avgpool");
                 let Drawn::Image(c, ..) = draw.shape else {
                     unreachable!()
