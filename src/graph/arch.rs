@@ -124,10 +124,19 @@ fn parse_residual(token: &str, head: &str, rest: &str) -> Result<Block> {
             "--arch token `{token}`: a residual block holds layers, not blocks"
         )));
     }
+    let empty = |what: &str| {
+        Error::InvalidArgument(format!(
+            "--arch token `{token}`: a residual block's {what} has no layers; expected {RES}"
+        ))
+    };
     let (body, shortcut) = match inside.split_once('|') {
+        Some((_, shortcut)) if shortcut.trim().is_empty() => return Err(empty("shortcut")),
         Some((body, shortcut)) => (body, parse_layers(shortcut)?),
         None => (inside, Vec::new()),
     };
+    if body.trim().is_empty() {
+        return Err(empty("body"));
+    }
     let shortcut = match head.strip_prefix("res").ok_or_else(expected)? {
         "" => shortcut,
         _ if !shortcut.is_empty() => return Err(expected()),
