@@ -185,6 +185,54 @@ fn a_malformed_arch_is_one_line_naming_the_token() {
     assert_one_line_error(&output, 2, "--hidden");
 }
 
+/// Malformed residual blocks: each is one line naming what is wrong, exit code 2, nothing
+/// written.
+#[test]
+fn a_malformed_residual_arch_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, needle) in [
+        (
+            "conv4k3p1,res(conv4k3p1,relu,flatten,fc10",
+            "a `(` is not closed",
+        ),
+        ("conv4k3p1,conv4k3p1),flatten,fc10", "a `)` closes nothing"),
+        (
+            "conv4k3p1,res(),flatten,fc10",
+            "`res()`: a residual block's body has no layers",
+        ),
+        (
+            "conv4k3p1,res(conv4k3p1|),flatten,fc10",
+            "`res(conv4k3p1|)`: a residual block's shortcut has no layers",
+        ),
+        (
+            "conv4k3p1,res(conv4k3p1,res(conv4k3p1)),flatten,fc10",
+            "a residual block holds layers, not blocks",
+        ),
+        (
+            "conv4k3p1,res(conv8k3p1),flatten,fc10",
+            "the body gives 8×28×28 images but the shortcut 4×28×28 images; project the \
+             shortcut with res8s<stride>(...)",
+        ),
+        (
+            "conv4k3p1,res8s2(conv8k3p1),flatten,fc10",
+            "the body gives 8×28×28 images but the shortcut 8×14×14 images",
+        ),
+        (
+            "conv4k3p1,res32x(conv32k3p1),flatten,fc10",
+            "`res32x(conv32k3p1)`: expected res(",
+        ),
+        (
+            "conv4k3p1,res(conv4k3p1)x,flatten,fc10",
+            "`res(conv4k3p1)x`: expected res(",
+        ),
+        ("conv4k3p1,res(conv4k3p1,pool2),flatten,fc10", "`pool2`"),
+    ] {
+        let output = wgnorm(&["train", "--arch", arch, "--out", "never"], dir.path());
+        assert_one_line_error(&output, 2, needle);
+        assert!(!dir.path().join("never").exists());
+    }
+}
+
 /// Sizes whose arithmetic would pass what a usize holds or a kernel's u32 indexes: each is
 /// refused in one line before anything is written.
 #[test]
@@ -246,6 +294,56 @@ fn checkpoint_metadata_with_sizes_past_a_kernel_is_one_line_errors() {
             r#"{"image":{"channels":4294967296,"height":4294967296,"width":4294967296}}"#,
             "avgpool,flatten,fc10",
             "4294967296×4294967296×4294967296 images hold more than the 2^32 values",
+        ),
+    ] {
+        let model = dir.path().join(format!("{name}.safetensors"));
+        crafted_model(
+            &model,
+            &format!(r#"{{"input":{input},"layers":"{layers}",{config}}}"#),
+        );
+        let output = wgnorm(
+            &[
+                "export",
+                "--checkpoint",
+                model.to_str().unwrap(),
+                "--onnx",
+                "out.onnx",
+            ],
+            dir.path(),
+        );
+        assert_one_line_error(&output, 2, needle);
+        assert_one_line_error(&output, 2, "architecture metadata");
+        assert!(!dir.path().join("out.onnx").exists());
+    }
+}
+
+/// A checkpoint whose metadata holds a malformed residual arch is refused in one line naming
+/// the metadata and the fault, before anything is written.
+#[test]
+fn checkpoint_metadata_with_a_malformed_residual_arch_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#""batchnorm_config":{"eps":1e-5,"momentum":0.1,"unbiased_running_var":true}"#;
+    let input = r#"{"image":{"channels":1,"height":28,"width":28}}"#;
+    for (name, layers, needle) in [
+        (
+            "unclosed",
+            "conv4k3p1,res(conv4k3p1,flatten,fc10",
+            "a `(` is not closed",
+        ),
+        (
+            "nested",
+            "res(conv1k3p1,res(conv1k3p1)),flatten,fc10",
+            "not blocks",
+        ),
+        (
+            "empty",
+            "conv4k3p1,res(),flatten,fc10",
+            "body has no layers",
+        ),
+        (
+            "shape",
+            "conv4k3p1,res(conv8k3p1),flatten,fc10",
+            "res8s<stride>",
         ),
     ] {
         let model = dir.path().join(format!("{name}.safetensors"));

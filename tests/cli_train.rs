@@ -199,6 +199,20 @@ fn resuming_ends_with_the_weights_of_an_uninterrupted_run() {
     ]);
 }
 
+/// A residual net (an identity block with dropout in its body and after it, a projected
+/// block with stride 2) resumes as the presets do.
+#[test]
+fn resuming_a_residual_net_ends_with_the_weights_of_an_uninterrupted_run() {
+    if shared_mnist().is_none() {
+        return;
+    }
+    resumes_exactly(&[
+        "--arch",
+        "conv4k3s2p1,bn,relu,res(conv4k3p1,bn,relu,dropout0.2,conv4k3p1,bn),dropout0.2,\
+         res8s2(conv8k3s2p1,bn,relu,conv8k3p1,bn),avgpool,flatten,fc10",
+    ]);
+}
+
 /// Three epochs at once, and one then two more by --resume, with `extra` flags: the same
 /// tensors, optimizer state and metrics, bit for bit.
 fn resumes_exactly(extra: &[&str]) {

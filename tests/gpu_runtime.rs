@@ -242,3 +242,62 @@ fn a_steady_state_training_step_creates_no_buffer_and_no_bind_group() {
         "one submission per step"
     );
 }
+
+/// The backward pass computes no gradient that nothing reads: a flatten before the first layer
+/// with parameters adds no dispatch to a training step, neither its own backward nor the input
+/// gradient of the Linear after it. On one channel flattening moves nothing, so `flatten,fc10`
+/// dispatches exactly what `fc10` does; on three it adds its forward transpose alone.
+#[test]
+fn a_flatten_before_the_first_layer_adds_no_backward_dispatch() {
+    use wgnorm::graph::{Image, Init, MNIST_IMAGE, ModelSpec};
+    use wgnorm::model::Classifier;
+    use wgnorm::optim::OptimizerConfig;
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: the shared one counts the work of the tests running beside this.
+    let gpu = &GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    let per_step = |arch: &str, image: Image| -> u64 {
+        let spec = ModelSpec::from_arch(arch, image, BatchNormConfig::default()).unwrap();
+        let mut model =
+            Classifier::new(gpu, &spec, OptimizerConfig::adam(1e-3), Init::Keras, 1).unwrap();
+        let rows = 8;
+        let x: Vec<f32> = (0..rows * spec.inputs())
+            .map(|i| (i % 7) as f32 / 7.0)
+            .collect();
+        let labels: Vec<u32> = (0..rows as u32).map(|i| i % 10).collect();
+        let mut steps = |count: usize| {
+            for _ in 0..count {
+                model.train_batch_slices(gpu, &x, &labels).unwrap();
+            }
+            gpu.wait().unwrap();
+        };
+        steps(3);
+        let before = gpu.counters();
+        steps(4);
+        let dispatches = gpu.counters().dispatches - before.dispatches;
+        assert_eq!(
+            dispatches % 4,
+            0,
+            "{arch}: {dispatches} dispatches in 4 steps"
+        );
+        dispatches / 4
+    };
+    let plain = per_step("fc10", MNIST_IMAGE);
+    assert!(plain > 0, "a step of fc10 dispatched nothing");
+    assert_eq!(
+        per_step("flatten,fc10", MNIST_IMAGE),
+        plain,
+        "flatten,fc10 on 1×28×28"
+    );
+    let image = Image {
+        channels: 3,
+        height: 4,
+        width: 4,
+    };
+    assert_eq!(
+        per_step("flatten,fc10", image),
+        per_step("fc10", image) + 1,
+        "flatten,fc10 on 3×4×4: the forward transpose alone"
+    );
+}

@@ -82,7 +82,9 @@ fn affine_terms(dy: &[f64], xhat: &[f64], channels: usize) -> (f64, f64) {
 /// One training step, chained node by node from the float64 layer formulas: logits, and per
 /// parameter (by name) its gradient and the size of the terms summed into it. A bias feeding
 /// BatchNorm has a gradient of exactly 0 (BatchNorm removes any shift), which f32 can only meet
-/// to within the size of the dy values it sums.
+/// to within the size of the dy values it sums; so, but for eps's share, has the weight of a
+/// 1×1 convolution of one channel feeding a normalization (which removes its scale), met to
+/// within the size of the x·dy terms it sums.
 fn reference_step(
     spec: &ModelSpec,
     host: &HostModel,
@@ -154,6 +156,7 @@ fn reference_step(
     *output_grads.last_mut().unwrap() = Some(dlogits);
     let mut grads = HashMap::new();
     let mut input_grads = vec![Vec::new(); nodes.len()];
+    let abs = |values: &[f64]| -> Vec<f64> { values.iter().map(|v| v.abs()).collect() };
     for (index, node) in nodes.iter().enumerate().rev() {
         let Some(dy) = output_grads[index].take() else {
             continue;
@@ -167,7 +170,15 @@ fn reference_step(
                 let w = tensor(node, "weight");
                 let (dx, dw, db) =
                     linear_backward(input, &w, &dy, rows, shape.len(), linear.outputs);
-                grad("weight", dw, 0.0);
+                let (_, dw_terms, _) = linear_backward(
+                    &abs(input),
+                    &w,
+                    &abs(&dy),
+                    rows,
+                    shape.len(),
+                    linear.outputs,
+                );
+                grad("weight", dw, norm(&dw_terms));
                 grad("bias", db, norm(&dy));
                 dx
             }
@@ -176,7 +187,15 @@ fn reference_step(
                 let w = tensor(node, "weight");
                 let (dx, dw, db) =
                     spatial::conv2d_backward(input, images, &w, conv.outputs, conv.window, &dy);
-                grad("weight", dw, 0.0);
+                let (_, dw_terms, _) = spatial::conv2d_backward(
+                    &abs(input),
+                    images,
+                    &w,
+                    conv.outputs,
+                    conv.window,
+                    &abs(&dy),
+                );
+                grad("weight", dw, norm(&dw_terms));
                 grad("bias", db, norm(&dy));
                 dx
             }
@@ -426,3 +445,363 @@ fn gpu_convolutions_chunk_patches_beyond_the_binding_limit() {
     let mut rng = common::rng("gpu_convolutions_chunk_patches_beyond_the_binding_limit");
     graph_backward_matches_chained_references(&backend, &mut rng, &[spec], rows);
 }
+
+/// A sample shape while a stack is drawn: an image (channels, height, width), or features.
+#[derive(Clone, Copy)]
+enum Drawn {
+    Image(usize, usize, usize),
+    Flat(usize),
+}
+
+/// The fusion-plan case a drawn stack is made to contain, beside whatever else it draws.
+#[derive(Clone, Copy, Debug)]
+enum Forced {
+    /// A BatchNorm, a ReLU and a dropout in a row: one pass.
+    BatchNormReluDropout,
+    /// A ReLU and a dropout without BatchNorm: one pass.
+    ReluDropout,
+    /// A BatchNorm whose output feeds a residual block (its body's ReLU and the shortcut): not
+    /// fused with that ReLU.
+    BatchNormFeedsTwo,
+    /// A residual join followed by a dropout: the dropout runs in the join's pass.
+    JoinDropout,
+    /// A plain MLP on the image's values.
+    Mlp,
+}
+
+/// Draws stacks of layers and residual blocks that `ModelSpec` should accept, with every
+/// normalization group holding at least 4 values (groups of one or two values normalize
+/// degenerately: see `specs`).
+struct StackDraw<'r> {
+    rng: &'r mut StdRng,
+    tokens: Vec<String>,
+    shape: Drawn,
+}
+
+impl StackDraw<'_> {
+    fn push(&mut self, token: impl Into<String>) {
+        self.tokens.push(token.into());
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.rng.random_bool(p)
+    }
+
+    /// A normalization valid on the current shape: bn always, ln, in and gn<G> where their
+    /// groups hold at least 4 values.
+    fn norm(&mut self) -> String {
+        let mut options = vec!["bn".to_string()];
+        let (channels, positions, image) = match self.shape {
+            Drawn::Image(c, h, w) => (c, h * w, true),
+            Drawn::Flat(n) => (n, 1, false),
+        };
+        if channels * positions >= 4 {
+            options.push("ln".to_string());
+        }
+        if image && positions >= 4 {
+            options.push("in".to_string());
+        }
+        for groups in 2..=channels {
+            if channels % groups == 0 && channels / groups * positions >= 4 {
+                options.push(format!("gn{groups}"));
+            }
+        }
+        options.swap_remove(self.rng.random_range(0..options.len()))
+    }
+
+    /// What may follow a layer with parameters: a normalization, a ReLU, a dropout, each maybe.
+    fn activation(&mut self) {
+        if self.chance(0.6) {
+            let norm = self.norm();
+            self.push(norm);
+        }
+        if self.chance(0.75) {
+            self.push("relu");
+        }
+        if self.chance(0.35) {
+            self.push("dropout0.3");
+        }
+    }
+
+    /// A convolution to `channels` channels, stride `stride`, whose output keeps the
+    /// height·width of `(h - 1) / stride + 1` when `same` (3×3 padded by 1, or 1×1 at stride 1).
+    fn conv(&mut self, channels: usize, stride: usize, same: bool) {
+        let Drawn::Image(_, h, w) = self.shape else {
+            unreachable!("a convolution on features")
+        };
+        let (kernel, padding) = match same {
+            true if stride == 1 && self.chance(0.3) => (1, 0),
+            true => (3, 1),
+            false => {
+                let kernel = self.rng.random_range(1..=3.min(h).min(w));
+                (kernel, self.rng.random_range(0..=kernel / 2))
+            }
+        };
+        let out = |side: usize| (side + 2 * padding - kernel) / stride + 1;
+        self.shape = Drawn::Image(channels, out(h), out(w));
+        match stride {
+            1 => self.push(format!("conv{channels}k{kernel}p{padding}")),
+            _ => self.push(format!("conv{channels}k{kernel}s{stride}p{padding}")),
+        }
+    }
+
+    /// A residual block of `kind` (drawn where `None`): 0 the identity, 1 a projection
+    /// (`res<C>[s<S>]`), 2 another shortcut (`res(<body>|<shortcut>)`); its body of one or two
+    /// convolutions with normalizations, ReLUs and dropouts between, maybe opened by `first`.
+    fn residual(&mut self, kind: Option<usize>, first: Option<&str>) {
+        let Drawn::Image(c, h, w) = self.shape else {
+            unreachable!("a residual block on features")
+        };
+        let kind = kind.unwrap_or_else(|| self.rng.random_range(0..3));
+        let (channels, stride) = match kind {
+            0 => (c, 1),
+            _ => (
+                self.rng.random_range(2..=4),
+                if h.min(w) >= 4 && self.chance(0.5) {
+                    2
+                } else {
+                    1
+                },
+            ),
+        };
+        let outer = std::mem::take(&mut self.tokens);
+        if let Some(first) = first {
+            self.push(first);
+        }
+        self.conv(channels, stride, true);
+        self.activation();
+        if self.chance(0.6) {
+            self.conv(channels, 1, true);
+            if self.chance(0.7) {
+                let norm = self.norm();
+                self.push(norm);
+            }
+            if self.chance(0.2) {
+                self.push("dropout0.3");
+            }
+        }
+        let body = std::mem::replace(&mut self.tokens, outer).join(",");
+        let block = match (kind, stride) {
+            (0, _) => format!("res({body})"),
+            (1, 1) => format!("res{channels}({body})"),
+            (1, _) => format!("res{channels}s{stride}({body})"),
+            _ => {
+                let shortcut = match self.rng.random_range(0..3) {
+                    0 if (channels, stride) == (c, 1) => "bn".to_string(),
+                    0 | 1 => format!("conv{channels}k1s{stride}"),
+                    _ => format!("conv{channels}k1s{stride},{}", self.norm()),
+                };
+                format!("res({body}|{shortcut})")
+            }
+        };
+        self.push(block);
+        if self.chance(0.3) {
+            self.push("dropout0.3");
+        }
+    }
+
+    /// The `--arch` of one stack on `image`, containing `forced` (with a residual block of
+    /// `kind` where it has one).
+    fn arch(rng: &mut StdRng, image: Image, forced: Forced, kind: usize) -> String {
+        let mut draw = StackDraw {
+            rng,
+            tokens: Vec::new(),
+            shape: Drawn::Image(image.channels, image.height, image.width),
+        };
+        if let Forced::Mlp = forced {
+            draw.shape = Drawn::Flat(image.values());
+        } else {
+            if draw.chance(0.15) {
+                draw.push("bn");
+            }
+            let channels = draw.rng.random_range(2..=4);
+            let same = draw.chance(0.5);
+            draw.conv(channels, 1, same);
+            match forced {
+                Forced::BatchNormReluDropout => {
+                    draw.push("bn");
+                    draw.push("relu");
+                    draw.push("dropout0.3");
+                }
+                Forced::ReluDropout => {
+                    draw.push("relu");
+                    draw.push("dropout0.3");
+                }
+                Forced::BatchNormFeedsTwo => {
+                    draw.push("bn");
+                    draw.residual(Some(kind), Some("relu"));
+                }
+                Forced::JoinDropout => {
+                    draw.activation();
+                    draw.residual(Some(kind), None);
+                    if draw.tokens.last().map(String::as_str) != Some("dropout0.3") {
+                        draw.push("dropout0.3");
+                    }
+                }
+                Forced::Mlp => unreachable!(),
+            }
+            for _ in 0..draw.rng.random_range(0..=2) {
+                match draw.rng.random_range(0..3) {
+                    0 => {
+                        let channels = draw.rng.random_range(2..=4);
+                        draw.conv(channels, 1, false);
+                        draw.activation();
+                    }
+                    _ => {
+                        let first = match draw.rng.random_range(0..4) {
+                            0 => Some("relu"),
+                            1 => Some("dropout0.3"),
+                            _ => None,
+                        };
+                        draw.residual(None, first);
+                    }
+                }
+                let Drawn::Image(c, h, w) = draw.shape else {
+                    unreachable!()
+                };
+                if h.min(w) >= 4 && draw.chance(0.25) {
+                    draw.push("maxpool2");
+                    draw.shape = Drawn::Image(c, h / 2, w / 2);
+                }
+            }
+            // The mean over the image of what InstanceNorm (or GroupNorm with a channel per
+            // group) gives is its β whatever the input: no gradient flows through it.
+            let Drawn::Image(c, ..) = draw.shape else {
+                unreachable!()
+            };
+            let last = draw.tokens.last().map(String::as_str);
+            let per_channel = last == Some("in") || last == Some(&format!("gn{c}"));
+            if !per_channel && draw.chance(0.4) {
+                draw.push("avgpool");
+                let Drawn::Image(c, ..) = draw.shape else {
+                    unreachable!()
+                };
+                draw.shape = Drawn::Image(c, 1, 1);
+                if draw.chance(0.3) {
+                    draw.push("bn");
+                }
+            }
+            let Drawn::Image(c, h, w) = draw.shape else {
+                unreachable!()
+            };
+            draw.push("flatten");
+            draw.shape = Drawn::Flat(c * h * w);
+        }
+        for _ in 0..draw
+            .rng
+            .random_range(usize::from(matches!(forced, Forced::Mlp))..=2)
+        {
+            let features = draw.rng.random_range(3..=8);
+            draw.push(format!("fc{features}"));
+            draw.shape = Drawn::Flat(features);
+            draw.activation();
+        }
+        let classes = draw.rng.random_range(2..=5);
+        draw.push(format!("fc{classes}"));
+        draw.tokens.join(",")
+    }
+}
+
+/// What of the fusion plan's cases a spec's graph holds, read from its nodes: a BatchNorm →
+/// ReLU → dropout chain, a ReLU → dropout chain without BatchNorm, a BatchNorm feeding a ReLU
+/// and another layer, a residual join feeding a dropout alone, an identity and a projected
+/// residual block.
+fn fusion_cases(spec: &ModelSpec) -> [bool; 6] {
+    let nodes = spec.nodes();
+    let mut readers = vec![Vec::new(); nodes.len()];
+    for (index, node) in nodes.iter().enumerate() {
+        for source in &node.inputs {
+            if let Source::Node(from) = source {
+                readers[*from].push(index);
+            }
+        }
+    }
+    let is = |index: usize, kind: fn(&LayerSpec) -> bool| kind(&nodes[index].layer);
+    let relu = |l: &LayerSpec| matches!(l, LayerSpec::Relu(_));
+    let dropout = |l: &LayerSpec| matches!(l, LayerSpec::Dropout(_));
+    let batchnorm = |l: &LayerSpec| matches!(l, LayerSpec::BatchNorm(_));
+    // Node `index`'s only reader, where that reads nothing else.
+    let only = |index: usize| match readers[index][..] {
+        [next] if nodes[next].inputs.len() == 1 => Some(next),
+        _ => None,
+    };
+    let mut cases = [false; 6];
+    for (index, node) in nodes.iter().enumerate() {
+        let joins = node.inputs.len() == 2;
+        let then = only(index);
+        let then_dropout = then.is_some_and(|next| is(next, dropout));
+        if is(index, batchnorm) {
+            let relu_next = then.filter(|&next| is(next, relu));
+            cases[0] |= relu_next
+                .and_then(only)
+                .is_some_and(|next| is(next, dropout));
+            cases[2] |= readers[index].len() > 1 && readers[index].iter().any(|&r| is(r, relu));
+        }
+        if is(index, relu) && !joins {
+            let after_batchnorm = matches!(node.inputs[0], Source::Node(from)
+                if is(from, batchnorm) && readers[from].len() == 1);
+            cases[1] |= !after_batchnorm && then_dropout;
+        }
+        cases[3] |= joins && then_dropout;
+        if joins {
+            let projected = matches!(node.inputs[1], Source::Node(from)
+                if nodes[from].name.contains(".shortcut."));
+            cases[4] |= !projected;
+            cases[5] |= projected;
+        }
+    }
+    cases
+}
+
+/// Random stacks from conv, bn, ln, gn<G>, in, relu, dropout, maxpool, avgpool, flatten, fc and
+/// residual blocks (identity, projected, any shortcut; normalizations, ReLUs and dropouts in
+/// their bodies and after them), on small images, each matched against the chained float64
+/// references: every case of the fusion plan, whichever way the draws combine them.
+const RANDOM_STACKS: usize = 16;
+
+fn random_stacks(rng: &mut StdRng) -> Vec<ModelSpec> {
+    const FORCED: [Forced; 5] = [
+        Forced::BatchNormReluDropout,
+        Forced::ReluDropout,
+        Forced::BatchNormFeedsTwo,
+        Forced::JoinDropout,
+        Forced::Mlp,
+    ];
+    let (mut specs, mut refused) = (Vec::new(), Vec::new());
+    while specs.len() < RANDOM_STACKS {
+        let image = Image {
+            channels: rng.random_range(1..=3),
+            height: rng.random_range(4..=7),
+            width: rng.random_range(4..=7),
+        };
+        // The forced residual blocks take each kind in turn.
+        let (forced, kind) = (specs.len() % FORCED.len(), specs.len() / FORCED.len() % 3);
+        let arch = StackDraw::arch(rng, image, FORCED[forced], kind);
+        match ModelSpec::from_arch(&arch, image, BatchNormConfig::default()) {
+            Ok(spec) => {
+                eprintln!(
+                    "{}×{}×{}: {arch}",
+                    image.channels, image.height, image.width
+                );
+                specs.push(spec);
+            }
+            Err(e) => refused.push(format!("{arch}: {e}")),
+        }
+    }
+    // The draws are meant to be valid: a refusal is a slip of the drawing, tolerated only now
+    // and then.
+    assert!(refused.len() <= RANDOM_STACKS / 4, "refused: {refused:#?}");
+    let mut covered = [false; 6];
+    for spec in &specs {
+        for (all, one) in covered.iter_mut().zip(fusion_cases(spec)) {
+            *all |= one;
+        }
+    }
+    assert_eq!(covered, [true; 6], "fusion cases the draws missed");
+    specs
+}
+
+backend_test!(random_stacks_match_chained_references, |backend, rng| {
+    let specs = random_stacks(rng);
+    graph_backward_matches_chained_references(backend, rng, &specs, 7)
+});

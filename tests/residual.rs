@@ -103,11 +103,11 @@ fn blocks_that_cannot_be_built_are_refused_by_name() {
         ),
         (
             "conv4k3p1,res(),flatten,fc3",
-            "a residual block's body needs at least one layer",
+            "a residual block's body has no layers",
         ),
         (
             "conv4k3p1,res(relu|),flatten,fc3",
-            "a residual block's shortcut needs at least one",
+            "a residual block's shortcut has no layers",
         ),
         (
             "conv4k3p1,res(res(relu)),flatten,fc3",

@@ -124,24 +124,24 @@ fn parse_residual(token: &str, head: &str, rest: &str) -> Result<Block> {
             "--arch token `{token}`: a residual block holds layers, not blocks"
         )));
     }
+    let empty = |what: &str| {
+        Error::InvalidArgument(format!(
+            "--arch token `{token}`: a residual block's {what} has no layers; expected {RES}"
+        ))
+    };
     let (body, shortcut) = match inside.split_once('|') {
-        Some((body, shortcut)) => (body, shortcut),
-        None => (inside, ""),
+        Some((_, shortcut)) if shortcut.trim().is_empty() => return Err(empty("shortcut")),
+        Some((body, shortcut)) => (body, parse_layers(shortcut)?),
+        None => (inside, Vec::new()),
     };
-    let layers = |text: &str, what: &str| match text.trim() {
-        "" => Err(Error::InvalidArgument(format!(
-            "--arch token `{token}`: a residual block's {what} needs at least one layer"
-        ))),
-        text => parse_layers(text),
-    };
-    let shortcut = match inside.contains('|') {
-        true => layers(shortcut, "shortcut")?,
-        false => Vec::new(),
-    };
+    if body.trim().is_empty() {
+        return Err(empty("body"));
+    }
     let shortcut = match head.strip_prefix("res").ok_or_else(expected)? {
         "" => shortcut,
         _ if !shortcut.is_empty() => return Err(expected()),
         projection => {
+            let positive = |text: Option<&str>| text?.parse::<usize>().ok().filter(|&n| n > 0);
             let (channels, values) = fields(projection, &['s']).ok_or_else(expected)?;
             Residual::projection(
                 positive(Some(channels)).ok_or_else(expected)?,
@@ -150,7 +150,7 @@ fn parse_residual(token: &str, head: &str, rest: &str) -> Result<Block> {
         }
     };
     Ok(Block::Residual(Residual {
-        body: layers(body, "body")?,
+        body: parse_layers(body)?,
         shortcut,
     }))
 }
@@ -165,11 +165,6 @@ pub fn parse_layers(arch: &str) -> Result<Vec<LayerSpec>> {
     arch.split(',')
         .map(|token| parse_token(token.trim()))
         .collect()
-}
-
-/// `text` as a whole number above 0.
-fn positive(text: Option<&str>) -> Option<usize> {
-    text?.parse::<usize>().ok().filter(|&n| n > 0)
 }
 
 /// `text` split before each letter: "32k3p1" → [(None, "32"), (k, "3"), (p, "1")].
@@ -206,6 +201,7 @@ fn fields<'t>(text: &'t str, letters: &[char]) -> Option<(&'t str, Vec<Option<&'
 fn parse_token(token: &str) -> Result<LayerSpec> {
     let expected =
         |what: &str| Error::InvalidArgument(format!("--arch token `{token}`: expected {what}"));
+    let positive = |text: Option<&str>| text?.parse::<usize>().ok().filter(|&n| n > 0);
     const FC: &str = "fc<features>, e.g. fc128";
     const CONV: &str = "conv<channels>k<kernel>[s<stride>][p<padding>], e.g. conv32k3p1";
     const POOL: &str = "maxpool<kernel>[s<stride>], e.g. maxpool2";
