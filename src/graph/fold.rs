@@ -4,8 +4,9 @@
 
 use super::HostModel;
 use super::layers::{LayerSpec, fold_into};
+use super::nodes::Node;
 use super::residual::{Block, Residual};
-use super::spec::{ModelSpec, Node};
+use super::spec::ModelSpec;
 use crate::{Error, Result};
 
 /// `spec` and `model` with every BatchNorm folded into the Linear or convolution right before

@@ -10,6 +10,7 @@ mod fold;
 mod host;
 mod layer_spec;
 mod layers;
+mod nodes;
 mod plan;
 mod presets;
 mod residual;
@@ -24,9 +25,10 @@ pub use layers::{
     AvgPool, BatchNorm, BatchNormLayer, Conv2d, Dropout, Flatten, GroupNorm, Groups, Layer,
     LayerKind, LayerSpec, Linear, MaxPool2d, OnnxAttribute, OnnxNode, Relu, Start, TensorDef,
 };
+pub use nodes::{Node, Source};
 pub use presets::{MNIST_IMAGE, Norm, Preset};
 pub use residual::{Block, Residual};
-pub use spec::{BatchNormNode, ModelSpec, Node, ParamSpec, Source};
+pub use spec::{BatchNormNode, ModelSpec, ParamSpec};
 
 use std::rc::Rc;
 

@@ -5,7 +5,7 @@
 //! them in its pass (a residual block's join).
 
 use super::layers::LayerSpec;
-use super::spec::{Node, Source};
+use super::nodes::{Node, Source};
 
 /// How one node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! Gradient norms during training (`TrainConfig::log_grad_norms`): every N steps, the L2 norm of
 //! each parameter's gradient and of the gradient reaching the input of each Linear and
-//! convolution layer where a parameter lies before it. Their squares are summed on the device into one buffer
-//! per epoch, which is read back once, at the end of the epoch: logging adds no readback to a
-//! step.
+//! convolution layer where a parameter lies before it. Their squares are summed on the device
+//! into one buffer per epoch, which is read back once, at the end of the epoch: logging adds no
+//! readback to a step.
 
 use serde::{Deserialize, Serialize};
 
