@@ -32,7 +32,9 @@ struct ActivationParams {
     relu: u32,
     // 1: the activation's input is x + addend; 0: x alone, and the addend is not read.
     addend: u32,
-    _pad2: u32,
+    // The global batch's index of element 0: a data-parallel rank's slice draws its mask by
+    // each element's place in the whole batch.
+    first_element: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ActivationParams;
@@ -42,7 +44,7 @@ struct ActivationParams {
 @group(0) @binding(30) var<storage, read> addend: array<ADDEND_T>;
 
 fn keeps(element: u32) -> bool {
-    return dropout_keeps(vec2<u32>(p.key_x, p.key_y), p.threshold, element);
+    return dropout_keeps(vec2<u32>(p.key_x, p.key_y), p.threshold, p.first_element + element);
 }
 
 // What the activation receives at element i: x, or x + addend when the pass sums.

@@ -112,7 +112,8 @@ struct Params {
     count: f32,
     eps: f32,
     momentum: f32,
-    // Values of x ahead of the bound rows: dropout draws by element of the whole tensor.
+    // Values ahead of the bound rows, in the global batch (of which x may be one rank's slice):
+    // dropout draws by element of the whole batch.
     first_value: u32,
     // With ACTIVATION: dropout's threshold, key and scale (threshold 0 and scale 1 for none).
     dropout_threshold: u32,

@@ -2,7 +2,9 @@
 // backward fused, plus the count of correct predictions:
 //
 //   loss_r = log Σ_j exp(z_rj − max_r) + max_r − z_r,label     (log-sum-exp, shifted by the max)
-//   dz_rj  = grad_scale·(softmax(z_r)_j − [j = label_r])        (grad_scale = 1/rows: mean loss)
+//   dz_rj  = grad_scale·(softmax(z_r)_j − [j = label_r])        (grad_scale = 1/rows: mean loss,
+//                                                                or 1/the global batch's rows on a
+//                                                                data-parallel rank's slice)
 //   correct_r = [argmax_j z_rj = label_r]                       (first maximum wins, as torch)
 //
 //   argmax_r = the first j with the largest z_rj                (as the correct count takes it)

@@ -122,6 +122,10 @@ pub trait Backend {
         }
     }
 
+    /// Overwrites `buffer` (f32, of `data`'s length) with `data`, after all the work recorded
+    /// before has read it.
+    fn write(&self, buffer: &mut Self::Buffer, data: &[f32]) -> Result<()>;
+
     /// Sends the work recorded so far to the device (a no-op where work runs at once).
     fn flush(&self) -> Result<()>;
 

@@ -164,6 +164,12 @@ impl Backend for CpuBackend {
         buffer.len()
     }
 
+    fn write(&self, buffer: &mut CpuBuffer, data: &[f32]) -> Result<()> {
+        crate::ops::check_len("written buffer", data.len(), buffer.len())?;
+        buffer.copy_from_slice(data);
+        Ok(())
+    }
+
     fn filled(&self, len: usize, value: f32) -> Result<CpuBuffer> {
         Ok(buffer(
             len,

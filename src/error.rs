@@ -38,6 +38,9 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error("{0}")]
     Diverged(String),
+    /// A data-parallel group that cannot go on: a rank failed or left, or the ranks disagree.
+    #[error("{0}")]
+    Distributed(String),
     /// The user pressed Ctrl-C; what was finished has been saved.
     #[error("interrupted: {0}")]
     Interrupted(String),

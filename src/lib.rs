@@ -114,6 +114,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod distributed;
 mod error;
 pub mod gpu;
 pub mod graph;

@@ -217,6 +217,7 @@ impl<B: Compute> Classifier<B> {
             &mut self.mlp,
             &mut self.optimizer,
             self.seed,
+            None,
             x,
             labels,
             &mut self.metrics,
@@ -242,10 +243,7 @@ impl<B: Compute> Classifier<B> {
     /// dropout, nothing updated.
     pub fn logits(&mut self, backend: &B, x: B::Buffer) -> Result<B::Buffer> {
         let rows = self.whole_rows(backend.len_of(&x))?;
-        let key = StepKey {
-            seed: self.seed,
-            step: self.optimizer.steps,
-        };
+        let key = StepKey::new(self.seed, self.optimizer.steps);
         let (logits, _) = self.mlp.forward(backend, Mode::Eval, x, rows, key)?;
         Ok(logits)
     }

@@ -45,7 +45,7 @@ fn backward_from_an_eval_tape<B: Compute>(backend: &B) -> String {
     let spec = ModelSpec::mlp(4, &[6], 3, true, 0.2).unwrap();
     let host = HostModel::initial(&spec, Init::Keras, 1);
     let mut mlp = Sequential::upload(backend, &spec, &host).unwrap();
-    let key = StepKey { seed: 1, step: 1 };
+    let key = StepKey::new(1, 1);
     let x = backend.upload(&[0.25; 8]).unwrap();
     let (_, tape) = mlp.forward(backend, Mode::Eval, x, 2, key).unwrap();
     let dlogits = backend.filled(6, 0.1).unwrap();

@@ -65,7 +65,7 @@ fn eval_logits<B: Compute>(
     let mut sequential =
         Sequential::upload_for_inference(backend, spec, model, Dtype::F32).unwrap();
     let rows = x.len() / spec.inputs();
-    let key = StepKey { seed: 0, step: 0 };
+    let key = StepKey::new(0, 0);
     let (logits, _) = sequential
         .forward(backend, Mode::Eval, backend.upload(x).unwrap(), rows, key)
         .unwrap();

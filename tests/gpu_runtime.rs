@@ -167,6 +167,7 @@ fn several_steps_per_submission_create_nothing_once_warm() {
                 &mut model,
                 &mut optimizer,
                 5,
+                None,
                 batch,
                 &labels,
                 &mut metrics,

@@ -95,10 +95,7 @@ fn logged_norms_name_their_gradients<B: Compute + DataOps>(
     backend
         .gather(&images, &index, 0, &mut x, &mut labels)
         .unwrap();
-    let key = StepKey {
-        seed: config.seed,
-        step: 0,
-    };
+    let key = StepKey::new(config.seed, 0);
     let (logits, tape) = model.forward(backend, Mode::Train, x, BATCH, key).unwrap();
     let classes = spec.classes();
     let mut dlogits = backend.scratch(BATCH * classes).unwrap();

@@ -316,7 +316,7 @@ backend_test!(
         let host = HostModel::initial(&spec, Init::Torch, rng.random());
         let x = normal(rng, 5 * spec.inputs(), 0.5, 1.0);
         let mut model = Sequential::upload(backend, &spec, &host).unwrap();
-        let key = StepKey { seed: 1, step: 2 };
+        let key = StepKey::new(1, 2);
         let logits = [Mode::Train, Mode::Eval].map(|mode| {
             let xb = backend.upload(&x).unwrap();
             let (logits, _) = model.forward(backend, mode, xb, 5, key).unwrap();
@@ -339,10 +339,7 @@ fn graph_backward_matches_chained_references<B: Compute>(
         let labels: Vec<usize> = (0..rows)
             .map(|_| rng.random_range(0..spec.classes()))
             .collect();
-        let key = StepKey {
-            seed: rng.random(),
-            step: rng.random_range(0..1000),
-        };
+        let key = StepKey::new(rng.random(), rng.random_range(0..1000));
         let expected = reference_step(&spec, &host, &x, &labels, key);
 
         let mut model = Sequential::upload(backend, &spec, &host).unwrap();

@@ -33,7 +33,7 @@ fn wgnorm_logits(path: &Path, x: &[f32]) -> Vec<f32> {
     let backend = CpuBackend;
     let mut model =
         Sequential::upload_for_inference(&backend, &saved.spec, &saved.model, Dtype::F32).unwrap();
-    let key = StepKey { seed: 0, step: 0 };
+    let key = StepKey::new(0, 0);
     let input = backend.upload(x).unwrap();
     let (logits, _) = model
         .forward(&backend, Mode::Eval, input, IMAGES, key)

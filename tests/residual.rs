@@ -148,7 +148,7 @@ backend_test!(a_model_may_end_in_batchnorm_and_relu, |backend, rng| {
     let host = HostModel::initial(&spec, Init::Torch, 1);
     let mut model = Sequential::upload(backend, &spec, &host).unwrap();
     let x = normal(rng, 5 * 6, 0.5, 1.0);
-    let key = StepKey { seed: 1, step: 0 };
+    let key = StepKey::new(1, 0);
     let eval = backend.upload(&x).unwrap();
     model.forward(backend, Mode::Eval, eval, 5, key).unwrap();
     let train = backend.upload(&x).unwrap();

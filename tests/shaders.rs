@@ -243,7 +243,7 @@ fn uniform_layouts_match_rust() {
     );
     assert_eq!(
         wgsl_struct(Shader::Activation, "ActivationParams"),
-        rust_layout!(ActivationParams: len, threshold, key_x, key_y, scale, relu, addend, _pad2)
+        rust_layout!(ActivationParams: len, threshold, key_x, key_y, scale, relu, addend, first_element)
     );
     assert_eq!(
         wgsl_struct(Shader::Loss, "LossParams"),

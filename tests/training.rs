@@ -56,10 +56,7 @@ fn run_steps<B: Compute>(
             backend
                 .gather(&images, &index, step * rows, &mut x, &mut labels)
                 .unwrap();
-            let key = StepKey {
-                seed: 9,
-                step: step as u64,
-            };
+            let key = StepKey::new(9, step as u64);
             let (logits, tape) = model.forward(backend, Mode::Train, x, rows, key).unwrap();
             let mut dlogits = backend.scratch(rows * CLASSES).unwrap();
             let mut metrics = backend.filled(metric::LEN, 0.0).unwrap();
@@ -286,7 +283,7 @@ fn f16_activations_train_within_half_a_point_of_f32() {
     .unwrap();
     model.activations = wgnorm::Dtype::F16;
     let x = CpuBackend.upload(&vec![0.5; 2 * 784]).unwrap();
-    let key = StepKey { seed: 0, step: 0 };
+    let key = StepKey::new(0, 0);
     let err = model
         .forward(&CpuBackend, Mode::Eval, x, 2, key)
         .err()

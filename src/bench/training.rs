@@ -64,6 +64,7 @@ impl<B: Compute> SyntheticStep<B> {
             &mut self.model,
             &mut self.optimizer,
             0,
+            None,
             x,
             &labels,
             &mut self.metrics,

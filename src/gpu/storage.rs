@@ -123,6 +123,27 @@ impl Backend for GpuBackend {
         Ok(buffer)
     }
 
+    /// Queue writes land before the next submission's commands, so the commands recorded so
+    /// far are submitted first.
+    fn write(&self, buffer: &mut GpuBuffer, data: &[f32]) -> Result<()> {
+        crate::ops::check_len("written buffer", data.len(), buffer.len())?;
+        if buffer.dtype() != Dtype::F32 {
+            return Err(Error::InvalidArgument(format!(
+                "cannot write f32 values into a {:?} buffer",
+                buffer.dtype()
+            )));
+        }
+        self.submit_pending()?;
+        if !data.is_empty() {
+            self.shared.queue.write_buffer(
+                buffer.raw(),
+                buffer.byte_offset(),
+                bytemuck::cast_slice(data),
+            );
+        }
+        Ok(())
+    }
+
     fn scratch(&self, len: usize) -> Result<GpuBuffer> {
         self.alloc(len, STORAGE)
     }

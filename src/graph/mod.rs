@@ -33,6 +33,7 @@ pub use spec::{BatchNormNode, ModelSpec, ParamSpec};
 use std::rc::Rc;
 
 use crate::backend::Backend;
+use crate::distributed::Collective;
 pub use crate::ops::Compute;
 use crate::ops::activation::DropoutMask;
 use crate::ops::batchnorm::Mode;
@@ -56,6 +57,20 @@ pub struct StepKey {
     pub seed: u64,
     /// The global training step.
     pub step: u64,
+    /// Samples of the global batch ahead of this batch's first (a data-parallel rank's slice;
+    /// 0 on one device): a sample's dropout mask does not depend on which rank holds it.
+    pub first_row: usize,
+}
+
+impl StepKey {
+    /// Step `step` of run `seed`, on the whole batch.
+    pub fn new(seed: u64, step: u64) -> Self {
+        Self {
+            seed,
+            step,
+            first_row: 0,
+        }
+    }
 }
 
 /// Refuses an activation storage type the backend cannot hold.
@@ -80,6 +95,9 @@ pub struct Sequential<B: Compute> {
     pub activations: Dtype,
     /// Values in each parameter, in `ModelSpec::params` order: the gradient arena's layout.
     param_lens: Vec<usize>,
+    /// The data-parallel group whose global batch BatchNorm normalizes by in training
+    /// (synchronized BatchNorm), if any; else each batch by its own statistics.
+    pub sync_batchnorm: Option<Rc<dyn Collective>>,
 }
 
 /// The values of a pass: the input, then each node's output while it is still to be read.
@@ -137,7 +155,7 @@ impl<B: Compute> Sequential<B> {
         x: B::Buffer,
         rows: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let no_dropout = StepKey { seed: 0, step: 0 };
+        let no_dropout = StepKey::new(0, 0);
         let (_, tape) = self.forward(backend, Mode::Eval, x, rows, no_dropout)?;
         let inputs: Vec<&B::Buffer> = (tape.saved.iter().flatten())
             .filter_map(|saved| match saved {
@@ -160,9 +178,11 @@ impl<B: Compute> Sequential<B> {
     /// and for other layers).
     fn dropout_mask(&self, node: Option<usize>, mode: Mode, key: StepKey) -> Option<DropoutMask> {
         match self.layers.get(node?)? {
-            Layer::Dropout(dropout) if mode == Mode::Train && dropout.p > 0.0 => Some(
-                DropoutMask::new(dropout.p, key.seed, node? as u32, key.step),
-            ),
+            Layer::Dropout(dropout) if mode == Mode::Train && dropout.p > 0.0 => {
+                let per_sample = self.spec.nodes()[node?].output.len();
+                let mask = DropoutMask::new(dropout.p, key.seed, node? as u32, key.step);
+                Some(mask.starting_at(key.first_row * per_sample))
+            }
             _ => None,
         }
     }
@@ -207,6 +227,7 @@ impl<B: Compute> Sequential<B> {
                 backend,
                 mode,
                 rows,
+                group: self.sync_batchnorm.as_deref(),
                 output: match through == last {
                     true => Dtype::F32,
                     false => self.activations,
@@ -264,6 +285,7 @@ impl<B: Compute> Sequential<B> {
             backend,
             mode: tape.mode,
             rows: tape.rows,
+            group: self.sync_batchnorm.as_deref(),
             output: Dtype::F32,
         };
         for (index, saved) in tape.saved.into_iter().enumerate().rev() {

@@ -89,6 +89,7 @@ impl<B: Compute> Sequential<B> {
             layers,
             activations: Dtype::F32,
             param_lens: params.iter().map(ParamSpec::len).collect(),
+            sync_batchnorm: None,
         })
     }
 
@@ -134,17 +135,33 @@ impl<B: Compute> Sequential<B> {
 
     /// The parameters, in `ModelSpec::params` order, for the optimizer to update.
     pub fn params_mut(&mut self) -> Result<Vec<&mut B::Buffer>> {
+        let params = self.spec.params();
+        self.named_mut(&params)
+    }
+
+    /// Every tensor of the `state_dict`, in `ModelSpec::tensors` order, to overwrite.
+    pub fn tensors_mut(&mut self) -> Result<Vec<&mut B::Buffer>> {
+        let tensors = self.spec.tensors();
+        self.named_mut(&tensors)
+    }
+
+    /// The running statistics, in `ModelSpec::running` order, to overwrite.
+    pub fn running_mut(&mut self) -> Result<Vec<&mut B::Buffer>> {
+        let running = self.spec.running();
+        self.named_mut(&running)
+    }
+
+    /// The device tensors of `wanted`, in that order.
+    fn named_mut(&mut self, wanted: &[ParamSpec]) -> Result<Vec<&mut B::Buffer>> {
         let mut by_node: Vec<Vec<(&'static str, &mut B::Buffer)>> =
             self.layers.iter_mut().map(Layer::tensors_mut).collect();
-        let mut params = Vec::new();
-        for param in self.spec.params() {
-            let slot = (by_node[param.node].iter())
-                .position(|(name, _)| *name == param.def.name)
-                .ok_or_else(|| {
-                    Error::Shape(format!("no parameter {} on the device", param.name))
-                })?;
-            params.push(by_node[param.node].swap_remove(slot).1);
+        let mut found = Vec::new();
+        for tensor in wanted {
+            let slot = (by_node[tensor.node].iter())
+                .position(|(name, _)| *name == tensor.def.name)
+                .ok_or_else(|| Error::Shape(format!("no tensor {} on the device", tensor.name)))?;
+            found.push(by_node[tensor.node].swap_remove(slot).1);
         }
-        Ok(params)
+        Ok(found)
     }
 }

@@ -6,11 +6,16 @@
 //! Loss and accuracy are summed on the device; the host reads them only for progress reports (at
 //! most `REPORT_INTERVAL` apart) and at the end of an epoch.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::mnist::{Mnist, PIXELS, Split};
+use crate::distributed::{
+    self, Collective, RankSlice, all_reduce_gradients, broadcast_running, broadcast_state,
+    global_batches,
+};
 use crate::graph::{Compute, HostModel, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
 use crate::ops::data::{DeviceImages, IndexList};
@@ -82,12 +87,18 @@ pub struct EpochRecord {
 /// update, and the gradients' norms into `grad_norms` where given and the step is one it logs.
 /// Recorded, and submitted without waiting every `Backend::steps_per_submission`-th step;
 /// `Backend::flush` or any read (a progress report) submits the steps recorded since.
+///
+/// On a data-parallel rank (`share`), the batch is the rank's slice of the group's global
+/// batch: dropout draws by each sample's place in the global batch, the loss gradient is this
+/// slice's share of the global batch's mean loss, and the gradients are summed over the group
+/// before the update.
 #[allow(clippy::too_many_arguments)]
 pub fn train_on_batch<B: Compute>(
     backend: &B,
     model: &mut Sequential<B>,
     optimizer: &mut Optimizer<B>,
     seed: u64,
+    share: Option<Share<'_>>,
     x: B::Buffer,
     labels: &B::Buffer,
     metrics: &mut B::Buffer,
@@ -96,19 +107,37 @@ pub fn train_on_batch<B: Compute>(
     let rows = backend.len_of(labels);
     let classes = model.spec.classes();
     let key = StepKey {
-        seed,
-        step: optimizer.steps,
+        first_row: share.map_or(0, |share| share.first_row),
+        ..StepKey::new(seed, optimizer.steps)
     };
     // The step's temporaries are released before any submission, so the next one can reuse
     // them (`BufferPool`) and every step binds the same buffers.
     {
         let (logits, tape) = model.forward(backend, Mode::Train, x, rows, key)?;
         let mut dlogits = backend.scratch(rows * classes)?;
-        backend.softmax_cross_entropy(&logits, labels, classes, Some(&mut dlogits), metrics)?;
-        let grads = match grad_norms {
+        match share {
+            Some(share) => backend.softmax_cross_entropy_part(
+                &logits,
+                labels,
+                (classes, share.batch_rows),
+                &mut dlogits,
+                metrics,
+            )?,
+            None => backend.softmax_cross_entropy(
+                &logits,
+                labels,
+                classes,
+                Some(&mut dlogits),
+                metrics,
+            )?,
+        }
+        let mut grads = match grad_norms {
             Some(log) => log.backward(backend, model, optimizer.steps, tape, dlogits)?,
             None => model.backward(backend, tape, dlogits)?,
         };
+        if let Some(share) = share {
+            all_reduce_gradients(backend, share.group, &mut grads)?;
+        }
         optimizer.step(backend, model.params_mut()?, &grads)?;
     }
     if optimizer
@@ -119,6 +148,21 @@ pub fn train_on_batch<B: Compute>(
     }
     Ok(())
 }
+
+/// A data-parallel rank's part in a training step: its slice of the group's global batch.
+#[derive(Clone, Copy)]
+pub struct Share<'g> {
+    /// The group.
+    pub group: &'g dyn Collective,
+    /// Rows of the global batch ahead of this rank's.
+    pub first_row: usize,
+    /// Rows of the global batch.
+    pub batch_rows: usize,
+}
+
+/// With a data-parallel group, the running totals are read (and reduced over the group) every
+/// this many steps, the same steps on every rank, instead of every `REPORT_INTERVAL`.
+pub const GROUP_REPORT_STEPS: usize = 50;
 
 /// A model, its optimizer and the data, on one backend.
 pub struct Trainer<'b, B: Compute> {
@@ -140,6 +184,8 @@ pub struct Trainer<'b, B: Compute> {
     pub history: Vec<EpochRecord>,
     /// The epoch's gradient-norm log, while an epoch that logs them runs.
     grad_norms: Option<GradNormLog<B>>,
+    /// The data-parallel group this trainer is one rank of, if any (`join`).
+    group: Option<Rc<dyn Collective>>,
 }
 
 impl<'b, B: Compute> Trainer<'b, B> {
@@ -207,7 +253,39 @@ impl<'b, B: Compute> Trainer<'b, B> {
             epochs_done,
             history,
             grad_norms: None,
+            group: None,
         })
+    }
+
+    /// Trains as one rank of `group` from now on (data-parallel): rank 0's model and optimizer
+    /// state are broadcast to every rank and every rank's settings compared first; each step
+    /// then trains on this rank's slice of a global batch of `batch_size` × world rows
+    /// (`distributed::RankSlice`) and sums the gradients over the group. With
+    /// `sync_batchnorm`, BatchNorm normalizes by the statistics of the whole global batch;
+    /// without, by each rank's slice.
+    pub fn join(&mut self, group: Rc<dyn Collective>, sync_batchnorm: bool) -> Result<()> {
+        let mut settings = settings_of(&self.config)?;
+        settings.push(("synchronized BatchNorm".into(), sync_batchnorm.to_string()));
+        settings.push(("training images".into(), self.train_rows.to_string()));
+        distributed::check_same_settings(&*group, &settings)?;
+        let world = group.world();
+        if self.config.log_grad_norms.is_some() && world > 1 {
+            return Err(Error::InvalidArgument(
+                "--log-grad-norms logs one device's gradients; it does not combine with \
+                 data-parallel training"
+                    .to_string(),
+            ));
+        }
+        if self.train_rows < world {
+            return Err(Error::InvalidArgument(format!(
+                "{} training images cannot give each of {world} ranks one",
+                self.train_rows
+            )));
+        }
+        broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
+        self.model.sync_batchnorm = sync_batchnorm.then(|| group.clone());
+        self.group = Some(group);
+        Ok(())
     }
 
     /// The backend it runs on.
@@ -222,16 +300,29 @@ impl<'b, B: Compute> Trainer<'b, B> {
 
     /// Steps in one epoch.
     pub fn steps_per_epoch(&self) -> usize {
-        batches(
-            self.train_rows,
-            self.config.batch_size,
-            self.config.drop_last,
-        )
-        .len()
+        self.epoch_plan().len()
+    }
+
+    /// The ranks training together: 1 without a group.
+    pub fn world(&self) -> usize {
+        self.group.as_ref().map_or(1, |group| group.world())
+    }
+
+    /// Rows of one step's batch over every rank.
+    pub fn global_batch(&self) -> usize {
+        self.config.batch_size * self.world()
+    }
+
+    /// Each step's (first row, rows) of the epoch's order, over every rank.
+    fn epoch_plan(&self) -> Vec<(usize, usize)> {
+        let plan = batches(self.train_rows, self.global_batch(), self.config.drop_last);
+        global_batches(plan, self.world())
     }
 
     /// One training step on rows `first..first + rows` of `index`, adding its loss and
     /// accuracy to `metrics`.
+    /// With a group, `first` and `rows` span the global batch, of which this rank trains on
+    /// its slice.
     pub fn train_step(
         &mut self,
         index: &IndexList<B>,
@@ -240,6 +331,20 @@ impl<'b, B: Compute> Trainer<'b, B> {
         metrics: &mut B::Buffer,
     ) -> Result<()> {
         let backend = self.backend;
+        let group = self.group.clone();
+        let (first, share) = match &group {
+            Some(group) => {
+                let slice = RankSlice::of(rows, group.rank(), group.world())?;
+                let share = Share {
+                    group: &**group,
+                    first_row: slice.offset,
+                    batch_rows: rows,
+                };
+                ((first + slice.offset, slice.rows), Some(share))
+            }
+            None => ((first, rows), None),
+        };
+        let (first, rows) = first;
         let mut x = backend.scratch(rows * PIXELS)?;
         let mut labels = backend.scratch(rows)?;
         backend.gather(&self.train_set, index, first, &mut x, &mut labels)?;
@@ -248,6 +353,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             &mut self.model,
             &mut self.optimizer,
             self.config.seed,
+            share,
             x,
             &labels,
             metrics,
@@ -267,11 +373,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
         let order = epoch_order(self.config.seed, epoch, self.train_rows);
         let index = self.backend.upload_indices(&order)?;
         let mut metrics = self.backend.filled(metric::LEN, 0.0)?;
-        let plan = batches(
-            self.train_rows,
-            self.config.batch_size,
-            self.config.drop_last,
-        );
+        let plan = self.epoch_plan();
         let rates = self.config.lr_plan(plan.len());
         self.grad_norms = match self.config.log_grad_norms {
             Some(every) => Some(GradNormLog::new(
@@ -289,7 +391,11 @@ impl<'b, B: Compute> Trainer<'b, B> {
             lr = rates.lr(epoch, step);
             self.optimizer.config = self.optimizer.config.with_lr(lr);
             self.train_step(&index, first, rows, &mut metrics)?;
-            let totals = if last_read.elapsed() >= REPORT_INTERVAL {
+            let read_now = match self.group {
+                Some(_) => (step + 1).is_multiple_of(GROUP_REPORT_STEPS),
+                None => last_read.elapsed() >= REPORT_INTERVAL,
+            };
+            let totals = if read_now {
                 last_read = Instant::now();
                 Some(self.read_totals(&metrics, epoch)?)
             } else {
@@ -298,6 +404,13 @@ impl<'b, B: Compute> Trainer<'b, B> {
             report(step + 1, totals)?;
         }
         let train = self.read_totals(&metrics, epoch)?;
+        if let Some(group) = self
+            .group
+            .as_ref()
+            .filter(|_| self.model.sync_batchnorm.is_none())
+        {
+            broadcast_running(self.backend, &**group, &mut self.model)?;
+        }
         let grad_norms = match self.grad_norms.take() {
             Some(log) => log.read(self.backend)?,
             None => Vec::new(),
@@ -341,7 +454,11 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// The epoch's running totals; a step whose loss was not finite (flagged on the device)
     /// stops the run, naming it. Nothing is saved for this epoch, so the last checkpoint stays.
     fn read_totals(&self, metrics: &B::Buffer, epoch: usize) -> Result<LossTotals> {
-        let totals = LossTotals::from_metrics(&self.backend.download(metrics)?)?;
+        let own = LossTotals::from_metrics(&self.backend.download(metrics)?);
+        let totals = match &self.group {
+            Some(group) => group_totals(&**group, own)?,
+            None => own?,
+        };
         if let Some(step) = totals.first_non_finite_step {
             let kept = match epoch {
                 0 => "no epoch had finished, so nothing was saved".to_string(),
@@ -385,4 +502,49 @@ impl<'b, B: Compute> Trainer<'b, B> {
             self.test_set.rows,
         )
     }
+}
+
+/// The run's settings by name, as every rank of a group must share them.
+fn settings_of(config: &TrainConfig) -> Result<Vec<(String, String)>> {
+    let serde_json::Value::Object(fields) = serde_json::to_value(config)? else {
+        return Err(Error::InvalidArgument(
+            "the settings are not a record".to_string(),
+        ));
+    };
+    Ok(fields
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect())
+}
+
+/// Every rank's totals, summed; the earliest step at which any rank's loss was not finite; and
+/// where one rank's batch held a bad label, that error on every rank.
+fn group_totals(group: &dyn Collective, own: Result<LossTotals>) -> Result<LossTotals> {
+    let mut sums = match &own {
+        Ok(totals) => vec![
+            totals.loss_sum as f32,
+            totals.correct as f32,
+            totals.samples as f32,
+        ],
+        Err(_) => vec![0.0; 3],
+    };
+    group.all_reduce_sum(&mut sums)?;
+    let non_finite = own.as_ref().ok().and_then(|t| t.first_non_finite_step);
+    let flags = group.all_gather_u64(&[non_finite.unwrap_or(0), u64::from(own.is_err())])?;
+    own?;
+    if let Some(rank) = flags.chunks_exact(2).position(|flag| flag[1] == 1) {
+        return Err(Error::InvalidArgument(format!(
+            "rank {rank} stopped: a batch of its slice held a label that is not a class index"
+        )));
+    }
+    Ok(LossTotals {
+        loss_sum: f64::from(sums[0]),
+        correct: f64::from(sums[1]),
+        samples: f64::from(sums[2]),
+        first_non_finite_step: flags
+            .chunks_exact(2)
+            .map(|flag| flag[0])
+            .filter(|&s| s > 0)
+            .min(),
+    })
 }

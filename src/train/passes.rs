@@ -148,7 +148,7 @@ impl<'a, B: Compute> Passes<'a, B> {
     /// Training-mode passes of `batch` rows each over the first `rows` rows of `source` (a
     /// last, partial batch is left out): each normalized by its own batch statistics, and
     /// updating the running ones, as a training step would; pass k draws its dropout masks
-    /// with `StepKey { seed, step: k }`.
+    /// with `StepKey::new(seed, k)`.
     pub fn batches(source: Rows<'a, B>, rows: usize, batch: usize, seed: u64) -> Result<Self> {
         if batch == 0 {
             return Err(Error::InvalidArgument(
@@ -182,10 +182,7 @@ impl<'a, B: Compute> Passes<'a, B> {
         self.source.check(self.rows, inputs)?;
         for (number, first) in (0..self.rows).step_by(self.per_pass).enumerate() {
             let rows = self.per_pass.min(self.rows - first);
-            let key = StepKey {
-                seed: self.seed,
-                step: number as u64,
-            };
+            let key = StepKey::new(self.seed, number as u64);
             // The pass's buffers are dropped here, before the submission that frees them.
             {
                 let (x, labels) = self.source.load(backend, first, rows, inputs)?;

@@ -8,14 +8,16 @@ use super::{
     Fused, LayerKind, Module, OnnxAttribute, OnnxNode, ParamGrads, Pass, Start, TakeTensor,
     TensorDef, Value,
 };
-use crate::Result;
 use crate::backend::Backend;
+use crate::distributed::{Collective, sync_bn};
 use crate::graph::layer_spec::SampleShape;
 use crate::ops::Compute;
 use crate::ops::activation::Activation;
 use crate::ops::batchnorm::{
-    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, Mode, RunningStats,
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormShape, BatchSums, Mode,
+    RunningStats,
 };
+use crate::{Error, Result};
 
 /// BatchNorm over the features, or over each channel's positions.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,11 +149,14 @@ pub struct BatchNormLayer<B: Backend> {
     config: BatchNormConfig,
 }
 
-/// The input, the batch statistics it was normalized with, and where a ReLU (and dropout) ran
-/// in the same pass, that activation and its output.
+/// The input, the batch statistics it was normalized with (and over how many values, where
+/// they were the group's), and where a ReLU (and dropout) ran in the same pass, that activation
+/// and its output.
 pub struct BatchNormSaved<B: Backend> {
     pub(crate) input: Value<B>,
     stats: B::Buffer,
+    /// With synchronized statistics: the values per channel over the whole group's batch.
+    synchronized: Option<u64>,
     activated: Option<(Activation, Value<B>)>,
 }
 
@@ -179,6 +184,46 @@ impl<B: Compute> BatchNormLayer<B> {
     }
 }
 
+impl<B: Compute> BatchNormLayer<B> {
+    /// A training forward normalized by the statistics of the whole group's batch
+    /// (`distributed::sync_bn`), which also update the running statistics; returns the values
+    /// per channel of that batch.
+    fn forward_synchronized(
+        &mut self,
+        backend: &B,
+        group: &dyn Collective,
+        x: &B::Buffer,
+        shape: BatchNormShape,
+        activation: Option<Activation>,
+        out: &mut BatchNormForward<B>,
+    ) -> Result<u64> {
+        let (affine, running, config) = (&self.affine, &mut self.running, self.config);
+        backend.batchnorm_partial_statistics(x, shape, affine, running, config, out)?;
+        let mut own = backend.download_many(&[&out.stats, &running.mean, &running.var])?;
+        let (mut running_var, mut running_mean) = (own.pop(), own.pop());
+        let count = shape.per_channel() as u64;
+        let (stats, total) =
+            sync_bn::merge_statistics(group, &own[0], count, shape.c, config.eps())?;
+        if total < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "synchronized BatchNorm in training mode needs more than 1 value per channel \
+                 over the group's batch, got {total}"
+            )));
+        }
+        let (Some(mean), Some(var)) = (running_mean.as_mut(), running_var.as_mut()) else {
+            return Err(Error::Shape(
+                "the running statistics were not read back".to_string(),
+            ));
+        };
+        sync_bn::update_running(&stats, total, config, mean, var);
+        backend.write(&mut out.stats, &stats)?;
+        backend.write(&mut running.mean, mean)?;
+        backend.write(&mut running.var, var)?;
+        backend.batchnorm_apply(x, shape, affine, &out.stats, activation, &mut out.y)?;
+        Ok(total)
+    }
+}
+
 impl<B: Compute> Module<B> for BatchNormLayer<B> {
     type Saved = BatchNormSaved<B>;
 
@@ -200,11 +245,17 @@ impl<B: Compute> Module<B> for BatchNormLayer<B> {
             relu: true,
             dropout: fused.dropout,
         });
-        match activation {
-            Some(activation) => backend.batchnorm_activation_forward(
+        let mut synchronized = None;
+        match (activation, pass.group.filter(|_| mode == Mode::Train)) {
+            (_, Some(group)) => {
+                synchronized = Some(
+                    self.forward_synchronized(backend, group, &x, shape, activation, &mut out)?,
+                );
+            }
+            (Some(activation), None) => backend.batchnorm_activation_forward(
                 mode, &x, shape, affine, running, config, activation, &mut out,
             )?,
-            None => {
+            (None, None) => {
                 backend.batchnorm_forward(mode, &x, shape, affine, running, config, &mut out)?
             }
         }
@@ -215,6 +266,7 @@ impl<B: Compute> Module<B> for BatchNormLayer<B> {
         let saved = BatchNormSaved {
             input: x,
             stats: out.stats,
+            synchronized,
             // Only a training pass has a backward to keep the output for.
             activated: (activation.filter(|_| mode == Mode::Train))
                 .map(|activation| (activation, y.clone())),
@@ -239,18 +291,25 @@ impl<B: Compute> Module<B> for BatchNormLayer<B> {
             dbeta: grads.take("bias")?,
         };
         let (x, gamma, stats) = (&*saved.input, &self.affine.gamma, &saved.stats);
-        match &saved.activated {
+        let activated = (saved.activated.as_ref()).map(|(activation, y)| (&**y, *activation));
+        match activated {
             None => backend.batchnorm_backward(x, &dy, shape, gamma, stats, &mut out)?,
-            Some((activation, y)) => backend.batchnorm_activation_backward(
-                x,
-                y,
-                *activation,
-                &dy,
-                shape,
-                gamma,
-                stats,
-                &mut out,
+            Some((y, activation)) => backend.batchnorm_activation_backward(
+                x, y, activation, &dy, shape, gamma, stats, &mut out,
             )?,
+        }
+        if let (Some(count), Some(group)) = (saved.synchronized, pass.group) {
+            // dγ and dβ stay this rank's own, to be summed once with every other gradient; dx
+            // needs the group's.
+            let own = backend.download_many(&[&out.dbeta, &out.dgamma])?;
+            let (dbeta, dgamma) = sync_bn::sum_gradients(group, &own[0], &own[1])?;
+            let sums = BatchSums {
+                dbeta: &dbeta,
+                dgamma: &dgamma,
+                count,
+            };
+            let (dy, dx) = (&*dy, &mut out.dx);
+            backend.batchnorm_backward_input(x, activated, dy, shape, (gamma, stats), sums, dx)?;
         }
         grads.put("weight", out.dgamma);
         grads.put("bias", out.dbeta);

@@ -30,6 +30,7 @@ use std::rc::Rc;
 
 use super::layer_spec::SampleShape;
 use crate::backend::Backend;
+use crate::distributed::Collective;
 use crate::ops::Compute;
 use crate::ops::activation::DropoutMask;
 use crate::ops::batchnorm::{BatchNormConfig, Mode};
@@ -148,6 +149,9 @@ pub(crate) struct Pass<'a, B: Compute> {
     pub mode: Mode,
     /// Samples in the batch.
     pub rows: usize,
+    /// The group whose global batch a training BatchNorm normalizes by (synchronized
+    /// BatchNorm), if any.
+    pub group: Option<&'a dyn Collective>,
     /// How its output is stored (f32 for the logits).
     pub output: Dtype,
 }

@@ -17,14 +17,16 @@ pub struct ActivationParams {
     pub relu: u32,
     /// 1 where the activation's input is x + addend.
     pub addend: u32,
-    pub _pad2: u32,
+    /// The global batch's index of element 0 (dropout draws by it).
+    pub first_element: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<ActivationParams>() == 32);
 
 impl ActivationParams {
     fn of(len: usize, activation: Activation, summed: bool) -> Self {
-        let (threshold, key, scale) = activation.dropout.map_or((0, [0, 0], 1.0), |mask| {
+        let dropout = activation.dropout;
+        let (threshold, key, scale) = dropout.map_or((0, [0, 0], 1.0), |mask| {
             (mask.threshold(), mask.key(), mask.scale())
         });
         Self {
@@ -35,7 +37,7 @@ impl ActivationParams {
             scale,
             relu: u32::from(activation.relu),
             addend: u32::from(summed),
-            ..Self::default()
+            first_element: dropout.map_or(0, |mask| mask.first_element()),
         }
     }
 }

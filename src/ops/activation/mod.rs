@@ -32,6 +32,9 @@ pub struct DropoutMask {
     /// Probability of dropping an element, in [0, 1).
     pub p: f32,
     key: [u32; 2],
+    /// Elements of the global batch ahead of this tensor's first (a data-parallel rank's
+    /// slice): the mask is drawn by an element's place in the global batch.
+    first_element: u32,
 }
 
 /// `lowbias32` of `shaders/activation.wgsl`.
@@ -51,7 +54,22 @@ impl DropoutMask {
         Self {
             p,
             key: [key as u32, (key >> 32) as u32],
+            first_element: 0,
         }
+    }
+
+    /// The same mask on a tensor whose first element is element `first_element` of the global
+    /// batch (a data-parallel rank's slice of it). Element indices are 32-bit, as on the GPU.
+    pub fn starting_at(self, first_element: usize) -> Self {
+        Self {
+            first_element: first_element as u32,
+            ..self
+        }
+    }
+
+    /// The global batch's index of this tensor's first element.
+    pub(crate) fn first_element(&self) -> u32 {
+        self.first_element
     }
 
     /// The hash key the kernels draw the mask with.
@@ -73,6 +91,7 @@ impl DropoutMask {
 
     /// Whether element `element` is kept.
     pub fn keeps(&self, element: u32) -> bool {
+        let element = element.wrapping_add(self.first_element);
         lowbias32(self.key[0] ^ lowbias32(self.key[1] ^ element)) >= self.threshold()
     }
 }

@@ -6,8 +6,8 @@ use super::cpu_reduce::{
     Cascade, Moments, block_moments_2d, block_moments_runs, block_rows, lane_sum,
 };
 use super::{
-    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
-    RunningStats, stat,
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape,
+    BatchSums, Mode, RunningStats, stat,
 };
 use crate::Result;
 use crate::cpu::{CpuBackend, CpuBuffer};
@@ -75,6 +75,42 @@ impl BatchNormOps for CpuBackend {
                 backward(x, &dy, shape, gamma, stats, grads);
             }
             None => backward(x, dy, shape, gamma, stats, grads),
+        }
+        Ok(())
+    }
+
+    fn batchnorm_apply_unchecked(
+        &self,
+        x: &CpuBuffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        stats: &CpuBuffer,
+        activation: Option<Activation>,
+        y: &mut CpuBuffer,
+    ) -> Result<()> {
+        normalize(x, shape, stats, |c| affine.gamma[c], |c| affine.beta[c], y);
+        if let Some(activation) = activation {
+            activate_in_place(activation, y);
+        }
+        Ok(())
+    }
+
+    fn batchnorm_backward_input_unchecked(
+        &self,
+        x: &CpuBuffer,
+        activated: Option<(&CpuBuffer, Activation)>,
+        dy: &CpuBuffer,
+        shape: BatchNormShape,
+        (gamma, stats): (&CpuBuffer, &CpuBuffer),
+        sums: BatchSums<'_>,
+        dx: &mut CpuBuffer,
+    ) -> Result<()> {
+        match activated {
+            Some((activated, activation)) => {
+                let dy = relu_gradient_from_output(activation, activated, dy);
+                backward_dx(x, &dy, shape, |c| gamma[c], stats, sums, dx);
+            }
+            None => backward_dx(x, dy, shape, |c| gamma[c], stats, sums, dx),
         }
         Ok(())
     }
@@ -332,7 +368,33 @@ pub(crate) fn ghost_backward(
         .enumerate()
         .map(|(channel, (sum_dy, sum_dy_xc))| (sum_dy, sum_dy_xc * per.get(stat::INVSTD, channel)))
         .unzip();
-    let inv_m = 1.0 / shape.per_channel() as f32;
+    let sums = BatchSums {
+        dbeta: &dbeta,
+        dgamma: &dgamma,
+        count: shape.per_channel() as u64,
+    };
+    backward_dx(x, dy, shape, gamma, stats, sums, dx);
+    (dbeta, dgamma)
+}
+
+/// dx from the per-channel sums of the batch x belongs to (x's own, or a larger batch's).
+fn backward_dx(
+    x: &[f32],
+    dy: &[f32],
+    shape: BatchNormShape,
+    gamma: impl Fn(usize) -> f32,
+    stats: &[f32],
+    BatchSums {
+        dbeta,
+        dgamma,
+        count,
+    }: BatchSums<'_>,
+    dx: &mut [f32],
+) {
+    let c = shape.c;
+    let per = ChannelStats { stats, c };
+    let row_len = c * shape.s;
+    let inv_m = 1.0 / count as f32;
     if shape.s == 1 {
         let (shift, shifted_mean) = (per.plane(stat::SHIFT), per.plane(stat::SHIFTED_MEAN));
         let invstd = per.plane(stat::INVSTD);
@@ -349,7 +411,7 @@ pub(crate) fn ghost_backward(
                 dx_row[ch] = scale[ch] * (dy_row[ch] - mean_dy[ch] - xhat * mean_dy_xhat[ch]);
             }
         }
-        return (dbeta, dgamma);
+        return;
     }
     let rows = x
         .chunks_exact(row_len)
@@ -372,5 +434,4 @@ pub(crate) fn ghost_backward(
             }
         }
     }
-    (dbeta, dgamma)
 }

@@ -11,8 +11,8 @@ use std::ops::Range;
 
 use super::plan::{BatchNormParams, ReductionPlan, plan_params};
 use super::{
-    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape, Mode,
-    PARTIAL_STRIDE, RunningStats,
+    Affine, BatchNormConfig, BatchNormForward, BatchNormGrads, BatchNormOps, BatchNormShape,
+    BatchSums, Mode, PARTIAL_STRIDE, RunningStats,
 };
 use crate::Result;
 use crate::backend::Backend;
@@ -117,7 +117,7 @@ impl GpuBackend {
         for (chunk, splits) in &plan.chunks {
             let chunk_params = BatchNormParams {
                 rows: splits.rows,
-                first_value: values(chunk, shape.c * shape.s).start as u32,
+                first_value: params.first_value + values(chunk, shape.c * shape.s).start as u32,
                 split_len: splits.split_len,
                 split_base: splits.split_base,
                 first_ghost: splits.first_ghost,
@@ -142,6 +142,7 @@ impl GpuBackend {
 
 /// The buffers a forward pass binds. GroupNorm's view binds placeholders for γ, β and the
 /// running statistics, which its kernels neither read nor write.
+#[derive(Clone, Copy)]
 pub(crate) struct ForwardBuffers<'a> {
     pub(crate) x: &'a GpuBuffer,
     pub(crate) gamma: &'a GpuBuffer,
@@ -155,6 +156,7 @@ pub(crate) struct ForwardBuffers<'a> {
 /// The buffers a backward pass binds: `activated` is the fused activation's output (x where
 /// there is none; the kernels then never read it). GroupNorm's view binds placeholders for γ,
 /// dγ and dβ.
+#[derive(Clone, Copy)]
 pub(crate) struct BackwardBuffers<'a> {
     pub(crate) x: &'a GpuBuffer,
     pub(crate) activated: &'a GpuBuffer,
@@ -177,7 +179,7 @@ impl GpuBackend {
         params: &BatchNormParams,
         buffers: ForwardBuffers<'_>,
     ) -> Result<()> {
-        let ForwardBuffers { x, y, stats, .. } = buffers;
+        let stats = buffers.stats;
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
         let running_stats = [
             Binding::whole(Slot::Stats, stats),
@@ -185,15 +187,7 @@ impl GpuBackend {
             Binding::whole(Slot::RunningVar, buffers.running_var),
         ];
         let running_only = &running_stats[1..];
-        let normalize_bindings = |rows: Range<usize>| {
-            vec![
-                Binding::rows(Slot::X, x, rows.start, rows.len()),
-                Binding::rows(Slot::Out, y, rows.start, rows.len()),
-                Binding::whole(Slot::Stats, stats),
-                Binding::whole(Slot::Gamma, buffers.gamma),
-                Binding::whole(Slot::Beta, buffers.beta),
-            ]
-        };
+        let normalize_bindings = |rows| normalize_bindings(buffers, rows);
         self.record(|recording| match mode {
             Mode::Train => self.record_reduction(
                 recording,
@@ -237,6 +231,21 @@ impl GpuBackend {
         })
     }
 
+    /// Records the normalization of x with the finished statistics in `buffers.stats`.
+    pub(crate) fn record_apply(
+        &self,
+        shape: BatchNormShape,
+        plan: &ReductionPlan,
+        params: &BatchNormParams,
+        buffers: ForwardBuffers<'_>,
+    ) -> Result<()> {
+        let bindings = |rows| normalize_bindings(buffers, rows);
+        self.record(|recording| {
+            let kernel = Kernel::BatchNormNormalize;
+            self.record_per_chunk(recording, plan, params, shape, kernel, &bindings)
+        })
+    }
+
     /// Records a backward pass over `shape` as `plan` lays it out.
     pub(crate) fn record_backward(
         &self,
@@ -245,53 +254,25 @@ impl GpuBackend {
         params: &BatchNormParams,
         buffers: BackwardBuffers<'_>,
     ) -> Result<()> {
-        let BackwardBuffers {
-            x,
-            activated,
-            dy,
-            gamma,
-            stats,
-            dx,
-            ..
-        } = buffers;
         let partials = self.scratch(plan.total_splits as usize * shape.c * PARTIAL_STRIDE)?;
+        let stats = buffers.stats;
         let per_channel = [
             Binding::whole(Slot::Stats, stats),
             Binding::whole(Slot::Dgamma, buffers.dgamma),
             Binding::whole(Slot::Dbeta, buffers.dbeta),
         ];
         let partials = &partials;
-        let inputs = |rows: &Range<usize>| {
-            vec![
-                Binding::rows(Slot::X, x, rows.start, rows.len()),
-                Binding::rows(Slot::Dy, dy, rows.start, rows.len()),
-                Binding::rows(Slot::Activated, activated, rows.start, rows.len()),
-            ]
-        };
         // The partial sums read the inputs and the statistics only.
         let sums_bindings = |rows: Range<usize>| {
-            let mut bindings = inputs(&rows);
+            let mut bindings = backward_inputs(buffers, &rows);
             bindings.push(Binding::whole(Slot::Stats, stats));
             bindings
         };
         // dx reads each ghost batch's dβ and dγ where the finalize pass left them, in
         // `partials`; with one split, the fused kernel writes dβ and dγ itself.
-        let dx_inputs = |rows: &Range<usize>| {
-            let mut bindings = inputs(rows);
-            bindings.extend([
-                Binding::rows(Slot::Out, dx, rows.start, rows.len()),
-                Binding::whole(Slot::Gamma, gamma),
-                Binding::whole(Slot::Stats, stats),
-            ]);
-            bindings
-        };
-        let dx_bindings = |rows: Range<usize>| {
-            let mut bindings = dx_inputs(&rows);
-            bindings.push(Binding::whole(Slot::Partials, partials));
-            bindings
-        };
+        let dx_bindings = |rows| dx_bindings(buffers, partials, rows);
         let fused_bindings = |rows: Range<usize>| {
-            let mut bindings = dx_inputs(&rows);
+            let mut bindings = dx_inputs(buffers, &rows);
             bindings.extend_from_slice(&per_channel[1..]);
             bindings
         };
@@ -313,6 +294,66 @@ impl GpuBackend {
             )
         })
     }
+
+    /// Records dx from the per-channel sums in `sums` (dβ and dγ in the first slot, the
+    /// layout `backward_finalize` leaves), over the count in `params`.
+    pub(crate) fn record_backward_dx(
+        &self,
+        shape: BatchNormShape,
+        plan: &ReductionPlan,
+        params: &BatchNormParams,
+        buffers: BackwardBuffers<'_>,
+        sums: &GpuBuffer,
+    ) -> Result<()> {
+        let bindings = |rows| dx_bindings(buffers, sums, rows);
+        self.record(|recording| {
+            let kernel = Kernel::BatchNormBackwardDx;
+            self.record_per_chunk(recording, plan, params, shape, kernel, &bindings)
+        })
+    }
+}
+
+/// What the normalization binds for the rows spanning `rows` values.
+fn normalize_bindings(buffers: ForwardBuffers<'_>, rows: Range<usize>) -> Vec<Binding<'_>> {
+    vec![
+        Binding::rows(Slot::X, buffers.x, rows.start, rows.len()),
+        Binding::rows(Slot::Out, buffers.y, rows.start, rows.len()),
+        Binding::whole(Slot::Stats, buffers.stats),
+        Binding::whole(Slot::Gamma, buffers.gamma),
+        Binding::whole(Slot::Beta, buffers.beta),
+    ]
+}
+
+/// What every backward kernel reads of the rows spanning `rows`.
+fn backward_inputs<'a>(buffers: BackwardBuffers<'a>, rows: &Range<usize>) -> Vec<Binding<'a>> {
+    vec![
+        Binding::rows(Slot::X, buffers.x, rows.start, rows.len()),
+        Binding::rows(Slot::Dy, buffers.dy, rows.start, rows.len()),
+        Binding::rows(Slot::Activated, buffers.activated, rows.start, rows.len()),
+    ]
+}
+
+/// What a kernel writing dx binds, but the per-channel sums.
+fn dx_inputs<'a>(buffers: BackwardBuffers<'a>, rows: &Range<usize>) -> Vec<Binding<'a>> {
+    let mut bindings = backward_inputs(buffers, rows);
+    bindings.extend([
+        Binding::rows(Slot::Out, buffers.dx, rows.start, rows.len()),
+        Binding::whole(Slot::Gamma, buffers.gamma),
+        Binding::whole(Slot::Stats, buffers.stats),
+    ]);
+    bindings
+}
+
+/// What `backward_dx` binds for the rows spanning `rows` values, reading the sums from
+/// `partials`.
+fn dx_bindings<'a>(
+    buffers: BackwardBuffers<'a>,
+    partials: &'a GpuBuffer,
+    rows: Range<usize>,
+) -> Vec<Binding<'a>> {
+    let mut bindings = dx_inputs(buffers, &rows);
+    bindings.push(Binding::whole(Slot::Partials, partials));
+    bindings
 }
 
 impl BatchNormOps for GpuBackend {
@@ -374,5 +415,66 @@ impl BatchNormOps for GpuBackend {
             dbeta: &grads.dbeta,
         };
         self.record_backward(shape, &plan, &params, buffers)
+    }
+
+    fn batchnorm_apply_unchecked(
+        &self,
+        x: &GpuBuffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        stats: &GpuBuffer,
+        activation: Option<Activation>,
+        y: &mut GpuBuffer,
+    ) -> Result<()> {
+        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
+        let params = plan_params(shape, &plan, activation);
+        // The running statistics are neither read nor written: γ stands in for them.
+        let buffers = ForwardBuffers {
+            x,
+            gamma: &affine.gamma,
+            beta: &affine.beta,
+            running_mean: &affine.gamma,
+            running_var: &affine.gamma,
+            y,
+            stats,
+        };
+        self.record_apply(shape, &plan, &params, buffers)
+    }
+
+    fn batchnorm_backward_input_unchecked(
+        &self,
+        x: &GpuBuffer,
+        activated: Option<(&GpuBuffer, Activation)>,
+        dy: &GpuBuffer,
+        shape: BatchNormShape,
+        (gamma, stats): (&GpuBuffer, &GpuBuffer),
+        sums: BatchSums<'_>,
+        dx: &mut GpuBuffer,
+    ) -> Result<()> {
+        let activation = activated.map(|(_, activation)| activation);
+        let plan = self.reduction_plan(shape, x.dtype(), activation)?;
+        let params = BatchNormParams {
+            count: sums.count as f32,
+            ..plan_params(shape, &plan, activation)
+        };
+        // `backward_dx` reads dβ and dγ from the first slot of `partials`, where
+        // `backward_finalize` would have left them.
+        let mut slots = vec![0.0; shape.c * PARTIAL_STRIDE];
+        for (c, slot) in slots.chunks_exact_mut(PARTIAL_STRIDE).enumerate() {
+            slot[2] = sums.dbeta[c];
+            slot[3] = sums.dgamma[c];
+        }
+        let partials = self.upload(&slots)?;
+        let buffers = BackwardBuffers {
+            x,
+            activated: activated.map_or(x, |(buffer, _)| buffer),
+            dy,
+            gamma,
+            stats,
+            dx,
+            dgamma: gamma,
+            dbeta: gamma,
+        };
+        self.record_backward_dx(shape, &plan, &params, buffers, &partials)
     }
 }

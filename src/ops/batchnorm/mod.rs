@@ -221,6 +221,92 @@ pub trait BatchNormOps: Backend + Sized {
         Ok(grads)
     }
 
+    /// The statistics of x into `out.stats` as a training forward computes them, for x that is
+    /// one part of a larger batch (synchronized BatchNorm): one value per channel is enough,
+    /// the running statistics are left as they are, and `out.y` is left unspecified.
+    fn batchnorm_partial_statistics(
+        &self,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        check_whole_batch(shape)?;
+        check_forward_lens(shape, forward_lens(self, x, affine, running, out))?;
+        // Momentum 0 leaves the running statistics as they are; a biased factor never divides
+        // by m − 1 = 0.
+        let frozen = BatchNormConfig::new(config.eps(), 0.0, false)?;
+        self.batchnorm_forward_unchecked(Mode::Train, x, shape, affine, running, frozen, None, out)
+    }
+
+    /// Normalizes x with finished training statistics (`stats`, in `stat` planes: a larger
+    /// batch's, merged by synchronized BatchNorm), then applies `activation` where given: the
+    /// second half of a training forward. Its backward is `batchnorm_backward_input`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_apply(
+        &self,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        stats: &Self::Buffer,
+        activation: Option<Activation>,
+        y: &mut Self::Buffer,
+    ) -> Result<()> {
+        check_whole_batch(shape)?;
+        if let Some(activation) = activation {
+            check_activation(activation)?;
+        }
+        check_len("x", self.len_of(x), shape.numel())?;
+        check_len("gamma", self.len_of(&affine.gamma), shape.c)?;
+        check_len("beta", self.len_of(&affine.beta), shape.c)?;
+        check_len("stats", self.len_of(stats), shape.stats_len())?;
+        check_len("y", self.len_of(y), shape.numel())?;
+        self.batchnorm_apply_unchecked(x, shape, affine, stats, activation, y)
+    }
+
+    /// dx of a training forward that normalized x with `stats`, the statistics of a batch of
+    /// `count` values per channel of which x is one part (synchronized BatchNorm), from that
+    /// batch's dβ and dγ (`sums`, one value per channel each); `activated` is the fused
+    /// activation's output, as in `batchnorm_activation_backward`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward_input(
+        &self,
+        x: &Self::Buffer,
+        activated: Option<(&Self::Buffer, Activation)>,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        (gamma, stats): (&Self::Buffer, &Self::Buffer),
+        sums: BatchSums<'_>,
+        dx: &mut Self::Buffer,
+    ) -> Result<()> {
+        check_whole_batch(shape)?;
+        if sums.count < shape.per_channel() as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {} values per channel cannot hold this part of {}",
+                sums.count,
+                shape.per_channel()
+            )));
+        }
+        if let Some((activated, activation)) = activated {
+            check_activation(activation)?;
+            check_len("activated output", self.len_of(activated), shape.numel())?;
+        }
+        for (name, len, expected) in [
+            ("x", self.len_of(x), shape.numel()),
+            ("dy", self.len_of(dy), shape.numel()),
+            ("gamma", self.len_of(gamma), shape.c),
+            ("stats", self.len_of(stats), shape.stats_len()),
+            ("dbeta", sums.dbeta.len(), shape.c),
+            ("dgamma", sums.dgamma.len(), shape.c),
+            ("dx", self.len_of(dx), shape.numel()),
+        ] {
+            check_len(name, len, expected)?;
+        }
+        self.batchnorm_backward_input_unchecked(x, activated, dy, shape, (gamma, stats), sums, dx)
+    }
+
     /// `batchnorm_forward` (with the activation, where given) on checked arguments.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
@@ -250,6 +336,57 @@ pub trait BatchNormOps: Backend + Sized {
         stats: &Self::Buffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()>;
+
+    /// `batchnorm_apply` on checked arguments.
+    #[doc(hidden)]
+    fn batchnorm_apply_unchecked(
+        &self,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        stats: &Self::Buffer,
+        activation: Option<Activation>,
+        y: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `batchnorm_backward_input` on checked arguments.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward_input_unchecked(
+        &self,
+        x: &Self::Buffer,
+        activated: Option<(&Self::Buffer, Activation)>,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma_stats: (&Self::Buffer, &Self::Buffer),
+        sums: BatchSums<'_>,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
+}
+
+/// A batch's per-channel sums for the backward pass: dβ = Σdy and dγ = Σdy·x̂ over `count`
+/// values per channel.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSums<'a> {
+    /// dβ, one per channel.
+    pub dbeta: &'a [f32],
+    /// dγ, one per channel.
+    pub dgamma: &'a [f32],
+    /// Values per channel of the batch they sum over.
+    pub count: u64,
+}
+
+/// The pieces of a training pass over one part of a larger batch take x whole: ghost batches
+/// would need statistics per ghost batch across the parts.
+fn check_whole_batch(shape: BatchNormShape) -> Result<()> {
+    check_not_empty(shape)?;
+    if shape.ghost_batches != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "synchronized BatchNorm takes the batch whole, not in {} ghost batches",
+            shape.ghost_batches
+        )));
+    }
+    Ok(())
 }
 
 /// The backward pass gates by the activated output, which only a ReLU's output allows.
@@ -332,6 +469,10 @@ fn backward_lens<B: Backend>(
 
 fn check_forward(mode: Mode, shape: BatchNormShape, lens: [usize; 7]) -> Result<()> {
     check_mode(mode, shape)?;
+    check_forward_lens(shape, lens)
+}
+
+fn check_forward_lens(shape: BatchNormShape, lens: [usize; 7]) -> Result<()> {
     let [x, gamma, beta, mean, var, y, stats] = lens;
     check_len("x", x, shape.numel())?;
     check_len("gamma", gamma, shape.c)?;

@@ -397,6 +397,7 @@ pub(crate) fn plan_params(
         key_x: key[0],
         key_y: key[1],
         dropout_scale: dropout.map_or(1.0, |mask| mask.scale()),
+        first_value: dropout.map_or(0, |mask| mask.first_element()),
         rows: shape.n as u32,
         channels: shape.c as u32,
         groups: plan.layout.groups as u32,

@@ -10,11 +10,12 @@ impl LossOps for CpuBackend {
         logits: &CpuBuffer,
         labels: &CpuBuffer,
         classes: usize,
+        mean_over: usize,
         mut dlogits: Option<&mut CpuBuffer>,
         metrics: &mut CpuBuffer,
     ) -> Result<()> {
         let rows = labels.len();
-        let grad_scale = 1.0 / rows as f32;
+        let grad_scale = 1.0 / mean_over as f32;
         let (mut loss, mut correct) = (0.0f32, 0.0f32);
         let mut bad_row = None;
         for (r, (z, &label)) in logits.chunks_exact(classes).zip(labels).enumerate() {

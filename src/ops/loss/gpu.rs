@@ -25,6 +25,7 @@ impl LossOps for GpuBackend {
         logits: &GpuBuffer,
         labels: &GpuBuffer,
         classes: usize,
+        mean_over: usize,
         dlogits: Option<&mut GpuBuffer>,
         metrics: &mut GpuBuffer,
     ) -> Result<()> {
@@ -33,7 +34,7 @@ impl LossOps for GpuBackend {
         let params = LossParams {
             rows: rows as u32,
             classes: classes as u32,
-            grad_scale: 1.0 / rows as f32,
+            grad_scale: 1.0 / mean_over as f32,
             write_grad: dlogits.is_some() as u32,
         };
         // Without a gradient the output slot still needs a buffer, which is never written.

@@ -123,20 +123,31 @@ pub trait LossOps: Backend + Sized {
         dlogits: Option<&mut Self::Buffer>,
         metrics: &mut Self::Buffer,
     ) -> Result<()> {
-        let rows = self.len_of(labels);
-        if classes == 0 || rows == 0 {
+        let dlogits_len = dlogits.as_deref().map(|d| self.len_of(d));
+        let rows = check_cross_entropy(self, [logits, labels, metrics], classes, dlogits_len)?;
+        self.softmax_cross_entropy_unchecked(logits, labels, classes, rows, dlogits, metrics)
+    }
+
+    /// `softmax_cross_entropy` on rows that are one part of a batch of `batch_rows` (a
+    /// data-parallel rank's slice): `dlogits` is this part's share of the gradient of the whole
+    /// batch's mean loss, so that the parts' gradients add up to the batch's.
+    fn softmax_cross_entropy_part(
+        &self,
+        logits: &Self::Buffer,
+        labels: &Self::Buffer,
+        (classes, batch_rows): (usize, usize),
+        dlogits: &mut Self::Buffer,
+        metrics: &mut Self::Buffer,
+    ) -> Result<()> {
+        let dlogits_len = Some(self.len_of(dlogits));
+        let rows = check_cross_entropy(self, [logits, labels, metrics], classes, dlogits_len)?;
+        if batch_rows < rows {
             return Err(Error::Shape(format!(
-                "cross-entropy needs at least one row and one class, got {rows} rows of {classes}"
+                "{rows} rows cannot be a part of a batch of {batch_rows}"
             )));
         }
-        let values = rows.saturating_mul(classes);
-        check_len("cross-entropy logits", self.len_of(logits), values)?;
-        check_u32_indexable("cross-entropy logits", values)?;
-        if let Some(d) = &dlogits {
-            check_len("cross-entropy gradient", self.len_of(d), values)?;
-        }
-        check_len("metrics buffer", self.len_of(metrics), metric::LEN)?;
-        self.softmax_cross_entropy_unchecked(logits, labels, classes, dlogits, metrics)
+        let dlogits = Some(dlogits);
+        self.softmax_cross_entropy_unchecked(logits, labels, classes, batch_rows, dlogits, metrics)
     }
 
     /// Writes the predicted class of each row of `logits` (rows × classes, rows being
@@ -168,11 +179,14 @@ pub trait LossOps: Backend + Sized {
 
     /// `softmax_cross_entropy` on checked arguments.
     #[doc(hidden)]
+    /// `dlogits` is the gradient of the loss summed over the rows, divided by `mean_over`.
+    #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy_unchecked(
         &self,
         logits: &Self::Buffer,
         labels: &Self::Buffer,
         classes: usize,
+        mean_over: usize,
         dlogits: Option<&mut Self::Buffer>,
         metrics: &mut Self::Buffer,
     ) -> Result<()>;
@@ -185,4 +199,28 @@ pub trait LossOps: Backend + Sized {
         classes: usize,
         predicted: &mut Self::Buffer,
     ) -> Result<()>;
+}
+
+/// The checks of a cross-entropy over `[logits, labels, metrics]` with a gradient of
+/// `dlogits_len` values where there is one; returns the rows.
+fn check_cross_entropy<B: Backend>(
+    backend: &B,
+    [logits, labels, metrics]: [&B::Buffer; 3],
+    classes: usize,
+    dlogits_len: Option<usize>,
+) -> Result<usize> {
+    let rows = backend.len_of(labels);
+    if classes == 0 || rows == 0 {
+        return Err(Error::Shape(format!(
+            "cross-entropy needs at least one row and one class, got {rows} rows of {classes}"
+        )));
+    }
+    let values = rows.saturating_mul(classes);
+    check_len("cross-entropy logits", backend.len_of(logits), values)?;
+    check_u32_indexable("cross-entropy logits", values)?;
+    if let Some(len) = dlogits_len {
+        check_len("cross-entropy gradient", len, values)?;
+    }
+    check_len("metrics buffer", backend.len_of(metrics), metric::LEN)?;
+    Ok(rows)
 }

@@ -1,0 +1,131 @@
+//! Data-parallel training: several ranks, each a model replica on its own device, that exchange
+//! gradients and BatchNorm statistics through one small interface, [`Collective`].
+//!
+//! Two engines implement it: [`LocalGroup`], several devices driven by threads of one process,
+//! and MPI (the `mpi` feature) across processes and machines. Everything above the interface
+//! (splitting batches, synchronized BatchNorm, averaging gradients) is the same for both.
+//!
+//! Every collective is called by every rank of the group in the same order with slices of the
+//! same length; a reduction's result is the same, bit for bit, on every rank, so the replicas
+//! never drift apart.
+
+use crate::{Error, Result};
+
+mod local;
+mod replica;
+mod split;
+pub mod sync_bn;
+
+pub use local::{LocalGroup, LocalRank};
+pub use replica::{all_reduce_gradients, broadcast_running, broadcast_state};
+pub use split::{RankSlice, global_batches};
+
+/// What every rank of a data-parallel group can do with the others.
+pub trait Collective: Send {
+    /// This rank's index, 0-based.
+    fn rank(&self) -> usize;
+
+    /// The number of ranks.
+    fn world(&self) -> usize;
+
+    /// Every rank's `values`, summed element by element (in rank order), into `values` on every
+    /// rank.
+    fn all_reduce_sum(&self, values: &mut [f32]) -> Result<()>;
+
+    /// `all_reduce_sum` for counters.
+    fn all_reduce_sum_u64(&self, values: &mut [u64]) -> Result<()>;
+
+    /// Every rank's `values`, one after another in rank order (world × len values).
+    fn all_gather(&self, values: &[f32]) -> Result<Vec<f32>>;
+
+    /// `all_gather` for counters.
+    fn all_gather_u64(&self, values: &[u64]) -> Result<Vec<u64>>;
+
+    /// `root`'s `values` into `values` on every rank.
+    fn broadcast(&self, values: &mut [f32], root: usize) -> Result<()>;
+
+    /// `broadcast` for counters.
+    fn broadcast_u64(&self, values: &mut [u64], root: usize) -> Result<()>;
+
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<()>;
+}
+
+/// The sum of the rank-ordered rows of `gathered` (world rows of `len` values) into `out`, in
+/// f32, rank 0 first: the order every engine sums in.
+pub(crate) fn sum_in_rank_order(gathered: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for row in gathered.chunks_exact(out.len().max(1)) {
+        for (sum, value) in out.iter_mut().zip(row) {
+            *sum += value;
+        }
+    }
+}
+
+/// Refuses a root outside the group.
+pub(crate) fn check_root(root: usize, world: usize) -> Result<()> {
+    if root < world {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "broadcast from rank {root} in a group of {world} ranks"
+    )))
+}
+
+/// A FNV-1a hash of `text`: ranks compare a hash of their settings before the first step.
+pub fn settings_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Refuses to start when the ranks' settings differ, naming the first setting that does.
+/// `settings` are (name, value) pairs, the same names in the same order on every rank; every
+/// rank gets the same error.
+pub fn check_same_settings(group: &dyn Collective, settings: &[(String, String)]) -> Result<()> {
+    let hashes: Vec<u64> = settings
+        .iter()
+        .map(|(name, value)| settings_hash(&format!("{name}={value}")))
+        .collect();
+    let gathered = group.all_gather_u64(&hashes)?;
+    let per_rank = gathered.len() / group.world().max(1);
+    if per_rank != hashes.len() {
+        return Err(Error::Distributed(format!(
+            "the ranks compare {} and {per_rank} settings; every rank must run the same build",
+            hashes.len()
+        )));
+    }
+    for (index, (name, _)) in settings.iter().enumerate() {
+        let ranks: Vec<u64> = gathered
+            .iter()
+            .skip(index)
+            .step_by(per_rank)
+            .copied()
+            .collect();
+        if let Some(other) = ranks.iter().position(|&hash| hash != ranks[0]) {
+            return Err(Error::Distributed(format!(
+                "rank {other} runs with another {name} than rank 0; every rank must train with \
+                 the same settings"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_order_sum_adds_every_row() {
+        let mut out = [9.0; 2];
+        sum_in_rank_order(&[1.0, 2.0, 10.0, 20.0, 100.0, 200.0], &mut out);
+        assert_eq!(out, [111.0, 222.0]);
+    }
+
+    #[test]
+    fn settings_hash_tells_values_apart() {
+        assert_ne!(settings_hash("lr=0.001"), settings_hash("lr=0.01"));
+        assert_eq!(settings_hash("lr=0.001"), settings_hash("lr=0.001"));
+    }
+}

@@ -1,0 +1,85 @@
+//! What makes a model on one rank a replica of the others': the same start, and the same
+//! gradients at every step.
+
+use super::Collective;
+use crate::Result;
+use crate::backend::Backend;
+use crate::graph::{Compute, Sequential};
+use crate::optim::Optimizer;
+
+/// Rank 0's parameters, running statistics, BatchNorm counters and optimizer state (and its
+/// step count) onto every rank, as PyTorch's DistributedDataParallel does at start.
+pub fn broadcast_state<B: Compute>(
+    backend: &B,
+    group: &dyn Collective,
+    model: &mut Sequential<B>,
+    optimizer: &mut Optimizer<B>,
+) -> Result<()> {
+    broadcast_buffers(backend, group, model.tensors_mut()?)?;
+    broadcast_buffers(
+        backend,
+        group,
+        optimizer.state.iter_mut().flatten().collect(),
+    )?;
+    let mut counters: Vec<u64> = std::iter::once(optimizer.steps)
+        .chain(model.batchnorms_mut().map(|bn| bn.batches_tracked))
+        .collect();
+    group.broadcast_u64(&mut counters, 0)?;
+    optimizer.steps = counters[0];
+    for (bn, &tracked) in model.batchnorms_mut().zip(&counters[1..]) {
+        bn.batches_tracked = tracked;
+    }
+    Ok(())
+}
+
+/// Rank 0's running statistics onto every rank: where each rank normalizes by its own slice,
+/// each updates its own, and the model keeps rank 0's, as PyTorch's DistributedDataParallel
+/// does (it broadcasts rank 0's buffers before every forward).
+pub fn broadcast_running<B: Compute>(
+    backend: &B,
+    group: &dyn Collective,
+    model: &mut Sequential<B>,
+) -> Result<()> {
+    broadcast_buffers(backend, group, model.running_mut()?)
+}
+
+/// Rank 0's values of `buffers` into every rank's, in one broadcast.
+pub(crate) fn broadcast_buffers<B: Backend>(
+    backend: &B,
+    group: &dyn Collective,
+    buffers: Vec<&mut B::Buffer>,
+) -> Result<()> {
+    let mut flat = {
+        let shared: Vec<&B::Buffer> = buffers.iter().map(|buffer| &**buffer).collect();
+        backend.download_many(&shared)?.concat()
+    };
+    group.broadcast(&mut flat, 0)?;
+    write_back(backend, buffers, &flat)
+}
+
+/// Each gradient summed over the group, in place, in one reduction over all of them. Each
+/// rank's gradients are its share of the gradient of the global batch's mean loss
+/// (`LossOps::softmax_cross_entropy_part`), so their sum is that gradient, the same on every
+/// rank; with slices of equal size this is PyTorch's average of the ranks' gradients.
+pub fn all_reduce_gradients<B: Backend>(
+    backend: &B,
+    group: &dyn Collective,
+    grads: &mut [B::Buffer],
+) -> Result<()> {
+    let mut flat = backend
+        .download_many(&grads.iter().collect::<Vec<_>>())?
+        .concat();
+    group.all_reduce_sum(&mut flat)?;
+    write_back(backend, grads.iter_mut().collect(), &flat)
+}
+
+/// `flat` into `buffers`, one after another.
+fn write_back<B: Backend>(backend: &B, buffers: Vec<&mut B::Buffer>, flat: &[f32]) -> Result<()> {
+    let mut start = 0;
+    for buffer in buffers {
+        let len = backend.len_of(buffer);
+        backend.write(buffer, &flat[start..start + len])?;
+        start += len;
+    }
+    Ok(())
+}
