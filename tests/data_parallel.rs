@@ -1,17 +1,19 @@
 //! Data-parallel training in one process: N ranks × a batch of B/N with synchronized
 //! BatchNorm compute what one device computes on a batch of B (only summation orders differ),
-//! and without synchronization they do not.
+//! on CPU replicas and on GPU replicas each with a device of its own, and without
+//! synchronization they do not.
 
 mod common;
 
 use std::rc::Rc;
 use std::thread;
 
-use common::shared_mnist;
+use common::{gpu, shared_mnist};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, Mnist};
 use wgnorm::distributed::{Collective, LocalGroup};
-use wgnorm::graph::{HostModel, Init, LayerSpec, ModelSpec, Preset, Source};
+use wgnorm::gpu::{AdapterRequest, GpuBackend};
+use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, ModelSpec, Preset, Source};
 use wgnorm::optim::OptimizerConfig;
 use wgnorm::train::{LrSchedule, TrainConfig, Trainer};
 
@@ -47,32 +49,41 @@ fn config(
 }
 
 /// One epoch on one device.
-fn train_alone(data: &Mnist, config: &TrainConfig) -> HostModel {
-    let mut trainer = Trainer::new(&CpuBackend, config.clone(), data).unwrap();
+fn train_alone<B: Compute>(backend: &B, data: &Mnist, config: &TrainConfig) -> HostModel {
+    let mut trainer = Trainer::new(backend, config.clone(), data).unwrap();
     trainer.train_epoch(&mut |_, _| Ok(())).unwrap();
-    trainer.model.download(&CpuBackend).unwrap()
+    trainer.model.download(backend).unwrap()
 }
 
-/// One epoch on `world` CPU replicas, each with a batch of `config.batch_size` / `world` (so
-/// that the global batch is `config.batch_size`); every rank's model.
-fn train_replicas(data: &Mnist, config: &TrainConfig, world: usize, sync: bool) -> Vec<HostModel> {
+/// One epoch on `world` replicas, each on a device of its own from `open` and with a batch of
+/// `config.batch_size` / `world` (so that the global batch is `config.batch_size`); every
+/// rank's model.
+fn train_replicas<B: Compute>(
+    open: impl Fn() -> B + Sync,
+    data: &Mnist,
+    config: &TrainConfig,
+    world: usize,
+    sync: bool,
+) -> Vec<HostModel> {
     let per_rank = TrainConfig {
         batch_size: config.batch_size / world,
         ..config.clone()
     };
     assert_eq!(per_rank.batch_size * world, config.batch_size);
     let ranks = LocalGroup::new(world).unwrap();
+    let open = &open;
     thread::scope(|scope| {
         let runs: Vec<_> = (ranks.into_iter())
             .map(|rank| {
                 let per_rank = per_rank.clone();
                 scope.spawn(move || {
-                    let mut trainer = Trainer::new(&CpuBackend, per_rank, data).unwrap();
+                    let backend = open();
+                    let mut trainer = Trainer::new(&backend, per_rank, data).unwrap();
                     let group: Rc<dyn Collective> = Rc::new(rank);
                     trainer.join(group, sync).unwrap();
                     assert_eq!(trainer.global_batch(), config.batch_size);
                     trainer.train_epoch(&mut |_, _| Ok(())).unwrap();
-                    trainer.model.download(&CpuBackend).unwrap()
+                    trainer.model.download(&backend).unwrap()
                 })
             })
             .collect();
@@ -125,18 +136,39 @@ fn largest_difference(a: &HostModel, b: &HostModel, skip: &[String]) -> (f64, St
 /// Every rank holds the same model, bit for bit, and it is the one-device model within 1e-5 in
 /// every tensor but the `rounding_noise` ones.
 fn assert_replicas_match_one_device(data: &Mnist, config: &TrainConfig, world: usize) {
-    let alone = train_alone(data, config);
-    let replicas = train_replicas(data, config, world, true);
+    let alone = train_alone(&CpuBackend, data, config);
+    let replicas = train_replicas(|| CpuBackend, data, config, world, true);
+    assert_same_model(&replicas, &alone, config, world);
+}
+
+fn assert_same_model(
+    replicas: &[HostModel],
+    alone: &HostModel,
+    config: &TrainConfig,
+    world: usize,
+) {
     for (rank, replica) in replicas.iter().enumerate().skip(1) {
         let (error, name) = largest_difference(replica, &replicas[0], &[]);
         assert_eq!(error, 0.0, "rank {rank} drifted from rank 0 in {name}");
     }
     let noise = rounding_noise(&config.spec);
-    let (error, name) = largest_difference(&replicas[0], &alone, &noise);
+    let (error, name) = largest_difference(&replicas[0], alone, &noise);
     assert!(
         error <= 1e-5,
         "{world} ranks differ from one device by {error:.2e} in {name}"
     );
+}
+
+#[test]
+fn two_gpu_replicas_of_the_mlp_train_as_one_gpu() {
+    let (Some(data), Some(gpu)) = (load(), gpu()) else {
+        return;
+    };
+    let config = config("mlp-bn", OptimizerConfig::adam(1e-3), 16, 50, 0);
+    let alone = train_alone(gpu, &data, &config);
+    let open = || GpuBackend::new(&AdapterRequest::from_flag_or_env(None)).unwrap();
+    let replicas = train_replicas(open, &data, &config, 2, true);
+    assert_same_model(&replicas, &alone, &config, 2);
 }
 
 #[test]
@@ -204,8 +236,8 @@ fn replicas_of_the_cnn_train_as_one_device_with_adam() {
 fn without_synchronization_each_rank_normalizes_by_its_own_slice() {
     let Some(data) = load() else { return };
     let config = config("mlp-bn", OptimizerConfig::adam(1e-3), 16, 50, 0);
-    let alone = train_alone(&data, &config);
-    let replicas = train_replicas(&data, &config, 2, false);
+    let alone = train_alone(&CpuBackend, &data, &config);
+    let replicas = train_replicas(|| CpuBackend, &data, &config, 2, false);
     let (error, name) = largest_difference(&replicas[0], &replicas[1], &[]);
     assert_eq!(error, 0.0, "the ranks drifted apart in {name}");
     let (error, _) = largest_difference(&replicas[0], &alone, &rounding_noise(&config.spec));
