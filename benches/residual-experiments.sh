@@ -6,13 +6,14 @@
 #
 # against-pytorch  resnet8 (seeds 0, 1, 2) and resnet20 (seed 0) on Fashion-MNIST: 5 epochs,
 #                  batch 32, Adam 1e-3, Keras' initialization, wgnorm's CPU backend beside the
-#                  same networks in PyTorch on one thread (tests/independent/torch_train.py), one
-#                  run after the other on this machine; writes OUT/against-pytorch.md (test
+#                  same networks in PyTorch on one thread (tests/independent/torch_train.py), the
+#                  two at once on this machine (one core each); writes OUT/against-pytorch.md (test
 #                  accuracy, and each run's training seconds over its epochs, validation passes
 #                  included).
 # deep             resnet20 and resnet56 with BatchNorm, GroupNorm (8 groups) and no
 #                  normalization, and the same depths without the skip connections (plain20,
-#                  plain56), on part of MNIST, with every layer's gradient norm (--log-grad-norms).
+#                  plain56), on part of MNIST, with every layer's gradient norm (--log-grad-norms);
+#                  writes OUT/deep.md (benches/grad_norms_by_depth.py).
 #
 # Results go to OUT (default runs/residual). --quick trains on a few dozen images only, to check
 # that the commands run (CI does). WGNORM names the binary (default: built here with cargo),
@@ -63,12 +64,15 @@ against-pytorch)
     for run in resnet8:0 resnet8:1 resnet8:2 resnet20:0; do
         model="${run%:*}" seed="${run#*:}"
         dir="$out/$model-seed$seed"
+        # Side by side: both at once, one thread each, so both see the same machine.
         "$WGNORM" train --device cpu --dataset fashion-mnist --data-dir "$data/fashion-mnist" \
             --model "$model" --seed "$seed" --init keras --epochs "$epochs" --batch-size 32 \
-            --train-limit "$(pick 54000 64)" --out "$dir" >"$dir.log"
+            --train-limit "$(pick 54000 64)" --out "$dir" >"$dir.log" &
+        wgnorm_run=$!
         "${PYTHON:-/usr/bin/python3}" tests/independent/torch_train.py "$data/fashion-mnist" \
             --model "$model" --seed "$seed" --epochs "$epochs" --batch-size 32 \
             --train-limit "$(pick 54000 64)" >"$dir-torch.log"
+        wait "$wgnorm_run"
         wgnorm_seconds="$(field train_seconds "$dir/metrics.json")"
         torch_seconds="$(field train_seconds "$dir-torch.log")"
         printf '| %s | %s | %.4f | %.4f | %.1f | %.1f |\n' "$model" "$seed" \
@@ -83,16 +87,30 @@ deep)
     mkdir -p "$out/deep"
     common=(--device cpu --data-dir "$data/mnist" --epochs 1 --train-limit "$(pick 10000 64)"
         --log-grad-norms "$(pick 25 1)")
+    # `deep_run NAME FLAGS...`: one run, at most JOBS (default: the cores) at a time; nothing
+    # here is timed.
+    runs=()
+    deep_run() {
+        while [ "$(jobs -pr | wc -l)" -ge "${JOBS:-$(nproc)}" ]; do
+            wait -n
+        done
+        local name="$1"
+        shift
+        "$WGNORM" train "${common[@]}" "$@" --out "$out/deep/$name" >"$out/deep/$name.log" &
+        runs+=($!)
+    }
     for depth in 20 56; do
         n=$(((depth - 2) / 6))
         for norm in bn gn8 none; do
-            "$WGNORM" train "${common[@]}" --model "resnet$depth" --norm "$norm" \
-                --out "$out/deep/resnet$depth-$norm" >"$out/deep/resnet$depth-$norm.log"
-            "$WGNORM" train "${common[@]}" --arch "$(plain_arch "$n" "$norm")" \
-                --out "$out/deep/plain$depth-$norm" >"$out/deep/plain$depth-$norm.log"
+            deep_run "resnet$depth-$norm" --model "resnet$depth" --norm "$norm"
+            deep_run "plain$depth-$norm" --arch "$(plain_arch "$n" "$norm")"
         done
     done
-    grep -H '"test_acc"' "$out"/deep/*/metrics.json | sed 's/,.*//' || true
+    for run in "${runs[@]}"; do
+        wait "$run"
+    done
+    "${PYTHON:-/usr/bin/python3}" benches/grad_norms_by_depth.py "$out"/deep/*/metrics.json \
+        | tee "$out/deep.md"
     ;;
 *)
     echo "unknown experiment $experiment: against-pytorch or deep" >&2
