@@ -25,14 +25,17 @@ impl Values {
     }
 }
 
+/// What one rank brings to a rendezvous: the collective, its root (broadcasts), its values.
+type Deposit = (&'static str, usize, Values);
+
 /// One rendezvous after another.
 struct State {
     /// Rendezvous completed so far.
     generation: u64,
     /// What each rank left at the open rendezvous.
-    deposits: Vec<Option<(&'static str, Values)>>,
-    /// Every rank's values at the last completed rendezvous, in rank order.
-    completed: Arc<Vec<(&'static str, Values)>>,
+    deposits: Vec<Option<Deposit>>,
+    /// Every rank's deposit at the last completed rendezvous, in rank order.
+    completed: Arc<Vec<Deposit>>,
     /// Why the group can no longer meet: a rank that failed or left.
     broken: Option<String>,
 }
@@ -65,9 +68,9 @@ impl Shared {
 pub struct LocalGroup;
 
 impl LocalGroup {
-    /// `world` ranks, to be moved one to each thread. A rank that is dropped before the others
-    /// are done (its thread failed) breaks the group: every collective the others call after
-    /// that returns an error naming it, so no thread waits forever.
+    /// `world` ranks, to be moved one to each thread. A rank that is dropped (its thread ended,
+    /// or failed) breaks the group: every collective the others call after that returns an
+    /// error naming it, so no thread waits forever for it.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(world: usize) -> Result<Vec<LocalRank>> {
         if world == 0 {
@@ -89,7 +92,6 @@ impl LocalGroup {
             .map(|rank| LocalRank {
                 rank,
                 shared: shared.clone(),
-                finished: false,
             })
             .collect())
     }
@@ -99,35 +101,24 @@ impl LocalGroup {
 pub struct LocalRank {
     rank: usize,
     shared: Arc<Shared>,
-    finished: bool,
 }
 
 impl LocalRank {
-    /// Marks this rank as done: dropping it afterwards does not break the group.
-    pub fn finish(mut self) {
-        self.finished = true;
-    }
-
-    /// Breaks the group with `why`, so that the other ranks stop at their next collective.
-    pub fn abort(&self, why: &str) {
-        self.shared
-            .break_with(format!("rank {} failed: {why}", self.rank));
-    }
-
-    /// Leaves `values` under `op` and returns every rank's, in rank order, once all have come.
-    fn meet(&self, op: &'static str, values: Values) -> Result<Arc<Vec<(&'static str, Values)>>> {
+    /// Leaves `values` under `op` (from `root`, for a broadcast) and returns every rank's
+    /// deposit, in rank order, once all have come.
+    fn meet(&self, op: &'static str, root: usize, values: Values) -> Result<Arc<Vec<Deposit>>> {
         let shared = &self.shared;
         let mut state = shared.lock();
         if let Some(why) = &state.broken {
             return Err(Error::Distributed(why.clone()));
         }
         let generation = state.generation;
-        state.deposits[self.rank] = Some((op, values));
+        state.deposits[self.rank] = Some((op, root, values));
         if state.deposits.iter().all(Option::is_some) {
             let deposits = state
                 .deposits
                 .iter_mut()
-                .map(|d| d.take().unwrap_or(("", Values::Nothing)));
+                .map(|d| d.take().unwrap_or(("", 0, Values::Nothing)));
             state.completed = Arc::new(deposits.collect());
             state.generation += 1;
             shared.changed.notify_all();
@@ -148,8 +139,8 @@ impl LocalRank {
     }
 
     fn f32s(&self, op: &'static str, values: &[f32]) -> Result<Vec<Vec<f32>>> {
-        (self.meet(op, Values::F32(values.to_vec()))?.iter())
-            .map(|(_, values)| match values {
+        (self.meet(op, 0, Values::F32(values.to_vec()))?.iter())
+            .map(|(_, _, values)| match values {
                 Values::F32(values) => Ok(values.clone()),
                 other => Err(mismatch(op, other)),
             })
@@ -157,8 +148,8 @@ impl LocalRank {
     }
 
     fn u64s(&self, op: &'static str, values: &[u64]) -> Result<Vec<Vec<u64>>> {
-        (self.meet(op, Values::U64(values.to_vec()))?.iter())
-            .map(|(_, values)| match values {
+        (self.meet(op, 0, Values::U64(values.to_vec()))?.iter())
+            .map(|(_, _, values)| match values {
                 Values::U64(values) => Ok(values.clone()),
                 other => Err(mismatch(op, other)),
             })
@@ -173,17 +164,24 @@ impl LocalRank {
         } else {
             Values::Nothing
         };
-        let completed = self.meet("broadcast", mine)?;
-        Ok(completed[root].1.clone())
+        let completed = self.meet("broadcast", root, mine)?;
+        Ok(completed[root].2.clone())
     }
 }
 
-/// Every rank must have called the same collective with values of the same kind and length.
-fn check_agreement(completed: &[(&'static str, Values)]) -> Result<()> {
-    let Some((op, first)) = completed.first() else {
+/// Every rank must have called the same collective, from the same root, with values of the
+/// same kind and length.
+fn check_agreement(completed: &[Deposit]) -> Result<()> {
+    let Some((op, root, first)) = completed.first() else {
         return Ok(());
     };
-    for (rank, (other_op, values)) in completed.iter().enumerate().skip(1) {
+    for (rank, (other_op, other_root, values)) in completed.iter().enumerate().skip(1) {
+        if other_root != root {
+            return Err(Error::Distributed(format!(
+                "the ranks are out of step: rank 0 broadcast from rank {root}, rank {rank} from \
+                 rank {other_root}"
+            )));
+        }
         let same_shape = match (first, values) {
             (Values::F32(a), Values::F32(b)) => a.len() == b.len(),
             (Values::U64(a), Values::U64(b)) => a.len() == b.len(),
@@ -212,10 +210,8 @@ fn mismatch(op: &str, values: &Values) -> Error {
 
 impl Drop for LocalRank {
     fn drop(&mut self) {
-        if !self.finished {
-            self.shared
-                .break_with(format!("rank {} stopped before the others", self.rank));
-        }
+        self.shared
+            .break_with(format!("rank {} left the group", self.rank));
     }
 }
 
@@ -274,7 +270,12 @@ impl Collective for LocalRank {
     }
 
     fn barrier(&self) -> Result<()> {
-        self.meet("barrier", Values::Nothing).map(drop)
+        self.meet("barrier", 0, Values::Nothing).map(drop)
+    }
+
+    fn abort(&self, why: &str) {
+        self.shared
+            .break_with(format!("rank {} failed: {why}", self.rank));
     }
 }
 
@@ -300,13 +301,7 @@ mod tests {
         let threads: Vec<_> = (LocalGroup::new(world).unwrap().into_iter())
             .map(|rank| {
                 let body = body.clone();
-                thread::spawn(move || {
-                    let result = body(&rank);
-                    if result.is_ok() {
-                        rank.finish();
-                    }
-                    result
-                })
+                thread::spawn(move || body(&rank))
             })
             .collect();
         threads.into_iter().map(|t| t.join().unwrap()).collect()
@@ -349,22 +344,49 @@ mod tests {
             let expected = if rank == 1 {
                 "no data"
             } else {
-                "rank 1 stopped before the others"
+                "rank 1 left the group"
             };
             assert!(message.contains(expected), "rank {rank}: {message}");
         }
     }
 
     #[test]
-    fn ranks_calling_different_collectives_are_told_so() {
-        let results = on_every_rank(2, |rank| match rank.rank() {
-            0 => rank.all_gather(&[1.0]).map(drop),
-            _ => rank.all_gather(&[1.0, 2.0]).map(drop),
-        });
-        for result in results {
-            let message = result.unwrap_err().to_string();
-            assert!(message.contains("out of step"), "{message}");
+    fn ranks_out_of_step_are_told_so() {
+        type Call = fn(&LocalRank) -> Result<()>;
+        let mismatches: [[Call; 2]; 3] = [
+            [
+                |r| r.all_gather(&[1.0]).map(drop),
+                |r| r.all_gather(&[1.0, 2.0]).map(drop),
+            ],
+            [
+                |r| r.all_gather(&[1.0]).map(drop),
+                |r| r.all_reduce_sum(&mut [1.0]),
+            ],
+            [
+                |r| r.broadcast(&mut [1.0], 0),
+                |r| r.broadcast(&mut [1.0], 1),
+            ],
+        ];
+        for calls in mismatches {
+            let results = on_every_rank(2, move |rank| calls[rank.rank()](rank));
+            for result in results {
+                let message = result.unwrap_err().to_string();
+                assert!(message.contains("out of step"), "{message}");
+            }
         }
+    }
+
+    #[test]
+    fn an_aborting_rank_stops_the_others_with_its_reason() {
+        let results = on_every_rank(2, |rank| {
+            if rank.rank() == 0 {
+                rank.abort("interrupted");
+                return Ok(());
+            }
+            rank.barrier()
+        });
+        let message = results[1].as_ref().unwrap_err().to_string();
+        assert!(message.contains("rank 0 failed: interrupted"), "{message}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use replica::{all_reduce_gradients, broadcast_running, broadcast_state};
 pub use split::{RankSlice, global_batches};
 
 /// What every rank of a data-parallel group can do with the others.
-pub trait Collective: Send {
+pub trait Collective {
     /// This rank's index, 0-based.
     fn rank(&self) -> usize;
 
@@ -49,6 +49,10 @@ pub trait Collective: Send {
 
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+
+    /// Stops the group because this rank cannot go on (`why`): every other rank's next
+    /// collective fails, naming this rank, instead of waiting for it.
+    fn abort(&self, why: &str);
 }
 
 /// The sum of the rank-ordered rows of `gathered` (world rows of `len` values) into `out`, in
@@ -88,13 +92,7 @@ pub fn check_same_settings(group: &dyn Collective, settings: &[(String, String)]
         .map(|(name, value)| settings_hash(&format!("{name}={value}")))
         .collect();
     let gathered = group.all_gather_u64(&hashes)?;
-    let per_rank = gathered.len() / group.world().max(1);
-    if per_rank != hashes.len() {
-        return Err(Error::Distributed(format!(
-            "the ranks compare {} and {per_rank} settings; every rank must run the same build",
-            hashes.len()
-        )));
-    }
+    let per_rank = hashes.len();
     for (index, (name, _)) in settings.iter().enumerate() {
         let ranks: Vec<u64> = gathered
             .iter()

@@ -20,7 +20,9 @@
 //! other gradient, when the step's gradients are reduced.
 
 use super::Collective;
+use crate::ops::batchnorm::cpu::update_channel;
 use crate::ops::batchnorm::{BatchNormConfig, stat};
+use crate::ops::check_len;
 use crate::{Error, Result};
 
 /// The `stat` planes of the union of every rank's batch, from this rank's planes (`local`, for
@@ -32,26 +34,27 @@ pub fn merge_statistics(
     channels: usize,
     eps: f32,
 ) -> Result<(Vec<f32>, u64)> {
-    if local.len() != stat::PLANES * channels {
-        return Err(Error::Shape(format!(
-            "synchronized BatchNorm got {} statistics for {channels} channels",
-            local.len()
-        )));
-    }
+    check_planes(local.len(), channels)?;
     let gathered = group.all_gather(local)?;
     let counts = group.all_gather_u64(&[count])?;
-    Ok(merge_planes(&gathered, &counts, channels, eps))
+    merge_planes(&gathered, &counts, channels, eps)
 }
 
 /// `merge_statistics` on the gathered planes (one block of `stat::PLANES`·C per rank, in rank
-/// order) and each rank's count.
+/// order) and each rank's count of values per channel.
 pub fn merge_planes(
     gathered: &[f32],
     counts: &[u64],
     channels: usize,
     eps: f32,
-) -> (Vec<f32>, u64) {
+) -> Result<(Vec<f32>, u64)> {
+    check_planes(gathered.len(), channels * counts.len())?;
     let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return Err(Error::InvalidArgument(
+            "synchronized BatchNorm got no values to merge".to_string(),
+        ));
+    }
     let n_total = total as f64;
     let blocks: Vec<&[f32]> = gathered.chunks_exact(stat::PLANES * channels).collect();
     let get = |rank: usize, plane: usize, c: usize| f64::from(blocks[rank][plane * channels + c]);
@@ -83,31 +86,49 @@ pub fn merge_planes(
             merged[plane * channels + c] = value as f32;
         }
     }
-    (merged, total)
+    Ok((merged, total))
+}
+
+/// Refuses other than `stat::PLANES` values for each of `channels` channels (of every rank).
+fn check_planes(len: usize, channels: usize) -> Result<()> {
+    if channels > 0 && len == stat::PLANES * channels {
+        return Ok(());
+    }
+    Err(Error::Shape(format!(
+        "synchronized BatchNorm got {len} statistics for {channels} channels, {} each",
+        stat::PLANES
+    )))
 }
 
 /// The running statistics' update from the global batch's `stats` planes over `count` values
-/// per channel, as one device's BatchNorm makes it from its batch (a channel whose statistics
-/// are not finite keeps its running ones).
+/// per channel (at least 2), as one device's BatchNorm makes it from its batch.
 pub fn update_running(
     stats: &[f32],
     count: u64,
     config: BatchNormConfig,
     running_mean: &mut [f32],
     running_var: &mut [f32],
-) {
+) -> Result<()> {
     let channels = running_mean.len();
-    let factor = config.running_var_factor(count as usize);
-    let keep = 1.0 - config.momentum();
-    for c in 0..channels {
-        let mean = stats[stat::MEAN * channels + c];
-        let var = stats[stat::VAR * channels + c];
-        if !(mean.is_finite() && var.is_finite()) {
-            continue;
-        }
-        running_mean[c] = keep * running_mean[c] + config.momentum() * mean;
-        running_var[c] = keep * running_var[c] + config.momentum() * var * factor;
+    check_planes(stats.len(), channels)?;
+    check_len("running variance", running_var.len(), channels)?;
+    if count < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "BatchNorm in training mode needs more than 1 value per channel over the group's \
+             batch, got {count}"
+        )));
     }
+    let factor = config.running_var_factor(count as usize);
+    let batch = |plane: usize, c: usize| stats[plane * channels + c];
+    for (c, running) in running_mean
+        .iter_mut()
+        .zip(running_var.iter_mut())
+        .enumerate()
+    {
+        let batch_stats = (batch(stat::MEAN, c), batch(stat::VAR, c));
+        update_channel(config, factor, batch_stats, running);
+    }
+    Ok(())
 }
 
 /// Every rank's dβ and dγ (one value per channel each), summed over the ranks: the global
@@ -117,6 +138,7 @@ pub fn sum_gradients(
     dbeta: &[f32],
     dgamma: &[f32],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
+    check_len("dgamma", dgamma.len(), dbeta.len())?;
     let mut sums = [dbeta, dgamma].concat();
     group.all_reduce_sum(&mut sums)?;
     let dgamma = sums.split_off(dbeta.len());
@@ -150,7 +172,7 @@ mod tests {
         let slices = [&values[..4], &values[4..15], &values[15..]];
         let gathered: Vec<f32> = slices.iter().flat_map(|s| planes(s)).collect();
         let counts: Vec<u64> = slices.iter().map(|s| s.len() as u64).collect();
-        let (merged, total) = merge_planes(&gathered, &counts, 1, 1e-5);
+        let (merged, total) = merge_planes(&gathered, &counts, 1, 1e-5).unwrap();
         assert_eq!(total, 23);
         let n = values.len() as f64;
         let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
@@ -181,7 +203,7 @@ mod tests {
     fn one_rank_keeps_its_own_statistics() {
         let values = [1.0, 2.0, 4.0, 8.0];
         let own = planes(&values);
-        let (merged, total) = merge_planes(&own, &[4], 1, 1e-5);
+        let (merged, total) = merge_planes(&own, &[4], 1, 1e-5).unwrap();
         assert_eq!(total, 4);
         for (got, want) in merged.iter().zip(&own) {
             assert!(
@@ -192,16 +214,35 @@ mod tests {
     }
 
     #[test]
-    fn running_statistics_use_the_global_count() {
+    fn running_statistics_take_the_unbiased_variance_over_the_count_given() {
         let config = BatchNormConfig::default();
         let mut stats = vec![0.0; stat::PLANES];
         stats[stat::MEAN] = 2.0;
         stats[stat::VAR] = 3.0;
         let (mut mean, mut var) = ([0.0], [1.0]);
-        update_running(&stats, 4, config, &mut mean, &mut var);
+        update_running(&stats, 4, config, &mut mean, &mut var).unwrap();
         let momentum = config.momentum();
         assert!((mean[0] - momentum * 2.0).abs() < 1e-7);
         let unbiased = 3.0 * 4.0 / 3.0;
         assert!((var[0] - ((1.0 - momentum) + momentum * unbiased)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn malformed_statistics_are_refused_not_indexed() {
+        let planes = vec![0.0; stat::PLANES];
+        assert!(
+            merge_planes(&planes, &[1, 1], 1, 1e-5).is_err(),
+            "two counts, one block"
+        );
+        assert!(merge_planes(&planes, &[0], 1, 1e-5).is_err(), "no values");
+        assert!(merge_planes(&[], &[], 0, 1e-5).is_err(), "no channels");
+        let config = BatchNormConfig::default();
+        let (mut mean, mut var) = ([0.0; 2], [1.0; 1]);
+        assert!(update_running(&planes, 4, config, &mut mean, &mut var).is_err());
+        let (mut mean, mut var) = ([0.0], [1.0]);
+        assert!(
+            update_running(&planes, 1, config, &mut mean, &mut var).is_err(),
+            "count 1"
+        );
     }
 }

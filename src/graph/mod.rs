@@ -48,6 +48,9 @@ pub struct Tape<B: Compute> {
     mode: Mode,
     rows: usize,
     saved: Vec<Option<Saved<B>>>,
+    /// The group whose global batch the forward's BatchNorm layers normalized by, which their
+    /// backward sums over too.
+    group: Option<Rc<dyn Collective>>,
 }
 
 /// Which dropout masks a training forward draws: keyed by the run's seed and the global step.
@@ -95,9 +98,6 @@ pub struct Sequential<B: Compute> {
     pub activations: Dtype,
     /// Values in each parameter, in `ModelSpec::params` order: the gradient arena's layout.
     param_lens: Vec<usize>,
-    /// The data-parallel group whose global batch BatchNorm normalizes by in training
-    /// (synchronized BatchNorm), if any; else each batch by its own statistics.
-    pub sync_batchnorm: Option<Rc<dyn Collective>>,
 }
 
 /// The values of a pass: the input, then each node's output while it is still to be read.
@@ -197,6 +197,21 @@ impl<B: Compute> Sequential<B> {
         rows: usize,
         key: StepKey,
     ) -> Result<(B::Buffer, Tape<B>)> {
+        self.forward_in_group(backend, mode, x, rows, key, None)
+    }
+
+    /// `forward` on one data-parallel rank's slice of a global batch: with `group`, a
+    /// training-mode BatchNorm normalizes by the statistics of the whole group's batch
+    /// (synchronized BatchNorm), and the backward pass of the tape sums over it too.
+    pub fn forward_in_group(
+        &mut self,
+        backend: &B,
+        mode: Mode,
+        x: B::Buffer,
+        rows: usize,
+        key: StepKey,
+        group: Option<&Rc<dyn Collective>>,
+    ) -> Result<(B::Buffer, Tape<B>)> {
         check_activations(backend, self.activations)?;
         let nodes = self.spec.nodes();
         let mut values: Values<B> = Values::new(nodes, x);
@@ -227,7 +242,7 @@ impl<B: Compute> Sequential<B> {
                 backend,
                 mode,
                 rows,
-                group: self.sync_batchnorm.as_deref(),
+                group: group.map(|group| &**group),
                 output: match through == last {
                     true => Dtype::F32,
                     false => self.activations,
@@ -240,7 +255,16 @@ impl<B: Compute> Sequential<B> {
         let logits = values.read(Source::Node(last))?;
         let logits = Rc::try_unwrap(logits)
             .map_err(|_| Error::Shape("the logits are still shared after the pass".to_string()))?;
-        Ok((logits, Tape { mode, rows, saved }))
+        let group = group.cloned();
+        Ok((
+            logits,
+            Tape {
+                mode,
+                rows,
+                saved,
+                group,
+            },
+        ))
     }
 
     /// Gradients of every parameter, in `ModelSpec::params` order, from a training forward's
@@ -285,7 +309,7 @@ impl<B: Compute> Sequential<B> {
             backend,
             mode: tape.mode,
             rows: tape.rows,
-            group: self.sync_batchnorm.as_deref(),
+            group: tape.group.as_deref(),
             output: Dtype::F32,
         };
         for (index, saved) in tape.saved.into_iter().enumerate().rev() {

@@ -89,7 +89,6 @@ impl<B: Compute> Sequential<B> {
             layers,
             activations: Dtype::F32,
             param_lens: params.iter().map(ParamSpec::len).collect(),
-            sync_batchnorm: None,
         })
     }
 

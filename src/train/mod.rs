@@ -4,7 +4,8 @@
 //! index list, parameters, gradients and optimizer state. A step is gather → forward → loss →
 //! backward → update; `Backend::steps_per_submission` steps are recorded into one submission.
 //! Loss and accuracy are summed on the device; the host reads them only for progress reports (at
-//! most `REPORT_INTERVAL` apart) and at the end of an epoch.
+//! most `REPORT_INTERVAL` apart, or every `GROUP_REPORT_STEPS` steps on the ranks of a
+//! data-parallel group, which must all read at the same steps) and at the end of an epoch.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -113,7 +114,10 @@ pub fn train_on_batch<B: Compute>(
     // The step's temporaries are released before any submission, so the next one can reuse
     // them (`BufferPool`) and every step binds the same buffers.
     {
-        let (logits, tape) = model.forward(backend, Mode::Train, x, rows, key)?;
+        let group = share
+            .filter(|share| share.sync_batchnorm)
+            .map(|share| share.group);
+        let (logits, tape) = model.forward_in_group(backend, Mode::Train, x, rows, key, group)?;
         let mut dlogits = backend.scratch(rows * classes)?;
         match share {
             Some(share) => backend.softmax_cross_entropy_part(
@@ -136,7 +140,7 @@ pub fn train_on_batch<B: Compute>(
             None => model.backward(backend, tape, dlogits)?,
         };
         if let Some(share) = share {
-            all_reduce_gradients(backend, share.group, &mut grads)?;
+            all_reduce_gradients(backend, &**share.group, &mut grads)?;
         }
         optimizer.step(backend, model.params_mut()?, &grads)?;
     }
@@ -153,7 +157,10 @@ pub fn train_on_batch<B: Compute>(
 #[derive(Clone, Copy)]
 pub struct Share<'g> {
     /// The group.
-    pub group: &'g dyn Collective,
+    pub group: &'g Rc<dyn Collective>,
+    /// Whether BatchNorm normalizes by the whole global batch (synchronized BatchNorm) rather
+    /// than by this rank's slice.
+    pub sync_batchnorm: bool,
     /// Rows of the global batch ahead of this rank's.
     pub first_row: usize,
     /// Rows of the global batch.
@@ -186,6 +193,8 @@ pub struct Trainer<'b, B: Compute> {
     grad_norms: Option<GradNormLog<B>>,
     /// The data-parallel group this trainer is one rank of, if any (`join`).
     group: Option<Rc<dyn Collective>>,
+    /// Whether BatchNorm normalizes by the group's global batch.
+    sync_batchnorm: bool,
 }
 
 impl<'b, B: Compute> Trainer<'b, B> {
@@ -254,6 +263,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             history,
             grad_norms: None,
             group: None,
+            sync_batchnorm: false,
         })
     }
 
@@ -264,12 +274,38 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// `sync_batchnorm`, BatchNorm normalizes by the statistics of the whole global batch;
     /// without, by each rank's slice.
     pub fn join(&mut self, group: Rc<dyn Collective>, sync_batchnorm: bool) -> Result<()> {
+        // Compared first, so that the checks below fail on every rank alike or on none.
         let mut settings = settings_of(&self.config)?;
-        settings.push(("synchronized BatchNorm".into(), sync_batchnorm.to_string()));
-        settings.push(("training images".into(), self.train_rows.to_string()));
+        settings.extend([
+            (
+                "synchronized BatchNorm".to_string(),
+                sync_batchnorm.to_string(),
+            ),
+            ("training images".to_string(), self.train_rows.to_string()),
+            ("epochs done".to_string(), self.epochs_done.to_string()),
+            (
+                "optimizer steps".to_string(),
+                self.optimizer.steps.to_string(),
+            ),
+            (
+                "--log-grad-norms".to_string(),
+                format!("{:?}", self.config.log_grad_norms),
+            ),
+        ]);
         distributed::check_same_settings(&*group, &settings)?;
         let world = group.world();
-        if self.config.log_grad_norms.is_some() && world > 1 {
+        self.check_group(world, sync_batchnorm)
+            .inspect_err(|error| group.abort(&error.to_string()))?;
+        broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
+        self.group = Some(group);
+        self.sync_batchnorm = sync_batchnorm;
+        Ok(())
+    }
+
+    /// What a group of `world` ranks cannot train, refused by name before the first step.
+    fn check_group(&self, world: usize, sync_batchnorm: bool) -> Result<()> {
+        let spec = &self.config.spec;
+        if world > 1 && self.config.log_grad_norms.is_some() {
             return Err(Error::InvalidArgument(
                 "--log-grad-norms logs one device's gradients; it does not combine with \
                  data-parallel training"
@@ -282,9 +318,35 @@ impl<'b, B: Compute> Trainer<'b, B> {
                 self.train_rows
             )));
         }
-        broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
-        self.model.sync_batchnorm = sync_batchnorm.then(|| group.clone());
-        self.group = Some(group);
+        let virtual_batch = spec.batchnorm_config().virtual_batch();
+        if sync_batchnorm && spec.has_batchnorm() && virtual_batch.is_some() {
+            return Err(Error::InvalidArgument(
+                "ghost batches (--bn-virtual-batch) split each rank's batch on its own; they do \
+                 not combine with synchronized BatchNorm"
+                    .to_string(),
+            ));
+        }
+        let plan = global_batches(
+            batches(
+                self.train_rows,
+                self.config.batch_size * world,
+                self.config.drop_last,
+            ),
+            world,
+        );
+        let smallest = plan
+            .iter()
+            .map(|&(_, rows)| rows / world)
+            .min()
+            .unwrap_or(0);
+        if !sync_batchnorm && spec.has_batchnorm() && smallest < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {} images leaves a rank {smallest} of them, and BatchNorm without \
+                 synchronization cannot normalize a batch of one; choose another --batch-size \
+                 or pass --drop-last",
+                plan.iter().map(|&(_, rows)| rows).min().unwrap_or(0)
+            )));
+        }
         Ok(())
     }
 
@@ -336,7 +398,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
             Some(group) => {
                 let slice = RankSlice::of(rows, group.rank(), group.world())?;
                 let share = Share {
-                    group: &**group,
+                    group,
+                    sync_batchnorm: self.sync_batchnorm,
                     first_row: slice.offset,
                     batch_rows: rows,
                 };
@@ -364,7 +427,21 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// Trains one epoch and validates. `report(steps done, totals)` is called after every
     /// step, with the running totals when they were read from the device; an error it returns
     /// (an interrupt) stops the epoch.
+    ///
+    /// On a rank of a group, an error here (an interrupt, a lost device) also stops the other
+    /// ranks at their next collective, with a line naming this rank.
     pub fn train_epoch(
+        &mut self,
+        report: &mut dyn FnMut(usize, Option<LossTotals>) -> Result<()>,
+    ) -> Result<EpochRecord> {
+        let record = self.run_epoch(report);
+        if let (Err(error), Some(group)) = (&record, &self.group) {
+            group.abort(&error.to_string());
+        }
+        record
+    }
+
+    fn run_epoch(
         &mut self,
         report: &mut dyn FnMut(usize, Option<LossTotals>) -> Result<()>,
     ) -> Result<EpochRecord> {
@@ -404,11 +481,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             report(step + 1, totals)?;
         }
         let train = self.read_totals(&metrics, epoch)?;
-        if let Some(group) = self
-            .group
-            .as_ref()
-            .filter(|_| self.model.sync_batchnorm.is_none())
-        {
+        if let Some(group) = self.group.as_ref().filter(|_| !self.sync_batchnorm) {
             broadcast_running(self.backend, &**group, &mut self.model)?;
         }
         let grad_norms = match self.grad_norms.take() {
@@ -504,46 +577,55 @@ impl<'b, B: Compute> Trainer<'b, B> {
     }
 }
 
-/// The run's settings by name, as every rank of a group must share them.
+/// The run's settings by name, as every rank of a group must share them: those a resumed run
+/// keeps, and the epochs.
 fn settings_of(config: &TrainConfig) -> Result<Vec<(String, String)>> {
-    let serde_json::Value::Object(fields) = serde_json::to_value(config)? else {
+    let serde_json::Value::Object(fields) = config.settings()? else {
         return Err(Error::InvalidArgument(
             "the settings are not a record".to_string(),
         ));
     };
-    Ok(fields
-        .into_iter()
+    let mut settings: Vec<(String, String)> = (fields.into_iter())
         .map(|(name, value)| (name, value.to_string()))
-        .collect())
+        .collect();
+    settings.push(("epochs".to_string(), config.epochs.to_string()));
+    Ok(settings)
 }
 
-/// Every rank's totals, summed; the earliest step at which any rank's loss was not finite; and
-/// where one rank's batch held a bad label, that error on every rank.
+/// Every rank's totals, summed (in f64, in rank order); the earliest step at which any rank's
+/// loss was not finite; and where one rank's batch held a bad label, that error on every rank.
 fn group_totals(group: &dyn Collective, own: Result<LossTotals>) -> Result<LossTotals> {
-    let mut sums = match &own {
-        Ok(totals) => vec![
-            totals.loss_sum as f32,
-            totals.correct as f32,
-            totals.samples as f32,
+    let mine = match &own {
+        Ok(t) => [
+            t.loss_sum.to_bits(),
+            t.correct.to_bits(),
+            t.samples.to_bits(),
+            t.first_non_finite_step.unwrap_or(0),
+            0,
         ],
-        Err(_) => vec![0.0; 3],
+        Err(_) => [0, 0, 0, 0, 1],
     };
-    group.all_reduce_sum(&mut sums)?;
-    let non_finite = own.as_ref().ok().and_then(|t| t.first_non_finite_step);
-    let flags = group.all_gather_u64(&[non_finite.unwrap_or(0), u64::from(own.is_err())])?;
+    let ranks = group.all_gather_u64(&mine)?;
     own?;
-    if let Some(rank) = flags.chunks_exact(2).position(|flag| flag[1] == 1) {
+    let ranks: Vec<&[u64]> = ranks.chunks_exact(mine.len()).collect();
+    if let Some(rank) = ranks.iter().position(|values| values[4] == 1) {
         return Err(Error::InvalidArgument(format!(
             "rank {rank} stopped: a batch of its slice held a label that is not a class index"
         )));
     }
+    let sum = |field: usize| {
+        ranks
+            .iter()
+            .map(|values| f64::from_bits(values[field]))
+            .sum()
+    };
     Ok(LossTotals {
-        loss_sum: f64::from(sums[0]),
-        correct: f64::from(sums[1]),
-        samples: f64::from(sums[2]),
-        first_non_finite_step: flags
-            .chunks_exact(2)
-            .map(|flag| flag[0])
+        loss_sum: sum(0),
+        correct: sum(1),
+        samples: sum(2),
+        first_non_finite_step: ranks
+            .iter()
+            .map(|values| values[3])
             .filter(|&s| s > 0)
             .min(),
     })

@@ -204,18 +204,12 @@ impl<B: Compute> BatchNormLayer<B> {
         let count = shape.per_channel() as u64;
         let (stats, total) =
             sync_bn::merge_statistics(group, &own[0], count, shape.c, config.eps())?;
-        if total < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "synchronized BatchNorm in training mode needs more than 1 value per channel \
-                 over the group's batch, got {total}"
-            )));
-        }
         let (Some(mean), Some(var)) = (running_mean.as_mut(), running_var.as_mut()) else {
             return Err(Error::Shape(
                 "the running statistics were not read back".to_string(),
             ));
         };
-        sync_bn::update_running(&stats, total, config, mean, var);
+        sync_bn::update_running(&stats, total, config, mean, var)?;
         backend.write(&mut out.stats, &stats)?;
         backend.write(&mut running.mean, mean)?;
         backend.write(&mut running.var, var)?;

@@ -203,7 +203,6 @@ pub fn update_running(
 ) {
     let c = shape.c;
     let factor = config.running_var_factor(shape.per_channel());
-    let keep = 1.0 - config.momentum();
     let ghosts = shape.ghost_batches as f32;
     for channel in 0..c {
         let (mut mean, mut var) = (0.0, 0.0);
@@ -211,14 +210,26 @@ pub fn update_running(
             mean += block[stat::MEAN * c + channel];
             var += block[stat::VAR * c + channel];
         }
-        let (mean, var) = (mean / ghosts, var / ghosts);
-        // As on the GPU: a channel whose batch statistics are not finite keeps its running ones.
-        if !(mean.is_finite() && var.is_finite()) {
-            continue;
-        }
-        running_mean[channel] = keep * running_mean[channel] + config.momentum() * mean;
-        running_var[channel] = keep * running_var[channel] + config.momentum() * var * factor;
+        let running = (&mut running_mean[channel], &mut running_var[channel]);
+        update_channel(config, factor, (mean / ghosts, var / ghosts), running);
     }
+}
+
+/// One channel's running-statistics update from a batch's mean and (biased) variance, the
+/// variance scaled by `factor` (m/(m − 1) for an unbiased running variance). As on the GPU, a
+/// channel whose batch statistics are not finite keeps its running ones.
+pub(crate) fn update_channel(
+    config: BatchNormConfig,
+    factor: f32,
+    (mean, var): (f32, f32),
+    (running_mean, running_var): (&mut f32, &mut f32),
+) {
+    if !(mean.is_finite() && var.is_finite()) {
+        return;
+    }
+    let keep = 1.0 - config.momentum();
+    *running_mean = keep * *running_mean + config.momentum() * mean;
+    *running_var = keep * *running_var + config.momentum() * var * factor;
 }
 
 /// The `stat` planes for eval mode, with the running mean as the shift.

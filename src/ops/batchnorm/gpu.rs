@@ -117,7 +117,9 @@ impl GpuBackend {
         for (chunk, splits) in &plan.chunks {
             let chunk_params = BatchNormParams {
                 rows: splits.rows,
-                first_value: params.first_value + values(chunk, shape.c * shape.s).start as u32,
+                // Wrapping, as the kernels' u32 element indices and the CPU twins' do.
+                first_value: (params.first_value)
+                    .wrapping_add(values(chunk, shape.c * shape.s).start as u32),
                 split_len: splits.split_len,
                 split_base: splits.split_base,
                 first_ghost: splits.first_ghost,
