@@ -29,7 +29,8 @@ def summary(path: Path) -> str:
         ratio = norms[shallow] / norms[deep] if norms[deep] > 0 else float("inf")
         cells += [f"{norms[shallow]:.2e}", f"{norms[deep]:.2e}", f"{ratio:.2g}"]
     run = path.parent.name
-    return (f"| {run} | {metrics['test_acc'] * 100:.2f}% | {len(inputs)} | "
+    accuracy = "unfinished" if metrics["test_acc"] is None else f"{metrics['test_acc'] * 100:.2f}%"
+    return (f"| {run} | {accuracy} | {len(inputs)} | "
             + " | ".join(cells) + f" | {records[0]['step']}, {records[-1]['step']} |")
 
 

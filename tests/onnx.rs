@@ -84,12 +84,13 @@ fn tract_runs_the_exported_models_as_wgnorm_does() {
     // A residual net: an identity shortcut and a projection, each joined by Add then Relu.
     let resnet = "conv8k3p1,bn,relu,res(conv8k3p1,bn,relu,conv8k3p1,bn),\
                   res16s2(conv16k3s2p1,bn,relu,conv16k3p1,bn),avgpool,flatten,fc10";
-    // Of the 1,000 test images each scores right after 100 steps (chance: 100); the small
-    // residual net learns slowest.
+    // Of the 1,000 test images each scores right after 100 steps (chance: 100); the residual
+    // nets learn slowest.
     let models = [
         ("mlp-bn", "mlp-bn", 800),
         ("cnn-bn", "cnn-bn", 800),
         (resnet, "resnet", 150),
+        ("resnet8", "resnet8", 150),
     ];
     for (model, name, learned) in models {
         train_on_cpu(dir.path(), data, model, "3200", name, &[]);
