@@ -16,7 +16,7 @@
 #                  writes OUT/deep.md (benches/grad_norms_by_depth.py).
 #
 # Results go to OUT (default runs/residual). --quick trains on a few dozen images only, to check
-# that the commands run (CI does). WGNORM names the binary (default: built here with cargo),
+# that the commands run. WGNORM names the binary (default: built here with cargo),
 # PYTHON a Python with torch and numpy (default /usr/bin/python3), DATA the folder holding mnist/
 # and fashion-mnist/ (default ../shared/data).
 set -euo pipefail
