@@ -1,0 +1,167 @@
+//! Training as one rank of a data-parallel group (`Trainer::join`): the start, what a group
+//! refuses, and the running totals reduced over the ranks.
+
+use std::rc::Rc;
+
+use super::{TrainConfig, Trainer, batches};
+use crate::distributed::{self, Collective, broadcast_state, global_batches};
+use crate::graph::Compute;
+use crate::ops::loss::LossTotals;
+use crate::{Error, Result};
+
+/// A data-parallel rank's part in a training step: its slice of the group's global batch.
+#[derive(Clone, Copy)]
+pub struct Share<'g> {
+    /// The group.
+    pub group: &'g Rc<dyn Collective>,
+    /// Whether BatchNorm normalizes by the whole global batch (synchronized BatchNorm) rather
+    /// than by this rank's slice.
+    pub sync_batchnorm: bool,
+    /// Rows of the global batch ahead of this rank's.
+    pub first_row: usize,
+    /// Rows of the global batch.
+    pub batch_rows: usize,
+}
+
+/// With a data-parallel group, the running totals are read (and reduced over the group) every
+/// this many steps, the same steps on every rank, instead of every `REPORT_INTERVAL`.
+pub const GROUP_REPORT_STEPS: usize = 50;
+
+impl<B: Compute> Trainer<'_, B> {
+    /// Trains as one rank of `group` from now on (data-parallel): rank 0's model and optimizer
+    /// state are broadcast to every rank and every rank's settings compared first; each step
+    /// then trains on this rank's slice of a global batch of `batch_size` × world rows
+    /// (`distributed::RankSlice`) and sums the gradients over the group. With
+    /// `sync_batchnorm`, BatchNorm normalizes by the statistics of the whole global batch;
+    /// without, by each rank's slice.
+    pub fn join(&mut self, group: Rc<dyn Collective>, sync_batchnorm: bool) -> Result<()> {
+        // Compared first, so that the checks below fail on every rank alike or on none.
+        let mut settings = settings_of(&self.config)?;
+        settings.extend([
+            (
+                "synchronized BatchNorm".to_string(),
+                sync_batchnorm.to_string(),
+            ),
+            ("training images".to_string(), self.train_rows.to_string()),
+            ("epochs done".to_string(), self.epochs_done.to_string()),
+            (
+                "optimizer steps".to_string(),
+                self.optimizer.steps.to_string(),
+            ),
+            (
+                "--log-grad-norms".to_string(),
+                format!("{:?}", self.config.log_grad_norms),
+            ),
+        ]);
+        distributed::check_same_settings(&*group, &settings)?;
+        let world = group.world();
+        self.check_group(world, sync_batchnorm)
+            .inspect_err(|error| group.abort(&error.to_string()))?;
+        broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
+        self.group = Some(group);
+        self.sync_batchnorm = sync_batchnorm;
+        Ok(())
+    }
+
+    /// What a group of `world` ranks cannot train, refused by name before the first step.
+    fn check_group(&self, world: usize, sync_batchnorm: bool) -> Result<()> {
+        let spec = &self.config.spec;
+        if world > 1 && self.config.log_grad_norms.is_some() {
+            return Err(Error::InvalidArgument(
+                "--log-grad-norms logs one device's gradients; it does not combine with \
+                 data-parallel training"
+                    .to_string(),
+            ));
+        }
+        if self.train_rows < world {
+            return Err(Error::InvalidArgument(format!(
+                "{} training images cannot give each of {world} ranks one",
+                self.train_rows
+            )));
+        }
+        let virtual_batch = spec.batchnorm_config().virtual_batch();
+        if sync_batchnorm && spec.has_batchnorm() && virtual_batch.is_some() {
+            return Err(Error::InvalidArgument(
+                "ghost batches (--bn-virtual-batch) split each rank's batch on its own; they do \
+                 not combine with synchronized BatchNorm"
+                    .to_string(),
+            ));
+        }
+        let plan = global_batches(
+            batches(
+                self.train_rows,
+                self.config.batch_size * world,
+                self.config.drop_last,
+            ),
+            world,
+        );
+        let smallest = plan
+            .iter()
+            .map(|&(_, rows)| rows / world)
+            .min()
+            .unwrap_or(0);
+        if !sync_batchnorm && spec.has_batchnorm() && smallest < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {} images leaves a rank {smallest} of them, and BatchNorm without \
+                 synchronization cannot normalize a batch of one; choose another --batch-size \
+                 or pass --drop-last",
+                plan.iter().map(|&(_, rows)| rows).min().unwrap_or(0)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The run's settings by name, as every rank of a group must share them: those a resumed run
+/// keeps, and the epochs.
+fn settings_of(config: &TrainConfig) -> Result<Vec<(String, String)>> {
+    let serde_json::Value::Object(fields) = config.settings()? else {
+        return Err(Error::InvalidArgument(
+            "the settings are not a record".to_string(),
+        ));
+    };
+    let mut settings: Vec<(String, String)> = (fields.into_iter())
+        .map(|(name, value)| (name, value.to_string()))
+        .collect();
+    settings.push(("epochs".to_string(), config.epochs.to_string()));
+    Ok(settings)
+}
+
+/// Every rank's totals, summed (in f64, in rank order); the earliest step at which any rank's
+/// loss was not finite; and where one rank's batch held a bad label, that error on every rank.
+pub(super) fn group_totals(group: &dyn Collective, own: Result<LossTotals>) -> Result<LossTotals> {
+    let mine = match &own {
+        Ok(t) => [
+            t.loss_sum.to_bits(),
+            t.correct.to_bits(),
+            t.samples.to_bits(),
+            t.first_non_finite_step.unwrap_or(0),
+            0,
+        ],
+        Err(_) => [0, 0, 0, 0, 1],
+    };
+    let ranks = group.all_gather_u64(&mine)?;
+    own?;
+    let ranks: Vec<&[u64]> = ranks.chunks_exact(mine.len()).collect();
+    if let Some(rank) = ranks.iter().position(|values| values[4] == 1) {
+        return Err(Error::InvalidArgument(format!(
+            "rank {rank} stopped: a batch of its slice held a label that is not a class index"
+        )));
+    }
+    let sum = |field: usize| {
+        ranks
+            .iter()
+            .map(|values| f64::from_bits(values[field]))
+            .sum()
+    };
+    Ok(LossTotals {
+        loss_sum: sum(0),
+        correct: sum(1),
+        samples: sum(2),
+        first_non_finite_step: ranks
+            .iter()
+            .map(|values| values[3])
+            .filter(|&s| s > 0)
+            .min(),
+    })
+}
