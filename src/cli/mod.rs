@@ -4,6 +4,7 @@
 mod bench;
 mod bn;
 mod compare;
+mod data_parallel;
 mod devices;
 mod eval;
 mod experiment;
@@ -357,6 +358,15 @@ pub fn main() -> ExitCode {
     };
     // Without a handler (e.g. no signal support) Ctrl-C simply ends the process, as before.
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed));
+    // Under mpirun only `train` runs on every process (data-parallel); any other command runs
+    // once, on rank 0, and the other processes end at once.
+    if let Some((rank, world)) = data_parallel::mpirun_world()
+        && world > 1
+        && rank > 0
+        && !matches!(cli.command, Command::Train(_))
+    {
+        return ExitCode::SUCCESS;
+    }
     let result = match cli.command {
         Command::Devices => devices::run(),
         Command::Bn(args) => bn::run(*args),

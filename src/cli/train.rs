@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use super::data_parallel::{self, GroupRun, Launch};
 use super::metrics::MetricsFile;
 use super::models::ModelChoice;
 use super::run_args::{RunArgs, refuse_unreachable_train_limit};
@@ -14,6 +15,7 @@ use wgnorm::backend::Dtype;
 use wgnorm::checkpoint::{self, BEST_MODEL_FILE, F16_MODEL_FILE, MODEL_FILE, STATE_FILE};
 use wgnorm::data::mnist::Mnist;
 use wgnorm::data::write_atomically;
+use wgnorm::distributed;
 use wgnorm::graph::{Compute, ModelSpec};
 use wgnorm::ops::loss::LossTotals;
 use wgnorm::train::{EarlyStop, EpochRecord, TrainConfig, Trainer};
@@ -32,17 +34,28 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "model")]
     arch: Option<String>,
     #[command(flatten)]
-    run: RunArgs,
+    pub run: RunArgs,
     /// Directory for metrics and checkpoints [default: runs/YYYYMMDD-HHMMSS, in UTC].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out after its last finished epoch.
     #[arg(long, requires = "out")]
-    resume: bool,
+    pub resume: bool,
     /// f16 also writes the finished model as model.f16.safetensors: half the size, values
     /// rounded to f16, loadable by PyTorch and `wgnorm eval`. Training is unchanged.
     #[arg(long, value_parser = super::parse_dtype, default_value = "f32")]
     export_dtype: Dtype,
+    /// Data-parallel training on several devices of this machine, one rank (and thread) each:
+    /// cpu, or an adapter's number in `wgnorm devices`, comma-separated (e.g. 0,1 or cpu,cpu).
+    /// --batch-size stays per device; each step trains on a global batch of --batch-size ×
+    /// devices.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["device", "adapter"])]
+    pub devices: Option<Vec<String>>,
+    /// With several devices (or under mpirun), BatchNorm normalizes each device's slice by its
+    /// own statistics instead of the whole global batch's (synchronized BatchNorm, the
+    /// default).
+    #[arg(long)]
+    pub no_sync_bn: bool,
 }
 
 /// `runs/<UTC time>`, e.g. runs/20261122-063012.
@@ -71,6 +84,47 @@ fn default_out_dir() -> PathBuf {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     args.run.device.check()?;
+    let config = run_config(&args)?;
+    let out = args.out.clone().unwrap_or_else(default_out_dir);
+    let lead = match Launch::of(&args, &config)? {
+        Launch::OneDevice => {
+            check_out(&args, &out)?;
+            let data = args.run.data.load()?;
+            refuse_unreachable_train_limit(&config, &data)?;
+            match args.run.device.open()? {
+                super::Device::Gpu(gpu) => {
+                    let adapter = gpu.adapter().name.clone();
+                    let place = RunPlace::new(&adapter, &out, args.resume);
+                    run_on(&gpu, "gpu", &place, config, &data, &MultiProgress::new())?;
+                }
+                super::Device::Cpu(cpu) => {
+                    let place = RunPlace::new("cpu", &out, args.resume);
+                    run_on(&cpu, "cpu", &place, config, &data, &MultiProgress::new())?;
+                }
+            }
+            true
+        }
+        Launch::Devices(devices) => data_parallel::run_devices(&args, config, &out, &devices)?,
+        #[cfg(feature = "mpi")]
+        Launch::Mpi => data_parallel::run_mpi(&args, config, &out)?,
+    };
+    if lead && args.export_dtype == Dtype::F16 {
+        let finished = checkpoint::load_model(&out.join(MODEL_FILE))?;
+        let target = out.join(F16_MODEL_FILE);
+        checkpoint::save_model(
+            &target,
+            &finished.spec,
+            &finished.model,
+            finished.epochs_done,
+            Dtype::F16,
+        )?;
+        println!("f16 model: {}", target.display());
+    }
+    Ok(())
+}
+
+/// The run's configuration from the flags.
+fn run_config(args: &TrainArgs) -> Result<TrainConfig> {
     let config = match &args.arch {
         Some(arch) => args.run.config_for_arch(arch)?,
         None => {
@@ -82,7 +136,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     config.validate()?;
-    let out = args.out.clone().unwrap_or_else(default_out_dir);
+    Ok(config)
+}
+
+/// Refuses `--resume` where `out` holds no run, and a fresh run where it holds one.
+pub fn check_out(args: &TrainArgs, out: &Path) -> Result<()> {
     let saved = out.join(MODEL_FILE).exists() || out.join(STATE_FILE).exists();
     if args.resume && !saved {
         return Err(Error::InvalidArgument(format!(
@@ -95,31 +153,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "{} already holds a run; pass --resume to continue it, or choose another --out",
             out.display()
         )));
-    }
-    let data = args.run.data.load()?;
-    refuse_unreachable_train_limit(&config, &data)?;
-    match args.run.device.open()? {
-        super::Device::Gpu(gpu) => {
-            let adapter = gpu.adapter().name.clone();
-            let place = RunPlace::new(&adapter, &out, args.resume);
-            run_on(&gpu, "gpu", &place, config, &data, &MultiProgress::new())?;
-        }
-        super::Device::Cpu(cpu) => {
-            let place = RunPlace::new("cpu", &out, args.resume);
-            run_on(&cpu, "cpu", &place, config, &data, &MultiProgress::new())?;
-        }
-    }
-    if args.export_dtype == Dtype::F16 {
-        let finished = checkpoint::load_model(&out.join(MODEL_FILE))?;
-        let target = out.join(F16_MODEL_FILE);
-        checkpoint::save_model(
-            &target,
-            &finished.spec,
-            &finished.model,
-            finished.epochs_done,
-            Dtype::F16,
-        )?;
-        println!("f16 model: {}", target.display());
     }
     Ok(())
 }
@@ -137,6 +170,8 @@ pub struct RunPlace<'a> {
     pub adapter: &'a str,
     pub out: &'a Path,
     pub resume: bool,
+    /// The data-parallel group the run is one rank of, if any.
+    pub group: Option<&'a GroupRun>,
 }
 
 impl<'a> RunPlace<'a> {
@@ -145,12 +180,14 @@ impl<'a> RunPlace<'a> {
             adapter,
             out,
             resume,
+            group: None,
         }
     }
 }
 
 /// Trains (or resumes) one run into `place.out`, with its epoch bar under `multi`, and
-/// evaluates it on the test set.
+/// evaluates it on the test set. On a rank of a group, every rank calls it; rank 0 alone
+/// prints and writes, and a failure on any rank ends every rank with the same error.
 pub fn run_on<B: Compute>(
     backend: &B,
     device: &str,
@@ -160,6 +197,12 @@ pub fn run_on<B: Compute>(
     multi: &MultiProgress,
 ) -> Result<RunOutcome> {
     let (adapter, out, resume) = (place.adapter, place.out, place.resume);
+    let lead = place.group.is_none_or(GroupRun::is_lead);
+    // What every rank decides for itself, then agrees on.
+    let agree = |outcome: Result<()>| match place.group {
+        Some(run) => distributed::agree(&*run.group, outcome),
+        None => outcome,
+    };
     let config = TrainConfig {
         activations: super::storage_or_f32(backend, config.activations, "training"),
         ..config
@@ -169,37 +212,37 @@ pub fn run_on<B: Compute>(
         "cpu" => 2 + config.optimizer.state_names().len() as u64,
         _ => 1,
     };
-    check_host_memory(&config.spec, host_copies)?;
-    if out.exists() && !out.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "--out {} is a file, not a folder",
-            out.display()
-        )));
-    }
-    let mut trainer = if resume {
-        Trainer::resume(backend, config, data, out).map_err(|e| match e {
-            Error::InvalidArgument(message) => Error::InvalidArgument(format!(
-                "--resume: {message}; pass the flags the run was started with"
-            )),
-            other => other,
-        })?
-    } else {
-        Trainer::new(backend, config, data)?
-    };
-    // Made once the run is known to start, so that a refused run leaves no folder behind.
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
+    agree(check_host_memory(&config.spec, host_copies).and_then(|()| check_out_folder(out)))?;
+    let mut trainer = start(backend, config, data, place).map_err(|e| match e {
+        Error::InvalidArgument(message) if resume => Error::InvalidArgument(format!(
+            "--resume: {message}; pass the flags the run was started with"
+        )),
+        other => other,
     })?;
+    // Made once the run is known to start, so that a refused run leaves no folder behind.
+    if lead {
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+    }
+    let say = |line: &dyn Fn()| {
+        if lead {
+            multi.suspend(line)
+        }
+    };
     let config = trainer.config.clone();
-    multi.suspend(|| {
+    say(&|| {
         eprintln!(
             "training {} on {adapter}: {} training images, {} steps per epoch, writing to {}",
             config.spec.describe(),
             trainer.train_rows(),
             trainer.steps_per_epoch(),
             out.display()
-        )
+        );
+        if let Some(run) = place.group {
+            eprintln!("{}", run.describe(&trainer));
+        }
     });
     let metrics = MetricsFile {
         dataset: data.dataset.name(),
@@ -208,7 +251,7 @@ pub fn run_on<B: Compute>(
         config: &config,
     };
     if trainer.epochs_done > 0 {
-        multi.suspend(|| eprintln!("resuming after epoch {}", trainer.epochs_done));
+        say(&|| eprintln!("resuming after epoch {}", trainer.epochs_done));
     }
     while trainer.epochs_done < config.epochs {
         if let Some(patience) = config.patience
@@ -217,7 +260,7 @@ pub fn run_on<B: Compute>(
                 stop: true,
             } = EarlyStop::of(&trainer.history, patience)
         {
-            multi.suspend(|| {
+            say(&|| {
                 println!(
                     "early stop after epoch {}: no lower validation loss in {patience} epochs \
                      since epoch {best}, whose model is {}",
@@ -235,7 +278,10 @@ pub fn run_on<B: Compute>(
                 out.display()
             ),
         };
-        let bar = progress_bar(multi, trainer.steps_per_epoch(), epoch, config.epochs);
+        let bar = match lead {
+            true => progress_bar(multi, trainer.steps_per_epoch(), epoch, config.epochs),
+            false => ProgressBar::hidden(),
+        };
         let record = trainer.train_epoch(&mut |done, totals| {
             bar.set_position(done as u64);
             if let Some(t) = totals {
@@ -251,17 +297,20 @@ pub fn run_on<B: Compute>(
             other => other,
         };
         let record = record.map_err(lost_in_epoch)?;
-        multi.suspend(|| println!("{}", epoch_line(&record, config.epochs)));
-        trainer.save(out).map_err(lost_in_epoch)?;
-        if let Some(patience) = config.patience
-            && EarlyStop::of(&trainer.history, patience)
+        say(&|| println!("{}", epoch_line(&record, config.epochs)));
+        let best = config.patience.is_some_and(|patience| {
+            EarlyStop::of(&trainer.history, patience)
                 .best
                 .map(|(e, _)| e)
                 == Some(epoch)
-        {
-            keep_as_best(out)?;
-        }
-        metrics.write(out, &trainer.history, None, None)?;
+        });
+        let saved = match lead {
+            true => (trainer.save(out).map_err(lost_in_epoch))
+                .and_then(|()| if best { keep_as_best(out) } else { Ok(()) })
+                .and_then(|()| metrics.write(out, &trainer.history, None, None)),
+            false => Ok(()),
+        };
+        agree(saved)?;
     }
     let test = trainer.test()?;
     if !test.loss_sum.is_finite() {
@@ -272,7 +321,7 @@ pub fn run_on<B: Compute>(
         )));
     }
     let test_batch_stats = trainer.test_with_batch_statistics()?;
-    multi.suspend(|| {
+    say(&|| {
         println!(
             "test loss {:.4} acc {:.4} ({} images)",
             test.mean_loss(),
@@ -290,12 +339,48 @@ pub fn run_on<B: Compute>(
             );
         }
     });
-    metrics.write(out, &trainer.history, Some(test), test_batch_stats)?;
+    let written = match lead {
+        true => metrics.write(out, &trainer.history, Some(test), test_batch_stats),
+        false => Ok(()),
+    };
+    agree(written)?;
     Ok(RunOutcome {
         history: trainer.history,
         test,
         test_batch_stats,
     })
+}
+
+/// The trainer of a fresh or resumed run, on one device or as a rank of `place.group`.
+fn start<'b, B: Compute>(
+    backend: &'b B,
+    config: TrainConfig,
+    data: &Mnist,
+    place: &RunPlace,
+) -> Result<Trainer<'b, B>> {
+    let (out, resume) = (place.out, place.resume);
+    match (place.group, resume) {
+        (None, true) => Trainer::resume(backend, config, data, out),
+        (None, false) => Trainer::new(backend, config, data),
+        (Some(run), true) => {
+            Trainer::resume_in_group(backend, config, data, out, run.group.clone(), run.sync_bn)
+        }
+        (Some(run), false) => {
+            let mut trainer = distributed::agree(&*run.group, Trainer::new(backend, config, data))?;
+            trainer.join(run.group.clone(), run.sync_bn)?;
+            Ok(trainer)
+        }
+    }
+}
+
+fn check_out_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} is a file, not a folder",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Copies the model just saved to `best.safetensors`, whole or not at all.

@@ -395,4 +395,23 @@ mod tests {
         let err = ranks[0].broadcast(&mut [0.0], 1).unwrap_err();
         assert!(err.to_string().contains("rank 1 in a group of 1"), "{err}");
     }
+
+    #[test]
+    fn agree_gives_every_rank_the_first_failing_ranks_error() {
+        let results = on_every_rank(3, |rank| {
+            let own = match rank.rank() {
+                0 => Ok(7),
+                failing => Err(Error::InvalidArgument(format!("no data on {failing}"))),
+            };
+            super::super::agree(rank, own)
+        });
+        for result in results {
+            assert_eq!(result.unwrap_err().to_string(), "rank 1: no data on 1");
+        }
+        let results = on_every_rank(2, |rank| super::super::agree(rank, Ok(rank.rank())));
+        assert_eq!(
+            results.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [0, 1]
+        );
+    }
 }

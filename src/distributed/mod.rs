@@ -12,12 +12,16 @@
 use crate::{Error, Result};
 
 mod local;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod replica;
 mod split;
 pub mod sync_bn;
 
 pub use local::{LocalGroup, LocalRank};
-pub use replica::{all_reduce_gradients, broadcast_running, broadcast_state};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiRank;
+pub use replica::{all_reduce_gradients, broadcast_running, broadcast_state, check_replicas_agree};
 pub use split::{RankSlice, global_batches};
 
 /// What every rank of a data-parallel group can do with the others.
@@ -51,8 +55,33 @@ pub trait Collective {
     fn barrier(&self) -> Result<()>;
 
     /// Stops the group because this rank cannot go on (`why`): every other rank's next
-    /// collective fails, naming this rank, instead of waiting for it.
+    /// collective fails, naming this rank, instead of waiting for it (under MPI, every process
+    /// of the job ends).
     fn abort(&self, why: &str);
+}
+
+/// `outcome` on every rank, where every rank's is `Ok`; where any rank's is an error, the first
+/// failing rank's error, as one line naming that rank, on every rank. A step every rank takes
+/// (loading data, evaluating) thus fails on all ranks alike, instead of leaving the others
+/// waiting at their next collective for the one that stopped.
+pub fn agree<T>(group: &dyn Collective, outcome: Result<T>) -> Result<T> {
+    let failed = group.all_gather_u64(&[u64::from(outcome.is_err())])?;
+    let Some(first) = failed.iter().position(|&failed| failed == 1) else {
+        return outcome;
+    };
+    let mut message: Vec<u64> = match &outcome {
+        Err(error) if group.rank() == first => error.to_string().bytes().map(u64::from).collect(),
+        _ => Vec::new(),
+    };
+    let mut len = [message.len() as u64];
+    group.broadcast_u64(&mut len, first)?;
+    message.resize(len[0] as usize, 0);
+    group.broadcast_u64(&mut message, first)?;
+    let bytes: Vec<u8> = message.iter().map(|&byte| byte as u8).collect();
+    Err(Error::Distributed(format!(
+        "rank {first}: {}",
+        String::from_utf8_lossy(&bytes)
+    )))
 }
 
 /// The sum of the rank-ordered rows of `gathered` (world rows of `len` values) into `out`, in
@@ -78,7 +107,12 @@ pub(crate) fn check_root(root: usize, world: usize) -> Result<()> {
 
 /// A FNV-1a hash of `text`: ranks compare a hash of their settings before the first step.
 pub fn settings_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+    fnv1a(text.bytes())
+}
+
+/// The 64-bit FNV-1a hash of `bytes`.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

@@ -2,10 +2,10 @@
 //! gradients at every step.
 
 use super::Collective;
-use crate::Result;
 use crate::backend::Backend;
 use crate::graph::{Compute, Sequential};
 use crate::optim::Optimizer;
+use crate::{Error, Result};
 
 /// Rank 0's parameters, running statistics, BatchNorm counters and optimizer state (and its
 /// step count) onto every rank, as PyTorch's DistributedDataParallel does at start.
@@ -41,6 +41,30 @@ pub fn broadcast_running<B: Compute>(
     model: &mut Sequential<B>,
 ) -> Result<()> {
     broadcast_buffers(backend, group, model.running_mut()?)
+}
+
+/// Refuses to go on where the replicas no longer hold the same model: every rank hashes its
+/// tensors (parameters and running statistics, bit for bit) and every hash must be rank 0's.
+/// Ranks on devices that round differently (a CPU beside a GPU, two kinds of GPU) would drift
+/// apart; this says so instead of training on with different models.
+pub fn check_replicas_agree<B: Compute>(
+    backend: &B,
+    group: &dyn Collective,
+    model: &mut Sequential<B>,
+) -> Result<()> {
+    let tensors = model.tensors_mut()?;
+    let shared: Vec<&B::Buffer> = tensors.iter().map(|buffer| &**buffer).collect();
+    let values = backend.download_many(&shared)?;
+    let hash =
+        super::fnv1a((values.iter().flatten()).flat_map(|value| value.to_bits().to_le_bytes()));
+    let hashes = group.all_gather_u64(&[hash])?;
+    match hashes.iter().position(|&other| other != hashes[0]) {
+        None => Ok(()),
+        Some(rank) => Err(Error::Distributed(format!(
+            "rank {rank}'s model differs from rank 0's: the replicas drifted apart (their \
+             devices round differently); train on devices of one kind"
+        ))),
+    }
 }
 
 /// Rank 0's values of `buffers` into every rank's, in one broadcast.

@@ -88,8 +88,11 @@ impl GpuBackend {
     /// Opens the best adapter matching `request`, with every limit it offers. wgnorm owns the
     /// device: wgpu errors and device loss are returned as `Error`s by the next call.
     pub fn new(request: &AdapterRequest) -> Result<Self> {
-        let instance = device::instance();
-        let adapter = device::choose(&instance, request)?;
+        Self::open(device::choose(&device::instance(), request)?)
+    }
+
+    /// Opens `adapter` (one of `device::adapters`), as `new` opens the one it chooses.
+    pub fn open(adapter: wgpu::Adapter) -> Result<Self> {
         let summary = AdapterSummary::of(&adapter);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgnorm"),

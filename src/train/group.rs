@@ -3,8 +3,8 @@
 
 use std::rc::Rc;
 
-use super::{TrainConfig, Trainer, batches};
-use crate::distributed::{self, Collective, broadcast_state, global_batches};
+use super::{TrainConfig, Trainer, batches, split_point};
+use crate::distributed::{self, Collective, RankSlice, broadcast_state, global_batches};
 use crate::graph::Compute;
 use crate::ops::loss::LossTotals;
 use crate::{Error, Result};
@@ -43,6 +43,7 @@ impl<B: Compute> Trainer<'_, B> {
                 sync_batchnorm.to_string(),
             ),
             ("training images".to_string(), self.train_rows.to_string()),
+            ("test images".to_string(), self.test_rows.to_string()),
             ("epochs done".to_string(), self.epochs_done.to_string()),
             (
                 "optimizer steps".to_string(),
@@ -54,18 +55,55 @@ impl<B: Compute> Trainer<'_, B> {
             ),
         ]);
         distributed::check_same_settings(&*group, &settings)?;
-        let world = group.world();
-        self.check_group(world, sync_batchnorm)
-            .inspect_err(|error| group.abort(&error.to_string()))?;
+        // The same on every rank once the settings are: no rank fails it alone.
+        self.check_group(group.world(), sync_batchnorm)?;
+        let shares = self.take_evaluation_shares(group.rank(), group.world());
+        distributed::agree(&*group, shares)?;
         broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
         self.group = Some(group);
         self.sync_batchnorm = sync_batchnorm;
         Ok(())
     }
 
+    /// Rank `rank`'s shares of the validation and the test images (`RankSlice`): each rank
+    /// scores a run of them and the totals are summed over the group.
+    fn take_evaluation_shares(&mut self, rank: usize, world: usize) -> Result<()> {
+        if let Some((_, rows)) = self.validation {
+            let first = split_point(self.train_set.rows, self.config.val_split);
+            let share = RankSlice::of(rows, rank, world)?;
+            let index: Vec<u32> = (first + share.offset..first + share.offset + share.rows)
+                .map(|row| row as u32)
+                .collect();
+            self.validation = Some((self.backend.upload_indices(&index)?, share.rows));
+        }
+        let share = RankSlice::of(self.test_rows, rank, world)?;
+        let index: Vec<u32> = (share.offset..share.offset + share.rows)
+            .map(|row| row as u32)
+            .collect();
+        self.test_index = self.backend.upload_indices(&index)?;
+        self.test_rows = share.rows;
+        Ok(())
+    }
+
+    /// `own` totals summed over the group, where this trainer is a rank of one.
+    pub(super) fn over_group(&self, own: Result<LossTotals>) -> Result<LossTotals> {
+        match &self.group {
+            Some(group) => group_totals(&**group, own),
+            None => own,
+        }
+    }
+
     /// What a group of `world` ranks cannot train, refused by name before the first step.
     fn check_group(&self, world: usize, sync_batchnorm: bool) -> Result<()> {
         let spec = &self.config.spec;
+        let validation_rows = self.validation.as_ref().map_or(world, |&(_, rows)| rows);
+        for (images, rows) in [("validation", validation_rows), ("test", self.test_rows)] {
+            if rows < world {
+                return Err(Error::InvalidArgument(format!(
+                    "{rows} {images} images cannot give each of {world} ranks one"
+                )));
+            }
+        }
         if world > 1 && self.config.log_grad_norms.is_some() {
             return Err(Error::InvalidArgument(
                 "--log-grad-norms logs one device's gradients; it does not combine with \
@@ -127,27 +165,19 @@ fn settings_of(config: &TrainConfig) -> Result<Vec<(String, String)>> {
     Ok(settings)
 }
 
-/// Every rank's totals, summed (in f64, in rank order); the earliest step at which any rank's
-/// loss was not finite; and where one rank's batch held a bad label, that error on every rank.
-pub(super) fn group_totals(group: &dyn Collective, own: Result<LossTotals>) -> Result<LossTotals> {
-    let mine = match &own {
-        Ok(t) => [
-            t.loss_sum.to_bits(),
-            t.correct.to_bits(),
-            t.samples.to_bits(),
-            t.first_non_finite_step.unwrap_or(0),
-            0,
-        ],
-        Err(_) => [0, 0, 0, 0, 1],
-    };
+/// Every rank's totals, summed (in f64, in rank order), and the earliest step at which any
+/// rank's loss was not finite; where one rank failed (a bad label in its slice, a lost device),
+/// its error on every rank.
+fn group_totals(group: &dyn Collective, own: Result<LossTotals>) -> Result<LossTotals> {
+    let own = distributed::agree(group, own)?;
+    let mine = [
+        own.loss_sum.to_bits(),
+        own.correct.to_bits(),
+        own.samples.to_bits(),
+        own.first_non_finite_step.unwrap_or(0),
+    ];
     let ranks = group.all_gather_u64(&mine)?;
-    own?;
     let ranks: Vec<&[u64]> = ranks.chunks_exact(mine.len()).collect();
-    if let Some(rank) = ranks.iter().position(|values| values[4] == 1) {
-        return Err(Error::InvalidArgument(format!(
-            "rank {rank} stopped: a batch of its slice held a label that is not a class index"
-        )));
-    }
     let sum = |field: usize| {
         ranks
             .iter()

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::mnist::{Mnist, PIXELS, Split};
 use crate::distributed::{
-    Collective, RankSlice, all_reduce_gradients, broadcast_running, global_batches,
+    Collective, RankSlice, all_reduce_gradients, broadcast_running, check_replicas_agree,
+    global_batches,
 };
 use crate::graph::{Compute, HostModel, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
@@ -167,7 +168,10 @@ pub struct Trainer<'b, B: Compute> {
     train_rows: usize,
     validation: Option<(IndexList<B>, usize)>,
     test_set: DeviceImages<B>,
+    /// The test images this trainer scores (on a rank of a group, its share of them) and how
+    /// many.
     test_index: IndexList<B>,
+    test_rows: usize,
     /// Epochs finished.
     pub epochs_done: usize,
     /// One record per finished epoch.
@@ -241,6 +245,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             validation,
             test_set: upload(&data.test)?,
             test_index: backend.upload_indices(&test_index)?,
+            test_rows: test_index.len(),
             config,
             epochs_done,
             history,
@@ -328,14 +333,19 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// step, with the running totals when they were read from the device; an error it returns
     /// (an interrupt) stops the epoch.
     ///
-    /// On a rank of a group, an error here (an interrupt, a lost device) also stops the other
-    /// ranks at their next collective, with a line naming this rank.
+    /// On a rank of a group, an error of this rank's alone (an interrupt, a lost device) also
+    /// stops the other ranks at their next collective, with a line naming this rank.
     pub fn train_epoch(
         &mut self,
         report: &mut dyn FnMut(usize, Option<LossTotals>) -> Result<()>,
     ) -> Result<EpochRecord> {
         let record = self.run_epoch(report);
-        if let (Err(error), Some(group)) = (&record, &self.group) {
+        // Divergence and a failure agreed over the group stop every rank at the same step
+        // already; anything else stopped this rank alone.
+        let alone = |error: &Error| !matches!(error, Error::Diverged(_) | Error::Distributed(_));
+        if let (Err(error), Some(group)) = (&record, &self.group)
+            && alone(error)
+        {
             group.abort(&error.to_string());
         }
         record
@@ -381,8 +391,11 @@ impl<'b, B: Compute> Trainer<'b, B> {
             report(step + 1, totals)?;
         }
         let train = self.read_totals(&metrics, epoch)?;
-        if let Some(group) = self.group.as_ref().filter(|_| !self.sync_batchnorm) {
-            broadcast_running(self.backend, &**group, &mut self.model)?;
+        if let Some(group) = &self.group {
+            if !self.sync_batchnorm {
+                broadcast_running(self.backend, &**group, &mut self.model)?;
+            }
+            check_replicas_agree(self.backend, &**group, &mut self.model)?;
         }
         let grad_norms = match self.grad_norms.take() {
             Some(log) => log.read(self.backend)?,
@@ -390,13 +403,10 @@ impl<'b, B: Compute> Trainer<'b, B> {
         };
         let training_seconds = started.elapsed().as_secs_f64();
         let validation = match &self.validation {
-            Some((index, rows)) => Some(evaluate(
-                self.backend,
-                &mut self.model,
-                &self.train_set,
-                index,
-                *rows,
-            )?),
+            Some((index, rows)) => {
+                let own = evaluate(self.backend, &mut self.model, &self.train_set, index, *rows);
+                Some(self.over_group(own)?)
+            }
             None => None,
         };
         if let Some(v) = validation.filter(|v| !v.loss_sum.is_finite()) {
@@ -428,10 +438,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// stops the run, naming it. Nothing is saved for this epoch, so the last checkpoint stays.
     fn read_totals(&self, metrics: &B::Buffer, epoch: usize) -> Result<LossTotals> {
         let own = LossTotals::from_metrics(&self.backend.download(metrics)?);
-        let totals = match &self.group {
-            Some(group) => group::group_totals(&**group, own)?,
-            None => own?,
-        };
+        let totals = self.over_group(own)?;
         if let Some(step) = totals.first_non_finite_step {
             let kept = match epoch {
                 0 => "no epoch had finished, so nothing was saved".to_string(),
@@ -449,30 +456,33 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// With BatchNorm, loss and accuracy on the test set in batches of the training batch size,
     /// each normalized by its own statistics (`evaluate_with_batch_statistics`); `None`
     /// without BatchNorm.
+    /// On a rank of a group, every rank must call it: each scores its share of the test set.
     pub fn test_with_batch_statistics(&mut self) -> Result<Option<LossTotals>> {
         let batch = self.config.batch_size;
-        if !self.model.spec.has_batchnorm() || batch > self.test_set.rows {
+        if !self.model.spec.has_batchnorm() || batch > self.test_rows {
             return Ok(None);
         }
-        evaluate_with_batch_statistics(
+        let own = evaluate_with_batch_statistics(
             self.backend,
             &mut self.model,
             &self.test_set,
             &self.test_index,
-            self.test_set.rows,
+            self.test_rows,
             batch,
-        )
-        .map(Some)
+        );
+        self.over_group(own).map(Some)
     }
 
-    /// Loss and accuracy on the test set, with BatchNorm and dropout in inference mode.
+    /// Loss and accuracy on the test set, with BatchNorm and dropout in inference mode. On a
+    /// rank of a group, every rank must call it: each scores its share of the test set.
     pub fn test(&mut self) -> Result<LossTotals> {
-        evaluate(
+        let own = evaluate(
             self.backend,
             &mut self.model,
             &self.test_set,
             &self.test_index,
-            self.test_set.rows,
-        )
+            self.test_rows,
+        );
+        self.over_group(own)
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub mod replicas;
+
 /// One test body, two tests: `backend_test!(name, |backend, rng| body)` expands into
 /// `name::cpu` on the CPU backend and `name::gpu` on the GPU under test, each with its own
 /// seeded generator. The body is written once and type-checked for each backend.

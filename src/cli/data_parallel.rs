@@ -1,0 +1,269 @@
+//! `wgnorm train` on several devices: `--devices` runs one rank per device on threads of this
+//! process, `mpirun` one rank per process. Rank 0 prints and writes; the others train beside it.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use indicatif::{MultiProgress, ProgressDrawTarget};
+
+use super::Device;
+use super::run_args::refuse_unreachable_train_limit;
+use super::train::{RunPlace, TrainArgs, check_out, run_on};
+use wgnorm::cpu::CpuBackend;
+use wgnorm::data::mnist::Mnist;
+use wgnorm::distributed::{self, Collective, LocalGroup};
+use wgnorm::gpu::{GpuBackend, device};
+use wgnorm::graph::Compute;
+use wgnorm::train::{TrainConfig, Trainer};
+use wgnorm::{Error, Result};
+
+/// How many ranks `mpirun` (OpenMPI's or MPICH's) started, read from the environment it gives
+/// each process; `None` outside mpirun.
+pub fn mpirun_world() -> Option<(usize, usize)> {
+    let read = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|name| std::env::var(name).ok()?.parse::<usize>().ok())
+    };
+    let world = read(["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
+    let rank = read(["OMPI_COMM_WORLD_RANK", "PMI_RANK"]).unwrap_or(0);
+    Some((rank, world))
+}
+
+/// One device of `--devices`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RankDevice {
+    Cpu,
+    /// The adapter of this number in `wgnorm devices`.
+    Adapter(usize),
+}
+
+impl RankDevice {
+    fn parse(text: &str) -> Result<Self> {
+        match text.trim() {
+            "cpu" => Ok(RankDevice::Cpu),
+            number => number.parse().map(RankDevice::Adapter).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "--devices: '{text}' is neither cpu nor an adapter's number in `wgnorm \
+                     devices`"
+                ))
+            }),
+        }
+    }
+
+    fn open(self) -> Result<Device> {
+        match self {
+            RankDevice::Cpu => Ok(Device::Cpu(CpuBackend)),
+            RankDevice::Adapter(number) => {
+                let adapters = device::adapters(&device::instance());
+                let count = adapters.len();
+                let adapter = adapters.into_iter().nth(number).ok_or_else(|| {
+                    Error::NoAdapter(format!(
+                        "--devices: there is no adapter {number}; `wgnorm devices` lists {count}"
+                    ))
+                })?;
+                Ok(Device::Gpu(GpuBackend::open(adapter)?))
+            }
+        }
+    }
+}
+
+/// How `wgnorm train` runs.
+pub enum Launch {
+    OneDevice,
+    /// One rank per device, on threads of this process.
+    Devices(Vec<RankDevice>),
+    /// One rank per process of `mpirun`.
+    #[cfg(feature = "mpi")]
+    Mpi,
+}
+
+impl Launch {
+    /// From `--devices`, `--no-sync-bn` and whether mpirun started this process; a combination
+    /// that cannot run, or a flag that would change nothing, is refused by name.
+    pub fn of(args: &TrainArgs, config: &TrainConfig) -> Result<Self> {
+        let launch = match (
+            mpirun_world().filter(|&(_, world)| world > 1),
+            &args.devices,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "--devices trains on several devices from one process; under mpirun each \
+                     process trains on the device --device names, so drop --devices"
+                        .to_string(),
+                ));
+            }
+            (Some((_, world)), None) => mpi_launch(world)?,
+            (None, Some(names)) => {
+                let devices = (names.iter())
+                    .map(|name| RankDevice::parse(name))
+                    .collect::<Result<Vec<_>>>()?;
+                if devices.len() < 2 {
+                    return Err(Error::InvalidArgument(
+                        "--devices needs two devices or more; for one, use --device".to_string(),
+                    ));
+                }
+                Launch::Devices(devices)
+            }
+            (None, None) => Launch::OneDevice,
+        };
+        if args.no_sync_bn {
+            if matches!(launch, Launch::OneDevice) {
+                return Err(Error::InvalidArgument(
+                    "--no-sync-bn has no effect on one device; it goes with --devices or mpirun"
+                        .to_string(),
+                ));
+            }
+            if !config.spec.has_batchnorm() {
+                return Err(Error::InvalidArgument(
+                    "--no-sync-bn has no effect: the model has no BatchNorm".to_string(),
+                ));
+            }
+        }
+        Ok(launch)
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_launch(_world: usize) -> Result<Launch> {
+    Ok(Launch::Mpi)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_launch(world: usize) -> Result<Launch> {
+    Err(Error::InvalidArgument(format!(
+        "mpirun started {world} processes, but this wgnorm was built without MPI and would train \
+         {world} separate copies; build it with `cargo build --release --features mpi`"
+    )))
+}
+
+/// A run's part in a data-parallel group.
+pub struct GroupRun {
+    pub group: Rc<dyn Collective>,
+    /// BatchNorm normalizes by the global batch (not `--no-sync-bn`).
+    pub sync_bn: bool,
+    /// What the ranks run on, in words.
+    ranks: String,
+}
+
+impl GroupRun {
+    /// Rank 0, which prints and writes.
+    pub fn is_lead(&self) -> bool {
+        self.group.rank() == 0
+    }
+
+    /// The run's data-parallel line: ranks, global batch and BatchNorm statistics.
+    pub fn describe<B: Compute>(&self, trainer: &Trainer<B>) -> String {
+        let statistics = match (trainer.config.spec.has_batchnorm(), self.sync_bn) {
+            (false, _) => "",
+            (true, true) => ", BatchNorm statistics over the global batch (synchronized)",
+            (true, false) => ", BatchNorm statistics over each rank's slice (--no-sync-bn)",
+        };
+        format!(
+            "data-parallel: {} ranks ({}), global batch {} ({} per rank){statistics}",
+            trainer.world(),
+            self.ranks,
+            trainer.global_batch(),
+            trainer.config.batch_size
+        )
+    }
+}
+
+/// Trains on `devices`, one rank each on a thread of its own; rank 0 prints and writes.
+/// Returns whether this process wrote the run (always: rank 0 is here).
+pub fn run_devices(
+    args: &TrainArgs,
+    config: TrainConfig,
+    out: &Path,
+    devices: &[RankDevice],
+) -> Result<bool> {
+    check_out(args, out)?;
+    let data = args.run.data.load()?;
+    refuse_unreachable_train_limit(&config, &data)?;
+    let ranks = LocalGroup::new(devices.len())?;
+    let label = (args.devices.iter().flatten())
+        .map(|name| name.trim())
+        .collect::<Vec<_>>()
+        .join(",");
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (ranks.into_iter().zip(devices))
+            .map(|(rank, &device)| {
+                let (config, data, label) = (config.clone(), &data, label.clone());
+                scope.spawn(move || {
+                    let run = GroupRun {
+                        group: Rc::new(rank),
+                        sync_bn: !args.no_sync_bn,
+                        ranks: label,
+                    };
+                    train_rank(&run, device.open(), config, data, out, args.resume)
+                })
+            })
+            .collect();
+        (threads.into_iter())
+            .map(|thread| {
+                thread.join().unwrap_or_else(|_| {
+                    Err(Error::Distributed("a rank's thread panicked".to_string()))
+                })
+            })
+            .collect()
+    });
+    // Rank 0's error first: the others' name it, or the rank that stopped.
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(true)
+}
+
+/// Trains as one rank of the processes mpirun started. Every rank loads the data and opens the
+/// device `--device` names; a failure on any rank stops every rank with the same error. Returns
+/// whether this process wrote the run (rank 0).
+#[cfg(feature = "mpi")]
+pub fn run_mpi(args: &TrainArgs, config: TrainConfig, out: &Path) -> Result<bool> {
+    let group: Rc<dyn Collective> = Rc::new(distributed::MpiRank::init()?);
+    let prepared = check_out(args, out).and_then(|()| {
+        let data = args.run.data.load()?;
+        refuse_unreachable_train_limit(&config, &data)?;
+        Ok(data)
+    });
+    let data = distributed::agree(&*group, prepared)?;
+    let run = GroupRun {
+        ranks: format!("{} MPI processes", group.world()),
+        group,
+        sync_bn: !args.no_sync_bn,
+    };
+    train_rank(
+        &run,
+        args.run.device.open(),
+        config,
+        &data,
+        out,
+        args.resume,
+    )?;
+    Ok(run.is_lead())
+}
+
+/// One rank's run on `device`, once every rank has opened its own.
+fn train_rank(
+    run: &GroupRun,
+    device: Result<Device>,
+    config: TrainConfig,
+    data: &Mnist,
+    out: &Path,
+    resume: bool,
+) -> Result<()> {
+    let device = distributed::agree(&*run.group, device)?;
+    let multi = match run.is_lead() {
+        true => MultiProgress::new(),
+        false => MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+    };
+    let name = device.name();
+    let place = RunPlace {
+        adapter: &name,
+        out,
+        resume,
+        group: Some(run),
+    };
+    match device {
+        Device::Gpu(gpu) => run_on(&gpu, "gpu", &place, config, data, &multi)?,
+        Device::Cpu(cpu) => run_on(&cpu, "cpu", &place, config, data, &multi)?,
+    };
+    Ok(())
+}
