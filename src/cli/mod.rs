@@ -383,7 +383,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One write, so that the lines of ranks sharing one stream (mpirun) never
+            // interleave.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("error: {e}\n").as_bytes(),
+            );
             ExitCode::from(exit_code(&e))
         }
     }

@@ -108,7 +108,9 @@ impl Collective for MpiRank {
     /// Prints `why` and ends every process of the job (MPI_Abort): MPI has no way to make the
     /// other ranks' next collective fail instead, and they would wait for this one forever.
     fn abort(&self, why: &str) {
-        eprintln!("error: rank {} failed: {why}", self.rank());
+        // One write, so that it does not interleave with the other ranks' lines.
+        let line = format!("error: rank {} failed: {why}\n", self.rank());
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         self.comm.abort(2)
     }
 }
