@@ -14,7 +14,7 @@ use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::{self, Mnist};
 use wgnorm::distributed::{Collective, LocalGroup};
 use wgnorm::gpu::{AdapterRequest, GpuBackend};
-use wgnorm::graph::{Compute, HostModel, Init, LayerSpec, MNIST_IMAGE, ModelSpec, Preset, Source};
+use wgnorm::graph::{Compute, HostModel, Init, MNIST_IMAGE, ModelSpec, Preset};
 use wgnorm::ops::batchnorm::BatchNormConfig;
 use wgnorm::optim::OptimizerConfig;
 use wgnorm::train::{LrSchedule, TrainConfig, Trainer};

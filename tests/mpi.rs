@@ -176,7 +176,11 @@ fn a_rank_without_data_or_with_other_settings_stops_every_rank_before_training()
     let missing = quick("no-such-folder", "run", "640", &[]);
     assert_every_rank_refuses(&mut mpmd(&missing), 2, "rank 1: ");
     let other_lr = quick(data, "run", "640", &["--lr", "0.01"]);
-    assert_every_rank_refuses(&mut mpmd(&other_lr), 2, "rank 1 runs with another optimizer");
+    assert_every_rank_refuses(
+        &mut mpmd(&other_lr),
+        2,
+        "rank 1 runs with another optimizer",
+    );
     let tiny = quick(data, "run", "2", &["--batch-size", "2"]);
     assert_every_rank_refuses(
         &mut mpirun("3", &tiny, dir),

@@ -24,6 +24,8 @@
 
 use std::path::Path;
 
+mod group;
+
 use crate::backend::Dtype;
 use crate::checkpoint;
 use crate::graph::{Compute, HostModel, Init, ModelSpec, Sequential, StepKey};
