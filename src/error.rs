@@ -41,6 +41,15 @@ pub enum Error {
     /// A data-parallel group that cannot go on: a rank failed or left, or the ranks disagree.
     #[error("{0}")]
     Distributed(String),
+    /// What failed on one rank of a data-parallel group, known to every rank
+    /// (`distributed::agree`), so that all stop alike.
+    #[error("rank {rank}: {source}")]
+    Rank {
+        /// The first rank that failed.
+        rank: usize,
+        /// Its error.
+        source: Box<Error>,
+    },
     /// The user pressed Ctrl-C; what was finished has been saved.
     #[error("interrupted: {0}")]
     Interrupted(String),

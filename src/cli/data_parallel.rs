@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use super::Device;
 use super::run_args::refuse_unreachable_train_limit;
-use super::train::{RunPlace, TrainArgs, check_out, run_on};
+use super::train::{RunPlace, TrainArgs, check_out, run_on_device};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::Mnist;
 use wgnorm::distributed::{self, Collective, LocalGroup};
@@ -68,73 +68,54 @@ impl RankDevice {
     }
 }
 
-/// How `wgnorm train` runs.
-pub enum Launch {
-    OneDevice,
-    /// One rank per device, on threads of this process.
-    Devices(Vec<RankDevice>),
-    /// One rank per process of `mpirun`.
-    #[cfg(feature = "mpi")]
-    Mpi,
-}
-
-impl Launch {
-    /// From `--devices`, `--no-sync-bn` and whether mpirun started this process; a combination
-    /// that cannot run, or a flag that would change nothing, is refused by name.
-    pub fn of(args: &TrainArgs, config: &TrainConfig) -> Result<Self> {
-        let launch = match (
-            mpirun_world().filter(|&(_, world)| world > 1),
-            &args.devices,
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "--devices trains on several devices from one process; under mpirun each \
-                     process trains on the device --device names, so drop --devices"
-                        .to_string(),
-                ));
-            }
-            (Some((_, world)), None) => mpi_launch(world)?,
-            (None, Some(names)) => {
-                let devices = (names.iter())
-                    .map(|name| RankDevice::parse(name))
-                    .collect::<Result<Vec<_>>>()?;
-                if devices.len() < 2 {
-                    return Err(Error::InvalidArgument(
-                        "--devices needs two devices or more; for one, use --device".to_string(),
-                    ));
-                }
-                Launch::Devices(devices)
-            }
-            (None, None) => Launch::OneDevice,
-        };
-        if args.no_sync_bn {
-            if matches!(launch, Launch::OneDevice) {
-                return Err(Error::InvalidArgument(
-                    "--no-sync-bn has no effect on one device; it goes with --devices or mpirun"
-                        .to_string(),
-                ));
-            }
-            if !config.spec.has_batchnorm() {
-                return Err(Error::InvalidArgument(
-                    "--no-sync-bn has no effect: the model has no BatchNorm".to_string(),
-                ));
-            }
+/// The devices `--devices` names (`None` for one device), from the flags and whether mpirun
+/// started this process; a combination that cannot run, or a flag that would change nothing,
+/// is refused by name.
+pub fn devices_of(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    under_mpirun: bool,
+) -> Result<Option<Vec<RankDevice>>> {
+    let devices = match (&args.devices, under_mpirun) {
+        (Some(_), true) => {
+            return Err(Error::InvalidArgument(
+                "--devices trains on several devices from one process; under mpirun each \
+                 process trains on the device --device names, so drop --devices"
+                    .to_string(),
+            ));
         }
-        Ok(launch)
+        (Some(names), false) => {
+            let devices = (names.iter())
+                .map(|name| RankDevice::parse(name))
+                .collect::<Result<Vec<_>>>()?;
+            if devices.len() < 2 {
+                return Err(Error::InvalidArgument(
+                    "--devices needs two devices or more; for one, use --device".to_string(),
+                ));
+            }
+            Some(devices)
+        }
+        (None, _) => None,
+    };
+    if args.no_sync_bn {
+        if devices.is_none() && !under_mpirun {
+            return Err(Error::InvalidArgument(
+                "--no-sync-bn has no effect on one device; it goes with --devices or mpirun"
+                    .to_string(),
+            ));
+        }
+        if !config.spec.has_batchnorm() {
+            return Err(Error::InvalidArgument(
+                "--no-sync-bn has no effect: the model has no BatchNorm".to_string(),
+            ));
+        }
     }
+    Ok(devices)
 }
 
-#[cfg(feature = "mpi")]
-fn mpi_launch(_world: usize) -> Result<Launch> {
-    Ok(Launch::Mpi)
-}
-
-#[cfg(not(feature = "mpi"))]
-fn mpi_launch(world: usize) -> Result<Launch> {
-    Err(Error::InvalidArgument(format!(
-        "mpirun started {world} processes, but this wgnorm was built without MPI and would train \
-         {world} separate copies; build it with `cargo build --release --features mpi`"
-    )))
+/// Whether mpirun started this process as one of several.
+pub fn under_mpirun() -> bool {
+    mpirun_world().is_some_and(|(_, world)| world > 1)
 }
 
 /// A run's part in a data-parallel group.
@@ -207,37 +188,58 @@ pub fn run_devices(
             })
             .collect()
     });
-    // Rank 0's error first: the others' name it, or the rank that stopped.
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(true)
+    // The error of the rank that failed, before the others' "rank r failed" (the lowest rank
+    // first where several did).
+    let first = (results.into_iter().filter_map(Result::err))
+        .min_by_key(|error| matches!(error, Error::Distributed(_)));
+    match first {
+        Some(error) => Err(error),
+        None => Ok(true),
+    }
 }
 
-/// Trains as one rank of the processes mpirun started. Every rank loads the data and opens the
-/// device `--device` names; a failure on any rank stops every rank with the same error. Returns
-/// whether this process wrote the run (rank 0).
+/// Trains as one rank of the processes mpirun started. MPI starts first, so that every check
+/// after it (the flags, the data, the device) fails on every rank alike; a rank that fails
+/// alone later ends the job (`MPI_Abort`). Returns whether this process wrote the run (rank 0).
 #[cfg(feature = "mpi")]
-pub fn run_mpi(args: &TrainArgs, config: TrainConfig, out: &Path) -> Result<bool> {
+pub fn run_mpi(args: &TrainArgs, out: &Path) -> Result<bool> {
     let group: Rc<dyn Collective> = Rc::new(distributed::MpiRank::init()?);
-    let prepared = check_out(args, out).and_then(|()| {
+    let prepared = super::train::settle(args, true).and_then(|(config, _)| {
+        check_out(args, out)?;
         let data = args.run.data.load()?;
         refuse_unreachable_train_limit(&config, &data)?;
-        Ok(data)
+        Ok((config, data))
     });
-    let data = distributed::agree(&*group, prepared)?;
+    let (config, data) = distributed::agree(&*group, prepared)?;
     let run = GroupRun {
         ranks: format!("{} MPI processes", group.world()),
         group,
         sync_bn: !args.no_sync_bn,
     };
-    train_rank(
+    let outcome = train_rank(
         &run,
         args.run.device.open(),
         config,
         &data,
         out,
         args.resume,
-    )?;
-    Ok(run.is_lead())
+    );
+    if let Err(error) = &outcome
+        && distributed::stopped_alone(error)
+    {
+        run.group.abort(&error.to_string());
+    }
+    outcome.map(|()| run.is_lead())
+}
+
+/// Refuses to train under mpirun without MPI, which would train separate copies.
+#[cfg(not(feature = "mpi"))]
+pub fn run_mpi(_args: &TrainArgs, _out: &Path) -> Result<bool> {
+    let world = mpirun_world().map_or(0, |(_, world)| world);
+    Err(Error::InvalidArgument(format!(
+        "mpirun started {world} processes, but this wgnorm was built without MPI and would train \
+         {world} separate copies; build it with `cargo build --release --features mpi`"
+    )))
 }
 
 /// One rank's run on `device`, once every rank has opened its own.
@@ -261,9 +263,5 @@ fn train_rank(
         resume,
         group: Some(run),
     };
-    match device {
-        Device::Gpu(gpu) => run_on(&gpu, "gpu", &place, config, data, &multi)?,
-        Device::Cpu(cpu) => run_on(&cpu, "cpu", &place, config, data, &multi)?,
-    };
-    Ok(())
+    run_on_device(&device, &place, config, data, &multi).map(|_| ())
 }

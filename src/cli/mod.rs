@@ -311,6 +311,7 @@ fn parse_shift(value: &str) -> std::result::Result<wgnorm::data::shift::Shift, S
 
 fn exit_code(error: &Error) -> u8 {
     match error {
+        Error::Rank { source, .. } => exit_code(source),
         Error::Interrupted(_) => 130,
         Error::Gpu(_) | Error::DeviceLost(_) | Error::Diverged(_) | Error::Json(_) => 1,
         _ => 2,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::data_parallel::{self, GroupRun, Launch};
+use super::data_parallel::{self, GroupRun, RankDevice};
 use super::metrics::MetricsFile;
 use super::models::ModelChoice;
 use super::run_args::{RunArgs, refuse_unreachable_train_limit};
@@ -83,30 +83,23 @@ fn default_out_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    args.run.device.check()?;
-    let config = run_config(&args)?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
-    let lead = match Launch::of(&args, &config)? {
-        Launch::OneDevice => {
-            check_out(&args, &out)?;
-            let data = args.run.data.load()?;
-            refuse_unreachable_train_limit(&config, &data)?;
-            match args.run.device.open()? {
-                super::Device::Gpu(gpu) => {
-                    let adapter = gpu.adapter().name.clone();
-                    let place = RunPlace::new(&adapter, &out, args.resume);
-                    run_on(&gpu, "gpu", &place, config, &data, &MultiProgress::new())?;
-                }
-                super::Device::Cpu(cpu) => {
-                    let place = RunPlace::new("cpu", &out, args.resume);
-                    run_on(&cpu, "cpu", &place, config, &data, &MultiProgress::new())?;
-                }
+    let lead = if data_parallel::under_mpirun() {
+        data_parallel::run_mpi(&args, &out)?
+    } else {
+        match settle(&args, false)? {
+            (config, Some(devices)) => data_parallel::run_devices(&args, config, &out, &devices)?,
+            (config, None) => {
+                check_out(&args, &out)?;
+                let data = args.run.data.load()?;
+                refuse_unreachable_train_limit(&config, &data)?;
+                let device = args.run.device.open()?;
+                let name = device.name();
+                let place = RunPlace::new(&name, &out, args.resume);
+                run_on_device(&device, &place, config, &data, &MultiProgress::new())?;
+                true
             }
-            true
         }
-        Launch::Devices(devices) => data_parallel::run_devices(&args, config, &out, &devices)?,
-        #[cfg(feature = "mpi")]
-        Launch::Mpi => data_parallel::run_mpi(&args, config, &out)?,
     };
     if lead && args.export_dtype == Dtype::F16 {
         let finished = checkpoint::load_model(&out.join(MODEL_FILE))?;
@@ -121,6 +114,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("f16 model: {}", target.display());
     }
     Ok(())
+}
+
+/// The run's configuration, and the devices of `--devices`, from the flags alone.
+pub fn settle(
+    args: &TrainArgs,
+    under_mpirun: bool,
+) -> Result<(TrainConfig, Option<Vec<RankDevice>>)> {
+    args.run.device.check()?;
+    let config = run_config(args)?;
+    let devices = data_parallel::devices_of(args, &config, under_mpirun)?;
+    Ok((config, devices))
+}
+
+/// `run_on` on whichever backend `device` is.
+pub fn run_on_device(
+    device: &super::Device,
+    place: &RunPlace,
+    config: TrainConfig,
+    data: &Mnist,
+    multi: &MultiProgress,
+) -> Result<RunOutcome> {
+    match device {
+        super::Device::Gpu(gpu) => run_on(gpu, "gpu", place, config, data, multi),
+        super::Device::Cpu(cpu) => run_on(cpu, "cpu", place, config, data, multi),
+    }
 }
 
 /// The run's configuration from the flags.
@@ -220,12 +238,13 @@ pub fn run_on<B: Compute>(
         other => other,
     })?;
     // Made once the run is known to start, so that a refused run leaves no folder behind.
-    if lead {
-        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+    agree(match lead {
+        true => std::fs::create_dir_all(out).map_err(|source| Error::Io {
             path: out.to_path_buf(),
             source,
-        })?;
-    }
+        }),
+        false => Ok(()),
+    })?;
     let say = |line: &dyn Fn()| {
         if lead {
             multi.suspend(line)

@@ -406,12 +406,47 @@ mod tests {
             super::super::agree(rank, own)
         });
         for result in results {
-            assert_eq!(result.unwrap_err().to_string(), "rank 1: no data on 1");
+            assert_eq!(
+                result.unwrap_err().to_string(),
+                "rank 1: invalid argument: no data on 1"
+            );
+        }
+        let results = on_every_rank(2, |rank| {
+            let own = match rank.rank() {
+                0 => Ok(()),
+                _ => Err(Error::Interrupted("saved".to_string())),
+            };
+            super::super::agree(rank, own)
+        });
+        for result in results {
+            let error = result.unwrap_err();
+            assert!(
+                matches!(&error, Error::Rank { rank: 1, source } if matches!(**source, Error::Interrupted(_))),
+                "{error:?}"
+            );
         }
         let results = on_every_rank(2, |rank| super::super::agree(rank, Ok(rank.rank())));
         assert_eq!(
             results.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
             [0, 1]
         );
+    }
+
+    #[test]
+    fn ranks_that_set_other_options_are_refused_alike() {
+        let results = on_every_rank(2, |rank| {
+            let mut settings = vec![("lr".to_string(), "0.001".to_string())];
+            if rank.rank() == 1 {
+                settings.push(("patience".to_string(), "3".to_string()));
+            }
+            super::super::check_same_settings(rank, &settings)
+        });
+        for result in results {
+            let message = result.unwrap_err().to_string();
+            assert!(
+                message.starts_with("rank 1 sets other options than rank 0"),
+                "{message}"
+            );
+        }
     }
 }

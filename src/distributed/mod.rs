@@ -61,27 +61,59 @@ pub trait Collective {
 }
 
 /// `outcome` on every rank, where every rank's is `Ok`; where any rank's is an error, the first
-/// failing rank's error, as one line naming that rank, on every rank. A step every rank takes
-/// (loading data, evaluating) thus fails on all ranks alike, instead of leaving the others
-/// waiting at their next collective for the one that stopped.
+/// failing rank's error on every rank (`Error::Rank`, of the same kind, so that the exit code
+/// is the same). A step every rank takes alone (loading data, opening a device, evaluating,
+/// saving) thus fails on all ranks alike, instead of leaving the others waiting at their next
+/// collective for the one that stopped.
 pub fn agree<T>(group: &dyn Collective, outcome: Result<T>) -> Result<T> {
     let failed = group.all_gather_u64(&[u64::from(outcome.is_err())])?;
     let Some(first) = failed.iter().position(|&failed| failed == 1) else {
         return outcome;
     };
-    let mut message: Vec<u64> = match &outcome {
-        Err(error) if group.rank() == first => error.to_string().bytes().map(u64::from).collect(),
-        _ => Vec::new(),
+    let (kind, text) = match &outcome {
+        Err(error) if group.rank() == first => kind_and_text(error),
+        _ => (0, String::new()),
     };
-    let mut len = [message.len() as u64];
-    group.broadcast_u64(&mut len, first)?;
-    message.resize(len[0] as usize, 0);
-    group.broadcast_u64(&mut message, first)?;
-    let bytes: Vec<u8> = message.iter().map(|&byte| byte as u8).collect();
-    Err(Error::Distributed(format!(
-        "rank {first}: {}",
-        String::from_utf8_lossy(&bytes)
-    )))
+    let mut header = [kind, text.len() as u64];
+    group.broadcast_u64(&mut header, first)?;
+    let mut bytes: Vec<u64> = text.bytes().map(u64::from).collect();
+    bytes.resize(header[1] as usize, 0);
+    group.broadcast_u64(&mut bytes, first)?;
+    let bytes: Vec<u8> = bytes.iter().map(|&byte| byte as u8).collect();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let source = match header[0] {
+        1 => Error::Interrupted(text),
+        2 => Error::DeviceLost(text),
+        3 => Error::Diverged(text),
+        4 => Error::Gpu(text),
+        _ => Error::Distributed(text),
+    };
+    Err(Error::Rank {
+        rank: first,
+        source: Box::new(source),
+    })
+}
+
+/// An error as `agree` sends it: the kinds whose exit codes differ, by number, with their own
+/// text; any other as its whole message.
+fn kind_and_text(error: &Error) -> (u64, String) {
+    match error {
+        Error::Interrupted(text) => (1, text.clone()),
+        Error::DeviceLost(text) => (2, text.clone()),
+        Error::Diverged(text) => (3, text.clone()),
+        Error::Gpu(text) => (4, text.clone()),
+        other => (0, other.to_string()),
+    }
+}
+
+/// Whether `error` stopped this rank alone, so that it must stop the others (`abort`): not a
+/// divergence (every rank sees the same loss totals), an error every rank agreed on, or a
+/// group that is already broken.
+pub fn stopped_alone(error: &Error) -> bool {
+    !matches!(
+        error,
+        Error::Diverged(_) | Error::Distributed(_) | Error::Rank { .. }
+    )
 }
 
 /// The sum of the rank-ordered rows of `gathered` (world rows of `len` values) into `out`, in
@@ -118,13 +150,33 @@ pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 }
 
 /// Refuses to start when the ranks' settings differ, naming the first setting that does.
-/// `settings` are (name, value) pairs, the same names in the same order on every rank; every
-/// rank gets the same error.
+/// `settings` are (name, value) pairs; every rank gets the same error. Ranks whose lists name
+/// other settings (one sets an option the others leave at its default) are refused as a whole,
+/// since their lists cannot be compared one by one.
 pub fn check_same_settings(group: &dyn Collective, settings: &[(String, String)]) -> Result<()> {
     let hashes: Vec<u64> = settings
         .iter()
         .map(|(name, value)| settings_hash(&format!("{name}={value}")))
         .collect();
+    let names = fnv1a(
+        settings
+            .iter()
+            .flat_map(|(name, _)| name.bytes().chain([0])),
+    );
+    let all = fnv1a(hashes.iter().flat_map(|hash| hash.to_le_bytes()));
+    let summaries = group.all_gather_u64(&[names, all])?;
+    let ranks: Vec<&[u64]> = summaries.chunks_exact(2).collect();
+    let differing = |field: usize| ranks.iter().position(|rank| rank[field] != ranks[0][field]);
+    if differing(1).is_none() {
+        return Ok(());
+    }
+    if let Some(other) = differing(0) {
+        return Err(Error::Distributed(format!(
+            "rank {other} sets other options than rank 0; every rank must train with the same \
+             settings"
+        )));
+    }
+    // The same names in the same order on every rank: compared one by one.
     let gathered = group.all_gather_u64(&hashes)?;
     let per_rank = hashes.len();
     for (index, (name, _)) in settings.iter().enumerate() {

@@ -11,9 +11,10 @@ use crate::{Error, Result};
 
 /// One process's rank in an MPI communicator.
 ///
-/// MPI's reductions give every rank the same bits (the MPI standard asks it of them, and the
-/// tests check it after training under OpenMPI), but not necessarily in rank order: a group
-/// sums as its MPI library's algorithm chooses. A failing MPI call ends the process (MPI's
+/// A reduction sums in the order its MPI library's algorithm chooses, not necessarily in rank
+/// order. The MPI standard only advises that every rank get the same bits; OpenMPI's do, and the
+/// trainer's check that the replicas stay identical (`check_replicas_agree`) would stop a run
+/// on a library whose reductions did not. A failing MPI call ends the process (MPI's
 /// default error handler), and `abort` ends every process of the job.
 pub struct MpiRank {
     /// A duplicate of the communicator given, so that wgnorm's collectives never match an

@@ -62,7 +62,8 @@ pub fn check_replicas_agree<B: Compute>(
         None => Ok(()),
         Some(rank) => Err(Error::Distributed(format!(
             "rank {rank}'s model differs from rank 0's: the replicas drifted apart (their \
-             devices round differently); train on devices of one kind"
+             devices, or their MPI library's reductions, round differently); train on devices \
+             of one kind"
         ))),
     }
 }

@@ -55,8 +55,8 @@ impl<B: Compute> Trainer<'_, B> {
             ),
         ]);
         distributed::check_same_settings(&*group, &settings)?;
-        // The same on every rank once the settings are: no rank fails it alone.
-        self.check_group(group.world(), sync_batchnorm)?;
+        let checked = self.check_group(group.world(), sync_batchnorm);
+        distributed::agree(&*group, checked)?;
         let shares = self.take_evaluation_shares(group.rank(), group.world());
         distributed::agree(&*group, shares)?;
         broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
@@ -68,20 +68,18 @@ impl<B: Compute> Trainer<'_, B> {
     /// Rank `rank`'s shares of the validation and the test images (`RankSlice`): each rank
     /// scores a run of them and the totals are summed over the group.
     fn take_evaluation_shares(&mut self, rank: usize, world: usize) -> Result<()> {
+        let backend = self.backend;
+        let share_of = |first: usize, rows: usize| -> Result<_> {
+            let share = RankSlice::of(rows, rank, world)?;
+            let start = first + share.offset;
+            let index: Vec<u32> = (start..start + share.rows).map(|row| row as u32).collect();
+            Ok((backend.upload_indices(&index)?, share.rows))
+        };
         if let Some((_, rows)) = self.validation {
             let first = split_point(self.train_set.rows, self.config.val_split);
-            let share = RankSlice::of(rows, rank, world)?;
-            let index: Vec<u32> = (first + share.offset..first + share.offset + share.rows)
-                .map(|row| row as u32)
-                .collect();
-            self.validation = Some((self.backend.upload_indices(&index)?, share.rows));
+            self.validation = Some(share_of(first, rows)?);
         }
-        let share = RankSlice::of(self.test_rows, rank, world)?;
-        let index: Vec<u32> = (share.offset..share.offset + share.rows)
-            .map(|row| row as u32)
-            .collect();
-        self.test_index = self.backend.upload_indices(&index)?;
-        self.test_rows = share.rows;
+        (self.test_index, self.test_rows) = share_of(0, self.test_rows)?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::mnist::{Mnist, PIXELS, Split};
 use crate::distributed::{
-    Collective, RankSlice, all_reduce_gradients, broadcast_running, check_replicas_agree,
+    self, Collective, RankSlice, all_reduce_gradients, broadcast_running, check_replicas_agree,
     global_batches,
 };
 use crate::graph::{Compute, HostModel, Sequential, StepKey};
@@ -340,11 +340,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
         report: &mut dyn FnMut(usize, Option<LossTotals>) -> Result<()>,
     ) -> Result<EpochRecord> {
         let record = self.run_epoch(report);
-        // Divergence and a failure agreed over the group stop every rank at the same step
-        // already; anything else stopped this rank alone.
-        let alone = |error: &Error| !matches!(error, Error::Diverged(_) | Error::Distributed(_));
         if let (Err(error), Some(group)) = (&record, &self.group)
-            && alone(error)
+            && distributed::stopped_alone(error)
         {
             group.abort(&error.to_string());
         }
@@ -459,7 +456,9 @@ impl<'b, B: Compute> Trainer<'b, B> {
     /// On a rank of a group, every rank must call it: each scores its share of the test set.
     pub fn test_with_batch_statistics(&mut self) -> Result<Option<LossTotals>> {
         let batch = self.config.batch_size;
-        if !self.model.spec.has_batchnorm() || batch > self.test_rows {
+        // Decided on the whole test set, the same on every rank: each rank's share holds at
+        // least this many images.
+        if !self.model.spec.has_batchnorm() || batch > self.test_set.rows / self.world() {
             return Ok(None);
         }
         let own = evaluate_with_batch_statistics(
