@@ -447,8 +447,13 @@ fn epoch_line(record: &EpochRecord, epochs: usize) -> String {
         (Some(loss), Some(acc)) => format!("  val loss {loss:.4} acc {acc:.4}"),
         _ => String::new(),
     };
+    let exchange = match record.exchange_seconds {
+        Some(seconds) => format!(", {seconds:.1} s of it exchanging"),
+        None => String::new(),
+    };
     format!(
-        "epoch {}/{epochs}  train loss {:.4} acc {:.4}{validation}  {:.1} s (training {:.1} s)",
+        "epoch {}/{epochs}  train loss {:.4} acc {:.4}{validation}  {:.1} s (training {:.1} \
+         s{exchange})",
         record.epoch, record.train_loss, record.train_acc, record.seconds, record.training_seconds
     )
 }

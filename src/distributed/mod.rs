@@ -17,12 +17,14 @@ mod mpi;
 mod replica;
 mod split;
 pub mod sync_bn;
+mod timed;
 
 pub use local::{LocalGroup, LocalRank};
 #[cfg(feature = "mpi")]
 pub use mpi::MpiRank;
 pub use replica::{all_reduce_gradients, broadcast_running, broadcast_state, check_replicas_agree};
 pub use split::{RankSlice, global_batches};
+pub use timed::Timed;
 
 /// What every rank of a data-parallel group can do with the others.
 pub trait Collective {

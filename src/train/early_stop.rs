@@ -51,6 +51,7 @@ mod tests {
                 device_buffers: None,
                 seconds: 0.0,
                 training_seconds: 0.0,
+                exchange_seconds: None,
                 lr: 1e-3,
                 grad_norms: Vec::new(),
             })

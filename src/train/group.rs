@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use super::{TrainConfig, Trainer, batches, split_point};
-use crate::distributed::{self, Collective, RankSlice, broadcast_state, global_batches};
+use crate::distributed::{self, Collective, RankSlice, Timed, broadcast_state, global_batches};
 use crate::graph::Compute;
 use crate::ops::loss::LossTotals;
 use crate::{Error, Result};
@@ -60,7 +60,9 @@ impl<B: Compute> Trainer<'_, B> {
         let shares = self.take_evaluation_shares(group.rank(), group.world());
         distributed::agree(&*group, shares)?;
         broadcast_state(self.backend, &*group, &mut self.model, &mut self.optimizer)?;
-        self.group = Some(group);
+        let timed = Rc::new(Timed::new(group));
+        self.group = Some(timed.clone());
+        self.exchange_time = Some(timed);
         self.sync_batchnorm = sync_batchnorm;
         Ok(())
     }

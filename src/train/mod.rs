@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::mnist::{Mnist, PIXELS, Split};
 use crate::distributed::{
-    self, Collective, RankSlice, all_reduce_gradients, broadcast_running, check_replicas_agree,
-    global_batches,
+    self, Collective, RankSlice, Timed, all_reduce_gradients, broadcast_running,
+    check_replicas_agree, global_batches,
 };
 use crate::graph::{Compute, HostModel, Sequential, StepKey};
 use crate::ops::batchnorm::Mode;
@@ -78,6 +78,11 @@ pub struct EpochRecord {
     /// The learning rate of the epoch's last step.
     #[serde(default)]
     pub lr: f64,
+    /// On a rank of a data-parallel group: of `training_seconds`, the seconds spent in the
+    /// group's collectives (exchanging gradients and BatchNorm statistics, and waiting for the
+    /// other ranks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_seconds: Option<f64>,
     /// The gradient norms of the epoch's logged steps (`TrainConfig::log_grad_norms`), named
     /// by `GradNormLayout::names`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -180,6 +185,8 @@ pub struct Trainer<'b, B: Compute> {
     grad_norms: Option<GradNormLog<B>>,
     /// The data-parallel group this trainer is one rank of, if any (`join`).
     group: Option<Rc<dyn Collective>>,
+    /// The same group, counting the time spent in it.
+    exchange_time: Option<Rc<Timed>>,
     /// Whether BatchNorm normalizes by the group's global batch.
     sync_batchnorm: bool,
 }
@@ -251,6 +258,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             history,
             grad_norms: None,
             group: None,
+            exchange_time: None,
             sync_batchnorm: false,
         })
     }
@@ -371,6 +379,8 @@ impl<'b, B: Compute> Trainer<'b, B> {
         };
         let mut lr = self.optimizer.config.lr();
         let mut last_read = Instant::now();
+        let exchange_time = self.exchange_time.clone();
+        exchange_time.as_deref().map(Timed::take_seconds);
         for (step, &(first, rows)) in plan.iter().enumerate() {
             lr = rates.lr(epoch, step);
             self.optimizer.config = self.optimizer.config.with_lr(lr);
@@ -399,6 +409,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             None => Vec::new(),
         };
         let training_seconds = started.elapsed().as_secs_f64();
+        let exchange_seconds = exchange_time.as_deref().map(Timed::take_seconds);
         let validation = match &self.validation {
             Some((index, rows)) => {
                 let own = evaluate(self.backend, &mut self.model, &self.train_set, index, *rows);
@@ -421,6 +432,7 @@ impl<'b, B: Compute> Trainer<'b, B> {
             val_acc: validation.map(|v| v.accuracy()),
             seconds: started.elapsed().as_secs_f64(),
             training_seconds,
+            exchange_seconds,
             lr,
             resident_bytes: crate::host_memory::resident(),
             device_buffers: self.backend.device_buffers(),
