@@ -79,6 +79,41 @@ impl BatchNormOps for CpuBackend {
         Ok(())
     }
 
+    fn batchnorm_partial_statistics_unchecked(
+        &self,
+        x: &CpuBuffer,
+        shape: BatchNormShape,
+        _affine: &Affine<Self>,
+        _running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        batch_stats(x, shape, config.eps(), &mut out.stats);
+        Ok(())
+    }
+
+    fn batchnorm_parameter_grads_unchecked(
+        &self,
+        x: &CpuBuffer,
+        activated: Option<(&CpuBuffer, Activation)>,
+        dy: &CpuBuffer,
+        shape: BatchNormShape,
+        _gamma: &CpuBuffer,
+        stats: &CpuBuffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        let (dbeta, dgamma) = match activated {
+            Some((activated, activation)) => {
+                let dy = relu_gradient_from_output(activation, activated, dy);
+                parameter_sums(x, &dy, shape, stats)
+            }
+            None => parameter_sums(x, dy, shape, stats),
+        };
+        grads.dbeta.copy_from_slice(&dbeta);
+        grads.dgamma.copy_from_slice(&dgamma);
+        Ok(())
+    }
+
     fn batchnorm_apply_unchecked(
         &self,
         x: &CpuBuffer,
@@ -321,6 +356,23 @@ pub(crate) fn ghost_backward(
     stats: &[f32],
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
+    let (dbeta, dgamma) = parameter_sums(x, dy, shape, stats);
+    let sums = BatchSums {
+        dbeta: &dbeta,
+        dgamma: &dgamma,
+        count: shape.per_channel() as u64,
+    };
+    backward_dx(x, dy, shape, gamma, stats, sums, dx);
+    (dbeta, dgamma)
+}
+
+/// dβ = Σdy and dγ = Σdy·x̂ per channel of x, normalized by `stats`.
+fn parameter_sums(
+    x: &[f32],
+    dy: &[f32],
+    shape: BatchNormShape,
+    stats: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
     let c = shape.c;
     let per = ChannelStats { stats, c };
     let row_len = c * shape.s;
@@ -374,18 +426,10 @@ pub(crate) fn ghost_backward(
         );
     }
     let sums = cascade.total(vec![(0.0, 0.0); c], add_pairs);
-    let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = sums
-        .into_iter()
+    sums.into_iter()
         .enumerate()
         .map(|(channel, (sum_dy, sum_dy_xc))| (sum_dy, sum_dy_xc * per.get(stat::INVSTD, channel)))
-        .unzip();
-    let sums = BatchSums {
-        dbeta: &dbeta,
-        dgamma: &dgamma,
-        count: shape.per_channel() as u64,
-    };
-    backward_dx(x, dy, shape, gamma, stats, sums, dx);
-    (dbeta, dgamma)
+        .unzip()
 }
 
 /// dx from the per-channel sums of the batch x belongs to (x's own, or a larger batch's).

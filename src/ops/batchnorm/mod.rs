@@ -241,10 +241,32 @@ pub trait BatchNormOps: Backend + Sized {
     ) -> Result<()> {
         check_whole_batch(shape)?;
         check_forward_lens(shape, forward_lens(self, x, affine, running, out))?;
-        // Momentum 0 leaves the running statistics as they are; a biased factor never divides
-        // by m − 1 = 0.
-        let frozen = BatchNormConfig::new(config.eps(), 0.0, false)?;
-        self.batchnorm_forward_unchecked(Mode::Train, x, shape, affine, running, frozen, None, out)
+        self.batchnorm_partial_statistics_unchecked(x, shape, affine, running, config, out)
+    }
+
+    /// dβ and dγ of x, one part of a larger batch (synchronized BatchNorm), into `grads`, as a
+    /// training backward computes them from `stats` (the larger batch's, `batchnorm_apply`);
+    /// `grads.dx` is left unspecified: it needs the sums over every part
+    /// (`batchnorm_backward_input`). `activated` is the fused activation's output, as in
+    /// `batchnorm_activation_backward`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_parameter_grads(
+        &self,
+        x: &Self::Buffer,
+        activated: Option<(&Self::Buffer, Activation)>,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        check_whole_batch(shape)?;
+        check_backward(shape, backward_lens(self, [x, dy, gamma, stats], grads))?;
+        if let Some((activated, activation)) = activated {
+            check_activation(activation)?;
+            check_len("activated output", self.len_of(activated), shape.numel())?;
+        }
+        self.batchnorm_parameter_grads_unchecked(x, activated, dy, shape, gamma, stats, grads)
     }
 
     /// Normalizes x with finished training statistics (`stats`, in `stat` planes: a larger
@@ -342,6 +364,41 @@ pub trait BatchNormOps: Backend + Sized {
         stats: &Self::Buffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()>;
+
+    /// `batchnorm_partial_statistics` on checked arguments: by default a whole training forward
+    /// that leaves the running statistics as they are; a backend may skip normalizing.
+    #[doc(hidden)]
+    fn batchnorm_partial_statistics_unchecked(
+        &self,
+        x: &Self::Buffer,
+        shape: BatchNormShape,
+        affine: &Affine<Self>,
+        running: &mut RunningStats<Self>,
+        config: BatchNormConfig,
+        out: &mut BatchNormForward<Self>,
+    ) -> Result<()> {
+        // Momentum 0 leaves the running statistics as they are; a biased factor never divides
+        // by m − 1 = 0.
+        let frozen = BatchNormConfig::new(config.eps(), 0.0, false)?;
+        self.batchnorm_forward_unchecked(Mode::Train, x, shape, affine, running, frozen, None, out)
+    }
+
+    /// `batchnorm_parameter_grads` on checked arguments: by default a whole backward; a backend
+    /// may skip dx.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_parameter_grads_unchecked(
+        &self,
+        x: &Self::Buffer,
+        activated: Option<(&Self::Buffer, Activation)>,
+        dy: &Self::Buffer,
+        shape: BatchNormShape,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+        grads: &mut BatchNormGrads<Self>,
+    ) -> Result<()> {
+        self.batchnorm_backward_unchecked(x, activated, dy, shape, gamma, stats, grads)
+    }
 
     /// `batchnorm_apply` on checked arguments.
     #[doc(hidden)]
