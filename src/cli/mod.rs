@@ -359,12 +359,13 @@ pub fn main() -> ExitCode {
     };
     // Without a handler (e.g. no signal support) Ctrl-C simply ends the process, as before.
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed));
-    // Under mpirun only `train` runs on every process (data-parallel); any other command runs
-    // once, on rank 0, and the other processes end at once.
+    // Under mpirun only `train` and the distributed bench run on every process; any other
+    // command runs once, on rank 0, and the other processes end at once.
     if let Some((rank, world)) = data_parallel::mpirun_world()
         && world > 1
         && rank > 0
-        && !matches!(cli.command, Command::Train(_))
+        && !matches!(&cli.command, Command::Train(_))
+        && !matches!(&cli.command, Command::Bench(args) if args.on_every_rank())
     {
         return ExitCode::SUCCESS;
     }

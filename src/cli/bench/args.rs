@@ -15,7 +15,11 @@ pub(super) enum Suite {
     Kernels,
     /// Training steps per batch size, time to the first step, one reference epoch.
     Train,
+    /// Kernels and train.
     All,
+    /// What data-parallel ranks' exchanges cost: all-reduces of gradient-sized buffers and
+    /// BatchNorm's small gathers, between --ranks threads or the processes of mpirun.
+    Distributed,
 }
 
 impl Suite {
@@ -24,6 +28,7 @@ impl Suite {
             Suite::Kernels => "kernels",
             Suite::Train => "train",
             Suite::All => "all",
+            Suite::Distributed => "distributed",
         }
     }
 }
@@ -98,6 +103,10 @@ pub struct BenchArgs {
     /// Draw time per training step against batch size (PNG) here.
     #[arg(long)]
     pub(super) plot: Option<PathBuf>,
+    /// Ranks (threads of this process) for the distributed suite [default: 2; under mpirun,
+    /// its processes].
+    #[arg(long)]
+    pub(super) ranks: Option<usize>,
 }
 
 impl BenchArgs {
@@ -127,8 +136,15 @@ impl BenchArgs {
 
     /// Refuses a flag that the chosen suites would not read, naming what would.
     pub(super) fn refuse_unused_flags(&self) -> Result<()> {
-        let kernels = self.suite != Suite::Train;
-        let train = self.suite != Suite::Kernels;
+        if self.suite == Suite::Distributed && self.device != BenchDevices::Both {
+            return Err(Error::InvalidArgument(
+                "--device has no effect here: the distributed suite exchanges host buffers"
+                    .to_string(),
+            ));
+        }
+        let kernels = matches!(self.suite, Suite::Kernels | Suite::All);
+        let train = matches!(self.suite, Suite::Train | Suite::All);
+        let distributed = self.suite == Suite::Distributed;
         let epoch = train && !self.no_epoch;
         super::super::refuse_adapter_on_cpu(
             self.device == BenchDevices::Cpu,
@@ -138,6 +154,24 @@ impl BenchArgs {
         let without_epoch = format!("{suite} with --no-epoch");
         let epochless = if train { without_epoch.as_str() } else { suite };
         let unused = [
+            (
+                "--ranks",
+                self.ranks.is_some() && !distributed,
+                "the distributed suite",
+                suite,
+            ),
+            (
+                "--json",
+                self.json.is_some() && distributed,
+                "the kernels and train suites",
+                suite,
+            ),
+            (
+                "--adapter",
+                self.adapter.is_some() && distributed,
+                "the kernels and train suites",
+                suite,
+            ),
             (
                 "--shapes",
                 self.shapes.is_some() && !kernels,
@@ -188,5 +222,11 @@ impl BenchArgs {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Whether every process under mpirun runs this bench (the distributed suite), rather than
+    /// rank 0 alone.
+    pub fn on_every_rank(&self) -> bool {
+        self.suite == Suite::Distributed
     }
 }

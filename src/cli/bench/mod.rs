@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 mod args;
+mod distributed;
 mod suites;
 
 pub use args::BenchArgs;
@@ -151,6 +152,9 @@ fn ms(seconds: f64) -> String {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     args.refuse_unused_flags()?;
+    if args.suite == Suite::Distributed {
+        return distributed::run(&args);
+    }
     if args.reps == 0 {
         return Err(Error::InvalidArgument(
             "--reps must be at least 1".to_string(),

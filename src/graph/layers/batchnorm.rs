@@ -287,9 +287,8 @@ impl<B: Compute> Module<B> for BatchNormLayer<B> {
         let (x, gamma, stats) = (&*saved.input, &self.affine.gamma, &saved.stats);
         let activated = (saved.activated.as_ref()).map(|(activation, y)| (&**y, *activation));
         match (activated, saved.synchronized.and(pass.group)) {
-            (_, Some(_)) => backend.batchnorm_parameter_grads(
-                x, activated, &dy, shape, gamma, stats, &mut out,
-            )?,
+            (_, Some(_)) => backend
+                .batchnorm_parameter_grads(x, activated, &dy, shape, gamma, stats, &mut out)?,
             (None, None) => backend.batchnorm_backward(x, &dy, shape, gamma, stats, &mut out)?,
             (Some((y, activation)), None) => backend.batchnorm_activation_backward(
                 x, y, activation, &dy, shape, gamma, stats, &mut out,
