@@ -143,6 +143,19 @@ pub trait Backend {
     fn download_many(&self, buffers: &[&Self::Buffer]) -> Result<Vec<Vec<f32>>> {
         buffers.iter().map(|buffer| self.download(buffer)).collect()
     }
+
+    /// `download_many` into `out`, one buffer after another (`out` holds their lengths summed),
+    /// for a caller that keeps `out` between calls: the CPU backend copies straight into it.
+    fn download_many_into(&self, buffers: &[&Self::Buffer], out: &mut [f32]) -> Result<()> {
+        let total: usize = buffers.iter().map(|buffer| self.len_of(buffer)).sum();
+        crate::ops::check_len("downloaded values", out.len(), total)?;
+        let mut start = 0;
+        for values in self.download_many(buffers)? {
+            out[start..start + values.len()].copy_from_slice(&values);
+            start += values.len();
+        }
+        Ok(())
+    }
 }
 
 fn unsupported<B: Backend + ?Sized>(backend: &B, dtype: Dtype) -> Error {

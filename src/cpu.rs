@@ -190,6 +190,17 @@ impl Backend for CpuBackend {
     fn download(&self, buffer: &CpuBuffer) -> Result<Vec<f32>> {
         Ok(buffer.to_vec())
     }
+
+    fn download_many_into(&self, buffers: &[&CpuBuffer], out: &mut [f32]) -> Result<()> {
+        let total: usize = buffers.iter().map(|buffer| buffer.len()).sum();
+        crate::ops::check_len("downloaded values", out.len(), total)?;
+        let mut start = 0;
+        for buffer in buffers {
+            out[start..start + buffer.len()].copy_from_slice(buffer);
+            start += buffer.len();
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

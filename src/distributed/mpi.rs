@@ -1,6 +1,8 @@
 //! Ranks in separate processes, on one machine or many, started by `mpirun`: the collectives
 //! are MPI's own (the `mpi` crate over OpenMPI or MPICH).
 
+use std::cell::RefCell;
+
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -22,6 +24,9 @@ pub struct MpiRank {
     comm: SimpleCommunicator,
     /// Where this rank started MPI itself: finalized when the rank is dropped.
     _universe: Option<Universe>,
+    /// A copy of the values an all-reduce sends, kept between calls: megabytes of fresh pages
+    /// at every call cost more than the exchange (`wgnorm bench --suite distributed`).
+    send: RefCell<Vec<f32>>,
 }
 
 impl MpiRank {
@@ -37,6 +42,7 @@ impl MpiRank {
         Ok(Self {
             comm: universe.world().duplicate(),
             _universe: Some(universe),
+            send: RefCell::default(),
         })
     }
 
@@ -46,6 +52,7 @@ impl MpiRank {
         Self {
             comm: comm.duplicate(),
             _universe: None,
+            send: RefCell::default(),
         }
     }
 }
@@ -60,7 +67,9 @@ impl Collective for MpiRank {
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<()> {
-        let own = values.to_vec();
+        let mut own = self.send.borrow_mut();
+        own.clear();
+        own.extend_from_slice(values);
         self.comm
             .all_reduce_into(&own[..], values, SystemOperation::sum());
         Ok(())

@@ -91,11 +91,20 @@ pub fn all_reduce_gradients<B: Backend>(
     group: &dyn Collective,
     grads: &mut [B::Buffer],
 ) -> Result<()> {
-    let mut flat = backend
-        .download_many(&grads.iter().collect::<Vec<_>>())?
-        .concat();
-    group.all_reduce_sum(&mut flat)?;
-    write_back(backend, grads.iter_mut().collect(), &flat)
+    let total = grads.iter().map(|grad| backend.len_of(grad)).sum();
+    FLAT_GRADIENTS.with_borrow_mut(|flat| {
+        flat.resize(total, 0.0);
+        backend.download_many_into(&grads.iter().collect::<Vec<_>>(), flat)?;
+        group.all_reduce_sum(flat)?;
+        write_back(backend, grads.iter_mut().collect(), flat)
+    })
+}
+
+thread_local! {
+    /// The flat gradients of `all_reduce_gradients`, kept from step to step: megabytes
+    /// allocated afresh at every step cost fresh pages at every step (for `cnn-bn`'s 1.7 MB,
+    /// 2 ms an all-reduce instead of 0.2 ms between two processes here).
+    static FLAT_GRADIENTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `flat` into `buffers`, one after another.
