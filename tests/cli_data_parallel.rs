@@ -203,3 +203,54 @@ fn under_mpirun_other_commands_run_on_rank_0_alone() {
     // Rank 0 runs it, and finds no checkpoint.
     assert_one_line_error(&under_mpirun(&args, dir.path(), "0"), 2, "none");
 }
+
+#[test]
+fn the_distributed_bench_times_every_exchange_and_refuses_flags_it_ignores() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--suite",
+        "distributed",
+        "--ranks",
+        "3",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+    ];
+    let output = wgnorm_ok(&args, dir.path());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with("exchanges between 3 ranks (threads of one process)"),
+        "{text}"
+    );
+    for exchange in ["statistics", "mlp-bn's", "cnn-bn's", "resnet20's"] {
+        assert!(
+            text.lines()
+                .any(|line| line.contains(exchange) && line.contains(" µs")),
+            "{exchange} missing: {text}"
+        );
+    }
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &["--suite", "distributed", "--device", "cpu"],
+            "--device has no effect",
+        ),
+        (
+            &["--suite", "kernels", "--ranks", "2"],
+            "--ranks has no effect",
+        ),
+        (
+            &["--suite", "distributed", "--ranks", "1"],
+            "needs two ranks or more",
+        ),
+        (
+            &["--suite", "distributed", "--reps", "0"],
+            "--reps must be at least 1",
+        ),
+    ];
+    for (flags, needle) in refused {
+        let output = wgnorm(&[&["bench"][..], flags].concat(), dir.path());
+        assert_one_line_error(&output, 2, needle);
+    }
+}

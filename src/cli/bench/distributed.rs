@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::args::BenchArgs;
 use crate::cli::data_parallel::under_mpirun;
-use wgnorm::distributed::{self, Collective, LocalGroup};
+use wgnorm::distributed::{Collective, LocalGroup};
 use wgnorm::graph::{ModelSpec, Preset};
 use wgnorm::ops::batchnorm::stat;
 use wgnorm::{Error, Result};
@@ -143,7 +143,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 #[cfg(feature = "mpi")]
 fn run_mpi(args: &BenchArgs, list: &[Exchange]) -> Result<()> {
-    let rank = distributed::MpiRank::init()?;
+    let rank = wgnorm::distributed::MpiRank::init()?;
     let medians = measure(&rank, list, args)?;
     if rank.rank() == 0 {
         print(list, &medians, rank.world(), "MPI processes", args.reps);
