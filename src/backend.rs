@@ -150,8 +150,9 @@ pub trait Backend {
         let total: usize = buffers.iter().map(|buffer| self.len_of(buffer)).sum();
         crate::ops::check_len("downloaded values", out.len(), total)?;
         let mut start = 0;
-        for values in self.download_many(buffers)? {
-            out[start..start + values.len()].copy_from_slice(&values);
+        for (values, buffer) in self.download_many(buffers)?.iter().zip(buffers) {
+            crate::ops::check_len("downloaded buffer", values.len(), self.len_of(buffer))?;
+            out[start..start + values.len()].copy_from_slice(values);
             start += values.len();
         }
         Ok(())

@@ -241,8 +241,8 @@ fn the_distributed_bench_times_every_exchange_and_refuses_flags_it_ignores() {
             "--ranks has no effect",
         ),
         (
-            &["--suite", "distributed", "--ranks", "1"],
-            "needs two ranks or more",
+            &["--suite", "distributed", "--ranks", "17"],
+            "runs 2 to 16 ranks",
         ),
         (
             &["--suite", "distributed", "--reps", "0"],

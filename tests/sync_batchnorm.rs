@@ -263,4 +263,42 @@ fn check_activated_slice<B: BatchNormOps>(backend: &B, rng: &mut rand::rngs::Std
         &expected[8 * c..],
         1e-6,
     );
+
+    // Behind the activation, dβ and dγ alone are those of the whole backward, bit for bit.
+    let dy = backend.upload(&normal(rng, n * c, 0.0, 1.0)).unwrap();
+    let grads = |parameters_only: bool| {
+        let mut grads = BatchNormGrads::<B> {
+            dx: backend.filled(n * c, f32::NAN).unwrap(),
+            dgamma: backend.filled(c, f32::NAN).unwrap(),
+            dbeta: backend.filled(c, f32::NAN).unwrap(),
+        };
+        let (activated, gamma) = (Some((&whole.y, activation(0))), &affine.gamma);
+        match parameters_only {
+            true => backend.batchnorm_parameter_grads(
+                &x_whole,
+                activated,
+                &dy,
+                shape,
+                gamma,
+                &whole.stats,
+                &mut grads,
+            ),
+            false => backend.batchnorm_activation_backward(
+                &x_whole,
+                &whole.y,
+                activation(0),
+                &dy,
+                shape,
+                gamma,
+                &whole.stats,
+                &mut grads,
+            ),
+        }
+        .unwrap();
+        (
+            backend.download(&grads.dbeta).unwrap(),
+            backend.download(&grads.dgamma).unwrap(),
+        )
+    };
+    assert_eq!(grads(true), grads(false));
 }

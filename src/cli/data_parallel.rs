@@ -11,7 +11,7 @@ use super::run_args::refuse_unreachable_train_limit;
 use super::train::{RunPlace, TrainArgs, check_out, run_on_device};
 use wgnorm::cpu::CpuBackend;
 use wgnorm::data::mnist::Mnist;
-use wgnorm::distributed::{self, Collective, LocalGroup};
+use wgnorm::distributed::{self, Collective, LocalGroup, LocalRank};
 use wgnorm::gpu::{GpuBackend, device};
 use wgnorm::graph::Compute;
 use wgnorm::train::{TrainConfig, Trainer};
@@ -161,40 +161,64 @@ pub fn run_devices(
     check_out(args, out)?;
     let data = args.run.data.load()?;
     refuse_unreachable_train_limit(&config, &data)?;
-    let ranks = LocalGroup::new(devices.len())?;
     let label = (args.devices.iter().flatten())
         .map(|name| name.trim())
         .collect::<Vec<_>>()
         .join(",");
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (ranks.into_iter().zip(devices))
-            .map(|(rank, &device)| {
-                let (config, data, label) = (config.clone(), &data, label.clone());
-                scope.spawn(move || {
-                    let run = GroupRun {
-                        group: Rc::new(rank),
-                        sync_bn: !args.no_sync_bn,
-                        ranks: label,
-                    };
-                    train_rank(&run, device.open(), config, data, out, args.resume)
-                })
+    on_threads(devices.len(), |rank| {
+        let run = GroupRun {
+            sync_bn: !args.no_sync_bn,
+            ranks: label.clone(),
+            group: Rc::new(rank),
+        };
+        let device = devices[run.group.rank()].open();
+        train_rank(&run, device, config.clone(), &data, out, args.resume)
+    })?;
+    Ok(true)
+}
+
+/// `body` on each of `world` ranks of a `LocalGroup`, one thread each, and what each returned,
+/// in rank order. Where ranks failed, the error of the rank that failed first, rather than the
+/// others' "rank r failed" or "left the group".
+pub fn on_threads<T: Send>(
+    world: usize,
+    body: impl Fn(LocalRank) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let ranks = LocalGroup::new(world)?;
+    let results: Vec<Result<T>> = std::thread::scope(|scope| {
+        let body = &body;
+        let threads: Vec<_> = (ranks.into_iter())
+            .map(|rank| {
+                std::thread::Builder::new()
+                    .name(format!("rank {}", rank.rank()))
+                    .spawn_scoped(scope, move || body(rank))
             })
             .collect();
         (threads.into_iter())
-            .map(|thread| {
-                thread.join().unwrap_or_else(|_| {
+            .map(|thread| match thread {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
                     Err(Error::Distributed("a rank's thread panicked".to_string()))
-                })
+                }),
+                Err(e) => Err(Error::Distributed(format!(
+                    "could not start a rank's thread: {e}"
+                ))),
             })
             .collect()
     });
-    // The error of the rank that failed, before the others' "rank r failed" (the lowest rank
-    // first where several did).
-    let first = (results.into_iter().filter_map(Result::err))
-        .min_by_key(|error| matches!(error, Error::Distributed(_)));
-    match first {
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(value) => values.push(value),
+            Err(error) => errors.push(error),
+        }
+    }
+    match errors
+        .into_iter()
+        .min_by_key(|error| matches!(error, Error::Distributed(_)))
+    {
         Some(error) => Err(error),
-        None => Ok(true),
+        None => Ok(values),
     }
 }
 

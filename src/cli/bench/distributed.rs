@@ -2,12 +2,11 @@
 //! between ranks on threads of this process or the processes of mpirun. Every rank runs the
 //! same calls; rank 0 times them and prints.
 
-use std::rc::Rc;
 use std::time::Instant;
 
 use super::args::BenchArgs;
-use crate::cli::data_parallel::under_mpirun;
-use wgnorm::distributed::{Collective, LocalGroup};
+use crate::cli::data_parallel::{on_threads, under_mpirun};
+use wgnorm::distributed::Collective;
 use wgnorm::graph::{ModelSpec, Preset};
 use wgnorm::ops::batchnorm::stat;
 use wgnorm::{Error, Result};
@@ -110,36 +109,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return run_mpi(args, &list);
     }
     let world = args.ranks.unwrap_or(2);
-    if world < 2 {
+    if !(2..=MAX_RANKS).contains(&world) {
         return Err(Error::InvalidArgument(format!(
-            "--ranks {world}: the distributed suite needs two ranks or more"
+            "--ranks {world}: the distributed suite runs 2 to {MAX_RANKS} ranks"
         )));
     }
-    let results = std::thread::scope(|scope| -> Result<Vec<Result<Vec<f64>>>> {
-        let threads: Vec<_> = (LocalGroup::new(world)?.into_iter())
-            .map(|rank| {
-                let list = &list;
-                scope.spawn(move || {
-                    let group: Rc<dyn Collective> = Rc::new(rank);
-                    measure(&*group, list, args)
-                })
-            })
-            .collect();
-        Ok(threads
-            .into_iter()
-            .map(|thread| {
-                (thread.join()).unwrap_or_else(|_| {
-                    Err(Error::Distributed("a rank's thread panicked".to_string()))
-                })
-            })
-            .collect())
-    })?;
-    let mut results = results.into_iter();
-    let medians = results.next().unwrap_or(Ok(Vec::new()))?;
-    results.collect::<Result<Vec<_>>>()?;
-    print(&list, &medians, world, "threads of one process", args.reps);
+    let medians = on_threads(world, |rank| measure(&rank, &list, args))?;
+    print(
+        &list,
+        &medians[0],
+        world,
+        "threads of one process",
+        args.reps,
+    );
     Ok(())
 }
+
+/// The most ranks on threads: each all-reduce gathers every rank's copy of the buffer.
+const MAX_RANKS: usize = 16;
 
 #[cfg(feature = "mpi")]
 fn run_mpi(args: &BenchArgs, list: &[Exchange]) -> Result<()> {
