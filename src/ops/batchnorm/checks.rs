@@ -19,6 +19,22 @@ pub(super) fn check_whole_batch(shape: BatchNormShape) -> Result<()> {
     Ok(())
 }
 
+/// A fused activation's output, where a backward pass takes one: a ReLU's (`check_activation`),
+/// as long as x.
+pub(super) fn check_activated<B: Backend>(
+    backend: &B,
+    activated: Option<(&B::Buffer, Activation)>,
+    shape: BatchNormShape,
+) -> Result<()> {
+    match activated {
+        Some((activated, activation)) => {
+            check_activation(activation)?;
+            check_len("activated output", backend.len_of(activated), shape.numel())
+        }
+        None => Ok(()),
+    }
+}
+
 /// The backward pass gates by the activated output, which only a ReLU's output allows.
 pub(super) fn check_activation(activation: Activation) -> Result<()> {
     if activation.relu {

@@ -2,6 +2,8 @@
 //! reduce x − shift with per-block two-pass moments merged by Chan's formula, keep the shift
 //! and the shifted mean apart, normalize in one elementwise pass.
 
+use std::borrow::Cow;
+
 use super::cpu_reduce::{
     Cascade, Moments, block_moments_2d, block_moments_runs, block_rows, lane_sum,
 };
@@ -69,13 +71,7 @@ impl BatchNormOps for CpuBackend {
         stats: &CpuBuffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        match activated {
-            Some((activated, activation)) => {
-                let dy = relu_gradient_from_output(activation, activated, dy);
-                backward(x, &dy, shape, gamma, stats, grads);
-            }
-            None => backward(x, dy, shape, gamma, stats, grads),
-        }
+        backward(x, &gated(activated, dy), shape, gamma, stats, grads);
         Ok(())
     }
 
@@ -102,13 +98,7 @@ impl BatchNormOps for CpuBackend {
         stats: &CpuBuffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        let (dbeta, dgamma) = match activated {
-            Some((activated, activation)) => {
-                let dy = relu_gradient_from_output(activation, activated, dy);
-                parameter_sums(x, &dy, shape, stats)
-            }
-            None => parameter_sums(x, dy, shape, stats),
-        };
+        let (dbeta, dgamma) = parameter_sums(x, &gated(activated, dy), shape, stats);
         grads.dbeta.copy_from_slice(&dbeta);
         grads.dgamma.copy_from_slice(&dgamma);
         Ok(())
@@ -140,14 +130,27 @@ impl BatchNormOps for CpuBackend {
         sums: BatchSums<'_>,
         dx: &mut CpuBuffer,
     ) -> Result<()> {
-        match activated {
-            Some((activated, activation)) => {
-                let dy = relu_gradient_from_output(activation, activated, dy);
-                backward_dx(x, &dy, shape, |c| gamma[c], stats, sums, dx);
-            }
-            None => backward_dx(x, dy, shape, |c| gamma[c], stats, sums, dx),
-        }
+        backward_dx(
+            x,
+            &gated(activated, dy),
+            shape,
+            |c| gamma[c],
+            stats,
+            sums,
+            dx,
+        );
         Ok(())
+    }
+}
+
+/// dy behind the fused activation whose output is `activated` (where there is one): the
+/// gradient reaching BatchNorm's own output.
+fn gated<'a>(activated: Option<(&CpuBuffer, Activation)>, dy: &'a [f32]) -> Cow<'a, [f32]> {
+    match activated {
+        Some((activated, activation)) => {
+            Cow::Owned(relu_gradient_from_output(activation, activated, dy))
+        }
+        None => Cow::Borrowed(dy),
     }
 }
 

@@ -31,8 +31,8 @@ mod shape;
 
 pub use checks::check_mode;
 use checks::{
-    backward_lens, check_activation, check_backward, check_forward, check_forward_lens,
-    check_whole_batch, forward_lens,
+    backward_lens, check_activated, check_activation, check_backward, check_forward,
+    check_forward_lens, check_whole_batch, forward_lens,
 };
 pub use config::BatchNormConfig;
 pub use shape::BatchNormShape;
@@ -184,10 +184,9 @@ pub trait BatchNormOps: Backend + Sized {
         stats: &Self::Buffer,
         grads: &mut BatchNormGrads<Self>,
     ) -> Result<()> {
-        check_activation(activation)?;
-        check_backward(shape, backward_lens(self, [x, dy, gamma, stats], grads))?;
-        check_len("activated output", self.len_of(activated), shape.numel())?;
         let activated = Some((activated, activation));
+        check_activated(self, activated, shape)?;
+        check_backward(shape, backward_lens(self, [x, dy, gamma, stats], grads))?;
         self.batchnorm_backward_unchecked(x, activated, dy, shape, gamma, stats, grads)
     }
 
@@ -262,10 +261,7 @@ pub trait BatchNormOps: Backend + Sized {
     ) -> Result<()> {
         check_whole_batch(shape)?;
         check_backward(shape, backward_lens(self, [x, dy, gamma, stats], grads))?;
-        if let Some((activated, activation)) = activated {
-            check_activation(activation)?;
-            check_len("activated output", self.len_of(activated), shape.numel())?;
-        }
+        check_activated(self, activated, shape)?;
         self.batchnorm_parameter_grads_unchecked(x, activated, dy, shape, gamma, stats, grads)
     }
 
@@ -317,10 +313,7 @@ pub trait BatchNormOps: Backend + Sized {
                 shape.per_channel()
             )));
         }
-        if let Some((activated, activation)) = activated {
-            check_activation(activation)?;
-            check_len("activated output", self.len_of(activated), shape.numel())?;
-        }
+        check_activated(self, activated, shape)?;
         for (name, len, expected) in [
             ("x", self.len_of(x), shape.numel()),
             ("dy", self.len_of(dy), shape.numel()),
