@@ -150,14 +150,17 @@ fn three_ranks_share_an_uneven_last_batch_as_one_device_trains_it() {
     assert_matches_one_device(dir, "ranks", "alone");
 }
 
-/// mpirun ended within a minute, unsuccessfully, and every rank wrote an error naming `needle`.
+/// mpirun ended within a minute, unsuccessfully, and every error line a rank wrote names `needle`.
 fn assert_every_rank_refuses(command: &mut Command, ranks: usize, needle: &str) {
     let output = finish_within(command, Duration::from_secs(60));
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{log}");
-    // Each rank wrote the error once (in one write, so lines do not interleave).
-    assert_eq!(log.matches("error: ").count(), ranks, "{log}");
-    assert_eq!(log.matches(needle).count(), ranks, "{log}");
+    // Every rank reaches the same error; mpirun ends the job once one process exits with it,
+    // which may be before another has printed its line (each line is one write, so lines do
+    // not interleave). So every line printed is that error, and at most one per rank.
+    let errors = log.matches("error: ").count();
+    assert!((1..=ranks).contains(&errors), "{log}");
+    assert_eq!(log.matches(needle).count(), errors, "{log}");
 }
 
 #[test]
